@@ -1,0 +1,75 @@
+"""Every error a gateway may raise, and nothing else.
+
+    GatewayError
+    ├── GatewayConfigError      a gateway is unknown, or a setting is missing or malformed (start-up)
+    ├── DeliveryError           the outcome of one send; exactly one of:
+    │   ├── Transient           nothing was sent; retry the same route later (busy, 429, 5xx, connect timeout)
+    │   ├── Permanent           this route will never work; move to the next route (invalid number, 4xx)
+    │   └── Unknown             the request may have been accepted: reconcile, never resend blindly
+    ├── StatusLookupError       fetch_status could not tell (unknown id, provider down)
+    └── WebhookError            an incoming status webhook is refused and changes nothing
+        ├── WebhookAuthError    bad, missing or replayed signature / credentials (401/403)
+        └── WebhookFormatError  malformed body, wrong content type, oversize (400/413/415)
+
+Gateways map provider answers and lower-level errors (httpx, smtplib, socket) to these types at the
+boundary, with ``raise ... from err``; no third-party exception reaches a caller.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every gateway error."""
+
+
+class GatewayConfigError(GatewayError):
+    """A gateway cannot be built: names the setting (environment variable) to fix."""
+
+
+class DeliveryError(GatewayError):
+    """The outcome of a send that did not end in a provider receipt."""
+
+    def __init__(self, message: str, *, code: str | None = None, raw: object = None) -> None:
+        super().__init__(message)
+        self.code = code  # provider's own error code or reason, kept as evidence
+        self.raw = raw
+
+
+class Transient(DeliveryError):
+    """Nothing was sent; the same route may succeed later."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, raw: object = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code=code, raw=raw)
+        self.retry_after = retry_after  # seconds, from the provider's Retry-After when it gave one
+
+
+class Permanent(DeliveryError):
+    """This route will not work; the caller moves on to the next route."""
+
+
+class Unknown(DeliveryError):
+    """The provider may have accepted the message; reconcile by our reference before anything else."""
+
+
+class StatusLookupError(GatewayError):
+    """fetch_status could not establish the state of a message."""
+
+
+class WebhookError(GatewayError):
+    """An incoming webhook is refused; it changes nothing."""
+
+    status_code = 400
+
+
+class WebhookAuthError(WebhookError):
+    """Missing, forged or replayed signature or credentials."""
+
+    status_code = 403
+
+
+class WebhookFormatError(WebhookError):
+    """Malformed body, wrong content type or oversize request."""
+
+    status_code = 400

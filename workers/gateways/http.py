@@ -1,0 +1,101 @@
+"""One pooled httpx client per process, and the mapping of transport failures to our error types.
+
+The mapping that every HTTP gateway shares:
+
+- connect errors and connect/pool timeouts: the request never left -> ``Transient``
+- read/write timeouts, a dropped connection after the request was written -> ``Unknown``
+- 429 and 503 -> ``Transient`` (with Retry-After), 500 -> ``Transient``
+- 502 and 504 -> ``Unknown``: a proxy lost its upstream, which may have accepted the message
+- other 4xx -> ``Permanent`` unless the provider module maps a code more precisely
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from .errors import DeliveryError, Permanent, Transient, Unknown
+
+TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
+
+_lock = threading.Lock()
+_client: httpx.Client | None = None
+
+
+def shared_client() -> httpx.Client:
+    """The process-wide client (connection pool); recreated in a forked child."""
+    global _client
+    with _lock:
+        if _client is None or _client.is_closed:
+            _client = httpx.Client(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
+        return _client
+
+
+def _forget_client_after_fork() -> None:
+    global _client
+    _client = None  # never share sockets with the parent process
+
+
+os.register_at_fork(after_in_child=_forget_client_after_fork)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Parse Retry-After (seconds or an HTTP date) into seconds; None when absent or unreadable."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def request(
+    client: httpx.Client, method: str, url: str, *, provider: str, **kwargs: Any
+) -> httpx.Response:
+    """Send one request, mapping transport failures; the caller inspects the status code."""
+    try:
+        return client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+        raise Transient(f"{provider}: could not connect ({type(err).__name__})", code="connect") from err
+    except (httpx.ReadTimeout, httpx.WriteTimeout) as err:
+        raise Unknown(f"{provider}: no answer after the request was sent ({type(err).__name__})",
+                      code="timeout") from err
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
+        raise Unknown(f"{provider}: connection dropped after the request was sent ({type(err).__name__})",
+                      code="dropped") from err
+    except httpx.HTTPError as err:
+        raise Unknown(f"{provider}: request failed ({type(err).__name__})", code="http") from err
+
+
+def error_for_status(response: httpx.Response, *, provider: str, detail: str = "") -> DeliveryError:
+    """The default error for a non-2xx answer; provider modules refine 4xx codes before calling this."""
+    status = response.status_code
+    body: Any = _body(response)
+    message = f"{provider}: HTTP {status}" + (f": {detail}" if detail else "")
+    if status in (429, 503):
+        return Transient(message, code=str(status), raw=body, retry_after=retry_after_seconds(response.headers))
+    if status in (502, 504):
+        return Unknown(message, code=str(status), raw=body)
+    if status >= 500:
+        return Transient(message, code=str(status), raw=body, retry_after=retry_after_seconds(response.headers))
+    return Permanent(message, code=str(status), raw=body)
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:2000]

@@ -1,0 +1,101 @@
+"""What every provider emulator shares: scripted outcomes per destination and the oracle log.
+
+The oracle is append-only: one entry per message a provider *accepted* (including accept-then-drop,
+where the provider kept the message but the client never heard back). Tests and the demo judge
+"never twice" by counting entries per reference. It lives in memory and, when ``oracle_path`` is
+set, is also appended to a JSON-lines file so other processes can read it.
+
+Outcomes, consumed one per send attempt to a destination (then ``ok`` forever):
+
+    ok              accepted; status webhooks follow, ending in success
+    busy            fax: accepted, then fails with the provider's "busy" code
+    no_answer       fax: accepted, then fails with "no answer"
+    no_fax_tone     fax: accepted, then fails with "no fax tone / not a fax machine"
+    invalid_number  rejected or failed with the provider's invalid/unallocated number code
+    rate_limited    HTTP 429 with Retry-After, nothing accepted
+    server_error    HTTP 500, nothing accepted
+    bad_gateway     HTTP 502 after the message was accepted (ambiguous to the client)
+    drop            accepted, then the connection is dropped before the answer
+    bounce          email: accepted, then a bounce event
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+OUTCOMES = frozenset(
+    {"ok", "busy", "no_answer", "no_fax_tone", "invalid_number", "rate_limited", "server_error",
+     "bad_gateway", "drop", "bounce"}
+)
+
+
+@dataclass(frozen=True)
+class OracleEntry:
+    provider: str
+    provider_id: str
+    reference: str | None
+    destination: str
+    outcome: str
+    accepted_at: str
+
+
+@dataclass
+class SandboxState:
+    """Shared, thread-safe state of one emulator instance."""
+
+    provider: str
+    latency: float = 0.0  # seconds to wait before answering a send
+    webhook_delay: float = 0.05  # seconds between status webhooks
+    oracle_path: Path | None = None
+    retry_after: int = 1
+    _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
+    _oracle: list[OracleEntry] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def script(self, destination: str, outcomes: Iterable[str]) -> None:
+        """Queue outcomes for the next attempts to ``destination``."""
+        outcomes = list(outcomes)
+        unknown = sorted(set(outcomes) - OUTCOMES)
+        if unknown:
+            raise ValueError(f"unknown sandbox outcome(s) {unknown}; known: {sorted(OUTCOMES)}")
+        with self._lock:
+            self._scripts[destination].extend(outcomes)
+
+    def next_outcome(self, destination: str) -> str:
+        with self._lock:
+            queue = self._scripts.get(destination)
+            return queue.popleft() if queue else "ok"
+
+    def record(self, *, provider_id: str, reference: str | None, destination: str, outcome: str) -> OracleEntry:
+        entry = OracleEntry(self.provider, provider_id, reference, destination, outcome,
+                            datetime.now(UTC).isoformat())
+        with self._lock:
+            self._oracle.append(entry)
+            if self.oracle_path is not None:
+                with self.oracle_path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(asdict(entry)) + "\n")
+        return entry
+
+    def oracle(self) -> list[OracleEntry]:
+        with self._lock:
+            return list(self._oracle)
+
+    def sends_per_reference(self) -> dict[str | None, int]:
+        counts: dict[str | None, int] = defaultdict(int)
+        for entry in self.oracle():
+            counts[entry.reference] += 1
+        return dict(counts)
+
+
+def read_oracle_file(path: Path) -> list[dict[str, Any]]:
+    """Read an oracle JSON-lines file written by any emulator process."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
