@@ -12,7 +12,7 @@ from datetime import datetime, time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CampaignFileError, Problem
 
@@ -64,6 +64,12 @@ class Letter(_Strict):
     template: str | None = None  # path relative to the campaign file
     body: str | None = None  # or the template inline
 
+    @model_validator(mode="after")
+    def _one_source(self) -> Letter:
+        if (self.template is None) == (self.body is None):
+            raise ValueError("give exactly one of 'template' (a file) or 'body' (inline)")
+        return self
+
 
 class Supporters(_Strict):
     csv: str  # path relative to the campaign file; columns: email, name (optional)
@@ -110,3 +116,12 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def letter_source(spec: CampaignSpec, base: Path) -> tuple[str, str]:
+    """The letter template's name and source: the file named in ``letter.template`` (relative to the
+    campaign file's folder) or the inline ``letter.body``."""
+    if spec.letter.template:
+        path = base / spec.letter.template
+        return str(path), path.read_text(encoding="utf-8")
+    return "letter.body", spec.letter.body or ""

@@ -1,0 +1,74 @@
+"""State changes on deliveries, always with their append-only event row."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from .models import Delivery, DeliveryEvent, utcnow
+from .states import State, check_transition, sources_of
+
+
+def transition(
+    session: Session,
+    delivery: Delivery,
+    target: State,
+    *,
+    actor: str,
+    reason: str = "",
+    error_class: str | None = None,
+    provider_id: str | None = None,
+    provider_event_id: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> DeliveryEvent:
+    """Move ``delivery`` to ``target`` (checked against the state machine) and log the event."""
+    check_transition(delivery.state, target)
+    event = DeliveryEvent(
+        delivery_id=delivery.id,
+        campaign_id=delivery.campaign_id,
+        at=at or utcnow(),
+        actor=actor,
+        from_state=delivery.state,
+        to_state=str(target),
+        reason=reason,
+        error_class=error_class,
+        provider_id=provider_id,
+        provider_event_id=provider_event_id,
+        data=data,
+    )
+    delivery.state = str(target)
+    if target in (State.FAILED, State.SKIPPED, State.RETRY_WAIT, State.UNKNOWN) and reason:
+        delivery.last_error = reason
+    session.add(event)
+    return event
+
+
+def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: str) -> DeliveryEvent:
+    """The first event of a delivery: it was planned (or skipped at planning)."""
+    event = DeliveryEvent(
+        delivery_id=delivery.id, campaign_id=delivery.campaign_id, actor=actor, from_state=None,
+        to_state=delivery.state, reason=reason,
+    )
+    session.add(event)
+    return event
+
+
+def compare_and_set(session: Session, delivery_id: int, target: State, *, expected: set[State] | None = None,
+                    values: dict[str, Any] | None = None) -> bool:
+    """Atomically move one delivery to ``target`` if it is still in an expected state.
+
+    Returns False (and changes nothing) when another process got there first: no row, no send.
+    The caller logs the event in the same transaction.
+    """
+    allowed = expected if expected is not None else set(sources_of(target))
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.state.in_([str(s) for s in allowed]))
+        .values(state=str(target), updated_at=utcnow(), **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

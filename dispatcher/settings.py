@@ -1,0 +1,44 @@
+"""One settings object. Lookup order: keyword arguments, then ``DISPATCH_*`` environment variables,
+then a ``.env`` file in the working directory, then the defaults below."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import SettingsError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISPATCH_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///var/dispatch.db",
+        description="SQLAlchemy URL of the ledger; SQLite file under var/ by default",
+    )
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker")
+    secret_key: SecretStr | None = Field(default=None, description="signs document URLs for fax providers")
+    public_base_url: str = Field(default="http://127.0.0.1:8000", description="where `dispatch web` is reached")
+    fax_gateways: list[str] = Field(default_factory=lambda: ["sandbox-fax"], description="ordered gateway names")
+    email_gateways: list[str] = Field(default_factory=lambda: ["sandbox-email"])
+    var_dir: Path = Field(default=Path("var"), description="runtime files: SQLite database, oracle logs")
+    log_level: str = "INFO"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, naming the DISPATCH_* variable to fix when one is malformed."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        problems = "; ".join(
+            f"DISPATCH_{str(e['loc'][0]).upper()}: {e['msg'].lower()}" for e in err.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from err
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,64 @@
+"""Shared fixtures: a fresh ledger on SQLite and on the real PostgreSQL server, the example campaign."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher import db
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
+PG_ADMIN_URL = os.environ.get("DISPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def example_file() -> Path:
+    return EXAMPLE
+
+
+def _fresh_postgres_database() -> tuple[str, str]:
+    """Create a throw-away database on the real server, so parallel runs never share state."""
+    name = f"dispatch_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+def _drop_postgres_database(name: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty ledger: SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        db.upgrade(url)
+        yield url
+        return
+    name, url = _fresh_postgres_database()
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture
+def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = db.make_engine(db_url)
+    yield db.session_factory(engine)
+    engine.dispose()

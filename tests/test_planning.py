@@ -1,0 +1,144 @@
+"""Loading campaigns into the ledger, on SQLite and on the real PostgreSQL server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.campaign_file import load_spec
+from dispatcher.db import transaction
+from dispatcher.errors import CampaignConflict, CampaignFileError, TransitionError
+from dispatcher.ledger import transition
+from dispatcher.models import Campaign, Delivery, DeliveryEvent, Route
+from dispatcher.planning import LoadResult, load_campaign
+from dispatcher.states import State
+from dispatcher.validation import validate
+
+from .test_validation import write_campaign
+
+FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
+
+
+def load(factory: sessionmaker[Session], path: Path, *, skip_invalid: bool = False) -> LoadResult:
+    spec = load_spec(path)
+    report = validate(spec, file=path)
+    with transaction(factory) as session:
+        return load_campaign(session, spec, report, source=path, skip_invalid=skip_invalid)
+
+
+def count(factory: sessionmaker[Session], model: type) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_fixed_seed_loads_every_delivery(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    result = load(factory, write_campaign(tmp_path, example_file, FIXED))
+    # Xi: 2 faxes; Guo: 1 email; Wang: 1 fax; 2 supporter copies
+    assert (result.status, result.planned, result.skipped) == ("created", 6, 0)
+    with factory() as session:
+        rows = session.execute(select(Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state)
+                               .order_by(Delivery.id)).all()
+        assert [tuple(r) for r in rows][:4] == [
+            ("letter", "fax", "+861063070900", "planned"),
+            ("letter", "fax", "+861062381025", "planned"),
+            ("letter", "email", "gabzfwz@mps.gov.cn", "planned"),
+            ("letter", "fax", "+861065591516", "planned"),
+        ]
+        keys = session.scalars(select(Delivery.idempotency_key)).all()
+        assert len(set(keys)) == 6
+        events = session.scalars(select(DeliveryEvent.to_state)).all()
+        assert events == ["planned"] * 6
+
+
+def test_reload_is_unchanged(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, FIXED)
+    first = load(factory, path)
+    second = load(factory, path)
+    assert second.status == "unchanged"
+    assert second.campaign_id == first.campaign_id
+    assert count(factory, Delivery) == 6
+    assert count(factory, DeliveryEvent) == 6
+
+
+def test_invalid_input_writes_nothing(factory: sessionmaker[Session], example_file: Path) -> None:
+    with pytest.raises(CampaignFileError) as info:
+        load(factory, example_file)
+    assert "+011 10 6238 1025" in str(info.value)
+    assert count(factory, Campaign) == 0
+    assert count(factory, Delivery) == 0
+
+
+def test_skip_invalid_records_the_route_as_skipped_with_reason(factory: sessionmaker[Session],
+                                                              example_file: Path) -> None:
+    result = load(factory, example_file, skip_invalid=True)
+    assert (result.planned, result.skipped) == (5, 1)
+    with factory() as session:
+        skipped = session.scalars(select(Delivery).where(Delivery.state == "skipped")).one()
+        assert skipped.destination == "+011 10 6238 1025"
+        assert "international dialling prefix" in (skipped.last_error or "")
+        assert "+86 10 6238 1025" in (skipped.last_error or "")
+        route = session.get(Route, skipped.route_id)
+        assert route is not None and route.valid is False and route.value is None
+        event = session.scalars(select(DeliveryEvent).where(DeliveryEvent.delivery_id == skipped.id)).one()
+        assert event.to_state == "skipped" and "--skip-invalid" in event.reason
+
+
+def test_changed_draft_is_replaced(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, FIXED)
+    load(factory, path)
+    path.write_text(path.read_text().replace('fax = ["+86 10 6559 1516"]', 'fax = ["+86 10 6559 1517"]'))
+    result = load(factory, path)
+    assert result.status == "replaced"
+    with factory() as session:
+        assert "+861065591517" in session.scalars(select(Delivery.destination)).all()
+    assert count(factory, Delivery) == 6
+
+
+def test_changed_scheduled_campaign_is_refused(factory: sessionmaker[Session], tmp_path: Path,
+                                              example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, FIXED)
+    load(factory, path)
+    with transaction(factory) as session:
+        session.scalars(select(Campaign)).one().status = "scheduled"
+    path.write_text(path.read_text().replace("Detention of nine", "Detention of ten"))
+    with pytest.raises(CampaignConflict, match="never rewritten"):
+        load(factory, path)
+    with factory() as session:
+        assert session.scalars(select(Campaign.title)).one() == "Detention of nine North Korean refugees"
+
+
+def test_double_plan_is_impossible(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    load(factory, write_campaign(tmp_path, example_file, FIXED))
+    with pytest.raises(IntegrityError), transaction(factory) as session:
+        first = session.scalars(select(Delivery).where(Delivery.kind == "letter")).first()
+        assert first is not None
+        session.add(Delivery(campaign_id=first.campaign_id, kind="letter", addressee_id=first.addressee_id,
+                             route_id=first.route_id, channel=first.channel, destination=first.destination,
+                             idempotency_key="another-key"))
+
+
+def test_events_are_append_only(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    load(factory, write_campaign(tmp_path, example_file, FIXED))
+    with transaction(factory) as session:
+        session.scalars(select(Campaign)).one().status = "scheduled"
+    for statement in ("UPDATE delivery_events SET reason = 'rewritten'", "DELETE FROM delivery_events"):
+        with pytest.raises(DBAPIError, match="append-only"), transaction(factory) as session:
+            session.execute(text(statement))
+    assert count(factory, DeliveryEvent) == 6
+
+
+def test_transition_records_an_event_and_refuses_forbidden_moves(factory: sessionmaker[Session], tmp_path: Path,
+                                                                 example_file: Path) -> None:
+    load(factory, write_campaign(tmp_path, example_file, FIXED))
+    with transaction(factory) as session:
+        delivery = session.scalars(select(Delivery)).first()
+        assert delivery is not None
+        transition(session, delivery, State.QUEUED, actor="test", reason="due")
+        with pytest.raises(TransitionError):
+            transition(session, delivery, State.DELIVERED, actor="test")
+    with factory() as session:
+        assert session.scalars(select(DeliveryEvent.to_state).order_by(DeliveryEvent.id.desc())).first() == "queued"

@@ -1,0 +1,125 @@
+"""Validation of campaign files: every problem at once, named precisely, nothing silently fixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatcher.campaign_file import load_spec
+from dispatcher.errors import CampaignFileError
+from dispatcher.validation import check_number, validate
+
+
+def write_campaign(tmp_path: Path, example_file: Path, replace: dict[str, str] | None = None,
+                   supporters: str | None = None) -> Path:
+    """A copy of the example campaign with textual replacements, beside its template and CSV."""
+    text = example_file.read_text(encoding="utf-8")
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "letter.txt.j2").write_text((example_file.parent / "letter.txt.j2").read_text(encoding="utf-8"))
+    (tmp_path / "supporters.csv").write_text(
+        supporters if supporters is not None else (example_file.parent / "supporters.csv").read_text())
+    path = tmp_path / "campaign.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_seed_campaign_reports_exactly_the_malformed_fax(example_file: Path) -> None:
+    report = validate(load_spec(example_file), file=example_file)
+    assert len(report.errors) == 1, [str(p) for p in report.errors]
+    problem = report.errors[0]
+    assert problem.where == "to[0] (Xi Jinping)"
+    assert problem.field == "fax[1]"
+    assert "'+011 10 6238 1025'" in problem.message
+    assert "'+011' is an international dialling prefix, not a country code" in problem.message
+    assert problem.suggestion == "+86 10 6238 1025"
+    assert "campaign.toml: to[0] (Xi Jinping): fax[1]:" in str(problem)
+
+
+def test_seed_routes_are_normalised_to_e164_and_never_silently_fixed(example_file: Path) -> None:
+    report = validate(load_spec(example_file), file=example_file)
+    xi = report.routes[("to", 0)]
+    assert [(r.channel, r.value) for r in xi] == [("fax", "+861063070900"), ("fax", None)]
+    assert xi[1].raw_value == "+011 10 6238 1025"
+    guo = report.routes[("cc", 0)]
+    assert [(r.channel, r.value) for r in guo] == [("email", "gabzfwz@mps.gov.cn")]
+    wang = report.routes[("cc", 1)]
+    assert [(r.channel, r.value) for r in wang] == [("fax", "+861065591516")]
+
+
+def test_fixed_seed_validates(tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
+    report = validate(load_spec(path), file=path)
+    assert report.ok, [str(p) for p in report.problems]
+
+
+def test_all_problems_reported_at_once(tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, {
+        'email = ["gabzfwz@mps.gov.cn"]': 'email = ["gabzfwz@@mps"]',
+        'timezone = "Asia/Shanghai"\nfax = ["+86 10 6307 0900"': 'timezone = "Asia/Shangai"\nfax = ["+86 10 6307 0900"',
+    })
+    report = validate(load_spec(path), file=path)
+    fields = sorted((p.where, p.field) for p in report.errors)
+    assert fields == [
+        ("cc[0] (Guo Shengkun)", "email[0]"),
+        ("cc[0] (Guo Shengkun)", "fax/email"),  # no usable route left for Guo Shengkun
+        ("to[0] (Xi Jinping)", "fax[1]"),
+        ("to[0] (Xi Jinping)", "timezone"),
+    ]
+    tz = next(p for p in report.errors if p.field == "timezone")
+    assert tz.suggestion == "Asia/Shanghai"
+
+
+def test_addressee_without_electronic_route_is_an_error(tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, {'fax = ["+86 10 6559 1516"]': "fax = []"})
+    report = validate(load_spec(path), file=path)
+    problem = next(p for p in report.errors if p.where == "cc[1] (Wang Yi)")
+    assert "no usable electronic route" in problem.message
+
+
+def test_shape_errors_name_the_key(tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, {'urgency = "urgent"': 'urgency = "urgent"\nurgncy = "high"'})
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    assert any(p.where == "campaign.urgncy" for p in info.value.problems)
+
+
+def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[campaign]\nname = "x\n', encoding="utf-8")
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    assert "line 2" in str(info.value)
+
+
+def test_bad_supporter_rows_named_by_line(tmp_path: Path, example_file: Path) -> None:
+    csv = "email,name\nok@example.org,Ok\nnot-an-email,Bad\nok@example.org,Twice\n"
+    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"}, supporters=csv)
+    report = validate(load_spec(path), file=path)
+    assert [(p.where, p.field, p.severity) for p in report.problems] == [
+        ("line 3", "email", "error"), ("line 4", "email", "warning")]
+    assert [row.line for row in report.supporters] == [2, 3]
+
+
+def test_csv_without_email_column(tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, supporters="mail,name\na@example.org,A\n")
+    report = validate(load_spec(path), file=path)
+    assert any(p.where == "line 1" and "'email' column" in p.message for p in report.errors)
+
+
+@pytest.mark.parametrize(("raw", "country", "expected"), [
+    ("+86 10 6307 0900", "CN", "+861063070900"),
+    ("010 6307 0900", "CN", "+861063070900"),  # national format in the addressee's country
+    ("+44 20 7946 0958", "CN", "+442079460958"),
+])
+def test_numbers_parse_to_e164(raw: str, country: str, expected: str) -> None:
+    assert check_number(raw, country, file="f", where="w", field="fax[0]") == (expected, None)
+
+
+def test_invalid_number_without_sound_suggestion() -> None:
+    value, problem = check_number("+86 12", "CN", file="f", where="w", field="fax[0]")
+    assert value is None and problem is not None
+    assert problem.suggestion is None
+    assert "'+86 12'" in problem.message
