@@ -45,12 +45,17 @@ class Addressee(_Strict):
     phone: list[str] = Field(default_factory=list)  # contact details only, never a route
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _weekdays() -> list[Day]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
 class OfficeHours(_Strict):
     start: time = time(9, 0)
     end: time = time(17, 0)
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"]
-    )
+    days: list[Day] = Field(default_factory=_weekdays)
 
 
 class Schedule(_Strict):

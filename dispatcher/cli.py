@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.orm import Session, sessionmaker
 from rich.console import Console
 
 from . import db, views
@@ -26,7 +27,7 @@ err_console = Console(stderr=True)
 FileArg = Annotated[Path, typer.Argument(help="campaign TOML file", exists=False)]
 
 
-def _factory():  # type: ignore[no-untyped-def]
+def _factory() -> sessionmaker[Session]:
     engine = db.make_engine(get_settings().database_url)
     db.ensure_schema(engine)
     return db.session_factory(engine)
@@ -84,7 +85,8 @@ def campaign_preview(
 def campaign_load(
     file: FileArg,
     skip_invalid: Annotated[bool, typer.Option(
-        "--skip-invalid", help="leave out invalid routes and CSV rows, recording each as skipped with its reason")] = False,
+        "--skip-invalid", help="leave out invalid routes and CSV rows, recording each as skipped with its reason",
+    )] = False,
 ) -> None:
     """Validate, then write the campaign and all its planned deliveries in one transaction."""
     from .planning import load_campaign

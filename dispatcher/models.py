@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -71,6 +72,8 @@ class Campaign(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated campaign file, for re-rendering
     spec_sha256: Mapped[str] = mapped_column(String(64))
     source_path: Mapped[str] = mapped_column(Text, default="")
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when an operator scheduled it
+    letter_date: Mapped[date | None] = mapped_column(Date)  # the date printed on the letter, fixed at scheduling
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -176,6 +179,8 @@ class Delivery(Base):
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     document_sha256: Mapped[str | None] = mapped_column(String(64))
     page_count: Mapped[int | None] = mapped_column(Integer)
+    # False once sent through a gateway that never reports delivery (SMTP): "submitted" is then final
+    expects_report: Mapped[bool] = mapped_column(Boolean, default=True)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -22,8 +22,14 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker")
     secret_key: SecretStr | None = Field(default=None, description="signs document URLs for fax providers")
     public_base_url: str = Field(default="http://127.0.0.1:8000", description="where `dispatch web` is reached")
-    fax_gateways: list[str] = Field(default_factory=lambda: ["sandbox-fax"], description="ordered gateway names")
-    email_gateways: list[str] = Field(default_factory=lambda: ["sandbox-email"])
+    fax_gateway: str = Field(default="telnyx", description="gateway name for faxes (settings DISPATCH_<NAME>_*)")
+    email_gateway: str = Field(default="smtp", description="gateway name for letters by email")
+    copies_gateway: str | None = Field(default=None, description="gateway for supporter copies; email's if unset")
+    retry_base_seconds: float = Field(default=60.0, description="first backoff after a transient failure")
+    retry_cap_seconds: float = Field(default=1800.0, description="longest backoff")
+    max_attempts: int = Field(default=8, description="attempts per route before it is given up")
+    fax_gap_seconds: float = Field(default=60.0, description="minimum time between two faxes to one number")
+    lease_seconds: float = Field(default=600.0, description="a claimed send not recorded by then becomes unknown")
     var_dir: Path = Field(default=Path("var"), description="runtime files: SQLite database, oracle logs")
     log_level: str = "INFO"
 

@@ -82,7 +82,7 @@ def where(role: str, index: int, person: Addressee) -> str:
 
 def _check_sender(spec: CampaignSpec, report: Report) -> None:
     sender = spec.sender
-    number, problem = check_number(sender.fax_caller_id, sender.country, file=report.file,
+    _, problem = check_number(sender.fax_caller_id, sender.country, file=report.file,
                                    where="sender", field="fax_caller_id")
     if problem:
         report.problems.append(problem)
@@ -98,8 +98,8 @@ def _check_addressee(person: Addressee, role: str, index: int, spec: CampaignSpe
                      report: Report) -> list[RouteCheck]:
     place = where(role, index, person)
     if person.country.upper() not in phonenumbers.SUPPORTED_REGIONS:
-        report.problems.append(Problem(file=report.file, where=place, field="country",
-                                       message=f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"))
+        message = f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"
+        report.problems.append(Problem(file=report.file, where=place, field="country", message=message))
     _check_timezone(person.timezone, place, report)
     faxes = [_fax_route(raw, person, place, i, report) for i, raw in enumerate(person.fax)]
     emails = [_email_route(raw, place, i, report) for i, raw in enumerate(person.email)]
@@ -149,7 +149,8 @@ def check_number(raw: str, country: str, *, file: str, where: str, field: str) -
     except phonenumbers.NumberParseException as err:
         return None, _number_problem(raw, region, str(err), file=file, where=where, field=field)
     if not phonenumbers.is_valid_number(number):
-        reason = f"not a valid number (parsed as {phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)})"
+        shown = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        reason = f"not a valid number (parsed as {shown})"
         return None, _number_problem(raw, region, reason, file=file, where=where, field=field)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
 
@@ -182,7 +183,8 @@ def check_email(raw: str, *, file: str, where: str, field: str) -> tuple[str | N
     try:
         result = validate_email(raw, check_deliverability=False)
     except EmailNotValidError as err:
-        return None, Problem(file=file, where=where, field=field, message=f"{raw!r} is not a valid email address: {err}")
+        message = f"{raw!r} is not a valid email address: {err}"
+        return None, Problem(file=file, where=where, field=field, message=message)
     return result.normalized, None
 
 
@@ -203,8 +205,8 @@ def _check_schedule(spec: CampaignSpec, report: Report) -> None:
                                        message="mode 'at' needs a time, e.g. at = 2026-12-01T09:00:00+08:00"))
     for name, value in (("schedule.at", campaign.schedule.at), ("deadline", campaign.deadline)):
         if value is not None and value.tzinfo is None:
-            report.problems.append(Problem(file=report.file, where="campaign", field=name,
-                                           message=f"{value.isoformat()} has no UTC offset; write e.g. {value.isoformat()}+08:00"))
+            message = f"{value.isoformat()} has no UTC offset; write e.g. {value.isoformat()}+08:00"
+            report.problems.append(Problem(file=report.file, where="campaign", field=name, message=message))
     hours = campaign.schedule.office_hours
     if hours.start >= hours.end:
         report.problems.append(Problem(file=report.file, where="campaign.schedule.office_hours", field="start",
@@ -226,7 +228,8 @@ def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
         render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
     except TemplateProblemError as err:
         line = f"line {err.line}" if err.line is not None else ""
-        report.problems.append(Problem(file=name, where="letter template", field=line, message=str(err.args[0]).split(": ", 1)[-1]))
+        reason = str(err.args[0]).split(": ", 1)[-1]
+        report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
 
 
 def _check_supporters(path: Path, report: Report) -> list[SupporterRow]:

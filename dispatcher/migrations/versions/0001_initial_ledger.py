@@ -10,8 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
-
 revision = '0001'
 down_revision = None
 branch_labels = None
@@ -33,6 +31,8 @@ def upgrade() -> None:
     sa.Column('spec', sa.JSON(), nullable=False),
     sa.Column('spec_sha256', sa.String(length=64), nullable=False),
     sa.Column('source_path', sa.Text(), nullable=False),
+    sa.Column('scheduled_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('letter_date', sa.Date(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_campaigns')),
@@ -117,6 +117,7 @@ def upgrade() -> None:
     sa.Column('queued_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('document_sha256', sa.String(length=64), nullable=True),
     sa.Column('page_count', sa.Integer(), nullable=True),
+    sa.Column('expects_report', sa.Boolean(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),

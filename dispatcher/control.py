@@ -1,0 +1,91 @@
+"""Campaign control: schedule, pause, resume, cancel, and an operator's retry of one delivery.
+
+Cancel never interrupts a send already handed to a provider (``sending``/``submitted``); it stops
+every later one. ``unknown`` deliveries stay for reconciliation: they may have been sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .campaign_file import CampaignSpec
+from .errors import CampaignConflict, NotFound
+from .ledger import transition
+from .models import Campaign, Delivery
+from .states import State
+from .timing import first_send_time
+from .views import get_campaign
+
+WAITING = (State.PLANNED, State.QUEUED, State.RETRY_WAIT)
+
+
+def schedule(session: Session, name: str, *, now: datetime, actor: str = "operator") -> Campaign:
+    """Mark a draft campaign scheduled and give each delivery its earliest send time."""
+    campaign = get_campaign(session, name)
+    if campaign.status not in ("draft", "paused"):
+        raise CampaignConflict(f"campaign {name!r} is {campaign.status}; only a draft can be scheduled")
+    spec = CampaignSpec.model_validate(campaign.spec)
+    zones = {a.id: a.timezone for a in campaign.addressees}
+    for delivery in _deliveries(session, campaign, (State.PLANNED,)):
+        zone = zones.get(delivery.addressee_id or -1, "UTC")
+        delivery.not_before = first_send_time(spec.campaign.schedule, timezone=zone, now=now)
+    campaign.status = "scheduled"
+    campaign.scheduled_at = now
+    campaign.letter_date = campaign.letter_date or now.date()
+    return campaign
+
+
+def pause(session: Session, name: str, *, actor: str = "operator") -> int:
+    """Stop claiming; queued deliveries go back to planned. Returns how many were handed back."""
+    campaign = _in_status(session, name, ("scheduled",), "pause")
+    campaign.status = "paused"
+    queued = _deliveries(session, campaign, (State.QUEUED,))
+    for delivery in queued:
+        transition(session, delivery, State.PLANNED, actor=actor, reason="campaign paused")
+    return len(queued)
+
+
+def resume(session: Session, name: str, *, actor: str = "operator") -> Campaign:
+    campaign = _in_status(session, name, ("paused",), "resume")
+    campaign.status = "scheduled"
+    return campaign
+
+
+def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
+    """Cancel every delivery not yet handed to a provider; returns how many were cancelled."""
+    campaign = _in_status(session, name, ("draft", "scheduled", "paused"), "cancel")
+    campaign.status = "cancelled"
+    waiting = _deliveries(session, campaign, WAITING)
+    for delivery in waiting:
+        transition(session, delivery, State.CANCELLED, actor=actor, reason="campaign cancelled")
+    return len(waiting)
+
+
+def retry(session: Session, delivery_id: int, *, now: datetime, actor: str = "operator") -> Delivery:
+    """An operator sends a failed delivery again (same route, same idempotency key)."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise NotFound(f"no delivery #{delivery_id}")
+    transition(session, delivery, State.PLANNED, actor=actor, reason="retry requested by an operator")
+    delivery.not_before = now
+    return delivery
+
+
+def _in_status(session: Session, name: str, allowed: tuple[str, ...], verb: str) -> Campaign:
+    campaign = get_campaign(session, name)
+    if campaign.status not in allowed:
+        raise CampaignConflict(f"cannot {verb} campaign {name!r}: it is {campaign.status}")
+    return campaign
+
+
+def _deliveries(session: Session, campaign: Campaign, states: tuple[State, ...]) -> list[Delivery]:
+    query = (select(Delivery).where(Delivery.campaign_id == campaign.id,
+                                    Delivery.state.in_([str(s) for s in states]))
+             .order_by(Delivery.id).with_for_update())
+    return list(session.scalars(query))
+
+
+__all__ = ["cancel", "pause", "resume", "retry", "schedule"]

@@ -1,0 +1,188 @@
+"""The scheduler: claims due deliveries, marks them queued and hands their ids to a publisher;
+the sweeper repairs what a lost message or a dead worker left behind.
+
+Claiming is safe with several schedulers: on PostgreSQL rows are taken with ``FOR UPDATE SKIP
+LOCKED``, so two ticks never queue the same row; on SQLite every write transaction holds the
+database lock from its start (``BEGIN IMMEDIATE``), so ticks run one after another. Either way a
+delivery published twice is sent once: the worker's compare-and-set claim decides.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from .db import transaction
+from .ledger import transition
+from .models import Campaign, Delivery
+from .states import TERMINAL, State
+
+ACTOR = "scheduler"
+Publisher = Callable[[str, Sequence[int]], None]  # (queue, delivery ids)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    batch_size: int = 200  # ids per broker message
+    claim_limit: int = 2000  # rows claimed per tick, bounded
+    republish_after: timedelta = timedelta(seconds=60)  # a queued row older than this lost its message
+    reconcile_every: timedelta = timedelta(seconds=30)
+
+
+@dataclass
+class TickResult:
+    queued: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    republished: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    expired: list[int] = field(default_factory=list)
+    deadline_failed: int = 0
+    completed: list[str] = field(default_factory=list)
+
+
+def queue_for(delivery: Delivery) -> str:
+    return "copies" if delivery.kind == "copy" else delivery.channel
+
+
+def tick(session: Session, *, now: datetime, config: SchedulerConfig = SchedulerConfig()) -> TickResult:
+    """One scheduler pass in the caller's transaction; publish the result only after commit."""
+    result = TickResult()
+    result.deadline_failed = fail_past_deadline(session, now=now)
+    for delivery in claim_due(session, now=now, limit=config.claim_limit):
+        result.queued[queue_for(delivery)].append(delivery.id)
+    sweep(session, now=now, config=config, result=result)
+    result.completed = complete_campaigns(session)
+    return result
+
+
+def claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
+    """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached."""
+    earlier = aliased(Delivery)
+    blocked_by_earlier_route = exists().where(
+        earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",
+        earlier.route_position < Delivery.route_position,
+        earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]),
+    )
+    query = (
+        select(Delivery)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(
+            Campaign.status == "scheduled",
+            Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
+            or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
+            or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked_by_earlier_route),
+        )
+        .order_by(Delivery.not_before, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Delivery)
+    )
+    due = list(session.scalars(query))
+    for delivery in due:
+        reason = "due" if delivery.state == State.PLANNED else "retrying after backoff"
+        transition(session, delivery, State.QUEUED, actor=ACTOR, reason=reason, at=now)
+        delivery.queued_at = now
+    return due
+
+
+def fail_past_deadline(session: Session, *, now: datetime) -> int:
+    """Deliveries still waiting when their campaign's deadline passed fail, with that reason."""
+    query = (
+        select(Delivery).join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Campaign.deadline.is_not(None), Campaign.deadline <= now,
+               Campaign.status.in_(["scheduled", "paused"]),
+               Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]))
+        .with_for_update(skip_locked=True, of=Delivery)
+    )
+    rows = list(session.scalars(query))
+    for delivery in rows:
+        deadline = delivery.campaign.deadline
+        when = deadline.isoformat() if deadline else ""
+        transition(session, delivery, State.FAILED, actor=ACTOR, at=now,
+                   reason=f"campaign deadline {when} passed before it could be sent")
+    return len(rows)
+
+
+def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: TickResult) -> None:
+    """Re-publish queued rows whose message was lost; expire the leases of dead sends to unknown."""
+    stale = list(session.scalars(
+        select(Delivery).where(Delivery.state == State.QUEUED, Delivery.queued_at < now - config.republish_after)
+        .with_for_update(skip_locked=True)
+    ))
+    for delivery in stale:
+        delivery.queued_at = now
+        result.republished[queue_for(delivery)].append(delivery.id)
+    expired = list(session.scalars(
+        select(Delivery).where(Delivery.state == State.SENDING, Delivery.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    ))
+    for delivery in expired:
+        transition(session, delivery, State.UNKNOWN, actor=ACTOR, at=now, error_class="unknown",
+                   reason="the sending worker's lease expired (worker died mid-send?): outcome unknown, "
+                          "to be reconciled with the provider, never resent blindly")
+        result.expired.append(delivery.id)
+
+
+def unknown_to_reconcile(session: Session, *, now: datetime, every: timedelta) -> dict[str, list[int]]:
+    """Unknown deliveries due for a look-up at the provider, by queue; the next look-up is ``every`` later."""
+    rows = session.scalars(
+        select(Delivery).where(Delivery.state == State.UNKNOWN,
+                               or_(Delivery.not_before.is_(None), Delivery.not_before <= now))
+        .limit(500).with_for_update(skip_locked=True)
+    )
+    out: dict[str, list[int]] = defaultdict(list)
+    for delivery in rows:
+        delivery.not_before = now + every
+        out[queue_for(delivery)].append(delivery.id)
+    return out
+
+
+def complete_campaigns(session: Session) -> list[str]:
+    """Scheduled campaigns whose deliveries all reached an end are marked completed."""
+    open_rows = exists().where(
+        Delivery.campaign_id == Campaign.id,
+        Delivery.state.not_in([str(s) for s in TERMINAL]),
+        ~and_(Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(False)),
+    )
+    names = list(session.scalars(select(Campaign.name).where(Campaign.status == "scheduled", ~open_rows)))
+    if names:
+        session.execute(update(Campaign).where(Campaign.name.in_(names)).values(status="completed"))
+    return names
+
+
+def publish(result: TickResult, publisher: Publisher, *, batch_size: int) -> int:
+    """Hand ids to the broker in batches, one message per batch; returns messages sent."""
+    messages = 0
+    for groups in (result.queued, result.republished):
+        for queue, ids in groups.items():
+            for start in range(0, len(ids), batch_size):
+                publisher(queue, ids[start:start + batch_size])
+                messages += 1
+    return messages
+
+
+def run_once(factory: sessionmaker[Session], publisher: Publisher, reconciler: Publisher, *, now: datetime,
+             config: SchedulerConfig = SchedulerConfig()) -> TickResult:
+    """One tick: claim and sweep in one transaction, then publish what was committed."""
+    with transaction(factory) as session:
+        result = tick(session, now=now, config=config)
+        to_reconcile = unknown_to_reconcile(session, now=now, every=config.reconcile_every)
+    publish(result, publisher, batch_size=config.batch_size)
+    for queue, ids in to_reconcile.items():
+        reconciler(queue, ids)
+    return result
+
+
+def run_forever(factory: sessionmaker[Session], publisher: Publisher, reconciler: Publisher, *,
+                clock: Callable[[], datetime], stop: threading.Event, interval: float = 1.0,
+                config: SchedulerConfig = SchedulerConfig(),
+                on_tick: Callable[[TickResult], None] | None = None) -> None:
+    """Tick every ``interval`` seconds until ``stop`` is set."""
+    while not stop.is_set():
+        result = run_once(factory, publisher, reconciler, now=clock(), config=config)
+        if on_tick is not None:
+            on_tick(result)
+        stop.wait(interval)
