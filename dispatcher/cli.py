@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy.orm import Session, sessionmaker
 from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
 
 from . import db, views
 from .campaign_file import CampaignSpec, load_spec
