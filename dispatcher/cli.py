@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -113,16 +114,157 @@ def campaign_show(name: str) -> None:
             console.print(renderable)
 
 
-@app.command("log")
-def log(name: str) -> None:
-    """The delivery events of a campaign, newest last."""
-    with db.transaction(_factory()) as session:
-        console.print(views.event_table(session, name))
-
-
 def main() -> None:
     try:
         app()
     except DispatchError as err:
         err_console.print(f"[red]error[/red]: {err}")
         raise SystemExit(1) from err
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@campaign_app.command("schedule")
+def campaign_schedule(name: str) -> None:
+    """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
+    from . import control
+
+    with db.transaction(_factory()) as session:
+        campaign = control.schedule(session, name, now=_now())
+        console.print(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
+
+
+@campaign_app.command("pause")
+def campaign_pause(name: str) -> None:
+    """Stop sending; queued deliveries go back to planned. Faxes already handed to a provider go on."""
+    from . import control
+
+    with db.transaction(_factory()) as session:
+        handed_back = control.pause(session, name)
+    console.print(f"{name}: paused ({handed_back} queued deliveries handed back)")
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: str) -> None:
+    """Resume a paused campaign."""
+    from . import control
+
+    with db.transaction(_factory()) as session:
+        control.resume(session, name)
+    console.print(f"{name}: scheduled again")
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(name: str) -> None:
+    """Cancel every delivery not yet handed to a provider (a fax mid-call is never interrupted)."""
+    from . import control
+
+    with db.transaction(_factory()) as session:
+        cancelled = control.cancel(session, name)
+    console.print(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+
+
+delivery_app = typer.Typer(help="Operator actions on one delivery.", no_args_is_help=True)
+app.add_typer(delivery_app, name="delivery")
+
+
+@delivery_app.command("retry")
+def delivery_retry(delivery_id: int) -> None:
+    """Send a failed delivery again (same route, same idempotency key)."""
+    from . import control
+
+    with db.transaction(_factory()) as session:
+        control.retry(session, delivery_id, now=_now())
+    console.print(f"delivery #{delivery_id}: planned again")
+
+
+@delivery_app.command("resolve")
+def delivery_resolve(
+    delivery_id: int,
+    sent: Annotated[bool, typer.Option("--sent/--not-sent", help="what the provider's records show")],
+) -> None:
+    """Settle an `unknown` delivery after checking with the provider by hand."""
+    from . import control
+
+    with db.transaction(_factory()) as session:
+        state = control.resolve(session, delivery_id, sent=sent, now=_now())
+    console.print(f"delivery #{delivery_id}: {state}")
+
+
+@app.command("log")
+def log(
+    name: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep showing new events live")] = False,
+) -> None:
+    """The delivery events of a campaign, newest last."""
+    factory = _factory()
+    if not follow:
+        with db.transaction(factory) as session:
+            console.print(views.event_table(session, name))
+        return
+    from .live import follow_log
+
+    follow_log(factory, name, console=console)
+
+
+@app.command("scheduler")
+def scheduler(interval: Annotated[float, typer.Option(help="seconds between ticks")] = 1.0) -> None:
+    """Claim due deliveries every tick and publish them to the workers; sweep lost and dead ones."""
+    import signal
+    import threading
+
+    from workers.tasks import publisher, reconcile_publisher
+
+    from .scheduler import run_forever
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")
+    try:
+        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command("worker")
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "fax,email,copies",
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker (prefork pool) on the broker at DISPATCH_BROKER_URL."""
+    from workers.celery_app import app as celery_app
+    from workers.celery_app import queue_name
+    from workers.runtime import engine
+
+    engine()  # build gateways now: a missing setting fails at start-up, naming the variable
+    names = ",".join(queue_name(q.strip()) for q in queues.split(","))
+    celery_app.worker_main(["worker", "-Q", names, "--concurrency", str(concurrency), "--loglevel", loglevel,
+                            "--pool", "prefork", "--without-gossip", "--without-mingle"])
+
+
+@app.command("web")
+def web(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve status webhooks (/webhooks/<gateway>), fax documents for providers (/media) and the read API."""
+    import uvicorn
+
+    from .web import build_web_app
+
+    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_level="info")
+
+
+@app.command("demo")
+def demo(
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 90.0,
+) -> None:
+    """Run the example campaign end to end in one process: SQLite, in-process worker, sandbox gateways."""
+    from .demo import run_demo
+
+    ok = run_demo(console=console, timeout=timeout)
+    if not ok:
+        raise typer.Exit(1)

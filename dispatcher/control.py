@@ -89,3 +89,18 @@ def _deliveries(session: Session, campaign: Campaign, states: tuple[State, ...])
 
 
 __all__ = ["cancel", "pause", "resume", "retry", "schedule"]
+
+
+def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, actor: str = "operator") -> State:
+    """An operator settles an ``unknown`` delivery from the provider's own records."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise NotFound(f"no delivery #{delivery_id}")
+    if sent:
+        transition(session, delivery, State.SUBMITTED, actor=actor, at=now,
+                   reason="an operator confirmed with the provider that it was accepted")
+        return State.SUBMITTED
+    transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
+               reason="an operator confirmed with the provider that it was never accepted; it will be sent again")
+    delivery.not_before = now
+    return State.RETRY_WAIT

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from workers.gateways.base import EventKind, StatusEvent
 
 from .ledger import transition
-from .models import Delivery, DeliveryEvent
+from .models import Attempt, Delivery, DeliveryEvent
 from .states import State
 from .timing import backoff
 
@@ -53,28 +53,29 @@ def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: 
 
 
 def retry_or_fail(session: Session, delivery: Delivery, *, actor: str, now: datetime, reason: str,
-                  policy: RetryPolicy, retry_after: float | None = None, error_code: str | None = None) -> State:
+                  policy: RetryPolicy, retry_after: float | None = None, error_code: str | None = None,
+                  provider_event_id: str | None = None) -> State:
     """A transient failure: wait and retry the same route, unless attempts or the deadline ran out."""
     delay = timedelta(seconds=backoff(delivery.attempt_count, base=policy.base_seconds,
                                       cap=policy.cap_seconds, retry_after=retry_after))
     deadline = delivery.campaign.deadline
     if delivery.attempt_count >= policy.max_attempts:
-        return fail(session, delivery, actor=actor, now=now, error_code=error_code,
+        return fail(session, delivery, actor=actor, now=now, error_code=error_code, provider_event_id=provider_event_id,
                     reason=f"{reason}; gave up after {delivery.attempt_count} attempts on this route")
     if deadline is not None and now + delay > deadline:
-        return fail(session, delivery, actor=actor, now=now, error_code=error_code,
+        return fail(session, delivery, actor=actor, now=now, error_code=error_code, provider_event_id=provider_event_id,
                     reason=f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}")
     transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now, error_class="transient",
-               reason=f"{reason}; retry in {delay.total_seconds():.0f}s",
+               reason=f"{reason}; retry in {delay.total_seconds():.0f}s", provider_event_id=provider_event_id,
                data={"error_code": error_code} if error_code else None)
     delivery.not_before = now + delay
     return State.RETRY_WAIT
 
 
 def fail(session: Session, delivery: Delivery, *, actor: str, now: datetime, reason: str,
-         error_code: str | None = None) -> State:
+         error_code: str | None = None, provider_event_id: str | None = None) -> State:
     transition(session, delivery, State.FAILED, actor=actor, at=now, error_class="permanent", reason=reason,
-               data={"error_code": error_code} if error_code else None)
+               provider_event_id=provider_event_id, data={"error_code": error_code} if error_code else None)
     return State.FAILED
 
 
@@ -90,8 +91,9 @@ def apply_status(session: Session, delivery: Delivery, event: StatusEvent, *, ac
     if delivery.state in (State.DELIVERED, State.FAILED, State.CANCELLED, State.SKIPPED, State.RETRY_WAIT,
                           State.QUEUED, State.PLANNED):
         return "stale"  # the outcome is already known, or a newer attempt is under way
-    if delivery.provider_id is None:
-        delivery.provider_id = event.provider_id
+    if _from_earlier_attempt(session, delivery, event):
+        return "stale"
+    delivery.provider_id = event.provider_id
     evidence = _evidence(event)
     if event.kind == EventKind.DELIVERED:
         transition(session, delivery, State.DELIVERED, actor=actor, at=now, provider_id=event.provider_id,
@@ -103,6 +105,16 @@ def apply_status(session: Session, delivery: Delivery, event: StatusEvent, *, ac
     return _note_progress(session, delivery, event, actor=actor, now=now)
 
 
+def _from_earlier_attempt(session: Session, delivery: Delivery, event: StatusEvent) -> bool:
+    """A late report about a previous attempt (say, its busy signal) must not touch the current one."""
+    if delivery.provider_id is not None:
+        return event.provider_id != delivery.provider_id
+    earlier = session.scalar(select(Attempt.id).where(
+        Attempt.delivery_id == delivery.id, Attempt.provider_id == event.provider_id,
+        Attempt.number < delivery.attempt_count))
+    return earlier is not None
+
+
 def _apply_failure(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime,
                    policy: RetryPolicy) -> Applied:
     if delivery.state == State.SENDING:
@@ -112,12 +124,12 @@ def _apply_failure(session: Session, delivery: Delivery, event: StatusEvent, *, 
     reason = f"{event.provider}: {event.kind}" + (f" ({event.error_code})" if event.error_code else "")
     if event.detail:
         reason += f": {event.detail}"
-    _record_provider_event(session, delivery, event, actor=actor, now=now)
     if event.error_class == "transient":
         retry_or_fail(session, delivery, actor=actor, now=now, reason=reason, policy=policy,
-                      error_code=event.error_code)
+                      error_code=event.error_code, provider_event_id=event.event_id)
     else:
-        fail(session, delivery, actor=actor, now=now, reason=reason, error_code=event.error_code)
+        fail(session, delivery, actor=actor, now=now, reason=reason, error_code=event.error_code,
+             provider_event_id=event.event_id)
     return "applied"
 
 

@@ -115,6 +115,8 @@ class Gateway:
     provider: ClassVar[str]
     channel: ClassVar[Channel]
     settings_class: ClassVar[type[BaseSettings]]
+    # False for gateways that never report delivery (SMTP): their acceptance is the final word
+    reports_delivery: ClassVar[bool] = True
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:
         self.settings = settings

@@ -8,6 +8,7 @@ a new module plus one line in :data:`PROVIDERS` (see docs/adding-a-provider.md).
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,9 +43,10 @@ def env_prefix(name: str) -> str:
 
 
 def build_gateway(name: str, *, provider: str | None = None, **overrides: Any) -> Gateway:
-    """Build gateway ``name`` (provider defaults to the name) from the environment plus overrides."""
-    cls = gateway_class(provider or name)
+    """Build gateway ``name`` from the environment plus overrides. Its provider is ``provider``, else
+    ``DISPATCH_<NAME>_PROVIDER``, else the name itself (so "telnyx" needs no extra setting)."""
     prefix = env_prefix(name)
+    cls = gateway_class(provider or os.environ.get(f"{prefix}PROVIDER") or name)
     try:
         settings = cls.settings_class(_env_prefix=prefix, **overrides)  # type: ignore[call-arg]
     except ValidationError as err:

@@ -36,6 +36,12 @@ OUTCOMES = frozenset(
 )
 
 
+# Accepted sends that reach (or may reach) the recipient. Two of these for one reference is a
+# duplicate letter. A send accepted and then failed (busy, no answer...) reached nobody: its retry
+# is not a duplicate.
+REACHING = frozenset({"ok", "drop", "bad_gateway", "bounce"})
+
+
 @dataclass(frozen=True)
 class OracleEntry:
     provider: str
@@ -86,6 +92,14 @@ class SandboxState:
     def oracle(self) -> list[OracleEntry]:
         with self._lock:
             return list(self._oracle)
+
+    def duplicates(self) -> dict[str | None, int]:
+        """References with more than one send that reached (or may have reached) the recipient."""
+        counts: dict[str | None, int] = defaultdict(int)
+        for entry in self.oracle():
+            if entry.outcome in REACHING:
+                counts[entry.reference] += 1
+        return {ref: n for ref, n in counts.items() if n > 1}
 
     def sends_per_reference(self) -> dict[str | None, int]:
         counts: dict[str | None, int] = defaultdict(int)

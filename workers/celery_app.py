@@ -1,0 +1,61 @@
+"""The Celery app. Messages carry only delivery ids; the ledger decides what is sent.
+
+Each setting below is chosen for "never twice, never lose one" (see ARCHITECTURE.md and
+../shared/research/celery-delivery.md):
+
+- ``task_acks_late``: a message is acknowledged after its task ran, so a worker that dies mid-task
+  does not lose it. The redelivered copy is harmless: the ledger's compare-and-set claim refuses
+  a delivery that is no longer ``queued``.
+- ``task_reject_on_worker_lost``: a child killed by a signal (OOM, SIGKILL) requeues its message
+  instead of acking it. It cannot loop into a second send, for the same reason.
+- ``worker_prefetch_multiplier = 1``: a worker holds one message at a time; a slow fax never
+  strands ready messages behind it in another worker's buffer.
+- ``visibility_timeout`` (Redis) above every time limit: Redis redelivers an unacked message after
+  this long, so it must exceed the longest task (hard limit) and any wait inside it.
+- soft and hard time limits: a stuck gateway call is ended; the lease then turns the row ``unknown``.
+- no Celery retries and no ETA tasks: retries and schedules live in the database (``retry_wait``
+  with ``not_before``), because Redis re-runs ETA tasks after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from dispatcher.settings import get_settings
+
+CHANNEL_QUEUES = ("fax", "email", "copies")
+SOFT_TIME_LIMIT = 300  # seconds; fax uploads of large PDFs finish well within this
+HARD_TIME_LIMIT = 360
+VISIBILITY_TIMEOUT = 3600  # > HARD_TIME_LIMIT and > the limiter's max wait
+
+
+def queue_name(queue: str) -> str:
+    """The broker queue for a channel queue, with DISPATCH_QUEUE_PREFIX."""
+    return f"{get_settings().queue_prefix}{queue}"
+
+
+def make_app(broker_url: str | None = None) -> Celery:
+    app = Celery("campaign_dispatch", broker=broker_url or get_settings().broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=SOFT_TIME_LIMIT,
+        task_time_limit=HARD_TIME_LIMIT,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(queue_name(name)) for name in CHANNEL_QUEUES],
+        task_default_queue=queue_name("email"),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,256 @@
+"""The worker path for one delivery: claim, render, send, record. Plain functions; tasks are thin.
+
+1. Claim by compare-and-set ``queued -> sending`` with a lease, committed before anything leaves:
+   no row, no send. A second copy of the message, or a second worker, finds nothing to claim.
+2. Render from the per-campaign cache.
+3. Call the gateway with the delivery's idempotency key.
+4. Record the attempt and the new state in one transaction: ``submitted`` (receipt),
+   ``retry_wait`` (Transient), ``failed`` (Permanent: the next route may go), or ``unknown``
+   (the provider may have the message: reconciled later, never resent blindly).
+A worker killed between 1 and 4 leaves a ``sending`` row whose lease expires into ``unknown``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.db import transaction
+from dispatcher.ledger import compare_and_set, transition
+from dispatcher.models import Attempt, Delivery, DeliveryEvent, utcnow
+from dispatcher.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
+from dispatcher.states import State
+
+from .documents import DocumentCache, Rendered
+from .gateways.base import Gateway, Receipt
+from .gateways.errors import DeliveryError, Permanent, Transient, Unknown
+from .limits import Limiter, LimitTimeout, NoLimits
+
+log = logging.getLogger(__name__)
+
+
+def worker_actor() -> str:
+    return f"worker:{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Engine:
+    """Everything the worker path needs, built once per worker process."""
+
+    factory: sessionmaker[Session]
+    gateways: dict[str, Gateway]  # by channel "fax", "email", and optionally "copies"
+    documents: DocumentCache = field(default_factory=DocumentCache)
+    limiter: Limiter = field(default_factory=NoLimits)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    lease: timedelta = timedelta(minutes=10)
+    fax_gap: timedelta = timedelta(seconds=0)  # minimum time between two faxes to one number
+    media_url: Callable[[int, datetime], str] | None = None
+    clock: Callable[[], datetime] = utcnow
+    actor: str = field(default_factory=worker_actor)
+    hooks: dict[str, Callable[[int], None]] = field(default_factory=dict)  # fault tests: "after_claim", ...
+
+
+def gateway_for(engine: Engine, delivery: Delivery) -> Gateway:
+    """Supporter copies may have a gateway of their own; everything else goes by channel."""
+    if delivery.kind == "copy" and "copies" in engine.gateways:
+        return engine.gateways["copies"]
+    return engine.gateways[delivery.channel]
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery_id: int
+    attempt: int
+    gateway: Gateway
+
+
+def deliver(engine: Engine, delivery_id: int) -> str:
+    """Run one delivery through claim, render, send and record; returns what happened, for logs."""
+    claim = claim_delivery(engine, delivery_id)
+    if isinstance(claim, str):
+        return claim
+    _hook(engine, "after_claim", delivery_id)
+    try:
+        rendered = _render(engine, claim)
+    except Exception as err:
+        return _record_render_failure(engine, claim, err)
+    try:
+        with engine.limiter.sending(claim.gateway.name, campaign=_campaign_key(engine, claim)):
+            receipt: Receipt | DeliveryError = claim.gateway.send(rendered.message)
+    except DeliveryError as err:
+        receipt = err
+    except LimitTimeout as err:  # raised before the send: nothing left
+        receipt = Transient(f"local limit: {err}", code="local-limit")
+    _hook(engine, "after_send", delivery_id)
+    return record_outcome(engine, claim, rendered, receipt)
+
+
+def deliver_many(engine: Engine, ids: list[int]) -> dict[str, int]:
+    """A batch from one broker message: each id goes through the full path on its own."""
+    summary: dict[str, int] = {}
+    for delivery_id in ids:
+        outcome = deliver(engine, delivery_id)
+        summary[outcome] = summary.get(outcome, 0) + 1
+    return summary
+
+
+def claim_delivery(engine: Engine, delivery_id: int) -> Claim | str:
+    """The compare-and-set claim, committed before any send. Returns a reason string when not claimed."""
+    now = engine.clock()
+    with transaction(engine.factory) as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None:
+            return "missing"
+        if delivery.state != State.QUEUED:
+            return f"not-claimable:{delivery.state}"  # a duplicate message, or another worker's
+        held = _hold_back(engine, session, delivery, now)
+        if held:
+            return held
+        gateway = gateway_for(engine, delivery)
+        attempt = delivery.attempt_count + 1
+        claimed = compare_and_set(session, delivery_id, State.SENDING, expected={State.QUEUED}, values={
+            "lease_expires_at": now + engine.lease, "attempt_count": attempt, "gateway": gateway.name,
+            "provider_id": None})  # this attempt's id comes with its receipt; older ones stay on Attempt rows
+        if not claimed:
+            return "lost-race"
+        session.add(DeliveryEvent(delivery_id=delivery_id, campaign_id=delivery.campaign_id, at=now,
+                                  actor=engine.actor, from_state=State.QUEUED, to_state=State.SENDING,
+                                  reason=f"attempt {attempt} via {gateway.name}"))
+        session.add(Attempt(delivery_id=delivery_id, number=attempt, gateway=gateway.name, started_at=now))
+    return Claim(delivery_id, attempt, gateway)
+
+
+def _hold_back(engine: Engine, session: Session, delivery: Delivery, now: datetime) -> str | None:
+    """Campaign paused or cancelled, or the fax line is busy with our own call: do not claim."""
+    status = delivery.campaign.status
+    if status == "cancelled":
+        transition(session, delivery, State.CANCELLED, actor=engine.actor, at=now, reason="campaign cancelled")
+        return "cancelled"
+    if status != "scheduled":
+        transition(session, delivery, State.PLANNED, actor=engine.actor, at=now, reason=f"campaign {status}")
+        return f"held:{status}"
+    if delivery.channel == "fax":
+        wait = _fax_line_wait(engine, session, delivery, now)
+        if wait is not None:
+            transition(session, delivery, State.PLANNED, actor=engine.actor, at=now,
+                       reason="another fax to this number is in progress or just ended; waiting for the line")
+            delivery.not_before = now + wait
+            return "line-busy"
+    return None
+
+
+def _fax_line_wait(engine: Engine, session: Session, delivery: Delivery, now: datetime) -> timedelta | None:
+    """One fax call at a time to a number, across campaigns and workers, and a gap between calls."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        # serialises claims to one number across workers until this transaction ends
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": delivery.destination})
+    busy = session.scalar(select(Delivery.id).where(
+        Delivery.channel == "fax", Delivery.destination == delivery.destination, Delivery.id != delivery.id,
+        Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN])).limit(1))
+    if busy is not None:
+        return max(engine.fax_gap, timedelta(seconds=5))
+    if engine.fax_gap:
+        last = session.scalar(select(Attempt.finished_at).join(Delivery, Delivery.id == Attempt.delivery_id)
+                              .where(Delivery.destination == delivery.destination, Delivery.id != delivery.id,
+                                     Attempt.finished_at.is_not(None))
+                              .order_by(Attempt.finished_at.desc()).limit(1))
+        if last is not None and now - last < engine.fax_gap:
+            return engine.fax_gap - (now - last)
+    return None
+
+
+def _render(engine: Engine, claim: Claim) -> Rendered:
+    with engine.factory() as session:
+        delivery = session.get(Delivery, claim.delivery_id)
+        assert delivery is not None
+        url = engine.media_url(delivery.id, engine.clock()) if engine.media_url and delivery.channel == "fax" else None
+        return engine.documents.render(delivery, media_url=url)
+
+
+def _campaign_key(engine: Engine, claim: Claim) -> str:
+    with engine.factory() as session:
+        delivery = session.get(Delivery, claim.delivery_id)
+        return str(delivery.campaign_id if delivery else 0)
+
+
+def record_outcome(engine: Engine, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError) -> str:
+    """Record the attempt and the new state in one transaction."""
+    now = engine.clock()
+    with transaction(engine.factory) as session:
+        delivery = session.get(Delivery, claim.delivery_id, with_for_update=True)
+        assert delivery is not None
+        delivery.document_sha256 = rendered.sha256
+        delivery.page_count = rendered.page_count
+        attempt = _attempt(session, claim)
+        attempt.finished_at = now
+        attempt.document_sha256 = rendered.sha256
+        if isinstance(outcome, Receipt):
+            return _record_receipt(engine, session, delivery, attempt, outcome, now)
+        return _record_error(engine, session, delivery, attempt, outcome, now)
+
+
+def _attempt(session: Session, claim: Claim) -> Attempt:
+    return session.scalars(select(Attempt).where(Attempt.delivery_id == claim.delivery_id,
+                                                 Attempt.number == claim.attempt)).one()
+
+
+def _record_receipt(engine: Engine, session: Session, delivery: Delivery, attempt: Attempt, receipt: Receipt,
+                    now: datetime) -> str:
+    attempt.outcome, attempt.provider_id = "submitted", receipt.provider_id
+    attempt.evidence = {"status": receipt.status, "accepted_at": receipt.accepted_at.isoformat()}
+    delivery.provider_id = receipt.provider_id
+    delivery.expects_report = gateway_for(engine, delivery).reports_delivery
+    if delivery.state != State.SENDING:
+        return f"receipt-after-{delivery.state}"  # a status callback already moved it on: keep that
+    transition(session, delivery, State.SUBMITTED, actor=engine.actor, at=now, provider_id=receipt.provider_id,
+               reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})")
+    if not delivery.expects_report:
+        skip_other_routes(session, delivery, actor=engine.actor, now=now)
+    return "submitted"
+
+
+def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError,
+                  now: datetime) -> str:
+    attempt.error_code, attempt.detail = err.code, str(err)
+    if delivery.state != State.SENDING:
+        attempt.outcome = "late"
+        return f"error-after-{delivery.state}"
+    if isinstance(err, Transient):
+        attempt.outcome = "transient"
+        retry_or_fail(session, delivery, actor=engine.actor, now=now, reason=str(err), policy=engine.retry,
+                      retry_after=err.retry_after, error_code=err.code)
+        return "transient"
+    if isinstance(err, Permanent):
+        attempt.outcome = "permanent"
+        fail(session, delivery, actor=engine.actor, now=now, reason=str(err), error_code=err.code)
+        return "permanent"
+    attempt.outcome = "unknown"
+    reason = f"{err}; the provider may have accepted it: reconcile before any resend"
+    transition(session, delivery, State.UNKNOWN, actor=engine.actor, at=now, error_class="unknown", reason=reason)
+    assert isinstance(err, Unknown)
+    return "unknown"
+
+
+def _record_render_failure(engine: Engine, claim: Claim, err: Exception) -> str:
+    now = engine.clock()
+    log.error("rendering failed for delivery %s: %s", claim.delivery_id, type(err).__name__)
+    with transaction(engine.factory) as session:
+        delivery = session.get(Delivery, claim.delivery_id)
+        assert delivery is not None
+        attempt = _attempt(session, claim)
+        attempt.finished_at, attempt.outcome, attempt.detail = now, "permanent", f"rendering failed: {err}"
+        fail(session, delivery, actor=engine.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
+    return "render-failed"
+
+
+def _hook(engine: Engine, name: str, delivery_id: int) -> None:
+    hook = engine.hooks.get(name)
+    if hook is not None:
+        hook(delivery_id)

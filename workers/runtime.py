@@ -1,0 +1,80 @@
+"""The per-process Engine, built from settings on first use (or installed by the demo and tests)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import redis
+
+from dispatcher import db
+from dispatcher.errors import SettingsError
+from dispatcher.media import media_url
+from dispatcher.outcomes import RetryPolicy
+from dispatcher.settings import Settings, get_settings
+
+from .delivery import Engine
+from .gateways.base import Gateway
+from .gateways.registry import build_gateway
+from .limits import Limiter, NoLimits, RedisLimiter
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+
+
+def engine() -> Engine:
+    global _engine
+    with _lock:
+        if _engine is None:
+            _engine = build_engine(get_settings())
+        return _engine
+
+
+def install(new: Engine | None) -> None:
+    """Use ``new`` in this process (the demo and tests build their own)."""
+    global _engine
+    with _lock:
+        _engine = new
+
+
+def build_gateways(settings: Settings) -> dict[str, Gateway]:
+    """One gateway per channel; a missing setting fails here, at start-up, naming the variable."""
+    gateways = {"fax": build_gateway(settings.fax_gateway), "email": build_gateway(settings.email_gateway)}
+    if settings.copies_gateway:
+        gateways["copies"] = build_gateway(settings.copies_gateway)
+    return gateways
+
+
+def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = None,
+                 limiter: Limiter | None = None) -> Engine:
+    sql = db.make_engine(settings.database_url)
+    db.ensure_schema(sql)
+    return Engine(
+        factory=db.session_factory(sql),
+        gateways=gateways if gateways is not None else build_gateways(settings),
+        limiter=limiter if limiter is not None else _limiter(settings),
+        retry=RetryPolicy(base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds,
+                          max_attempts=settings.max_attempts),
+        lease=timedelta(seconds=settings.lease_seconds),
+        fax_gap=timedelta(seconds=settings.fax_gap_seconds),
+        media_url=_media_urls(settings),
+    )
+
+
+def _limiter(settings: Settings) -> Limiter:
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return RedisLimiter(redis.Redis.from_url(settings.broker_url))
+    return NoLimits()
+
+
+def _media_urls(settings: Settings):  # type: ignore[no-untyped-def]
+    if settings.secret_key is None:
+        return None
+    secret = settings.secret_key.get_secret_value().encode()
+    if len(secret) < 32:
+        raise SettingsError("DISPATCH_SECRET_KEY: must be at least 32 characters (it signs document URLs)")
+
+    def url(delivery_id: int, now: datetime) -> str:
+        return media_url(settings.public_base_url, delivery_id, secret=secret, now=now)
+
+    return url

@@ -1,0 +1,38 @@
+"""Thin Celery tasks: each calls a plain, separately tested function with ids from the message."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from .celery_app import app, queue_name
+from .delivery import deliver_many
+from .reconcile import reconcile
+from .runtime import engine
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="dispatch.deliver")
+def deliver_task(ids: list[int]) -> dict[str, Any]:
+    summary = deliver_many(engine(), [int(i) for i in ids])
+    log.info("delivered batch of %d: %s", len(ids), summary)
+    return summary
+
+
+@app.task(name="dispatch.reconcile")
+def reconcile_task(ids: list[int]) -> dict[str, int]:
+    summary: dict[str, int] = {}
+    for delivery_id in ids:
+        outcome = reconcile(engine(), int(delivery_id))
+        summary[outcome] = summary.get(outcome, 0) + 1
+    return summary
+
+
+def publisher(queue: str, ids: Sequence[int]) -> None:
+    deliver_task.apply_async(args=[list(ids)], queue=queue_name(queue))
+
+
+def reconcile_publisher(queue: str, ids: Sequence[int]) -> None:
+    reconcile_task.apply_async(args=[list(ids)], queue=queue_name(queue))
