@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx

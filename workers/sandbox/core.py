@@ -93,13 +93,14 @@ class SandboxState:
         with self._lock:
             return list(self._oracle)
 
-    def duplicates(self) -> dict[str | None, int]:
-        """References with more than one send that reached (or may have reached) the recipient."""
-        counts: dict[str | None, int] = defaultdict(int)
+    def duplicates(self) -> dict[tuple[str | None, str], int]:
+        """(reference, destination) pairs sent more than once in a way that reached, or may have
+        reached, the recipient. One email to a To and a Cc is one entry per recipient, not a duplicate."""
+        counts: dict[tuple[str | None, str], int] = defaultdict(int)
         for entry in self.oracle():
             if entry.outcome in REACHING:
-                counts[entry.reference] += 1
-        return {ref: n for ref, n in counts.items() if n > 1}
+                counts[(entry.reference, entry.destination)] += 1
+        return {key: n for key, n in counts.items() if n > 1}
 
     def sends_per_reference(self) -> dict[str | None, int]:
         counts: dict[str | None, int] = defaultdict(int)

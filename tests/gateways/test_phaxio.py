@@ -1,0 +1,427 @@
+"""PhaxioGateway against the Phaxio emulator on real localhost ports, webhooks included."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import SecretStr
+
+from workers.gateways.base import EventKind, FaxMessage, StatusEvent, WebhookRequest
+from workers.gateways.errors import (
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+from workers.gateways.fax import phaxio
+from workers.gateways.fax.phaxio import PhaxioGateway, PhaxioSettings, classify_error, signature
+from workers.gateways.registry import build_gateway
+from workers.sandbox.core import SandboxState
+from workers.sandbox.phaxio import create_app
+from workers.sandbox.server import ThreadedServer, free_port, serve
+
+KEY, SECRET, TOKEN = "test-api-key", "test-api-secret", "test-webhook-token"
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R] >>\n2 0 obj << /Type /Page >>\n%%EOF"
+
+
+class Receiver:
+    """A webhook endpoint that keeps every request byte for byte."""
+
+    def __init__(self) -> None:
+        self.requests: list[WebhookRequest] = []
+        self.app = FastAPI()
+
+        @self.app.post("/hooks/phaxio")
+        async def hook(request: Request) -> dict[str, bool]:
+            self.requests.append(WebhookRequest(
+                method=request.method, url=str(request.url), body=await request.body(),
+                headers={k.lower(): v for k, v in request.headers.items()}, received_at=datetime.now(UTC)))
+            return {"ok": True}
+
+    def wait_for(self, predicate: Callable[[WebhookRequest], bool], timeout: float = 5.0) -> WebhookRequest:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for item in list(self.requests):
+                if predicate(item):
+                    return item
+            time.sleep(0.02)
+        raise AssertionError("webhook not received in time")
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    hooks = Receiver()
+    with serve(hooks.app) as server:
+        yield hooks, f"{server.url}/hooks/phaxio"
+
+
+@pytest.fixture(scope="module")
+def state() -> SandboxState:
+    return SandboxState(provider="phaxio", webhook_delay=0.02)
+
+
+@pytest.fixture(scope="module")
+def sandbox(state: SandboxState) -> Iterator[ThreadedServer]:
+    with serve(create_app(state, api_key=KEY, api_secret=SECRET, callback_token=TOKEN)) as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(sandbox: ThreadedServer, receiver: tuple[Receiver, str]) -> PhaxioGateway:
+    return PhaxioGateway(_settings(sandbox.url, receiver[1]))
+
+
+@pytest.fixture
+def latency(state: SandboxState) -> Iterator[SandboxState]:
+    yield state
+    state.latency = 0.0
+
+
+def _settings(base_url: str, callback_url: str | None, token: str = TOKEN) -> PhaxioSettings:
+    return PhaxioSettings(api_key=KEY, api_secret=SecretStr(SECRET), callback_token=SecretStr(token), base_url=base_url,
+                          callback_url=callback_url)
+
+
+def _message(to: str | None = None) -> FaxMessage:
+    number = to or f"+1555{uuid.uuid4().int % 10**7:07d}"
+    return FaxMessage(to=number, from_number="+15551230000", pdf=PDF, page_count=1,
+                      reference=f"ref-{uuid.uuid4().hex}", header_text="Amnesty campaign")
+
+
+def _oracle(state: SandboxState, reference: str) -> list[str]:
+    return [entry.provider_id for entry in state.oracle() if entry.reference == reference]
+
+
+def _completed(receiver: Receiver, fax_id: str) -> WebhookRequest:
+    return receiver.wait_for(lambda r: f'"id": {fax_id},' in r.body.decode() and b"fax_completed" in r.body)
+
+
+# -- sending --------------------------------------------------------------------------------------
+
+
+def test_send_success_returns_receipt_and_records_the_reference(gateway: PhaxioGateway,
+                                                                 state: SandboxState) -> None:
+    message = _message()
+    receipt = gateway.send(message)
+    assert receipt.provider == "phaxio" and receipt.status == "queued"
+    assert receipt.provider_id.isdigit() and receipt.raw["message"] == "Fax queued for sending"
+    assert _oracle(state, message.reference) == [receipt.provider_id]
+    fax = state_fax(gateway, receipt.provider_id)
+    assert fax["tags"] == {"reference": message.reference}
+    assert fax["caller_id"] == message.from_number
+
+
+def state_fax(gateway: PhaxioGateway, fax_id: str) -> dict[str, object]:
+    event = gateway.fetch_status(fax_id)
+    assert isinstance(event.raw, dict)
+    return event.raw
+
+
+@pytest.mark.parametrize(("outcome", "error", "code"), [
+    ("invalid_number", Permanent, "422"),
+    ("server_error", Transient, "500"),
+    ("rate_limited", Transient, "429"),
+    ("bad_gateway", Unknown, "502"),
+    ("drop", Unknown, "dropped"),
+])
+def test_scripted_failures_map_to_the_right_class(gateway: PhaxioGateway, state: SandboxState, outcome: str,
+                                                  error: type[Exception], code: str) -> None:
+    message = _message()
+    state.script(message.to, [outcome])
+    with pytest.raises(error) as caught:
+        gateway.send(message)
+    assert type(caught.value) is error and caught.value.code == code  # type: ignore[attr-defined]
+    accepted = outcome in ("bad_gateway", "drop")  # the ambiguous ones: Phaxio kept the fax
+    assert len(_oracle(state, message.reference)) == (1 if accepted else 0)
+
+
+def test_rate_limit_carries_retry_after(gateway: PhaxioGateway, state: SandboxState) -> None:
+    message = _message()
+    state.script(message.to, ["rate_limited"])
+    with pytest.raises(Transient) as caught:
+        gateway.send(message)
+    assert caught.value.retry_after == float(state.retry_after)
+
+
+@pytest.mark.parametrize(("outcome", "error_id", "error_class"), [
+    ("busy", "17", "transient"), ("no_answer", "112", "transient"), ("no_fax_tone", "14", "transient"),
+])
+def test_call_failures_arrive_as_signed_webhooks(gateway: PhaxioGateway, state: SandboxState,
+                                                 receiver: tuple[Receiver, str], outcome: str, error_id: str,
+                                                 error_class: str) -> None:
+    message = _message()
+    state.script(message.to, [outcome])
+    receipt = gateway.send(message)  # accepted first, fails on the line afterwards
+    [event] = gateway.parse_webhook(_completed(receiver[0], receipt.provider_id))
+    assert (event.kind, event.error_code, event.error_class) == (EventKind.FAILED, error_id, error_class)
+    assert event.reference == message.reference and event.provider_id == receipt.provider_id
+
+
+def test_closed_port_is_transient(receiver: tuple[Receiver, str]) -> None:
+    gateway = PhaxioGateway(_settings(f"http://127.0.0.1:{free_port()}", receiver[1]))
+    with pytest.raises(Transient) as caught:
+        gateway.send(_message())
+    assert caught.value.code == "connect"
+
+
+def test_read_timeout_is_unknown_and_reconciles(sandbox: ThreadedServer, receiver: tuple[Receiver, str],
+                                                latency: SandboxState) -> None:
+    latency.latency = 1.0
+    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        gateway = PhaxioGateway(_settings(sandbox.url, receiver[1]), client=client)
+        message = _message()
+        with pytest.raises(Unknown) as caught:
+            gateway.send(message)
+    assert caught.value.code == "timeout"
+    latency.latency = 0.0
+    deadline = time.monotonic() + 5  # the emulator accepts once its latency has passed
+    while not _oracle(latency, message.reference) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = PhaxioGateway(_settings(sandbox.url, receiver[1])).find_by_reference(message.reference)
+    assert found is not None and [found.provider_id] == _oracle(latency, message.reference)
+
+
+def test_wrong_credentials_name_the_setting(sandbox: ThreadedServer) -> None:
+    settings = PhaxioSettings(api_key="wrong", api_secret=SecretStr(SECRET), callback_token=SecretStr(TOKEN),
+                              base_url=sandbox.url)
+    with pytest.raises(Permanent) as caught:
+        PhaxioGateway(settings, name="phaxio-eu").send(_message())
+    assert "DISPATCH_PHAXIO_EU_API_KEY" in str(caught.value) and caught.value.code == "401"
+
+
+def test_payment_required_is_transient() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(402, json={"success": False, "message": "Insufficient funds"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        gateway = PhaxioGateway(_settings("https://api.phaxio.test", None), client=client)
+        with pytest.raises(Transient) as caught:
+            gateway.send(_message())
+    assert caught.value.code == "insufficient_funds"
+
+
+def test_unreadable_success_is_unknown() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>maintenance</html>")
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        gateway = PhaxioGateway(_settings("https://api.phaxio.test", None), client=client)
+        with pytest.raises(Unknown):
+            gateway.send(_message())
+
+
+def test_send_sends_the_documented_fields() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"success": True, "message": "Fax queued for sending",
+                                         "data": {"id": 323034811}})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        gateway = PhaxioGateway(_settings("https://api.phaxio.test", "https://example.org/cb"), client=client)
+        message = _message()
+        assert gateway.send(message).provider_id == "323034811"
+    body = seen[0].read()
+    assert seen[0].url == "https://api.phaxio.test/v2.1/faxes"
+    assert seen[0].headers["authorization"].startswith("Basic ")
+    for name, value in [("to", message.to), ("caller_id", message.from_number), ("header_text", "Amnesty campaign"),
+                        ("callback_url", "https://example.org/cb"), ("tag[reference]", message.reference)]:
+        assert f'name="{name}"\r\n\r\n{value}\r\n'.encode() in body
+    assert b'name="file"; filename=' in body and PDF in body
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCH_PHAXIO_API_KEY", "k")
+    monkeypatch.setenv("DISPATCH_PHAXIO_API_SECRET", "s")
+    with pytest.raises(GatewayConfigError, match="DISPATCH_PHAXIO_CALLBACK_TOKEN"):
+        build_gateway("phaxio")
+    monkeypatch.setenv("DISPATCH_PHAXIO_CALLBACK_TOKEN", "t")
+    gateway = build_gateway("phaxio")
+    assert isinstance(gateway, PhaxioGateway) and gateway.config.base_url == "https://api.phaxio.com"
+
+
+# -- looking up -----------------------------------------------------------------------------------
+
+
+def test_fetch_status_follows_the_fax(gateway: PhaxioGateway, receiver: tuple[Receiver, str]) -> None:
+    receipt = gateway.send(_message())
+    _completed(receiver[0], receipt.provider_id)
+    event = gateway.fetch_status(receipt.provider_id)
+    assert event.kind is EventKind.DELIVERED and event.provider_id == receipt.provider_id
+    assert event.pages == 1 and event.error_class is None
+
+
+def test_fetch_status_of_an_unknown_fax_fails(gateway: PhaxioGateway) -> None:
+    with pytest.raises(StatusLookupError):
+        gateway.fetch_status("999")
+
+
+def test_find_by_reference_after_a_drop(gateway: PhaxioGateway, state: SandboxState) -> None:
+    message = _message()
+    state.script(message.to, ["drop"])
+    with pytest.raises(Unknown):
+        gateway.send(message)
+    found = gateway.find_by_reference(message.reference)
+    assert found is not None and found.reference == message.reference
+    assert [found.provider_id] == _oracle(state, message.reference)
+
+
+def test_find_by_reference_of_a_never_sent_reference(gateway: PhaxioGateway) -> None:
+    gateway.send(_message())
+    assert gateway.find_by_reference(f"never-{uuid.uuid4().hex}") is None
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+def test_published_signature_example() -> None:
+    # phaxio-ruby spec/resources/webhook_spec.rb: token "test-webhook-token", url "example.com",
+    # params {test: true}, no files.
+    assert signature("test-webhook-token", "example.com", [("test", "true")]) == (
+        "64a735ef0c47a0ae671e381c046648f0966deb29")
+
+
+def test_signature_covers_sorted_params_and_file_digests() -> None:
+    text = "https://x/cb" + "a1" + "b2" + "f" + hashlib.sha1(b"PDF").hexdigest() + "g" + hashlib.sha1(b"X").hexdigest()
+    expected = hmac.new(b"tok", text.encode(), hashlib.sha1).hexdigest()
+    assert signature("tok", "https://x/cb", [("b", "2"), ("a", "1")], [("g", b"X"), ("f", b"PDF")]) == expected
+
+
+def test_webhook_from_the_emulator_verifies(gateway: PhaxioGateway, receiver: tuple[Receiver, str]) -> None:
+    message = _message()
+    receipt = gateway.send(message)
+    [event] = gateway.parse_webhook(_completed(receiver[0], receipt.provider_id))
+    assert event.kind is EventKind.DELIVERED and event.reference == message.reference
+    assert event.event_id and event.event_id.startswith(f"{receipt.provider_id}:fax_completed:success")
+
+
+def _signed(fields: dict[str, str], url: str = "https://example.org/cb", token: str = TOKEN) -> WebhookRequest:
+    request = httpx.Request("POST", url, files={k: (None, v) for k, v in fields.items()})
+    text = url + "".join(k + v for k, v in sorted(fields.items()))
+    digest = hmac.new(token.encode(), text.encode(), hashlib.sha1).hexdigest()
+    return WebhookRequest(method="POST", url=url, body=request.read(), received_at=datetime.now(UTC),
+                          headers={"content-type": request.headers["content-type"], "x-phaxio-signature": digest})
+
+
+FAX = {"id": 42, "status": "failure", "num_pages": 2, "tags": {"reference": "r-1"},
+       "completed_at": "2021-11-04T16:28:30.000-05:00",
+       "recipients": [{"phone_number": "+15558675309", "status": "failure", "error_type": "lineError",
+                       "error_id": 34, "error_message": "Phone number not operational"}]}
+
+
+def _webhook_gateway(token: str = TOKEN) -> PhaxioGateway:
+    return PhaxioGateway(_settings("https://api.phaxio.test", "https://example.org/cb", token=token))
+
+
+def test_handmade_webhook_maps_recipient_error() -> None:
+    [event] = _webhook_gateway().parse_webhook(_signed({"fax": json.dumps(FAX), "event_type": "fax_completed"}))
+    assert (event.kind, event.error_class, event.error_code) == (EventKind.FAILED, "permanent", "34")
+    assert event.occurred_at == datetime.fromisoformat("2021-11-04T16:28:30.000-05:00") and event.pages == 2
+
+
+def test_forged_webhook_is_refused() -> None:
+    request = _signed({"fax": json.dumps(FAX), "event_type": "fax_completed"})
+    forged = request.body.replace(b'"status": "failure"', b'"status": "success"', 1)
+    assert forged != request.body
+    with pytest.raises(WebhookAuthError):
+        _webhook_gateway().parse_webhook(_replace(request, body=forged))
+
+
+def test_webhook_signed_with_another_token_is_refused() -> None:
+    request = _signed({"fax": json.dumps(FAX), "event_type": "fax_completed"})
+    with pytest.raises(WebhookAuthError):
+        _webhook_gateway(token="another-token").parse_webhook(request)
+
+
+def test_webhook_without_signature_is_refused() -> None:
+    request = _signed({"fax": json.dumps(FAX), "event_type": "fax_completed"})
+    headers = {k: v for k, v in request.headers.items() if k != "x-phaxio-signature"}
+    with pytest.raises(WebhookAuthError):
+        _webhook_gateway().parse_webhook(_replace(request, headers=headers))
+
+
+@pytest.mark.parametrize("fields", [
+    {"fax": "{not json", "event_type": "fax_completed"},
+    {"event_type": "fax_completed"},
+    {"fax": json.dumps({"status": "success"}), "event_type": "fax_completed"},
+])
+def test_malformed_signed_webhook_is_a_format_error(fields: dict[str, str]) -> None:
+    with pytest.raises(WebhookFormatError):
+        _webhook_gateway().parse_webhook(_signed(fields))
+
+
+def test_truncated_multipart_is_a_format_error() -> None:
+    request = _signed({"fax": json.dumps(FAX), "event_type": "fax_completed"})
+    with pytest.raises(WebhookFormatError):
+        _webhook_gateway().parse_webhook(_replace(request, body=request.body[:-20]))
+
+
+def test_wrong_content_type_is_a_format_error() -> None:
+    request = _signed({"fax": json.dumps(FAX), "event_type": "fax_completed"})
+    with pytest.raises(WebhookFormatError):
+        _webhook_gateway().parse_webhook(_replace(request, headers={**request.headers,
+                                                                     "content-type": "application/json"}))
+
+
+def test_other_events_change_nothing() -> None:
+    assert _webhook_gateway().parse_webhook(_signed({"fax": json.dumps(FAX), "event_type": "fax_received"})) == []
+
+
+def test_retry_scheduled_is_deferred_and_transient() -> None:
+    fax = {**FAX, "status": "inprogress", "recipients": [{**FAX["recipients"][0], "status": "willretry",  # type: ignore[index]
+                                                          "error_id": 17, "error_type": "lineError"}]}
+    fields = {"fax": json.dumps(fax), "event_type": "retry_scheduled", "retry_count": "1",
+              "recipient_phone_number": "+15558675309"}
+    [event] = _webhook_gateway().parse_webhook(_signed(fields))
+    assert (event.kind, event.error_class, event.error_code) == (EventKind.DEFERRED, "transient", "17")
+
+
+def _replace(request: WebhookRequest, **changes: object) -> WebhookRequest:
+    values = {"method": request.method, "url": request.url, "headers": request.headers, "body": request.body,
+              "received_at": request.received_at, **changes}
+    return WebhookRequest(**values)  # type: ignore[arg-type]
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("error_id", "expected"), sorted(phaxio.ERROR_CLASSES.items()))
+def test_error_table_rows(error_id: int, expected: str) -> None:
+    assert classify_error("lineError", error_id) == expected
+
+
+@pytest.mark.parametrize(("error_id", "expected"), [
+    (17, "transient"), (16, "transient"), (15, "transient"), (30, "transient"), (87, "transient"),
+    (112, "transient"), (34, "permanent"), (49, "permanent"), (50, "permanent"), (52, "permanent"),
+    (54, "permanent"), (129, "permanent"),
+])
+def test_error_table_decisions(error_id: int, expected: str) -> None:
+    assert phaxio.ERROR_CLASSES[error_id] == expected
+
+
+@pytest.mark.parametrize(("error_type", "expected"), [
+    ("documentConversionError", "permanent"), ("lineError", "transient"), ("faxError", "transient"),
+    ("fatalError", "transient"), ("generalError", "transient"), (None, "transient"),
+])
+def test_unlisted_ids_fall_back_to_the_type(error_type: str | None, expected: str) -> None:
+    assert classify_error(error_type, 9999) == expected
+
+
+@pytest.mark.parametrize(("status", "kind"), sorted(phaxio.STATUS_KINDS.items()))
+def test_status_table_rows(status: str, kind: EventKind) -> None:
+    fax = {"id": 1, "status": status, "recipients": [{"status": status}]}
+    event: StatusEvent = _webhook_gateway()._event(fax, kind=None, event_type="t", received_at=datetime.now(UTC))
+    assert event.kind is kind

@@ -1,0 +1,399 @@
+"""SinchGateway against the Sinch Fax v3 emulator on real localhost ports, callbacks included."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import SecretStr
+
+from workers.gateways.base import EventKind, FaxMessage, WebhookRequest
+from workers.gateways.errors import (
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+from workers.gateways.fax import sinch
+from workers.gateways.fax.sinch import SinchGateway, SinchSettings, classify_error, url_with_credentials
+from workers.gateways.registry import build_gateway
+from workers.sandbox.core import SandboxState
+from workers.sandbox.server import ThreadedServer, free_port, serve
+from workers.sandbox.sinch import create_app
+
+PROJECT, KEY_ID, KEY_SECRET = "tinyfrog-jump-high-over-lilypadbasin", "key-id", "key-secret"
+HOOK_USER, HOOK_PASSWORD = "dispatch", "p@ss:w/rd"  # characters that need quoting inside a URL
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n2 0 obj << /Type /Page >>\n" \
+      b"3 0 obj << /Type /Page >>\n%%EOF"
+
+
+class Receiver:
+    """A callback endpoint that keeps every request byte for byte."""
+
+    def __init__(self) -> None:
+        self.requests: list[WebhookRequest] = []
+        self.app = FastAPI()
+
+        @self.app.post("/hooks/sinch")
+        async def hook(request: Request) -> dict[str, bool]:
+            self.requests.append(WebhookRequest(
+                method=request.method, url=str(request.url), body=await request.body(),
+                headers={k.lower(): v for k, v in request.headers.items()}, received_at=datetime.now(UTC)))
+            return {"ok": True}
+
+    def wait_for(self, predicate: Callable[[WebhookRequest], bool], timeout: float = 5.0) -> WebhookRequest:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for item in list(self.requests):
+                if predicate(item):
+                    return item
+            time.sleep(0.02)
+        raise AssertionError("callback not received in time")
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    hooks = Receiver()
+    with serve(hooks.app) as server:
+        yield hooks, f"{server.url}/hooks/sinch"
+
+
+@pytest.fixture(scope="module")
+def state() -> SandboxState:
+    return SandboxState(provider="sinch", webhook_delay=0.02)
+
+
+@pytest.fixture(scope="module")
+def sandbox(state: SandboxState) -> Iterator[ThreadedServer]:
+    with serve(create_app(state, project_id=PROJECT, key_id=KEY_ID, key_secret=KEY_SECRET)) as server:
+        yield server
+
+
+@pytest.fixture
+def gateway(sandbox: ThreadedServer, receiver: tuple[Receiver, str]) -> SinchGateway:
+    return SinchGateway(_settings(sandbox.url, receiver[1]))
+
+
+@pytest.fixture
+def latency(state: SandboxState) -> Iterator[SandboxState]:
+    yield state
+    state.latency = 0.0
+
+
+def _settings(base_url: str, callback_url: str | None = "https://example.org/cb", *,
+              password: str = HOOK_PASSWORD, key_id: str = KEY_ID) -> SinchSettings:
+    return SinchSettings(project_id=PROJECT, key_id=key_id, key_secret=SecretStr(KEY_SECRET), base_url=base_url,
+                         callback_url=callback_url, callback_username=HOOK_USER,
+                         callback_password=SecretStr(password))
+
+
+def _message() -> FaxMessage:
+    return FaxMessage(to=f"+1555{uuid.uuid4().int % 10**7:07d}", from_number="+15551230000", pdf=PDF,
+                      page_count=2, reference=f"ref-{uuid.uuid4().hex}", header_text="Amnesty campaign")
+
+
+def _oracle(state: SandboxState, reference: str) -> list[str]:
+    return [entry.provider_id for entry in state.oracle() if entry.reference == reference]
+
+
+def _completed(receiver: Receiver, fax_id: str) -> WebhookRequest:
+    return receiver.wait_for(lambda r: json.loads(r.body)["fax"]["id"] == fax_id)
+
+
+# -- sending --------------------------------------------------------------------------------------
+
+
+def test_send_success_returns_receipt_and_records_the_reference(gateway: SinchGateway,
+                                                                 state: SandboxState) -> None:
+    message = _message()
+    receipt = gateway.send(message)
+    assert receipt.provider == "sinch" and receipt.status == "QUEUED" and len(receipt.provider_id) == 26
+    assert receipt.raw["labels"] == {"reference": message.reference} and receipt.raw["maxRetries"] == 0
+    assert receipt.raw["numberOfPages"] == 2 and "****" in receipt.raw["callbackUrl"]  # masked
+    assert _oracle(state, message.reference) == [receipt.provider_id]
+
+
+def test_send_sends_the_documented_json() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "01W4FFL35P4NC4K35CR3P35M1N1", "status": "QUEUED"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        gateway = SinchGateway(_settings("https://fax.sinch.test"), client=client)
+        message = _message()
+        gateway.send(message)
+    body = json.loads(seen[0].read())
+    assert seen[0].url == f"https://fax.sinch.test/v3/projects/{PROJECT}/faxes"
+    assert seen[0].headers["authorization"] == "Basic " + base64.b64encode(b"key-id:key-secret").decode()
+    assert body["files"] == [{"file": base64.b64encode(PDF).decode(), "fileType": "PDF"}]
+    assert (body["to"], body["from"], body["headerText"]) == (message.to, "+15551230000", "Amnesty campaign")
+    assert body["labels"] == {"reference": message.reference} and body["maxRetries"] == 0
+    assert body["callbackUrl"] == "https://dispatch:p%40ss%3Aw%2Frd@example.org/cb"
+    assert body["callbackUrlContentType"] == "application/json"
+
+
+@pytest.mark.parametrize(("outcome", "error", "code"), [
+    ("invalid_number", Permanent, "invalid_number"),
+    ("server_error", Transient, "500"),
+    ("rate_limited", Transient, "429"),
+    ("bad_gateway", Unknown, "502"),
+    ("drop", Unknown, "dropped"),
+])
+def test_scripted_failures_map_to_the_right_class(gateway: SinchGateway, state: SandboxState, outcome: str,
+                                                  error: type[Exception], code: str) -> None:
+    message = _message()
+    state.script(message.to, [outcome])
+    with pytest.raises(error) as caught:
+        gateway.send(message)
+    assert type(caught.value) is error and caught.value.code == code  # type: ignore[attr-defined]
+    accepted = outcome in ("bad_gateway", "drop")
+    assert len(_oracle(state, message.reference)) == (1 if accepted else 0)
+
+
+def test_rate_limit_carries_retry_after(gateway: SinchGateway, state: SandboxState) -> None:
+    message = _message()
+    state.script(message.to, ["rate_limited"])
+    with pytest.raises(Transient) as caught:
+        gateway.send(message)
+    assert caught.value.retry_after == float(state.retry_after)
+
+
+def test_malformed_number_is_permanent(gateway: SinchGateway, state: SandboxState) -> None:
+    message = FaxMessage(to="0800-not-e164", from_number="+15551230000", pdf=PDF, page_count=2,
+                         reference=f"ref-{uuid.uuid4().hex}")
+    with pytest.raises(Permanent) as caught:
+        gateway.send(message)
+    assert caught.value.code == "invalid_number" and "E.164" in str(caught.value)
+    assert _oracle(state, message.reference) == []
+
+
+@pytest.mark.parametrize(("outcome", "code", "error_class"), [
+    ("busy", "17", "transient"), ("no_answer", "30", "transient"), ("no_fax_tone", "132", "transient"),
+])
+def test_call_failures_arrive_as_callbacks(gateway: SinchGateway, state: SandboxState,
+                                           receiver: tuple[Receiver, str], outcome: str, code: str,
+                                           error_class: str) -> None:
+    message = _message()
+    state.script(message.to, [outcome])
+    receipt = gateway.send(message)
+    [event] = gateway.parse_webhook(_completed(receiver[0], receipt.provider_id))
+    assert (event.kind, event.error_code, event.error_class) == (EventKind.FAILED, code, error_class)
+    assert event.reference == message.reference
+
+
+def test_closed_port_is_transient() -> None:
+    gateway = SinchGateway(_settings(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(Transient) as caught:
+        gateway.send(_message())
+    assert caught.value.code == "connect"
+
+
+def test_read_timeout_is_unknown_and_reconciles(sandbox: ThreadedServer, latency: SandboxState) -> None:
+    latency.latency = 1.0
+    message = _message()
+    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.2)) as client, pytest.raises(Unknown) as caught:
+        SinchGateway(_settings(sandbox.url), client=client).send(message)
+    assert caught.value.code == "timeout"
+    latency.latency = 0.0
+    deadline = time.monotonic() + 5
+    while not _oracle(latency, message.reference) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = SinchGateway(_settings(sandbox.url)).find_by_reference(message.reference)
+    assert found is not None and [found.provider_id] == _oracle(latency, message.reference)
+
+
+def test_wrong_credentials_name_the_setting(sandbox: ThreadedServer) -> None:
+    with pytest.raises(Permanent) as caught:
+        SinchGateway(_settings(sandbox.url, key_id="wrong"), name="sinch").send(_message())
+    assert "DISPATCH_SINCH_KEY_ID" in str(caught.value) and caught.value.code == "401"
+
+
+def test_payment_required_is_transient() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(402, json={"code": 402, "message": "Insufficient funds", "status": "FAILED_PRECONDITION"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client, pytest.raises(Transient) as caught:
+        SinchGateway(_settings("https://fax.sinch.test"), client=client).send(_message())
+    assert caught.value.code == "insufficient_funds"
+
+
+def test_settings_require_callback_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in [("PROJECT_ID", PROJECT), ("KEY_ID", KEY_ID), ("KEY_SECRET", KEY_SECRET),
+                        ("CALLBACK_URL", "https://example.org/cb")]:
+        monkeypatch.setenv(f"DISPATCH_SINCH_{name}", value)
+    with pytest.raises(GatewayConfigError, match="DISPATCH_SINCH_CALLBACK_PASSWORD"):
+        build_gateway("sinch")
+    monkeypatch.setenv("DISPATCH_SINCH_CALLBACK_USERNAME", HOOK_USER)
+    monkeypatch.setenv("DISPATCH_SINCH_CALLBACK_PASSWORD", HOOK_PASSWORD)
+    gateway = build_gateway("sinch")
+    assert isinstance(gateway, SinchGateway) and gateway.config.base_url == "https://fax.api.sinch.com"
+
+
+# -- looking up -----------------------------------------------------------------------------------
+
+
+def test_fetch_status_follows_the_fax(gateway: SinchGateway, receiver: tuple[Receiver, str]) -> None:
+    receipt = gateway.send(_message())
+    _completed(receiver[0], receipt.provider_id)
+    event = gateway.fetch_status(receipt.provider_id)
+    assert event.kind is EventKind.DELIVERED and event.provider_id == receipt.provider_id and event.pages == 2
+
+
+def test_fetch_status_of_an_unknown_fax_fails(gateway: SinchGateway) -> None:
+    with pytest.raises(StatusLookupError):
+        gateway.fetch_status("01NOTAFAX")
+
+
+def test_find_by_reference_after_a_drop(gateway: SinchGateway, state: SandboxState) -> None:
+    message = _message()
+    state.script(message.to, ["drop"])
+    with pytest.raises(Unknown):
+        gateway.send(message)
+    found = gateway.find_by_reference(message.reference)
+    assert found is not None and found.reference == message.reference
+    assert [found.provider_id] == _oracle(state, message.reference)
+
+
+def test_find_by_reference_pages_through_a_list_that_ignores_labels() -> None:
+    pages = {1: [{"id": "A", "status": "QUEUED", "labels": {"reference": "other"}}],
+             2: [{"id": "B", "status": "COMPLETED", "labels": {"reference": "wanted"}}]}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        return httpx.Response(200, json={"faxes": pages.get(page, []), "page": page, "totalPages": 2})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        gateway = SinchGateway(_settings("https://fax.sinch.test"), client=client)
+        found = gateway.find_by_reference("wanted")
+        assert found is not None and found.provider_id == "B" and found.kind is EventKind.DELIVERED
+        assert gateway.find_by_reference("nowhere") is None
+
+
+def test_find_by_reference_of_a_never_sent_reference(gateway: SinchGateway) -> None:
+    gateway.send(_message())
+    assert gateway.find_by_reference(f"never-{uuid.uuid4().hex}") is None
+
+
+# -- callbacks ------------------------------------------------------------------------------------
+
+
+def test_callback_from_the_emulator_authenticates(gateway: SinchGateway, receiver: tuple[Receiver, str]) -> None:
+    message = _message()
+    receipt = gateway.send(message)
+    request = _completed(receiver[0], receipt.provider_id)
+    assert request.headers["authorization"].startswith("Basic ")  # from the credentials in the URL
+    [event] = gateway.parse_webhook(request)
+    assert event.kind is EventKind.DELIVERED and event.reference == message.reference
+    assert event.raw is not None and "file" not in event.raw
+
+
+FAX = {"id": "01W4FFL35P4NC4K35CR3P35M1N1", "direction": "OUTBOUND", "status": "FAILURE",
+       "errorType": "CALL_ERROR", "errorCode": 34, "errorMessage": "Phone number not operational",
+       "labels": {"reference": "r-1"}, "completedTime": "2024-02-27T12:28:09Z", "pagesSentSuccessfully": 0}
+
+
+def _callback(payload: object, *, password: str = HOOK_PASSWORD, content_type: str = "application/json",
+              auth: bool = True) -> WebhookRequest:
+    token = base64.b64encode(f"{HOOK_USER}:{password}".encode()).decode()
+    headers = {"content-type": content_type, **({"authorization": f"Basic {token}"} if auth else {})}
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return WebhookRequest(method="POST", url="https://example.org/cb", headers=headers, body=body,
+                          received_at=datetime.now(UTC))
+
+
+def _hook_gateway() -> SinchGateway:
+    return SinchGateway(_settings("https://fax.sinch.test"))
+
+
+def test_handmade_callback_maps_the_error() -> None:
+    [event] = _hook_gateway().parse_webhook(_callback({"event": "FAX_COMPLETED", "eventTime": "2024-02-27T12:28:10Z",
+                                                       "fax": FAX, "file": "JVBERi0=", "fileType": "PDF"}))
+    assert (event.kind, event.error_class, event.error_code) == (EventKind.FAILED, "permanent", "34")
+    assert event.occurred_at == datetime(2024, 2, 27, 12, 28, 9, tzinfo=UTC) and event.reference == "r-1"
+
+
+def test_callback_with_wrong_password_is_refused() -> None:
+    with pytest.raises(WebhookAuthError):
+        _hook_gateway().parse_webhook(_callback({"event": "FAX_COMPLETED", "fax": FAX}, password="guess"))
+
+
+def test_callback_without_credentials_is_refused() -> None:
+    with pytest.raises(WebhookAuthError):
+        _hook_gateway().parse_webhook(_callback({"event": "FAX_COMPLETED", "fax": FAX}, auth=False))
+
+
+def test_callback_with_garbage_credentials_is_refused() -> None:
+    request = _callback({"event": "FAX_COMPLETED", "fax": FAX})
+    headers = {**request.headers, "authorization": "Basic ***not-base64***"}
+    with pytest.raises(WebhookAuthError):
+        _hook_gateway().parse_webhook(WebhookRequest(method="POST", url=request.url, headers=headers,
+                                                     body=request.body, received_at=request.received_at))
+
+
+def test_callbacks_without_configured_credentials_fail_loudly() -> None:
+    settings = SinchSettings(project_id=PROJECT, key_id=KEY_ID, key_secret=SecretStr(KEY_SECRET))
+    with pytest.raises(GatewayConfigError, match="CALLBACK_USERNAME"):
+        SinchGateway(settings).parse_webhook(_callback({"event": "FAX_COMPLETED", "fax": FAX}))
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", {"event": "FAX_COMPLETED"},
+                                     {"event": "FAX_COMPLETED", "fax": {"status": "COMPLETED"}}])
+def test_malformed_callback_is_a_format_error(payload: object) -> None:
+    with pytest.raises(WebhookFormatError):
+        _hook_gateway().parse_webhook(_callback(payload))
+
+
+def test_multipart_callback_is_a_format_error() -> None:
+    with pytest.raises(WebhookFormatError):
+        _hook_gateway().parse_webhook(_callback({"event": "FAX_COMPLETED", "fax": FAX},
+                                                content_type="multipart/form-data; boundary=x"))
+
+
+def test_incoming_fax_events_change_nothing() -> None:
+    assert _hook_gateway().parse_webhook(_callback({"event": "INCOMING_FAX", "fax": FAX})) == []
+
+
+def test_url_with_credentials_replaces_existing_userinfo() -> None:
+    assert url_with_credentials("https://old:x@host/p?q=1", "u", "p w") == "https://u:p%20w@host/p?q=1"
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "expected"), sorted(sinch.ERROR_CLASSES.items()))
+def test_error_table_rows(code: int, expected: str) -> None:
+    assert classify_error("CALL_ERROR", code) == expected
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    (17, "transient"), (16, "transient"), (15, "transient"), (30, "transient"), (132, "transient"),
+    (14, "transient"), (34, "permanent"), (49, "permanent"), (133, "permanent"), (129, "permanent"),
+])
+def test_error_table_decisions(code: int, expected: str) -> None:
+    assert sinch.ERROR_CLASSES[code] == expected
+
+
+@pytest.mark.parametrize(("error_type", "expected"), [
+    ("DOCUMENT_CONVERSION_ERROR", "permanent"), ("CALL_ERROR", "transient"), ("LINE_ERROR", "transient"),
+    ("FAX_ERROR", "transient"), ("FATAL_ERROR", "transient"), ("GENERAL_ERROR", "transient"), (None, "transient"),
+])
+def test_unlisted_codes_fall_back_to_the_type(error_type: str | None, expected: str) -> None:
+    assert classify_error(error_type, 9999) == expected
+
+
+@pytest.mark.parametrize(("status", "kind"), sorted(sinch.STATUS_KINDS.items()))
+def test_status_table_rows(status: str, kind: EventKind) -> None:
+    event = _hook_gateway()._event({"id": "X", "status": status}, event="t", received_at=datetime.now(UTC))
+    assert event.kind is kind

@@ -1,0 +1,424 @@
+"""Sinch Fax API v3 gateway: send, look up, reconcile and authenticate status callbacks.
+
+Followed (checked against developers.sinch.com and the official sinch-sdk-node ``packages/fax``):
+
+- Send a fax, ``POST /v3/projects/{projectId}/faxes`` with Basic ``keyId:keySecret``:
+  https://developers.sinch.com/docs/fax/api-reference/fax/tag/Faxes/ . Of the two documented bodies
+  (multipart ``file`` or JSON ``files: [{file: <base64>, fileType: "PDF"}]``) we use JSON, as the SDK
+  does whenever ``files`` is given (``rest/v3/faxes/faxes-api.ts``, ``models/v3/fax-request``): one
+  body type for send and callbacks, and labels stay a real JSON object. A single ``to`` answers with
+  one Fax object (``models/v3/fax/fax.ts``).
+- Get a fax, ``GET .../faxes/{id}``; list faxes ``GET .../faxes`` with ``direction``, ``status``,
+  ``to``, ``from``, ``pageSize`` (<= 1000), ``page`` (https://developers.sinch.com/docs/fax/api-reference/fax/faxes/getfaxes.md).
+  The SDK also sends a ``labels`` filter as a JSON string (``faxes-request-data.ts``); the public
+  page we could read does not list it, so matches are checked again here. The list defaults to the
+  prior week and answers ``{faxes, page, totalPages, ...}`` (SDK pagination ``PAGE3``).
+- Callbacks: ``FAX_COMPLETED`` with ``event``, ``eventTime``, ``fax`` (and the fax content as
+  ``file``); JSON when we ask for ``callbackUrlContentType: application/json``; a 200 is expected
+  within 60 s, failures are retried 16 times (https://developers.sinch.com/docs/fax/api-reference/fax/tag/Notifications).
+- Authentication of callbacks: Sinch documents no signature for fax callbacks, and the SDK says so
+  ("No header validation is implemented for Fax API", ``rest/v3/callbacks/callbacks-webhook.ts``).
+  Sinch does call a callback URL that carries basic-auth credentials (the Fax object notes that such
+  credentials are masked when read back). So this gateway embeds ``callback_username`` and
+  ``callback_password`` in the callback URL it sends, and refuses any callback without exactly those
+  HTTP Basic credentials (constant-time comparison).
+- Status ``QUEUED | IN_PROGRESS | COMPLETED | FAILURE``; ``errorType`` and ``errorCode`` from
+  https://developers.sinch.com/docs/fax/api-reference/fax/tag/Error-Messages and the SDK's
+  ``models/v3/errors`` (the numbers are Phaxio's).
+- Error bodies: we read ``message`` and, where present, ``details[].fieldViolations[]``
+  (``{field, description}``), and fall back to the HTTP status; the exact error body of the fax API is
+  not fully published, so nothing depends on more than that.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..base import EventKind, FaxMessage, Gateway, Message, Receipt, StatusEvent, WebhookRequest
+from ..errors import (
+    DeliveryError,
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+from ..http import error_for_status, request, shared_client
+from ..registry import env_prefix
+
+log = logging.getLogger(__name__)
+
+ErrorClass = Literal["transient", "permanent"]
+
+REFERENCE_LABEL = "reference"  # labels.reference = our idempotency key; echoed in every Fax object
+LOOKUP_PAGE_SIZE = 100
+LOOKUP_MAX_PAGES = 5  # bounded; the list covers the prior week unless told otherwise
+MAX_WEBHOOK_BYTES = 64 * 1024 * 1024  # JSON callbacks carry the fax content in base64
+
+STATUS_KINDS: dict[str, EventKind] = {
+    "QUEUED": EventKind.QUEUED,
+    "IN_PROGRESS": EventKind.SENDING,
+    "COMPLETED": EventKind.DELIVERED,
+    "FAILURE": EventKind.FAILED,
+}
+
+# Failure of one attempt, by errorCode (Sinch "Error Messages"; same numbers as Phaxio).
+# "transient": the same number may work later (the engine retries with backoff and gives up on
+# repeated no-answer / no-fax-tone after N tries); "permanent": move to the next route.
+ERROR_CLASSES: dict[int, ErrorClass] = {
+    # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing
+    4: "permanent", 54: "permanent", 55: "permanent", 57: "transient", 69: "transient",  # 57/69: storage
+    122: "permanent", 128: "permanent", 129: "permanent", 130: "permanent",
+    # CALL_ERROR / LINE_ERROR: the call could not be placed
+    11: "transient",  # call dropped prematurely
+    15: "transient",  # congestion
+    16: "transient",  # ring timeout
+    17: "transient",  # busy
+    19: "transient",  # immediate hangup
+    30: "transient",  # no answer from a fax machine
+    32: "permanent",  # incompatible destination
+    34: "permanent",  # phone number not operational
+    43: "transient",  # problem establishing connection
+    49: "permanent",  # the destination phone number is not active
+    # further Phaxio line-error numbers, should Sinch report them (not in the SDK's CallError enum)
+    50: "permanent",  # call rejected: the far end refuses the call
+    52: "permanent",  # no route available
+    73: "permanent",  # number changed
+    87: "transient", 88: "transient", 100: "transient", 110: "transient", 112: "transient",  # no answer, network
+    115: "permanent",  # the phone number has been changed
+    # FAX_ERROR: the fax session failed; mostly line quality
+    6: "transient", 8: "transient", 10: "transient", 12: "transient", 13: "transient",
+    14: "transient",  # timed out waiting for initial communication
+    7: "permanent",  # far end cannot receive at the size of image
+    25: "permanent",  # far end cannot receive at the resolution of the image
+    31: "permanent",  # fax machine incompatibility
+    46: "transient",  # insufficient funds: the account, not the number
+    48: "transient",  # no answer (receiving machine may be out of paper)
+    68: "permanent",  # far end is not compatible
+    75: "permanent",  # manually canceled by a user: an operator decided
+    76: "transient",  # canceled automatically because the timeout was exceeded
+    113: "permanent",  # the file for this fax was deleted
+    119: "transient",  # simulated faxError
+    132: "transient",  # no fax tone detected (a voice line answered)
+    133: "permanent",  # phone number is not permitted
+}
+
+# errorType decides when the code is not in the table (document 133 shares its number with
+# FAX_ERROR 133 "not permitted": both are permanent, so the shared row is right for both).
+ERROR_TYPE_CLASSES: dict[str, ErrorClass] = {
+    "DOCUMENT_CONVERSION_ERROR": "permanent",
+    "CALL_ERROR": "transient",
+    "LINE_ERROR": "transient",
+    "FAX_ERROR": "transient",
+    "FATAL_ERROR": "transient",
+    "GENERAL_ERROR": "transient",
+}
+
+
+class SinchSettings(BaseSettings):
+    """``DISPATCH_<NAME>_PROJECT_ID``, ``..._KEY_ID``, ``..._KEY_SECRET``; callback credentials optional."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCH_SINCH_", extra="ignore")
+
+    project_id: str
+    key_id: str
+    key_secret: SecretStr
+    base_url: str = "https://fax.api.sinch.com"
+    callback_url: str | None = None
+    callback_username: str | None = None
+    # validated even when absent: a callback URL without credentials could never be authenticated
+    callback_password: SecretStr | None = Field(default=None, validate_default=True)
+
+    @field_validator("callback_password")
+    @classmethod
+    def _credentials_with_callback(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        has_user = bool(info.data.get("callback_username"))
+        if info.data.get("callback_url") and not (has_user and value):
+            raise ValueError("callback_url needs callback_username and callback_password: Sinch does "
+                             "not sign fax callbacks, so they are authenticated with HTTP Basic")
+        if has_user != bool(value):
+            raise ValueError("set both callback_username and callback_password, or neither")
+        return value
+
+
+def classify_error(error_type: str | None, error_code: int | None) -> ErrorClass:
+    """Transient or permanent, by errorCode first, then errorType; unknown means transient."""
+    if error_code is not None and error_code in ERROR_CLASSES:
+        return ERROR_CLASSES[error_code]
+    return ERROR_TYPE_CLASSES.get(error_type or "", "transient")
+
+
+def url_with_credentials(url: str, username: str, password: str) -> str:
+    """``https://user:pass@host/path``: Sinch then calls the URL with those Basic credentials."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class SinchGateway(Gateway):
+    provider: ClassVar[str] = "sinch"
+    channel: ClassVar[Literal["fax"]] = "fax"
+    settings_class: ClassVar[type[BaseSettings]] = SinchSettings
+
+    def __init__(
+        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
+    ) -> None:
+        super().__init__(settings, name=name)
+        if not isinstance(settings, SinchSettings):
+            raise TypeError(f"{self.provider}: settings must be SinchSettings, not {type(settings).__name__}")
+        self.config = settings
+        self._client = client or shared_client()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, message: Message) -> Receipt:
+        if not isinstance(message, FaxMessage):
+            raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
+        response = request(self._client, "POST", self._url("/faxes"), provider=self.provider,
+                           auth=self._auth(), json=self._send_body(message))
+        if not response.is_success:
+            raise _error_for_response(response, env=env_prefix(self.name))
+        return self._receipt(response)
+
+    def _send_body(self, message: FaxMessage) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "to": message.to,
+            "from": message.from_number,
+            "files": [{"file": base64.b64encode(message.pdf).decode("ascii"), "fileType": "PDF"}],
+            "labels": {REFERENCE_LABEL: message.reference},
+            # Our engine owns retries: it knows the campaign deadline, the one-call-per-line rule and
+            # the other routes. Provider-side retries would be invisible to it and could deliver a
+            # letter after we moved on to another route: a duplicate to the same office.
+            "maxRetries": 0,
+        }
+        if message.header_text:
+            body["headerText"] = message.header_text
+        if self.config.callback_url:
+            body["callbackUrl"] = self._callback_url()
+            body["callbackUrlContentType"] = "application/json"
+        return body
+
+    def _callback_url(self) -> str:
+        url, user, password = self.config.callback_url, self.config.callback_username, self.config.callback_password
+        if not (url and user and password):  # the settings validator makes this unreachable
+            raise GatewayConfigError(f"{self.provider}: callback_url needs callback credentials")
+        return url_with_credentials(url, user, password.get_secret_value())
+
+    def _receipt(self, response: httpx.Response) -> Receipt:
+        body = _json(response)
+        fax_id = body.get("id")
+        if not isinstance(fax_id, str) or not fax_id:
+            # A 2xx we cannot read may still be an accepted fax: reconcile, never resend blindly.
+            raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable",
+                          raw=body)
+        log.debug("sinch accepted fax %s", fax_id)
+        return Receipt(provider=self.provider, provider_id=fax_id, accepted_at=datetime.now(UTC),
+                       status=str(body.get("status") or "QUEUED"), raw=_without_file(body))
+
+    # -- looking up ----------------------------------------------------------------------------
+
+    def fetch_status(self, provider_id: str) -> StatusEvent:
+        fax = _json(self._lookup(f"/faxes/{quote(provider_id, safe='')}"))
+        if "id" not in fax:
+            raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without an id")
+        return self._event(fax, event="fetch", received_at=datetime.now(UTC))
+
+    def find_by_reference(self, reference: str) -> StatusEvent | None:
+        params = {"direction": "OUTBOUND", "labels": json.dumps({REFERENCE_LABEL: reference}),
+                  "pageSize": str(LOOKUP_PAGE_SIZE)}
+        for page in range(1, LOOKUP_MAX_PAGES + 1):
+            body = _json(self._lookup("/faxes", params={**params, "page": str(page)}))
+            for fax in body.get("faxes") or []:
+                if isinstance(fax, dict) and (fax.get("labels") or {}).get(REFERENCE_LABEL) == reference:
+                    return self._event(fax, event="lookup", received_at=datetime.now(UTC))
+            if page >= int(body.get("totalPages") or 0):
+                return None
+        return None
+
+    def _lookup(self, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = request(self._client, "GET", self._url(path), provider=self.provider,
+                               auth=self._auth(), **kwargs)
+        except DeliveryError as err:
+            raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err
+        if not response.is_success:
+            raise StatusLookupError(f"{self.provider}: lookup HTTP {response.status_code}: "
+                                    f"{_error_message(_json(response))}")
+        return response
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+        self._authenticate(request)
+        payload = _read_json(request)
+        event = payload.get("event")
+        fax = payload.get("fax")
+        if not isinstance(event, str) or not isinstance(fax, dict) or not fax.get("id"):
+            raise WebhookFormatError(f"{self.provider}: callback without event or fax id")
+        if event != "FAX_COMPLETED":
+            return []  # INCOMING_FAX and future events change none of our deliveries
+        occurred = _parse_time(payload.get("eventTime")) or request.received_at
+        return [self._event(fax, event=event, received_at=occurred)]
+
+    def _authenticate(self, request: WebhookRequest) -> None:
+        username, password = self.config.callback_username, self.config.callback_password
+        if not username or password is None:
+            # Not a WebhookError: the web layer answers 5xx, Sinch retries for days, and the
+            # operator sees a configuration error instead of silently dropped callbacks.
+            env = env_prefix(self.name)
+            raise GatewayConfigError(f"sinch callbacks cannot be authenticated: set {env}CALLBACK_USERNAME "
+                                     f"and {env}CALLBACK_PASSWORD")
+        given_user, given_password = _basic_credentials(request.headers.get("authorization", ""))
+        user_ok = hmac.compare_digest(given_user, username.encode())
+        password_ok = hmac.compare_digest(given_password, password.get_secret_value().encode())
+        if not (user_ok & password_ok):  # both compared, always: no early exit to time
+            raise WebhookAuthError(f"{self.provider}: callback credentials do not match")
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    def _event(self, fax: Mapping[str, Any], *, event: str, received_at: datetime) -> StatusEvent:
+        status = str(fax.get("status") or "")
+        kind = STATUS_KINDS.get(status, EventKind.QUEUED)
+        error_type, error_code = fax.get("errorType"), _int(fax.get("errorCode"))
+        failed = kind is EventKind.FAILED
+        return StatusEvent(
+            provider=self.provider,
+            provider_id=str(fax["id"]),
+            kind=kind,
+            occurred_at=_parse_time(fax.get("completedTime")) or received_at,
+            reference=(fax.get("labels") or {}).get(REFERENCE_LABEL),
+            error_class=classify_error(error_type, error_code) if failed else None,
+            error_code=str(error_code) if failed and error_code is not None else None,
+            detail=_detail(error_type, fax.get("errorMessage")),
+            pages=_int(fax.get("pagesSentSuccessfully") if failed else fax.get("numberOfPages")),
+            event_id=f"{fax['id']}:{event}:{status}:{fax.get('completedTime') or ''}",
+            raw=_without_file(fax),
+        )
+
+    def _url(self, path: str) -> str:
+        project = quote(self.config.project_id, safe="")
+        return f"{self.config.base_url.rstrip('/')}/v3/projects/{project}{path}"
+
+    def _auth(self) -> tuple[str, str]:
+        return (self.config.key_id, self.config.key_secret.get_secret_value())
+
+
+def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
+    """Map a non-2xx answer to send."""
+    body = _json(response)
+    message = _error_message(body)
+    status = response.status_code
+    if status == 401:
+        return Permanent(f"sinch: authentication failed; check {env}KEY_ID and {env}KEY_SECRET",
+                         code="401", raw=body)
+    if status == 402:
+        # Insufficient funds: nothing was sent and the number is fine. A permanent error would move a
+        # letter on to a weaker route because of our billing; retry later while an operator tops up.
+        return Transient(f"sinch: payment required: {message}", code="insufficient_funds", raw=body)
+    if status == 404:
+        return Permanent(f"sinch: not found; check {env}PROJECT_ID and {env}BASE_URL: {message}",
+                         code="404", raw=body)
+    if status in (400, 403, 422):
+        invalid_number = "to" in _violated_fields(body)
+        return Permanent(f"sinch: request refused: {message}", raw=body,
+                         code="invalid_number" if invalid_number else str(status))
+    return error_for_status(response, provider="sinch", detail=message)
+
+
+def _violated_fields(body: Mapping[str, Any]) -> set[str]:
+    fields: set[str] = set()
+    for detail in body.get("details") or []:
+        for violation in (detail.get("fieldViolations") or []) if isinstance(detail, dict) else []:
+            if isinstance(violation, dict) and violation.get("field"):
+                fields.add(str(violation["field"]))
+    return fields
+
+
+def _error_message(body: Mapping[str, Any]) -> str:
+    message = str(body.get("message") or body.get("error") or "")
+    violations = [
+        f"{v.get('field')}: {v.get('description')}"
+        for d in body.get("details") or [] if isinstance(d, dict)
+        for v in d.get("fieldViolations") or [] if isinstance(v, dict)
+    ]
+    return "; ".join([message, *violations]) if violations else message
+
+
+def _basic_credentials(header: str) -> tuple[bytes, bytes]:
+    """(username, password) from an ``Authorization: Basic`` header; empty when absent or unreadable."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return b"", b""
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b"", b""
+    username, _, password = decoded.partition(b":")
+    return username, password
+
+
+def _read_json(request: WebhookRequest) -> dict[str, Any]:
+    if request.method.upper() != "POST":
+        raise WebhookFormatError(f"sinch: callback must be a POST, not {request.method}")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise WebhookFormatError(f"sinch: callback must be application/json, not {content_type or 'none'}")
+    if len(request.body) > MAX_WEBHOOK_BYTES:
+        raise WebhookFormatError("sinch: callback body too large")
+    try:
+        payload = json.loads(request.body)
+    except ValueError as err:
+        raise WebhookFormatError("sinch: callback body is not JSON") from err
+    if not isinstance(payload, dict):
+        raise WebhookFormatError("sinch: callback body is not a JSON object")
+    return payload
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _without_file(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Evidence without the base64 fax content (we keep our own PDF and its hash)."""
+    return {key: value for key, value in data.items() if key != "file"}
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _detail(error_type: Any, message: Any) -> str | None:
+    if not error_type and not message:
+        return None
+    return f"{error_type}: {message}" if error_type else str(message)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
