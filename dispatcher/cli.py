@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -217,13 +217,17 @@ def scheduler(interval: Annotated[float, typer.Option(help="seconds between tick
 
     from workers.tasks import publisher, reconcile_publisher
 
-    from .scheduler import run_forever
+    from .scheduler import SchedulerConfig, run_forever
 
+    settings = get_settings()
+    config = SchedulerConfig(republish_after=timedelta(seconds=settings.republish_after_seconds),
+                             reconcile_every=timedelta(seconds=settings.reconcile_every_seconds))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")
     try:
-        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval)
+        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval,
+                    config=config)
     except KeyboardInterrupt:
         stop.set()
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=1800.0, description="longest backoff")
     max_attempts: int = Field(default=8, description="attempts per route before it is given up")
     fax_gap_seconds: float = Field(default=60.0, description="minimum time between two faxes to one number")
+    republish_after_seconds: float = Field(default=60.0, description="re-publish a queued row after this long")
+    reconcile_every_seconds: float = Field(default=30.0, description="look up unknown sends this often")
     lease_seconds: float = Field(default=600.0, description="a claimed send not recorded by then becomes unknown")
     queue_prefix: str = Field(default="", description="prefix for the Celery queue names (several services, one Redis)")
     var_dir: Path = Field(default=Path("var"), description="runtime files: SQLite database, oracle logs")

@@ -19,8 +19,10 @@ Each setting below is chosen for "never twice, never lose one" (see ARCHITECTURE
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from dispatcher.settings import get_settings
 
@@ -49,7 +51,8 @@ def make_app(broker_url: str | None = None) -> Celery:
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(queue_name(name)) for name in CHANNEL_QUEUES],
+        # one exchange and routing key per queue: a message lands in exactly the queue it names
+        task_queues=[Queue(queue_name(n), Exchange(queue_name(n)), routing_key=queue_name(n)) for n in CHANNEL_QUEUES],
         task_default_queue=queue_name("email"),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -58,4 +61,6 @@ def make_app(broker_url: str | None = None) -> Celery:
     return app
 
 
+# fontTools (inside the PDF renderer) logs every glyph subset at INFO
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 app = make_app()

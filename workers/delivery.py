@@ -207,7 +207,7 @@ def _record_receipt(engine: Engine, session: Session, delivery: Delivery, attemp
     attempt.evidence = {"status": receipt.status, "accepted_at": receipt.accepted_at.isoformat()}
     delivery.provider_id = receipt.provider_id
     delivery.expects_report = gateway_for(engine, delivery).reports_delivery
-    if delivery.state != State.SENDING:
+    if not _still_ours(delivery, attempt):
         return f"receipt-after-{delivery.state}"  # a status callback already moved it on: keep that
     transition(session, delivery, State.SUBMITTED, actor=engine.actor, at=now, provider_id=receipt.provider_id,
                reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})")
@@ -216,10 +216,17 @@ def _record_receipt(engine: Engine, session: Session, delivery: Delivery, attemp
     return "submitted"
 
 
+def _still_ours(delivery: Delivery, attempt: Attempt) -> bool:
+    """Whether this attempt's own outcome decides the state: still sending, or marked unknown by the
+    sweeper because the lease ran out while this very attempt was still talking to the provider."""
+    current = attempt.number == delivery.attempt_count
+    return current and delivery.state in (State.SENDING, State.UNKNOWN)
+
+
 def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError,
                   now: datetime) -> str:
     attempt.error_code, attempt.detail = err.code, str(err)
-    if delivery.state != State.SENDING:
+    if not _still_ours(delivery, attempt):
         attempt.outcome = "late"
         return f"error-after-{delivery.state}"
     if isinstance(err, Transient):
@@ -232,9 +239,10 @@ def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt:
         fail(session, delivery, actor=engine.actor, now=now, reason=str(err), error_code=err.code)
         return "permanent"
     attempt.outcome = "unknown"
-    reason = f"{err}; the provider may have accepted it: reconcile before any resend"
-    transition(session, delivery, State.UNKNOWN, actor=engine.actor, at=now, error_class="unknown", reason=reason)
     assert isinstance(err, Unknown)
+    if delivery.state == State.SENDING:
+        reason = f"{err}; the provider may have accepted it: reconcile before any resend"
+        transition(session, delivery, State.UNKNOWN, actor=engine.actor, at=now, error_class="unknown", reason=reason)
     return "unknown"
 
 

@@ -73,7 +73,7 @@ class Sandbox:
             "DISPATCH_TELNYX_WEBHOOK_URL": f"{self.web_url}/webhooks/telnyx",
             "DISPATCH_SMTP_HOST": self.smtp_host, "DISPATCH_SMTP_PORT": str(self.smtp_port),
             "DISPATCH_SMTP_SECURITY": "plain",
-            "DISPATCH_SECRET_KEY": self.secret.hex(), "DISPATCH_PUBLIC_BASE_URL": self.web_url,
+            "DISPATCH_SECRET_KEY": self.secret.decode(), "DISPATCH_PUBLIC_BASE_URL": self.web_url,
         }
 
     def duplicates(self) -> dict[tuple[str | None, str], int]:
@@ -87,7 +87,7 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
     fax = SandboxState(provider="telnyx", webhook_delay=0.02, oracle_path=tmp_path / "oracle-fax.jsonl")
     mail = SandboxState(provider="smtp", oracle_path=tmp_path / "oracle-mail.jsonl")
     web_port = free_port()
-    secret = secrets.token_bytes(32)
+    secret = secrets.token_hex(32).encode()  # what DISPATCH_SECRET_KEY holds, as the web process reads it
     fax_server = ThreadedServer(telnyx_sandbox.create_app(fax, api_key=api_key, signing_key=signing_key)).start()
     sink = SmtpSink(mail)
     sink.start()
@@ -154,6 +154,17 @@ def states(factory: sessionmaker[Session]) -> dict[str, str]:
     """Destination -> state, for letters (supporter copies by their key)."""
     with factory() as session:
         return {d.destination: d.state for d in session.scalars(select(Delivery).order_by(Delivery.id))}
+
+
+def history(factory: sessionmaker[Session], destination: str) -> list[tuple[str | None, str, str]]:
+    """(from, to, reason) of every event of the deliveries to ``destination``, for assertion messages."""
+    from dispatcher.models import DeliveryEvent
+
+    with factory() as session:
+        rows = session.execute(select(DeliveryEvent.from_state, DeliveryEvent.to_state, DeliveryEvent.reason)
+                               .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
+                               .where(Delivery.destination == destination).order_by(DeliveryEvent.id)).all()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 def campaign_status(factory: sessionmaker[Session], name: str) -> str:

@@ -1,0 +1,5 @@
+"""`python -m dispatcher` is the `dispatch` command."""
+
+from .cli import main
+
+main()

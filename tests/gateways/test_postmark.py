@@ -1,0 +1,468 @@
+"""Postmark gateway against the Postmark emulator on a real localhost port; the emulator against postmarker.
+
+Destinations are unique per test, so scripted outcomes and oracle entries never leak between tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from postmarker.core import PostmarkClient
+from postmarker.exceptions import ClientError
+
+from workers.gateways.base import Attachment, EmailMessage, EventKind, WebhookRequest
+from workers.gateways.email.postmark import (
+    BOUNCE_TYPES,
+    DEFAULT_BOUNCE,
+    PostmarkGateway,
+    PostmarkSettings,
+)
+from workers.gateways.errors import (
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+from workers.gateways.registry import build_gateway
+from workers.sandbox.core import SandboxState
+from workers.sandbox.postmark import create_app
+from workers.sandbox.server import ThreadedServer, free_port, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "server-token-0f1e2d3c"
+HOOK_USER, HOOK_PASSWORD = "postmark-hooks", "s3cret:with-colon"
+_numbers = itertools.count(1)
+
+
+def new_address() -> str:
+    return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@dataclass
+class Sink:
+    """Webhooks received, raw: (lower-cased headers, body bytes)."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_message(self, message_id: str) -> list[tuple[dict[str, str], bytes]]:
+        def found() -> list[tuple[dict[str, str], bytes]]:
+            with self.lock:
+                return [(h, b) for h, b in self.received if json.loads(b).get("MessageID") == message_id]
+
+        result: list[tuple[dict[str, str], bytes]] = wait_until(found)
+        return result
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    app, received = FastAPI(), Sink()
+
+    @app.post("/webhooks/postmark")
+    async def webhook(request: Request) -> dict[str, bool]:
+        with received.lock:
+            received.received.append((dict(request.headers), await request.body()))
+        return {"ok": True}
+
+    with serve(app) as server:
+        received.url = f"{server.url}/webhooks/postmark"
+        yield received
+
+
+@pytest.fixture
+def state() -> SandboxState:
+    return SandboxState(provider="postmark", webhook_delay=0.01)
+
+
+@pytest.fixture
+def emulator(state: SandboxState, sink: Sink) -> Iterator[ThreadedServer]:
+    # Postmark's webhook auth: the credentials ride in the webhook URL.
+    hook_url = sink.url.replace("http://", f"http://{HOOK_USER}:{HOOK_PASSWORD.replace(':', '%3A')}@")
+    with serve(create_app(state, server_token=TOKEN, webhook_url=hook_url)) as server:
+        yield server
+
+
+def make_gateway(base_url: str, *, read_timeout: float = 5.0, **settings: Any) -> PostmarkGateway:
+    values: dict[str, Any] = {"server_token": TOKEN, "base_url": base_url, "webhook_username": HOOK_USER,
+                              "webhook_password": HOOK_PASSWORD, **settings}
+    timeout = httpx.Timeout(connect=2.0, read=read_timeout, write=5.0, pool=2.0)
+    return PostmarkGateway(PostmarkSettings(**values), client=httpx.Client(timeout=timeout))
+
+
+@pytest.fixture
+def gateway(emulator: ThreadedServer) -> Iterator[PostmarkGateway]:
+    gw = make_gateway(emulator.url)
+    yield gw
+    gw.close()
+
+
+@pytest.fixture
+def offline() -> PostmarkGateway:
+    return make_gateway("http://127.0.0.1:9")
+
+
+def letter(to: str | None = None, *, reference: str | None = None, cc: tuple[str, ...] = ()) -> EmailMessage:
+    reference = reference or f"dlv-{time.monotonic_ns()}"
+    return EmailMessage(
+        sender="Campaign Desk <desk@advocacy.example>", to=[to or new_address()], cc=cc,
+        subject="Urgent: release of detained journalists", text="Dear Minister,\n...", html="<p>Dear Minister,</p>",
+        reference=reference, message_id=f"<{reference}@advocacy.example>", reply_to="replies@advocacy.example",
+        attachments=[Attachment(filename="letter.pdf", content=b"%PDF-1.4 letter")],
+        headers={"X-Campaign": "detained-journalists"},
+    )
+
+
+def as_request(headers: dict[str, str], body: bytes, *, received_at: datetime | None = None) -> WebhookRequest:
+    return WebhookRequest(method="POST", url="https://dispatch.example/webhooks/postmark",
+                          headers={k.lower(): v for k, v in headers.items()}, body=body,
+                          received_at=received_at or datetime.now(UTC))
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+            "Content-Type": "application/json"}
+
+
+# Captured payloads, as in Postmark's webhook docs and django-anymail's tests/test_postmark_webhooks.py.
+DELIVERY = {"RecordType": "Delivery", "ServerID": 23, "MessageStream": "outbound",
+            "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "Recipient": "recipient@example.com",
+            "Tag": "welcome-email", "DeliveredAt": "2014-08-01T13:28:10.2735393-04:00",
+            "Details": "Test delivery webhook details", "Metadata": {"reference": "dlv-42"}}
+BOUNCE = {"RecordType": "Bounce", "ID": 901542550, "Type": "HardBounce", "TypeCode": 1, "ServerID": 23,
+          "Name": "Hard bounce", "MessageID": "2706ee8a-737c-4285-b032-ccd317af53ed",
+          "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+          "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+          "Email": "bounce@example.com", "From": "sender@example.com", "BouncedAt": "2016-04-27T16:28:50.3963933-04:00",
+          "DumpAvailable": True, "Inactive": True, "CanActivate": True, "Subject": "Postmark event test",
+          "Content": "...", "Metadata": {"reference": "dlv-43"}}
+SPAM = {**BOUNCE, "RecordType": "SpamComplaint", "Type": "SpamComplaint", "TypeCode": 512, "Name": "Spam complaint"}
+
+
+def hook(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
+
+
+# -- sending ---------------------------------------------------------------------------------------
+
+
+def test_send_success_records_reference_and_delivery_webhook_follows(
+    gateway: PostmarkGateway, state: SandboxState, sink: Sink, emulator: ThreadedServer
+) -> None:
+    message = letter(cc=("copy@supporters.example",))
+    receipt = gateway.send(message)
+
+    assert (receipt.provider, receipt.status, receipt.raw["ErrorCode"]) == ("postmark", "Sent", 0)
+    assert [(e.provider_id, e.reference, e.destination) for e in state.oracle()] == [
+        (receipt.provider_id, message.reference, message.to[0])]
+    stored = emulator.server.config.app.state.emulator.messages[receipt.provider_id]
+    assert {"Name": "Message-ID", "Value": message.message_id} in stored["Headers"]
+    assert stored["Metadata"] == {"reference": message.reference}
+    assert stored["Recipients"] == [message.to[0], "copy@supporters.example"]
+    assert stored["Attachments"] == ["letter.pdf"]
+
+    [(headers, body)] = sink.for_message(receipt.provider_id)
+    [event] = gateway.parse_webhook(as_request(headers, body))
+    assert (event.kind, event.provider_id, event.reference) == (EventKind.DELIVERED, receipt.provider_id,
+                                                                 message.reference)
+
+
+def test_send_body_fields(offline: PostmarkGateway) -> None:
+    message = letter()
+    body = offline.send_body(message)
+    assert body["To"] == message.to[0] and body["From"] == message.sender
+    assert body["Headers"][0] == {"Name": "Message-ID", "Value": message.message_id}
+    assert {"Name": "X-Campaign", "Value": "detained-journalists"} in body["Headers"]
+    assert body["Attachments"] == [{"Name": "letter.pdf", "Content": base64.b64encode(b"%PDF-1.4 letter").decode(),
+                                    "ContentType": "application/pdf"}]
+    assert (body["MessageStream"], body["TrackOpens"], body["TrackLinks"]) == ("outbound", False, "None")
+    assert (body["ReplyTo"], body["HtmlBody"]) == (message.reply_to, message.html)
+
+
+def test_bounce_outcome_gives_a_permanent_hard_bounce(
+    gateway: PostmarkGateway, state: SandboxState, sink: Sink
+) -> None:
+    message = letter()
+    state.script(message.to[0], ["bounce"])
+    receipt = gateway.send(message)
+    [event] = gateway.parse_webhook(as_request(*sink.for_message(receipt.provider_id)[0]))
+    assert (event.kind, event.error_class, event.error_code) == (EventKind.BOUNCED, "permanent", "HardBounce")
+    status = gateway.fetch_status(receipt.provider_id)  # the bounce record tells hard from soft
+    assert (status.kind, status.error_class, status.error_code) == (EventKind.BOUNCED, "permanent", "HardBounce")
+
+
+def test_inactive_recipient_is_permanent_and_nothing_is_accepted(gateway: PostmarkGateway, state: SandboxState) -> None:
+    message = letter()
+    state.script(message.to[0], ["invalid_number"])
+    with pytest.raises(Permanent) as caught:
+        gateway.send(message)
+    assert caught.value.code == "406"
+    assert "inactive" in str(caught.value)
+    assert state.oracle() == []
+
+
+def test_invalid_address_is_permanent_error_300(gateway: PostmarkGateway, state: SandboxState) -> None:
+    with pytest.raises(Permanent) as caught:
+        gateway.send(letter("not-an-address"))
+    assert caught.value.code == "300"
+    assert "Invalid 'To' address" in str(caught.value)
+    assert state.oracle() == []
+
+
+def test_wrong_token_is_permanent_and_names_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
+    gw = make_gateway(emulator.url, server_token="wrong")
+    with pytest.raises(Permanent) as caught:
+        gw.send(letter())
+    assert caught.value.code == "10"
+    assert "DISPATCH_POSTMARK_SERVER_TOKEN" in str(caught.value)
+    assert state.oracle() == []
+
+
+def test_rate_limited_is_transient_with_retry_after(gateway: PostmarkGateway, state: SandboxState) -> None:
+    message = letter()
+    state.retry_after = 7
+    state.script(message.to[0], ["rate_limited"])
+    with pytest.raises(Transient) as caught:
+        gateway.send(message)
+    assert (caught.value.code, caught.value.retry_after) == ("429", 7.0)
+    assert state.oracle() == []
+
+
+def test_server_error_is_transient(gateway: PostmarkGateway, state: SandboxState) -> None:
+    message = letter()
+    state.script(message.to[0], ["server_error"])
+    with pytest.raises(Transient) as caught:
+        gateway.send(message)
+    assert caught.value.code == "500"
+    assert state.oracle() == []
+
+
+def test_bad_gateway_is_unknown_and_the_oracle_shows_acceptance(gateway: PostmarkGateway, state: SandboxState) -> None:
+    message = letter()
+    state.script(message.to[0], ["bad_gateway"])
+    with pytest.raises(Unknown) as caught:
+        gateway.send(message)
+    assert caught.value.code == "502"
+    assert [(e.reference, e.outcome) for e in state.oracle()] == [(message.reference, "bad_gateway")]
+    found = gateway.find_by_reference(message.reference)
+    assert found is not None and found.provider_id == state.oracle()[0].provider_id
+
+
+def test_dropped_connection_is_unknown_and_reconciles_by_reference(
+    gateway: PostmarkGateway, state: SandboxState
+) -> None:
+    message = letter()
+    state.script(message.to[0], ["drop"])
+    with pytest.raises(Unknown) as caught:
+        gateway.send(message)
+    assert caught.value.code == "dropped"
+    [entry] = state.oracle()
+    found = gateway.find_by_reference(message.reference)
+    assert found is not None
+    assert (found.provider_id, found.reference) == (entry.provider_id, message.reference)
+
+
+def test_closed_port_is_transient() -> None:
+    gw = make_gateway(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(Transient) as caught:
+        gw.send(letter())
+    assert caught.value.code == "connect"
+
+
+def test_read_timeout_is_unknown(emulator: ThreadedServer, state: SandboxState) -> None:
+    gw = make_gateway(emulator.url, read_timeout=0.3)
+    state.latency = 1.0
+    message = letter()
+    with pytest.raises(Unknown) as caught:
+        gw.send(message)
+    assert caught.value.code == "timeout"
+    state.latency = 0.0
+    assert [e.reference for e in state.oracle()] == [message.reference]
+
+
+def test_a_fax_is_refused_before_any_request(offline: PostmarkGateway) -> None:
+    from workers.gateways.base import FaxMessage
+
+    fax = FaxMessage(to="+4930123", from_number="+4930999", pdf=b"%PDF", page_count=1, reference="r")
+    with pytest.raises(Permanent, match="only email"):
+        offline.send(fax)
+
+
+# -- lookups ---------------------------------------------------------------------------------------
+
+
+def test_fetch_status_follows_the_message_to_delivered(gateway: PostmarkGateway) -> None:
+    message = letter()
+    receipt = gateway.send(message)
+    final = wait_until(lambda: (s := gateway.fetch_status(receipt.provider_id)).kind is EventKind.DELIVERED and s)
+    assert (final.provider_id, final.reference, final.error_class) == (receipt.provider_id, message.reference, None)
+
+
+def test_fetch_status_of_an_unknown_id_is_a_lookup_error(gateway: PostmarkGateway) -> None:
+    with pytest.raises(StatusLookupError):
+        gateway.fetch_status("00000000-0000-0000-0000-000000000000")
+
+
+def test_find_by_reference_returns_none_for_a_never_sent_reference(gateway: PostmarkGateway) -> None:
+    gateway.send(letter())
+    assert gateway.find_by_reference("dlv-never-sent") is None
+
+
+def test_lookup_when_postmark_is_down_is_a_lookup_error() -> None:
+    with pytest.raises(StatusLookupError):
+        make_gateway(f"http://127.0.0.1:{free_port()}").find_by_reference("dlv-1")
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+
+
+def test_captured_delivery_bounce_and_spam_payloads(offline: PostmarkGateway) -> None:
+    auth = basic(HOOK_USER, HOOK_PASSWORD)
+    [delivered] = offline.parse_webhook(as_request(auth, hook(DELIVERY)))
+    assert (delivered.kind, delivered.provider_id, delivered.reference) == (
+        EventKind.DELIVERED, "883953f4-6105-42a2-a16a-77a8eac79483", "dlv-42")
+    assert delivered.occurred_at == datetime.fromisoformat("2014-08-01T17:28:10.273539+00:00")
+    [bounced] = offline.parse_webhook(as_request(auth, hook(BOUNCE)))
+    assert (bounced.kind, bounced.error_class, bounced.error_code, bounced.event_id) == (
+        EventKind.BOUNCED, "permanent", "HardBounce", "Bounce:901542550")
+    assert "bounce@example.com" not in (bounced.detail or "")
+    [spam] = offline.parse_webhook(as_request(auth, hook(SPAM)))
+    assert (spam.kind, spam.error_class) == (EventKind.COMPLAINED, "permanent")
+
+
+@pytest.mark.parametrize("headers", [
+    {},  # no credentials at all
+    basic(HOOK_USER, "wrong"),
+    basic("someone-else", HOOK_PASSWORD),
+    {"Authorization": "Bearer " + HOOK_PASSWORD},
+    {"Authorization": "Basic not-base64!"},
+])
+def test_forged_or_missing_credentials_are_refused(offline: PostmarkGateway, headers: dict[str, str]) -> None:
+    with pytest.raises(WebhookAuthError):
+        offline.parse_webhook(as_request(headers, hook(DELIVERY)))
+
+
+def test_webhooks_are_refused_while_credentials_are_not_configured() -> None:
+    gw = make_gateway("http://127.0.0.1:9", webhook_username=None, webhook_password=None)
+    with pytest.raises(WebhookAuthError, match="DISPATCH_POSTMARK_WEBHOOK_USERNAME"):
+        gw.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), hook(DELIVERY)))
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b"\xff", hook({**DELIVERY, "MessageID": None}),
+                                  hook({**DELIVERY, "DeliveredAt": "yesterday"})])
+def test_malformed_bodies_are_format_errors(offline: PostmarkGateway, body: bytes) -> None:
+    with pytest.raises(WebhookFormatError):
+        offline.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), body))
+
+
+@pytest.mark.parametrize("record", ["Open", "Click", "SubscriptionChange"])
+def test_engagement_records_are_authentic_but_ignored(offline: PostmarkGateway, record: str) -> None:
+    body = hook({**DELIVERY, "RecordType": record})
+    assert offline.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), body)) == []
+
+
+# Every bounce Type Postmark documents, pinned on purpose: changing the module table must change this.
+EXPECTED_BOUNCES: dict[str, tuple[EventKind, str] | None] = {
+    "HardBounce": (EventKind.BOUNCED, "permanent"), "Transient": (EventKind.DEFERRED, "transient"),
+    "Unsubscribe": (EventKind.FAILED, "permanent"), "Subscribe": None, "AutoResponder": None,
+    "AddressChange": (EventKind.BOUNCED, "permanent"), "DnsError": (EventKind.DEFERRED, "transient"),
+    "SpamNotification": (EventKind.COMPLAINED, "permanent"), "OpenRelayTest": None,
+    "Unknown": (EventKind.BOUNCED, "transient"), "SoftBounce": (EventKind.BOUNCED, "transient"),
+    "VirusNotification": (EventKind.BOUNCED, "permanent"), "ChallengeVerification": None,
+    "BadEmailAddress": (EventKind.BOUNCED, "permanent"), "SpamComplaint": (EventKind.COMPLAINED, "permanent"),
+    "ManuallyDeactivated": (EventKind.FAILED, "permanent"), "Unconfirmed": (EventKind.FAILED, "permanent"),
+    "Blocked": (EventKind.BOUNCED, "permanent"), "SMTPApiError": (EventKind.FAILED, "permanent"),
+    "InboundError": None, "DMARCPolicy": (EventKind.BOUNCED, "permanent"),
+    "TemplateRenderingFailed": (EventKind.FAILED, "permanent"),
+}
+
+
+@pytest.mark.parametrize(("bounce_type", "expected"), sorted(EXPECTED_BOUNCES.items()))
+def test_bounce_type_table(offline: PostmarkGateway, bounce_type: str, expected: tuple[EventKind, str] | None) -> None:
+    body = hook({**BOUNCE, "Type": bounce_type})
+    events = offline.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), body))
+    if expected is None:
+        assert events == []
+    else:
+        [event] = events
+        assert (event.kind, event.error_class, event.error_code) == (*expected, bounce_type)
+
+
+def test_bounce_table_covers_the_sdk_list_and_defaults_to_transient(offline: PostmarkGateway) -> None:
+    assert set(BOUNCE_TYPES) == set(EXPECTED_BOUNCES)
+    body = hook({**BOUNCE, "Type": "SomethingNew"})
+    [event] = offline.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), body))
+    assert (event.kind, event.error_class) == DEFAULT_BOUNCE
+
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+def test_missing_token_fails_at_start_up_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPATCH_POSTMARK_SERVER_TOKEN", raising=False)
+    with pytest.raises(GatewayConfigError, match="DISPATCH_POSTMARK_SERVER_TOKEN"):
+        build_gateway("postmark")
+
+
+def test_build_gateway_defaults_to_the_real_api() -> None:
+    gw = build_gateway("postmark", server_token="t")
+    assert isinstance(gw, PostmarkGateway)
+    assert (gw.channel, gw.config.base_url, gw.config.message_stream) == (
+        "email", "https://api.postmarkapp.com", "outbound")
+
+
+# -- the SDK Postmark recommends drives the emulator ---------------------------------------------------
+
+
+@pytest.fixture
+def sdk(emulator: ThreadedServer) -> PostmarkClient:
+    return PostmarkClient(server_token=TOKEN, root_api_url=emulator.url + "/", timeout=5)
+
+
+def test_postmarker_sends_and_parses_the_answer(sdk: PostmarkClient, state: SandboxState) -> None:
+    to = new_address()
+    answer = sdk.emails.send(From="desk@advocacy.example", To=to, Subject="Letter", TextBody="Dear Minister",
+                             Metadata={"reference": "dlv-sdk"}, MessageStream="outbound")
+    assert answer["ErrorCode"] == 0 and answer["Message"] == "OK" and answer["To"] == to
+    assert state.sends_per_reference() == {"dlv-sdk": 1}
+
+    details = sdk.messages.outbound.get(answer["MessageID"])
+    assert (details.MessageID, details.Metadata, details.Recipients) == (answer["MessageID"], {"reference": "dlv-sdk"},
+                                                                         [to])
+    listed = sdk.messages.outbound.all(count=10, offset=0, recipient=to)
+    assert [m.MessageID for m in listed] == [answer["MessageID"]]
+
+
+def test_postmarker_sees_postmark_errors(sdk: PostmarkClient, emulator: ThreadedServer) -> None:
+    with pytest.raises(ClientError) as caught:
+        sdk.emails.send(From="desk@advocacy.example", To="not-an-address", Subject="x", TextBody="y")
+    assert caught.value.error_code == 300
+    wrong = PostmarkClient(server_token="wrong", root_api_url=emulator.url + "/", timeout=5)
+    with pytest.raises(ClientError) as caught:
+        wrong.emails.send(From="desk@advocacy.example", To=new_address(), Subject="x", TextBody="y")
+    assert caught.value.error_code == 10

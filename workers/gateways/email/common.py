@@ -1,0 +1,137 @@
+"""What the HTTP email gateways (Postmark, SendGrid, Mailgun) really share, and nothing else.
+
+- :class:`HttpEmailGateway`: the pooled client (or an injected one), the call that maps transport
+  failures, lookups that turn every failure into :class:`StatusLookupError`, and ``close``.
+- small pure helpers: base64 for attachments, the replay window of signed webhooks, JSON bodies of
+  webhooks and of lookup answers.
+
+Provider specifics (field names, error bodies, event tables) stay in the provider modules.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+from pydantic_settings import BaseSettings
+
+from ..base import Channel, EmailMessage, Gateway, Message
+from ..errors import DeliveryError, Permanent, StatusLookupError, WebhookAuthError, WebhookFormatError
+from ..http import request, shared_client
+from ..registry import env_prefix
+
+
+class HttpEmailGateway(Gateway):
+    """Base of the JSON/HTTP email gateways: one client, one way to call, one way to look up."""
+
+    channel: ClassVar[Channel] = "email"
+
+    def __init__(
+        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
+    ) -> None:
+        super().__init__(settings, name=name)
+        self._client = client  # None: the shared process-wide pool
+
+    @property
+    def client(self) -> httpx.Client:
+        return self._client if self._client is not None else shared_client()
+
+    def setting(self, field: str) -> str:
+        """The environment variable behind a setting of this gateway, for error messages."""
+        return f"{env_prefix(self.name)}{field.upper()}"
+
+    def base_url(self) -> str:
+        url: str = getattr(self.settings, "base_url")  # noqa: B009 -- every provider's settings have one
+        return url.rstrip("/")
+
+    def auth_headers(self) -> dict[str, str]:
+        """Authentication headers of every request; providers override (Mailgun uses httpx auth)."""
+        return {}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request to the provider; transport failures become Transient or Unknown."""
+        headers = {"Accept": "application/json", **self.auth_headers(), **kwargs.pop("headers", {})}
+        return request(self.client, method, self.base_url() + path, provider=self.provider,
+                       headers=headers, **kwargs)
+
+    def lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A read-only call: any failure, and any non-2xx but 404, is a StatusLookupError."""
+        try:
+            response = self.call(method, path, **kwargs)
+        except DeliveryError as err:
+            raise StatusLookupError(str(err)) from err
+        if response.status_code != 404 and not response.is_success:
+            raise StatusLookupError(f"{self.provider}: HTTP {response.status_code} on {path}: "
+                                    f"{response.text[:300]}")
+        return response
+
+    def email(self, message: Message) -> EmailMessage:
+        """The message as email, or Permanent: a fax cannot go through an email gateway."""
+        if not isinstance(message, EmailMessage):
+            raise Permanent(f"{self.provider}: only email can be sent through this gateway", code="channel")
+        if not message.to:
+            raise Permanent(f"{self.provider}: {message.reference} has no recipient", code="no_recipients")
+        return message
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def b64(content: bytes) -> str:
+    """Attachment content as the base64 text Postmark and SendGrid expect."""
+    return base64.b64encode(content).decode("ascii")
+
+
+def check_fresh(signed_at: float, *, received_at: datetime, tolerance: float, provider: str) -> None:
+    """Refuse a signed webhook whose timestamp is too far from when we received it (a replay)."""
+    skew = abs(received_at.timestamp() - signed_at)
+    if skew > tolerance:
+        raise WebhookAuthError(f"{provider}: webhook timestamp {skew:.0f}s away from our clock "
+                               f"(tolerance {tolerance:.0f}s): replay refused")
+
+
+def webhook_json(body: bytes, *, provider: str) -> Any:
+    """A webhook body decoded as JSON, or WebhookFormatError."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WebhookFormatError(f"{provider}: webhook body is not JSON") from err
+
+
+def lookup_json(response: httpx.Response, *, provider: str) -> Any:
+    """A lookup answer decoded as JSON, or StatusLookupError."""
+    try:
+        return response.json()
+    except ValueError as err:
+        raise StatusLookupError(f"{provider}: HTTP {response.status_code}: answer is not JSON") from err
+
+
+def lookup_object(response: httpx.Response, *, provider: str) -> dict[str, Any]:
+    body = lookup_json(response, provider=provider)
+    if not isinstance(body, dict):
+        raise StatusLookupError(f"{provider}: HTTP {response.status_code}: answer is not a JSON object")
+    return body
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A request header by case-insensitive name (WebhookRequest promises lower case; be lenient)."""
+    wanted = name.lower()
+    return next((value for key, value in headers.items() if key.lower() == wanted), None)
+
+
+def parse_time(value: object) -> datetime | None:
+    """ISO 8601 (any fraction length, "Z" or an offset) or epoch seconds; None when unreadable."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,367 @@
+"""Postmark: ``POST /email``, lookups by MessageID and by our ``Metadata.reference``, Basic-auth webhooks.
+
+Followed, field by field:
+
+- postmarkapp.com/developer/api/overview: ``X-Postmark-Server-Token``; HTTP 401 for a missing or wrong
+  token, 422 with ``{"ErrorCode", "Message"}`` for a refused request, 429 rate limit, 500/503; the
+  API error codes (10 bad or missing token, 100 maintenance, 300 invalid email request, 400/401
+  sender signature, 405 not allowed to send, 406 inactive recipient, 411 forbidden attachment, 412/413
+  account pending / may not send, 429 rate limit exceeded).
+- postmarkapp.com/developer/api/email-api: the send body (From, To, Cc, ReplyTo, Subject, TextBody,
+  HtmlBody, Headers ``[{Name, Value}]``, Metadata, MessageStream, Attachments ``[{Name, Content,
+  ContentType}]``, TrackOpens, TrackLinks) and the answer (To, SubmittedAt, MessageID, ErrorCode, Message).
+- postmarkapp.com/developer/api/messages-api and support article "Custom metadata FAQ": outbound
+  search ``GET /messages/outbound?count&offset&metadata_<key>=<value>`` (one metadata field at a time),
+  ``GET /messages/outbound/{id}/details`` with ``Status`` and ``MessageEvents``; bounce-api
+  ``GET /bounces/{id}`` and the bounce ``Type`` list with its TypeCodes.
+- postmarkapp.com/developer/webhooks (delivery, bounce, spam complaint payloads) and webhook HTTP auth:
+  Postmark sends the Basic-auth credentials configured on the webhook (or embedded in its URL).
+- ActiveCampaign/postmark-python (official SDK): ``exceptions.py`` (code -> exception), ``models/
+  outbound`` (MessageStatus, MessageEventType), ``models/bounces/enums.py`` (BounceType);
+  postmarker (Postmark's recommended client) ``core.py``/``models/emails.py``/``models/messages.py``.
+- django-anymail ``backends/postmark.py`` (300/406 handling), ``webhooks/postmark.py`` (RecordType and
+  bounce Type tables) and ``tests/test_postmark_webhooks.py`` (captured payloads).
+
+Postmark has no idempotency key. Our reference travels in ``Metadata.reference`` and our Message-ID in
+``Headers``; an Unknown outcome is reconciled with :meth:`PostmarkGateway.find_by_reference`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..base import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from ..errors import (
+    DeliveryError,
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+from ..http import error_for_status, retry_after_seconds
+from .common import HttpEmailGateway, b64, header, lookup_object, parse_time, webhook_json
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "postmark"
+ErrorClass = Literal["transient", "permanent"]
+
+# Webhook RecordType -> our kind. Open, Click and SubscriptionChange are authentic but not tracked.
+RECORD_KINDS: dict[str, EventKind] = {
+    "Delivery": EventKind.DELIVERED,
+    "Bounce": EventKind.BOUNCED,
+    "SpamComplaint": EventKind.COMPLAINED,
+}
+
+# Bounce ``Type`` -> (kind, error class), for every type Postmark documents (bounce-api#bounce-types).
+# DEFERRED: Postmark is still trying itself (Transient, DnsError) -- nothing for us to do yet.
+# BOUNCED transient: this copy is lost but the mailbox may take a new one later (SoftBounce: full, off).
+# permanent: the address, or Postmark's view of it, will not change by resending.
+# None: informational (auto-replies, subscribe requests, relay tests): the message was not refused.
+BOUNCE_TYPES: dict[str, tuple[EventKind, ErrorClass] | None] = {
+    "HardBounce": (EventKind.BOUNCED, "permanent"),
+    "Transient": (EventKind.DEFERRED, "transient"),
+    "Unsubscribe": (EventKind.FAILED, "permanent"),
+    "Subscribe": None,
+    "AutoResponder": None,
+    "AddressChange": (EventKind.BOUNCED, "permanent"),
+    "DnsError": (EventKind.DEFERRED, "transient"),
+    "SpamNotification": (EventKind.COMPLAINED, "permanent"),
+    "OpenRelayTest": None,
+    "Unknown": (EventKind.BOUNCED, "transient"),
+    "SoftBounce": (EventKind.BOUNCED, "transient"),
+    "VirusNotification": (EventKind.BOUNCED, "permanent"),
+    "ChallengeVerification": None,
+    "BadEmailAddress": (EventKind.BOUNCED, "permanent"),
+    "SpamComplaint": (EventKind.COMPLAINED, "permanent"),
+    "ManuallyDeactivated": (EventKind.FAILED, "permanent"),
+    "Unconfirmed": (EventKind.FAILED, "permanent"),
+    "Blocked": (EventKind.BOUNCED, "permanent"),
+    "SMTPApiError": (EventKind.FAILED, "permanent"),
+    "InboundError": None,
+    "DMARCPolicy": (EventKind.BOUNCED, "permanent"),
+    "TemplateRenderingFailed": (EventKind.FAILED, "permanent"),
+}
+# A type Postmark adds later: nothing was delivered; retry until the campaign deadline decides.
+DEFAULT_BOUNCE: tuple[EventKind, ErrorClass] = (EventKind.BOUNCED, "transient")
+
+# ``Status`` of an outbound message (postmark-python models/outbound/enums.py MessageStatus).
+STATUS_KINDS: dict[str, EventKind] = {
+    "Queued": EventKind.QUEUED,
+    "Scheduled": EventKind.QUEUED,
+    "Processed": EventKind.SENDING,
+    "Sent": EventKind.SENDING,  # handed to Postmark's MTA; the Delivered event says more
+    "Blocked": EventKind.FAILED,
+    "Failed": EventKind.FAILED,
+}
+
+# ``MessageEvents[].Type`` in message details (MessageEventType); opens and clicks say nothing new.
+MESSAGE_EVENT_KINDS: dict[str, EventKind] = {
+    "Delivered": EventKind.DELIVERED,
+    "Transient": EventKind.DEFERRED,
+    "Bounced": EventKind.BOUNCED,
+}
+
+# API ErrorCodes that mean "try again later": the request was refused before anything was sent.
+TRANSIENT_CODES: dict[int, str] = {100: "maintenance", 429: "rate limit exceeded"}
+BAD_TOKEN = 10
+
+
+class PostmarkSettings(BaseSettings):
+    """``DISPATCH_<NAME>_*``: the server token, the message stream, the webhook Basic-auth pair."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCH_POSTMARK_", extra="ignore")
+
+    server_token: SecretStr
+    base_url: str = "https://api.postmarkapp.com"
+    message_stream: str = "outbound"
+    webhook_username: str | None = None  # the HTTP auth set on the Postmark webhook (or in its URL)
+    webhook_password: SecretStr | None = None
+    reconcile_count: int = Field(default=50, ge=1, le=500)  # messages read by find_by_reference
+
+
+class PostmarkGateway(HttpEmailGateway):
+    """Postmark's Email API (one message per call)."""
+
+    provider: ClassVar[str] = PROVIDER
+    settings_class: ClassVar[type[BaseSettings]] = PostmarkSettings
+
+    def __init__(
+        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
+    ) -> None:
+        if not isinstance(settings, PostmarkSettings):
+            raise GatewayConfigError(f"{PROVIDER}: expected PostmarkSettings, got {type(settings).__name__}")
+        super().__init__(settings, name=name, client=client)
+        self.config = settings
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-Postmark-Server-Token": self.config.server_token.get_secret_value()}
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send(self, message: Message) -> Receipt:
+        """``POST /email``; 200 with ``ErrorCode`` 0 is an acceptance, anything else is mapped."""
+        email = self.email(message)
+        response = self.call("POST", "/email", json=self.send_body(email))
+        body = _json_or_none(response)
+        code = _error_code(body)
+        if not response.is_success or code not in (0, None):
+            raise self._send_error(response, body, code)
+        receipt = self._receipt(response, body)
+        # Addresses are personal data: INFO names the message, never the recipients.
+        log.info("postmark accepted %s for reference %s", receipt.provider_id, email.reference)
+        return receipt
+
+    def send_body(self, message: EmailMessage) -> dict[str, Any]:
+        headers = [{"Name": "Message-ID", "Value": message.message_id}]
+        headers += [{"Name": k, "Value": v} for k, v in message.headers.items() if k.lower() != "message-id"]
+        body: dict[str, Any] = {
+            "From": message.sender, "To": ", ".join(message.to), "Subject": message.subject,
+            "TextBody": message.text, "Headers": headers, "Metadata": {"reference": message.reference},
+            "MessageStream": self.config.message_stream,
+            # A letter to an official must arrive as written: no tracking pixel, no rewritten links.
+            "TrackOpens": False, "TrackLinks": "None",
+        }
+        if message.cc:
+            body["Cc"] = ", ".join(message.cc)
+        if message.reply_to:
+            body["ReplyTo"] = message.reply_to
+        if message.html is not None:
+            body["HtmlBody"] = message.html
+        if message.attachments:
+            body["Attachments"] = [{"Name": a.filename, "Content": b64(a.content), "ContentType": a.content_type}
+                                   for a in message.attachments]
+        return body
+
+    def _receipt(self, response: httpx.Response, body: Any) -> Receipt:
+        message_id = body.get("MessageID") if isinstance(body, dict) else None
+        if not message_id:
+            # Postmark said yes but gave no id we could follow: reconcile by reference.
+            raise Unknown(f"{PROVIDER}: HTTP {response.status_code} without a MessageID", code="no_id",
+                          raw=body if body is not None else response.text[:2000])
+        # "Message accepted, but delivery may be delayed." is still an acceptance (anymail #392).
+        status = "Queued" if "delayed" in str(body.get("Message", "")) else "Sent"
+        return Receipt(provider=PROVIDER, provider_id=str(message_id), accepted_at=datetime.now(UTC),
+                       status=status, raw=body)
+
+    def _send_error(self, response: httpx.Response, body: Any, code: int | None) -> DeliveryError:
+        """Map a refusal: the API ErrorCode decides first, then the HTTP status."""
+        status = response.status_code
+        text = str(body.get("Message", "")) if isinstance(body, dict) else response.text[:300]
+        label = f"{PROVIDER}: HTTP {status} ErrorCode {code}: {text}" if code is not None else \
+            f"{PROVIDER}: HTTP {status}: {text}"
+        if code == BAD_TOKEN or status == 401:
+            return Permanent(f"{label} -- check {self.setting('server_token')} (a *server* token)",
+                             code=str(code if code is not None else status), raw=body)
+        if code in TRANSIENT_CODES or status == 429:
+            return Transient(label, code=str(code if code is not None else status), raw=body,
+                             retry_after=retry_after_seconds(response.headers))
+        if code is not None and (status < 500 or status == 200):
+            # 300 invalid request (a bad To among them), 406 inactive recipient, 400/401 sender
+            # signature, 405/412/413 account: resending the same request gets the same answer.
+            return Permanent(label, code=str(code), raw=body)
+        return error_for_status(response, provider=PROVIDER, detail=text)
+
+    # -- status lookups --------------------------------------------------------------------------
+
+    def fetch_status(self, provider_id: str) -> StatusEvent:
+        """``GET /messages/outbound/{id}/details``: the newest delivery event, else the message Status."""
+        response = self.lookup("GET", f"/messages/outbound/{provider_id}/details")
+        if response.status_code == 404:
+            raise StatusLookupError(f"{PROVIDER}: no outbound message {provider_id}")
+        details = lookup_object(response, provider=PROVIDER)
+        return self._details_event(provider_id, details)
+
+    def find_by_reference(self, reference: str) -> StatusEvent | None:
+        """Outbound search by ``metadata_reference``; None only when Postmark knows no such message."""
+        params = {"count": self.config.reconcile_count, "offset": 0, "metadata_reference": reference}
+        body = lookup_object(self.lookup("GET", "/messages/outbound", params=params), provider=PROVIDER)
+        messages = body.get("Messages")
+        if not isinstance(messages, list):
+            raise StatusLookupError(f"{PROVIDER}: outbound search answer without Messages")
+        ours = [m for m in messages if isinstance(m, dict) and (m.get("Metadata") or {}).get("reference") == reference]
+        if not ours:
+            if isinstance(body.get("TotalCount"), int) and body["TotalCount"] > len(messages):
+                raise StatusLookupError(f"{PROVIDER}: {body['TotalCount']} matches, more than one page: "
+                                        "cannot conclude the message was never sent")
+            return None
+        if len(ours) > 1:
+            log.warning("postmark: %d messages carry reference %s", len(ours), reference)
+        return self.fetch_status(str(ours[0]["MessageID"]))  # newest first, per the Messages API
+
+    def _details_event(self, provider_id: str, details: Mapping[str, Any]) -> StatusEvent:
+        reference = (details.get("Metadata") or {}).get("reference")
+        events = [e for e in details.get("MessageEvents") or [] if isinstance(e, dict)
+                  and e.get("Type") in MESSAGE_EVENT_KINDS]
+        if events:
+            latest = max(events, key=lambda e: parse_time(e.get("ReceivedAt")) or datetime.min.replace(tzinfo=UTC))
+            return self._message_event(provider_id, latest, reference, details)
+        status = str(details.get("Status"))
+        kind = STATUS_KINDS.get(status)
+        if kind is None:
+            raise StatusLookupError(f"{PROVIDER}: message {provider_id} has status {status!r}")
+        failed = kind is EventKind.FAILED
+        return StatusEvent(provider=PROVIDER, provider_id=provider_id, kind=kind,
+                           occurred_at=parse_time(details.get("ReceivedAt")) or datetime.now(UTC),
+                           reference=reference, error_class="permanent" if failed else None,
+                           error_code=status if failed else None, raw=dict(details))
+
+    def _message_event(self, provider_id: str, event: Mapping[str, Any], reference: str | None,
+                       details: Mapping[str, Any]) -> StatusEvent:
+        kind = MESSAGE_EVENT_KINDS[str(event["Type"])]
+        error_class: ErrorClass | None = "transient" if kind is EventKind.DEFERRED else None
+        code = None
+        event_details = event.get("Details") or {}
+        if kind is EventKind.BOUNCED:
+            # The summary does not say hard or soft; the bounce record does.
+            code = self._bounce_type(event_details.get("BounceID"))
+            kind, error_class = bounce_kind(code) or DEFAULT_BOUNCE
+        return StatusEvent(provider=PROVIDER, provider_id=provider_id, kind=kind,
+                           occurred_at=parse_time(event.get("ReceivedAt")) or datetime.now(UTC),
+                           reference=reference, error_class=error_class, error_code=code,
+                           detail=event_details.get("Summary") or event_details.get("DeliveryMessage"),
+                           raw=dict(details))
+
+    def _bounce_type(self, bounce_id: object) -> str | None:
+        if bounce_id in (None, ""):
+            return None
+        response = self.lookup("GET", f"/bounces/{bounce_id}")
+        if response.status_code == 404:
+            return None
+        kind = lookup_object(response, provider=PROVIDER).get("Type")
+        return str(kind) if kind else None
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+        """Check the webhook's Basic-auth credentials, then decode one Delivery/Bounce/SpamComplaint."""
+        self._authenticate(request)
+        payload = webhook_json(request.body, provider=PROVIDER)
+        if not isinstance(payload, dict):
+            raise WebhookFormatError(f"{PROVIDER}: webhook body is not a JSON object")
+        kind = RECORD_KINDS.get(str(payload.get("RecordType")))
+        if kind is None:
+            return []  # opens, clicks, subscription changes: authentic, not ours to track
+        event = self._webhook_event(kind, payload)
+        return [] if event is None else [event]
+
+    def _authenticate(self, request: WebhookRequest) -> None:
+        user, password = self.config.webhook_username, self.config.webhook_password
+        if not user or password is None:
+            # Never accept unauthenticated status reports: a forged "delivered" would end a campaign.
+            raise WebhookAuthError(f"{PROVIDER}: webhooks refused until {self.setting('webhook_username')} "
+                                   f"and {self.setting('webhook_password')} are set")
+        expected = f"{user}:{password.get_secret_value()}".encode()
+        if not hmac.compare_digest(_basic_credentials(header(request.headers, "authorization")), expected):
+            raise WebhookAuthError(f"{PROVIDER}: missing or wrong webhook Basic-auth credentials")
+
+    def _webhook_event(self, kind: EventKind, payload: Mapping[str, Any]) -> StatusEvent | None:
+        message_id = payload.get("MessageID")
+        when = parse_time(payload.get("DeliveredAt") or payload.get("BouncedAt"))
+        if not message_id or when is None:
+            raise WebhookFormatError(f"{PROVIDER}: {payload.get('RecordType')} without MessageID or time")
+        error_class: ErrorClass | None = None
+        code = None
+        if kind is not EventKind.DELIVERED:
+            code = str(payload.get("Type") or payload.get("RecordType"))
+            mapped = bounce_kind(code)
+            if mapped is None:
+                return None  # an auto-reply or similar: not a refusal of the letter
+            kind, error_class = mapped
+        metadata = payload.get("Metadata") if isinstance(payload.get("Metadata"), dict) else {}
+        return StatusEvent(
+            provider=PROVIDER, provider_id=str(message_id), kind=kind, occurred_at=when,
+            reference=metadata.get("reference"), error_class=error_class, error_code=code,
+            detail=payload.get("Description") or payload.get("Details"),
+            event_id=_event_id(payload), raw=dict(payload),
+        )
+
+
+def bounce_kind(bounce_type: str | None) -> tuple[EventKind, ErrorClass] | None:
+    """(kind, class) for a bounce Type; None for informational types (see :data:`BOUNCE_TYPES`)."""
+    if bounce_type is None:
+        return DEFAULT_BOUNCE
+    return BOUNCE_TYPES.get(bounce_type, DEFAULT_BOUNCE)
+
+
+def _event_id(payload: Mapping[str, Any]) -> str:
+    """Bounces carry an ID; a delivery is identified by its message and time (no address in ids)."""
+    if payload.get("ID") is not None:
+        return f"{payload.get('RecordType')}:{payload['ID']}"
+    return f"{payload.get('RecordType')}:{payload.get('MessageID')}:{payload.get('DeliveredAt')}"
+
+
+def _basic_credentials(value: str | None) -> bytes:
+    """The ``user:password`` bytes of a Basic Authorization header; empty when absent or unreadable."""
+    scheme, _, encoded = (value or "").partition(" ")
+    if scheme.lower() != "basic":
+        return b""
+    try:
+        return base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _error_code(body: Any) -> int | None:
+    code = body.get("ErrorCode") if isinstance(body, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None

@@ -1,0 +1,277 @@
+"""An emulator of Postmark's Email and Messages APIs that posts Postmark's webhooks back.
+
+Endpoints (``X-Postmark-Server-Token`` auth, JSON, PascalCase fields as on postmarkapp.com/developer):
+
+- ``POST /email``: validates like Postmark (401 ErrorCode 10; 422 with ErrorCode 300 / 402 / 406 / 409),
+  answers ``{To, SubmittedAt, MessageID, ErrorCode: 0, Message: "OK"}``, then posts a ``Delivery`` or
+  ``Bounce`` webhook with the Basic-auth credentials embedded in the webhook URL.
+- ``GET /messages/outbound`` (``count``, ``offset``, ``recipient``, ``status``, ``metadata_<key>``),
+  ``GET /messages/outbound/{id}/details`` (with ``MessageEvents``), ``GET /bounces/{id}``.
+- ``/_sandbox/*`` control endpoints.
+
+Scripted outcomes (``SandboxState.next_outcome(first To address)``): ok -> delivered; bounce -> HardBounce;
+invalid_number -> 422 ErrorCode 406 (inactive recipient); rate_limited -> 429 ErrorCode 429 + Retry-After;
+server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted, then the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import itertools
+import json
+import uuid
+from collections.abc import Mapping
+from email.utils import getaddresses, parseaddr
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.responses import Response
+
+from .control import control_router
+from .core import SandboxState
+from .email_common import REFUSED, Background, DroppedResponse, email_outcome, iso_now, post_webhook
+
+SERVER_ID = 23
+INACTIVE = ("You tried to send to recipient(s) that have been marked as inactive.\nFound inactive addresses: "
+            "{addresses}.\nInactive recipients are ones that have generated a hard bounce, a spam complaint, "
+            "or a manual suppression.")
+
+
+class PostmarkError(Exception):
+    """An error answer in Postmark's shape: ``{"ErrorCode": n, "Message": "..."}``."""
+
+    def __init__(self, status: int, code: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"ErrorCode": self.code, "Message": self.message}, status_code=self.status,
+                            headers=self.headers)
+
+
+def split_credentials(url: str | None) -> tuple[str | None, str | None]:
+    """(URL without userinfo, ``Basic ...`` header) for a webhook URL like ``https://u:p@host/path``."""
+    if not url:
+        return None, None
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return urlunsplit(parts._replace(netloc=netloc)), "Basic " + base64.b64encode(pair).decode()
+
+
+def _addresses(value: object) -> list[str]:
+    if not value:
+        return []
+    return [addr for _, addr in getaddresses([str(value)])]
+
+
+def _valid(address: str) -> bool:
+    local, at, domain = address.rpartition("@")
+    return bool(local and at and "." in domain and " " not in address)
+
+
+def validate_email(body: Any) -> None:
+    """Postmark's checks on ``POST /email``; raises PostmarkError (422) for the first problem."""
+    if not isinstance(body, dict):
+        raise PostmarkError(422, 402, "Received invalid JSON input.")
+    sender = parseaddr(str(body.get("From") or ""))[1]
+    if not _valid(sender):
+        raise PostmarkError(422, 300, f"Invalid 'From' address: '{sender}'.")
+    recipients = _addresses(body.get("To")) + _addresses(body.get("Cc")) + _addresses(body.get("Bcc"))
+    if not recipients:
+        raise PostmarkError(422, 300, "Zero recipients specified")
+    for field in ("To", "Cc", "Bcc"):
+        bad = [a for a in _addresses(body.get(field)) if not _valid(a)]
+        if bad:
+            raise PostmarkError(422, 300, f"Invalid '{field}' address: '{bad[0]}'.")
+    if not body.get("TextBody") and not body.get("HtmlBody"):
+        raise PostmarkError(422, 300, "Provide either email TextBody or HtmlBody or both.")
+    metadata = body.get("Metadata")
+    if metadata is not None and (not isinstance(metadata, dict)
+                                 or not all(isinstance(v, str | int | float) for v in metadata.values())):
+        raise PostmarkError(422, 300, "Invalid metadata content. Values must be strings or numbers.")
+
+
+class PostmarkEmulator:
+    """The messages one emulator instance accepted, and their life afterwards."""
+
+    def __init__(self, state: SandboxState, *, server_token: str, webhook_url: str | None) -> None:
+        self.state = state
+        self.server_token = server_token
+        self.webhook_url, self.webhook_auth = split_credentials(webhook_url)
+        self.messages: dict[str, dict[str, Any]] = {}  # touched only on the event loop
+        self.bounces: dict[int, dict[str, Any]] = {}
+        self._bounce_ids = itertools.count(901542550)
+        self.background = Background()
+
+    def authenticate(self, request: Request) -> None:
+        token = request.headers.get("x-postmark-server-token")
+        if not token:
+            raise PostmarkError(401, 10, "No Account or Server API tokens were supplied in the HTTP headers. "
+                                "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.")
+        if not hmac.compare_digest(token.encode(), self.server_token.encode()):
+            raise PostmarkError(401, 10, "The Server Token you provided in the X-Postmark-Server-Token request "
+                                "header was invalid. Please verify that you are using a valid token.")
+
+    # -- POST /email -----------------------------------------------------------------------------
+
+    async def send(self, request: Request) -> Response:
+        self.authenticate(request)
+        if "json" not in request.headers.get("content-type", ""):
+            raise PostmarkError(422, 409, "JSON required. Please provide the Content-Type: application/json "
+                                "header.")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise PostmarkError(422, 402, "Received invalid JSON input.") from None
+        validate_email(body)
+        first = _addresses(body.get("To"))[0] if body.get("To") else _addresses(body.get("Cc"))[0]
+        outcome = email_outcome(self.state.next_outcome(first))
+        refusal = self._refusal(outcome, first)
+        message = None if refusal is not None else self._accept(body, outcome)
+        await asyncio.sleep(self.state.latency)
+        if refusal is not None:
+            return refusal.response()
+        assert message is not None
+        if outcome == "bad_gateway":
+            return PlainTextResponse("502 Bad Gateway", status_code=502)
+        if outcome == "drop":
+            return DroppedResponse(200)
+        return JSONResponse({"To": body.get("To"), "SubmittedAt": message["ReceivedAt"],
+                             "MessageID": message["MessageID"], "ErrorCode": 0, "Message": "OK"})
+
+    def _refusal(self, outcome: str, first: str) -> PostmarkError | None:
+        if outcome not in REFUSED:
+            return None
+        if outcome == "invalid_number":
+            return PostmarkError(422, 406, INACTIVE.format(addresses=first.lower()))
+        if outcome == "rate_limited":
+            return PostmarkError(429, 429, "Rate limit exceeded. Please slow down your request rate.",
+                                 headers={"Retry-After": str(self.state.retry_after)})
+        return PostmarkError(500, 0, "Internal server error.")
+
+    def _accept(self, body: Mapping[str, Any], outcome: str) -> dict[str, Any]:
+        message = self._new_message(body)
+        self.messages[message["MessageID"]] = message
+        self.state.record(provider_id=message["MessageID"], reference=message["Metadata"].get("reference"),
+                          destination=message["Recipients"][0], outcome=outcome)
+        self.background.start(self._lifecycle(message["MessageID"], outcome))
+        return message
+
+    def _new_message(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        to = [{"Email": addr, "Name": name} for name, addr in getaddresses([str(body.get("To") or "")]) if addr]
+        cc = [{"Email": addr, "Name": name} for name, addr in getaddresses([str(body.get("Cc") or "")]) if addr]
+        metadata = {k: str(v) for k, v in (body.get("Metadata") or {}).items()}
+        return {
+            "Tag": body.get("Tag") or "", "MessageID": str(uuid.uuid4()),
+            "MessageStream": body.get("MessageStream") or "outbound", "To": to, "Cc": cc, "Bcc": [],
+            "Recipients": [r["Email"] for r in to + cc], "ReceivedAt": iso_now(), "From": body["From"],
+            "Subject": body.get("Subject") or "", "Attachments": [a.get("Name") for a in body.get("Attachments") or []],
+            "Status": "Sent", "TrackOpens": bool(body.get("TrackOpens")),
+            "TrackLinks": body.get("TrackLinks") or "None", "Metadata": metadata, "Sandboxed": False,
+            "TextBody": body.get("TextBody") or "", "HtmlBody": body.get("HtmlBody") or "", "Body": "",
+            "Headers": body.get("Headers") or [], "MessageEvents": [],
+        }
+
+    # -- after acceptance: deliver or bounce, and tell the webhook -------------------------------
+
+    async def _lifecycle(self, message_id: str, outcome: str) -> None:
+        await asyncio.sleep(self.state.webhook_delay)
+        message = self.messages[message_id]
+        payload = self._bounce(message) if outcome == "bounce" else self._delivery(message)
+        if self.webhook_url:
+            await post_webhook(self.webhook_url, lambda: self._signed(payload), delay=self.state.webhook_delay)
+
+    def _delivery(self, message: dict[str, Any]) -> dict[str, Any]:
+        now, recipient = iso_now(), message["Recipients"][0]
+        message["MessageEvents"].append({"Recipient": recipient, "Type": "Delivered", "ReceivedAt": now, "Details": {
+            "DeliveryMessage": "smtp;250 2.0.0 OK", "DestinationServer": "mx.sandbox.invalid",
+            "DestinationIP": "192.0.2.25"}})
+        return {"RecordType": "Delivery", "ServerID": SERVER_ID, "MessageStream": message["MessageStream"],
+                "MessageID": message["MessageID"], "Recipient": recipient, "Tag": message["Tag"],
+                "DeliveredAt": now, "Details": "smtp;250 2.0.0 OK", "Metadata": message["Metadata"]}
+
+    def _bounce(self, message: dict[str, Any]) -> dict[str, Any]:
+        bounce_id, now, recipient = next(self._bounce_ids), iso_now(), message["Recipients"][0]
+        bounce = {"ID": bounce_id, "Type": "HardBounce", "TypeCode": 1, "Name": "Hard bounce",
+                  "MessageID": message["MessageID"], "ServerID": SERVER_ID, "MessageStream": message["MessageStream"],
+                  "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not "
+                  "found).", "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+                  "Email": recipient, "From": message["From"], "BouncedAt": now, "DumpAvailable": True,
+                  "Inactive": True, "CanActivate": True, "Subject": message["Subject"], "Tag": message["Tag"]}
+        self.bounces[bounce_id] = bounce
+        message["MessageEvents"].append({"Recipient": recipient, "Type": "Bounced", "ReceivedAt": now,
+                                         "Details": {"Summary": bounce["Description"], "BounceID": str(bounce_id)}})
+        return {"RecordType": "Bounce", **bounce, "Content": "", "Metadata": message["Metadata"]}
+
+    def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+        headers = {"content-type": "application/json"}
+        if self.webhook_auth:
+            headers["authorization"] = self.webhook_auth
+        return json.dumps(payload).encode(), headers
+
+    # -- Messages API, Bounce API ----------------------------------------------------------------
+
+    async def search(self, request: Request) -> Response:
+        self.authenticate(request)
+        query = request.query_params
+        try:
+            count, offset = int(query["count"]), int(query["offset"])
+        except (KeyError, ValueError):
+            raise PostmarkError(422, 300, "The 'count' and 'offset' parameters are required.") from None
+        if not 0 < count <= 500 or offset < 0 or count + offset > 10000:
+            raise PostmarkError(422, 300, "Count must be 1-500 and Count + Offset cannot exceed 10,000.")
+        found = [m for m in reversed(self.messages.values()) if _matches(m, query)]  # newest first
+        summaries = [{k: v for k, v in m.items() if k not in ("TextBody", "HtmlBody", "Body", "Headers",
+                                                              "MessageEvents")} for m in found]
+        return JSONResponse({"TotalCount": len(found), "Messages": summaries[offset:offset + count]})
+
+    async def details(self, request: Request, message_id: str) -> Response:
+        self.authenticate(request)
+        message = self.messages.get(message_id)
+        if message is None:
+            raise PostmarkError(404, 701, "This message was not found.")
+        return JSONResponse(message)
+
+    async def bounce(self, request: Request, bounce_id: int) -> Response:
+        self.authenticate(request)
+        if bounce_id not in self.bounces:
+            raise PostmarkError(404, 605, "Bounce not found.")
+        return JSONResponse(self.bounces[bounce_id])
+
+
+def _matches(message: Mapping[str, Any], query: Mapping[str, str]) -> bool:
+    if "recipient" in query and query["recipient"].lower() not in [r.lower() for r in message["Recipients"]]:
+        return False
+    if "status" in query and query["status"].lower() != str(message["Status"]).lower():
+        return False
+    for key, value in query.items():
+        if key.startswith("metadata_") and message["Metadata"].get(key.removeprefix("metadata_")) != value:
+            return False
+    return True
+
+
+def create_app(state: SandboxState, *, server_token: str, webhook_url: str | None = None) -> FastAPI:
+    """The Postmark emulator; ``webhook_url`` may embed Basic-auth credentials (``https://u:p@host/``)."""
+    emulator = PostmarkEmulator(state, server_token=server_token, webhook_url=webhook_url)
+    app = FastAPI(title="Postmark sandbox", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.emulator = emulator
+
+    async def postmark_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PostmarkError)
+        return exc.response()
+
+    app.add_exception_handler(PostmarkError, postmark_error)
+    app.add_api_route("/email", emulator.send, methods=["POST"])
+    app.add_api_route("/messages/outbound", emulator.search, methods=["GET"])
+    app.add_api_route("/messages/outbound/{message_id}/details", emulator.details, methods=["GET"])
+    app.add_api_route("/bounces/{bounce_id}", emulator.bounce, methods=["GET"])
+    app.include_router(control_router(state))
+    return app
