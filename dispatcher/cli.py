@@ -272,3 +272,28 @@ def demo(
     ok = run_demo(console=console, timeout=timeout)
     if not ok:
         raise typer.Exit(1)
+
+
+sandbox_app = typer.Typer(help="Provider emulators for rehearsals, the demo and tests.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    web_url: Annotated[str, typer.Option(help="where `dispatch web` listens (webhooks go there)")] =
+        "http://127.0.0.1:8000",
+    oracle_dir: Annotated[Path, typer.Option(help="where each emulator appends its oracle")] = Path("var/sandbox"),
+) -> None:
+    """Run every provider emulator and the SMTP sink on localhost; print the settings that use them."""
+    import threading
+
+    from workers.sandbox.serve import serve_all
+
+    running = serve_all(web_url=web_url, oracle_dir=oracle_dir)
+    console.print("# sandbox running; export these to point the gateways at it (Ctrl-C stops):")
+    for key, value in sorted(running.settings.items()):
+        console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        running.stop()
