@@ -1,0 +1,92 @@
+"""The `dispatch` command line, run as a user would, on a fresh SQLite ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dispatcher.cli import app
+from dispatcher.settings import get_settings
+
+from .test_validation import write_campaign
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path / "ledger.db"
+    monkeypatch.setenv("DISPATCH_DATABASE_URL", f"sqlite:///{path}")
+    get_settings.cache_clear()
+    yield path
+    get_settings.cache_clear()
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_validate_reports_the_seed_error_and_fails(example_file: Path) -> None:
+    code, output = run("campaign", "validate", str(example_file))
+    assert code == 1
+    assert "to[0] (Xi Jinping): fax[1]" in output
+    assert "did you mean +86 10 6238 1025?" in output
+    assert "1 error(s)" in output
+
+
+def test_validate_fixed_campaign_passes(tmp_path: Path, example_file: Path) -> None:
+    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
+    code, output = run("campaign", "validate", str(path))
+    assert code == 0, output
+    assert "is valid" in output
+
+
+def test_preview_writes_pdf_and_eml(tmp_path: Path, example_file: Path) -> None:
+    pdf, eml = tmp_path / "out.pdf", tmp_path / "out.eml"
+    code, output = run("campaign", "preview", str(example_file), "--pdf", str(pdf), "--eml", str(eml))
+    assert code == 0, output
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert b"Message-ID:" in eml.read_bytes()
+
+
+def test_load_refuses_invalid_then_skip_invalid_records_it(example_file: Path) -> None:
+    code, output = run("campaign", "load", str(example_file))
+    assert code != 0
+    code, output = run("campaign", "list")
+    assert "north-korean-refugees-2015" not in output  # nothing was written
+    code, output = run("campaign", "load", str(example_file), "--skip-invalid")
+    assert code == 0, output
+    assert "created (5 planned, 1 skipped)" in output
+    code, output = run("campaign", "load", str(example_file), "--skip-invalid")
+    assert "unchanged" in output
+    code, output = run("campaign", "show", "north-korean-refugees-2015")
+    assert code == 0 and "+011 10 6238 1025" in output and "skipped" in output
+    code, output = run("log", "north-korean-refugees-2015")
+    assert code == 0 and "--skip-invalid" in output
+
+
+def test_control_commands(example_file: Path) -> None:
+    run("campaign", "load", str(example_file), "--skip-invalid")
+    name = "north-korean-refugees-2015"
+    assert run("campaign", "schedule", name)[0] == 0
+    assert "paused" in run("campaign", "pause", name)[1]
+    assert "scheduled again" in run("campaign", "resume", name)[1]
+    code, output = run("campaign", "cancel", name)
+    assert code == 0 and "cancelled (5 deliveries will not be sent)" in output
+    code, output = run("campaign", "show", name)
+    assert output.count("cancelled") >= 3
+
+
+def test_unknown_campaign_is_a_clear_error() -> None:
+    """Through the real entry point, as a user types it: a message, not a traceback."""
+    result = subprocess.run([sys.executable, "-m", "dispatcher", "campaign", "show", "no-such-campaign"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "no campaign named 'no-such-campaign'" in result.stderr
+    assert "Traceback" not in result.stderr
