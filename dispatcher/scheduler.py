@@ -33,6 +33,7 @@ class SchedulerConfig:
     claim_limit: int = 2000  # rows claimed per tick, bounded
     republish_after: timedelta = timedelta(seconds=60)  # a queued row older than this lost its message
     reconcile_every: timedelta = timedelta(seconds=30)
+    poll_after: timedelta = timedelta(minutes=15)  # a submitted send with no status report by then is polled
 
 
 @dataclass
@@ -126,16 +127,19 @@ def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: T
         result.expired.append(delivery.id)
 
 
-def unknown_to_reconcile(session: Session, *, now: datetime, every: timedelta) -> dict[str, list[int]]:
-    """Unknown deliveries due for a look-up at the provider, by queue; the next look-up is ``every`` later."""
+def to_look_up(session: Session, *, now: datetime, every: timedelta, poll_after: timedelta) -> dict[str, list[int]]:
+    """Deliveries due for a look-up at the provider, by queue: ``unknown`` ones (reconcile), and
+    ``submitted`` ones whose status webhook never came (poll, as a fallback). Next look-up ``every`` later."""
+    stuck = and_(Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(True),
+                 Delivery.updated_at < now - poll_after)
     rows = session.scalars(
-        select(Delivery).where(Delivery.state == State.UNKNOWN,
+        select(Delivery).where(or_(Delivery.state == State.UNKNOWN, stuck),
                                or_(Delivery.not_before.is_(None), Delivery.not_before <= now))
         .limit(500).with_for_update(skip_locked=True)
     )
     out: dict[str, list[int]] = defaultdict(list)
     for delivery in rows:
-        delivery.not_before = now + every
+        delivery.not_before = now + (every if delivery.state == State.UNKNOWN else poll_after)
         out[queue_for(delivery)].append(delivery.id)
     return out
 
@@ -169,7 +173,7 @@ def run_once(factory: sessionmaker[Session], publisher: Publisher, reconciler: P
     """One tick: claim and sweep in one transaction, then publish what was committed."""
     with transaction(factory) as session:
         result = tick(session, now=now, config=config)
-        to_reconcile = unknown_to_reconcile(session, now=now, every=config.reconcile_every)
+        to_reconcile = to_look_up(session, now=now, every=config.reconcile_every, poll_after=config.poll_after)
     publish(result, publisher, batch_size=config.batch_size)
     for queue, ids in to_reconcile.items():
         reconciler(queue, ids)

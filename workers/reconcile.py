@@ -17,24 +17,43 @@ from dispatcher.outcomes import apply_status
 from dispatcher.states import State
 
 from .delivery import Engine, gateway_for
-from .gateways.base import StatusEvent
+from .gateways.base import Gateway, StatusEvent
 from .gateways.errors import GatewayError
 
 HOLD_REASON = "held for an operator"
 
 
 def reconcile(engine: Engine, delivery_id: int) -> str:
+    """Settle an ``unknown`` delivery, or poll a ``submitted`` one whose status report never came."""
     with engine.factory() as session:
         delivery = session.get(Delivery, delivery_id)
-        if delivery is None or delivery.state != State.UNKNOWN:
-            return "not-unknown"
+        if delivery is None or delivery.state not in (State.UNKNOWN, State.SUBMITTED):
+            return "nothing-to-do"
         gateway = gateway_for(engine, delivery)
-        key = delivery.idempotency_key
+        key, provider_id, state = delivery.idempotency_key, delivery.provider_id, delivery.state
+    if state == State.SUBMITTED:
+        return _poll(engine, delivery_id, gateway, provider_id)
     try:
         found: StatusEvent | None = gateway.find_by_reference(key)
     except (GatewayError, NotImplementedError) as err:
         return _hold(engine, delivery_id, f"{gateway.name} cannot tell whether it has this message ({err})")
     return _apply(engine, delivery_id, found)
+
+
+def _poll(engine: Engine, delivery_id: int, gateway: Gateway, provider_id: str | None) -> str:
+    if provider_id is None:
+        return "no-provider-id"
+    try:
+        event = gateway.fetch_status(provider_id)
+    except (GatewayError, NotImplementedError):
+        return "poll-failed"  # the webhook may still come; the next poll is scheduled already
+    now = engine.clock()
+    with transaction(engine.factory) as session:
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
+        if delivery is None or delivery.state != State.SUBMITTED:
+            return "nothing-to-do"
+        applied = apply_status(session, delivery, event, actor=f"poll:{engine.actor}", now=now, policy=engine.retry)
+        return f"polled:{applied}"
 
 
 def _apply(engine: Engine, delivery_id: int, found: StatusEvent | None) -> str:

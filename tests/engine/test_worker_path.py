@@ -153,3 +153,37 @@ def test_deadline_fails_what_is_left_with_a_reason(factory: sessionmaker[Session
         errors = set(session.scalars(select(Delivery.last_error)))
     assert all(e and "deadline" in e for e in errors)
     assert sandbox.fax.oracle() == []
+
+
+def test_submitted_without_webhook_is_polled(factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path,
+                                             example_file: Path) -> None:
+    """Status webhooks lost (here: sent to a closed port): the poller asks the provider instead."""
+    import base64
+    from datetime import timedelta
+
+    from dispatcher.scheduler import SchedulerConfig
+    from workers.gateways.registry import build_gateway
+    from workers.sandbox.server import free_port
+
+    from .conftest import RETRY
+
+    public_key = base64.b64encode(bytes(sandbox.signing_key.verify_key)).decode()
+    lost = f"http://127.0.0.1:{free_port()}/webhooks/telnyx"
+    gateways = sandbox.gateways()
+    gateways["fax"] = build_gateway("telnyx", api_key=sandbox.api_key, connection_id="c", public_key=public_key,
+                                    base_url=sandbox.fax_url, webhook_url=lost)
+    engine = Engine(factory=factory, gateways=gateways, retry=RETRY, media_url=_media(sandbox))
+    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    drive(engine, until=lambda: campaign_status(factory, name) == "completed",
+          config=SchedulerConfig(poll_after=timedelta(seconds=0.5), reconcile_every=timedelta(seconds=0.2)))
+    assert states(factory)[WANG] == "delivered"
+    with factory() as session:
+        actors = set(session.scalars(select(DeliveryEvent.actor).where(DeliveryEvent.to_state == "delivered")))
+    assert actors and all(actor.startswith("poll:") for actor in actors)
+    assert sandbox.duplicates() == {}
+
+
+def _media(sandbox: Sandbox):  # type: ignore[no-untyped-def]
+    from dispatcher.media import media_url
+
+    return lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at)
