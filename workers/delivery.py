@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.db import transaction
@@ -89,7 +91,7 @@ def deliver(engine: Engine, delivery_id: int) -> str:
     except LimitTimeout as err:  # raised before the send: nothing left
         receipt = Transient(f"local limit: {err}", code="local-limit")
     _hook(engine, "after_send", delivery_id)
-    return record_outcome(engine, claim, rendered, receipt)
+    return _record_with_retries(engine, claim, rendered, receipt)
 
 
 def deliver_many(engine: Engine, ids: list[int]) -> dict[str, int]:
@@ -178,6 +180,21 @@ def _campaign_key(engine: Engine, claim: Claim) -> str:
     with engine.factory() as session:
         delivery = session.get(Delivery, claim.delivery_id)
         return str(delivery.campaign_id if delivery else 0)
+
+
+def _record_with_retries(engine: Engine, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError,
+                         *, tries: int = 5) -> str:
+    """The send happened: losing its record would turn a known outcome into an unknown one, so a
+    database hiccup (connection dropped, serialisation failure) is retried before giving up."""
+    for attempt in range(1, tries + 1):
+        try:
+            return record_outcome(engine, claim, rendered, outcome)
+        except OperationalError:
+            if attempt == tries:
+                raise  # the lease will expire into `unknown` and reconciliation takes over
+            log.warning("recording delivery %s failed (try %d); retrying", claim.delivery_id, attempt)
+            time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def record_outcome(engine: Engine, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError) -> str:

@@ -61,13 +61,15 @@ class Limits:
 class RedisLimiter:
     """Sliding counters and a slot set in Redis; every worker process shares them."""
 
-    def __init__(self, client: redis.Redis, limits: Limits = Limits()) -> None:
+    def __init__(self, client: redis.Redis, limits: Limits = Limits(), *, namespace: str = "") -> None:
         self.redis = client
         self.limits = limits
+        self.namespace = namespace  # DISPATCH_QUEUE_PREFIX: deployments sharing a Redis keep their own limits
         self._acquire = client.register_script(ACQUIRE_SLOT)
 
     @contextmanager
     def sending(self, gateway: str, *, campaign: str) -> Iterator[None]:
+        gateway, campaign = self.namespace + gateway, self.namespace + campaign
         deadline = time.monotonic() + self.limits.max_wait
         self._wait_rate(keys.campaign_rate, campaign, 60, self.limits.campaign_per_minute, deadline)
         self._wait_rate(keys.gateway_rate, gateway, 1, self.limits.gateway_per_second, deadline)

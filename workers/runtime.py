@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timedelta
 
@@ -49,6 +50,8 @@ def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = No
                  limiter: Limiter | None = None) -> Engine:
     sql = db.make_engine(settings.database_url)
     db.ensure_schema(sql)
+    # Celery's prefork pool forks after this: a child must never use the parent's pooled connections
+    os.register_at_fork(after_in_child=lambda: sql.dispose(close=False))
     return Engine(
         factory=db.session_factory(sql),
         gateways=gateways if gateways is not None else build_gateways(settings),
@@ -63,7 +66,7 @@ def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = No
 
 def _limiter(settings: Settings) -> Limiter:
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return RedisLimiter(redis.Redis.from_url(settings.broker_url))
+        return RedisLimiter(redis.Redis.from_url(settings.broker_url), namespace=settings.queue_prefix)
     return NoLimits()
 
 
