@@ -101,10 +101,15 @@ def state() -> SandboxState:
 
 
 @pytest.fixture
-def emulator(state: SandboxState, sink: Sink) -> Iterator[ThreadedServer]:
+def app(state: SandboxState, sink: Sink) -> FastAPI:
     # Postmark's webhook auth: the credentials ride in the webhook URL.
     hook_url = sink.url.replace("http://", f"http://{HOOK_USER}:{HOOK_PASSWORD.replace(':', '%3A')}@")
-    with serve(create_app(state, server_token=TOKEN, webhook_url=hook_url)) as server:
+    return create_app(state, server_token=TOKEN, webhook_url=hook_url)
+
+
+@pytest.fixture
+def emulator(app: FastAPI) -> Iterator[ThreadedServer]:
+    with serve(app) as server:
         yield server
 
 
@@ -172,7 +177,7 @@ def hook(payload: dict[str, Any]) -> bytes:
 
 
 def test_send_success_records_reference_and_delivery_webhook_follows(
-    gateway: PostmarkGateway, state: SandboxState, sink: Sink, emulator: ThreadedServer
+    gateway: PostmarkGateway, state: SandboxState, sink: Sink, app: FastAPI
 ) -> None:
     message = letter(cc=("copy@supporters.example",))
     receipt = gateway.send(message)
@@ -180,7 +185,7 @@ def test_send_success_records_reference_and_delivery_webhook_follows(
     assert (receipt.provider, receipt.status, receipt.raw["ErrorCode"]) == ("postmark", "Sent", 0)
     assert [(e.provider_id, e.reference, e.destination) for e in state.oracle()] == [
         (receipt.provider_id, message.reference, message.to[0])]
-    stored = emulator.server.config.app.state.emulator.messages[receipt.provider_id]
+    stored = app.state.emulator.messages[receipt.provider_id]
     assert {"Name": "Message-ID", "Value": message.message_id} in stored["Headers"]
     assert stored["Metadata"] == {"reference": message.reference}
     assert stored["Recipients"] == [message.to[0], "copy@supporters.example"]

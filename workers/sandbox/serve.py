@@ -19,7 +19,7 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import phaxio, postmark, sendgrid, sinch, telnyx
+from . import mailgun, phaxio, postmark, sendgrid, sinch, telnyx
 from .core import SandboxState
 from .server import ThreadedServer
 from .smtp_sink import SmtpSink
@@ -107,6 +107,13 @@ def _sendgrid(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str
     return app, {"API_KEY": key, "WEBHOOK_PUBLIC_KEY": base64.b64encode(public).decode()}
 
 
+def _mailgun(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str]]:
+    key, domain, signing = "key-" + _token(), "sandbox.example.org", _token()
+    app = mailgun.create_app(state, api_key=key, domain=domain, webhook_signing_key=signing, webhook_url=webhook_url)
+    return app, {"API_KEY": key, "DOMAIN": domain, "WEBHOOK_SIGNING_KEY": signing}
+
+
 STARTERS: dict[str, Callable[[SandboxState, str], tuple[Any, dict[str, str]]]] = {
     "telnyx": _telnyx, "sinch": _sinch, "phaxio": _phaxio, "postmark": _postmark, "sendgrid": _sendgrid,
+    "mailgun": _mailgun,
 }

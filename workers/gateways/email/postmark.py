@@ -321,10 +321,11 @@ class PostmarkGateway(HttpEmailGateway):
             if mapped is None:
                 return None  # an auto-reply or similar: not a refusal of the letter
             kind, error_class = mapped
-        metadata = payload.get("Metadata") if isinstance(payload.get("Metadata"), dict) else {}
+        metadata = payload.get("Metadata")
+        reference = metadata.get("reference") if isinstance(metadata, dict) else None
         return StatusEvent(
             provider=PROVIDER, provider_id=str(message_id), kind=kind, occurred_at=when,
-            reference=metadata.get("reference"), error_class=error_class, error_code=code,
+            reference=reference, error_class=error_class, error_code=code,
             detail=payload.get("Description") or payload.get("Details"),
             event_id=_event_id(payload), raw=dict(payload),
         )
