@@ -23,6 +23,7 @@ from workers.gateways.base import Gateway, StatusEvent, WebhookRequest
 from workers.gateways.errors import WebhookError
 
 from .db import transaction
+from .errors import NotFound
 from .media import MediaTokenError, read_token
 from .models import Delivery, utcnow
 from .outcomes import RetryPolicy, apply_status
@@ -79,7 +80,10 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get("/api/campaigns/{name}/deliveries")
     def deliveries(name: str) -> list[dict[str, Any]]:
         with ctx.factory() as session:
-            campaign = get_campaign(session, name)
+            try:
+                campaign = get_campaign(session, name)
+            except NotFound as err:  # a 404 (it was a 500), naming no other campaign
+                raise HTTPException(404, f"no campaign named {name!r}") from err
             return [{"id": d.id, "kind": d.kind, "channel": d.channel, "state": d.state,
                      "attempts": d.attempt_count, "last_error": d.last_error}
                     for d in sorted(campaign.deliveries, key=lambda d: d.id)]

@@ -115,9 +115,11 @@ def campaign_show(name: str) -> None:
 
 
 def main() -> None:
+    from workers.gateways.errors import GatewayConfigError
+
     try:
         app()
-    except DispatchError as err:
+    except (DispatchError, GatewayConfigError) as err:
         err_console.print(f"[red]error[/red]: {err}")
         raise SystemExit(1) from err
 

@@ -147,7 +147,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
     from workers.delivery import Engine
     from workers.tasks import publisher, reconcile_publisher
 
-    celery_app.conf.broker_url = "memory://"
+    celery_app.conf.broker_url = "memory://localhost/"
     runtime.install(Engine(
         factory=factory, gateways=sandbox.gateways(), retry=RETRY,  # type: ignore[arg-type]
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),

@@ -90,3 +90,23 @@ def test_unknown_campaign_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert "no campaign named 'no-such-campaign'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_to_start_without_gateway_settings(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+           "DISPATCH_FAX_GATEWAY": "telnyx", "DISPATCH_EMAIL_GATEWAY": "smtp", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "dispatcher", "worker"], capture_output=True, text=True,
+                            timeout=60, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "DISPATCH_TELNYX_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_telnyx_without_a_secret_key(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "HOME": str(tmp_path),
+           "DISPATCH_TELNYX_API_KEY": "KEY", "DISPATCH_TELNYX_CONNECTION_ID": "c", "DISPATCH_SMTP_HOST": "127.0.0.1",
+           "DISPATCH_TELNYX_PUBLIC_KEY": "a2W+JI9/H1Ysx7DDdx8+wtMj9CzHJ53Om+ZVbMjdseQ="}
+    result = subprocess.run([sys.executable, "-m", "dispatcher", "worker"], capture_output=True, text=True,
+                            timeout=60, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "DISPATCH_SECRET_KEY" in result.stderr

@@ -48,13 +48,17 @@ def build_gateways(settings: Settings) -> dict[str, Gateway]:
 
 def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = None,
                  limiter: Limiter | None = None) -> Engine:
+    gateways = gateways if gateways is not None else build_gateways(settings)
+    if settings.secret_key is None and any(g.needs_media_url for g in gateways.values()):
+        raise SettingsError("DISPATCH_SECRET_KEY: must be set (32+ characters): the fax gateway fetches documents "
+                            "from signed URLs served by `dispatch web`")
     sql = db.make_engine(settings.database_url)
     db.ensure_schema(sql)
     # Celery's prefork pool forks after this: a child must never use the parent's pooled connections
     os.register_at_fork(after_in_child=lambda: sql.dispose(close=False))
     return Engine(
         factory=db.session_factory(sql),
-        gateways=gateways if gateways is not None else build_gateways(settings),
+        gateways=gateways,
         limiter=limiter if limiter is not None else _limiter(settings),
         retry=RetryPolicy(base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds,
                           max_attempts=settings.max_attempts),

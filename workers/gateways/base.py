@@ -117,6 +117,8 @@ class Gateway:
     settings_class: ClassVar[type[BaseSettings]]
     # False for gateways that never report delivery (SMTP): their acceptance is the final word
     reports_delivery: ClassVar[bool] = True
+    # True for providers that fetch the document from a URL we serve (Telnyx): needs DISPATCH_SECRET_KEY
+    needs_media_url: ClassVar[bool] = False
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:
         self.settings = settings

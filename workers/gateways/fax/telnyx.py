@@ -190,6 +190,7 @@ class TelnyxGateway(Gateway):
     provider: ClassVar[str] = PROVIDER
     channel: ClassVar[Channel] = "fax"
     settings_class: ClassVar[type[BaseSettings]] = TelnyxSettings
+    needs_media_url: ClassVar[bool] = True  # Telnyx downloads the PDF from media_url
 
     def __init__(
         self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
