@@ -187,3 +187,14 @@ def _media(sandbox: Sandbox):  # type: ignore[no-untyped-def]
     from dispatcher.media import media_url
 
     return lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at)
+
+
+def test_all_routes_policy_sends_every_route(factory: sessionmaker[Session], engine: Engine, sandbox: Sandbox,
+                                             tmp_path: Path, example_file: Path) -> None:
+    path = campaign(tmp_path, example_file, {'route_policy = "first-success"': 'route_policy = "all-routes"'})
+    name = schedule_campaign(factory, path)
+    drive(engine, until=lambda: campaign_status(factory, name) == "completed")
+    result = states(factory)
+    assert (result[XI_1], result[XI_2]) == ("delivered", "delivered")
+    assert sorted(e.destination for e in sandbox.fax.oracle()) == sorted([XI_1, XI_2, WANG])
+    assert sandbox.duplicates() == {}
