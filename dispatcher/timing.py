@@ -38,7 +38,7 @@ def next_office_time(hours: OfficeHours, *, timezone: str, after: datetime) -> d
 
 def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
             rng: random.Random | None = None) -> float:
-    """Seconds before attempt ``attempt + 1``: exponential with +-50% jitter, at least Retry-After."""
-    delay = min(cap, base * 2 ** max(0, attempt - 1))
-    delay *= 0.5 + (rng or random).random()
-    return float(max(delay, retry_after or 0.0))
+    """Seconds before attempt ``attempt + 1``: exponential with +-50% jitter, at most ``cap``, at least
+    the provider's Retry-After."""
+    delay = base * 2 ** max(0, attempt - 1) * (0.5 + (rng or random).random())
+    return float(max(min(cap, delay), retry_after or 0.0))  # the cap is a true maximum, Retry-After wins

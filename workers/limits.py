@@ -71,10 +71,11 @@ class RedisLimiter:
     def sending(self, gateway: str, *, campaign: str) -> Iterator[None]:
         gateway, campaign = self.namespace + gateway, self.namespace + campaign
         deadline = time.monotonic() + self.limits.max_wait
-        self._wait_rate(keys.campaign_rate, campaign, 60, self.limits.campaign_per_minute, deadline)
-        self._wait_rate(keys.gateway_rate, gateway, 1, self.limits.gateway_per_second, deadline)
+        # the slot first, then the rates: a call counted against a second also sends in that second
         token = self._take_slot(gateway, deadline)
         try:
+            self._wait_rate(keys.campaign_rate, campaign, 60, self.limits.campaign_per_minute, deadline)
+            self._wait_rate(keys.gateway_rate, gateway, 1, self.limits.gateway_per_second, deadline)
             yield
         finally:
             self.redis.zrem(keys.gateway_slots(gateway), token)

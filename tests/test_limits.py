@@ -1,0 +1,181 @@
+"""RedisLimiter against the real Redis on 127.0.0.1:6379: calls in flight, per-second rate, bounded waits,
+and slots left behind by a killed worker.
+
+Every test uses its own gateway and campaign names, so parallel runs never share a key; assertions are
+about counts and ordering, never about how long something took.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+import pytest
+import redis
+
+from workers import keys
+from workers.limits import Limits, LimitTimeout, RedisLimiter
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+
+GENEROUS = Limits(gateway_per_second=1000, gateway_in_flight=1000, campaign_per_minute=100_000, max_wait=10.0)
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5, socket_connect_timeout=5)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def names(client: redis.Redis) -> Iterator[tuple[str, str]]:
+    """A unique (gateway, campaign) pair; their keys are deleted afterwards."""
+    tag = uuid.uuid4().hex[:12]
+    gateway, campaign = f"test-gw-{tag}", f"test-campaign-{tag}"
+    yield gateway, campaign
+    for key in client.scan_iter(match=f"{keys.PREFIX}:*{tag}*", count=1000):
+        client.delete(key)
+
+
+def limits(**changes: float) -> Limits:
+    values = {"gateway_per_second": GENEROUS.gateway_per_second, "gateway_in_flight": GENEROUS.gateway_in_flight,
+              "campaign_per_minute": GENEROUS.campaign_per_minute, "max_wait": GENEROUS.max_wait,
+              "slot_ttl": GENEROUS.slot_ttl, **changes}
+    return Limits(**values)  # type: ignore[arg-type]
+
+
+def test_never_more_calls_in_flight_than_allowed(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    in_flight, peak, done = 0, 0, 0
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        nonlocal in_flight, peak, done
+        limiter = RedisLimiter(client, limits(gateway_in_flight=2))  # one limiter per "worker process"
+        try:
+            start.wait(timeout=5)
+            for _ in range(3):
+                with limiter.sending(gateway, campaign=campaign):
+                    with lock:
+                        in_flight += 1
+                        peak = max(peak, in_flight)
+                    time.sleep(0.05)  # the gateway call
+                    with lock:
+                        in_flight -= 1
+                        done += 1
+        except BaseException as err:  # surfaced below, never lost in the thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert done == 12
+    assert peak == 2  # the limit was reached (4 workers competed) and never exceeded
+    assert client.zcard(keys.gateway_slots(gateway)) == 0  # every slot was given back
+
+
+def test_per_second_rate_sends_the_rest_to_the_next_window(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    limiter = RedisLimiter(client, limits(gateway_per_second=3))
+    start = int(time.time())  # a lower bound on the window the first call is admitted in
+    admitted: list[int] = []
+    for _ in range(7):
+        with limiter.sending(gateway, campaign=campaign):
+            admitted.append(int(time.time()))  # never earlier than the window the call was admitted in
+    # at most 3 per one-second window: call k (from 0) cannot be admitted before window start + k // 3
+    assert all(window >= start + k // 3 for k, window in enumerate(admitted)), (start, admitted)
+    assert admitted == sorted(admitted)
+    assert admitted[6] >= start + 2  # the 7th call waited for a later window than the first three
+    assert admitted[6] <= start + 4  # ... and only for the next free one, not for max_wait
+
+
+def test_concurrent_callers_share_the_per_second_rate(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    admitted: list[int] = []
+    lock = threading.Lock()
+    start = int(time.time())
+
+    def worker() -> None:
+        limiter = RedisLimiter(client, limits(gateway_per_second=3))
+        with limiter.sending(gateway, campaign=campaign), lock:
+            admitted.append(int(time.time()))
+
+    threads = [threading.Thread(target=worker) for _ in range(7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert len(admitted) == 7
+    ordered = sorted(admitted)
+    assert all(window >= start + k // 3 for k, window in enumerate(ordered)), (start, ordered)
+
+
+def test_campaign_rate_is_shared_across_gateways(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    limiter = RedisLimiter(client, limits(campaign_per_minute=2, max_wait=0.2))
+    if time.time() % 60 > 59:  # keep the three calls inside one minute window
+        time.sleep(60 - time.time() % 60)
+    with limiter.sending(gateway, campaign=campaign):
+        pass
+    with limiter.sending(gateway + "-other", campaign=campaign):
+        pass
+    # the next minute is further away than max_wait
+    with pytest.raises(LimitTimeout, match="rate limit"), limiter.sending(gateway + "-third", campaign=campaign):
+        pass
+
+
+def test_waiting_longer_than_max_wait_for_a_slot_raises(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    holder = RedisLimiter(client, limits(gateway_in_flight=1))
+    waiter = RedisLimiter(client, limits(gateway_in_flight=1, max_wait=0.3))
+    entered = False
+    with holder.sending(gateway, campaign=campaign), pytest.raises(LimitTimeout, match="in flight"), \
+            waiter.sending(gateway, campaign=campaign):
+        entered = True
+    assert not entered
+    with waiter.sending(gateway, campaign=campaign):  # released: the slot is free again
+        entered = True
+    assert entered
+
+
+def test_waiting_longer_than_max_wait_for_the_rate_raises(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    limiter = RedisLimiter(client, limits(gateway_per_second=1, max_wait=0.0))
+    # max_wait 0: one call per window passes, the next cannot wait for another window (three calls, so
+    # a second boundary passing between two of them changes nothing)
+    with pytest.raises(LimitTimeout, match="rate limit"):
+        for _ in range(3):
+            with limiter.sending(gateway, campaign=campaign):
+                pass
+
+
+def test_slot_of_a_killed_holder_frees_itself_after_its_ttl(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    killed = RedisLimiter(client, limits(gateway_in_flight=1, slot_ttl=0.5))
+    # entered and never left: the worker was killed mid-send (keep a reference: closing the generator
+    # would run its cleanup, which a SIGKILLed process never does)
+    abandoned: AbstractContextManager[None] = killed.sending(gateway, campaign=campaign)
+    abandoned.__enter__()
+    assert client.zcard(keys.gateway_slots(gateway)) == 1
+
+    other = RedisLimiter(client, limits(gateway_in_flight=1, slot_ttl=0.5, max_wait=0.05))
+    with pytest.raises(LimitTimeout), other.sending(gateway, campaign=campaign):  # still held
+        pass
+
+    patient = RedisLimiter(client, limits(gateway_in_flight=1, slot_ttl=0.5, max_wait=5.0))
+    with patient.sending(gateway, campaign=campaign):
+        members = client.zrange(keys.gateway_slots(gateway), 0, -1)
+        assert len(members) == 1  # the abandoned slot was dropped, ours took its place
+    assert client.zcard(keys.gateway_slots(gateway)) == 0
+    del abandoned
