@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr
@@ -53,12 +53,12 @@ from ..errors import (
     WebhookFormatError,
 )
 from ..http import error_for_status, retry_after_seconds
-from .common import HttpEmailGateway, check_fresh, lookup_object, parse_time, webhook_json
+from ..values import ErrorClass, parse_time
+from .common import HttpEmailGateway, check_fresh, lookup_object, webhook_json
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "mailgun"
-ErrorClass = Literal["transient", "permanent"]
 
 # ``event-data.event`` -> (kind, error class). ``failed`` is refined by severity below; opened,
 # clicked, unsubscribed and stored are authentic but not tracked.

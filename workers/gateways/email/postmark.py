@@ -34,7 +34,7 @@ import hmac
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr
@@ -52,12 +52,12 @@ from ..errors import (
     WebhookFormatError,
 )
 from ..http import error_for_status, retry_after_seconds
-from .common import HttpEmailGateway, b64, header, lookup_object, parse_time, webhook_json
+from ..values import ErrorClass, parse_time
+from .common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "postmark"
-ErrorClass = Literal["transient", "permanent"]
 
 # Webhook RecordType -> our kind. Open, Click and SubscriptionChange are authentic but not tracked.
 RECORD_KINDS: dict[str, EventKind] = {

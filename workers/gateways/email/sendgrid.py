@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parseaddr
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -61,14 +61,14 @@ from ..errors import (
     WebhookFormatError,
 )
 from ..http import error_for_status, retry_after_seconds
-from .common import HttpEmailGateway, b64, check_fresh, header, lookup_object, parse_time, webhook_json
+from ..values import ErrorClass, parse_time
+from .common import HttpEmailGateway, b64, check_fresh, header, lookup_object, webhook_json
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "sendgrid"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-ErrorClass = Literal["transient", "permanent"]
 
 # Event Webhook ``event`` -> (kind, error class). Engagement events (open, click, unsubscribe,
 # group_unsubscribe, group_resubscribe) are authentic but not tracked. ``deferred``: SendGrid keeps

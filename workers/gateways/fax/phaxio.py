@@ -54,10 +54,10 @@ from ..errors import (
 )
 from ..http import error_for_status, request, shared_client
 from ..registry import env_prefix
+from ..values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 
-ErrorClass = Literal["transient", "permanent"]
 
 API = "/v2.1"
 REFERENCE_TAG = "reference"  # sent as tag[reference]; Phaxio echoes tags in every Fax object
@@ -312,7 +312,7 @@ class PhaxioGateway(Gateway):
             provider=self.provider,
             provider_id=str(fax["id"]),
             kind=kind,
-            occurred_at=_parse_time(fax.get("completed_at")) or received_at,
+            occurred_at=parse_time(fax.get("completed_at")) or received_at,
             reference=(fax.get("tags") or {}).get(REFERENCE_TAG),
             error_class=classify_error(error_type, error_id) if failed else None,
             error_code=str(error_id) if failed and error_id is not None else None,
@@ -386,14 +386,6 @@ def _detail(error_type: str | None, message: str | None) -> str | None:
         return None
     return f"{error_type}: {message}" if error_type else message
 
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _read_form(request: WebhookRequest) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:

@@ -59,10 +59,10 @@ from ..errors import (
 )
 from ..http import error_for_status, request, shared_client
 from ..registry import env_prefix
+from ..values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 
-ErrorClass = Literal["transient", "permanent"]
 
 REFERENCE_LABEL = "reference"  # labels.reference = our idempotency key; echoed in every Fax object
 LOOKUP_PAGE_SIZE = 100
@@ -272,7 +272,7 @@ class SinchGateway(Gateway):
             raise WebhookFormatError(f"{self.provider}: callback without event or fax id")
         if event != "FAX_COMPLETED":
             return []  # INCOMING_FAX and future events change none of our deliveries
-        occurred = _parse_time(payload.get("eventTime")) or request.received_at
+        occurred = parse_time(payload.get("eventTime")) or request.received_at
         return [self._event(fax, event=event, received_at=occurred)]
 
     def _authenticate(self, request: WebhookRequest) -> None:
@@ -300,7 +300,7 @@ class SinchGateway(Gateway):
             provider=self.provider,
             provider_id=str(fax["id"]),
             kind=kind,
-            occurred_at=_parse_time(fax.get("completedTime")) or received_at,
+            occurred_at=parse_time(fax.get("completedTime")) or received_at,
             reference=(fax.get("labels") or {}).get(REFERENCE_LABEL),
             error_class=classify_error(error_type, error_code) if failed else None,
             error_code=str(error_code) if failed and error_code is not None else None,
@@ -413,12 +413,3 @@ def _detail(error_type: Any, message: Any) -> str | None:
     if not error_type and not message:
         return None
     return f"{error_type}: {message}" if error_type else str(message)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..http import error_for_status, request, shared_client
 from ..registry import env_prefix
+from ..values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 
 Quality = Literal["normal", "high", "very_high", "ultra_light", "ultra_dark"]
-ErrorClass = Literal["transient", "permanent"]
 
 # Webhook event types of an outbound fax (types/fax_*.py). ``media.processed`` means Telnyx has fetched
 # and converted our document but not dialled yet: still queued from our point of view.
@@ -352,7 +352,7 @@ class TelnyxGateway(Gateway):
         except KeyError:
             raise StatusLookupError(f"{PROVIDER}: fax {fax.get('id')} has status {status!r}") from None
         reason = fax.get("failure_reason") if kind is EventKind.FAILED else None
-        when = _parse_time(fax.get("updated_at") or fax.get("created_at")) or datetime.now(UTC)
+        when = parse_time(fax.get("updated_at") or fax.get("created_at")) or datetime.now(UTC)
         return StatusEvent(
             provider=PROVIDER, provider_id=str(fax.get("id")), kind=kind, occurred_at=when,
             reference=decode_reference(fax.get("client_state")),
@@ -396,7 +396,7 @@ class TelnyxGateway(Gateway):
         payload = data.get("payload") or {}
         if not isinstance(payload, dict) or not payload.get("fax_id"):
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without payload.fax_id")
-        occurred_at = _parse_time(data.get("occurred_at"))
+        occurred_at = parse_time(data.get("occurred_at"))
         if occurred_at is None:
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without a valid occurred_at")
         reason = payload.get("failure_reason") if kind is EventKind.FAILED else None
@@ -457,15 +457,6 @@ def _load_envelope(body: bytes) -> dict[str, Any]:
         raise WebhookFormatError(f"{PROVIDER}: webhook body has no data object")
     return envelope
 
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _int_or_none(value: object) -> int | None:
