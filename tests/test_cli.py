@@ -110,3 +110,23 @@ def test_worker_refuses_telnyx_without_a_secret_key(tmp_path: Path) -> None:
                             timeout=60, env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert "DISPATCH_SECRET_KEY" in result.stderr
+
+
+def test_follow_log_shows_new_events_live(tmp_path: Path, example_file: Path) -> None:
+    """`dispatch log NAME --follow` redraws the state summary and the latest events until stopped."""
+    import io
+
+    from rich.console import Console
+
+    from dispatcher import db
+    from dispatcher.live import follow_log
+
+    run("campaign", "load", str(example_file), "--skip-invalid")
+    factory = db.session_factory(db.make_engine(get_settings().database_url))
+    out = io.StringIO()
+    follow_log(factory, "north-korean-refugees-2015", console=Console(file=out, width=200, force_terminal=False),
+               interval=0.05, until=0.3)
+    text = out.getvalue()
+    assert "draft" in text  # the campaign status heads the summary
+    assert "planned 5" in text and "skipped 1" in text
+    assert "--skip-invalid" in text
