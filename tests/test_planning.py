@@ -9,14 +9,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaign_file import load_spec
+from dispatcher.campaign_file import CampaignSpec, load_spec
 from dispatcher.db import transaction
 from dispatcher.errors import CampaignConflict, CampaignFileError, TransitionError
 from dispatcher.ledger import transition
-from dispatcher.models import Campaign, Delivery, DeliveryEvent, Route
-from dispatcher.planning import LoadResult, load_campaign
+from dispatcher.models import Campaign, Delivery, DeliveryEvent, Route, Supporter
+from dispatcher.planning import LoadResult, idempotency_key, load_campaign
 from dispatcher.states import State
-from dispatcher.validation import validate
+from dispatcher.validation import Report, validate
 
 from .test_validation import write_campaign
 
@@ -142,3 +142,53 @@ def test_transition_records_an_event_and_refuses_forbidden_moves(factory: sessio
             transition(session, delivery, State.DELIVERED, actor="test")
     with factory() as session:
         assert session.scalars(select(DeliveryEvent.to_state).order_by(DeliveryEvent.id.desc())).first() == "queued"
+
+
+MANY = 12_000  # more than two chunks of the bulk path (5,000 rows per INSERT)
+INVALID = {1_000: "not-an-email-1000", 5_000: "not-an-email-5000", MANY - 1: "not-an-email-last"}
+
+
+@pytest.fixture(scope="module")
+def many_supporters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CampaignSpec, Report]:
+    """The example campaign with 12,000 supporters, three of them invalid; validated once per module."""
+    example = Path(__file__).resolve().parent.parent / "config" / "campaigns" / "north-korean-refugees"
+    rows = [INVALID.get(i, f"supporter{i}@example.org") for i in range(MANY)]
+    csv = "email,name\n" + "".join(f"{email},Supporter {i}\n" for i, email in enumerate(rows))
+    path = write_campaign(tmp_path_factory.mktemp("many"), example / "campaign.toml", FIXED, supporters=csv)
+    spec = load_spec(path)
+    return path, spec, validate(spec, file=path)
+
+
+def test_many_supporters_load_in_bulk_one_row_key_and_event_each(
+        factory: sessionmaker[Session], many_supporters: tuple[Path, CampaignSpec, Report]) -> None:
+    path, spec, report = many_supporters
+    with transaction(factory) as session:
+        result = load_campaign(session, spec, report, source=path, skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 4 + MANY - len(INVALID), len(INVALID))
+    name = spec.campaign.name
+    with factory() as session:
+        copies = session.execute(select(Delivery.id, Delivery.idempotency_key, Delivery.destination, Delivery.state,
+                                        Supporter.email)
+                                 .join(Supporter, Supporter.id == Delivery.supporter_id)
+                                 .where(Delivery.kind == "copy").order_by(Delivery.id)).all()
+        # one copy per CSV row, in CSV order, each tied to its own supporter row, with the stable key
+        assert [c.destination for c in copies] == [c.email for c in copies] == [r.email for r in report.supporters]
+        assert [c.idempotency_key for c in copies] == [
+            idempotency_key(name, "supporter", r.email.lower()) for r in report.supporters]
+        assert {c.destination for c in copies if c.state == "skipped"} == set(INVALID.values())
+        keys = session.scalars(select(Delivery.idempotency_key)).all()
+        assert len(keys) == len(set(keys)) == 4 + MANY
+        letters = session.scalars(select(Delivery.id).where(Delivery.kind == "letter")).all()
+        assert max(letters) < copies[0].id
+        # exactly one initial event per delivery, in the delivery's state
+        events = session.execute(select(DeliveryEvent.delivery_id, DeliveryEvent.to_state, DeliveryEvent.reason,
+                                        Delivery.state, DeliveryEvent.actor, DeliveryEvent.from_state)
+                                 .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)).all()
+        assert len(events) == len({e.delivery_id for e in events}) == 4 + MANY
+        assert all(e.to_state == e.state and e.actor == "planner" and e.from_state is None for e in events)
+        skipped = sorted(e.reason for e in events if e.to_state == "skipped")
+        assert skipped == sorted(f"skipped at load (--skip-invalid): line {i + 2}: invalid email" for i in INVALID)
+        assert session.scalar(select(func.count()).select_from(Supporter)) == MANY
+    with transaction(factory) as session:
+        again = load_campaign(session, spec, report, source=path, skip_invalid=True)
+    assert (again.status, again.planned, again.skipped) == ("unchanged", result.planned, result.skipped)

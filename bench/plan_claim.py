@@ -1,0 +1,396 @@
+"""Planning, claiming and publishing at volume, against baselines measured in the same run.
+
+    python bench/plan_claim.py [--supporters N] [--database sqlite|postgres|both] [--repeats R]
+                               [--baseline-supporters N] [--baseline-repeats R] [--claim-supporters N]
+
+- plan: ``load_campaign`` (bulk INSERTs) vs the old row-by-row planner (an ORM object and a flush per
+  supporter, then one Delivery and one DeliveryEvent object each), copied below as the baseline. The
+  baseline is slow, so by default it plans 5,000 supporters (its cost per row does not depend on N) and
+  the ratio compares rows per second; both planners must write the same ledger for the same campaign.
+- claim+publish: ``claim_due`` in ticks of ``SchedulerConfig.claim_limit`` rows, then ``publish`` with
+  200 ids per message vs one message per id, to a publisher that only counts.
+
+Every measurement gets a fresh, migrated, empty ledger (a SQLite file in a temp dir, or a throw-away
+PostgreSQL database, dropped at the end); the median of ``--repeats`` runs is printed.
+See bench/README.md for what the figures mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dispatcher import db  # noqa: E402
+from dispatcher.campaign_file import Addressee as AddresseeSpec  # noqa: E402
+from dispatcher.campaign_file import CampaignSpec, load_spec  # noqa: E402
+from dispatcher.errors import Problem  # noqa: E402
+from dispatcher.ledger import record_initial  # noqa: E402
+from dispatcher.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
+from dispatcher.planning import ACTOR, _write_campaign, content_hash, idempotency_key, load_campaign  # noqa: E402
+from dispatcher.scheduler import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
+from dispatcher.states import State  # noqa: E402
+from dispatcher.validation import Report, RouteCheck, SupporterRow, validate  # noqa: E402
+
+EXAMPLE = ROOT / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
+FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}  # the example's deliberate typo, fixed
+PG_ADMIN_URL = os.environ.get("DISPATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BATCH = SchedulerConfig().batch_size  # 200 ids per broker message
+CLAIM_LIMIT = SchedulerConfig().claim_limit  # rows claimed per tick
+
+
+# --- the baseline: the planner as it was before the bulk path (one flush per row) ----------------------
+
+def baseline_load(session: Session, spec: CampaignSpec, report: Report, *, source: Path) -> tuple[int, int]:
+    campaign = _write_campaign(session, None, spec, report, content_hash(spec, report), source)
+    return _baseline_plan(session, campaign, spec, report)
+
+
+def _baseline_plan(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> tuple[int, int]:
+    deliveries: list[tuple[Delivery, str]] = []
+    for role, people in (("to", spec.to), ("cc", spec.cc)):
+        for index, person in enumerate(people):
+            addressee = _baseline_addressee(campaign, role, index, person)
+            session.add(addressee)
+            session.flush()
+            for position, check in enumerate(report.routes[(role, index)]):
+                deliveries.append(_baseline_route_delivery(session, campaign, addressee, role, index, position,
+                                                           check))
+    for row in report.supporters:
+        deliveries.append(_baseline_copy_delivery(session, campaign, row.email, row.name, row.problem))
+    session.add_all([d for d, _ in deliveries])
+    session.flush()
+    for delivery, reason in deliveries:
+        record_initial(session, delivery, actor=ACTOR, reason=reason)
+    skipped = sum(1 for d, _ in deliveries if d.state == State.SKIPPED)
+    return len(deliveries) - skipped, skipped
+
+
+def _baseline_addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
+    return Addressee(
+        campaign_id=campaign.id, role=role, position=index, name=person.name, title=person.title,
+        organisation=person.organisation, salutation=person.salutation, address=list(person.address),
+        country=person.country.upper(), timezone=person.timezone, phones=list(person.phone),
+    )
+
+
+def _baseline_route_delivery(session: Session, campaign: Campaign, addressee: Addressee, role: str, index: int,
+                             position: int, check: RouteCheck) -> tuple[Delivery, str]:
+    route = Route(addressee_id=addressee.id, channel=check.channel, position=position, raw_value=check.raw_value,
+                  value=check.value, valid=check.problem is None,
+                  problem=check.problem.message if check.problem else None)
+    session.add(route)
+    session.flush()
+    skipped = check.problem is not None
+    delivery = Delivery(
+        campaign_id=campaign.id, kind="letter", addressee_id=addressee.id, route_id=route.id,
+        channel=check.channel, destination=check.value or check.raw_value, route_position=position,
+        state=State.SKIPPED if skipped else State.PLANNED,
+        idempotency_key=idempotency_key(campaign.name, role, index, check.channel, check.value or check.raw_value),
+        last_error=str(check.problem) if check.problem else None,
+    )
+    reason = f"skipped at load (--skip-invalid): {check.problem}" if check.problem else "planned"
+    return delivery, reason
+
+
+def _baseline_copy_delivery(session: Session, campaign: Campaign, email: str, name: str | None,
+                            problem: Problem | None) -> tuple[Delivery, str]:
+    supporter = Supporter(campaign_id=campaign.id, email=email, name=name)
+    session.add(supporter)
+    session.flush()
+    delivery = Delivery(
+        campaign_id=campaign.id, kind="copy", supporter_id=supporter.id, channel="email", destination=email,
+        state=State.SKIPPED if problem else State.PLANNED,
+        idempotency_key=idempotency_key(campaign.name, "supporter", email.lower()),
+        last_error=str(problem) if problem else None,
+    )
+    reason = f"skipped at load (--skip-invalid): {problem.where}: invalid email" if problem else "planned"
+    return delivery, reason
+
+
+# --- ledgers --------------------------------------------------------------------------------------------
+
+class Ledgers:
+    """Fresh, migrated, empty ledgers: copies of a migrated template (a file, or a template database)."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind, self.workdir = kind, workdir
+        self.created: list[str] = []
+        if kind == "sqlite":
+            self.template = workdir / "template.db"
+            db.upgrade(f"sqlite:///{self.template}")
+        else:
+            self.template_name = f"dispatch_bench_{uuid.uuid4().hex[:10]}"
+            self._admin(f'CREATE DATABASE "{self.template_name}"')
+            self.created.append(self.template_name)
+            db.upgrade(self._url(self.template_name))
+
+    def _url(self, name: str) -> str:
+        return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+    def _admin(self, statement: str) -> None:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+        admin.dispose()
+
+    @contextmanager
+    def fresh(self) -> Iterator[sessionmaker[Session]]:
+        if self.kind == "sqlite":
+            path = self.workdir / f"ledger-{uuid.uuid4().hex[:8]}.db"
+            shutil.copyfile(self.template, path)
+            url = f"sqlite:///{path}"
+        else:
+            name = f"{self.template_name}_{uuid.uuid4().hex[:6]}"
+            self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template_name}"')
+            self.created.append(name)
+            url = self._url(name)
+        engine = db.make_engine(url)
+        try:
+            yield db.session_factory(engine)
+        finally:
+            engine.dispose()
+            if self.kind == "sqlite":
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+            else:
+                self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                self.created.remove(name)
+
+    def close(self) -> None:
+        for name in reversed(self.created):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+def campaign_with(supporters: int, workdir: Path) -> tuple[CampaignSpec, Report, Path]:
+    """The example campaign (4 letter routes) with ``supporters`` generated, already valid CSV rows.
+
+    The rows are built directly rather than validated from a CSV, so the figures measure planning only."""
+    folder = workdir / f"campaign-{supporters}"
+    folder.mkdir()
+    text_ = EXAMPLE.read_text(encoding="utf-8")
+    for old, new in FIXED.items():
+        text_ = text_.replace(old, new)
+    for name in ("letter.txt.j2", "supporters.csv"):
+        shutil.copyfile(EXAMPLE.parent / name, folder / name)
+    path = folder / "campaign.toml"
+    path.write_text(text_, encoding="utf-8")
+    spec = load_spec(path)
+    report = validate(spec, file=path)
+    assert report.ok, [str(p) for p in report.errors]
+    report.supporters = [SupporterRow(line=i + 2, email=f"supporter{i}@example.org", name=f"Supporter {i}")
+                         for i in range(supporters)]
+    return spec, report, path
+
+
+def content(factory: sessionmaker[Session]) -> tuple[int, str]:
+    """(deliveries, digest of every delivery, its supporter or addressee and route, and its events):
+    the bulk planner must write exactly what the row-by-row one wrote, ids and timestamps aside."""
+    with factory() as session:
+        rows = session.execute(
+            select(Delivery.idempotency_key, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state,
+                   Delivery.last_error, Delivery.route_position, Supporter.email, Supporter.name, Addressee.role,
+                   Addressee.position, Route.position, Route.value, DeliveryEvent.actor, DeliveryEvent.from_state,
+                   DeliveryEvent.to_state, DeliveryEvent.reason)
+            .join(DeliveryEvent, DeliveryEvent.delivery_id == Delivery.id)
+            .outerjoin(Supporter, Supporter.id == Delivery.supporter_id)
+            .outerjoin(Addressee, Addressee.id == Delivery.addressee_id)
+            .outerjoin(Route, Route.id == Delivery.route_id)
+        ).all()
+    digest = hashlib.sha256(repr(sorted(tuple(map(str, r)) for r in rows)).encode()).hexdigest()
+    return len(rows), digest
+
+
+def time_plan(ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path, *,
+              bulk: bool) -> tuple[float, tuple[int, str]]:
+    with ledgers.fresh() as factory:
+        started = time.perf_counter()
+        with db.transaction(factory) as session:
+            if bulk:
+                load_campaign(session, spec, report, source=path)
+            else:
+                baseline_load(session, spec, report, source=path)
+        elapsed = time.perf_counter() - started
+        return elapsed, content(factory)
+
+
+@dataclass
+class Counter:
+    messages: int = 0
+    ids: int = 0
+
+    def __call__(self, queue: str, ids: Sequence[int]) -> None:
+        self.messages += 1
+        self.ids += len(ids)
+
+
+def time_claim(ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path, *,
+               batch_size: int) -> tuple[float, Counter]:
+    """Plan (untimed) and schedule the campaign, then time ticks of claim_due + publish until none is due."""
+    with ledgers.fresh() as factory:
+        with db.transaction(factory) as session:
+            load_campaign(session, spec, report, source=path)
+            session.execute(update(Campaign).values(status="scheduled"))  # not_before stays NULL: all due now
+        counter = Counter()
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        while True:
+            result = TickResult()
+            with db.transaction(factory) as session:  # one tick, as run_once: claim, commit, then publish
+                for delivery in claim_due(session, now=now, limit=CLAIM_LIMIT):
+                    result.queued[queue_for(delivery)].append(delivery.id)
+            if not result.queued:
+                break
+            publish(result, counter, batch_size=batch_size)
+        return time.perf_counter() - started, counter
+
+
+@dataclass
+class Row:
+    database: str
+    what: str
+    rows: int
+    seconds: float
+    messages: int | None = None
+    baseline: Row | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds else float("inf")
+
+
+def median_of(label: str, repeats: int, run: Callable[[], float]) -> float:
+    runs = [run() for _ in range(repeats)]
+    print(f"  {label}: " + " ".join(f"{r:.2f}s" for r in runs), file=sys.stderr, flush=True)
+    return statistics.median(runs)
+
+
+@dataclass(frozen=True)
+class Options:
+    supporters: int
+    baseline_supporters: int
+    claim_supporters: int
+    repeats: int
+    baseline_repeats: int
+
+
+def bench(kind: str, options: Options, workdir: Path) -> list[Row]:
+    campaigns = {n: campaign_with(n, workdir / kind) for n in
+                 {options.supporters, options.baseline_supporters, options.claim_supporters}}
+    ledgers = Ledgers(kind, workdir)
+    try:
+        return plan_rows(kind, options, ledgers, campaigns) + claim_rows(kind, options, ledgers, campaigns)
+    finally:
+        ledgers.close()
+
+
+Campaigns = dict[int, tuple[CampaignSpec, Report, Path]]
+
+
+def plan_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaigns) -> list[Row]:
+    written: dict[tuple[bool, int], tuple[int, str]] = {}
+
+    def plan(bulk: bool, supporters: int) -> float:
+        seconds, written[(bulk, supporters)] = time_plan(ledgers, *campaigns[supporters], bulk=bulk)
+        return seconds
+
+    small, big = options.baseline_supporters, options.supporters
+    base = Row(kind, "plan, row by row (baseline)", 4 + small,
+               median_of(f"{kind} plan baseline", options.baseline_repeats, lambda: plan(False, small)))
+    bulk = Row(kind, "plan, bulk INSERT", 4 + big, median_of(f"{kind} plan bulk", options.repeats,
+                                                               lambda: plan(True, big)), baseline=base)
+    if (True, small) not in written:
+        plan(True, small)  # untimed: the same campaign as the baseline, to compare what both wrote
+    if written[(True, small)] != written[(False, small)] or written[(True, small)][0] != 4 + small:
+        raise SystemExit(f"{kind}: the bulk and the row-by-row ledgers differ: {written}")
+    return [base, bulk]
+
+
+def claim_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaigns) -> list[Row]:
+    counters: dict[int, Counter] = {}
+
+    def claim(batch_size: int) -> float:
+        seconds, counters[batch_size] = time_claim(ledgers, *campaigns[options.claim_supporters],
+                                                   batch_size=batch_size)
+        return seconds
+
+    seconds = median_of(f"{kind} claim 1/message", options.repeats, lambda: claim(1))
+    due = counters[1].ids  # every delivery but the second fax to one addressee (first-success holds it)
+    base = Row(kind, "claim+publish, 1 id/message (baseline)", due, seconds, counters[1].messages)
+    seconds = median_of(f"{kind} claim {BATCH}/message", options.repeats, lambda: claim(BATCH))
+    batched = Row(kind, f"claim+publish, {BATCH} ids/message", due, seconds, counters[BATCH].messages, baseline=base)
+    if due != 4 + options.claim_supporters - 1 or counters[BATCH].ids != due:
+        raise SystemExit(f"{kind}: published {counters[1].ids} / {counters[BATCH].ids} ids")
+    return [base, batched]
+
+
+def print_table(rows: list[Row]) -> None:
+    header = (f"{'database':<9} {'what':<40} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'messages':>8} "
+              f"{'ratio vs baseline':>17}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        messages = "" if row.messages is None else str(row.messages)
+        ratio = "baseline" if row.baseline is None else f"{row.rate / row.baseline.rate:.1f}x rows/s"
+        print(f"{row.database:<9} {row.what:<40} {row.rows:>7} {row.seconds:>8.2f} {row.rate:>8.0f} "
+              f"{messages:>8} {ratio:>17}")
+    for row in rows:
+        if row.messages and row.baseline is not None and row.baseline.messages:
+            print(f"{row.database}: {row.baseline.messages / row.messages:.0f}x fewer broker messages "
+                  f"({row.messages} vs {row.baseline.messages}) for the same {row.rows} ids")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Planning, claiming and publishing at volume vs baselines.")
+    parser.add_argument("--supporters", type=int, default=50_000,
+                        help="supporter copies planned by the bulk path (default 50,000)")
+    parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is printed")
+    parser.add_argument("--baseline-supporters", type=int, default=5_000,
+                        help="supporter copies for the row-by-row planning baseline (default 5,000: it is slow; "
+                             "its cost per row does not depend on N, pass --supporters' value to check)")
+    parser.add_argument("--baseline-repeats", type=int, default=1, help="runs of the planning baseline (default 1)")
+    parser.add_argument("--claim-supporters", type=int, default=5_000,
+                        help="supporter copies planned (untimed) for each claim+publish run (default 5,000)")
+    args = parser.parse_args(argv)
+    options = Options(args.supporters, args.baseline_supporters, args.claim_supporters, args.repeats,
+                      args.baseline_repeats)
+    kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
+    started = time.perf_counter()
+    try:
+        rows: list[Row] = []
+        for kind in kinds:
+            (workdir / kind).mkdir()
+            rows += bench(kind, options, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"plan: bulk {options.supporters} supporter copies (median of {options.repeats}) vs row by row "
+          f"{options.baseline_supporters} (median of {options.baseline_repeats}); claim+publish: "
+          f"{options.claim_supporters} supporter copies, ticks of {CLAIM_LIMIT} rows (median of {options.repeats}); "
+          f"each ledger also has 4 letters; {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f}s in all")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
