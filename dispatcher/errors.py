@@ -26,8 +26,14 @@ class Problem:
     severity: str = "error"  # or "warning"
 
     def __str__(self) -> str:
-        place = ": ".join(p for p in (self.file, self.where, self.field) if p)
-        text = f"{place}: {self.message}"
+        return self._text(self.file, self.where, self.field)
+
+    def brief(self) -> str:
+        """Without the file: what the ledger keeps beside a skipped route ("fax[1]: ... (did you mean ...?)")."""
+        return self._text(self.field)
+
+    def _text(self, *place: str) -> str:
+        text = ": ".join([*(p for p in place if p), self.message])
         if self.suggestion:
             text += f" (did you mean {self.suggestion}?)"
         return text

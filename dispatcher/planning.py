@@ -214,7 +214,7 @@ def _route_delivery(campaign: Campaign, route: Route, role: str, index: int, pos
         "supporter_id": None, "channel": check.channel, "destination": destination, "route_position": position,
         "state": State.SKIPPED if check.problem else State.PLANNED,
         "idempotency_key": idempotency_key(campaign.name, role, index, check.channel, destination),
-        "last_error": str(check.problem) if check.problem else None,
+        "last_error": check.problem.brief() if check.problem else None,
     }
     reason = f"skipped at load (--skip-invalid): {check.problem}" if check.problem else "planned"
     return delivery, reason
