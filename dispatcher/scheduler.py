@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from .db import transaction
 from .ledger import transition
-from .models import Campaign, Delivery
+from .models import Campaign, Delivery, DeliveryEvent
 from .states import TERMINAL, State
 
 ACTOR = "scheduler"
@@ -45,7 +45,17 @@ class TickResult:
     completed: list[str] = field(default_factory=list)
 
 
-def queue_for(delivery: Delivery) -> str:
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery the scheduler just queued: what publishing needs, without loading the row."""
+
+    id: int
+    kind: str
+    channel: str
+    destination: str
+
+
+def queue_for(delivery: Delivery | Claimed) -> str:
     return "copies" if delivery.kind == "copy" else delivery.channel
 
 
@@ -60,8 +70,12 @@ def tick(session: Session, *, now: datetime, config: SchedulerConfig = Scheduler
     return result
 
 
-def claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
-    """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached."""
+def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) -> list[Claimed]:
+    """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached.
+
+    In bulk: the due rows are selected and locked (SKIP LOCKED), then moved with one UPDATE and one
+    multi-row INSERT of their events per chunk. The state machine allows planned/retry_wait -> queued,
+    and the locked SELECT guarantees those are still the rows' states."""
     earlier = aliased(Delivery)
     blocked_by_earlier_route = exists().where(
         earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",
@@ -69,7 +83,8 @@ def claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
         earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]),
     )
     query = (
-        select(Delivery)
+        select(Delivery.id, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state,
+               Delivery.campaign_id)
         .join(Campaign, Campaign.id == Delivery.campaign_id)
         .where(
             Campaign.status == "scheduled",
@@ -81,12 +96,17 @@ def claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
         .limit(limit)
         .with_for_update(skip_locked=True, of=Delivery)
     )
-    due = list(session.scalars(query))
-    for delivery in due:
-        reason = "due" if delivery.state == State.PLANNED else "retrying after backoff"
-        transition(session, delivery, State.QUEUED, actor=ACTOR, reason=reason, at=now)
-        delivery.queued_at = now
-    return due
+    due = session.execute(query).all()
+    for start in range(0, len(due), chunk):
+        rows = due[start:start + chunk]
+        session.execute(update(Delivery).where(Delivery.id.in_([r.id for r in rows]))
+                        .values(state=State.QUEUED, queued_at=now, updated_at=now)
+                        .execution_options(synchronize_session=False))
+        session.execute(insert(DeliveryEvent), [
+            {"delivery_id": r.id, "campaign_id": r.campaign_id, "at": now, "actor": ACTOR, "from_state": r.state,
+             "to_state": State.QUEUED, "reason": "due" if r.state == State.PLANNED else "retrying after backoff"}
+            for r in rows])
+    return [Claimed(r.id, r.kind, r.channel, r.destination) for r in due]
 
 
 def fail_past_deadline(session: Session, *, now: datetime) -> int:
