@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -244,8 +245,32 @@ class Counter:
         self.ids += len(ids)
 
 
+def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
+    """The scheduler's former claim, for comparison: the same locked SELECT, then each row moved
+    through the ORM with its own event (dispatcher.ledger.transition)."""
+    from sqlalchemy import exists, or_
+    from sqlalchemy.orm import aliased
+
+    from dispatcher.ledger import transition
+
+    earlier = aliased(Delivery)
+    blocked = exists().where(earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",
+                             earlier.route_position < Delivery.route_position,
+                             earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]))
+    query = (select(Delivery).join(Campaign, Campaign.id == Delivery.campaign_id)
+             .where(Campaign.status == "scheduled", Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
+                    or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
+                    or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked))
+             .order_by(Delivery.not_before, Delivery.id).limit(limit).with_for_update(skip_locked=True, of=Delivery))
+    due = list(session.scalars(query))
+    for delivery in due:
+        transition(session, delivery, State.QUEUED, actor="scheduler", reason="due", at=now)
+        delivery.queued_at = now
+    return due
+
+
 def time_claim(ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path, *,
-               batch_size: int) -> tuple[float, Counter]:
+               batch_size: int, claimer: Callable[..., Sequence[Any]] = claim_due) -> tuple[float, Counter]:
     """Plan (untimed) and schedule the campaign, then time ticks of claim_due + publish until none is due."""
     with ledgers.fresh() as factory:
         with db.transaction(factory) as session:
@@ -257,7 +282,7 @@ def time_claim(ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path,
         while True:
             result = TickResult()
             with db.transaction(factory) as session:  # one tick, as run_once: claim, commit, then publish
-                for delivery in claim_due(session, now=now, limit=CLAIM_LIMIT):
+                for delivery in claimer(session, now=now, limit=CLAIM_LIMIT):
                     result.queued[queue_for(delivery)].append(delivery.id)
             if not result.queued:
                 break
@@ -329,33 +354,37 @@ def plan_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaign
 def claim_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaigns) -> list[Row]:
     counters: dict[int, Counter] = {}
 
-    def claim(batch_size: int) -> float:
-        seconds, counters[batch_size] = time_claim(ledgers, *campaigns[options.claim_supporters],
-                                                   batch_size=batch_size)
+    def claim(batch_size: int, claimer: Callable[..., Sequence[Any]] = claim_due, key: int | None = None) -> float:
+        seconds, counters[key or batch_size] = time_claim(ledgers, *campaigns[options.claim_supporters],
+                                                          batch_size=batch_size, claimer=claimer)
         return seconds
 
-    seconds = median_of(f"{kind} claim 1/message", options.repeats, lambda: claim(1))
-    due = counters[1].ids  # every delivery but the second fax to one addressee (first-success holds it)
-    base = Row(kind, "claim+publish, 1 id/message (baseline)", due, seconds, counters[1].messages)
-    seconds = median_of(f"{kind} claim {BATCH}/message", options.repeats, lambda: claim(BATCH))
-    batched = Row(kind, f"claim+publish, {BATCH} ids/message", due, seconds, counters[BATCH].messages, baseline=base)
-    if due != 4 + options.claim_supporters - 1 or counters[BATCH].ids != due:
-        raise SystemExit(f"{kind}: published {counters[1].ids} / {counters[BATCH].ids} ids")
-    return [base, batched]
+    seconds = median_of(f"{kind} claim row by row, 1/message", options.repeats,
+                        lambda: claim(1, baseline_claim_due, key=-1))
+    due = counters[-1].ids  # every delivery but the second fax to one addressee (first-success holds it)
+    base = Row(kind, "claim row by row, 1 id/message (baseline)", due, seconds, counters[-1].messages)
+    seconds = median_of(f"{kind} claim bulk 1/message", options.repeats, lambda: claim(1))
+    single = Row(kind, "claim bulk, 1 id/message", due, seconds, counters[1].messages, baseline=base)
+    seconds = median_of(f"{kind} claim bulk {BATCH}/message", options.repeats, lambda: claim(BATCH))
+    batched = Row(kind, f"claim bulk, {BATCH} ids/message", due, seconds, counters[BATCH].messages, baseline=base)
+    if due != 4 + options.claim_supporters - 1 or {counters[1].ids, counters[BATCH].ids} != {due}:
+        raise SystemExit(f"{kind}: published {counters[-1].ids} / {counters[1].ids} / {counters[BATCH].ids} ids")
+    return [base, single, batched]
 
 
 def print_table(rows: list[Row]) -> None:
-    header = (f"{'database':<9} {'what':<40} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'messages':>8} "
+    header = (f"{'database':<9} {'what':<42} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'messages':>8} "
               f"{'ratio vs baseline':>17}")
     print(header)
     print("-" * len(header))
     for row in rows:
         messages = "" if row.messages is None else str(row.messages)
         ratio = "baseline" if row.baseline is None else f"{row.rate / row.baseline.rate:.1f}x rows/s"
-        print(f"{row.database:<9} {row.what:<40} {row.rows:>7} {row.seconds:>8.2f} {row.rate:>8.0f} "
+        print(f"{row.database:<9} {row.what:<42} {row.rows:>7} {row.seconds:>8.2f} {row.rate:>8.0f} "
               f"{messages:>8} {ratio:>17}")
     for row in rows:
-        if row.messages and row.baseline is not None and row.baseline.messages:
+        base = row.baseline
+        if row.messages and base is not None and base.messages and row.messages != base.messages:
             print(f"{row.database}: {row.baseline.messages / row.messages:.0f}x fewer broker messages "
                   f"({row.messages} vs {row.baseline.messages}) for the same {row.rows} ids")
 
