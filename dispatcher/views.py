@@ -70,9 +70,16 @@ def _letters_table(campaign: Campaign) -> Table:
             str(delivery.id), person.role if person else "", f"{person.name}, {person.title}" if person else "",
             f"{delivery.channel} {delivery.route_position + 1}",
             route.raw_value if route and not route.valid else delivery.destination,
-            styled(delivery.state), str(delivery.attempt_count), delivery.last_error or "",
+            styled(delivery.state), str(delivery.attempt_count), _note(delivery),
         )
     return table
+
+
+def _note(delivery: Delivery) -> str:
+    """Why a delivery is where it is; a success needs no note (its earlier failures are in the log)."""
+    if delivery.state in ("delivered", "submitted"):
+        return ""
+    return delivery.last_error or ""
 
 
 def _copies_summary(campaign: Campaign) -> Table:

@@ -22,7 +22,7 @@ from dispatcher.models import Delivery, DeliveryEvent, utcnow
 from dispatcher.scheduler import claim_due
 
 from ..test_validation import write_campaign
-from .conftest import Sandbox, campaign_status, history, schedule_campaign, states
+from .conftest import RETRY, Sandbox, campaign_status, history, schedule_campaign, states
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -191,3 +191,50 @@ def test_lost_broker_message_is_republished_by_the_sweeper(
     assert sandbox.duplicates() == {}
     with factory() as session:
         assert all(session.get(Delivery, i).state != "queued" for i in lost)  # type: ignore[union-attr]
+
+
+def test_fallback_through_real_workers(factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes,
+                                       tmp_path: Path, example_file: Path) -> None:
+    """Xi Jinping: fax 1 is not a valid number, fax 2 never gives a fax tone, so the email goes."""
+    xi_1, xi_2, xi_email = "+861063070900", "+861062381025", "president@example.gov.cn"
+    path = write_campaign(tmp_path, example_file, {**FIXED,
+                          'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]':
+                          f'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["{xi_email}"]'})
+    sandbox.fax.script(xi_1, ["invalid_number"])
+    sandbox.fax.script(xi_2, ["no_fax_tone"] * 10)
+    name = schedule_campaign(factory, path)
+    processes.start("worker", "--concurrency", "2")
+    processes.start("scheduler", "--interval", "0.3")
+    wait_for(all_settled(factory, name), what="the fallback to finish", explain=lambda: explain(factory))
+    result = states(factory)
+    assert (result[xi_1], result[xi_2], result[xi_email]) == ("failed", "failed", "submitted")
+    # a failure reported by webhook is judged by the web process's retry policy (tests/engine/conftest.RETRY)
+    assert [e.outcome for e in sandbox.fax.oracle() if e.destination == xi_2] == ["no_fax_tone"] * RETRY.max_attempts
+    assert [m.destination for m in sandbox.mail.oracle()].count(xi_email) == 1
+    assert sandbox.duplicates() == {}
+
+
+def test_pause_resume_and_cancel_through_real_workers(
+        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
+        example_file: Path) -> None:
+    from dispatcher import control
+
+    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    with transaction(factory) as session:
+        control.pause(session, name)
+    processes.start("worker", "--concurrency", "1")
+    processes.start("scheduler", "--interval", "0.3")
+    time.sleep(4)  # a paused campaign: ticks pass, nothing is claimed
+    assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
+    assert set(states(factory).values()) == {"planned"}
+    with transaction(factory) as session:
+        control.resume(session, name)
+    wait_for(lambda: len(sandbox.fax.oracle()) >= 1, what="sending to start after resume")
+    with transaction(factory) as session:
+        control.cancel(session, name)
+    wait_for(lambda: all(s in ("delivered", "submitted", "cancelled", "failed") for s in states(factory).values()),
+             what="every delivery to end after the cancel", explain=lambda: explain(factory))
+    sent = {e.destination for e in sandbox.fax.oracle()} | {e.destination for e in sandbox.mail.oracle()}
+    for destination, state in states(factory).items():
+        assert (state == "cancelled") == (destination not in sent), (destination, state)
+    assert sandbox.duplicates() == {}
