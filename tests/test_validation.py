@@ -123,3 +123,27 @@ def test_invalid_number_without_sound_suggestion() -> None:
     assert value is None and problem is not None
     assert problem.suggestion is None
     assert "'+86 12'" in problem.message
+
+
+@pytest.mark.parametrize(("template", "line", "words"), [
+    ("Dear {{ to.name }},\n\n{{ minister }}\n", "line 3", "undefined variable"),
+    ("Dear {{ to.name }},\n{% if %}\n", "line 2", "syntax error"),
+    ("Dear {{ to.name }},\n\n\n{{ ''.__class__.__mro__ }}\n", "line 4", "sandbox"),
+])
+def test_template_problems_are_reported_with_their_line(tmp_path: Path, example_file: Path, template: str,
+                                                        line: str, words: str) -> None:
+    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
+    (tmp_path / "letter.txt.j2").write_text(template, encoding="utf-8")
+    report = validate(load_spec(path), file=path)
+    assert [(p.where, p.field) for p in report.errors] == [("letter template", line)]
+    assert words in report.errors[0].message
+    assert report.errors[0].file.endswith("letter.txt.j2")
+
+
+def test_malformed_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dispatcher.errors import SettingsError
+    from dispatcher.settings import load_settings
+
+    monkeypatch.setenv("DISPATCH_MAX_ATTEMPTS", "eight")
+    with pytest.raises(SettingsError, match="DISPATCH_MAX_ATTEMPTS"):
+        load_settings()
