@@ -173,12 +173,15 @@ app.add_typer(delivery_app, name="delivery")
 
 
 @delivery_app.command("retry")
-def delivery_retry(delivery_id: int) -> None:
+def delivery_retry(
+    delivery_id: int,
+    force: Annotated[bool, typer.Option("--force", help="even if another route of the addressee succeeded")] = False,
+) -> None:
     """Send a failed delivery again (same route, same idempotency key)."""
     from . import control
 
     with db.transaction(_factory()) as session:
-        control.retry(session, delivery_id, now=_now())
+        control.retry(session, delivery_id, now=_now(), force=force)
     console.print(f"delivery #{delivery_id}: planned again")
 
 

@@ -15,6 +15,7 @@ from .campaign_file import CampaignSpec
 from .errors import CampaignConflict, NotFound
 from .ledger import transition
 from .models import Campaign, Delivery
+from .outcomes import skip_other_routes
 from .states import State
 from .timing import first_send_time
 from .views import get_campaign
@@ -64,14 +65,40 @@ def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
     return len(waiting)
 
 
-def retry(session: Session, delivery_id: int, *, now: datetime, actor: str = "operator") -> Delivery:
-    """An operator sends a failed delivery again (same route, same idempotency key)."""
-    delivery = session.get(Delivery, delivery_id)
+def retry(session: Session, delivery_id: int, *, now: datetime, actor: str = "operator",
+          force: bool = False) -> Delivery:
+    """An operator sends a failed delivery again (same route, same idempotency key, attempts counted
+    afresh). Refused when another route of the same addressee is under way or succeeded, unless forced:
+    under first-success the official would get the letter twice."""
+    delivery = _locked(session, delivery_id)
+    if delivery.state != State.FAILED:
+        raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only a failed delivery can be retried")
+    other = _live_or_succeeded_route(session, delivery)
+    if other is not None and not force:
+        raise CampaignConflict(
+            f"delivery #{delivery_id}: route {other.route_position + 1} ({other.channel}) of the same addressee is "
+            f"{other.state}; retrying would send the letter a second time (use --force if that is intended)")
+    transition(session, delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator")
+    delivery.not_before = now  # attempts are counted afresh from this event (outcomes.attempts_on_route)
+    if delivery.campaign.status == "completed":
+        delivery.campaign.status = "scheduled"  # the scheduler only claims for scheduled campaigns
+    return delivery
+
+
+def _locked(session: Session, delivery_id: int) -> Delivery:
+    delivery = session.get(Delivery, delivery_id, with_for_update=True)
     if delivery is None:
         raise NotFound(f"no delivery #{delivery_id}")
-    transition(session, delivery, State.PLANNED, actor=actor, reason="retry requested by an operator")
-    delivery.not_before = now
     return delivery
+
+
+def _live_or_succeeded_route(session: Session, delivery: Delivery) -> Delivery | None:
+    if delivery.kind != "letter" or delivery.campaign.route_policy != "first-success":
+        return None
+    return session.scalars(select(Delivery).where(
+        Delivery.addressee_id == delivery.addressee_id, Delivery.id != delivery.id,
+        Delivery.state.in_([State.QUEUED, State.SENDING, State.SUBMITTED, State.UNKNOWN, State.RETRY_WAIT,
+                            State.DELIVERED]))).first()
 
 
 def _in_status(session: Session, name: str, allowed: tuple[str, ...], verb: str) -> Campaign:
@@ -93,12 +120,16 @@ __all__ = ["cancel", "pause", "resume", "retry", "schedule"]
 
 def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, actor: str = "operator") -> State:
     """An operator settles an ``unknown`` delivery from the provider's own records."""
-    delivery = session.get(Delivery, delivery_id)
-    if delivery is None:
-        raise NotFound(f"no delivery #{delivery_id}")
+    delivery = _locked(session, delivery_id)
+    if delivery.state != State.UNKNOWN:
+        raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only an unknown delivery is resolved")
     if sent:
         transition(session, delivery, State.SUBMITTED, actor=actor, at=now,
                    reason="an operator confirmed with the provider that it was accepted")
+        if delivery.expects_report:
+            delivery.not_before = now  # the status poll looks it up (by our reference, if it has no id)
+        else:
+            skip_other_routes(session, delivery, actor=actor, now=now)
         return State.SUBMITTED
     transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
                reason="an operator confirmed with the provider that it was never accepted; it will be sent again")

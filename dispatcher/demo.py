@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nacl.signing
@@ -150,12 +150,13 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
     celery_app.conf.broker_url = "memory://localhost/"
     runtime.install(Engine(
         factory=factory, gateways=sandbox.gateways(), retry=RETRY,  # type: ignore[arg-type]
+        reconcile_grace=timedelta(seconds=2),
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
     ))
     stop = threading.Event()
     ticker = threading.Thread(target=run_forever, daemon=True, name="scheduler", kwargs=dict(
         factory=factory, publisher=publisher, reconciler=reconcile_publisher, clock=now, stop=stop,
-        interval=0.25, config=SchedulerConfig(reconcile_every=__import__("datetime").timedelta(seconds=2))))
+        interval=0.25, config=SchedulerConfig(reconcile_every=timedelta(seconds=2))))
     os.environ.setdefault("CELERY_RDBSIG", "0")
     with start_worker(celery_app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING",
                       shutdown_timeout=10):

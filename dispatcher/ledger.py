@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,8 @@ def transition(
 ) -> DeliveryEvent:
     """Move ``delivery`` to ``target`` (checked against the state machine) and log the event."""
     check_transition(delivery.state, target)
+    if delivery.kind == "copy":  # a supporter's address must not reach the log through a server's reply
+        reason = redact_addresses(reason)
     event = DeliveryEvent(
         delivery_id=delivery.id,
         campaign_id=delivery.campaign_id,
@@ -45,6 +48,14 @@ def transition(
         delivery.last_error = reason
     session.add(event)
     return event
+
+
+ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+def redact_addresses(text: str) -> str:
+    """Replace every email address in ``text`` (e.g. an SMTP reply echoing the recipient)."""
+    return ADDRESS.sub("<address>", text)
 
 
 def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: str) -> DeliveryEvent:

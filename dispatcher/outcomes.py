@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from workers.gateways.base import EventKind, StatusEvent
@@ -56,12 +56,13 @@ def retry_or_fail(session: Session, delivery: Delivery, *, actor: str, now: date
                   policy: RetryPolicy, retry_after: float | None = None, error_code: str | None = None,
                   provider_event_id: str | None = None) -> State:
     """A transient failure: wait and retry the same route, unless attempts or the deadline ran out."""
-    delay = timedelta(seconds=backoff(delivery.attempt_count, base=policy.base_seconds,
+    attempts = attempts_on_route(session, delivery)
+    delay = timedelta(seconds=backoff(attempts, base=policy.base_seconds,
                                       cap=policy.cap_seconds, retry_after=retry_after))
     deadline = delivery.campaign.deadline
-    if delivery.attempt_count >= policy.max_attempts:
+    if attempts >= policy.max_attempts:
         return fail(session, delivery, actor=actor, now=now, error_code=error_code, provider_event_id=provider_event_id,
-                    reason=f"{reason}; gave up after {delivery.attempt_count} attempts on this route")
+                    reason=f"{reason}; gave up after {attempts} attempts on this route")
     if deadline is not None and now + delay > deadline:
         return fail(session, delivery, actor=actor, now=now, error_code=error_code, provider_event_id=provider_event_id,
                     reason=f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}")
@@ -70,6 +71,19 @@ def retry_or_fail(session: Session, delivery: Delivery, *, actor: str, now: date
                data={"error_code": error_code} if error_code else None)
     delivery.not_before = now + delay
     return State.RETRY_WAIT
+
+
+def attempts_on_route(session: Session, delivery: Delivery) -> int:
+    """Attempts that reached the provider since the route was last (re)planned by an operator;
+    a wait on our own limiter ("not-sent") does not count."""
+    since = session.scalar(select(DeliveryEvent.at).where(
+        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.actor == "operator",
+        DeliveryEvent.to_state == State.PLANNED).order_by(DeliveryEvent.id.desc()).limit(1))
+    query = select(func.count()).select_from(Attempt).where(
+        Attempt.delivery_id == delivery.id, or_(Attempt.outcome.is_(None), Attempt.outcome != "not-sent"))
+    if since is not None:
+        query = query.where(Attempt.started_at >= since)
+    return int(session.scalar(query) or 0)
 
 
 def fail(session: Session, delivery: Delivery, *, actor: str, now: datetime, reason: str,
@@ -94,6 +108,7 @@ def apply_status(session: Session, delivery: Delivery, event: StatusEvent, *, ac
     if _from_earlier_attempt(session, delivery, event):
         return "stale"
     delivery.provider_id = event.provider_id
+    attach_to_current_attempt(session, delivery, event.provider_id)
     evidence = _evidence(event)
     if event.kind == EventKind.DELIVERED:
         transition(session, delivery, State.DELIVERED, actor=actor, at=now, provider_id=event.provider_id,
@@ -106,13 +121,29 @@ def apply_status(session: Session, delivery: Delivery, event: StatusEvent, *, ac
 
 
 def _from_earlier_attempt(session: Session, delivery: Delivery, event: StatusEvent) -> bool:
-    """A late report about a previous attempt (say, its busy signal) must not touch the current one."""
+    """A late report about a previous attempt (say, its busy signal) must not touch the current one.
+
+    Known ids decide. While the current attempt has no id yet (its receipt is still on the way), an
+    id that an earlier attempt holds, or an event older than the current attempt, is not about it:
+    if that ever drops a real report, the worker's receipt and the status poll still settle the row."""
     if delivery.provider_id is not None:
         return event.provider_id != delivery.provider_id
     earlier = session.scalar(select(Attempt.id).where(
         Attempt.delivery_id == delivery.id, Attempt.provider_id == event.provider_id,
         Attempt.number < delivery.attempt_count))
-    return earlier is not None
+    if earlier is not None:
+        return True
+    started = session.scalar(select(Attempt.started_at).where(
+        Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
+    return started is not None and event.occurred_at < started
+
+
+def attach_to_current_attempt(session: Session, delivery: Delivery, provider_id: str) -> None:
+    """Remember which attempt a provider id belongs to, so late reports about it are judged right."""
+    attempt = session.scalar(select(Attempt).where(
+        Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
+    if attempt is not None and attempt.provider_id is None:
+        attempt.provider_id = provider_id
 
 
 def _apply_failure(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime,

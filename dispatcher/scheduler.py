@@ -9,6 +9,7 @@ delivery published twice is sent once: the worker's compare-and-set claim decide
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from .models import Campaign, Delivery, DeliveryEvent
 from .states import TERMINAL, State
 
 ACTOR = "scheduler"
+log = logging.getLogger(__name__)
 Publisher = Callable[[str, Sequence[int]], None]  # (queue, delivery ids)
 
 
@@ -206,7 +208,11 @@ def run_forever(factory: sessionmaker[Session], publisher: Publisher, reconciler
                 on_tick: Callable[[TickResult], None] | None = None) -> None:
     """Tick every ``interval`` seconds until ``stop`` is set."""
     while not stop.is_set():
-        result = run_once(factory, publisher, reconciler, now=clock(), config=config)
-        if on_tick is not None:
-            on_tick(result)
+        try:
+            result = run_once(factory, publisher, reconciler, now=clock(), config=config)
+        except Exception:  # a database restart or a broker hiccup must not stop the scheduler
+            log.exception("scheduler tick failed; trying again in %.1fs", interval)
+        else:
+            if on_tick is not None:
+                on_tick(result)
         stop.wait(interval)

@@ -30,8 +30,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=8, description="attempts per route before it is given up")
     fax_gap_seconds: float = Field(default=60.0, description="minimum time between two faxes to one number")
     republish_after_seconds: float = Field(default=60.0, description="re-publish a queued row after this long")
+    reconcile_grace_seconds: float = Field(default=60.0, description="wait before trusting a provider's 'not found'")
     reconcile_every_seconds: float = Field(default=30.0, description="look up unknown sends this often")
-    lease_seconds: float = Field(default=600.0, description="a claimed send not recorded by then becomes unknown")
+    lease_seconds: float = Field(default=900.0, description="a claimed send not recorded by then becomes unknown")
     queue_prefix: str = Field(default="", description="prefix for the Celery queue names (several services, one Redis)")
     var_dir: Path = Field(default=Path("var"), description="runtime files: SQLite database, oracle logs")
     log_level: str = "INFO"

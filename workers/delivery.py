@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,6 +54,7 @@ class Engine:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     lease: timedelta = timedelta(minutes=10)
     fax_gap: timedelta = timedelta(seconds=0)  # minimum time between two faxes to one number
+    reconcile_grace: timedelta = timedelta(seconds=60)  # before trusting a provider's "not found"
     media_url: Callable[[int, datetime], str] | None = None
     clock: Callable[[], datetime] = utcnow
     actor: str = field(default_factory=worker_actor)
@@ -81,7 +83,9 @@ def deliver(engine: Engine, delivery_id: int) -> str:
     _hook(engine, "after_claim", delivery_id)
     try:
         rendered = _render(engine, claim)
-    except Exception as err:
+    except SoftTimeLimitExceeded:
+        raise  # the task ran out of time: not the document's fault; the lease settles this row
+    except Exception as err:  # any rendering failure ends this delivery: nothing was sent
         return _record_render_failure(engine, claim, err)
     try:
         with engine.limiter.sending(claim.gateway.name, campaign=_campaign_key(engine, claim)):
@@ -94,10 +98,17 @@ def deliver(engine: Engine, delivery_id: int) -> str:
     return _record_with_retries(engine, claim, rendered, receipt)
 
 
-def deliver_many(engine: Engine, ids: list[int]) -> dict[str, int]:
-    """A batch from one broker message: each id goes through the full path on its own."""
+def deliver_many(engine: Engine, ids: list[int], *, budget: float | None = None) -> dict[str, int]:
+    """A batch from one broker message: each id goes through the full path on its own.
+
+    With a ``budget`` (seconds), no new delivery is started once it is spent, so the task's time
+    limit never cuts a send in half; the ids left stay ``queued`` and the sweeper publishes them again."""
     summary: dict[str, int] = {}
+    started = time.monotonic()
     for delivery_id in ids:
+        if budget is not None and time.monotonic() - started > budget:
+            summary["left-for-republish"] = summary.get("left-for-republish", 0) + 1
+            continue
         outcome = deliver(engine, delivery_id)
         summary[outcome] = summary.get(outcome, 0) + 1
     return summary
@@ -107,7 +118,8 @@ def claim_delivery(engine: Engine, delivery_id: int) -> Claim | str:
     """The compare-and-set claim, committed before any send. Returns a reason string when not claimed."""
     now = engine.clock()
     with transaction(engine.factory) as session:
-        delivery = session.get(Delivery, delivery_id)
+        # locked: a duplicate message's worker must not act on a state read before another claimed it
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None:
             return "missing"
         if delivery.state != State.QUEUED:
@@ -119,6 +131,7 @@ def claim_delivery(engine: Engine, delivery_id: int) -> Claim | str:
         attempt = delivery.attempt_count + 1
         claimed = compare_and_set(session, delivery_id, State.SENDING, expected={State.QUEUED}, values={
             "lease_expires_at": now + engine.lease, "attempt_count": attempt, "gateway": gateway.name,
+            "expects_report": gateway.reports_delivery,
             "provider_id": None})  # this attempt's id comes with its receipt; older ones stay on Attempt rows
         if not claimed:
             return "lost-race"
@@ -132,6 +145,11 @@ def claim_delivery(engine: Engine, delivery_id: int) -> Claim | str:
 def _hold_back(engine: Engine, session: Session, delivery: Delivery, now: datetime) -> str | None:
     """Campaign paused or cancelled, or the fax line is busy with our own call: do not claim."""
     status = delivery.campaign.status
+    deadline = delivery.campaign.deadline
+    if deadline is not None and now >= deadline:
+        transition(session, delivery, State.FAILED, actor=engine.actor, at=now, error_class="permanent",
+                   reason=f"campaign deadline {deadline.isoformat()} passed before it could be sent")
+        return "deadline"
     if status == "cancelled":
         transition(session, delivery, State.CANCELLED, actor=engine.actor, at=now, reason="campaign cancelled")
         return "cancelled"
@@ -222,10 +240,9 @@ def _record_receipt(engine: Engine, session: Session, delivery: Delivery, attemp
                     now: datetime) -> str:
     attempt.outcome, attempt.provider_id = "submitted", receipt.provider_id
     attempt.evidence = {"status": receipt.status, "accepted_at": receipt.accepted_at.isoformat()}
-    delivery.provider_id = receipt.provider_id
-    delivery.expects_report = gateway_for(engine, delivery).reports_delivery
     if not _still_ours(delivery, attempt):
         return f"receipt-after-{delivery.state}"  # a status callback already moved it on: keep that
+    delivery.provider_id = receipt.provider_id
     transition(session, delivery, State.SUBMITTED, actor=engine.actor, at=now, provider_id=receipt.provider_id,
                reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})")
     if not delivery.expects_report:
@@ -248,6 +265,8 @@ def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt:
         return f"error-after-{delivery.state}"
     if isinstance(err, Transient):
         attempt.outcome = "transient"
+        if err.code == "local-limit":  # our own limiter, not the provider: not counted against the route
+            attempt.outcome = "not-sent"
         retry_or_fail(session, delivery, actor=engine.actor, now=now, reason=str(err), policy=engine.retry,
                       retry_after=err.retry_after, error_code=err.code)
         return "transient"
@@ -260,6 +279,7 @@ def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt:
     if delivery.state == State.SENDING:
         reason = f"{err}; the provider may have accepted it: reconcile before any resend"
         transition(session, delivery, State.UNKNOWN, actor=engine.actor, at=now, error_class="unknown", reason=reason)
+        delivery.not_before = now + engine.reconcile_grace  # let the provider's listing catch up first
     return "unknown"
 
 

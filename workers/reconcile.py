@@ -1,19 +1,28 @@
 """Reconciling ``unknown`` deliveries: ask the provider by our reference, never resend blindly.
 
 - The provider knows the message: apply its status (submitted, delivered or failed).
-- The provider says it never saw the reference: nothing was sent, so the route may be tried again.
-- The provider cannot tell (no lookup for this gateway, or the lookup failed): the delivery stays
-  ``unknown``, held for an operator, and the log says so once.
+- The provider says it never saw the reference: only believed when it says so twice, at least
+  ``reconcile_grace`` apart, the first time no sooner than ``reconcile_grace`` after the send (a
+  provider's listing can lag behind a send that was still being accepted when we gave up on it).
+  Then nothing was sent, and the route may be tried again.
+- The provider lists only an earlier attempt's message, or cannot tell (no lookup for this gateway,
+  the lookup failed, the listing is too long to read): the delivery stays ``unknown``, held for an
+  operator, and the log says so once per attempt.
 """
 
 from __future__ import annotations
 
+import inspect
+from datetime import datetime, timedelta
+from typing import Any
+
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dispatcher.db import transaction
 from dispatcher.ledger import transition
-from dispatcher.models import Delivery, DeliveryEvent
-from dispatcher.outcomes import apply_status
+from dispatcher.models import Attempt, Delivery, DeliveryEvent
+from dispatcher.outcomes import apply_status, attach_to_current_attempt
 from dispatcher.states import State
 
 from .delivery import Engine, gateway_for
@@ -31,22 +40,37 @@ def reconcile(engine: Engine, delivery_id: int) -> str:
             return "nothing-to-do"
         gateway = gateway_for(engine, delivery)
         key, provider_id, state = delivery.idempotency_key, delivery.provider_id, delivery.state
+        destination, started_at = delivery.destination, _current_attempt_start(session, delivery)
     if state == State.SUBMITTED:
-        return _poll(engine, delivery_id, gateway, provider_id)
+        return _poll(engine, delivery_id, gateway, provider_id, key=key, destination=destination,
+                     started_at=started_at)
     try:
-        found: StatusEvent | None = gateway.find_by_reference(key)
+        found: StatusEvent | None = _find(gateway, key, destination, started_at)
     except (GatewayError, NotImplementedError) as err:
         return _hold(engine, delivery_id, f"{gateway.name} cannot tell whether it has this message ({err})")
     return _apply(engine, delivery_id, found)
 
 
-def _poll(engine: Engine, delivery_id: int, gateway: Gateway, provider_id: str | None) -> str:
-    if provider_id is None:
-        return "no-provider-id"
+def _find(gateway: Gateway, key: str, destination: str, started_at: datetime | None) -> StatusEvent | None:
+    """Look the reference up, narrowed to this destination and attempt where the gateway can."""
+    accepted = inspect.signature(gateway.find_by_reference).parameters
+    narrowing: dict[str, Any] = {}
+    if "to" in accepted:
+        narrowing["to"] = destination
+    if "sent_after" in accepted and started_at is not None:
+        narrowing["sent_after"] = started_at - timedelta(minutes=5)  # clocks differ a little
+    return gateway.find_by_reference(key, **narrowing)
+
+
+def _poll(engine: Engine, delivery_id: int, gateway: Gateway, provider_id: str | None, *, key: str,
+          destination: str, started_at: datetime | None) -> str:
     try:
-        event = gateway.fetch_status(provider_id)
+        event = (gateway.fetch_status(provider_id) if provider_id is not None
+                 else _find(gateway, key, destination, started_at))
     except (GatewayError, NotImplementedError):
         return "poll-failed"  # the webhook may still come; the next poll is scheduled already
+    if event is None:
+        return "poll-not-listed"
     now = engine.clock()
     with transaction(engine.factory) as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
@@ -64,11 +88,15 @@ def _apply(engine: Engine, delivery_id: int, found: StatusEvent | None) -> str:
         if delivery is None or delivery.state != State.UNKNOWN:
             return "not-unknown"
         if found is None:
-            transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
-                       reason="reconciled: the provider has no message with this reference, so nothing was "
-                              "sent; the route will be tried again")
-            delivery.not_before = now
-            return "not-sent"
+            return _not_found(engine, session, delivery, actor=actor, now=now)
+        earlier = session.scalar(select(Attempt.number).where(
+            Attempt.delivery_id == delivery.id, Attempt.provider_id == found.provider_id,
+            Attempt.number < delivery.attempt_count))
+        if earlier is not None:
+            why = (f"the provider lists only attempt {earlier}'s message ({found.provider_id}) for this "
+                   f"reference, so it cannot tell whether attempt {delivery.attempt_count} went out")
+            return _hold_in(session, engine, delivery, why)
+        attach_to_current_attempt(session, delivery, found.provider_id)
         result = apply_status(session, delivery, found, actor=actor, now=now, policy=engine.retry)
         if delivery.state == State.UNKNOWN:  # a status that does not settle it: at least it was accepted
             transition(session, delivery, State.SUBMITTED, actor=actor, at=now, provider_id=found.provider_id,
@@ -78,18 +106,60 @@ def _apply(engine: Engine, delivery_id: int, found: StatusEvent | None) -> str:
         return f"found:{result}"
 
 
-def _hold(engine: Engine, delivery_id: int, why: str) -> str:
-    """Log the hold once; later passes stay quiet until an operator acts."""
-    with transaction(engine.factory) as session:
-        delivery = session.get(Delivery, delivery_id)
-        if delivery is None:
-            return "missing"
-        already = session.scalar(select(DeliveryEvent.id).where(
-            DeliveryEvent.delivery_id == delivery_id, DeliveryEvent.reason.like(f"{HOLD_REASON}%")))
-        if already is None:
+NOT_FOUND = "reconcile: the provider does not list this reference"
+
+
+def _not_found(engine: Engine, session: Session, delivery: Delivery, *, actor: str, now: datetime) -> str:
+    """Believe "never sent" only the second time, at least ``reconcile_grace`` after the first."""
+    since = _became_unknown_at(session, delivery)
+    first = session.scalar(select(DeliveryEvent.at).where(
+        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.reason.like(f"{NOT_FOUND}%"),
+        DeliveryEvent.at >= since).order_by(DeliveryEvent.at).limit(1))
+    if first is None or now - first < engine.reconcile_grace:
+        if first is None:
             session.add(DeliveryEvent(
-                delivery_id=delivery_id, campaign_id=delivery.campaign_id, at=engine.clock(),
-                actor=f"reconcile:{engine.actor}", from_state=delivery.state, to_state=delivery.state,
-                error_class="unknown", reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or "
-                                             "mark it with `dispatch delivery resolve`"))
+                delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=now, actor=actor,
+                from_state=delivery.state, to_state=delivery.state, error_class="unknown",
+                reason=f"{NOT_FOUND} yet; asking again in {engine.reconcile_grace.total_seconds():.0f}s before "
+                       "concluding that nothing was sent"))
+        delivery.not_before = now + engine.reconcile_grace
+        return "not-found-yet"
+    transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
+               reason="reconciled: the provider twice listed no message with this reference, so nothing was "
+                      "sent; the route will be tried again")
+    delivery.not_before = now
+    return "not-sent"
+
+
+def _became_unknown_at(session: Session, delivery: Delivery) -> datetime:
+    at = session.scalar(select(DeliveryEvent.at).where(
+        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.to_state == State.UNKNOWN,
+        DeliveryEvent.from_state != State.UNKNOWN).order_by(DeliveryEvent.id.desc()).limit(1))
+    return at or delivery.updated_at
+
+
+def _current_attempt_start(session: Session, delivery: Delivery) -> datetime | None:
+    return session.scalar(select(Attempt.started_at).where(
+        Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
+
+
+def _hold(engine: Engine, delivery_id: int, why: str) -> str:
+    with transaction(engine.factory) as session:
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
+        if delivery is None or delivery.state != State.UNKNOWN:
+            return "nothing-to-do"
+        return _hold_in(session, engine, delivery, why)
+
+
+def _hold_in(session: Session, engine: Engine, delivery: Delivery, why: str) -> str:
+    """Log the hold once per attempt; later passes stay quiet until an operator acts."""
+    already = session.scalar(select(DeliveryEvent.id).where(
+        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.reason.like(f"{HOLD_REASON}%"),
+        DeliveryEvent.at >= _became_unknown_at(session, delivery)))
+    if already is None:
+        session.add(DeliveryEvent(
+            delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=engine.clock(),
+            actor=f"reconcile:{engine.actor}", from_state=delivery.state, to_state=delivery.state,
+            error_class="unknown", reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or "
+                                         "mark it with `dispatch delivery resolve`"))
     return "held"

@@ -64,6 +64,7 @@ def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = No
                           max_attempts=settings.max_attempts),
         lease=timedelta(seconds=settings.lease_seconds),
         fax_gap=timedelta(seconds=settings.fax_gap_seconds),
+        reconcile_grace=timedelta(seconds=settings.reconcile_grace_seconds),
         media_url=_media_urls(settings),
     )
 

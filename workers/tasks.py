@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .celery_app import app, queue_name
+from .celery_app import BATCH_BUDGET, app, queue_name
 from .delivery import deliver_many
 from .reconcile import reconcile
 from .runtime import engine
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 @app.task(name="dispatch.deliver")
 def deliver_task(ids: list[int]) -> dict[str, Any]:
-    summary = deliver_many(engine(), [int(i) for i in ids])
+    summary = deliver_many(engine(), [int(i) for i in ids], budget=BATCH_BUDGET)
     log.info("delivered batch of %d: %s", len(ids), summary)
     return summary
 

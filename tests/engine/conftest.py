@@ -6,7 +6,7 @@ import base64
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nacl.signing
@@ -108,7 +108,7 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
 @pytest.fixture
 def engine(factory: sessionmaker[Session], sandbox: Sandbox) -> Engine:
     return Engine(
-        factory=factory, gateways=sandbox.gateways(), retry=RETRY,
+        factory=factory, gateways=sandbox.gateways(), retry=RETRY, reconcile_grace=timedelta(seconds=0.3),
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
     )
 

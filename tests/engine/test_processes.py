@@ -79,7 +79,8 @@ def processes(db_url: str, sandbox: Sandbox, tmp_path: Path) -> Iterator[Process
            "DISPATCH_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}-",
            "DISPATCH_RETRY_BASE_SECONDS": "0.2", "DISPATCH_RETRY_CAP_SECONDS": "1",
            "DISPATCH_FAX_GAP_SECONDS": "0", "DISPATCH_LEASE_SECONDS": "8",
-           "DISPATCH_REPUBLISH_AFTER_SECONDS": "2", "DISPATCH_RECONCILE_EVERY_SECONDS": "1"}
+           "DISPATCH_REPUBLISH_AFTER_SECONDS": "2", "DISPATCH_RECONCILE_EVERY_SECONDS": "1",
+           "DISPATCH_RECONCILE_GRACE_SECONDS": "1"}
     group = Processes(env, tmp_path)
     try:
         yield group

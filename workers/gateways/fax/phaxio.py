@@ -251,8 +251,9 @@ class PhaxioGateway(Gateway):
                 if isinstance(fax, dict) and (fax.get("tags") or {}).get(REFERENCE_TAG) == reference:
                     return self._event(fax, kind=None, event_type="lookup", received_at=datetime.now(UTC))
             if len(faxes) < LOOKUP_PAGE_SIZE:
-                return None
-        return None
+                return None  # every page read: the provider has no such fax
+        # more pages than we read: "not found" would be a guess, and a guess may send a second fax
+        raise StatusLookupError(f"{self.provider}: reference not in the first {LOOKUP_MAX_PAGES} pages; cannot tell")
 
     def _lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

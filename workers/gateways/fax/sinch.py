@@ -247,8 +247,9 @@ class SinchGateway(Gateway):
                 if isinstance(fax, dict) and (fax.get("labels") or {}).get(REFERENCE_LABEL) == reference:
                     return self._event(fax, event="lookup", received_at=datetime.now(UTC))
             if page >= int(body.get("totalPages") or 0):
-                return None
-        return None
+                return None  # every page read: the provider has no such fax
+        # more pages than we read: "not found" would be a guess, and a guess may send a second fax
+        raise StatusLookupError(f"{self.provider}: reference not in the first {LOOKUP_MAX_PAGES} pages; cannot tell")
 
     def _lookup(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
