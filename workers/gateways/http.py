@@ -16,11 +16,13 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic_settings import BaseSettings
 
-from .errors import DeliveryError, Permanent, Transient, Unknown
+from .base import Gateway
+from .errors import DeliveryError, GatewayConfigError, Permanent, Transient, Unknown
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
@@ -99,3 +101,29 @@ def _body(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text[:2000]
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class HttpGateway(Gateway, Generic[S]):
+    """Base of the HTTP gateways: settings of the provider's own type in ``config``, and the
+    process-wide client pool unless a test hands in a client of its own."""
+
+    config: S
+
+    def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
+        if not isinstance(settings, self.settings_class):
+            raise GatewayConfigError(
+                f"{self.provider}: expected {self.settings_class.__name__}, got {type(settings).__name__}")
+        super().__init__(settings, name=name)
+        self.config = settings  # type: ignore[assignment]  # checked just above
+        self._client = client  # None: the shared process-wide pool
+
+    @property
+    def client(self) -> httpx.Client:
+        return self._client if self._client is not None else shared_client()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()

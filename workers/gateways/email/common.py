@@ -17,28 +17,17 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
-from pydantic_settings import BaseSettings
 
-from ..base import Channel, EmailMessage, Gateway, Message
+from ..base import Channel, EmailMessage, Message
 from ..errors import DeliveryError, Permanent, StatusLookupError, WebhookAuthError, WebhookFormatError
-from ..http import request, shared_client
+from ..http import HttpGateway, S, request
 from ..registry import env_prefix
 
 
-class HttpEmailGateway(Gateway):
+class HttpEmailGateway(HttpGateway[S]):
     """Base of the JSON/HTTP email gateways: one client, one way to call, one way to look up."""
 
     channel: ClassVar[Channel] = "email"
-
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
-        super().__init__(settings, name=name)
-        self._client = client  # None: the shared process-wide pool
-
-    @property
-    def client(self) -> httpx.Client:
-        return self._client if self._client is not None else shared_client()
 
     def setting(self, field: str) -> str:
         """The environment variable behind a setting of this gateway, for error messages."""
@@ -76,11 +65,6 @@ class HttpEmailGateway(Gateway):
         if not message.to:
             raise Permanent(f"{self.provider}: {message.reference} has no recipient", code="no_recipients")
         return message
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
 
 def b64(content: bytes) -> str:
     """Attachment content as the base64 text Postmark and SendGrid expect."""

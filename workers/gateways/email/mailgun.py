@@ -44,7 +44,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..base import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
 from ..errors import (
     DeliveryError,
-    GatewayConfigError,
     Permanent,
     StatusLookupError,
     Transient,
@@ -94,7 +93,7 @@ class MailgunSettings(BaseSettings):
     page_size: int = Field(default=300, ge=1, le=300)
 
 
-class MailgunGateway(HttpEmailGateway):
+class MailgunGateway(HttpEmailGateway[MailgunSettings]):
     """Mailgun's Messages API (one message per call)."""
 
     provider: ClassVar[str] = PROVIDER
@@ -103,10 +102,7 @@ class MailgunGateway(HttpEmailGateway):
     def __init__(
         self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
     ) -> None:
-        if not isinstance(settings, MailgunSettings):
-            raise GatewayConfigError(f"{PROVIDER}: expected MailgunSettings, got {type(settings).__name__}")
         super().__init__(settings, name=name, client=client)
-        self.config = settings
         # Tokens seen recently, per process: another process (or a restart) will not know them, which
         # is why the timestamp window is checked as well.
         self._tokens: OrderedDict[str, None] = OrderedDict()

@@ -43,7 +43,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..base import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
 from ..errors import (
     DeliveryError,
-    GatewayConfigError,
     Permanent,
     StatusLookupError,
     Transient,
@@ -133,7 +132,7 @@ class PostmarkSettings(BaseSettings):
     reconcile_count: int = Field(default=50, ge=1, le=500)  # messages read by find_by_reference
 
 
-class PostmarkGateway(HttpEmailGateway):
+class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
     """Postmark's Email API (one message per call)."""
 
     provider: ClassVar[str] = PROVIDER
@@ -142,10 +141,7 @@ class PostmarkGateway(HttpEmailGateway):
     def __init__(
         self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
     ) -> None:
-        if not isinstance(settings, PostmarkSettings):
-            raise GatewayConfigError(f"{PROVIDER}: expected PostmarkSettings, got {type(settings).__name__}")
         super().__init__(settings, name=name, client=client)
-        self.config = settings
 
     def auth_headers(self) -> dict[str, str]:
         return {"X-Postmark-Server-Token": self.config.server_token.get_secret_value()}

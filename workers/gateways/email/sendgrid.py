@@ -52,7 +52,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..base import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
 from ..errors import (
     DeliveryError,
-    GatewayConfigError,
     Permanent,
     StatusLookupError,
     Transient,
@@ -133,7 +132,7 @@ def load_public_key(value: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-class SendGridGateway(HttpEmailGateway):
+class SendGridGateway(HttpEmailGateway[SendGridSettings]):
     """SendGrid's v3 Mail Send API, one personalization per message."""
 
     provider: ClassVar[str] = PROVIDER
@@ -142,11 +141,8 @@ class SendGridGateway(HttpEmailGateway):
     def __init__(
         self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
     ) -> None:
-        if not isinstance(settings, SendGridSettings):
-            raise GatewayConfigError(f"{PROVIDER}: expected SendGridSettings, got {type(settings).__name__}")
         super().__init__(settings, name=name, client=client)
-        self.config = settings
-        key = settings.webhook_public_key
+        key = self.config.webhook_public_key
         self._public_key = load_public_key(key) if key else None
 
     def auth_headers(self) -> dict[str, str]:

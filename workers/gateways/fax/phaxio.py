@@ -42,7 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..base import EventKind, FaxMessage, Gateway, Message, Receipt, StatusEvent, WebhookRequest
+from ..base import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
 from ..errors import (
     DeliveryError,
     Permanent,
@@ -52,7 +52,7 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import error_for_status, request, shared_client
+from ..http import HttpGateway, error_for_status, request
 from ..registry import env_prefix
 from ..values import ErrorClass, parse_time
 
@@ -180,19 +180,10 @@ def signature(
     return hmac.new(token.encode(), text.encode(), hashlib.sha1).hexdigest()
 
 
-class PhaxioGateway(Gateway):
+class PhaxioGateway(HttpGateway[PhaxioSettings]):
     provider: ClassVar[str] = "phaxio"
     channel: ClassVar[Literal["fax"]] = "fax"
     settings_class: ClassVar[type[BaseSettings]] = PhaxioSettings
-
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
-        super().__init__(settings, name=name)
-        if not isinstance(settings, PhaxioSettings):
-            raise TypeError(f"{self.provider}: settings must be PhaxioSettings, not {type(settings).__name__}")
-        self.config = settings
-        self._client = client or shared_client()  # the process-wide pool unless a test injects one
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -200,7 +191,7 @@ class PhaxioGateway(Gateway):
         if not isinstance(message, FaxMessage):
             raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
         response = request(
-            self._client, "POST", self._url("/faxes"), provider=self.provider, auth=self._auth(),
+            self.client, "POST", self._url("/faxes"), provider=self.provider, auth=self._auth(),
             data=self._send_fields(message),
             files={"file": (f"{message.reference}.pdf", message.pdf, "application/pdf")},
         )
@@ -257,7 +248,7 @@ class PhaxioGateway(Gateway):
 
     def _lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = request(self._client, method, self._url(path), provider=self.provider,
+            response = request(self.client, method, self._url(path), provider=self.provider,
                                auth=self._auth(), **kwargs)
         except DeliveryError as err:
             raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err

@@ -46,7 +46,7 @@ import httpx
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..base import EventKind, FaxMessage, Gateway, Message, Receipt, StatusEvent, WebhookRequest
+from ..base import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
 from ..errors import (
     DeliveryError,
     GatewayConfigError,
@@ -57,7 +57,7 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import error_for_status, request, shared_client
+from ..http import HttpGateway, error_for_status, request
 from ..registry import env_prefix
 from ..values import ErrorClass, parse_time
 
@@ -170,26 +170,18 @@ def url_with_credentials(url: str, username: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class SinchGateway(Gateway):
+class SinchGateway(HttpGateway[SinchSettings]):
     provider: ClassVar[str] = "sinch"
     channel: ClassVar[Literal["fax"]] = "fax"
     settings_class: ClassVar[type[BaseSettings]] = SinchSettings
 
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
-        super().__init__(settings, name=name)
-        if not isinstance(settings, SinchSettings):
-            raise TypeError(f"{self.provider}: settings must be SinchSettings, not {type(settings).__name__}")
-        self.config = settings
-        self._client = client or shared_client()
 
     # -- sending -------------------------------------------------------------------------------
 
     def send(self, message: Message) -> Receipt:
         if not isinstance(message, FaxMessage):
             raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
-        response = request(self._client, "POST", self._url("/faxes"), provider=self.provider,
+        response = request(self.client, "POST", self._url("/faxes"), provider=self.provider,
                            auth=self._auth(), json=self._send_body(message))
         if not response.is_success:
             raise _error_for_response(response, env=env_prefix(self.name))
@@ -253,7 +245,7 @@ class SinchGateway(Gateway):
 
     def _lookup(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = request(self._client, "GET", self._url(path), provider=self.provider,
+            response = request(self.client, "GET", self._url(path), provider=self.provider,
                                auth=self._auth(), **kwargs)
         except DeliveryError as err:
             raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err

@@ -38,10 +38,9 @@ import nacl.signing
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..base import Channel, EventKind, FaxMessage, Gateway, Message, Receipt, StatusEvent, WebhookRequest
+from ..base import Channel, EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
 from ..errors import (
     DeliveryError,
-    GatewayConfigError,
     Permanent,
     StatusLookupError,
     Transient,
@@ -49,7 +48,7 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import error_for_status, request, shared_client
+from ..http import HttpGateway, error_for_status, request
 from ..registry import env_prefix
 from ..values import ErrorClass, parse_time
 
@@ -184,7 +183,7 @@ def decode_reference(client_state: object) -> str | None:
         return None
 
 
-class TelnyxGateway(Gateway):
+class TelnyxGateway(HttpGateway[TelnyxSettings]):
     """Telnyx Programmable Fax v2."""
 
     provider: ClassVar[str] = PROVIDER
@@ -195,18 +194,10 @@ class TelnyxGateway(Gateway):
     def __init__(
         self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
     ) -> None:
-        super().__init__(settings, name=name)
-        if not isinstance(settings, TelnyxSettings):
-            raise GatewayConfigError(f"{PROVIDER}: expected TelnyxSettings, got {type(settings).__name__}")
-        self.config = settings
-        self._client = client  # None: the shared process-wide pool
-        self._verify_key = nacl.signing.VerifyKey(base64.b64decode(settings.public_key))
+        super().__init__(settings, name=name, client=client)
+        self._verify_key = nacl.signing.VerifyKey(base64.b64decode(self.config.public_key))
 
     # -- HTTP plumbing ---------------------------------------------------------------------------
-
-    @property
-    def client(self) -> httpx.Client:
-        return self._client if self._client is not None else shared_client()
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -411,11 +402,6 @@ class TelnyxGateway(Gateway):
             event_id=str(data["id"]) if data.get("id") else None,
             raw=envelope,
         )
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
 
 def _telnyx_error(response: httpx.Response) -> tuple[str | None, str, Any]:
     """(first error code, "title: detail; ..." text, decoded body) of a Telnyx error answer."""
