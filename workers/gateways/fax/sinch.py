@@ -175,7 +175,6 @@ class SinchGateway(HttpGateway[SinchSettings]):
     channel: ClassVar[Literal["fax"]] = "fax"
     settings_class: ClassVar[type[BaseSettings]] = SinchSettings
 
-
     # -- sending -------------------------------------------------------------------------------
 
     def send(self, message: Message) -> Receipt:
