@@ -10,16 +10,14 @@ import hashlib
 import hmac
 import itertools
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from workers.gateways.base import Attachment, EmailMessage, EventKind, WebhookRequest
 from workers.gateways.email.mailgun import EVENT_KINDS, SEVERITIES, MailgunGateway, MailgunSettings
@@ -37,6 +35,8 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.mailgun import create_app, signature_block
 from workers.sandbox.server import ThreadedServer, free_port, serve
 
+from .receivers import RawSink, serving, wait_until
+
 pytestmark = pytest.mark.timeout(60)
 
 API_KEY = "key-0123456789abcdef"
@@ -49,21 +49,10 @@ def new_address() -> str:
     return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
-@dataclass
-class Sink:
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class Sink(RawSink):
+    """Webhooks received, raw: (headers, body bytes)."""
 
     def for_recipient(self, address: str) -> list[tuple[dict[str, str], bytes]]:
         def found() -> list[tuple[dict[str, str], bytes]]:
@@ -78,16 +67,7 @@ class Sink:
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
-    app, received = FastAPI(), Sink()
-
-    @app.post("/webhooks/mailgun")
-    async def webhook(request: Request) -> dict[str, bool]:
-        with received.lock:
-            received.received.append((dict(request.headers), await request.body()))
-        return {"ok": True}
-
-    with serve(app) as server:
-        received.url = f"{server.url}/webhooks/mailgun"
+    with serving(Sink(), "/webhooks/mailgun") as received:
         yield received
 
 

@@ -7,12 +7,11 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
 from pydantic import SecretStr
 
 from workers.gateways.base import EventKind, FaxMessage, StatusEvent, WebhookRequest
@@ -32,39 +31,16 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.phaxio import create_app
 from workers.sandbox.server import ThreadedServer, free_port, serve
 
+from .receivers import Receiver, receiving
+
 KEY, SECRET, TOKEN = "test-api-key", "test-api-secret", "test-webhook-token"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R] >>\n2 0 obj << /Type /Page >>\n%%EOF"
 
 
-class Receiver:
-    """A webhook endpoint that keeps every request byte for byte."""
-
-    def __init__(self) -> None:
-        self.requests: list[WebhookRequest] = []
-        self.app = FastAPI()
-
-        @self.app.post("/hooks/phaxio")
-        async def hook(request: Request) -> dict[str, bool]:
-            self.requests.append(WebhookRequest(
-                method=request.method, url=str(request.url), body=await request.body(),
-                headers={k.lower(): v for k, v in request.headers.items()}, received_at=datetime.now(UTC)))
-            return {"ok": True}
-
-    def wait_for(self, predicate: Callable[[WebhookRequest], bool], timeout: float = 5.0) -> WebhookRequest:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in list(self.requests):
-                if predicate(item):
-                    return item
-            time.sleep(0.02)
-        raise AssertionError("webhook not received in time")
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    hooks = Receiver()
-    with serve(hooks.app) as server:
-        yield hooks, f"{server.url}/hooks/phaxio"
+    with receiving("/hooks/phaxio") as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,14 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
@@ -42,6 +40,8 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.postmark import create_app
 from workers.sandbox.server import ThreadedServer, free_port, serve
 
+from .receivers import RawSink, serving, wait_until
+
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "server-token-0f1e2d3c"
@@ -53,23 +53,10 @@ def new_address() -> str:
     return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
-@dataclass
-class Sink:
-    """Webhooks received, raw: (lower-cased headers, body bytes)."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class Sink(RawSink):
+    """Webhooks received, raw: (headers, body bytes)."""
 
     def for_message(self, message_id: str) -> list[tuple[dict[str, str], bytes]]:
         def found() -> list[tuple[dict[str, str], bytes]]:
@@ -82,16 +69,7 @@ class Sink:
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
-    app, received = FastAPI(), Sink()
-
-    @app.post("/webhooks/postmark")
-    async def webhook(request: Request) -> dict[str, bool]:
-        with received.lock:
-            received.received.append((dict(request.headers), await request.body()))
-        return {"ok": True}
-
-    with serve(app) as server:
-        received.url = f"{server.url}/webhooks/postmark"
+    with serving(Sink(), "/webhooks/postmark") as received:
         yield received
 
 

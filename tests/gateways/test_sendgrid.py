@@ -9,17 +9,15 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from python_http_client.exceptions import BadRequestsError, UnauthorizedError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
@@ -47,6 +45,8 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.sendgrid import create_app, public_key_b64, sign
 from workers.sandbox.server import ThreadedServer, free_port, serve
 
+from .receivers import RawSink, serving, wait_until
+
 pytestmark = pytest.mark.timeout(60)
 
 API_KEY = "SG.sandbox-key.0123456789"
@@ -57,21 +57,10 @@ def new_address() -> str:
     return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
-@dataclass
-class Sink:
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class Sink(RawSink):
+    """Webhooks received, raw: (headers, body bytes)."""
 
     def batches_for(self, address: str, *, final: bool = True) -> list[tuple[dict[str, str], bytes]]:
         """Every batch mentioning ``address``, once one of them carries a final event."""
@@ -87,16 +76,7 @@ class Sink:
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
-    app, received = FastAPI(), Sink()
-
-    @app.post("/webhooks/sendgrid")
-    async def webhook(request: Request) -> dict[str, bool]:
-        with received.lock:
-            received.received.append((dict(request.headers), await request.body()))
-        return {"ok": True}
-
-    with serve(app) as server:
-        received.url = f"{server.url}/webhooks/sendgrid"
+    with serving(Sink(), "/webhooks/sendgrid") as received:
         yield received
 
 

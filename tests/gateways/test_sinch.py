@@ -6,12 +6,11 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
 from pydantic import SecretStr
 
 from workers.gateways.base import EventKind, FaxMessage, WebhookRequest
@@ -31,41 +30,18 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.server import ThreadedServer, free_port, serve
 from workers.sandbox.sinch import create_app
 
+from .receivers import Receiver, receiving
+
 PROJECT, KEY_ID, KEY_SECRET = "tinyfrog-jump-high-over-lilypadbasin", "key-id", "key-secret"
 HOOK_USER, HOOK_PASSWORD = "dispatch", "p@ss:w/rd"  # characters that need quoting inside a URL
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n2 0 obj << /Type /Page >>\n" \
       b"3 0 obj << /Type /Page >>\n%%EOF"
 
 
-class Receiver:
-    """A callback endpoint that keeps every request byte for byte."""
-
-    def __init__(self) -> None:
-        self.requests: list[WebhookRequest] = []
-        self.app = FastAPI()
-
-        @self.app.post("/hooks/sinch")
-        async def hook(request: Request) -> dict[str, bool]:
-            self.requests.append(WebhookRequest(
-                method=request.method, url=str(request.url), body=await request.body(),
-                headers={k.lower(): v for k, v in request.headers.items()}, received_at=datetime.now(UTC)))
-            return {"ok": True}
-
-    def wait_for(self, predicate: Callable[[WebhookRequest], bool], timeout: float = 5.0) -> WebhookRequest:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for item in list(self.requests):
-                if predicate(item):
-                    return item
-            time.sleep(0.02)
-        raise AssertionError("callback not received in time")
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    hooks = Receiver()
-    with serve(hooks.app) as server:
-        yield hooks, f"{server.url}/hooks/sinch"
+    with receiving("/hooks/sinch") as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ import inspect
 import itertools
 import json
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +22,7 @@ import nacl.signing
 import pytest
 import telnyx
 import telnyx.types.fax
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from telnyx.types import Fax, FaxDelivered, FaxFailed
 
 from workers.gateways.base import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
@@ -48,6 +46,8 @@ from workers.gateways.registry import build_gateway
 from workers.sandbox.core import SandboxState
 from workers.sandbox.server import ThreadedServer, free_port, serve
 from workers.sandbox.telnyx import count_pdf_pages, create_app
+
+from .receivers import RawSink, serving, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,27 +80,13 @@ def new_number() -> str:
     return f"+4930{next(_numbers):08d}"
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 5.0) -> Any:
-    """Poll ``predicate`` until it returns something truthy; bounded, never hangs a test."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # -- servers ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class Sink:
-    """Webhooks received, raw: (lower-cased headers, body bytes)."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class Sink(RawSink):
+    """Webhooks received, raw: (headers, body bytes)."""
 
     def for_fax(self, fax_id: str) -> list[tuple[dict[str, str], bytes]]:
         with self.lock:
@@ -130,17 +116,7 @@ def media_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[Sink]:
-    app, received = FastAPI(), Sink()
-
-    @app.post("/webhooks/telnyx")
-    async def webhook(request: Request) -> dict[str, bool]:
-        body = await request.body()  # never await while holding the thread lock
-        with received.lock:
-            received.received.append((dict(request.headers), body))
-        return {"ok": True}
-
-    with serve(app) as server:
-        received.url = f"{server.url}/webhooks/telnyx"
+    with serving(Sink(), "/webhooks/telnyx") as received:
         yield received
 
 
