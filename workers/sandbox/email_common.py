@@ -8,8 +8,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 import httpx
+from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from .control import control_router
+from .core import SandboxState
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +71,25 @@ async def post_webhook(url: str, build: Callable[[], tuple[bytes, Mapping[str, s
 
 def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class ProviderError(Exception):
+    """An error the emulator answers in its provider's own shape."""
+
+    def response(self) -> Response:
+        raise NotImplementedError
+
+
+def emulator_app(title: str, state: SandboxState, emulator: object, error: type[ProviderError]) -> FastAPI:
+    """A FastAPI app for one emulator: its errors answered in the provider's shape, and the control routes
+    (``/_sandbox``); the caller adds the provider's own routes."""
+    app = FastAPI(title=title, openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.emulator = emulator
+
+    async def provider_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProviderError)
+        return exc.response()
+
+    app.add_exception_handler(error, provider_error)
+    app.include_router(control_router(state))
+    return app

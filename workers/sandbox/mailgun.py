@@ -36,14 +36,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from .control import control_router
 from .core import SandboxState
-from .email_common import REFUSED, Background, DroppedResponse, email_outcome, post_webhook
+from .email_common import REFUSED, Background, DroppedResponse, ProviderError, email_outcome, emulator_app, post_webhook
 
 QUEUED = "Queued. Thank you."
 
 
-class MailgunError(Exception):
+class MailgunError(ProviderError):
     """An error answer in Mailgun's shape: ``{"message": "..."}`` (401 is plain "Forbidden")."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -242,16 +241,8 @@ def create_app(state: SandboxState, *, api_key: str, domain: str, webhook_signin
     """The Mailgun emulator for one sending ``domain``."""
     emulator = MailgunEmulator(state, api_key=api_key, domain=domain, signing_key=webhook_signing_key,
                                webhook_url=webhook_url)
-    app = FastAPI(title="Mailgun sandbox", openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.emulator = emulator
-
-    async def mailgun_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, MailgunError)
-        return exc.response()
-
-    app.add_exception_handler(MailgunError, mailgun_error)
+    app = emulator_app("Mailgun sandbox", state, emulator, MailgunError)
     app.add_api_route("/v3/{domain}/messages", emulator.send, methods=["POST"])
     app.add_api_route("/v3/{domain}/events", emulator.list_events, methods=["GET"])
     app.add_api_route("/v3/{domain}/events/{token}", emulator.next_page, methods=["GET"])
-    app.include_router(control_router(state))
     return app

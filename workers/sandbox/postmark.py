@@ -31,9 +31,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.responses import Response
 
-from .control import control_router
 from .core import SandboxState
-from .email_common import REFUSED, Background, DroppedResponse, email_outcome, iso_now, post_webhook
+from .email_common import (
+    REFUSED,
+    Background,
+    DroppedResponse,
+    ProviderError,
+    email_outcome,
+    emulator_app,
+    iso_now,
+    post_webhook,
+)
 
 SERVER_ID = 23
 INACTIVE = ("You tried to send to recipient(s) that have been marked as inactive.\nFound inactive addresses: "
@@ -41,7 +49,7 @@ INACTIVE = ("You tried to send to recipient(s) that have been marked as inactive
             "or a manual suppression.")
 
 
-class PostmarkError(Exception):
+class PostmarkError(ProviderError):
     """An error answer in Postmark's shape: ``{"ErrorCode": n, "Message": "..."}``."""
 
     def __init__(self, status: int, code: int, message: str, headers: Mapping[str, str] | None = None) -> None:
@@ -261,17 +269,9 @@ def _matches(message: Mapping[str, Any], query: Mapping[str, str]) -> bool:
 def create_app(state: SandboxState, *, server_token: str, webhook_url: str | None = None) -> FastAPI:
     """The Postmark emulator; ``webhook_url`` may embed Basic-auth credentials (``https://u:p@host/``)."""
     emulator = PostmarkEmulator(state, server_token=server_token, webhook_url=webhook_url)
-    app = FastAPI(title="Postmark sandbox", openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.emulator = emulator
-
-    async def postmark_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, PostmarkError)
-        return exc.response()
-
-    app.add_exception_handler(PostmarkError, postmark_error)
+    app = emulator_app("Postmark sandbox", state, emulator, PostmarkError)
     app.add_api_route("/email", emulator.send, methods=["POST"])
     app.add_api_route("/messages/outbound", emulator.search, methods=["GET"])
     app.add_api_route("/messages/outbound/{message_id}/details", emulator.details, methods=["GET"])
     app.add_api_route("/bounces/{bounce_id}", emulator.bounce, methods=["GET"])
-    app.include_router(control_router(state))
     return app

@@ -36,9 +36,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.responses import Response
 
-from .control import control_router
 from .core import SandboxState
-from .email_common import REFUSED, Background, DroppedResponse, email_outcome, iso_now, post_webhook
+from .email_common import (
+    REFUSED,
+    Background,
+    DroppedResponse,
+    ProviderError,
+    email_outcome,
+    emulator_app,
+    iso_now,
+    post_webhook,
+)
 
 HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message.{anchor}"
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -46,7 +54,7 @@ QUERY_TERM = re.compile(r"""^\s*(?:(?P<field>msg_id|to_email|from_email|subject|
                         r"""|unique_args\['(?P<arg>[^']+)'\]\s*(?P<argop>=)\s*)"(?P<value>(?:[^"\\]|\\.)*)"\s*$""")
 
 
-class SendGridError(Exception):
+class SendGridError(ProviderError):
     """An error answer in SendGrid's shape: ``{"errors": [{"message", "field", "help"}]}``."""
 
     def __init__(self, status: int, message: str, field: str | None = None, *, anchor: str | None = None,
@@ -321,16 +329,8 @@ def create_app(state: SandboxState, *, api_key: str, signing_key: ec.EllipticCur
     """The SendGrid emulator; events are signed with ``signing_key`` (give the gateway its public key)."""
     emulator = SendGridEmulator(state, api_key=api_key, signing_key=signing_key, webhook_url=webhook_url,
                                 activity_api=activity_api)
-    app = FastAPI(title="SendGrid sandbox", openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.emulator = emulator
-
-    async def sendgrid_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, SendGridError)
-        return exc.response()
-
-    app.add_exception_handler(SendGridError, sendgrid_error)
+    app = emulator_app("SendGrid sandbox", state, emulator, SendGridError)
     app.add_api_route("/v3/mail/send", emulator.send, methods=["POST"])
     app.add_api_route("/v3/messages", emulator.list_messages, methods=["GET"])
     app.add_api_route("/v3/messages/{msg_id}", emulator.get_message, methods=["GET"])
-    app.include_router(control_router(state))
     return app
