@@ -43,7 +43,6 @@ from dispatcher import db  # noqa: E402
 from dispatcher.campaign_file import Addressee as AddresseeSpec  # noqa: E402
 from dispatcher.campaign_file import CampaignSpec, load_spec  # noqa: E402
 from dispatcher.errors import Problem  # noqa: E402
-from dispatcher.ledger import record_initial  # noqa: E402
 from dispatcher.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
 from dispatcher.planning import ACTOR, _write_campaign, content_hash, idempotency_key, load_campaign  # noqa: E402
 from dispatcher.scheduler import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
@@ -58,6 +57,16 @@ CLAIM_LIMIT = SchedulerConfig().claim_limit  # rows claimed per tick
 
 
 # --- the baseline: the planner as it was before the bulk path (one flush per row) ----------------------
+
+def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: str) -> DeliveryEvent:
+    """The first event of a delivery: it was planned (or skipped at planning)."""
+    event = DeliveryEvent(
+        delivery_id=delivery.id, campaign_id=delivery.campaign_id, actor=actor, from_state=None,
+        to_state=delivery.state, reason=reason,
+    )
+    session.add(event)
+    return event
+
 
 def baseline_load(session: Session, spec: CampaignSpec, report: Report, *, source: Path) -> tuple[int, int]:
     campaign = _write_campaign(session, None, spec, report, content_hash(spec, report), source)

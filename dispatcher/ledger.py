@@ -58,15 +58,6 @@ def redact_addresses(text: str) -> str:
     return ADDRESS.sub("<address>", text)
 
 
-def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: str) -> DeliveryEvent:
-    """The first event of a delivery: it was planned (or skipped at planning)."""
-    event = DeliveryEvent(
-        delivery_id=delivery.id, campaign_id=delivery.campaign_id, actor=actor, from_state=None,
-        to_state=delivery.state, reason=reason,
-    )
-    session.add(event)
-    return event
-
 
 def compare_and_set(session: Session, delivery_id: int, target: State, *, expected: set[State] | None = None,
                     values: dict[str, Any] | None = None) -> bool:

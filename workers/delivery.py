@@ -58,7 +58,6 @@ class Engine:
     media_url: Callable[[int, datetime], str] | None = None
     clock: Callable[[], datetime] = utcnow
     actor: str = field(default_factory=worker_actor)
-    hooks: dict[str, Callable[[int], None]] = field(default_factory=dict)  # fault tests: "after_claim", ...
 
 
 def gateway_for(engine: Engine, delivery: Delivery) -> Gateway:
@@ -80,7 +79,6 @@ def deliver(engine: Engine, delivery_id: int) -> str:
     claim = claim_delivery(engine, delivery_id)
     if isinstance(claim, str):
         return claim
-    _hook(engine, "after_claim", delivery_id)
     try:
         rendered = _render(engine, claim)
     except SoftTimeLimitExceeded:
@@ -94,7 +92,6 @@ def deliver(engine: Engine, delivery_id: int) -> str:
         receipt = err
     except LimitTimeout as err:  # raised before the send: nothing left
         receipt = Transient(f"local limit: {err}", code="local-limit")
-    _hook(engine, "after_send", delivery_id)
     return _record_with_retries(engine, claim, rendered, receipt)
 
 
@@ -294,8 +291,3 @@ def _record_render_failure(engine: Engine, claim: Claim, err: Exception) -> str:
         fail(session, delivery, actor=engine.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
     return "render-failed"
 
-
-def _hook(engine: Engine, name: str, delivery_id: int) -> None:
-    hook = engine.hooks.get(name)
-    if hook is not None:
-        hook(delivery_id)

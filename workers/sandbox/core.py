@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 OUTCOMES = frozenset(
     {"ok", "busy", "no_answer", "no_fax_tone", "invalid_number", "rate_limited", "server_error",
@@ -108,9 +107,3 @@ class SandboxState:
             counts[entry.reference] += 1
         return dict(counts)
 
-
-def read_oracle_file(path: Path) -> list[dict[str, Any]]:
-    """Read an oracle JSON-lines file written by any emulator process."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
