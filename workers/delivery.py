@@ -58,6 +58,7 @@ class Engine:
     media_url: Callable[[int, datetime], str] | None = None
     clock: Callable[[], datetime] = utcnow
     actor: str = field(default_factory=worker_actor)
+    hooks: dict[str, Callable[[int], None]] = field(default_factory=dict)  # fault tests: "after_claim", ...
 
 
 def gateway_for(engine: Engine, delivery: Delivery) -> Gateway:
@@ -79,6 +80,7 @@ def deliver(engine: Engine, delivery_id: int) -> str:
     claim = claim_delivery(engine, delivery_id)
     if isinstance(claim, str):
         return claim
+    _hook(engine, "after_claim", delivery_id)
     try:
         rendered = _render(engine, claim)
     except SoftTimeLimitExceeded:
@@ -291,3 +293,8 @@ def _record_render_failure(engine: Engine, claim: Claim, err: Exception) -> str:
         fail(session, delivery, actor=engine.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
     return "render-failed"
 
+
+def _hook(engine: Engine, name: str, delivery_id: int) -> None:
+    hook = engine.hooks.get(name)
+    if hook is not None:
+        hook(delivery_id)
