@@ -39,15 +39,18 @@ from sqlalchemy.orm import Session, sessionmaker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dispatcher import db  # noqa: E402
-from dispatcher.campaign_file import Addressee as AddresseeSpec  # noqa: E402
-from dispatcher.campaign_file import CampaignSpec, load_spec  # noqa: E402
-from dispatcher.errors import Problem  # noqa: E402
-from dispatcher.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
-from dispatcher.planning import ACTOR, _write_campaign, content_hash, idempotency_key, load_campaign  # noqa: E402
-from dispatcher.scheduler import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
-from dispatcher.states import State  # noqa: E402
-from dispatcher.validation import Report, RouteCheck, SupporterRow, validate  # noqa: E402
+from dispatcher.domain import db  # noqa: E402
+from dispatcher.domain.campaign_file import (  # noqa: E402
+    AddresseeSpec,
+    CampaignSpec,
+    load_spec,
+)
+from dispatcher.domain.errors import Problem  # noqa: E402
+from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
+from dispatcher.domain.planning import ACTOR, _write_campaign, content_hash, idempotency_key, load_campaign  # noqa: E402
+from dispatcher.domain.scheduling import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
+from dispatcher.domain.states import State  # noqa: E402
+from dispatcher.domain.validation import Report, RouteCheck, SupporterRow, validate  # noqa: E402
 
 EXAMPLE = ROOT / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
 FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}  # the example's deliberate typo, fixed
@@ -260,7 +263,7 @@ def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[D
     from sqlalchemy import exists, or_
     from sqlalchemy.orm import aliased
 
-    from dispatcher.ledger import transition
+    from dispatcher.domain.ledger import transition
 
     earlier = aliased(Delivery)
     blocked = exists().where(earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",

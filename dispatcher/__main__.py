@@ -1,5 +1,5 @@
 """`python -m dispatcher` is the `dispatch` command."""
 
-from .cli import main
+from dispatcher.processes.cli import main
 
 main()

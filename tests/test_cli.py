@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dispatcher.cli import app
-from dispatcher.settings import get_settings
+from dispatcher.domain.settings import get_settings
+from dispatcher.processes.cli import app
 
 from .test_validation import write_campaign
 
@@ -118,8 +118,8 @@ def test_follow_log_shows_new_events_live(tmp_path: Path, example_file: Path) ->
 
     from rich.console import Console
 
-    from dispatcher import db
-    from dispatcher.live import follow_log
+    from dispatcher.domain import db
+    from dispatcher.processes.live import follow_log
 
     run("campaign", "load", str(example_file), "--skip-invalid")
     factory = db.session_factory(db.make_engine(get_settings().database_url))

@@ -14,18 +14,18 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.db import transaction
-from dispatcher.media import MediaTokenError, make_token, media_url, read_token
-from dispatcher.models import Delivery, utcnow
-from dispatcher.scheduler import claim_due
-from workers.delivery import Engine, deliver
+from dispatcher.domain.db import transaction
+from dispatcher.domain.media import MediaTokenError, make_token, media_url, read_token
+from dispatcher.domain.models import Delivery, utcnow
+from dispatcher.domain.scheduling import claim_due
+from workers.delivery import WorkerContext, deliver
 
-from .engine import conftest as engine_fixtures
-from .engine.conftest import Sandbox, schedule_campaign
+from .integration import conftest as integration
+from .integration.conftest import Sandbox, schedule_campaign
 from .test_validation import write_campaign
 
-# the engine tests' fixtures, shared here: the Telnyx emulator, the SMTP sink and our web app on real ports
-sandbox, engine = engine_fixtures.sandbox, engine_fixtures.engine
+# the worker tests' fixtures, shared here: the Telnyx emulator, the SMTP sink and our web app on real ports
+sandbox, worker = integration.sandbox, integration.worker
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 NOW = datetime(2024, 3, 15, 10, 0, tzinfo=UTC)
@@ -103,19 +103,19 @@ def test_well_signed_but_unparsable_payload_is_malformed() -> None:
 # -- through the web app ---------------------------------------------------------------------------
 
 
-def send_wang_fax(factory: sessionmaker[Session], engine: Engine, tmp_path: Path, example_file: Path) -> int:
+def send_wang_fax(factory: sessionmaker[Session], worker: WorkerContext, tmp_path: Path, example_file: Path) -> int:
     """Load the (fixed) example campaign and send Wang Yi's fax through the worker path."""
     path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
     schedule_campaign(factory, path)
     with transaction(factory) as session:
         ids = {d.destination: d.id for d in claim_due(session, now=utcnow(), limit=100)}
-    assert deliver(engine, ids[WANG]) == "submitted"
+    assert deliver(worker, ids[WANG]) == "submitted"
     return ids[WANG]
 
 
-def test_valid_token_serves_the_pdf_that_was_sent(factory: sessionmaker[Session], engine: Engine, sandbox: Sandbox,
+def test_valid_token_serves_the_pdf_that_was_sent(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
                                                   tmp_path: Path, example_file: Path) -> None:
-    delivery_id = send_wang_fax(factory, engine, tmp_path, example_file)
+    delivery_id = send_wang_fax(factory, worker, tmp_path, example_file)
     with factory() as session:
         recorded = session.scalars(select(Delivery.document_sha256).where(Delivery.id == delivery_id)).one()
     assert recorded is not None and len(recorded) == 64
@@ -129,9 +129,9 @@ def test_valid_token_serves_the_pdf_that_was_sent(factory: sessionmaker[Session]
 
 
 @pytest.mark.parametrize("kind", ["expired", "forged", "tampered"])
-def test_expired_or_forged_token_is_forbidden(factory: sessionmaker[Session], engine: Engine, sandbox: Sandbox,
+def test_expired_or_forged_token_is_forbidden(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
                                               tmp_path: Path, example_file: Path, kind: str) -> None:
-    delivery_id = send_wang_fax(factory, engine, tmp_path, example_file)
+    delivery_id = send_wang_fax(factory, worker, tmp_path, example_file)
     if kind == "expired":
         token = make_token(delivery_id, secret=sandbox.secret, now=utcnow() - timedelta(hours=1),
                            ttl=timedelta(minutes=30))
@@ -146,9 +146,9 @@ def test_expired_or_forged_token_is_forbidden(factory: sessionmaker[Session], en
     assert not response.content.startswith(b"%PDF")
 
 
-def test_token_for_a_non_fax_delivery_serves_nothing(factory: sessionmaker[Session], engine: Engine,
+def test_token_for_a_non_fax_delivery_serves_nothing(factory: sessionmaker[Session], worker: WorkerContext,
                                                      sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
-    send_wang_fax(factory, engine, tmp_path, example_file)
+    send_wang_fax(factory, worker, tmp_path, example_file)
     with factory() as session:
         email_id = session.scalars(select(Delivery.id).where(Delivery.destination == GUO_EMAIL)).one()
     for delivery_id in (email_id, 10_000_000):  # an email delivery, and no delivery at all

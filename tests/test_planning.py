@@ -9,14 +9,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.campaign_file import CampaignSpec, load_spec
-from dispatcher.db import transaction
-from dispatcher.errors import CampaignConflict, CampaignFileError, TransitionError
-from dispatcher.ledger import transition
-from dispatcher.models import Campaign, Delivery, DeliveryEvent, Route, Supporter
-from dispatcher.planning import LoadResult, idempotency_key, load_campaign
-from dispatcher.states import State
-from dispatcher.validation import Report, validate
+from dispatcher.domain.campaign_file import CampaignSpec, load_spec
+from dispatcher.domain.db import transaction
+from dispatcher.domain.errors import CampaignConflict, CampaignFileError, TransitionError
+from dispatcher.domain.ledger import transition
+from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, Route, Supporter
+from dispatcher.domain.planning import LoadResult, idempotency_key, load_campaign
+from dispatcher.domain.states import State
+from dispatcher.domain.validation import Report, validate
 
 from .test_validation import write_campaign
 

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from dispatcher.errors import TransitionError
-from dispatcher.states import ALLOWED, TERMINAL, State, check_transition
+from dispatcher.domain.errors import TransitionError
+from dispatcher.domain.states import ALLOWED, TERMINAL, State, check_transition
 
 ALL_PAIRS = list(itertools.product(State, State))
 

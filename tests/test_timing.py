@@ -15,15 +15,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher import control
-from dispatcher.campaign_file import OfficeHours, Schedule, load_spec
-from dispatcher.db import transaction
-from dispatcher.models import Delivery
-from dispatcher.planning import load_campaign
-from dispatcher.scheduler import claim_due
-from dispatcher.states import State
-from dispatcher.timing import backoff, first_send_time, next_office_time
-from dispatcher.validation import validate
+from dispatcher.domain import control
+from dispatcher.domain.campaign_file import OfficeHours, Schedule, load_spec
+from dispatcher.domain.db import transaction
+from dispatcher.domain.models import Delivery
+from dispatcher.domain.planning import load_campaign
+from dispatcher.domain.scheduling import claim_due
+from dispatcher.domain.states import State
+from dispatcher.domain.timing import backoff, first_send_time, next_office_time
+from dispatcher.domain.validation import validate
 
 from .test_validation import write_campaign
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.campaign_file import load_spec
-from dispatcher.errors import CampaignFileError
-from dispatcher.validation import check_number, validate
+from dispatcher.domain.campaign_file import load_spec
+from dispatcher.domain.errors import CampaignFileError
+from dispatcher.domain.validation import check_number, validate
 
 
 def write_campaign(tmp_path: Path, example_file: Path, replace: dict[str, str] | None = None,
@@ -141,8 +141,8 @@ def test_template_problems_are_reported_with_their_line(tmp_path: Path, example_
 
 
 def test_malformed_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dispatcher.errors import SettingsError
-    from dispatcher.settings import load_settings
+    from dispatcher.domain.errors import SettingsError
+    from dispatcher.domain.settings import load_settings
 
     monkeypatch.setenv("DISPATCH_MAX_ATTEMPTS", "eight")
     with pytest.raises(SettingsError, match="DISPATCH_MAX_ATTEMPTS"):

@@ -24,7 +24,7 @@ import logging
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from dispatcher.settings import get_settings
+from dispatcher.domain.settings import get_settings
 
 CHANNEL_QUEUES = ("fax", "email", "copies")
 # A task carries a batch of ids. It starts no new delivery after BATCH_BUDGET seconds; one delivery

@@ -25,16 +25,16 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.db import transaction
-from dispatcher.ledger import compare_and_set, transition
-from dispatcher.models import Attempt, Delivery, DeliveryEvent, utcnow
-from dispatcher.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
-from dispatcher.states import State
-
-from .documents import DocumentCache, Rendered
-from .gateways.base import Gateway, Receipt
-from .gateways.errors import DeliveryError, Permanent, Transient, Unknown
-from .limits import Limiter, LimitTimeout, NoLimits
+from dispatcher.domain.db import transaction
+from dispatcher.domain.ledger import compare_and_set, transition
+from dispatcher.domain.messages import Receipt
+from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, utcnow
+from dispatcher.domain.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
+from dispatcher.domain.rendering.documents import DocumentCache, Rendered
+from dispatcher.domain.states import State
+from workers.gateways.base import Gateway
+from workers.gateways.errors import DeliveryError, Permanent, Transient, Unknown
+from workers.limits import Limiter, LimitTimeout, NoLimits
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def worker_actor() -> str:
 
 
 @dataclass
-class Engine:
+class WorkerContext:
     """Everything the worker path needs, built once per worker process."""
 
     factory: sessionmaker[Session]
@@ -61,11 +61,11 @@ class Engine:
     hooks: dict[str, Callable[[int], None]] = field(default_factory=dict)  # fault tests: "after_claim", ...
 
 
-def gateway_for(engine: Engine, delivery: Delivery) -> Gateway:
+def gateway_for(worker: WorkerContext, delivery: Delivery) -> Gateway:
     """Supporter copies may have a gateway of their own; everything else goes by channel."""
-    if delivery.kind == "copy" and "copies" in engine.gateways:
-        return engine.gateways["copies"]
-    return engine.gateways[delivery.channel]
+    if delivery.kind == "copy" and "copies" in worker.gateways:
+        return worker.gateways["copies"]
+    return worker.gateways[delivery.channel]
 
 
 @dataclass(frozen=True)
@@ -75,29 +75,29 @@ class Claim:
     gateway: Gateway
 
 
-def deliver(engine: Engine, delivery_id: int) -> str:
+def deliver(worker: WorkerContext, delivery_id: int) -> str:
     """Run one delivery through claim, render, send and record; returns what happened, for logs."""
-    claim = claim_delivery(engine, delivery_id)
+    claim = claim_delivery(worker, delivery_id)
     if isinstance(claim, str):
         return claim
-    _hook(engine, "after_claim", delivery_id)
+    _hook(worker, "after_claim", delivery_id)
     try:
-        rendered = _render(engine, claim)
+        rendered = _render(worker, claim)
     except SoftTimeLimitExceeded:
         raise  # the task ran out of time: not the document's fault; the lease settles this row
     except Exception as err:  # any rendering failure ends this delivery: nothing was sent
-        return _record_render_failure(engine, claim, err)
+        return _record_render_failure(worker, claim, err)
     try:
-        with engine.limiter.sending(claim.gateway.name, campaign=_campaign_key(engine, claim)):
+        with worker.limiter.sending(claim.gateway.name, campaign=_campaign_key(worker, claim)):
             receipt: Receipt | DeliveryError = claim.gateway.send(rendered.message)
     except DeliveryError as err:
         receipt = err
     except LimitTimeout as err:  # raised before the send: nothing left
         receipt = Transient(f"local limit: {err}", code="local-limit")
-    return _record_with_retries(engine, claim, rendered, receipt)
+    return _record_with_retries(worker, claim, rendered, receipt)
 
 
-def deliver_many(engine: Engine, ids: list[int], *, budget: float | None = None) -> dict[str, int]:
+def deliver_many(worker: WorkerContext, ids: list[int], *, budget: float | None = None) -> dict[str, int]:
     """A batch from one broker message: each id goes through the full path on its own.
 
     With a ``budget`` (seconds), no new delivery is started once it is spent, so the task's time
@@ -108,64 +108,64 @@ def deliver_many(engine: Engine, ids: list[int], *, budget: float | None = None)
         if budget is not None and time.monotonic() - started > budget:
             summary["left-for-republish"] = summary.get("left-for-republish", 0) + 1
             continue
-        outcome = deliver(engine, delivery_id)
+        outcome = deliver(worker, delivery_id)
         summary[outcome] = summary.get(outcome, 0) + 1
     return summary
 
 
-def claim_delivery(engine: Engine, delivery_id: int) -> Claim | str:
+def claim_delivery(worker: WorkerContext, delivery_id: int) -> Claim | str:
     """The compare-and-set claim, committed before any send. Returns a reason string when not claimed."""
-    now = engine.clock()
-    with transaction(engine.factory) as session:
+    now = worker.clock()
+    with transaction(worker.factory) as session:
         # locked: a duplicate message's worker must not act on a state read before another claimed it
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None:
             return "missing"
         if delivery.state != State.QUEUED:
             return f"not-claimable:{delivery.state}"  # a duplicate message, or another worker's
-        held = _hold_back(engine, session, delivery, now)
+        held = _hold_back(worker, session, delivery, now)
         if held:
             return held
-        gateway = gateway_for(engine, delivery)
+        gateway = gateway_for(worker, delivery)
         attempt = delivery.attempt_count + 1
         claimed = compare_and_set(session, delivery_id, State.SENDING, expected={State.QUEUED}, values={
-            "lease_expires_at": now + engine.lease, "attempt_count": attempt, "gateway": gateway.name,
+            "lease_expires_at": now + worker.lease, "attempt_count": attempt, "gateway": gateway.name,
             "expects_report": gateway.reports_delivery,
             "provider_id": None})  # this attempt's id comes with its receipt; older ones stay on Attempt rows
         if not claimed:
             return "lost-race"
         session.add(DeliveryEvent(delivery_id=delivery_id, campaign_id=delivery.campaign_id, at=now,
-                                  actor=engine.actor, from_state=State.QUEUED, to_state=State.SENDING,
+                                  actor=worker.actor, from_state=State.QUEUED, to_state=State.SENDING,
                                   reason=f"attempt {attempt} via {gateway.name}"))
         session.add(Attempt(delivery_id=delivery_id, number=attempt, gateway=gateway.name, started_at=now))
     return Claim(delivery_id, attempt, gateway)
 
 
-def _hold_back(engine: Engine, session: Session, delivery: Delivery, now: datetime) -> str | None:
+def _hold_back(worker: WorkerContext, session: Session, delivery: Delivery, now: datetime) -> str | None:
     """Campaign paused or cancelled, or the fax line is busy with our own call: do not claim."""
     status = delivery.campaign.status
     deadline = delivery.campaign.deadline
     if deadline is not None and now >= deadline:
-        transition(session, delivery, State.FAILED, actor=engine.actor, at=now, error_class="permanent",
+        transition(session, delivery, State.FAILED, actor=worker.actor, at=now, error_class="permanent",
                    reason=f"campaign deadline {deadline.isoformat()} passed before it could be sent")
         return "deadline"
     if status == "cancelled":
-        transition(session, delivery, State.CANCELLED, actor=engine.actor, at=now, reason="campaign cancelled")
+        transition(session, delivery, State.CANCELLED, actor=worker.actor, at=now, reason="campaign cancelled")
         return "cancelled"
     if status != "scheduled":
-        transition(session, delivery, State.PLANNED, actor=engine.actor, at=now, reason=f"campaign {status}")
+        transition(session, delivery, State.PLANNED, actor=worker.actor, at=now, reason=f"campaign {status}")
         return f"held:{status}"
     if delivery.channel == "fax":
-        wait = _fax_line_wait(engine, session, delivery, now)
+        wait = _fax_line_wait(worker, session, delivery, now)
         if wait is not None:
-            transition(session, delivery, State.PLANNED, actor=engine.actor, at=now,
+            transition(session, delivery, State.PLANNED, actor=worker.actor, at=now,
                        reason="another fax to this number is in progress or just ended; waiting for the line")
             delivery.not_before = now + wait
             return "line-busy"
     return None
 
 
-def _fax_line_wait(engine: Engine, session: Session, delivery: Delivery, now: datetime) -> timedelta | None:
+def _fax_line_wait(worker: WorkerContext, session: Session, delivery: Delivery, now: datetime) -> timedelta | None:
     """One fax call at a time to a number, across campaigns and workers, and a gap between calls."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         # serialises claims to one number across workers until this transaction ends
@@ -174,38 +174,38 @@ def _fax_line_wait(engine: Engine, session: Session, delivery: Delivery, now: da
         Delivery.channel == "fax", Delivery.destination == delivery.destination, Delivery.id != delivery.id,
         Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN])).limit(1))
     if busy is not None:
-        return max(engine.fax_gap, timedelta(seconds=5))
-    if engine.fax_gap:
+        return max(worker.fax_gap, timedelta(seconds=5))
+    if worker.fax_gap:
         last = session.scalar(select(Attempt.finished_at).join(Delivery, Delivery.id == Attempt.delivery_id)
                               .where(Delivery.destination == delivery.destination, Delivery.id != delivery.id,
                                      Attempt.finished_at.is_not(None))
                               .order_by(Attempt.finished_at.desc()).limit(1))
-        if last is not None and now - last < engine.fax_gap:
-            return engine.fax_gap - (now - last)
+        if last is not None and now - last < worker.fax_gap:
+            return worker.fax_gap - (now - last)
     return None
 
 
-def _render(engine: Engine, claim: Claim) -> Rendered:
-    with engine.factory() as session:
+def _render(worker: WorkerContext, claim: Claim) -> Rendered:
+    with worker.factory() as session:
         delivery = session.get(Delivery, claim.delivery_id)
         assert delivery is not None
-        url = engine.media_url(delivery.id, engine.clock()) if engine.media_url and delivery.channel == "fax" else None
-        return engine.documents.render(delivery, media_url=url)
+        url = worker.media_url(delivery.id, worker.clock()) if worker.media_url and delivery.channel == "fax" else None
+        return worker.documents.render(delivery, media_url=url)
 
 
-def _campaign_key(engine: Engine, claim: Claim) -> str:
-    with engine.factory() as session:
+def _campaign_key(worker: WorkerContext, claim: Claim) -> str:
+    with worker.factory() as session:
         delivery = session.get(Delivery, claim.delivery_id)
         return str(delivery.campaign_id if delivery else 0)
 
 
-def _record_with_retries(engine: Engine, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError,
+def _record_with_retries(worker: WorkerContext, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError,
                          *, tries: int = 5) -> str:
     """The send happened: losing its record would turn a known outcome into an unknown one, so a
     database hiccup (connection dropped, serialisation failure) is retried before giving up."""
     for attempt in range(1, tries + 1):
         try:
-            return record_outcome(engine, claim, rendered, outcome)
+            return record_outcome(worker, claim, rendered, outcome)
         except OperationalError:
             if attempt == tries:
                 raise  # the lease will expire into `unknown` and reconciliation takes over
@@ -214,10 +214,10 @@ def _record_with_retries(engine: Engine, claim: Claim, rendered: Rendered, outco
     raise AssertionError("unreachable")
 
 
-def record_outcome(engine: Engine, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError) -> str:
+def record_outcome(worker: WorkerContext, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError) -> str:
     """Record the attempt and the new state in one transaction."""
-    now = engine.clock()
-    with transaction(engine.factory) as session:
+    now = worker.clock()
+    with transaction(worker.factory) as session:
         delivery = session.get(Delivery, claim.delivery_id, with_for_update=True)
         assert delivery is not None
         delivery.document_sha256 = rendered.sha256
@@ -226,8 +226,8 @@ def record_outcome(engine: Engine, claim: Claim, rendered: Rendered, outcome: Re
         attempt.finished_at = now
         attempt.document_sha256 = rendered.sha256
         if isinstance(outcome, Receipt):
-            return _record_receipt(engine, session, delivery, attempt, outcome, now)
-        return _record_error(engine, session, delivery, attempt, outcome, now)
+            return _record_receipt(worker, session, delivery, attempt, outcome, now)
+        return _record_error(worker, session, delivery, attempt, outcome, now)
 
 
 def _attempt(session: Session, claim: Claim) -> Attempt:
@@ -235,17 +235,17 @@ def _attempt(session: Session, claim: Claim) -> Attempt:
                                                  Attempt.number == claim.attempt)).one()
 
 
-def _record_receipt(engine: Engine, session: Session, delivery: Delivery, attempt: Attempt, receipt: Receipt,
+def _record_receipt(worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, receipt: Receipt,
                     now: datetime) -> str:
     attempt.outcome, attempt.provider_id = "submitted", receipt.provider_id
     attempt.evidence = {"status": receipt.status, "accepted_at": receipt.accepted_at.isoformat()}
     if not _still_ours(delivery, attempt):
         return f"receipt-after-{delivery.state}"  # a status callback already moved it on: keep that
     delivery.provider_id = receipt.provider_id
-    transition(session, delivery, State.SUBMITTED, actor=engine.actor, at=now, provider_id=receipt.provider_id,
+    transition(session, delivery, State.SUBMITTED, actor=worker.actor, at=now, provider_id=receipt.provider_id,
                reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})")
     if not delivery.expects_report:
-        skip_other_routes(session, delivery, actor=engine.actor, now=now)
+        skip_other_routes(session, delivery, actor=worker.actor, now=now)
     return "submitted"
 
 
@@ -256,7 +256,7 @@ def _still_ours(delivery: Delivery, attempt: Attempt) -> bool:
     return current and delivery.state in (State.SENDING, State.UNKNOWN)
 
 
-def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError,
+def _record_error(worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError,
                   now: datetime) -> str:
     attempt.error_code, attempt.detail = err.code, str(err)
     if not _still_ours(delivery, attempt):
@@ -266,35 +266,35 @@ def _record_error(engine: Engine, session: Session, delivery: Delivery, attempt:
         attempt.outcome = "transient"
         if err.code == "local-limit":  # our own limiter, not the provider: not counted against the route
             attempt.outcome = "not-sent"
-        retry_or_fail(session, delivery, actor=engine.actor, now=now, reason=str(err), policy=engine.retry,
+        retry_or_fail(session, delivery, actor=worker.actor, now=now, reason=str(err), policy=worker.retry,
                       retry_after=err.retry_after, error_code=err.code)
         return "transient"
     if isinstance(err, Permanent):
         attempt.outcome = "permanent"
-        fail(session, delivery, actor=engine.actor, now=now, reason=str(err), error_code=err.code)
+        fail(session, delivery, actor=worker.actor, now=now, reason=str(err), error_code=err.code)
         return "permanent"
     attempt.outcome = "unknown"
     assert isinstance(err, Unknown)
     if delivery.state == State.SENDING:
         reason = f"{err}; the provider may have accepted it: reconcile before any resend"
-        transition(session, delivery, State.UNKNOWN, actor=engine.actor, at=now, error_class="unknown", reason=reason)
-        delivery.not_before = now + engine.reconcile_grace  # let the provider's listing catch up first
+        transition(session, delivery, State.UNKNOWN, actor=worker.actor, at=now, error_class="unknown", reason=reason)
+        delivery.not_before = now + worker.reconcile_grace  # let the provider's listing catch up first
     return "unknown"
 
 
-def _record_render_failure(engine: Engine, claim: Claim, err: Exception) -> str:
-    now = engine.clock()
+def _record_render_failure(worker: WorkerContext, claim: Claim, err: Exception) -> str:
+    now = worker.clock()
     log.error("rendering failed for delivery %s: %s", claim.delivery_id, type(err).__name__)
-    with transaction(engine.factory) as session:
+    with transaction(worker.factory) as session:
         delivery = session.get(Delivery, claim.delivery_id)
         assert delivery is not None
         attempt = _attempt(session, claim)
         attempt.finished_at, attempt.outcome, attempt.detail = now, "permanent", f"rendering failed: {err}"
-        fail(session, delivery, actor=engine.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
+        fail(session, delivery, actor=worker.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
     return "render-failed"
 
 
-def _hook(engine: Engine, name: str, delivery_id: int) -> None:
-    hook = engine.hooks.get(name)
+def _hook(worker: WorkerContext, name: str, delivery_id: int) -> None:
+    hook = worker.hooks.get(name)
     if hook is not None:
         hook(delivery_id)

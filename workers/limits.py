@@ -20,7 +20,7 @@ from typing import Protocol
 
 import redis
 
-from . import keys
+from workers import keys
 
 ACQUIRE_SLOT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])

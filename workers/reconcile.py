@@ -19,36 +19,36 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dispatcher.db import transaction
-from dispatcher.ledger import transition
-from dispatcher.models import Attempt, Delivery, DeliveryEvent
-from dispatcher.outcomes import apply_status, attach_to_current_attempt
-from dispatcher.states import State
-
-from .delivery import Engine, gateway_for
-from .gateways.base import Gateway, StatusEvent
-from .gateways.errors import GatewayError
+from dispatcher.domain.db import transaction
+from dispatcher.domain.ledger import transition
+from dispatcher.domain.messages import StatusEvent
+from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
+from dispatcher.domain.outcomes import apply_status, attach_to_current_attempt
+from dispatcher.domain.states import State
+from workers.delivery import WorkerContext, gateway_for
+from workers.gateways.base import Gateway
+from workers.gateways.errors import GatewayError
 
 HOLD_REASON = "held for an operator"
 
 
-def reconcile(engine: Engine, delivery_id: int) -> str:
+def reconcile(worker: WorkerContext, delivery_id: int) -> str:
     """Settle an ``unknown`` delivery, or poll a ``submitted`` one whose status report never came."""
-    with engine.factory() as session:
+    with worker.factory() as session:
         delivery = session.get(Delivery, delivery_id)
         if delivery is None or delivery.state not in (State.UNKNOWN, State.SUBMITTED):
             return "nothing-to-do"
-        gateway = gateway_for(engine, delivery)
+        gateway = gateway_for(worker, delivery)
         key, provider_id, state = delivery.idempotency_key, delivery.provider_id, delivery.state
         destination, started_at = delivery.destination, _current_attempt_start(session, delivery)
     if state == State.SUBMITTED:
-        return _poll(engine, delivery_id, gateway, provider_id, key=key, destination=destination,
+        return _poll(worker, delivery_id, gateway, provider_id, key=key, destination=destination,
                      started_at=started_at)
     try:
         found: StatusEvent | None = _find(gateway, key, destination, started_at)
     except (GatewayError, NotImplementedError) as err:
-        return _hold(engine, delivery_id, f"{gateway.name} cannot tell whether it has this message ({err})")
-    return _apply(engine, delivery_id, found)
+        return _hold(worker, delivery_id, f"{gateway.name} cannot tell whether it has this message ({err})")
+    return _apply(worker, delivery_id, found)
 
 
 def _find(gateway: Gateway, key: str, destination: str, started_at: datetime | None) -> StatusEvent | None:
@@ -62,7 +62,7 @@ def _find(gateway: Gateway, key: str, destination: str, started_at: datetime | N
     return gateway.find_by_reference(key, **narrowing)
 
 
-def _poll(engine: Engine, delivery_id: int, gateway: Gateway, provider_id: str | None, *, key: str,
+def _poll(worker: WorkerContext, delivery_id: int, gateway: Gateway, provider_id: str | None, *, key: str,
           destination: str, started_at: datetime | None) -> str:
     try:
         event = (gateway.fetch_status(provider_id) if provider_id is not None
@@ -71,33 +71,33 @@ def _poll(engine: Engine, delivery_id: int, gateway: Gateway, provider_id: str |
         return "poll-failed"  # the webhook may still come; the next poll is scheduled already
     if event is None:
         return "poll-not-listed"
-    now = engine.clock()
-    with transaction(engine.factory) as session:
+    now = worker.clock()
+    with transaction(worker.factory) as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.state != State.SUBMITTED:
             return "nothing-to-do"
-        applied = apply_status(session, delivery, event, actor=f"poll:{engine.actor}", now=now, policy=engine.retry)
+        applied = apply_status(session, delivery, event, actor=f"poll:{worker.actor}", now=now, policy=worker.retry)
         return f"polled:{applied}"
 
 
-def _apply(engine: Engine, delivery_id: int, found: StatusEvent | None) -> str:
-    now = engine.clock()
-    actor = f"reconcile:{engine.actor}"
-    with transaction(engine.factory) as session:
+def _apply(worker: WorkerContext, delivery_id: int, found: StatusEvent | None) -> str:
+    now = worker.clock()
+    actor = f"reconcile:{worker.actor}"
+    with transaction(worker.factory) as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.state != State.UNKNOWN:
             return "not-unknown"
         if found is None:
-            return _not_found(engine, session, delivery, actor=actor, now=now)
+            return _not_found(worker, session, delivery, actor=actor, now=now)
         earlier = session.scalar(select(Attempt.number).where(
             Attempt.delivery_id == delivery.id, Attempt.provider_id == found.provider_id,
             Attempt.number < delivery.attempt_count))
         if earlier is not None:
             why = (f"the provider lists only attempt {earlier}'s message ({found.provider_id}) for this "
                    f"reference, so it cannot tell whether attempt {delivery.attempt_count} went out")
-            return _hold_in(session, engine, delivery, why)
+            return _hold_in(session, worker, delivery, why)
         attach_to_current_attempt(session, delivery, found.provider_id)
-        result = apply_status(session, delivery, found, actor=actor, now=now, policy=engine.retry)
+        result = apply_status(session, delivery, found, actor=actor, now=now, policy=worker.retry)
         if delivery.state == State.UNKNOWN:  # a status that does not settle it: at least it was accepted
             transition(session, delivery, State.SUBMITTED, actor=actor, at=now, provider_id=found.provider_id,
                        reason=f"reconciled: the provider has it as {found.provider_id} ({found.kind})")
@@ -109,20 +109,20 @@ def _apply(engine: Engine, delivery_id: int, found: StatusEvent | None) -> str:
 NOT_FOUND = "reconcile: the provider does not list this reference"
 
 
-def _not_found(engine: Engine, session: Session, delivery: Delivery, *, actor: str, now: datetime) -> str:
+def _not_found(worker: WorkerContext, session: Session, delivery: Delivery, *, actor: str, now: datetime) -> str:
     """Believe "never sent" only the second time, at least ``reconcile_grace`` after the first."""
     since = _became_unknown_at(session, delivery)
     first = session.scalar(select(DeliveryEvent.at).where(
         DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.reason.like(f"{NOT_FOUND}%"),
         DeliveryEvent.at >= since).order_by(DeliveryEvent.at).limit(1))
-    if first is None or now - first < engine.reconcile_grace:
+    if first is None or now - first < worker.reconcile_grace:
         if first is None:
             session.add(DeliveryEvent(
                 delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=now, actor=actor,
                 from_state=delivery.state, to_state=delivery.state, error_class="unknown",
-                reason=f"{NOT_FOUND} yet; asking again in {engine.reconcile_grace.total_seconds():.0f}s before "
+                reason=f"{NOT_FOUND} yet; asking again in {worker.reconcile_grace.total_seconds():.0f}s before "
                        "concluding that nothing was sent"))
-        delivery.not_before = now + engine.reconcile_grace
+        delivery.not_before = now + worker.reconcile_grace
         return "not-found-yet"
     transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
                reason="reconciled: the provider twice listed no message with this reference, so nothing was "
@@ -143,23 +143,23 @@ def _current_attempt_start(session: Session, delivery: Delivery) -> datetime | N
         Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
 
 
-def _hold(engine: Engine, delivery_id: int, why: str) -> str:
-    with transaction(engine.factory) as session:
+def _hold(worker: WorkerContext, delivery_id: int, why: str) -> str:
+    with transaction(worker.factory) as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.state != State.UNKNOWN:
             return "nothing-to-do"
-        return _hold_in(session, engine, delivery, why)
+        return _hold_in(session, worker, delivery, why)
 
 
-def _hold_in(session: Session, engine: Engine, delivery: Delivery, why: str) -> str:
+def _hold_in(session: Session, worker: WorkerContext, delivery: Delivery, why: str) -> str:
     """Log the hold once per attempt; later passes stay quiet until an operator acts."""
     already = session.scalar(select(DeliveryEvent.id).where(
         DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.reason.like(f"{HOLD_REASON}%"),
         DeliveryEvent.at >= _became_unknown_at(session, delivery)))
     if already is None:
         session.add(DeliveryEvent(
-            delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=engine.clock(),
-            actor=f"reconcile:{engine.actor}", from_state=delivery.state, to_state=delivery.state,
+            delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=worker.clock(),
+            actor=f"reconcile:{worker.actor}", from_state=delivery.state, to_state=delivery.state,
             error_class="unknown", reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or "
                                          "mark it with `dispatch delivery resolve`"))
     return "held"

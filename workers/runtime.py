@@ -1,4 +1,4 @@
-"""The per-process Engine, built from settings on first use (or installed by the demo and tests)."""
+"""The per-process WorkerContext, built from settings on first use (or installed by the demo and tests)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,33 @@ from datetime import datetime, timedelta
 
 import redis
 
-from dispatcher import db
-from dispatcher.errors import SettingsError
-from dispatcher.media import media_url
-from dispatcher.outcomes import RetryPolicy
-from dispatcher.settings import Settings, get_settings
-
-from .delivery import Engine
-from .gateways.base import Gateway
-from .gateways.registry import build_gateway
-from .limits import Limiter, NoLimits, RedisLimiter
+from dispatcher.domain import db
+from dispatcher.domain.errors import SettingsError
+from dispatcher.domain.media import media_url
+from dispatcher.domain.outcomes import RetryPolicy
+from dispatcher.domain.settings import Settings, get_settings
+from workers.delivery import WorkerContext
+from workers.gateways.base import Gateway
+from workers.gateways.registry import build_gateway
+from workers.limits import Limiter, NoLimits, RedisLimiter
 
 _lock = threading.Lock()
-_engine: Engine | None = None
+_context: WorkerContext | None = None
 
 
-def engine() -> Engine:
-    global _engine
+def worker_context() -> WorkerContext:
+    global _context
     with _lock:
-        if _engine is None:
-            _engine = build_engine(get_settings())
-        return _engine
+        if _context is None:
+            _context = build_worker_context(get_settings())
+        return _context
 
 
-def install(new: Engine | None) -> None:
+def install(new: WorkerContext | None) -> None:
     """Use ``new`` in this process (the demo and tests build their own)."""
-    global _engine
+    global _context
     with _lock:
-        _engine = new
+        _context = new
 
 
 def build_gateways(settings: Settings) -> dict[str, Gateway]:
@@ -46,8 +45,8 @@ def build_gateways(settings: Settings) -> dict[str, Gateway]:
     return gateways
 
 
-def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = None,
-                 limiter: Limiter | None = None) -> Engine:
+def build_worker_context(settings: Settings, *, gateways: dict[str, Gateway] | None = None,
+                 limiter: Limiter | None = None) -> WorkerContext:
     gateways = gateways if gateways is not None else build_gateways(settings)
     if settings.secret_key is None and any(g.needs_media_url for g in gateways.values()):
         raise SettingsError("DISPATCH_SECRET_KEY: must be set (32+ characters): the fax gateway fetches documents "
@@ -56,7 +55,7 @@ def build_engine(settings: Settings, *, gateways: dict[str, Gateway] | None = No
     db.ensure_schema(sql)
     # Celery's prefork pool forks after this: a child must never use the parent's pooled connections
     os.register_at_fork(after_in_child=lambda: sql.dispose(close=False))
-    return Engine(
+    return WorkerContext(
         factory=db.session_factory(sql),
         gateways=gateways,
         limiter=limiter if limiter is not None else _limiter(settings),

@@ -6,17 +6,17 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .celery_app import BATCH_BUDGET, app, queue_name
-from .delivery import deliver_many
-from .reconcile import reconcile
-from .runtime import engine
+from workers.celery_app import BATCH_BUDGET, app, queue_name
+from workers.delivery import deliver_many
+from workers.reconcile import reconcile
+from workers.runtime import worker_context
 
 log = logging.getLogger(__name__)
 
 
 @app.task(name="dispatch.deliver")
 def deliver_task(ids: list[int]) -> dict[str, Any]:
-    summary = deliver_many(engine(), [int(i) for i in ids], budget=BATCH_BUDGET)
+    summary = deliver_many(worker_context(), [int(i) for i in ids], budget=BATCH_BUDGET)
     log.info("delivered batch of %d: %s", len(ids), summary)
     return summary
 
@@ -25,7 +25,7 @@ def deliver_task(ids: list[int]) -> dict[str, Any]:
 def reconcile_task(ids: list[int]) -> dict[str, int]:
     summary: dict[str, int] = {}
     for delivery_id in ids:
-        outcome = reconcile(engine(), int(delivery_id))
+        outcome = reconcile(worker_context(), int(delivery_id))
         summary[outcome] = summary.get(outcome, 0) + 1
     return summary
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 
-from workers.gateways.base import WebhookRequest
+from dispatcher.domain.messages import WebhookRequest
 from workers.sandbox.server import serve
 
 

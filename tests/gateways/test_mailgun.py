@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from workers.gateways.base import Attachment, EmailMessage, EventKind, WebhookRequest
+from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, WebhookRequest
 from workers.gateways.email.mailgun import EVENT_KINDS, SEVERITIES, MailgunGateway, MailgunSettings
 from workers.gateways.errors import (
     GatewayConfigError,

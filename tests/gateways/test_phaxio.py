@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from workers.gateways.base import EventKind, FaxMessage, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, StatusEvent, WebhookRequest
 from workers.gateways.errors import (
     GatewayConfigError,
     Permanent,

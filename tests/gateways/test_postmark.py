@@ -19,13 +19,8 @@ from fastapi import FastAPI
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
-from workers.gateways.base import Attachment, EmailMessage, EventKind, WebhookRequest
-from workers.gateways.email.postmark import (
-    BOUNCE_TYPES,
-    DEFAULT_BOUNCE,
-    PostmarkGateway,
-    PostmarkSettings,
-)
+from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, WebhookRequest
+from workers.gateways.email.postmark import BOUNCE_TYPES, DEFAULT_BOUNCE, PostmarkGateway, PostmarkSettings
 from workers.gateways.errors import (
     GatewayConfigError,
     Permanent,
@@ -289,7 +284,7 @@ def test_read_timeout_is_unknown(emulator: ThreadedServer, state: SandboxState) 
 
 
 def test_a_fax_is_refused_before_any_request(offline: PostmarkGateway) -> None:
-    from workers.gateways.base import FaxMessage
+    from dispatcher.domain.messages import FaxMessage
 
     fax = FaxMessage(to="+4930123", from_number="+4930999", pdf=b"%PDF", page_count=1, reference="r")
     with pytest.raises(Permanent, match="only email"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.gateways.base import EmailMessage, FaxMessage
+from dispatcher.domain.messages import EmailMessage, FaxMessage
 from workers.gateways.registry import build_gateway
 from workers.sandbox.serve import DEFAULT_PORTS, Running, serve_all
 from workers.sandbox.server import ThreadedServer, free_port

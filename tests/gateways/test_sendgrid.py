@@ -23,7 +23,7 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 from sendgrid.helpers.mail import CustomArg, Mail
 
-from workers.gateways.base import Attachment, EmailMessage, EventKind, WebhookRequest
+from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, WebhookRequest
 from workers.gateways.email.sendgrid import (
     BOUNCE_CLASSES,
     EVENT_KINDS,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from workers.gateways.base import EventKind, FaxMessage, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, WebhookRequest
 from workers.gateways.errors import (
     GatewayConfigError,
     Permanent,

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import pytest
 
+from dispatcher.domain.messages import EmailMessage
 from workers.gateways import registry
-from workers.gateways.base import EmailMessage
 from workers.gateways.email.smtp import SmtpGateway, SmtpSettings
 from workers.gateways.errors import GatewayConfigError, Permanent, StatusLookupError, Transient, Unknown
 from workers.sandbox.server import free_port

@@ -25,7 +25,7 @@ import telnyx.types.fax
 from fastapi import FastAPI, Response
 from telnyx.types import Fax, FaxDelivered, FaxFailed
 
-from workers.gateways.base import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.errors import (
     GatewayConfigError,
     Permanent,

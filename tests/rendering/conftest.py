@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from dispatcher.campaign_file import CampaignSpec, load_spec
+from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "config" / "campaigns" / "north-korean-refugees"
 LETTER_DATE = date(2026, 11, 27)

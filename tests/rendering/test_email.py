@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.campaign_file import CampaignSpec
-from dispatcher.rendering import load_letter, render_email, render_supporter_copy, write_preview
-from workers.gateways.email.mime import to_mime
+from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.rendering import load_letter, render_email, render_supporter_copy, write_preview
+from dispatcher.domain.rendering.mime import to_mime
 
 from .conftest import EXAMPLE_DIR, LETTER_DATE, pdf_pages
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatcher.campaign_file import CampaignSpec
-from dispatcher.rendering import FaxDocument, load_letter, render_fax
+from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.rendering import FaxDocument, load_letter, render_fax
 
 from .conftest import EXAMPLE_DIR, LETTER_DATE, make_spec, pdf_pages, pdf_text
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from dispatcher.campaign_file import CampaignSpec
-from dispatcher.rendering import build_letter, load_letter
-from dispatcher.templating import compile_letter
+from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.rendering import build_letter, load_letter
+from dispatcher.domain.templating import compile_letter
 
 from .conftest import EXAMPLE_DIR, LETTER_DATE, make_spec
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.campaign_file import CampaignSpec
-from dispatcher.errors import TemplateProblemError
-from dispatcher.templating import compile_letter, letter_context, render_letter
+from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.errors import TemplateProblemError
+from dispatcher.domain.templating import compile_letter, letter_context, render_letter
 
 from .conftest import LETTER_DATE
 

@@ -21,8 +21,8 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic_settings import BaseSettings
 
-from .base import Gateway
-from .errors import DeliveryError, GatewayConfigError, Permanent, Transient, Unknown
+from workers.gateways.base import Gateway
+from workers.gateways.errors import DeliveryError, GatewayConfigError, Permanent, Transient, Unknown
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .base import Gateway
-from .errors import GatewayConfigError
+from workers.gateways.base import Gateway
+from workers.gateways.errors import GatewayConfigError
 
 PROVIDERS: dict[str, str] = {
     "smtp": "workers.gateways.email.smtp:SmtpGateway",

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
-from .core import SandboxState
+from workers.sandbox.core import SandboxState
 
 
 class ScriptRequest(BaseModel):

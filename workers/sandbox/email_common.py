@@ -12,8 +12,8 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .control import control_router
-from .core import SandboxState
+from workers.sandbox.control import control_router
+from workers.sandbox.core import SandboxState
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from .core import SandboxState
-from .email_common import REFUSED, Background, DroppedResponse, ProviderError, email_outcome, emulator_app, post_webhook
+from workers.sandbox.core import SandboxState
+from workers.sandbox.email_common import (
+    REFUSED,
+    Background,
+    DroppedResponse,
+    ProviderError,
+    email_outcome,
+    emulator_app,
+    post_webhook,
+)
 
 QUEUED = "Queued. Thank you."
 

@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.types import Receive, Scope, Send
 
-from ..gateways.fax.phaxio import signature
-from .control import control_router
-from .core import SandboxState
+from workers.gateways.fax.phaxio import signature
+from workers.sandbox.control import control_router
+from workers.sandbox.core import SandboxState
 
 log = logging.getLogger(__name__)
 

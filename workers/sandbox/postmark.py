@@ -31,8 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.responses import Response
 
-from .core import SandboxState
-from .email_common import (
+from workers.sandbox.core import SandboxState
+from workers.sandbox.email_common import (
     REFUSED,
     Background,
     DroppedResponse,

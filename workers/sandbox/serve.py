@@ -19,10 +19,10 @@ import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import mailgun, phaxio, postmark, sendgrid, sinch, telnyx
-from .core import SandboxState
-from .server import ThreadedServer
-from .smtp_sink import SmtpSink
+from workers.sandbox import mailgun, phaxio, postmark, sendgrid, sinch, telnyx
+from workers.sandbox.core import SandboxState
+from workers.sandbox.server import ThreadedServer
+from workers.sandbox.smtp_sink import SmtpSink
 
 DEFAULT_PORTS = {"telnyx": 8101, "sinch": 8102, "phaxio": 8103, "postmark": 8104, "sendgrid": 8105,
                  "mailgun": 8106, "smtp": 8025}

@@ -26,9 +26,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from .control import control_router
-from .core import SandboxState
-from .phaxio import DropResponse, SwallowDrops  # the same scripted drop for every emulator
+from workers.sandbox.control import control_router
+from workers.sandbox.core import SandboxState
+from workers.sandbox.phaxio import DropResponse, SwallowDrops  # the same scripted drop for every emulator
 
 log = logging.getLogger(__name__)
 

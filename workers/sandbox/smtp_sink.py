@@ -36,7 +36,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from .core import SandboxState
+from workers.sandbox.core import SandboxState
 
 RCPT_REPLIES: dict[str, str] = {
     "rate_limited": "451 4.7.1 Rate limit exceeded, try again later",

@@ -18,10 +18,16 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..base import Channel, EmailMessage, Message
-from ..errors import DeliveryError, Permanent, StatusLookupError, WebhookAuthError, WebhookFormatError
-from ..http import HttpGateway, S, request
-from ..registry import env_prefix
+from dispatcher.domain.messages import Channel, EmailMessage, Message
+from workers.gateways.errors import (
+    DeliveryError,
+    Permanent,
+    StatusLookupError,
+    WebhookAuthError,
+    WebhookFormatError,
+)
+from workers.gateways.http import HttpGateway, S, request
+from workers.gateways.registry import env_prefix
 
 
 class HttpEmailGateway(HttpGateway[S]):

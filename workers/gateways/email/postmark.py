@@ -40,8 +40,9 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..base import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
-from ..errors import (
+from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
+from workers.gateways.errors import (
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -50,9 +51,8 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import error_for_status, retry_after_seconds
-from ..values import ErrorClass, parse_time
-from .common import HttpEmailGateway, b64, header, lookup_object, webhook_json
+from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..base import Channel, EmailMessage, Gateway, Message, Receipt, StatusEvent
-from ..errors import (
+from dispatcher.domain.messages import Channel, EmailMessage, Message, Receipt, StatusEvent
+from dispatcher.domain.rendering.mime import to_mime
+from workers.gateways.base import Gateway
+from workers.gateways.errors import (
     DeliveryError,
     GatewayConfigError,
     Permanent,
@@ -37,8 +39,7 @@ from ..errors import (
     Transient,
     Unknown,
 )
-from ..registry import env_prefix
-from .mime import to_mime
+from workers.gateways.registry import env_prefix
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..base import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
-from ..errors import (
+from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from workers.gateways.errors import (
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -52,9 +52,9 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import HttpGateway, error_for_status, request
-from ..registry import env_prefix
-from ..values import ErrorClass, parse_time
+from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.registry import env_prefix
+from workers.gateways.values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 

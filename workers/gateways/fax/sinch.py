@@ -46,8 +46,8 @@ import httpx
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..base import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
-from ..errors import (
+from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from workers.gateways.errors import (
     DeliveryError,
     GatewayConfigError,
     Permanent,
@@ -57,9 +57,9 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import HttpGateway, error_for_status, request
-from ..registry import env_prefix
-from ..values import ErrorClass, parse_time
+from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.registry import env_prefix
+from workers.gateways.values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,16 @@ import nacl.signing
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..base import Channel, EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
-from ..errors import (
+from dispatcher.domain.messages import (
+    Channel,
+    EventKind,
+    FaxMessage,
+    Message,
+    Receipt,
+    StatusEvent,
+    WebhookRequest,
+)
+from workers.gateways.errors import (
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -48,9 +56,9 @@ from ..errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from ..http import HttpGateway, error_for_status, request
-from ..registry import env_prefix
-from ..values import ErrorClass, parse_time
+from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.registry import env_prefix
+from workers.gateways.values import ErrorClass, parse_time
 
 log = logging.getLogger(__name__)
 

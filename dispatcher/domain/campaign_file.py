@@ -1,0 +1,132 @@
+"""The campaign file: a TOML document, read into typed models (schema in README, "Campaign file").
+
+Parsing checks shape only (unknown keys, wrong types, missing fields); semantic checks (numbers,
+emails, timezones, the template) live in :mod:`dispatcher.validation` so that every problem is
+reported at once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime, time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dispatcher.domain.errors import CampaignFileError, Problem
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sender(_Strict):
+    organisation: str
+    signatory: str
+    signatory_title: str = ""
+    email: str  # the From address of every email
+    reply_to: str | None = None
+    fax_caller_id: str  # E.164 caller id for faxes
+    address: list[str] = Field(default_factory=list)
+    country: str = "US"  # region used to parse fax_caller_id when it has no "+"
+
+
+class AddresseeSpec(_Strict):
+    name: str
+    title: str = ""
+    organisation: str = ""
+    salutation: str | None = None
+    address: list[str] = Field(default_factory=list)
+    country: str  # ISO 3166-1 alpha-2, used to parse national numbers
+    timezone: str  # IANA name, e.g. "Asia/Shanghai"
+    fax: list[str] = Field(default_factory=list)
+    email: list[str] = Field(default_factory=list)
+    phone: list[str] = Field(default_factory=list)  # contact details only, never a route
+
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _weekdays() -> list[Day]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
+class OfficeHours(_Strict):
+    start: time = time(9, 0)
+    end: time = time(17, 0)
+    days: list[Day] = Field(default_factory=_weekdays)
+
+
+class Schedule(_Strict):
+    mode: Literal["now", "at", "office-hours"] = "now"
+    at: datetime | None = None  # timezone-aware, for mode "at"
+    office_hours: OfficeHours = Field(default_factory=OfficeHours)
+
+
+class LetterSpec(_Strict):
+    subject: str
+    template: str | None = None  # path relative to the campaign file
+    body: str | None = None  # or the template inline
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LetterSpec:
+        if (self.template is None) == (self.body is None):
+            raise ValueError("give exactly one of 'template' (a file) or 'body' (inline)")
+        return self
+
+
+class Supporters(_Strict):
+    csv: str  # path relative to the campaign file; columns: email, name (optional)
+
+
+class Campaign(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,80}$")
+    title: str
+    urgency: Literal["normal", "urgent"] = "urgent"
+    route_policy: Literal["first-success", "all-routes"] = "first-success"
+    route_order: Literal["fax-first", "email-first"] = "fax-first"
+    deadline: datetime | None = None
+    schedule: Schedule = Field(default_factory=Schedule)
+
+
+class CampaignSpec(_Strict):
+    campaign: Campaign
+    sender: Sender
+    letter: LetterSpec
+    to: list[AddresseeSpec] = Field(min_length=1)
+    cc: list[AddresseeSpec] = Field(default_factory=list)
+    supporters: Supporters | None = None
+
+
+def load_spec(path: Path) -> CampaignSpec:
+    """Read and shape-check a campaign file; raise CampaignFileError listing every problem."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CampaignFileError([Problem(file=str(path), where="", message="file not found")]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise CampaignFileError([Problem(file=str(path), where="", message=f"not valid TOML: {err}")]) from err
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as err:
+        problems = [
+            Problem(file=str(path), where=_location(e["loc"]), message=e["msg"]) for e in err.errors()
+        ]
+        raise CampaignFileError(problems) from err
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def letter_source(spec: CampaignSpec, base: Path) -> tuple[str, str]:
+    """The letter template's name and source: the file named in ``letter.template`` (relative to the
+    campaign file's folder) or the inline ``letter.body``."""
+    if spec.letter.template:
+        path = base / spec.letter.template
+        return str(path), path.read_text(encoding="utf-8")
+    return "letter.body", spec.letter.body or ""

@@ -1,0 +1,137 @@
+"""Campaign control: schedule, pause, resume, cancel, and an operator's retry of one delivery.
+
+Cancel never interrupts a send already handed to a provider (``sending``/``submitted``); it stops
+every later one. ``unknown`` deliveries stay for reconciliation: they may have been sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.errors import CampaignConflict, NotFound
+from dispatcher.domain.ledger import transition
+from dispatcher.domain.models import Campaign, Delivery
+from dispatcher.domain.outcomes import skip_other_routes
+from dispatcher.domain.queries import get_campaign
+from dispatcher.domain.states import State
+from dispatcher.domain.timing import first_send_time
+
+WAITING = (State.PLANNED, State.QUEUED, State.RETRY_WAIT)
+
+
+def schedule(session: Session, name: str, *, now: datetime, actor: str = "operator") -> Campaign:
+    """Mark a draft campaign scheduled and give each delivery its earliest send time."""
+    campaign = get_campaign(session, name)
+    if campaign.status not in ("draft", "paused"):
+        raise CampaignConflict(f"campaign {name!r} is {campaign.status}; only a draft can be scheduled")
+    spec = CampaignSpec.model_validate(campaign.spec)
+    zones = {a.id: a.timezone for a in campaign.addressees}
+    for delivery in _deliveries(session, campaign, (State.PLANNED,)):
+        zone = zones.get(delivery.addressee_id or -1, "UTC")
+        delivery.not_before = first_send_time(spec.campaign.schedule, timezone=zone, now=now)
+    campaign.status = "scheduled"
+    campaign.scheduled_at = now
+    campaign.letter_date = campaign.letter_date or now.date()
+    return campaign
+
+
+def pause(session: Session, name: str, *, actor: str = "operator") -> int:
+    """Stop claiming; queued deliveries go back to planned. Returns how many were handed back."""
+    campaign = _in_status(session, name, ("scheduled",), "pause")
+    campaign.status = "paused"
+    queued = _deliveries(session, campaign, (State.QUEUED,))
+    for delivery in queued:
+        transition(session, delivery, State.PLANNED, actor=actor, reason="campaign paused")
+    return len(queued)
+
+
+def resume(session: Session, name: str, *, actor: str = "operator") -> Campaign:
+    campaign = _in_status(session, name, ("paused",), "resume")
+    campaign.status = "scheduled"
+    return campaign
+
+
+def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
+    """Cancel every delivery not yet handed to a provider; returns how many were cancelled."""
+    campaign = _in_status(session, name, ("draft", "scheduled", "paused"), "cancel")
+    campaign.status = "cancelled"
+    waiting = _deliveries(session, campaign, WAITING)
+    for delivery in waiting:
+        transition(session, delivery, State.CANCELLED, actor=actor, reason="campaign cancelled")
+    return len(waiting)
+
+
+def retry(session: Session, delivery_id: int, *, now: datetime, actor: str = "operator",
+          force: bool = False) -> Delivery:
+    """An operator sends a failed delivery again (same route, same idempotency key, attempts counted
+    afresh). Refused when another route of the same addressee is under way or succeeded, unless forced:
+    under first-success the official would get the letter twice."""
+    delivery = _locked(session, delivery_id)
+    if delivery.state != State.FAILED:
+        raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only a failed delivery can be retried")
+    other = _live_or_succeeded_route(session, delivery)
+    if other is not None and not force:
+        raise CampaignConflict(
+            f"delivery #{delivery_id}: route {other.route_position + 1} ({other.channel}) of the same addressee is "
+            f"{other.state}; retrying would send the letter a second time (use --force if that is intended)")
+    transition(session, delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator")
+    delivery.not_before = now  # attempts are counted afresh from this event (outcomes.attempts_on_route)
+    if delivery.campaign.status == "completed":
+        delivery.campaign.status = "scheduled"  # the scheduler only claims for scheduled campaigns
+    return delivery
+
+
+def _locked(session: Session, delivery_id: int) -> Delivery:
+    delivery = session.get(Delivery, delivery_id, with_for_update=True)
+    if delivery is None:
+        raise NotFound(f"no delivery #{delivery_id}")
+    return delivery
+
+
+def _live_or_succeeded_route(session: Session, delivery: Delivery) -> Delivery | None:
+    if delivery.kind != "letter" or delivery.campaign.route_policy != "first-success":
+        return None
+    return session.scalars(select(Delivery).where(
+        Delivery.addressee_id == delivery.addressee_id, Delivery.id != delivery.id,
+        Delivery.state.in_([State.QUEUED, State.SENDING, State.SUBMITTED, State.UNKNOWN, State.RETRY_WAIT,
+                            State.DELIVERED]))).first()
+
+
+def _in_status(session: Session, name: str, allowed: tuple[str, ...], verb: str) -> Campaign:
+    campaign = get_campaign(session, name)
+    if campaign.status not in allowed:
+        raise CampaignConflict(f"cannot {verb} campaign {name!r}: it is {campaign.status}")
+    return campaign
+
+
+def _deliveries(session: Session, campaign: Campaign, states: tuple[State, ...]) -> list[Delivery]:
+    query = (select(Delivery).where(Delivery.campaign_id == campaign.id,
+                                    Delivery.state.in_([str(s) for s in states]))
+             .order_by(Delivery.id).with_for_update())
+    return list(session.scalars(query))
+
+
+__all__ = ["cancel", "pause", "resume", "retry", "schedule"]
+
+
+def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, actor: str = "operator") -> State:
+    """An operator settles an ``unknown`` delivery from the provider's own records."""
+    delivery = _locked(session, delivery_id)
+    if delivery.state != State.UNKNOWN:
+        raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only an unknown delivery is resolved")
+    if sent:
+        transition(session, delivery, State.SUBMITTED, actor=actor, at=now,
+                   reason="an operator confirmed with the provider that it was accepted")
+        if delivery.expects_report:
+            delivery.not_before = now  # the status poll looks it up (by our reference, if it has no id)
+        else:
+            skip_other_routes(session, delivery, actor=actor, now=now)
+        return State.SUBMITTED
+    transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
+               reason="an operator confirmed with the provider that it was never accepted; it will be sent again")
+    delivery.not_before = now
+    return State.RETRY_WAIT

@@ -1,0 +1,237 @@
+"""The ledger: SQLAlchemy 2 typed models. Same schema on SQLite and PostgreSQL (Alembic migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(20), default="draft")  # draft|scheduled|paused|cancelled|completed
+    urgency: Mapped[str] = mapped_column(String(10), default="urgent")
+    route_policy: Mapped[str] = mapped_column(String(20))
+    schedule: Mapped[dict[str, Any]] = mapped_column(JSON)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sender: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated campaign file, for re-rendering
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    source_path: Mapped[str] = mapped_column(Text, default="")
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when an operator scheduled it
+    letter_date: Mapped[date | None] = mapped_column(Date)  # the date printed on the letter, fixed at scheduling
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    letter: Mapped[LetterTemplate] = relationship(back_populates="campaign", uselist=False, cascade="all, delete-orphan")
+    addressees: Mapped[list[Addressee]] = relationship(
+        back_populates="campaign", order_by="Addressee.position", cascade="all, delete-orphan"
+    )
+    supporters: Mapped[list[Supporter]] = relationship(back_populates="campaign", cascade="all, delete-orphan")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="campaign", cascade="all, delete-orphan")
+
+
+class LetterTemplate(Base):
+    __tablename__ = "letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), unique=True)
+    subject: Mapped[str] = mapped_column(String(300))
+    template_name: Mapped[str] = mapped_column(String(300))
+    template_source: Mapped[str] = mapped_column(Text)
+    template_sha256: Mapped[str] = mapped_column(String(64))
+
+    campaign: Mapped[Campaign] = relationship(back_populates="letter")
+
+
+class Addressee(Base):
+    __tablename__ = "addressees"
+    __table_args__ = (UniqueConstraint("campaign_id", "role", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(2))  # "to" | "cc"
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    organisation: Mapped[str] = mapped_column(String(300), default="")
+    salutation: Mapped[str | None] = mapped_column(String(300))
+    address: Mapped[list[str]] = mapped_column(JSON, default=list)
+    country: Mapped[str] = mapped_column(String(2))
+    timezone: Mapped[str] = mapped_column(String(64))
+    phones: Mapped[list[str]] = mapped_column(JSON, default=list)  # contact details, never routes
+
+    campaign: Mapped[Campaign] = relationship(back_populates="addressees")
+    routes: Mapped[list[Route]] = relationship(
+        back_populates="addressee", order_by="Route.position", cascade="all, delete-orphan"
+    )
+
+
+class Route(Base):
+    __tablename__ = "routes"
+    __table_args__ = (UniqueConstraint("addressee_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    addressee_id: Mapped[int] = mapped_column(ForeignKey("addressees.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(5))  # "fax" | "email"
+    position: Mapped[int] = mapped_column(Integer)  # order of fallback within the addressee
+    raw_value: Mapped[str] = mapped_column(String(320))  # as written in the campaign file
+    value: Mapped[str | None] = mapped_column(String(320))  # E.164 or normalised email; None if invalid
+    valid: Mapped[bool] = mapped_column(Boolean, default=True)
+    problem: Mapped[str | None] = mapped_column(Text)
+
+    addressee: Mapped[Addressee] = relationship(back_populates="routes")
+
+
+class Supporter(Base):
+    __tablename__ = "supporters"
+    __table_args__ = (UniqueConstraint("campaign_id", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))
+
+    campaign: Mapped[Campaign] = relationship(back_populates="supporters")
+
+
+class Delivery(Base):
+    """One letter (or supporter copy) over one route: the unit that is claimed, sent and recorded."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "addressee_id", "route_id"),
+        UniqueConstraint("campaign_id", "supporter_id"),
+        Index("ix_deliveries_due", "state", "not_before"),
+        Index("ix_deliveries_campaign_state", "campaign_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))  # "letter" | "copy"
+    addressee_id: Mapped[int | None] = mapped_column(ForeignKey("addressees.id", ondelete="CASCADE"))
+    route_id: Mapped[int | None] = mapped_column(ForeignKey("routes.id", ondelete="CASCADE"))
+    supporter_id: Mapped[int | None] = mapped_column(ForeignKey("supporters.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(5))
+    destination: Mapped[str] = mapped_column(String(320))
+    route_position: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(12), default="planned")
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gateway: Mapped[str | None] = mapped_column(String(50))
+    provider_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    document_sha256: Mapped[str | None] = mapped_column(String(64))
+    page_count: Mapped[int | None] = mapped_column(Integer)
+    # False once sent through a gateway that never reports delivery (SMTP): "submitted" is then final
+    expects_report: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    campaign: Mapped[Campaign] = relationship(back_populates="deliveries")
+    addressee: Mapped[Addressee | None] = relationship()
+    route: Mapped[Route | None] = relationship()
+    supporter: Mapped[Supporter | None] = relationship()
+    attempts: Mapped[list[Attempt]] = relationship(back_populates="delivery", order_by="Attempt.number")
+
+
+class Attempt(Base):
+    """One gateway call for a delivery, with its outcome and the provider's evidence."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    gateway: Mapped[str] = mapped_column(String(50))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(12))  # submitted|transient|permanent|unknown
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    detail: Mapped[str | None] = mapped_column(Text)
+    document_sha256: Mapped[str | None] = mapped_column(String(64))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    delivery: Mapped[Delivery] = relationship(back_populates="attempts")
+
+
+class DeliveryEvent(Base):
+    """Append-only: every state change and every provider status report (update/delete are refused)."""
+
+    __tablename__ = "delivery_events"
+    __table_args__ = (
+        UniqueConstraint("delivery_id", "provider_event_id"),
+        Index("ix_delivery_events_campaign", "campaign_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))  # "planner", "worker:host:pid", "webhook:telnyx", "operator"
+    from_state: Mapped[str | None] = mapped_column(String(12))
+    to_state: Mapped[str] = mapped_column(String(12))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    error_class: Mapped[str | None] = mapped_column(String(12))
+    provider_id: Mapped[str | None] = mapped_column(String(200))
+    provider_event_id: Mapped[str | None] = mapped_column(String(200))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -1,0 +1,253 @@
+"""Load a validated campaign into the ledger: the campaign and every planned delivery, in one transaction.
+
+Loading is idempotent. The campaign is identified by its name and its content hash (the file, the
+template and the supporters CSV): the same content again is "unchanged"; changed content replaces an
+unsent draft and is refused for a campaign that was scheduled or has started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
+from dispatcher.domain.errors import CampaignConflict, CampaignFileError, Problem
+from dispatcher.domain.models import (
+    Addressee,
+    Base,
+    Campaign,
+    Delivery,
+    DeliveryEvent,
+    LetterTemplate,
+    Route,
+    Supporter,
+)
+from dispatcher.domain.states import State
+from dispatcher.domain.validation import Report, RouteCheck
+
+ACTOR = "planner"
+CHUNK = 5000  # rows per bulk INSERT (one executemany each)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    status: Literal["created", "unchanged", "replaced"]
+    campaign_id: int
+    planned: int
+    skipped: int
+
+
+def fatal_problems(report: Report, *, skip_invalid: bool) -> list[Problem]:
+    """Errors that stop a load. With ``skip_invalid``, bad routes and CSV rows are recorded as skipped."""
+    if not skip_invalid:
+        return report.errors
+    skippable = {id(r.problem) for routes in report.routes.values() for r in routes if r.problem}
+    skippable |= {id(s.problem) for s in report.supporters if s.problem}
+    return [p for p in report.errors if id(p) not in skippable]
+
+
+def content_hash(spec: CampaignSpec, report: Report) -> str:
+    payload = {
+        "spec": spec.model_dump(mode="json"),
+        "template": report.template_source,
+        "supporters": [(s.line, s.email, s.name) for s in report.supporters],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def idempotency_key(campaign: str, *parts: object) -> str:
+    """A stable key per delivery: it goes to providers and into Message-IDs."""
+    digest = hashlib.sha256("|".join([campaign, *map(str, parts)]).encode()).hexdigest()
+    return f"d{digest[:31]}"
+
+
+def load_campaign(session: Session, spec: CampaignSpec, report: Report, *, source: Path,
+                  skip_invalid: bool = False) -> LoadResult:
+    """Write the campaign and its planned deliveries (the caller owns the transaction)."""
+    fatal = fatal_problems(report, skip_invalid=skip_invalid)
+    if fatal:
+        raise CampaignFileError(fatal)
+    digest = content_hash(spec, report)
+    existing = session.scalar(select(Campaign).where(Campaign.name == spec.campaign.name))
+    status: Literal["created", "replaced"] = "created"
+    if existing is not None:
+        if existing.spec_sha256 == digest:
+            return _unchanged(session, existing)
+        _refuse_unless_draft(session, existing)
+        _purge_draft(session, existing)
+        status = "replaced"
+    campaign = _write_campaign(session, existing, spec, report, digest, source)
+    planned, skipped = _plan(session, campaign, spec, report)
+    return LoadResult(status, campaign.id, planned, skipped)
+
+
+def _unchanged(session: Session, campaign: Campaign) -> LoadResult:
+    counts = _state_counts(session, campaign)
+    return LoadResult("unchanged", campaign.id, counts.get(State.PLANNED, 0), counts.get(State.SKIPPED, 0))
+
+
+def _state_counts(session: Session, campaign: Campaign) -> dict[str, int]:
+    """Deliveries per state, counted by the database (a campaign may hold hundreds of thousands)."""
+    rows = session.execute(select(Delivery.state, func.count()).where(Delivery.campaign_id == campaign.id)
+                           .group_by(Delivery.state))
+    return {state: int(n) for state, n in rows}
+
+
+def _refuse_unless_draft(session: Session, campaign: Campaign) -> None:
+    counts = _state_counts(session, campaign)
+    started = sum(n for state, n in counts.items() if state not in (State.PLANNED, State.SKIPPED))
+    if campaign.status != "draft" or started:
+        raise CampaignConflict(
+            f"campaign {campaign.name!r} is {campaign.status} ({started} deliveries started) and its file "
+            "has changed; a scheduled campaign is never rewritten. Cancel it and load the new version "
+            "under a new campaign.name."
+        )
+
+
+def _purge_draft(session: Session, campaign: Campaign) -> None:
+    """Remove an unsent draft's children so the changed file can be planned afresh, in bulk DELETEs.
+
+    Their initial events go with the deliveries (ON DELETE CASCADE; the append-only trigger allows
+    it while the campaign is a draft), routes are deleted with their addressees.
+    """
+    session.flush()
+    addressee_ids = list(session.scalars(select(Addressee.id).where(Addressee.campaign_id == campaign.id)))
+    session.execute(delete(Delivery).where(Delivery.campaign_id == campaign.id))
+    session.execute(delete(Supporter).where(Supporter.campaign_id == campaign.id))
+    if addressee_ids:
+        session.execute(delete(Route).where(Route.addressee_id.in_(addressee_ids)))
+        session.execute(delete(Addressee).where(Addressee.id.in_(addressee_ids)))
+    session.expire(campaign, ["deliveries", "addressees", "supporters"])
+
+
+def _write_campaign(session: Session, campaign: Campaign | None, spec: CampaignSpec, report: Report,
+                    digest: str, source: Path) -> Campaign:
+    c = spec.campaign
+    values = dict(
+        name=c.name, title=c.title, urgency=c.urgency, route_policy=c.route_policy, status="draft",
+        schedule=c.schedule.model_dump(mode="json"), deadline=c.deadline,
+        sender=spec.sender.model_dump(mode="json"), spec=spec.model_dump(mode="json"),
+        spec_sha256=digest, source_path=str(source),
+    )
+    if campaign is None:
+        campaign = Campaign(**values)
+        session.add(campaign)
+    else:
+        for key, value in values.items():
+            setattr(campaign, key, value)
+    template_sha = hashlib.sha256(report.template_source.encode()).hexdigest()
+    if campaign.letter is None:
+        campaign.letter = LetterTemplate(subject=spec.letter.subject, template_name=report.template_name,
+                                 template_source=report.template_source, template_sha256=template_sha)
+    else:
+        campaign.letter.subject = spec.letter.subject
+        campaign.letter.template_name = report.template_name
+        campaign.letter.template_source = report.template_source
+        campaign.letter.template_sha256 = template_sha
+    session.flush()
+    return campaign
+
+
+def _plan(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> tuple[int, int]:
+    """Insert every delivery and its initial event with bulk INSERTs (executemany), in chunks.
+
+    Letters come first, then supporter copies, so delivery ids follow the campaign file and then the CSV.
+    Rows inserted in bulk are not ORM objects in the session: their ids are read back by unique keys.
+    """
+    planned = _letter_deliveries(session, campaign, spec, report)
+    planned += _copy_deliveries(session, campaign, report)
+    deliveries = [values for values, _ in planned]
+    _insert(session, Delivery, deliveries)
+    ids = {key: id_ for key, id_ in session.execute(
+        select(Delivery.idempotency_key, Delivery.id).where(Delivery.campaign_id == campaign.id))}
+    _insert(session, DeliveryEvent, [
+        {"delivery_id": ids[values["idempotency_key"]], "campaign_id": campaign.id, "actor": ACTOR,
+         "from_state": None, "to_state": values["state"], "reason": reason}
+        for values, reason in planned
+    ])
+    skipped = sum(1 for values in deliveries if values["state"] == State.SKIPPED)
+    return len(deliveries) - skipped, skipped
+
+
+def _insert(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Bulk INSERT in chunks, one executemany each: sqlite3's executemany, psycopg's pipelined one.
+
+    Without RETURNING; asking for it would switch to multi-row ``INSERT ... VALUES`` statements
+    (insertmanyvalues), which psycopg parses client-side: measured 2-3x slower on PostgreSQL here.
+    """
+    for start in range(0, len(rows), CHUNK):
+        session.execute(insert(model), rows[start:start + CHUNK])
+
+
+def _letter_deliveries(session: Session, campaign: Campaign, spec: CampaignSpec,
+                       report: Report) -> list[tuple[dict[str, Any], str]]:
+    """Addressees and routes are few: ORM objects, one flush for all addressees and one for all routes."""
+    people = [(role, index, person) for role, group in (("to", spec.to), ("cc", spec.cc))
+              for index, person in enumerate(group)]
+    addressees = [_addressee(campaign, role, index, person) for role, index, person in people]
+    session.add_all(addressees)
+    session.flush()
+    routes: list[tuple[Route, str, int, int, RouteCheck]] = []
+    for (role, index, _person), addressee in zip(people, addressees, strict=True):
+        for position, check in enumerate(report.routes[(role, index)]):
+            route = Route(addressee_id=addressee.id, channel=check.channel, position=position,
+                          raw_value=check.raw_value, value=check.value, valid=check.problem is None,
+                          problem=check.problem.message if check.problem else None)
+            routes.append((route, role, index, position, check))
+    session.add_all([route for route, *_ in routes])
+    session.flush()
+    return [_route_delivery(campaign, route, role, index, position, check)
+            for route, role, index, position, check in routes]
+
+
+def _addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
+    return Addressee(
+        campaign_id=campaign.id, role=role, position=index, name=person.name, title=person.title,
+        organisation=person.organisation, salutation=person.salutation, address=list(person.address),
+        country=person.country.upper(), timezone=person.timezone, phones=list(person.phone),
+    )
+
+
+def _route_delivery(campaign: Campaign, route: Route, role: str, index: int, position: int,
+                    check: RouteCheck) -> tuple[dict[str, Any], str]:
+    destination = check.value or check.raw_value
+    delivery = {
+        "campaign_id": campaign.id, "kind": "letter", "addressee_id": route.addressee_id, "route_id": route.id,
+        "supporter_id": None, "channel": check.channel, "destination": destination, "route_position": position,
+        "state": State.SKIPPED if check.problem else State.PLANNED,
+        "idempotency_key": idempotency_key(campaign.name, role, index, check.channel, destination),
+        "last_error": check.problem.brief() if check.problem else None,
+    }
+    reason = f"skipped at load (--skip-invalid): {check.problem}" if check.problem else "planned"
+    return delivery, reason
+
+
+def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> list[tuple[dict[str, Any], str]]:
+    """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each."""
+    if not report.supporters:
+        return []
+    _insert(session, Supporter, [{"campaign_id": campaign.id, "email": row.email, "name": row.name}
+                                 for row in report.supporters])
+    supporter_ids = {email: id_ for email, id_ in session.execute(
+        select(Supporter.email, Supporter.id).where(Supporter.campaign_id == campaign.id))}
+    return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in report.supporters]
+
+
+def _copy_delivery(campaign: Campaign, supporter_id: int, email: str,
+                   problem: Problem | None) -> tuple[dict[str, Any], str]:
+    delivery = {
+        "campaign_id": campaign.id, "kind": "copy", "addressee_id": None, "route_id": None,
+        "supporter_id": supporter_id, "channel": "email", "destination": email, "route_position": 0,
+        "state": State.SKIPPED if problem else State.PLANNED,
+        "idempotency_key": idempotency_key(campaign.name, "supporter", email.lower()),
+        "last_error": str(problem) if problem else None,
+    }
+    # the reason names the CSV line, never the supporter's address (personal data stays out of logs)
+    reason = f"skipped at load (--skip-invalid): {problem.where}: invalid email" if problem else "planned"
+    return delivery, reason

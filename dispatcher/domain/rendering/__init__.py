@@ -1,0 +1,29 @@
+"""One letter, rendered into every document we send: email, fax PDF and the supporter copy.
+
+    letter.py   the campaign's letter, once: text + escaped HTML, with the visible CC block
+    fax.py      the fax PDF (cover page + letter, page count and SHA-256)
+    email.py    the email to one addressee (stable Message-ID, SHA-256 of its content)
+    copy.py     the copy emailed to a supporter
+    preview.py  the fax and email written to files for a human to check
+"""
+
+from __future__ import annotations
+
+from dispatcher.domain.rendering.copy import render_supporter_copy
+from dispatcher.domain.rendering.email import EmailDocument, render_email
+from dispatcher.domain.rendering.fax import FaxDocument, render_fax
+from dispatcher.domain.rendering.letter import RenderedLetter, build_letter, load_letter
+from dispatcher.domain.rendering.preview import Preview, write_preview
+
+__all__ = [
+    "EmailDocument",
+    "FaxDocument",
+    "Preview",
+    "RenderedLetter",
+    "build_letter",
+    "load_letter",
+    "render_email",
+    "render_fax",
+    "render_supporter_copy",
+    "write_preview",
+]

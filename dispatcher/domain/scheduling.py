@@ -1,0 +1,201 @@
+"""The scheduler: claims due deliveries, marks them queued and hands their ids to a publisher;
+the sweeper repairs what a lost message or a dead worker left behind.
+
+Claiming is safe with several schedulers: on PostgreSQL rows are taken with ``FOR UPDATE SKIP
+LOCKED``, so two ticks never queue the same row; on SQLite every write transaction holds the
+database lock from its start (``BEGIN IMMEDIATE``), so ticks run one after another. Either way a
+delivery published twice is sent once: the worker's compare-and-set claim decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from dispatcher.domain.db import transaction
+from dispatcher.domain.ledger import transition
+from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
+from dispatcher.domain.states import TERMINAL, State
+
+ACTOR = "scheduler"
+log = logging.getLogger(__name__)
+Publisher = Callable[[str, Sequence[int]], None]  # (queue, delivery ids)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    batch_size: int = 200  # ids per broker message
+    claim_limit: int = 2000  # rows claimed per tick, bounded
+    republish_after: timedelta = timedelta(seconds=60)  # a queued row older than this lost its message
+    reconcile_every: timedelta = timedelta(seconds=30)
+    poll_after: timedelta = timedelta(minutes=15)  # a submitted send with no status report by then is polled
+
+
+@dataclass
+class TickResult:
+    queued: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    republished: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    expired: list[int] = field(default_factory=list)
+    deadline_failed: int = 0
+    completed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery the scheduler just queued: what publishing needs, without loading the row."""
+
+    id: int
+    kind: str
+    channel: str
+    destination: str
+
+
+def queue_for(delivery: Delivery | Claimed) -> str:
+    return "copies" if delivery.kind == "copy" else delivery.channel
+
+
+def tick(session: Session, *, now: datetime, config: SchedulerConfig = SchedulerConfig()) -> TickResult:
+    """One scheduler pass in the caller's transaction; publish the result only after commit."""
+    result = TickResult()
+    result.deadline_failed = fail_past_deadline(session, now=now)
+    for delivery in claim_due(session, now=now, limit=config.claim_limit):
+        result.queued[queue_for(delivery)].append(delivery.id)
+    sweep(session, now=now, config=config, result=result)
+    result.completed = complete_campaigns(session)
+    return result
+
+
+def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) -> list[Claimed]:
+    """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached.
+
+    In bulk: the due rows are selected and locked (SKIP LOCKED), then moved with one UPDATE and one
+    multi-row INSERT of their events per chunk. The state machine allows planned/retry_wait -> queued,
+    and the locked SELECT guarantees those are still the rows' states."""
+    earlier = aliased(Delivery)
+    blocked_by_earlier_route = exists().where(
+        earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",
+        earlier.route_position < Delivery.route_position,
+        earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]),
+    )
+    query = (
+        select(Delivery.id, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state,
+               Delivery.campaign_id)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(
+            Campaign.status == "scheduled",
+            Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
+            or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
+            or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked_by_earlier_route),
+        )
+        .order_by(Delivery.not_before, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Delivery)
+    )
+    due = session.execute(query).all()
+    for start in range(0, len(due), chunk):
+        rows = due[start:start + chunk]
+        session.execute(update(Delivery).where(Delivery.id.in_([r.id for r in rows]))
+                        .values(state=State.QUEUED, queued_at=now, updated_at=now)
+                        .execution_options(synchronize_session=False))
+        session.execute(insert(DeliveryEvent), [
+            {"delivery_id": r.id, "campaign_id": r.campaign_id, "at": now, "actor": ACTOR, "from_state": r.state,
+             "to_state": State.QUEUED, "reason": "due" if r.state == State.PLANNED else "retrying after backoff"}
+            for r in rows])
+    return [Claimed(r.id, r.kind, r.channel, r.destination) for r in due]
+
+
+def fail_past_deadline(session: Session, *, now: datetime) -> int:
+    """Deliveries still waiting when their campaign's deadline passed fail, with that reason."""
+    query = (
+        select(Delivery).join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Campaign.deadline.is_not(None), Campaign.deadline <= now,
+               Campaign.status.in_(["scheduled", "paused"]),
+               Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]))
+        .with_for_update(skip_locked=True, of=Delivery)
+    )
+    rows = list(session.scalars(query))
+    for delivery in rows:
+        deadline = delivery.campaign.deadline
+        when = deadline.isoformat() if deadline else ""
+        transition(session, delivery, State.FAILED, actor=ACTOR, at=now,
+                   reason=f"campaign deadline {when} passed before it could be sent")
+    return len(rows)
+
+
+def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: TickResult) -> None:
+    """Re-publish queued rows whose message was lost; expire the leases of dead sends to unknown."""
+    stale = list(session.scalars(
+        select(Delivery).where(Delivery.state == State.QUEUED, Delivery.queued_at < now - config.republish_after)
+        .with_for_update(skip_locked=True)
+    ))
+    for delivery in stale:
+        delivery.queued_at = now
+        result.republished[queue_for(delivery)].append(delivery.id)
+    expired = list(session.scalars(
+        select(Delivery).where(Delivery.state == State.SENDING, Delivery.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    ))
+    for delivery in expired:
+        transition(session, delivery, State.UNKNOWN, actor=ACTOR, at=now, error_class="unknown",
+                   reason="the sending worker's lease expired (worker died mid-send?): outcome unknown, "
+                          "to be reconciled with the provider, never resent blindly")
+        result.expired.append(delivery.id)
+
+
+def to_look_up(session: Session, *, now: datetime, every: timedelta, poll_after: timedelta) -> dict[str, list[int]]:
+    """Deliveries due for a look-up at the provider, by queue: ``unknown`` ones (reconcile), and
+    ``submitted`` ones whose status webhook never came (poll, as a fallback). Next look-up ``every`` later."""
+    stuck = and_(Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(True),
+                 Delivery.updated_at < now - poll_after)
+    rows = session.scalars(
+        select(Delivery).where(or_(Delivery.state == State.UNKNOWN, stuck),
+                               or_(Delivery.not_before.is_(None), Delivery.not_before <= now))
+        .limit(500).with_for_update(skip_locked=True)
+    )
+    out: dict[str, list[int]] = defaultdict(list)
+    for delivery in rows:
+        delivery.not_before = now + (every if delivery.state == State.UNKNOWN else poll_after)
+        out[queue_for(delivery)].append(delivery.id)
+    return out
+
+
+def complete_campaigns(session: Session) -> list[str]:
+    """Scheduled campaigns whose deliveries all reached an end are marked completed."""
+    open_rows = exists().where(
+        Delivery.campaign_id == Campaign.id,
+        Delivery.state.not_in([str(s) for s in TERMINAL]),
+        ~and_(Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(False)),
+    )
+    names = list(session.scalars(select(Campaign.name).where(Campaign.status == "scheduled", ~open_rows)))
+    if names:
+        session.execute(update(Campaign).where(Campaign.name.in_(names)).values(status="completed"))
+    return names
+
+
+def publish(result: TickResult, publisher: Publisher, *, batch_size: int) -> int:
+    """Hand ids to the broker in batches, one message per batch; returns messages sent."""
+    messages = 0
+    for groups in (result.queued, result.republished):
+        for queue, ids in groups.items():
+            for start in range(0, len(ids), batch_size):
+                publisher(queue, ids[start:start + batch_size])
+                messages += 1
+    return messages
+
+
+def run_once(factory: sessionmaker[Session], publisher: Publisher, reconciler: Publisher, *, now: datetime,
+             config: SchedulerConfig = SchedulerConfig()) -> TickResult:
+    """One tick: claim and sweep in one transaction, then publish what was committed."""
+    with transaction(factory) as session:
+        result = tick(session, now=now, config=config)
+        to_reconcile = to_look_up(session, now=now, every=config.reconcile_every, poll_after=config.poll_after)
+    publish(result, publisher, batch_size=config.batch_size)
+    for queue, ids in to_reconcile.items():
+        reconciler(queue, ids)
+    return result

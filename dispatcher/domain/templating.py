@@ -1,0 +1,98 @@
+"""Letter templates: a sandboxed Jinja2 environment where every problem is a TemplateProblemError.
+
+A missing variable is an error (StrictUndefined), not a blank in a letter to a minister; the sandbox
+refuses attribute tricks such as ``{{ ''.__class__ }}``. Autoescape is off because the template
+renders plain text: the HTML part is made later by escaping that text (see :mod:`dispatcher.rendering`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date as Date
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
+from dispatcher.domain.errors import TemplateProblemError
+
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)
+
+# Errors a template expression can raise at render time besides Jinja's own (e.g. ``{{ 1 / 0 }}``).
+_RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError)
+
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def compile_letter(source: str, *, name: str) -> jinja2.Template:
+    """Compile a letter template; a syntax error becomes a TemplateProblemError with its line."""
+    try:
+        code = _ENV.compile(source, name=name, filename=name)
+    except jinja2.TemplateSyntaxError as err:
+        raise TemplateProblemError(f"syntax error: {err.message}", line=err.lineno, template=name) from err
+    return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None))
+
+
+def render_letter(template: jinja2.Template, context: Mapping[str, Any]) -> str:
+    """Render a compiled letter; undefined names, sandbox refusals and expression errors name their line."""
+    name = template.filename or template.name or "letter"
+    try:
+        return template.render(context)
+    except _RENDER_ERRORS as err:
+        line = _template_line(err.__traceback__, name)
+        raise TemplateProblemError(_describe(err), line=line, template=name) from err
+
+
+def _template_line(tb: TracebackType | None, filename: str) -> int | None:
+    """The innermost traceback line that Jinja attributed to the template source, if any."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _describe(err: Exception) -> str:
+    """A short reason for the campaign author, saying which kind of problem it is."""
+    if isinstance(err, SecurityError):
+        return f"refused by the template sandbox: {err}"
+    if isinstance(err, jinja2.UndefinedError):
+        return f"undefined variable: {err}"
+    if isinstance(err, jinja2.TemplateError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def letter_context(spec: CampaignSpec, *, to: AddresseeSpec, date: Date) -> dict[str, Any]:
+    """What a letter template sees: to, cc, sender, campaign and the date as "27 November 2026"."""
+    return {
+        "to": person(to),
+        "cc": [person(a) for a in spec.cc],
+        "sender": spec.sender.model_dump(include={
+            "organisation", "signatory", "signatory_title", "email", "reply_to", "address", "country",
+        }),
+        "campaign": {
+            "name": spec.campaign.name,
+            "title": spec.campaign.title,
+            "urgency": spec.campaign.urgency,
+            "subject": spec.letter.subject,
+        },
+        "date": format_date(date),
+    }
+
+
+def person(addressee: AddresseeSpec) -> dict[str, Any]:
+    """An addressee as templates see it: identity and postal details, never routes."""
+    return addressee.model_dump(include={"name", "title", "organisation", "salutation", "address", "country"})
+
+
+def format_date(value: Date) -> str:
+    """A date as letters write it, "27 November 2026", independent of the process locale."""
+    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"

@@ -1,0 +1,271 @@
+"""Semantic validation of a campaign: every problem at once, each naming file, addressee and field.
+
+Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country, emails checked with
+``email-validator`` (syntax only: no DNS lookups, which would make validation depend on the network),
+timezones against the IANA database, and the letter template rendered once in the sandbox.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, letter_source
+from dispatcher.domain.errors import Problem, TemplateProblemError
+
+# International dialling prefixes that people type after a "+" by mistake ("+011 10 ...", "+00 44 ...").
+IDD_PREFIXES = ("0011", "011", "010", "001", "002", "00", "810")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteCheck:
+    channel: str  # "fax" | "email"
+    raw_value: str
+    value: str | None  # normalised (E.164 / email) when valid
+    problem: Problem | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupporterRow:
+    line: int
+    email: str
+    name: str | None
+    problem: Problem | None = None
+
+
+@dataclass(kw_only=True)
+class Report:
+    """What validation found, and the normalised routes and supporters it produced."""
+
+    file: str
+    problems: list[Problem] = field(default_factory=list)
+    routes: dict[tuple[str, int], list[RouteCheck]] = field(default_factory=dict)  # (role, index) -> routes
+    supporters: list[SupporterRow] = field(default_factory=list)
+    template_source: str = ""
+    template_name: str = ""
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def validate(spec: CampaignSpec, *, file: Path) -> Report:
+    """Validate everything in ``spec``; paths in it are relative to the campaign file's folder."""
+    report = Report(file=str(file))
+    base = file.parent
+    _check_sender(spec, report)
+    for role, people in (("to", spec.to), ("cc", spec.cc)):
+        for index, person in enumerate(people):
+            report.routes[(role, index)] = _check_addressee(person, role, index, spec, report)
+    _check_schedule(spec, report)
+    _check_template(spec, base, report)
+    if spec.supporters is not None:
+        report.supporters = _check_supporters(base / spec.supporters.csv, report)
+    return report
+
+
+def where(role: str, index: int, person: AddresseeSpec) -> str:
+    return f"{role}[{index}] ({person.name})"
+
+
+def _check_sender(spec: CampaignSpec, report: Report) -> None:
+    sender = spec.sender
+    _, problem = check_number(sender.fax_caller_id, sender.country, file=report.file,
+                                   where="sender", field="fax_caller_id")
+    if problem:
+        report.problems.append(problem)
+    for name in ("email", "reply_to"):
+        value = getattr(sender, name)
+        if value:
+            _, problem = check_email(value, file=report.file, where="sender", field=name)
+            if problem:
+                report.problems.append(problem)
+
+
+def _check_addressee(person: AddresseeSpec, role: str, index: int, spec: CampaignSpec,
+                     report: Report) -> list[RouteCheck]:
+    place = where(role, index, person)
+    if person.country.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        message = f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"
+        report.problems.append(Problem(file=report.file, where=place, field="country", message=message))
+    _check_timezone(person.timezone, place, report)
+    faxes = [_fax_route(raw, person, place, i, report) for i, raw in enumerate(person.fax)]
+    emails = [_email_route(raw, place, i, report) for i, raw in enumerate(person.email)]
+    for i, raw in enumerate(person.phone):
+        _, problem = check_number(raw, person.country, file=report.file, where=place, field=f"phone[{i}]")
+        if problem:  # a telephone number is a contact detail, never a route: a warning only
+            report.problems.append(_as_warning(problem))
+    routes = faxes + emails if spec.campaign.route_order == "fax-first" else emails + faxes
+    if not any(r.value for r in routes):
+        report.problems.append(Problem(
+            file=report.file, where=place, field="fax/email",
+            message="no usable electronic route: give at least one valid fax number or email address",
+        ))
+    _check_duplicates(routes, place, report)
+    return routes
+
+
+def _fax_route(raw: str, person: AddresseeSpec, place: str, i: int, report: Report) -> RouteCheck:
+    value, problem = check_number(raw, person.country, file=report.file, where=place, field=f"fax[{i}]")
+    if problem:
+        report.problems.append(problem)
+    return RouteCheck(channel="fax", raw_value=raw, value=value, problem=problem)
+
+
+def _email_route(raw: str, place: str, i: int, report: Report) -> RouteCheck:
+    value, problem = check_email(raw, file=report.file, where=place, field=f"email[{i}]")
+    if problem:
+        report.problems.append(problem)
+    return RouteCheck(channel="email", raw_value=raw, value=value, problem=problem)
+
+
+def _check_duplicates(routes: list[RouteCheck], place: str, report: Report) -> None:
+    seen: set[str] = set()
+    for route in routes:
+        if route.value and route.value in seen:
+            report.problems.append(Problem(file=report.file, where=place, field=route.channel,
+                                           message=f"{route.raw_value!r} is listed twice"))
+        if route.value:
+            seen.add(route.value)
+
+
+def check_number(raw: str, country: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
+    """Parse ``raw`` to E.164 in ``country``; on failure a Problem, with a suggestion when one is sound."""
+    region = country.upper()
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as err:
+        return None, _number_problem(raw, region, str(err), file=file, where=where, field=field)
+    if not phonenumbers.is_valid_number(number):
+        shown = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        reason = f"not a valid number (parsed as {shown})"
+        return None, _number_problem(raw, region, reason, file=file, where=where, field=field)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
+
+
+def _number_problem(raw: str, region: str, reason: str, *, file: str, where: str, field: str) -> Problem:
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    prefix = next((p for p in IDD_PREFIXES if raw.strip().startswith("+") and digits.startswith(p)), None)
+    suggestion = _suggest_number(digits[len(prefix):], region) if prefix else None
+    if prefix:
+        message = (f"{raw!r} is not a valid number: '+{prefix}' is an international dialling prefix, "
+                   f"not a country code")
+    else:
+        message = f"{raw!r} is {reason}" if reason.startswith("not") else f"{raw!r} is not a valid number: {reason}"
+    return Problem(file=file, where=where, field=field, message=message, suggestion=suggestion)
+
+
+def _suggest_number(rest: str, region: str) -> str | None:
+    """What the writer probably meant: the rest as an international number, or national in ``region``."""
+    for text, default in ((f"+{rest}", None), (rest, region)):
+        try:
+            number = phonenumbers.parse(text, default)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return None
+
+
+def check_email(raw: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
+    try:
+        result = validate_email(raw, check_deliverability=False)
+    except EmailNotValidError as err:
+        message = f"{raw!r} is not a valid email address: {err}"
+        return None, Problem(file=file, where=where, field=field, message=message)
+    return result.normalized, None
+
+
+def _check_timezone(name: str, place: str, report: Report) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
+        report.problems.append(Problem(file=report.file, where=place, field="timezone",
+                                       message=f"unknown timezone {name!r} (use an IANA name such as 'Asia/Shanghai')",
+                                       suggestion=close[0] if close else None))
+
+
+def _check_schedule(spec: CampaignSpec, report: Report) -> None:
+    campaign = spec.campaign
+    if campaign.schedule.mode == "at" and campaign.schedule.at is None:
+        report.problems.append(Problem(file=report.file, where="campaign.schedule", field="at",
+                                       message="mode 'at' needs a time, e.g. at = 2026-12-01T09:00:00+08:00"))
+    for name, value in (("schedule.at", campaign.schedule.at), ("deadline", campaign.deadline)):
+        if value is not None and value.tzinfo is None:
+            message = f"{value.isoformat()} has no UTC offset; write e.g. {value.isoformat()}+08:00"
+            report.problems.append(Problem(file=report.file, where="campaign", field=name, message=message))
+    hours = campaign.schedule.office_hours
+    if hours.start >= hours.end:
+        report.problems.append(Problem(file=report.file, where="campaign.schedule.office_hours", field="start",
+                                       message="office hours must start before they end"))
+
+
+def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
+    from dispatcher.domain.templating import compile_letter, letter_context, render_letter
+
+    try:
+        name, source = letter_source(spec, base)
+    except OSError as err:
+        report.problems.append(Problem(file=report.file, where="letter", field="template",
+                                       message=f"cannot read the template: {err.strerror or err}"))
+        return
+    report.template_name, report.template_source = name, source
+    try:
+        template = compile_letter(source, name=name)
+        render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
+    except TemplateProblemError as err:
+        line = f"line {err.line}" if err.line is not None else ""
+        reason = str(err.args[0]).split(": ", 1)[-1]
+        report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
+
+
+def _check_supporters(path: Path, report: Report) -> list[SupporterRow]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        report.problems.append(Problem(file=str(path), where="supporters", message=f"cannot read the CSV: {err}"))
+        return []
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "email" not in [f.strip().lower() for f in reader.fieldnames]:
+        report.problems.append(Problem(file=str(path), where="line 1", field="header",
+                                       message="the CSV needs a header with an 'email' column (and optionally 'name')"))
+        return []
+    return _supporter_rows(reader, path, report)
+
+
+def _supporter_rows(reader: csv.DictReader[str], path: Path, report: Report) -> list[SupporterRow]:
+    rows: list[SupporterRow] = []
+    seen: set[str] = set()
+    for row in reader:
+        line = reader.line_num
+        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
+        raw = cells.get("email", "")
+        value, problem = check_email(raw, file=str(path), where=f"line {line}", field="email")
+        if value and value.lower() in seen:
+            report.problems.append(Problem(file=str(path), where=f"line {line}", field="email", severity="warning",
+                                           message="this address appears on an earlier line; one copy is sent"))
+            continue
+        if problem:
+            report.problems.append(problem)
+        if value:
+            seen.add(value.lower())
+        rows.append(SupporterRow(line=line, email=value or raw, name=cells.get("name") or None, problem=problem))
+    return rows
+
+
+def _as_warning(problem: Problem) -> Problem:
+    return Problem(file=problem.file, where=problem.where, field=problem.field, message=problem.message,
+                   suggestion=problem.suggestion, severity="warning")

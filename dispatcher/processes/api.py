@@ -1,0 +1,139 @@
+"""`dispatch web`: status webhooks, fax documents for providers, and a small read API.
+
+Webhooks are verified on the raw body by the gateway (signature, timestamp tolerance) before
+anything is recorded; a refused webhook changes nothing and is logged without personal data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.domain.db import transaction
+from dispatcher.domain.errors import NotFound
+from dispatcher.domain.media import MediaTokenError, read_token
+from dispatcher.domain.messages import StatusEvent, WebhookRequest
+from dispatcher.domain.models import Delivery, utcnow
+from dispatcher.domain.outcomes import RetryPolicy, apply_status
+from dispatcher.domain.queries import get_campaign
+from dispatcher.domain.rendering.documents import DocumentCache
+from workers.gateways.base import Gateway
+from workers.gateways.errors import WebhookError
+
+log = logging.getLogger(__name__)
+MAX_WEBHOOK_BYTES = 1 << 20  # providers' status callbacks are a few KiB; Phaxio's carry no file by default
+
+
+@dataclass
+class WebContext:
+    factory: sessionmaker[Session]
+    gateways: dict[str, Gateway]  # by gateway name, as in /webhooks/<name>
+    secret: bytes | None
+    retry: RetryPolicy
+    documents: DocumentCache
+    clock: Callable[[], datetime] = utcnow
+
+
+def create_app(ctx: WebContext) -> FastAPI:
+    app = FastAPI(title="campaign-dispatch", docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/webhooks/{name}")
+    async def webhook(name: str, request: Request) -> JSONResponse:
+        gateway = ctx.gateways.get(name)
+        if gateway is None:
+            raise HTTPException(404, f"no gateway named {name!r}")
+        body = await _bounded_body(request)
+        raw = WebhookRequest(method=request.method, url=str(request.url), body=body, received_at=ctx.clock(),
+                             headers={k.lower(): v for k, v in request.headers.items()})
+        try:
+            events = gateway.parse_webhook(raw)
+        except WebhookError as err:
+            log.warning("webhook for %s refused: %s", name, type(err).__name__)
+            return JSONResponse({"error": str(err)}, status_code=err.status_code)
+        counts = apply_events(ctx, gateway, events)
+        status = 404 if events and counts.get("unmatched") == len(events) else 200
+        return JSONResponse(dict(counts), status_code=status)
+
+    @app.get("/media/{token}.pdf")
+    def media(token: str) -> Response:
+        if ctx.secret is None:
+            raise HTTPException(404, "document URLs are not enabled (DISPATCH_SECRET_KEY is unset)")
+        try:
+            delivery_id = read_token(token, secret=ctx.secret, now=ctx.clock())
+        except MediaTokenError as err:
+            raise HTTPException(403, str(err)) from err
+        return Response(_fax_pdf(ctx, delivery_id), media_type="application/pdf")
+
+    @app.get("/api/campaigns/{name}/deliveries")
+    def deliveries(name: str) -> list[dict[str, Any]]:
+        with ctx.factory() as session:
+            try:
+                campaign = get_campaign(session, name)
+            except NotFound as err:  # a 404 (it was a 500), naming no other campaign
+                raise HTTPException(404, f"no campaign named {name!r}") from err
+            return [{"id": d.id, "kind": d.kind, "channel": d.channel, "state": d.state,
+                     "attempts": d.attempt_count, "last_error": d.last_error}
+                    for d in sorted(campaign.deliveries, key=lambda d: d.id)]
+
+    return app
+
+
+async def _bounded_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+        raise HTTPException(413, "webhook body too large")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_WEBHOOK_BYTES:
+            raise HTTPException(413, "webhook body too large")
+    return body
+
+
+def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -> Counter[str]:
+    """Each event in its own transaction: one unknown id does not undo the others."""
+    counts: Counter[str] = Counter()
+    for event in events:
+        with transaction(ctx.factory) as session:
+            delivery = find_delivery(session, gateway.name, event)
+            if delivery is None:
+                counts["unmatched"] += 1
+                log.warning("%s webhook for an unknown message (%s)", gateway.name, event.kind)
+                continue
+            counts[apply_status(session, delivery, event, actor=f"webhook:{gateway.name}", now=ctx.clock(),
+                                policy=ctx.retry)] += 1
+    return counts
+
+
+def find_delivery(session: Session, gateway_name: str, event: StatusEvent) -> Delivery | None:
+    """By the provider's id for this gateway, or by our reference echoed back by the provider."""
+    conditions: list[ColumnElement[bool]] = [
+        and_(Delivery.gateway == gateway_name, Delivery.provider_id == event.provider_id)]
+    if event.reference:
+        conditions.append(Delivery.idempotency_key == event.reference)
+    return session.scalars(select(Delivery).where(or_(*conditions)).with_for_update().limit(1)).first()
+
+
+def _fax_pdf(ctx: WebContext, delivery_id: int) -> bytes:
+    with ctx.factory() as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.channel != "fax":
+            raise HTTPException(404, "no such document")
+        document = ctx.documents.fax_document(delivery)
+        if delivery.document_sha256 and delivery.document_sha256 != document.sha256:
+            log.error("document for delivery %s no longer matches its recorded hash", delivery_id)
+            raise HTTPException(409, "document changed since it was sent")
+        return document.pdf

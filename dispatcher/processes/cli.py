@@ -1,0 +1,305 @@
+"""The `dispatch` command line (typer + rich)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.domain import db
+from dispatcher.domain.campaign_file import CampaignSpec, load_spec
+from dispatcher.domain.errors import DispatchError, Problem
+from dispatcher.domain.settings import get_settings
+from dispatcher.domain.validation import Report, validate
+from dispatcher.processes import views
+
+app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
+campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
+db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+
+FileArg = Annotated[Path, typer.Argument(help="campaign TOML file", exists=False)]
+
+
+def _factory() -> sessionmaker[Session]:
+    engine = db.make_engine(get_settings().database_url)
+    db.ensure_schema(engine)
+    return db.session_factory(engine)
+
+
+def _read(file: Path) -> tuple[CampaignSpec, Report]:
+    spec = load_spec(file)
+    return spec, validate(spec, file=file)
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        style = "red" if problem.severity == "error" else "yellow"
+        err_console.print(f"[{style}]{problem.severity}[/{style}]: {problem}", highlight=False, markup=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the ledger's migrations (Alembic) to DISPATCH_DATABASE_URL."""
+    url = get_settings().database_url
+    db.upgrade(url)
+    console.print(f"ledger at revision {db.head_revision()}")
+
+
+@campaign_app.command("validate")
+def campaign_validate(file: FileArg) -> None:
+    """Check a campaign file and report every problem at once (exit 1 on any error)."""
+    spec, report = _read(file)
+    _print_problems(report.problems)
+    if not report.ok:
+        err_console.print(f"{len(report.errors)} error(s) in {file}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {spec.campaign.name} is valid")
+
+
+@campaign_app.command("preview")
+def campaign_preview(
+    file: FileArg,
+    pdf: Annotated[Path | None, typer.Option(help="write the fax PDF here")] = None,
+    eml: Annotated[Path | None, typer.Option(help="write the email (.eml) here")] = None,
+) -> None:
+    """Write the exact fax PDF and email that would go out."""
+    from dispatcher.domain.rendering.preview import write_preview
+
+    spec, report = _read(file)
+    if report.template_source == "" and not report.ok:
+        _print_problems(report.errors)
+        raise typer.Exit(1)
+    written = write_preview(spec, file.parent, pdf_path=pdf, eml_path=eml)
+    for line in written:
+        console.print(f"wrote {line}")
+
+
+@campaign_app.command("load")
+def campaign_load(
+    file: FileArg,
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="leave out invalid routes and CSV rows, recording each as skipped with its reason",
+    )] = False,
+) -> None:
+    """Validate, then write the campaign and all its planned deliveries in one transaction."""
+    from dispatcher.domain.planning import load_campaign
+
+    spec, report = _read(file)
+    _print_problems(report.problems)
+    with db.transaction(_factory()) as session:
+        result = load_campaign(session, spec, report, source=file.resolve(), skip_invalid=skip_invalid)
+    console.print(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
+
+
+@campaign_app.command("list")
+def campaign_list() -> None:
+    """Every campaign in the ledger with delivery counts per state."""
+    with db.transaction(_factory()) as session:
+        console.print(views.campaign_table(session))
+
+
+@campaign_app.command("show")
+def campaign_show(name: str) -> None:
+    """Addressees, routes and delivery states of one campaign."""
+    with db.transaction(_factory()) as session:
+        for renderable in views.campaign_detail(session, name):
+            console.print(renderable)
+
+
+def main() -> None:
+    from workers.gateways.errors import GatewayConfigError
+
+    try:
+        app()
+    except (DispatchError, GatewayConfigError) as err:
+        err_console.print(f"[red]error[/red]: {err}")
+        raise SystemExit(1) from err
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@campaign_app.command("schedule")
+def campaign_schedule(name: str) -> None:
+    """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
+    from dispatcher.domain import control
+
+    with db.transaction(_factory()) as session:
+        campaign = control.schedule(session, name, now=_now())
+        console.print(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
+
+
+@campaign_app.command("pause")
+def campaign_pause(name: str) -> None:
+    """Stop sending; queued deliveries go back to planned. Faxes already handed to a provider go on."""
+    from dispatcher.domain import control
+
+    with db.transaction(_factory()) as session:
+        handed_back = control.pause(session, name)
+    console.print(f"{name}: paused ({handed_back} queued deliveries handed back)")
+
+
+@campaign_app.command("resume")
+def campaign_resume(name: str) -> None:
+    """Resume a paused campaign."""
+    from dispatcher.domain import control
+
+    with db.transaction(_factory()) as session:
+        control.resume(session, name)
+    console.print(f"{name}: scheduled again")
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(name: str) -> None:
+    """Cancel every delivery not yet handed to a provider (a fax mid-call is never interrupted)."""
+    from dispatcher.domain import control
+
+    with db.transaction(_factory()) as session:
+        cancelled = control.cancel(session, name)
+    console.print(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+
+
+delivery_app = typer.Typer(help="Operator actions on one delivery.", no_args_is_help=True)
+app.add_typer(delivery_app, name="delivery")
+
+
+@delivery_app.command("retry")
+def delivery_retry(
+    delivery_id: int,
+    force: Annotated[bool, typer.Option("--force", help="even if another route of the addressee succeeded")] = False,
+) -> None:
+    """Send a failed delivery again (same route, same idempotency key)."""
+    from dispatcher.domain import control
+
+    with db.transaction(_factory()) as session:
+        control.retry(session, delivery_id, now=_now(), force=force)
+    console.print(f"delivery #{delivery_id}: planned again")
+
+
+@delivery_app.command("resolve")
+def delivery_resolve(
+    delivery_id: int,
+    sent: Annotated[bool, typer.Option("--sent/--not-sent", help="what the provider's records show")],
+) -> None:
+    """Settle an `unknown` delivery after checking with the provider by hand."""
+    from dispatcher.domain import control
+
+    with db.transaction(_factory()) as session:
+        state = control.resolve(session, delivery_id, sent=sent, now=_now())
+    console.print(f"delivery #{delivery_id}: {state}")
+
+
+@app.command("log")
+def log(
+    name: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep showing new events live")] = False,
+) -> None:
+    """The delivery events of a campaign, newest last."""
+    factory = _factory()
+    if not follow:
+        with db.transaction(factory) as session:
+            console.print(views.event_table(session, name))
+        return
+    from dispatcher.processes.live import follow_log
+
+    follow_log(factory, name, console=console)
+
+
+@app.command("scheduler")
+def scheduler(interval: Annotated[float, typer.Option(help="seconds between ticks")] = 1.0) -> None:
+    """Claim due deliveries every tick and publish them to the workers; sweep lost and dead ones."""
+    import signal
+    import threading
+
+    from dispatcher.domain.scheduling import SchedulerConfig
+    from dispatcher.processes.scheduler import run_forever
+    from workers.tasks import publisher, reconcile_publisher
+
+    settings = get_settings()
+    config = SchedulerConfig(republish_after=timedelta(seconds=settings.republish_after_seconds),
+                             reconcile_every=timedelta(seconds=settings.reconcile_every_seconds))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")
+    try:
+        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval,
+                    config=config)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@app.command("worker")
+def worker(
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "fax,email,copies",
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker (prefork pool) on the broker at DISPATCH_BROKER_URL."""
+    from workers.celery_app import app as celery_app
+    from workers.celery_app import queue_name
+    from workers.runtime import worker_context
+
+    worker_context()  # build gateways now: a missing setting fails at start-up, naming the variable
+    names = ",".join(queue_name(q.strip()) for q in queues.split(","))
+    celery_app.worker_main(["worker", "-Q", names, "--concurrency", str(concurrency), "--loglevel", loglevel,
+                            "--pool", "prefork", "--without-gossip", "--without-mingle"])
+
+
+@app.command("web")
+def web(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve status webhooks (/webhooks/<gateway>), fax documents for providers (/media) and the read API."""
+    import uvicorn
+
+    from dispatcher.processes.web import build_web_app
+
+    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_level="info")
+
+
+@app.command("demo")
+def demo(
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 90.0,
+) -> None:
+    """Run the example campaign end to end in one process: SQLite, in-process worker, sandbox gateways."""
+    from dispatcher.processes.demo import run_demo
+
+    ok = run_demo(console=console, timeout=timeout)
+    if not ok:
+        raise typer.Exit(1)
+
+
+sandbox_app = typer.Typer(help="Provider emulators for rehearsals, the demo and tests.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    web_url: Annotated[str, typer.Option(help="where `dispatch web` listens (webhooks go there)")] =
+        "http://127.0.0.1:8000",
+    oracle_dir: Annotated[Path, typer.Option(help="where each emulator appends its oracle")] = Path("var/sandbox"),
+) -> None:
+    """Run every provider emulator and the SMTP sink on localhost; print the settings that use them."""
+    import threading
+
+    from workers.sandbox.serve import serve_all
+
+    running = serve_all(web_url=web_url, oracle_dir=oracle_dir)
+    console.print("# sandbox running; export these to point the gateways at it (Ctrl-C stops):")
+    for key, value in sorted(running.settings.items()):
+        console.print(f"export {key}={value}", highlight=False, soft_wrap=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        running.stop()

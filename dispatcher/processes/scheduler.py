@@ -1,0 +1,30 @@
+"""The `dispatch scheduler` loop: one scheduling tick (dispatcher.domain.scheduling) every interval."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.domain.scheduling import Publisher, SchedulerConfig, TickResult, run_once
+
+log = logging.getLogger(__name__)
+
+
+def run_forever(factory: sessionmaker[Session], publisher: Publisher, reconciler: Publisher, *,
+                clock: Callable[[], datetime], stop: threading.Event, interval: float = 1.0,
+                config: SchedulerConfig = SchedulerConfig(),
+                on_tick: Callable[[TickResult], None] | None = None) -> None:
+    """Tick every ``interval`` seconds until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            result = run_once(factory, publisher, reconciler, now=clock(), config=config)
+        except Exception:  # a database restart or a broker hiccup must not stop the scheduler
+            log.exception("scheduler tick failed; trying again in %.1fs", interval)
+        else:
+            if on_tick is not None:
+                on_tick(result)
+        stop.wait(interval)

@@ -1,0 +1,110 @@
+"""Read-side views of the ledger as rich renderables (CLI and live log)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import RenderableType
+from rich.table import Table
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
+from dispatcher.domain.queries import get_campaign
+
+STATE_STYLE = {
+    "delivered": "green", "submitted": "cyan", "sending": "blue", "queued": "blue", "planned": "white",
+    "retry_wait": "yellow", "unknown": "magenta", "failed": "red", "cancelled": "dim", "skipped": "dim yellow",
+}
+
+
+def styled(state: str) -> str:
+    style = STATE_STYLE.get(state, "white")
+    return f"[{style}]{state}[/{style}]"
+
+
+def campaign_table(session: Session) -> Table:
+    table = Table(title="Campaigns")
+    for column in ("name", "title", "status", "deliveries"):
+        table.add_column(column)
+    counts: dict[int, Counter[str]] = {}
+    for campaign_id, state, n in session.execute(
+        select(Delivery.campaign_id, Delivery.state, func.count()).group_by(Delivery.campaign_id, Delivery.state)
+    ):
+        counts.setdefault(campaign_id, Counter())[state] = n
+    for campaign in session.scalars(select(Campaign).order_by(Campaign.id)):
+        summary = ", ".join(f"{styled(s)} {n}" for s, n in sorted(counts.get(campaign.id, Counter()).items()))
+        table.add_row(campaign.name, campaign.title, campaign.status, summary)
+    return table
+
+
+def campaign_detail(session: Session, name: str) -> list[RenderableType]:
+    campaign = get_campaign(session, name)
+    head = Table.grid(padding=(0, 2))
+    head.add_row("campaign", f"{campaign.name}: {campaign.title}")
+    head.add_row("status", campaign.status)
+    head.add_row("policy", campaign.route_policy)
+    head.add_row("deadline", campaign.deadline.isoformat() if campaign.deadline else "none")
+    return [head, _letters_table(campaign), _copies_summary(campaign)]
+
+
+def _letters_table(campaign: Campaign) -> Table:
+    table = Table(title="Letters: addressees and routes")
+    for column in ("#", "role", "addressee", "route", "destination", "state", "attempts", "note"):
+        table.add_column(column, overflow="fold")
+    letters = sorted((d for d in campaign.deliveries if d.kind == "letter"),
+                     key=lambda d: (d.addressee.role != "to" if d.addressee else True,
+                                    d.addressee.position if d.addressee else 0, d.route_position))
+    for delivery in letters:
+        person = delivery.addressee
+        route = delivery.route
+        table.add_row(
+            str(delivery.id), person.role if person else "", f"{person.name}, {person.title}" if person else "",
+            f"{delivery.channel} {delivery.route_position + 1}",
+            route.raw_value if route and not route.valid else delivery.destination,
+            styled(delivery.state), str(delivery.attempt_count), _note(delivery),
+        )
+    return table
+
+
+def _note(delivery: Delivery) -> str:
+    """Why a delivery is where it is; a success needs no note (its earlier failures are in the log)."""
+    if delivery.state in ("delivered", "submitted"):
+        return ""
+    return delivery.last_error or ""
+
+
+def _copies_summary(campaign: Campaign) -> Table:
+    table = Table(title="Supporter copies")
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    for state, n in sorted(Counter(d.state for d in campaign.deliveries if d.kind == "copy").items()):
+        table.add_row(styled(state), str(n))
+    return table
+
+
+def event_table(session: Session, name: str, *, after_id: int = 0, limit: int | None = None) -> Table:
+    campaign = get_campaign(session, name)
+    query = (select(DeliveryEvent, Delivery)
+             .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
+             .where(DeliveryEvent.campaign_id == campaign.id, DeliveryEvent.id > after_id)
+             .order_by(DeliveryEvent.id))
+    if limit is not None:
+        query = query.limit(limit)
+    table = Table(title=f"Delivery log: {campaign.name}")
+    for column in ("at (UTC)", "delivery", "target", "change", "actor", "reason"):
+        table.add_column(column, overflow="fold")
+    for event, delivery in session.execute(query):
+        change = styled(event.to_state) if event.from_state is None else \
+            f"{styled(event.from_state)} -> {styled(event.to_state)}"
+        table.add_row(event.at.strftime("%Y-%m-%d %H:%M:%S"), str(delivery.id), describe_target(delivery),
+                      change, event.actor, event.reason)
+    return table
+
+
+def describe_target(delivery: Delivery) -> str:
+    """Who a delivery is for, without personal data of supporters (logs and live views are shared)."""
+    if delivery.kind == "copy":
+        return f"supporter copy #{delivery.supporter_id}"
+    person = delivery.addressee.name if delivery.addressee else "?"
+    return f"{person} / {delivery.channel} {delivery.destination}"

@@ -1,0 +1,241 @@
+"""End to end with real parts: PostgreSQL, Redis as the Celery broker, and separate `dispatch worker`
+and `dispatch scheduler` processes, started and stopped by the tests. The sandbox oracle judges."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.domain.db import transaction
+from dispatcher.domain.models import Delivery, DeliveryEvent, utcnow
+from dispatcher.domain.scheduling import claim_due
+
+from ..test_validation import write_campaign
+from .conftest import RETRY, Sandbox, campaign_status, history, schedule_campaign, states
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
+WANG = "+861065591516"
+BROKER = os.environ.get("DISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(params=["postgres"])
+def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """These tests run several processes against one ledger: PostgreSQL only."""
+    from dispatcher.domain import db
+
+    from ..conftest import _drop_postgres_database, _fresh_postgres_database
+
+    name, url = _fresh_postgres_database()
+    try:
+        db.upgrade(url)
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+class Processes:
+    """`dispatch` processes sharing one environment; every one is stopped at the end of the test."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{args[0]}-{len(self.running)}.log").open("wb")
+        process = subprocess.Popen([sys.executable, "-m", "dispatcher", *args], env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                self.kill(process, signal.SIGTERM)
+
+
+@pytest.fixture
+def processes(db_url: str, sandbox: Sandbox, tmp_path: Path) -> Iterator[Processes]:
+    env = {**os.environ, **sandbox.worker_env(),
+           "DISPATCH_DATABASE_URL": db_url, "DISPATCH_BROKER_URL": BROKER,
+           "DISPATCH_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}-",
+           "DISPATCH_RETRY_BASE_SECONDS": "0.2", "DISPATCH_RETRY_CAP_SECONDS": "1",
+           "DISPATCH_FAX_GAP_SECONDS": "0", "DISPATCH_LEASE_SECONDS": "8",
+           "DISPATCH_REPUBLISH_AFTER_SECONDS": "2", "DISPATCH_RECONCILE_EVERY_SECONDS": "1",
+           "DISPATCH_RECONCILE_GRACE_SECONDS": "1"}
+    group = Processes(env, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def wait_for(check: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition",
+             explain: Callable[[], object] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {explain()}")
+        time.sleep(0.2)
+
+
+def explain(factory: sessionmaker[Session]) -> dict[str, object]:
+    return {dest: (state, history(factory, dest)[-3:]) for dest, state in states(factory).items()
+            if state not in ("delivered", "skipped")}
+
+
+def all_settled(factory: sessionmaker[Session], name: str) -> Callable[[], bool]:
+    return lambda: campaign_status(factory, name) == "completed"
+
+
+def test_campaign_through_real_workers_and_two_schedulers(
+        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
+        example_file: Path) -> None:
+    sandbox.fax.script(WANG, ["busy"])
+    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    processes.start("worker", "--concurrency", "2")
+    processes.start("scheduler", "--interval", "0.3")
+    processes.start("scheduler", "--interval", "0.3")  # two schedulers at once
+    wait_for(all_settled(factory, name), what="the campaign to complete", explain=lambda: explain(factory))
+    result = states(factory)
+    assert result[WANG] == "delivered", history(factory, WANG)
+    assert sandbox.duplicates() == {}
+    with factory() as session:  # each planned delivery was queued by exactly one scheduler
+        first_queues = session.execute(
+            select(DeliveryEvent.delivery_id, func.count()).where(DeliveryEvent.from_state == "planned",
+                                                                  DeliveryEvent.to_state == "queued")
+            .group_by(DeliveryEvent.delivery_id)).all()
+        assert first_queues and all(n == 1 for _, n in first_queues)
+
+
+def test_same_ids_published_twice_to_two_workers_send_once(
+        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
+        example_file: Path) -> None:
+    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    with transaction(factory) as session:
+        ids = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
+    _publish_twice(ids, prefix=processes.env["DISPATCH_QUEUE_PREFIX"])
+    processes.start("worker", "--concurrency", "1")
+    processes.start("worker", "--concurrency", "1")
+    processes.start("scheduler", "--interval", "0.3")
+    wait_for(all_settled(factory, name), what="the campaign to complete", explain=lambda: explain(factory))
+    assert sandbox.duplicates() == {}
+    assert sorted(e.destination for e in sandbox.fax.oracle()) == ["+861063070900", WANG]
+
+
+def _publish_twice(ids: list[int], *, prefix: str) -> None:
+    """Publish every id twice to each queue, as redelivered or re-published messages would."""
+    from workers.celery_app import make_app
+
+    app = make_app(BROKER)
+    for _ in range(2):
+        for queue in ("fax", "email", "copies"):
+            app.send_task("dispatch.deliver", args=[ids], queue=f"{prefix}{queue}")
+    app.close()
+
+
+def test_worker_killed_mid_send_is_reconciled_without_a_second_send(
+        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
+        example_file: Path) -> None:
+    sandbox.fax.latency = 3.0  # the provider is slow to answer: the worker is inside send() when killed
+    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    worker = processes.start("worker", "--concurrency", "1", "--queues", "fax")
+    processes.start("scheduler", "--interval", "0.3")
+
+    def sending() -> bool:
+        with factory() as session:
+            return session.scalar(select(Delivery.id).where(Delivery.state == "sending")) is not None
+
+    wait_for(sending, what="a fax in flight")
+    processes.kill(worker)  # SIGKILL the worker and its pool: no chance to record anything
+    sandbox.fax.latency = 0.0
+    processes.start("worker", "--concurrency", "1")
+    wait_for(all_settled(factory, name), timeout=90, what="the campaign to complete after the kill",
+             explain=lambda: explain(factory))
+    with factory() as session:
+        unknown_paths = session.scalars(select(DeliveryEvent.delivery_id)
+                                        .where(DeliveryEvent.to_state == "unknown")).all()
+    assert unknown_paths, "the killed send should have become unknown before it was reconciled"
+    assert sandbox.duplicates() == {}
+    assert all(state in ("delivered", "submitted", "skipped") for state in states(factory).values())
+
+
+def test_lost_broker_message_is_republished_by_the_sweeper(
+        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
+        example_file: Path) -> None:
+    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    with transaction(factory) as session:  # queued, but the message never reaches the broker
+        lost = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
+    assert lost
+    processes.start("worker", "--concurrency", "1")
+    processes.start("scheduler", "--interval", "0.3")
+    wait_for(all_settled(factory, name), what="the lost deliveries to be re-published and sent",
+             explain=lambda: explain(factory))
+    assert sandbox.duplicates() == {}
+    with factory() as session:
+        assert all(session.get(Delivery, i).state != "queued" for i in lost)  # type: ignore[union-attr]
+
+
+def test_fallback_through_real_workers(factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes,
+                                       tmp_path: Path, example_file: Path) -> None:
+    """Xi Jinping: fax 1 is not a valid number, fax 2 never gives a fax tone, so the email goes."""
+    xi_1, xi_2, xi_email = "+861063070900", "+861062381025", "president@example.gov.cn"
+    path = write_campaign(tmp_path, example_file, {**FIXED,
+                          'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]':
+                          f'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["{xi_email}"]'})
+    sandbox.fax.script(xi_1, ["invalid_number"])
+    sandbox.fax.script(xi_2, ["no_fax_tone"] * 10)
+    name = schedule_campaign(factory, path)
+    processes.start("worker", "--concurrency", "2")
+    processes.start("scheduler", "--interval", "0.3")
+    wait_for(all_settled(factory, name), what="the fallback to finish", explain=lambda: explain(factory))
+    result = states(factory)
+    assert (result[xi_1], result[xi_2], result[xi_email]) == ("failed", "failed", "submitted")
+    # a failure reported by webhook is judged by the web process's retry policy (tests/worker/conftest.RETRY)
+    assert [e.outcome for e in sandbox.fax.oracle() if e.destination == xi_2] == ["no_fax_tone"] * RETRY.max_attempts
+    assert [m.destination for m in sandbox.mail.oracle()].count(xi_email) == 1
+    assert sandbox.duplicates() == {}
+
+
+def test_pause_resume_and_cancel_through_real_workers(
+        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
+        example_file: Path) -> None:
+    from dispatcher.domain import control
+
+    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    with transaction(factory) as session:
+        control.pause(session, name)
+    processes.start("worker", "--concurrency", "1")
+    processes.start("scheduler", "--interval", "0.3")
+    time.sleep(4)  # a paused campaign: ticks pass, nothing is claimed
+    assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
+    assert set(states(factory).values()) == {"planned"}
+    with transaction(factory) as session:
+        control.resume(session, name)
+    wait_for(lambda: len(sandbox.fax.oracle()) >= 1, what="sending to start after resume")
+    with transaction(factory) as session:
+        control.cancel(session, name)
+    wait_for(lambda: all(s in ("delivered", "submitted", "cancelled", "failed") for s in states(factory).values()),
+             what="every delivery to end after the cancel", explain=lambda: explain(factory))
+    sent = {e.destination for e in sandbox.fax.oracle()} | {e.destination for e in sandbox.mail.oracle()}
+    for destination, state in states(factory).items():
+        assert (state == "cancelled") == (destination not in sent), (destination, state)
+    assert sandbox.duplicates() == {}
