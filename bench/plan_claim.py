@@ -61,11 +61,16 @@ CLAIM_LIMIT = SchedulerConfig().claim_limit  # rows claimed per tick
 
 # --- the baseline: the planner as it was before the bulk path (one flush per row) ----------------------
 
+
 def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: str) -> DeliveryEvent:
     """The first event of a delivery: it was planned (or skipped at planning)."""
     event = DeliveryEvent(
-        delivery_id=delivery.id, campaign_id=delivery.campaign_id, actor=actor, from_state=None,
-        to_state=delivery.state, reason=reason,
+        delivery_id=delivery.id,
+        campaign_id=delivery.campaign_id,
+        actor=actor,
+        from_state=None,
+        to_state=delivery.state,
+        reason=reason,
     )
     session.add(event)
     return event
@@ -84,8 +89,7 @@ def _baseline_plan(session: Session, campaign: Campaign, spec: CampaignSpec, rep
             session.add(addressee)
             session.flush()
             for position, check in enumerate(report.routes[(role, index)]):
-                deliveries.append(_baseline_route_delivery(session, campaign, addressee, role, index, position,
-                                                           check))
+                deliveries.append(_baseline_route_delivery(session, campaign, addressee, role, index, position, check))
     for row in report.supporters:
         deliveries.append(_baseline_copy_delivery(session, campaign, row.email, row.name, row.problem))
     session.add_all([d for d, _ in deliveries])
@@ -98,23 +102,43 @@ def _baseline_plan(session: Session, campaign: Campaign, spec: CampaignSpec, rep
 
 def _baseline_addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
     return Addressee(
-        campaign_id=campaign.id, role=role, position=index, name=person.name, title=person.title,
-        organisation=person.organisation, salutation=person.salutation, address=list(person.address),
-        country=person.country.upper(), timezone=person.timezone, phones=list(person.phone),
+        campaign_id=campaign.id,
+        role=role,
+        position=index,
+        name=person.name,
+        title=person.title,
+        organisation=person.organisation,
+        salutation=person.salutation,
+        address=list(person.address),
+        country=person.country.upper(),
+        timezone=person.timezone,
+        phones=list(person.phone),
     )
 
 
-def _baseline_route_delivery(session: Session, campaign: Campaign, addressee: Addressee, role: str, index: int,
-                             position: int, check: RouteCheck) -> tuple[Delivery, str]:
-    route = Route(addressee_id=addressee.id, channel=check.channel, position=position, raw_value=check.raw_value,
-                  value=check.value, valid=check.problem is None,
-                  problem=check.problem.message if check.problem else None)
+def _baseline_route_delivery(
+    session: Session, campaign: Campaign, addressee: Addressee, role: str, index: int, position: int, check: RouteCheck
+) -> tuple[Delivery, str]:
+    route = Route(
+        addressee_id=addressee.id,
+        channel=check.channel,
+        position=position,
+        raw_value=check.raw_value,
+        value=check.value,
+        valid=check.problem is None,
+        problem=check.problem.message if check.problem else None,
+    )
     session.add(route)
     session.flush()
     skipped = check.problem is not None
     delivery = Delivery(
-        campaign_id=campaign.id, kind="letter", addressee_id=addressee.id, route_id=route.id,
-        channel=check.channel, destination=check.value or check.raw_value, route_position=position,
+        campaign_id=campaign.id,
+        kind="letter",
+        addressee_id=addressee.id,
+        route_id=route.id,
+        channel=check.channel,
+        destination=check.value or check.raw_value,
+        route_position=position,
         state=State.SKIPPED if skipped else State.PLANNED,
         idempotency_key=idempotency_key(campaign.name, role, index, check.channel, check.value or check.raw_value),
         last_error=str(check.problem) if check.problem else None,
@@ -123,13 +147,18 @@ def _baseline_route_delivery(session: Session, campaign: Campaign, addressee: Ad
     return delivery, reason
 
 
-def _baseline_copy_delivery(session: Session, campaign: Campaign, email: str, name: str | None,
-                            problem: Problem | None) -> tuple[Delivery, str]:
+def _baseline_copy_delivery(
+    session: Session, campaign: Campaign, email: str, name: str | None, problem: Problem | None
+) -> tuple[Delivery, str]:
     supporter = Supporter(campaign_id=campaign.id, email=email, name=name)
     session.add(supporter)
     session.flush()
     delivery = Delivery(
-        campaign_id=campaign.id, kind="copy", supporter_id=supporter.id, channel="email", destination=email,
+        campaign_id=campaign.id,
+        kind="copy",
+        supporter_id=supporter.id,
+        channel="email",
+        destination=email,
         state=State.SKIPPED if problem else State.PLANNED,
         idempotency_key=idempotency_key(campaign.name, "supporter", email.lower()),
         last_error=str(problem) if problem else None,
@@ -139,6 +168,7 @@ def _baseline_copy_delivery(session: Session, campaign: Campaign, email: str, na
 
 
 # --- ledgers --------------------------------------------------------------------------------------------
+
 
 class Ledgers:
     """Fresh, migrated, empty ledgers: copies of a migrated template (a file, or a template database)."""
@@ -195,6 +225,7 @@ class Ledgers:
 
 # --- measurements ---------------------------------------------------------------------------------------
 
+
 def campaign_with(supporters: int, workdir: Path) -> tuple[CampaignSpec, Report, Path]:
     """The example campaign (4 letter routes) with ``supporters`` generated, already valid CSV rows.
 
@@ -211,8 +242,9 @@ def campaign_with(supporters: int, workdir: Path) -> tuple[CampaignSpec, Report,
     spec = load_spec(path)
     report = validate(spec, file=path)
     assert report.ok, [str(p) for p in report.errors]
-    report.supporters = [SupporterRow(line=i + 2, email=f"supporter{i}@example.org", name=f"Supporter {i}")
-                         for i in range(supporters)]
+    report.supporters = [
+        SupporterRow(line=i + 2, email=f"supporter{i}@example.org", name=f"Supporter {i}") for i in range(supporters)
+    ]
     return spec, report, path
 
 
@@ -221,10 +253,25 @@ def content(factory: sessionmaker[Session]) -> tuple[int, str]:
     the bulk planner must write exactly what the row-by-row one wrote, ids and timestamps aside."""
     with factory() as session:
         rows = session.execute(
-            select(Delivery.idempotency_key, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state,
-                   Delivery.last_error, Delivery.route_position, Supporter.email, Supporter.name, Addressee.role,
-                   Addressee.position, Route.position, Route.value, DeliveryEvent.actor, DeliveryEvent.from_state,
-                   DeliveryEvent.to_state, DeliveryEvent.reason)
+            select(
+                Delivery.idempotency_key,
+                Delivery.kind,
+                Delivery.channel,
+                Delivery.destination,
+                Delivery.state,
+                Delivery.last_error,
+                Delivery.route_position,
+                Supporter.email,
+                Supporter.name,
+                Addressee.role,
+                Addressee.position,
+                Route.position,
+                Route.value,
+                DeliveryEvent.actor,
+                DeliveryEvent.from_state,
+                DeliveryEvent.to_state,
+                DeliveryEvent.reason,
+            )
             .join(DeliveryEvent, DeliveryEvent.delivery_id == Delivery.id)
             .outerjoin(Supporter, Supporter.id == Delivery.supporter_id)
             .outerjoin(Addressee, Addressee.id == Delivery.addressee_id)
@@ -234,8 +281,9 @@ def content(factory: sessionmaker[Session]) -> tuple[int, str]:
     return len(rows), digest
 
 
-def time_plan(ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path, *,
-              bulk: bool) -> tuple[float, tuple[int, str]]:
+def time_plan(
+    ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path, *, bulk: bool
+) -> tuple[float, tuple[int, str]]:
     with ledgers.fresh() as factory:
         started = time.perf_counter()
         with db.transaction(factory) as session:
@@ -266,14 +314,25 @@ def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[D
     from dispatcher.domain.ledger import transition
 
     earlier = aliased(Delivery)
-    blocked = exists().where(earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",
-                             earlier.route_position < Delivery.route_position,
-                             earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]))
-    query = (select(Delivery).join(Campaign, Campaign.id == Delivery.campaign_id)
-             .where(Campaign.status == "scheduled", Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
-                    or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
-                    or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked))
-             .order_by(Delivery.not_before, Delivery.id).limit(limit).with_for_update(skip_locked=True, of=Delivery))
+    blocked = exists().where(
+        earlier.addressee_id == Delivery.addressee_id,
+        earlier.kind == "letter",
+        earlier.route_position < Delivery.route_position,
+        earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]),
+    )
+    query = (
+        select(Delivery)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(
+            Campaign.status == "scheduled",
+            Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
+            or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
+            or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked),
+        )
+        .order_by(Delivery.not_before, Delivery.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Delivery)
+    )
     due = list(session.scalars(query))
     for delivery in due:
         transition(session, delivery, State.QUEUED, actor="scheduler", reason="due", at=now)
@@ -281,8 +340,15 @@ def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[D
     return due
 
 
-def time_claim(ledgers: Ledgers, spec: CampaignSpec, report: Report, path: Path, *,
-               batch_size: int, claimer: Callable[..., Sequence[Any]] = claim_due) -> tuple[float, Counter]:
+def time_claim(
+    ledgers: Ledgers,
+    spec: CampaignSpec,
+    report: Report,
+    path: Path,
+    *,
+    batch_size: int,
+    claimer: Callable[..., Sequence[Any]] = claim_due,
+) -> tuple[float, Counter]:
     """Plan (untimed) and schedule the campaign, then time ticks of claim_due + publish until none is due."""
     with ledgers.fresh() as factory:
         with db.transaction(factory) as session:
@@ -332,8 +398,10 @@ class Options:
 
 
 def bench(kind: str, options: Options, workdir: Path) -> list[Row]:
-    campaigns = {n: campaign_with(n, workdir / kind) for n in
-                 {options.supporters, options.baseline_supporters, options.claim_supporters}}
+    campaigns = {
+        n: campaign_with(n, workdir / kind)
+        for n in {options.supporters, options.baseline_supporters, options.claim_supporters}
+    }
     ledgers = Ledgers(kind, workdir)
     try:
         return plan_rows(kind, options, ledgers, campaigns) + claim_rows(kind, options, ledgers, campaigns)
@@ -352,10 +420,19 @@ def plan_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaign
         return seconds
 
     small, big = options.baseline_supporters, options.supporters
-    base = Row(kind, "plan, row by row (baseline)", 4 + small,
-               median_of(f"{kind} plan baseline", options.baseline_repeats, lambda: plan(False, small)))
-    bulk = Row(kind, "plan, bulk INSERT", 4 + big, median_of(f"{kind} plan bulk", options.repeats,
-                                                               lambda: plan(True, big)), baseline=base)
+    base = Row(
+        kind,
+        "plan, row by row (baseline)",
+        4 + small,
+        median_of(f"{kind} plan baseline", options.baseline_repeats, lambda: plan(False, small)),
+    )
+    bulk = Row(
+        kind,
+        "plan, bulk INSERT",
+        4 + big,
+        median_of(f"{kind} plan bulk", options.repeats, lambda: plan(True, big)),
+        baseline=base,
+    )
     if (True, small) not in written:
         plan(True, small)  # untimed: the same campaign as the baseline, to compare what both wrote
     if written[(True, small)] != written[(False, small)] or written[(True, small)][0] != 4 + small:
@@ -367,12 +444,14 @@ def claim_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaig
     counters: dict[int, Counter] = {}
 
     def claim(batch_size: int, claimer: Callable[..., Sequence[Any]] = claim_due, key: int | None = None) -> float:
-        seconds, counters[key or batch_size] = time_claim(ledgers, *campaigns[options.claim_supporters],
-                                                          batch_size=batch_size, claimer=claimer)
+        seconds, counters[key or batch_size] = time_claim(
+            ledgers, *campaigns[options.claim_supporters], batch_size=batch_size, claimer=claimer
+        )
         return seconds
 
-    seconds = median_of(f"{kind} claim row by row, 1/message", options.repeats,
-                        lambda: claim(1, baseline_claim_due, key=-1))
+    seconds = median_of(
+        f"{kind} claim row by row, 1/message", options.repeats, lambda: claim(1, baseline_claim_due, key=-1)
+    )
     due = counters[-1].ids  # every delivery but the second fax to one addressee (first-success holds it)
     base = Row(kind, "claim row by row, 1 id/message (baseline)", due, seconds, counters[-1].messages)
     seconds = median_of(f"{kind} claim bulk 1/message", options.repeats, lambda: claim(1))
@@ -385,37 +464,53 @@ def claim_rows(kind: str, options: Options, ledgers: Ledgers, campaigns: Campaig
 
 
 def print_table(rows: list[Row]) -> None:
-    header = (f"{'database':<9} {'what':<42} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'messages':>8} "
-              f"{'ratio vs baseline':>17}")
+    header = (
+        f"{'database':<9} {'what':<42} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'messages':>8} "
+        f"{'ratio vs baseline':>17}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         messages = "" if row.messages is None else str(row.messages)
         ratio = "baseline" if row.baseline is None else f"{row.rate / row.baseline.rate:.1f}x rows/s"
-        print(f"{row.database:<9} {row.what:<42} {row.rows:>7} {row.seconds:>8.2f} {row.rate:>8.0f} "
-              f"{messages:>8} {ratio:>17}")
+        print(
+            f"{row.database:<9} {row.what:<42} {row.rows:>7} {row.seconds:>8.2f} {row.rate:>8.0f} "
+            f"{messages:>8} {ratio:>17}"
+        )
     for row in rows:
         base = row.baseline
         if row.messages and base is not None and base.messages and row.messages != base.messages:
-            print(f"{row.database}: {row.baseline.messages / row.messages:.0f}x fewer broker messages "
-                  f"({row.messages} vs {row.baseline.messages}) for the same {row.rows} ids")
+            print(
+                f"{row.database}: {row.baseline.messages / row.messages:.0f}x fewer broker messages "
+                f"({row.messages} vs {row.baseline.messages}) for the same {row.rows} ids"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Planning, claiming and publishing at volume vs baselines.")
-    parser.add_argument("--supporters", type=int, default=50_000,
-                        help="supporter copies planned by the bulk path (default 50,000)")
+    parser.add_argument(
+        "--supporters", type=int, default=50_000, help="supporter copies planned by the bulk path (default 50,000)"
+    )
     parser.add_argument("--database", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; the median is printed")
-    parser.add_argument("--baseline-supporters", type=int, default=5_000,
-                        help="supporter copies for the row-by-row planning baseline (default 5,000: it is slow; "
-                             "its cost per row does not depend on N, pass --supporters' value to check)")
+    parser.add_argument(
+        "--baseline-supporters",
+        type=int,
+        default=5_000,
+        help="supporter copies for the row-by-row planning baseline (default 5,000: it is slow; "
+        "its cost per row does not depend on N, pass --supporters' value to check)",
+    )
     parser.add_argument("--baseline-repeats", type=int, default=1, help="runs of the planning baseline (default 1)")
-    parser.add_argument("--claim-supporters", type=int, default=5_000,
-                        help="supporter copies planned (untimed) for each claim+publish run (default 5,000)")
+    parser.add_argument(
+        "--claim-supporters",
+        type=int,
+        default=5_000,
+        help="supporter copies planned (untimed) for each claim+publish run (default 5,000)",
+    )
     args = parser.parse_args(argv)
-    options = Options(args.supporters, args.baseline_supporters, args.claim_supporters, args.repeats,
-                      args.baseline_repeats)
+    options = Options(
+        args.supporters, args.baseline_supporters, args.claim_supporters, args.repeats, args.baseline_repeats
+    )
     kinds = ["sqlite", "postgres"] if args.database == "both" else [args.database]
     workdir = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
     started = time.perf_counter()
@@ -426,10 +521,12 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench(kind, options, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"plan: bulk {options.supporters} supporter copies (median of {options.repeats}) vs row by row "
-          f"{options.baseline_supporters} (median of {options.baseline_repeats}); claim+publish: "
-          f"{options.claim_supporters} supporter copies, ticks of {CLAIM_LIMIT} rows (median of {options.repeats}); "
-          f"each ledger also has 4 letters; {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f}s in all")
+    print(
+        f"plan: bulk {options.supporters} supporter copies (median of {options.repeats}) vs row by row "
+        f"{options.baseline_supporters} (median of {options.baseline_repeats}); claim+publish: "
+        f"{options.claim_supporters} supporter copies, ticks of {CLAIM_LIMIT} rows (median of {options.repeats}); "
+        f"each ledger also has 4 letters; {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f}s in all"
+    )
     print_table(rows)
 
 

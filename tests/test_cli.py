@@ -85,29 +85,56 @@ def test_control_commands(example_file: Path) -> None:
 
 def test_unknown_campaign_is_a_clear_error() -> None:
     """Through the real entry point, as a user types it: a message, not a traceback."""
-    result = subprocess.run([sys.executable, "-m", "dispatcher", "campaign", "show", "no-such-campaign"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "campaign", "show", "no-such-campaign"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "no campaign named 'no-such-campaign'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_worker_refuses_to_start_without_gateway_settings(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
-           "DISPATCH_FAX_GATEWAY": "telnyx", "DISPATCH_EMAIL_GATEWAY": "smtp", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "dispatcher", "worker"], capture_output=True, text=True,
-                            timeout=60, env=env, cwd=tmp_path)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+        "DISPATCH_FAX_GATEWAY": "telnyx",
+        "DISPATCH_EMAIL_GATEWAY": "smtp",
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "DISPATCH_TELNYX_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_worker_refuses_telnyx_without_a_secret_key(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}", "HOME": str(tmp_path),
-           "DISPATCH_TELNYX_API_KEY": "KEY", "DISPATCH_TELNYX_CONNECTION_ID": "c", "DISPATCH_SMTP_HOST": "127.0.0.1",
-           "DISPATCH_TELNYX_PUBLIC_KEY": "a2W+JI9/H1Ysx7DDdx8+wtMj9CzHJ53Om+ZVbMjdseQ="}
-    result = subprocess.run([sys.executable, "-m", "dispatcher", "worker"], capture_output=True, text=True,
-                            timeout=60, env=env, cwd=tmp_path)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+        "HOME": str(tmp_path),
+        "DISPATCH_TELNYX_API_KEY": "KEY",
+        "DISPATCH_TELNYX_CONNECTION_ID": "c",
+        "DISPATCH_SMTP_HOST": "127.0.0.1",
+        "DISPATCH_TELNYX_PUBLIC_KEY": "a2W+JI9/H1Ysx7DDdx8+wtMj9CzHJ53Om+ZVbMjdseQ=",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert "DISPATCH_SECRET_KEY" in result.stderr
 
@@ -124,8 +151,13 @@ def test_follow_log_shows_new_events_live(tmp_path: Path, example_file: Path) ->
     run("campaign", "load", str(example_file), "--skip-invalid")
     factory = db.session_factory(db.make_engine(get_settings().database_url))
     out = io.StringIO()
-    follow_log(factory, "north-korean-refugees-2015", console=Console(file=out, width=200, force_terminal=False),
-               interval=0.05, until=0.3)
+    follow_log(
+        factory,
+        "north-korean-refugees-2015",
+        console=Console(file=out, width=200, force_terminal=False),
+        interval=0.05,
+        until=0.3,
+    )
     text = out.getvalue()
     assert "draft" in text  # the campaign status heads the summary
     assert "planned 5" in text and "skipped 1" in text

@@ -43,9 +43,14 @@ def names(client: redis.Redis) -> Iterator[tuple[str, str]]:
 
 
 def limits(**changes: float) -> Limits:
-    values = {"gateway_per_second": GENEROUS.gateway_per_second, "gateway_in_flight": GENEROUS.gateway_in_flight,
-              "campaign_per_minute": GENEROUS.campaign_per_minute, "max_wait": GENEROUS.max_wait,
-              "slot_ttl": GENEROUS.slot_ttl, **changes}
+    values = {
+        "gateway_per_second": GENEROUS.gateway_per_second,
+        "gateway_in_flight": GENEROUS.gateway_in_flight,
+        "campaign_per_minute": GENEROUS.campaign_per_minute,
+        "max_wait": GENEROUS.max_wait,
+        "slot_ttl": GENEROUS.slot_ttl,
+        **changes,
+    }
     return Limits(**values)  # type: ignore[arg-type]
 
 
@@ -140,8 +145,11 @@ def test_waiting_longer_than_max_wait_for_a_slot_raises(client: redis.Redis, nam
     holder = RedisLimiter(client, limits(gateway_in_flight=1))
     waiter = RedisLimiter(client, limits(gateway_in_flight=1, max_wait=0.3))
     entered = False
-    with holder.sending(gateway, campaign=campaign), pytest.raises(LimitTimeout, match="in flight"), \
-            waiter.sending(gateway, campaign=campaign):
+    with (
+        holder.sending(gateway, campaign=campaign),
+        pytest.raises(LimitTimeout, match="in flight"),
+        waiter.sending(gateway, campaign=campaign),
+    ):
         entered = True
     assert not entered
     with waiter.sending(gateway, campaign=campaign):  # released: the slot is free again

@@ -85,9 +85,17 @@ def test_expired_token_is_refused() -> None:
         read_token(token, secret=SECRET, now=NOW + timedelta(minutes=11))
 
 
-@pytest.mark.parametrize("token", [
-    "", "no-dot", ".", "!!!.???", f"{_b64(b'abc')}.{_b64(b'sig')}", f"{_b64(bytes([0xff, 0xfe]))}.{_b64(b'x')}",
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "no-dot",
+        ".",
+        "!!!.???",
+        f"{_b64(b'abc')}.{_b64(b'sig')}",
+        f"{_b64(bytes([0xFF, 0xFE]))}.{_b64(b'x')}",
+    ],
+)
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(MediaTokenError):
         read_token(token, secret=SECRET, now=NOW)
@@ -113,8 +121,9 @@ def send_wang_fax(factory: sessionmaker[Session], worker: WorkerContext, tmp_pat
     return ids[WANG]
 
 
-def test_valid_token_serves_the_pdf_that_was_sent(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
-                                                  tmp_path: Path, example_file: Path) -> None:
+def test_valid_token_serves_the_pdf_that_was_sent(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     delivery_id = send_wang_fax(factory, worker, tmp_path, example_file)
     with factory() as session:
         recorded = session.scalars(select(Delivery.document_sha256).where(Delivery.id == delivery_id)).one()
@@ -129,12 +138,19 @@ def test_valid_token_serves_the_pdf_that_was_sent(factory: sessionmaker[Session]
 
 
 @pytest.mark.parametrize("kind", ["expired", "forged", "tampered"])
-def test_expired_or_forged_token_is_forbidden(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
-                                              tmp_path: Path, example_file: Path, kind: str) -> None:
+def test_expired_or_forged_token_is_forbidden(
+    factory: sessionmaker[Session],
+    worker: WorkerContext,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    example_file: Path,
+    kind: str,
+) -> None:
     delivery_id = send_wang_fax(factory, worker, tmp_path, example_file)
     if kind == "expired":
-        token = make_token(delivery_id, secret=sandbox.secret, now=utcnow() - timedelta(hours=1),
-                           ttl=timedelta(minutes=30))
+        token = make_token(
+            delivery_id, secret=sandbox.secret, now=utcnow() - timedelta(hours=1), ttl=timedelta(minutes=30)
+        )
     elif kind == "forged":
         token = make_token(delivery_id, secret=b"an attacker's guess", now=utcnow())
     else:
@@ -146,12 +162,12 @@ def test_expired_or_forged_token_is_forbidden(factory: sessionmaker[Session], wo
     assert not response.content.startswith(b"%PDF")
 
 
-def test_token_for_a_non_fax_delivery_serves_nothing(factory: sessionmaker[Session], worker: WorkerContext,
-                                                     sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
+def test_token_for_a_non_fax_delivery_serves_nothing(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     send_wang_fax(factory, worker, tmp_path, example_file)
     with factory() as session:
         email_id = session.scalars(select(Delivery.id).where(Delivery.destination == GUO_EMAIL)).one()
     for delivery_id in (email_id, 10_000_000):  # an email delivery, and no delivery at all
-        response = httpx.get(media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=utcnow()),
-                             timeout=15)
+        response = httpx.get(media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=utcnow()), timeout=15)
         assert response.status_code == 404

@@ -40,8 +40,9 @@ def test_fixed_seed_loads_every_delivery(factory: sessionmaker[Session], tmp_pat
     # Xi: 2 faxes; Guo: 1 email; Wang: 1 fax; 2 supporter copies
     assert (result.status, result.planned, result.skipped) == ("created", 6, 0)
     with factory() as session:
-        rows = session.execute(select(Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state)
-                               .order_by(Delivery.id)).all()
+        rows = session.execute(
+            select(Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state).order_by(Delivery.id)
+        ).all()
         assert [tuple(r) for r in rows][:4] == [
             ("letter", "fax", "+861063070900", "planned"),
             ("letter", "fax", "+861062381025", "planned"),
@@ -72,8 +73,9 @@ def test_invalid_input_writes_nothing(factory: sessionmaker[Session], example_fi
     assert count(factory, Delivery) == 0
 
 
-def test_skip_invalid_records_the_route_as_skipped_with_reason(factory: sessionmaker[Session],
-                                                              example_file: Path) -> None:
+def test_skip_invalid_records_the_route_as_skipped_with_reason(
+    factory: sessionmaker[Session], example_file: Path
+) -> None:
     result = load(factory, example_file, skip_invalid=True)
     assert (result.planned, result.skipped) == (5, 1)
     with factory() as session:
@@ -98,8 +100,9 @@ def test_changed_draft_is_replaced(factory: sessionmaker[Session], tmp_path: Pat
     assert count(factory, Delivery) == 6
 
 
-def test_changed_scheduled_campaign_is_refused(factory: sessionmaker[Session], tmp_path: Path,
-                                              example_file: Path) -> None:
+def test_changed_scheduled_campaign_is_refused(
+    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+) -> None:
     path = write_campaign(tmp_path, example_file, FIXED)
     load(factory, path)
     with transaction(factory) as session:
@@ -116,9 +119,17 @@ def test_double_plan_is_impossible(factory: sessionmaker[Session], tmp_path: Pat
     with pytest.raises(IntegrityError), transaction(factory) as session:
         first = session.scalars(select(Delivery).where(Delivery.kind == "letter")).first()
         assert first is not None
-        session.add(Delivery(campaign_id=first.campaign_id, kind="letter", addressee_id=first.addressee_id,
-                             route_id=first.route_id, channel=first.channel, destination=first.destination,
-                             idempotency_key="another-key"))
+        session.add(
+            Delivery(
+                campaign_id=first.campaign_id,
+                kind="letter",
+                addressee_id=first.addressee_id,
+                route_id=first.route_id,
+                channel=first.channel,
+                destination=first.destination,
+                idempotency_key="another-key",
+            )
+        )
 
 
 def test_events_are_append_only(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
@@ -131,8 +142,9 @@ def test_events_are_append_only(factory: sessionmaker[Session], tmp_path: Path, 
     assert count(factory, DeliveryEvent) == 6
 
 
-def test_transition_records_an_event_and_refuses_forbidden_moves(factory: sessionmaker[Session], tmp_path: Path,
-                                                                 example_file: Path) -> None:
+def test_transition_records_an_event_and_refuses_forbidden_moves(
+    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+) -> None:
     load(factory, write_campaign(tmp_path, example_file, FIXED))
     with transaction(factory) as session:
         delivery = session.scalars(select(Delivery)).first()
@@ -160,30 +172,41 @@ def many_supporters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Cam
 
 
 def test_many_supporters_load_in_bulk_one_row_key_and_event_each(
-        factory: sessionmaker[Session], many_supporters: tuple[Path, CampaignSpec, Report]) -> None:
+    factory: sessionmaker[Session], many_supporters: tuple[Path, CampaignSpec, Report]
+) -> None:
     path, spec, report = many_supporters
     with transaction(factory) as session:
         result = load_campaign(session, spec, report, source=path, skip_invalid=True)
     assert (result.status, result.planned, result.skipped) == ("created", 4 + MANY - len(INVALID), len(INVALID))
     name = spec.campaign.name
     with factory() as session:
-        copies = session.execute(select(Delivery.id, Delivery.idempotency_key, Delivery.destination, Delivery.state,
-                                        Supporter.email)
-                                 .join(Supporter, Supporter.id == Delivery.supporter_id)
-                                 .where(Delivery.kind == "copy").order_by(Delivery.id)).all()
+        copies = session.execute(
+            select(Delivery.id, Delivery.idempotency_key, Delivery.destination, Delivery.state, Supporter.email)
+            .join(Supporter, Supporter.id == Delivery.supporter_id)
+            .where(Delivery.kind == "copy")
+            .order_by(Delivery.id)
+        ).all()
         # one copy per CSV row, in CSV order, each tied to its own supporter row, with the stable key
         assert [c.destination for c in copies] == [c.email for c in copies] == [r.email for r in report.supporters]
         assert [c.idempotency_key for c in copies] == [
-            idempotency_key(name, "supporter", r.email.lower()) for r in report.supporters]
+            idempotency_key(name, "supporter", r.email.lower()) for r in report.supporters
+        ]
         assert {c.destination for c in copies if c.state == "skipped"} == set(INVALID.values())
         keys = session.scalars(select(Delivery.idempotency_key)).all()
         assert len(keys) == len(set(keys)) == 4 + MANY
         letters = session.scalars(select(Delivery.id).where(Delivery.kind == "letter")).all()
         assert max(letters) < copies[0].id
         # exactly one initial event per delivery, in the delivery's state
-        events = session.execute(select(DeliveryEvent.delivery_id, DeliveryEvent.to_state, DeliveryEvent.reason,
-                                        Delivery.state, DeliveryEvent.actor, DeliveryEvent.from_state)
-                                 .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)).all()
+        events = session.execute(
+            select(
+                DeliveryEvent.delivery_id,
+                DeliveryEvent.to_state,
+                DeliveryEvent.reason,
+                Delivery.state,
+                DeliveryEvent.actor,
+                DeliveryEvent.from_state,
+            ).join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
+        ).all()
         assert len(events) == len({e.delivery_id for e in events}) == 4 + MANY
         assert all(e.to_state == e.state and e.actor == "planner" and e.from_state is None for e in events)
         skipped = sorted(e.reason for e in events if e.to_state == "skipped")

@@ -44,11 +44,14 @@ def test_friday_evening_moves_to_monday_morning_in_shanghai() -> None:
     assert when.astimezone(SHANGHAI).replace(tzinfo=None) == datetime(2024, 3, 18, 9, 0)
 
 
-@pytest.mark.parametrize("local", [
-    datetime(2024, 3, 13, 9, 0),  # the window's first minute
-    datetime(2024, 3, 13, 11, 37),
-    datetime(2024, 3, 15, 16, 59),  # Friday, just before closing
-])
+@pytest.mark.parametrize(
+    "local",
+    [
+        datetime(2024, 3, 13, 9, 0),  # the window's first minute
+        datetime(2024, 3, 13, 11, 37),
+        datetime(2024, 3, 15, 16, 59),  # Friday, just before closing
+    ],
+)
 def test_a_time_inside_the_window_stays(local: datetime) -> None:
     after = local.replace(tzinfo=SHANGHAI).astimezone(UTC)
     assert next_office_time(HOURS, timezone="Asia/Shanghai", after=after) == after
@@ -56,8 +59,9 @@ def test_a_time_inside_the_window_stays(local: datetime) -> None:
 
 def test_closing_time_itself_is_outside_the_window() -> None:
     after = datetime(2024, 3, 13, 17, 0, tzinfo=SHANGHAI)
-    assert next_office_time(HOURS, timezone="Asia/Shanghai", after=after) == datetime(2024, 3, 14, 9, 0,
-                                                                                      tzinfo=SHANGHAI)
+    assert next_office_time(HOURS, timezone="Asia/Shanghai", after=after) == datetime(
+        2024, 3, 14, 9, 0, tzinfo=SHANGHAI
+    )
 
 
 def test_same_instant_gives_each_addressee_their_own_morning() -> None:
@@ -72,8 +76,9 @@ def test_same_instant_gives_each_addressee_their_own_morning() -> None:
 def test_custom_days_and_hours_are_honoured() -> None:
     hours = OfficeHours(start=time(10, 30), end=time(12, 0), days=["sat"])
     after = FRIDAY_EVENING_SHANGHAI
-    assert next_office_time(hours, timezone="Asia/Shanghai", after=after) == datetime(2024, 3, 16, 10, 30,
-                                                                                      tzinfo=SHANGHAI)
+    assert next_office_time(hours, timezone="Asia/Shanghai", after=after) == datetime(
+        2024, 3, 16, 10, 30, tzinfo=SHANGHAI
+    )
 
 
 def test_office_hours_without_days_is_an_error() -> None:
@@ -97,8 +102,7 @@ def test_mode_now_and_office_hours() -> None:
     assert first_send_time(Schedule(), timezone="Asia/Shanghai", now=now) == now
     office = Schedule(mode="office-hours")
     assert first_send_time(office, timezone="Asia/Shanghai", now=now) == MONDAY_MORNING_SHANGHAI
-    assert first_send_time(office, timezone="America/New_York", now=now) == datetime(2024, 3, 15, 9, 0,
-                                                                                      tzinfo=NEW_YORK)
+    assert first_send_time(office, timezone="America/New_York", now=now) == datetime(2024, 3, 15, 9, 0, tzinfo=NEW_YORK)
 
 
 # -- scheduling a campaign in office hours, claimed by the scheduler at the window's start ----------
@@ -112,12 +116,15 @@ XI, XI_2, GUO, WANG = "+861063070900", "+861062381025", "gabzfwz@mps.gov.cn", "+
 
 def office_hours_campaign(tmp_path: Path, example_file: Path) -> Path:
     """The example campaign in office hours, with Wang Yi moved to New York."""
-    return write_campaign(tmp_path, example_file, {
-        "+011 10 6238 1025": "+86 10 6238 1025",
-        'mode = "now"': 'mode = "office-hours"',
-        'timezone = "Asia/Shanghai"\nphone = ["+86 10 6596 1114"]':
-            'timezone = "America/New_York"\nphone = ["+86 10 6596 1114"]',
-    })
+    return write_campaign(
+        tmp_path,
+        example_file,
+        {
+            "+011 10 6238 1025": "+86 10 6238 1025",
+            'mode = "now"': 'mode = "office-hours"',
+            'timezone = "Asia/Shanghai"\nphone = ["+86 10 6596 1114"]': 'timezone = "America/New_York"\nphone = ["+86 10 6596 1114"]',  # noqa: E501
+        },
+    )
 
 
 def load_and_schedule(factory: sessionmaker[Session], path: Path, *, now: datetime) -> str:
@@ -137,17 +144,24 @@ def claim_letters(factory: sessionmaker[Session], *, now: datetime) -> set[str]:
 
 
 def test_schedule_in_office_hours_sets_not_before_per_addressee_timezone(
-        factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+) -> None:
     load_and_schedule(factory, office_hours_campaign(tmp_path, example_file), now=SATURDAY)
     with factory() as session:
-        letters = {d.destination: d.not_before for d in session.scalars(
-            select(Delivery).where(Delivery.kind == "letter"))}
-    assert letters == {XI: MONDAY_SHANGHAI_OPENS, XI_2: MONDAY_SHANGHAI_OPENS, GUO: MONDAY_SHANGHAI_OPENS,
-                       WANG: MONDAY_NEW_YORK_OPENS}
+        letters = {
+            d.destination: d.not_before for d in session.scalars(select(Delivery).where(Delivery.kind == "letter"))
+        }
+    assert letters == {
+        XI: MONDAY_SHANGHAI_OPENS,
+        XI_2: MONDAY_SHANGHAI_OPENS,
+        GUO: MONDAY_SHANGHAI_OPENS,
+        WANG: MONDAY_NEW_YORK_OPENS,
+    }
 
 
 def test_scheduler_claims_nothing_before_the_window_and_each_letter_at_its_start(
-        factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
+    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+) -> None:
     load_and_schedule(factory, office_hours_campaign(tmp_path, example_file), now=SATURDAY)
     second = timedelta(seconds=1)
     assert claim_letters(factory, now=SATURDAY) == set()
@@ -156,16 +170,19 @@ def test_scheduler_claims_nothing_before_the_window_and_each_letter_at_its_start
     assert claim_letters(factory, now=MONDAY_NEW_YORK_OPENS - second) == set()
     assert claim_letters(factory, now=MONDAY_NEW_YORK_OPENS) == {WANG}
     with factory() as session:
-        queued = {d.destination: d.queued_at for d in session.scalars(
-            select(Delivery).where(Delivery.kind == "letter", Delivery.state == State.QUEUED))}
+        queued = {
+            d.destination: d.queued_at
+            for d in session.scalars(select(Delivery).where(Delivery.kind == "letter", Delivery.state == State.QUEUED))
+        }
     assert queued == {XI: MONDAY_SHANGHAI_OPENS, GUO: MONDAY_SHANGHAI_OPENS, WANG: MONDAY_NEW_YORK_OPENS}
 
 
 # -- backoff ---------------------------------------------------------------------------------------
 
 
-def seeded(attempt: int, *, seed: int = 7, base: float = 60.0, cap: float = 1800.0,
-           retry_after: float | None = None) -> float:
+def seeded(
+    attempt: int, *, seed: int = 7, base: float = 60.0, cap: float = 1800.0, retry_after: float | None = None
+) -> float:
     """Backoff with a fresh generator per call: every call draws the same jitter factor."""
     return backoff(attempt, base=base, cap=cap, retry_after=retry_after, rng=random.Random(seed))
 

@@ -11,8 +11,9 @@ from dispatcher.domain.errors import CampaignFileError
 from dispatcher.domain.validation import check_number, validate
 
 
-def write_campaign(tmp_path: Path, example_file: Path, replace: dict[str, str] | None = None,
-                   supporters: str | None = None) -> Path:
+def write_campaign(
+    tmp_path: Path, example_file: Path, replace: dict[str, str] | None = None, supporters: str | None = None
+) -> Path:
     """A copy of the example campaign with textual replacements, beside its template and CSV."""
     text = example_file.read_text(encoding="utf-8")
     for old, new in (replace or {}).items():
@@ -20,7 +21,8 @@ def write_campaign(tmp_path: Path, example_file: Path, replace: dict[str, str] |
         text = text.replace(old, new)
     (tmp_path / "letter.txt.j2").write_text((example_file.parent / "letter.txt.j2").read_text(encoding="utf-8"))
     (tmp_path / "supporters.csv").write_text(
-        supporters if supporters is not None else (example_file.parent / "supporters.csv").read_text())
+        supporters if supporters is not None else (example_file.parent / "supporters.csv").read_text()
+    )
     path = tmp_path / "campaign.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -56,10 +58,14 @@ def test_fixed_seed_validates(tmp_path: Path, example_file: Path) -> None:
 
 
 def test_all_problems_reported_at_once(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, {
-        'email = ["gabzfwz@mps.gov.cn"]': 'email = ["gabzfwz@@mps"]',
-        'timezone = "Asia/Shanghai"\nfax = ["+86 10 6307 0900"': 'timezone = "Asia/Shangai"\nfax = ["+86 10 6307 0900"',
-    })
+    path = write_campaign(
+        tmp_path,
+        example_file,
+        {
+            'email = ["gabzfwz@mps.gov.cn"]': 'email = ["gabzfwz@@mps"]',
+            'timezone = "Asia/Shanghai"\nfax = ["+86 10 6307 0900"': 'timezone = "Asia/Shangai"\nfax = ["+86 10 6307 0900"',  # noqa: E501
+        },
+    )
     report = validate(load_spec(path), file=path)
     fields = sorted((p.where, p.field) for p in report.errors)
     assert fields == [
@@ -99,7 +105,9 @@ def test_bad_supporter_rows_named_by_line(tmp_path: Path, example_file: Path) ->
     path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"}, supporters=csv)
     report = validate(load_spec(path), file=path)
     assert [(p.where, p.field, p.severity) for p in report.problems] == [
-        ("line 3", "email", "error"), ("line 4", "email", "warning")]
+        ("line 3", "email", "error"),
+        ("line 4", "email", "warning"),
+    ]
     assert [row.line for row in report.supporters] == [2, 3]
 
 
@@ -109,11 +117,14 @@ def test_csv_without_email_column(tmp_path: Path, example_file: Path) -> None:
     assert any(p.where == "line 1" and "'email' column" in p.message for p in report.errors)
 
 
-@pytest.mark.parametrize(("raw", "country", "expected"), [
-    ("+86 10 6307 0900", "CN", "+861063070900"),
-    ("010 6307 0900", "CN", "+861063070900"),  # national format in the addressee's country
-    ("+44 20 7946 0958", "CN", "+442079460958"),
-])
+@pytest.mark.parametrize(
+    ("raw", "country", "expected"),
+    [
+        ("+86 10 6307 0900", "CN", "+861063070900"),
+        ("010 6307 0900", "CN", "+861063070900"),  # national format in the addressee's country
+        ("+44 20 7946 0958", "CN", "+442079460958"),
+    ],
+)
 def test_numbers_parse_to_e164(raw: str, country: str, expected: str) -> None:
     assert check_number(raw, country, file="f", where="w", field="fax[0]") == (expected, None)
 
@@ -125,13 +136,17 @@ def test_invalid_number_without_sound_suggestion() -> None:
     assert "'+86 12'" in problem.message
 
 
-@pytest.mark.parametrize(("template", "line", "words"), [
-    ("Dear {{ to.name }},\n\n{{ minister }}\n", "line 3", "undefined variable"),
-    ("Dear {{ to.name }},\n{% if %}\n", "line 2", "syntax error"),
-    ("Dear {{ to.name }},\n\n\n{{ ''.__class__.__mro__ }}\n", "line 4", "sandbox"),
-])
-def test_template_problems_are_reported_with_their_line(tmp_path: Path, example_file: Path, template: str,
-                                                        line: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("template", "line", "words"),
+    [
+        ("Dear {{ to.name }},\n\n{{ minister }}\n", "line 3", "undefined variable"),
+        ("Dear {{ to.name }},\n{% if %}\n", "line 2", "syntax error"),
+        ("Dear {{ to.name }},\n\n\n{{ ''.__class__.__mro__ }}\n", "line 4", "sandbox"),
+    ],
+)
+def test_template_problems_are_reported_with_their_line(
+    tmp_path: Path, example_file: Path, template: str, line: str, words: str
+) -> None:
     path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
     (tmp_path / "letter.txt.j2").write_text(template, encoding="utf-8")
     report = validate(load_spec(path), file=path)

@@ -128,15 +128,32 @@ def claim_delivery(worker: WorkerContext, delivery_id: int) -> Claim | str:
             return held
         gateway = gateway_for(worker, delivery)
         attempt = delivery.attempt_count + 1
-        claimed = compare_and_set(session, delivery_id, State.SENDING, expected={State.QUEUED}, values={
-            "lease_expires_at": now + worker.lease, "attempt_count": attempt, "gateway": gateway.name,
-            "expects_report": gateway.reports_delivery,
-            "provider_id": None})  # this attempt's id comes with its receipt; older ones stay on Attempt rows
+        claimed = compare_and_set(
+            session,
+            delivery_id,
+            State.SENDING,
+            expected={State.QUEUED},
+            values={
+                "lease_expires_at": now + worker.lease,
+                "attempt_count": attempt,
+                "gateway": gateway.name,
+                "expects_report": gateway.reports_delivery,
+                "provider_id": None,
+            },
+        )  # this attempt's id comes with its receipt; older ones stay on Attempt rows
         if not claimed:
             return "lost-race"
-        session.add(DeliveryEvent(delivery_id=delivery_id, campaign_id=delivery.campaign_id, at=now,
-                                  actor=worker.actor, from_state=State.QUEUED, to_state=State.SENDING,
-                                  reason=f"attempt {attempt} via {gateway.name}"))
+        session.add(
+            DeliveryEvent(
+                delivery_id=delivery_id,
+                campaign_id=delivery.campaign_id,
+                at=now,
+                actor=worker.actor,
+                from_state=State.QUEUED,
+                to_state=State.SENDING,
+                reason=f"attempt {attempt} via {gateway.name}",
+            )
+        )
         session.add(Attempt(delivery_id=delivery_id, number=attempt, gateway=gateway.name, started_at=now))
     return Claim(delivery_id, attempt, gateway)
 
@@ -146,8 +163,15 @@ def _hold_back(worker: WorkerContext, session: Session, delivery: Delivery, now:
     status = delivery.campaign.status
     deadline = delivery.campaign.deadline
     if deadline is not None and now >= deadline:
-        transition(session, delivery, State.FAILED, actor=worker.actor, at=now, error_class="permanent",
-                   reason=f"campaign deadline {deadline.isoformat()} passed before it could be sent")
+        transition(
+            session,
+            delivery,
+            State.FAILED,
+            actor=worker.actor,
+            at=now,
+            error_class="permanent",
+            reason=f"campaign deadline {deadline.isoformat()} passed before it could be sent",
+        )
         return "deadline"
     if status == "cancelled":
         transition(session, delivery, State.CANCELLED, actor=worker.actor, at=now, reason="campaign cancelled")
@@ -158,8 +182,14 @@ def _hold_back(worker: WorkerContext, session: Session, delivery: Delivery, now:
     if delivery.channel == "fax":
         wait = _fax_line_wait(worker, session, delivery, now)
         if wait is not None:
-            transition(session, delivery, State.PLANNED, actor=worker.actor, at=now,
-                       reason="another fax to this number is in progress or just ended; waiting for the line")
+            transition(
+                session,
+                delivery,
+                State.PLANNED,
+                actor=worker.actor,
+                at=now,
+                reason="another fax to this number is in progress or just ended; waiting for the line",
+            )
             delivery.not_before = now + wait
             return "line-busy"
     return None
@@ -170,16 +200,30 @@ def _fax_line_wait(worker: WorkerContext, session: Session, delivery: Delivery, 
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         # serialises claims to one number across workers until this transaction ends
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": delivery.destination})
-    busy = session.scalar(select(Delivery.id).where(
-        Delivery.channel == "fax", Delivery.destination == delivery.destination, Delivery.id != delivery.id,
-        Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN])).limit(1))
+    busy = session.scalar(
+        select(Delivery.id)
+        .where(
+            Delivery.channel == "fax",
+            Delivery.destination == delivery.destination,
+            Delivery.id != delivery.id,
+            Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN]),
+        )
+        .limit(1)
+    )
     if busy is not None:
         return max(worker.fax_gap, timedelta(seconds=5))
     if worker.fax_gap:
-        last = session.scalar(select(Attempt.finished_at).join(Delivery, Delivery.id == Attempt.delivery_id)
-                              .where(Delivery.destination == delivery.destination, Delivery.id != delivery.id,
-                                     Attempt.finished_at.is_not(None))
-                              .order_by(Attempt.finished_at.desc()).limit(1))
+        last = session.scalar(
+            select(Attempt.finished_at)
+            .join(Delivery, Delivery.id == Attempt.delivery_id)
+            .where(
+                Delivery.destination == delivery.destination,
+                Delivery.id != delivery.id,
+                Attempt.finished_at.is_not(None),
+            )
+            .order_by(Attempt.finished_at.desc())
+            .limit(1)
+        )
         if last is not None and now - last < worker.fax_gap:
             return worker.fax_gap - (now - last)
     return None
@@ -199,8 +243,9 @@ def _campaign_key(worker: WorkerContext, claim: Claim) -> str:
         return str(delivery.campaign_id if delivery else 0)
 
 
-def _record_with_retries(worker: WorkerContext, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError,
-                         *, tries: int = 5) -> str:
+def _record_with_retries(
+    worker: WorkerContext, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError, *, tries: int = 5
+) -> str:
     """The send happened: losing its record would turn a known outcome into an unknown one, so a
     database hiccup (connection dropped, serialisation failure) is retried before giving up."""
     for attempt in range(1, tries + 1):
@@ -210,7 +255,7 @@ def _record_with_retries(worker: WorkerContext, claim: Claim, rendered: Rendered
             if attempt == tries:
                 raise  # the lease will expire into `unknown` and reconciliation takes over
             log.warning("recording delivery %s failed (try %d); retrying", claim.delivery_id, attempt)
-            time.sleep(0.2 * 2 ** attempt)
+            time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -231,19 +276,28 @@ def record_outcome(worker: WorkerContext, claim: Claim, rendered: Rendered, outc
 
 
 def _attempt(session: Session, claim: Claim) -> Attempt:
-    return session.scalars(select(Attempt).where(Attempt.delivery_id == claim.delivery_id,
-                                                 Attempt.number == claim.attempt)).one()
+    return session.scalars(
+        select(Attempt).where(Attempt.delivery_id == claim.delivery_id, Attempt.number == claim.attempt)
+    ).one()
 
 
-def _record_receipt(worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, receipt: Receipt,
-                    now: datetime) -> str:
+def _record_receipt(
+    worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, receipt: Receipt, now: datetime
+) -> str:
     attempt.outcome, attempt.provider_id = "submitted", receipt.provider_id
     attempt.evidence = {"status": receipt.status, "accepted_at": receipt.accepted_at.isoformat()}
     if not _still_ours(delivery, attempt):
         return f"receipt-after-{delivery.state}"  # a status callback already moved it on: keep that
     delivery.provider_id = receipt.provider_id
-    transition(session, delivery, State.SUBMITTED, actor=worker.actor, at=now, provider_id=receipt.provider_id,
-               reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})")
+    transition(
+        session,
+        delivery,
+        State.SUBMITTED,
+        actor=worker.actor,
+        at=now,
+        provider_id=receipt.provider_id,
+        reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})",
+    )
     if not delivery.expects_report:
         skip_other_routes(session, delivery, actor=worker.actor, now=now)
     return "submitted"
@@ -256,8 +310,9 @@ def _still_ours(delivery: Delivery, attempt: Attempt) -> bool:
     return current and delivery.state in (State.SENDING, State.UNKNOWN)
 
 
-def _record_error(worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError,
-                  now: datetime) -> str:
+def _record_error(
+    worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError, now: datetime
+) -> str:
     attempt.error_code, attempt.detail = err.code, str(err)
     if not _still_ours(delivery, attempt):
         attempt.outcome = "late"
@@ -266,8 +321,16 @@ def _record_error(worker: WorkerContext, session: Session, delivery: Delivery, a
         attempt.outcome = "transient"
         if err.code == "local-limit":  # our own limiter, not the provider: not counted against the route
             attempt.outcome = "not-sent"
-        retry_or_fail(session, delivery, actor=worker.actor, now=now, reason=str(err), policy=worker.retry,
-                      retry_after=err.retry_after, error_code=err.code)
+        retry_or_fail(
+            session,
+            delivery,
+            actor=worker.actor,
+            now=now,
+            reason=str(err),
+            policy=worker.retry,
+            retry_after=err.retry_after,
+            error_code=err.code,
+        )
         return "transient"
     if isinstance(err, Permanent):
         attempt.outcome = "permanent"

@@ -95,9 +95,16 @@ class RedisLimiter:
         token = uuid.uuid4().hex
         while True:
             now = time.time()
-            taken = self._acquire(keys=[keys.gateway_slots(gateway)], args=[
-                now, now + self.limits.slot_ttl, self.limits.gateway_in_flight, token,
-                int(self.limits.slot_ttl * 2000)])
+            taken = self._acquire(
+                keys=[keys.gateway_slots(gateway)],
+                args=[
+                    now,
+                    now + self.limits.slot_ttl,
+                    self.limits.gateway_in_flight,
+                    token,
+                    int(self.limits.slot_ttl * 2000),
+                ],
+            )
             if taken == 1:
                 return token
             self._sleep_until(0.05, deadline, f"calls in flight to {gateway}")

@@ -42,8 +42,7 @@ def reconcile(worker: WorkerContext, delivery_id: int) -> str:
         key, provider_id, state = delivery.idempotency_key, delivery.provider_id, delivery.state
         destination, started_at = delivery.destination, _current_attempt_start(session, delivery)
     if state == State.SUBMITTED:
-        return _poll(worker, delivery_id, gateway, provider_id, key=key, destination=destination,
-                     started_at=started_at)
+        return _poll(worker, delivery_id, gateway, provider_id, key=key, destination=destination, started_at=started_at)
     try:
         found: StatusEvent | None = _find(gateway, key, destination, started_at)
     except (GatewayError, NotImplementedError) as err:
@@ -62,11 +61,22 @@ def _find(gateway: Gateway, key: str, destination: str, started_at: datetime | N
     return gateway.find_by_reference(key, **narrowing)
 
 
-def _poll(worker: WorkerContext, delivery_id: int, gateway: Gateway, provider_id: str | None, *, key: str,
-          destination: str, started_at: datetime | None) -> str:
+def _poll(
+    worker: WorkerContext,
+    delivery_id: int,
+    gateway: Gateway,
+    provider_id: str | None,
+    *,
+    key: str,
+    destination: str,
+    started_at: datetime | None,
+) -> str:
     try:
-        event = (gateway.fetch_status(provider_id) if provider_id is not None
-                 else _find(gateway, key, destination, started_at))
+        event = (
+            gateway.fetch_status(provider_id)
+            if provider_id is not None
+            else _find(gateway, key, destination, started_at)
+        )
     except (GatewayError, NotImplementedError):
         return "poll-failed"  # the webhook may still come; the next poll is scheduled already
     if event is None:
@@ -89,18 +99,31 @@ def _apply(worker: WorkerContext, delivery_id: int, found: StatusEvent | None) -
             return "not-unknown"
         if found is None:
             return _not_found(worker, session, delivery, actor=actor, now=now)
-        earlier = session.scalar(select(Attempt.number).where(
-            Attempt.delivery_id == delivery.id, Attempt.provider_id == found.provider_id,
-            Attempt.number < delivery.attempt_count))
+        earlier = session.scalar(
+            select(Attempt.number).where(
+                Attempt.delivery_id == delivery.id,
+                Attempt.provider_id == found.provider_id,
+                Attempt.number < delivery.attempt_count,
+            )
+        )
         if earlier is not None:
-            why = (f"the provider lists only attempt {earlier}'s message ({found.provider_id}) for this "
-                   f"reference, so it cannot tell whether attempt {delivery.attempt_count} went out")
+            why = (
+                f"the provider lists only attempt {earlier}'s message ({found.provider_id}) for this "
+                f"reference, so it cannot tell whether attempt {delivery.attempt_count} went out"
+            )
             return _hold_in(session, worker, delivery, why)
         attach_to_current_attempt(session, delivery, found.provider_id)
         result = apply_status(session, delivery, found, actor=actor, now=now, policy=worker.retry)
         if delivery.state == State.UNKNOWN:  # a status that does not settle it: at least it was accepted
-            transition(session, delivery, State.SUBMITTED, actor=actor, at=now, provider_id=found.provider_id,
-                       reason=f"reconciled: the provider has it as {found.provider_id} ({found.kind})")
+            transition(
+                session,
+                delivery,
+                State.SUBMITTED,
+                actor=actor,
+                at=now,
+                provider_id=found.provider_id,
+                reason=f"reconciled: the provider has it as {found.provider_id} ({found.kind})",
+            )
         if delivery.provider_id is None:
             delivery.provider_id = found.provider_id
         return f"found:{result}"
@@ -112,35 +135,64 @@ NOT_FOUND = "reconcile: the provider does not list this reference"
 def _not_found(worker: WorkerContext, session: Session, delivery: Delivery, *, actor: str, now: datetime) -> str:
     """Believe "never sent" only the second time, at least ``reconcile_grace`` after the first."""
     since = _became_unknown_at(session, delivery)
-    first = session.scalar(select(DeliveryEvent.at).where(
-        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.reason.like(f"{NOT_FOUND}%"),
-        DeliveryEvent.at >= since).order_by(DeliveryEvent.at).limit(1))
+    first = session.scalar(
+        select(DeliveryEvent.at)
+        .where(
+            DeliveryEvent.delivery_id == delivery.id,
+            DeliveryEvent.reason.like(f"{NOT_FOUND}%"),
+            DeliveryEvent.at >= since,
+        )
+        .order_by(DeliveryEvent.at)
+        .limit(1)
+    )
     if first is None or now - first < worker.reconcile_grace:
         if first is None:
-            session.add(DeliveryEvent(
-                delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=now, actor=actor,
-                from_state=delivery.state, to_state=delivery.state, error_class="unknown",
-                reason=f"{NOT_FOUND} yet; asking again in {worker.reconcile_grace.total_seconds():.0f}s before "
-                       "concluding that nothing was sent"))
+            session.add(
+                DeliveryEvent(
+                    delivery_id=delivery.id,
+                    campaign_id=delivery.campaign_id,
+                    at=now,
+                    actor=actor,
+                    from_state=delivery.state,
+                    to_state=delivery.state,
+                    error_class="unknown",
+                    reason=f"{NOT_FOUND} yet; asking again in {worker.reconcile_grace.total_seconds():.0f}s before "
+                    "concluding that nothing was sent",
+                )
+            )
         delivery.not_before = now + worker.reconcile_grace
         return "not-found-yet"
-    transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
-               reason="reconciled: the provider twice listed no message with this reference, so nothing was "
-                      "sent; the route will be tried again")
+    transition(
+        session,
+        delivery,
+        State.RETRY_WAIT,
+        actor=actor,
+        at=now,
+        reason="reconciled: the provider twice listed no message with this reference, so nothing was "
+        "sent; the route will be tried again",
+    )
     delivery.not_before = now
     return "not-sent"
 
 
 def _became_unknown_at(session: Session, delivery: Delivery) -> datetime:
-    at = session.scalar(select(DeliveryEvent.at).where(
-        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.to_state == State.UNKNOWN,
-        DeliveryEvent.from_state != State.UNKNOWN).order_by(DeliveryEvent.id.desc()).limit(1))
+    at = session.scalar(
+        select(DeliveryEvent.at)
+        .where(
+            DeliveryEvent.delivery_id == delivery.id,
+            DeliveryEvent.to_state == State.UNKNOWN,
+            DeliveryEvent.from_state != State.UNKNOWN,
+        )
+        .order_by(DeliveryEvent.id.desc())
+        .limit(1)
+    )
     return at or delivery.updated_at
 
 
 def _current_attempt_start(session: Session, delivery: Delivery) -> datetime | None:
-    return session.scalar(select(Attempt.started_at).where(
-        Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
+    return session.scalar(
+        select(Attempt.started_at).where(Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count)
+    )
 
 
 def _hold(worker: WorkerContext, delivery_id: int, why: str) -> str:
@@ -153,13 +205,25 @@ def _hold(worker: WorkerContext, delivery_id: int, why: str) -> str:
 
 def _hold_in(session: Session, worker: WorkerContext, delivery: Delivery, why: str) -> str:
     """Log the hold once per attempt; later passes stay quiet until an operator acts."""
-    already = session.scalar(select(DeliveryEvent.id).where(
-        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.reason.like(f"{HOLD_REASON}%"),
-        DeliveryEvent.at >= _became_unknown_at(session, delivery)))
+    already = session.scalar(
+        select(DeliveryEvent.id).where(
+            DeliveryEvent.delivery_id == delivery.id,
+            DeliveryEvent.reason.like(f"{HOLD_REASON}%"),
+            DeliveryEvent.at >= _became_unknown_at(session, delivery),
+        )
+    )
     if already is None:
-        session.add(DeliveryEvent(
-            delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=worker.clock(),
-            actor=f"reconcile:{worker.actor}", from_state=delivery.state, to_state=delivery.state,
-            error_class="unknown", reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or "
-                                         "mark it with `dispatch delivery resolve`"))
+        session.add(
+            DeliveryEvent(
+                delivery_id=delivery.id,
+                campaign_id=delivery.campaign_id,
+                at=worker.clock(),
+                actor=f"reconcile:{worker.actor}",
+                from_state=delivery.state,
+                to_state=delivery.state,
+                error_class="unknown",
+                reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or "
+                "mark it with `dispatch delivery resolve`",
+            )
+        )
     return "held"

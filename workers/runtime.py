@@ -45,12 +45,15 @@ def build_gateways(settings: Settings) -> dict[str, Gateway]:
     return gateways
 
 
-def build_worker_context(settings: Settings, *, gateways: dict[str, Gateway] | None = None,
-                 limiter: Limiter | None = None) -> WorkerContext:
+def build_worker_context(
+    settings: Settings, *, gateways: dict[str, Gateway] | None = None, limiter: Limiter | None = None
+) -> WorkerContext:
     gateways = gateways if gateways is not None else build_gateways(settings)
     if settings.secret_key is None and any(g.needs_media_url for g in gateways.values()):
-        raise SettingsError("DISPATCH_SECRET_KEY: must be set (32+ characters): the fax gateway fetches documents "
-                            "from signed URLs served by `dispatch web`")
+        raise SettingsError(
+            "DISPATCH_SECRET_KEY: must be set (32+ characters): the fax gateway fetches documents "
+            "from signed URLs served by `dispatch web`"
+        )
     sql = db.make_engine(settings.database_url)
     db.ensure_schema(sql)
     # Celery's prefork pool forks after this: a child must never use the parent's pooled connections
@@ -59,8 +62,11 @@ def build_worker_context(settings: Settings, *, gateways: dict[str, Gateway] | N
         factory=db.session_factory(sql),
         gateways=gateways,
         limiter=limiter if limiter is not None else _limiter(settings),
-        retry=RetryPolicy(base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds,
-                          max_attempts=settings.max_attempts),
+        retry=RetryPolicy(
+            base_seconds=settings.retry_base_seconds,
+            cap_seconds=settings.retry_cap_seconds,
+            max_attempts=settings.max_attempts,
+        ),
         lease=timedelta(seconds=settings.lease_seconds),
         fax_gap=timedelta(seconds=settings.fax_gap_seconds),
         reconcile_grace=timedelta(seconds=settings.reconcile_grace_seconds),

@@ -110,9 +110,7 @@ def load_spec(path: Path) -> CampaignSpec:
     try:
         return CampaignSpec.model_validate(data)
     except ValidationError as err:
-        problems = [
-            Problem(file=str(path), where=_location(e["loc"]), message=e["msg"]) for e in err.errors()
-        ]
+        problems = [Problem(file=str(path), where=_location(e["loc"]), message=e["msg"]) for e in err.errors()]
         raise CampaignFileError(problems) from err
 
 

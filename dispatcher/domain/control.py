@@ -65,8 +65,9 @@ def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
     return len(waiting)
 
 
-def retry(session: Session, delivery_id: int, *, now: datetime, actor: str = "operator",
-          force: bool = False) -> Delivery:
+def retry(
+    session: Session, delivery_id: int, *, now: datetime, actor: str = "operator", force: bool = False
+) -> Delivery:
     """An operator sends a failed delivery again (same route, same idempotency key, attempts counted
     afresh). Refused when another route of the same addressee is under way or succeeded, unless forced:
     under first-success the official would get the letter twice."""
@@ -77,7 +78,8 @@ def retry(session: Session, delivery_id: int, *, now: datetime, actor: str = "op
     if other is not None and not force:
         raise CampaignConflict(
             f"delivery #{delivery_id}: route {other.route_position + 1} ({other.channel}) of the same addressee is "
-            f"{other.state}; retrying would send the letter a second time (use --force if that is intended)")
+            f"{other.state}; retrying would send the letter a second time (use --force if that is intended)"
+        )
     transition(session, delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator")
     delivery.not_before = now  # attempts are counted afresh from this event (outcomes.attempts_on_route)
     if delivery.campaign.status == "completed":
@@ -95,10 +97,15 @@ def _locked(session: Session, delivery_id: int) -> Delivery:
 def _live_or_succeeded_route(session: Session, delivery: Delivery) -> Delivery | None:
     if delivery.kind != "letter" or delivery.campaign.route_policy != "first-success":
         return None
-    return session.scalars(select(Delivery).where(
-        Delivery.addressee_id == delivery.addressee_id, Delivery.id != delivery.id,
-        Delivery.state.in_([State.QUEUED, State.SENDING, State.SUBMITTED, State.UNKNOWN, State.RETRY_WAIT,
-                            State.DELIVERED]))).first()
+    return session.scalars(
+        select(Delivery).where(
+            Delivery.addressee_id == delivery.addressee_id,
+            Delivery.id != delivery.id,
+            Delivery.state.in_(
+                [State.QUEUED, State.SENDING, State.SUBMITTED, State.UNKNOWN, State.RETRY_WAIT, State.DELIVERED]
+            ),
+        )
+    ).first()
 
 
 def _in_status(session: Session, name: str, allowed: tuple[str, ...], verb: str) -> Campaign:
@@ -109,9 +116,12 @@ def _in_status(session: Session, name: str, allowed: tuple[str, ...], verb: str)
 
 
 def _deliveries(session: Session, campaign: Campaign, states: tuple[State, ...]) -> list[Delivery]:
-    query = (select(Delivery).where(Delivery.campaign_id == campaign.id,
-                                    Delivery.state.in_([str(s) for s in states]))
-             .order_by(Delivery.id).with_for_update())
+    query = (
+        select(Delivery)
+        .where(Delivery.campaign_id == campaign.id, Delivery.state.in_([str(s) for s in states]))
+        .order_by(Delivery.id)
+        .with_for_update()
+    )
     return list(session.scalars(query))
 
 
@@ -124,14 +134,26 @@ def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, ac
     if delivery.state != State.UNKNOWN:
         raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only an unknown delivery is resolved")
     if sent:
-        transition(session, delivery, State.SUBMITTED, actor=actor, at=now,
-                   reason="an operator confirmed with the provider that it was accepted")
+        transition(
+            session,
+            delivery,
+            State.SUBMITTED,
+            actor=actor,
+            at=now,
+            reason="an operator confirmed with the provider that it was accepted",
+        )
         if delivery.expects_report:
             delivery.not_before = now  # the status poll looks it up (by our reference, if it has no id)
         else:
             skip_other_routes(session, delivery, actor=actor, now=now)
         return State.SUBMITTED
-    transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now,
-               reason="an operator confirmed with the provider that it was never accepted; it will be sent again")
+    transition(
+        session,
+        delivery,
+        State.RETRY_WAIT,
+        actor=actor,
+        at=now,
+        reason="an operator confirmed with the provider that it was never accepted; it will be sent again",
+    )
     delivery.not_before = now
     return State.RETRY_WAIT

@@ -1,12 +1,12 @@
 """The dispatcher's exception tree.
 
-    DispatchError
-    ├── SettingsError          a DISPATCH_* setting is missing or malformed (names the variable)
-    ├── CampaignFileError      the campaign file is unreadable or invalid (carries every Problem)
-    ├── TemplateProblemError   the letter template does not render (line and reason)
-    ├── CampaignConflict       loading would change a campaign that is already scheduled or sent
-    ├── NotFound               no campaign / delivery by that name or id
-    └── TransitionError        a delivery state change that the state machine forbids
+DispatchError
+├── SettingsError          a DISPATCH_* setting is missing or malformed (names the variable)
+├── CampaignFileError      the campaign file is unreadable or invalid (carries every Problem)
+├── TemplateProblemError   the letter template does not render (line and reason)
+├── CampaignConflict       loading would change a campaign that is already scheduled or sent
+├── NotFound               no campaign / delivery by that name or id
+└── TransitionError        a delivery state change that the state machine forbids
 """
 
 from __future__ import annotations

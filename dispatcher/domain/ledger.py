@@ -58,9 +58,14 @@ def redact_addresses(text: str) -> str:
     return ADDRESS.sub("<address>", text)
 
 
-
-def compare_and_set(session: Session, delivery_id: int, target: State, *, expected: set[State] | None = None,
-                    values: dict[str, Any] | None = None) -> bool:
+def compare_and_set(
+    session: Session,
+    delivery_id: int,
+    target: State,
+    *,
+    expected: set[State] | None = None,
+    values: dict[str, Any] | None = None,
+) -> bool:
     """Atomically move one delivery to ``target`` if it is still in an expected state.
 
     Returns False (and changes nothing) when another process got there first: no row, no send.

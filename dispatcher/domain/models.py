@@ -77,7 +77,9 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    letter: Mapped[LetterTemplate] = relationship(back_populates="campaign", uselist=False, cascade="all, delete-orphan")
+    letter: Mapped[LetterTemplate] = relationship(
+        back_populates="campaign", uselist=False, cascade="all, delete-orphan"
+    )
     addressees: Mapped[list[Addressee]] = relationship(
         back_populates="campaign", order_by="Addressee.position", cascade="all, delete-orphan"
     )

@@ -32,8 +32,7 @@ class RetryPolicy:
 
 
 def succeeded(delivery: Delivery) -> bool:
-    return delivery.state == State.DELIVERED or (
-        delivery.state == State.SUBMITTED and not delivery.expects_report)
+    return delivery.state == State.DELIVERED or (delivery.state == State.SUBMITTED and not delivery.expects_report)
 
 
 def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: datetime) -> int:
@@ -41,33 +40,75 @@ def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: 
     if delivery.kind != "letter" or delivery.campaign.route_policy != "first-success":
         return 0
     waiting = session.scalars(
-        select(Delivery).where(Delivery.addressee_id == delivery.addressee_id, Delivery.id != delivery.id,
-                               Delivery.state.in_([State.PLANNED, State.QUEUED, State.RETRY_WAIT]))
+        select(Delivery)
+        .where(
+            Delivery.addressee_id == delivery.addressee_id,
+            Delivery.id != delivery.id,
+            Delivery.state.in_([State.PLANNED, State.QUEUED, State.RETRY_WAIT]),
+        )
         .with_for_update()
     ).all()
     for other in waiting:
-        transition(session, other, State.SKIPPED, actor=actor, at=now,
-                   reason=f"route {delivery.route_position + 1} ({delivery.channel}) already succeeded")
+        transition(
+            session,
+            other,
+            State.SKIPPED,
+            actor=actor,
+            at=now,
+            reason=f"route {delivery.route_position + 1} ({delivery.channel}) already succeeded",
+        )
     return len(waiting)
 
 
-def retry_or_fail(session: Session, delivery: Delivery, *, actor: str, now: datetime, reason: str,
-                  policy: RetryPolicy, retry_after: float | None = None, error_code: str | None = None,
-                  provider_event_id: str | None = None) -> State:
+def retry_or_fail(
+    session: Session,
+    delivery: Delivery,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str,
+    policy: RetryPolicy,
+    retry_after: float | None = None,
+    error_code: str | None = None,
+    provider_event_id: str | None = None,
+) -> State:
     """A transient failure: wait and retry the same route, unless attempts or the deadline ran out."""
     attempts = attempts_on_route(session, delivery)
-    delay = timedelta(seconds=backoff(attempts, base=policy.base_seconds,
-                                      cap=policy.cap_seconds, retry_after=retry_after))
+    delay = timedelta(
+        seconds=backoff(attempts, base=policy.base_seconds, cap=policy.cap_seconds, retry_after=retry_after)
+    )
     deadline = delivery.campaign.deadline
     if attempts >= policy.max_attempts:
-        return fail(session, delivery, actor=actor, now=now, error_code=error_code, provider_event_id=provider_event_id,
-                    reason=f"{reason}; gave up after {attempts} attempts on this route")
+        return fail(
+            session,
+            delivery,
+            actor=actor,
+            now=now,
+            error_code=error_code,
+            provider_event_id=provider_event_id,
+            reason=f"{reason}; gave up after {attempts} attempts on this route",
+        )
     if deadline is not None and now + delay > deadline:
-        return fail(session, delivery, actor=actor, now=now, error_code=error_code, provider_event_id=provider_event_id,
-                    reason=f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}")
-    transition(session, delivery, State.RETRY_WAIT, actor=actor, at=now, error_class="transient",
-               reason=f"{reason}; retry in {delay.total_seconds():.0f}s", provider_event_id=provider_event_id,
-               data={"error_code": error_code} if error_code else None)
+        return fail(
+            session,
+            delivery,
+            actor=actor,
+            now=now,
+            error_code=error_code,
+            provider_event_id=provider_event_id,
+            reason=f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}",
+        )
+    transition(
+        session,
+        delivery,
+        State.RETRY_WAIT,
+        actor=actor,
+        at=now,
+        error_class="transient",
+        reason=f"{reason}; retry in {delay.total_seconds():.0f}s",
+        provider_event_id=provider_event_id,
+        data={"error_code": error_code} if error_code else None,
+    )
     delivery.not_before = now + delay
     return State.RETRY_WAIT
 
@@ -75,34 +116,72 @@ def retry_or_fail(session: Session, delivery: Delivery, *, actor: str, now: date
 def attempts_on_route(session: Session, delivery: Delivery) -> int:
     """Attempts that reached the provider since the route was last (re)planned by an operator;
     a wait on our own limiter ("not-sent") does not count."""
-    since = session.scalar(select(DeliveryEvent.at).where(
-        DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.actor == "operator",
-        DeliveryEvent.to_state == State.PLANNED).order_by(DeliveryEvent.id.desc()).limit(1))
-    query = select(func.count()).select_from(Attempt).where(
-        Attempt.delivery_id == delivery.id, or_(Attempt.outcome.is_(None), Attempt.outcome != "not-sent"))
+    since = session.scalar(
+        select(DeliveryEvent.at)
+        .where(
+            DeliveryEvent.delivery_id == delivery.id,
+            DeliveryEvent.actor == "operator",
+            DeliveryEvent.to_state == State.PLANNED,
+        )
+        .order_by(DeliveryEvent.id.desc())
+        .limit(1)
+    )
+    query = (
+        select(func.count())
+        .select_from(Attempt)
+        .where(Attempt.delivery_id == delivery.id, or_(Attempt.outcome.is_(None), Attempt.outcome != "not-sent"))
+    )
     if since is not None:
         query = query.where(Attempt.started_at >= since)
     return int(session.scalar(query) or 0)
 
 
-def fail(session: Session, delivery: Delivery, *, actor: str, now: datetime, reason: str,
-         error_code: str | None = None, provider_event_id: str | None = None) -> State:
-    transition(session, delivery, State.FAILED, actor=actor, at=now, error_class="permanent", reason=reason,
-               provider_event_id=provider_event_id, data={"error_code": error_code} if error_code else None)
+def fail(
+    session: Session,
+    delivery: Delivery,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str,
+    error_code: str | None = None,
+    provider_event_id: str | None = None,
+) -> State:
+    transition(
+        session,
+        delivery,
+        State.FAILED,
+        actor=actor,
+        at=now,
+        error_class="permanent",
+        reason=reason,
+        provider_event_id=provider_event_id,
+        data={"error_code": error_code} if error_code else None,
+    )
     return State.FAILED
 
 
 RANK = {State.SENDING: 1, State.UNKNOWN: 1, State.SUBMITTED: 2, State.DELIVERED: 3, State.FAILED: 3}
 
 
-def apply_status(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime,
-                 policy: RetryPolicy) -> Applied:
+def apply_status(
+    session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime, policy: RetryPolicy
+) -> Applied:
     """Apply one provider status event (webhook, poll or reconciliation) to its delivery."""
-    if event.event_id and session.scalar(select(DeliveryEvent.id).where(
-            DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.provider_event_id == event.event_id)):
+    if event.event_id and session.scalar(
+        select(DeliveryEvent.id).where(
+            DeliveryEvent.delivery_id == delivery.id, DeliveryEvent.provider_event_id == event.event_id
+        )
+    ):
         return "duplicate"
-    if delivery.state in (State.DELIVERED, State.FAILED, State.CANCELLED, State.SKIPPED, State.RETRY_WAIT,
-                          State.QUEUED, State.PLANNED):
+    if delivery.state in (
+        State.DELIVERED,
+        State.FAILED,
+        State.CANCELLED,
+        State.SKIPPED,
+        State.RETRY_WAIT,
+        State.QUEUED,
+        State.PLANNED,
+    ):
         return "stale"  # the outcome is already known, or a newer attempt is under way
     if _from_earlier_attempt(session, delivery, event):
         return "stale"
@@ -110,8 +189,17 @@ def apply_status(session: Session, delivery: Delivery, event: StatusEvent, *, ac
     attach_to_current_attempt(session, delivery, event.provider_id)
     evidence = _evidence(event)
     if event.kind == EventKind.DELIVERED:
-        transition(session, delivery, State.DELIVERED, actor=actor, at=now, provider_id=event.provider_id,
-                   provider_event_id=event.event_id, reason=_delivered_reason(event), data=evidence)
+        transition(
+            session,
+            delivery,
+            State.DELIVERED,
+            actor=actor,
+            at=now,
+            provider_id=event.provider_id,
+            provider_event_id=event.event_id,
+            reason=_delivered_reason(event),
+            data=evidence,
+        )
         skip_other_routes(session, delivery, actor=actor, now=now)
         return "applied"
     if event.kind in (EventKind.FAILED, EventKind.BOUNCED, EventKind.COMPLAINED):
@@ -127,63 +215,109 @@ def _from_earlier_attempt(session: Session, delivery: Delivery, event: StatusEve
     if that ever drops a real report, the worker's receipt and the status poll still settle the row."""
     if delivery.provider_id is not None:
         return event.provider_id != delivery.provider_id
-    earlier = session.scalar(select(Attempt.id).where(
-        Attempt.delivery_id == delivery.id, Attempt.provider_id == event.provider_id,
-        Attempt.number < delivery.attempt_count))
+    earlier = session.scalar(
+        select(Attempt.id).where(
+            Attempt.delivery_id == delivery.id,
+            Attempt.provider_id == event.provider_id,
+            Attempt.number < delivery.attempt_count,
+        )
+    )
     if earlier is not None:
         return True
-    started = session.scalar(select(Attempt.started_at).where(
-        Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
+    started = session.scalar(
+        select(Attempt.started_at).where(Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count)
+    )
     return started is not None and event.occurred_at < started
 
 
 def attach_to_current_attempt(session: Session, delivery: Delivery, provider_id: str) -> None:
     """Remember which attempt a provider id belongs to, so late reports about it are judged right."""
-    attempt = session.scalar(select(Attempt).where(
-        Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count))
+    attempt = session.scalar(
+        select(Attempt).where(Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count)
+    )
     if attempt is not None and attempt.provider_id is None:
         attempt.provider_id = provider_id
 
 
-def _apply_failure(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime,
-                   policy: RetryPolicy) -> Applied:
+def _apply_failure(
+    session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime, policy: RetryPolicy
+) -> Applied:
     if delivery.state == State.SENDING:
         # the worker has not recorded its receipt yet; record the provider's id and let it finish
-        transition(session, delivery, State.SUBMITTED, actor=actor, at=now, provider_id=event.provider_id,
-                   reason="accepted by the provider (reported by its status callback)")
+        transition(
+            session,
+            delivery,
+            State.SUBMITTED,
+            actor=actor,
+            at=now,
+            provider_id=event.provider_id,
+            reason="accepted by the provider (reported by its status callback)",
+        )
     reason = f"{event.provider}: {event.kind}" + (f" ({event.error_code})" if event.error_code else "")
     if event.detail:
         reason += f": {event.detail}"
     if event.error_class == "transient":
-        retry_or_fail(session, delivery, actor=actor, now=now, reason=reason, policy=policy,
-                      error_code=event.error_code, provider_event_id=event.event_id)
+        retry_or_fail(
+            session,
+            delivery,
+            actor=actor,
+            now=now,
+            reason=reason,
+            policy=policy,
+            error_code=event.error_code,
+            provider_event_id=event.event_id,
+        )
     else:
-        fail(session, delivery, actor=actor, now=now, reason=reason, error_code=event.error_code,
-             provider_event_id=event.event_id)
+        fail(
+            session,
+            delivery,
+            actor=actor,
+            now=now,
+            reason=reason,
+            error_code=event.error_code,
+            provider_event_id=event.event_id,
+        )
     return "applied"
 
 
-def _note_progress(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str,
-                   now: datetime) -> Applied:
+def _note_progress(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime) -> Applied:
     """queued / sending / deferred: move sending or unknown up to submitted, otherwise just log it."""
     if delivery.state in (State.SENDING, State.UNKNOWN):
-        transition(session, delivery, State.SUBMITTED, actor=actor, at=now, provider_id=event.provider_id,
-                   provider_event_id=event.event_id, reason=f"{event.provider}: {event.kind}",
-                   data=_evidence(event))
+        transition(
+            session,
+            delivery,
+            State.SUBMITTED,
+            actor=actor,
+            at=now,
+            provider_id=event.provider_id,
+            provider_event_id=event.event_id,
+            reason=f"{event.provider}: {event.kind}",
+            data=_evidence(event),
+        )
         return "applied"
     _record_provider_event(session, delivery, event, actor=actor, now=now)
     return "noted"
 
 
-def _record_provider_event(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str,
-                           now: datetime) -> None:
+def _record_provider_event(
+    session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime
+) -> None:
     """An informational event row (no state change), kept for evidence and de-duplication."""
-    session.add(DeliveryEvent(
-        delivery_id=delivery.id, campaign_id=delivery.campaign_id, at=now, actor=actor,
-        from_state=delivery.state, to_state=delivery.state, reason=f"{event.provider}: {event.kind}",
-        provider_id=event.provider_id, provider_event_id=event.event_id, error_class=event.error_class,
-        data=_evidence(event),
-    ))
+    session.add(
+        DeliveryEvent(
+            delivery_id=delivery.id,
+            campaign_id=delivery.campaign_id,
+            at=now,
+            actor=actor,
+            from_state=delivery.state,
+            to_state=delivery.state,
+            reason=f"{event.provider}: {event.kind}",
+            provider_id=event.provider_id,
+            provider_event_id=event.event_id,
+            error_class=event.error_class,
+            data=_evidence(event),
+        )
+    )
 
 
 def _delivered_reason(event: StatusEvent) -> str:
@@ -198,7 +332,13 @@ def _delivered_reason(event: StatusEvent) -> str:
 
 
 def _evidence(event: StatusEvent) -> dict[str, object]:
-    values = {"kind": str(event.kind), "occurred_at": event.occurred_at.isoformat(), "pages": event.pages,
-              "duration_secs": event.duration_secs, "remote_station_id": event.remote_station_id,
-              "error_code": event.error_code, "detail": event.detail}
+    values = {
+        "kind": str(event.kind),
+        "occurred_at": event.occurred_at.isoformat(),
+        "pages": event.pages,
+        "duration_secs": event.duration_secs,
+        "remote_station_id": event.remote_station_id,
+        "error_code": event.error_code,
+        "detail": event.detail,
+    }
     return {k: v for k, v in values.items() if v is not None}

@@ -67,8 +67,9 @@ def idempotency_key(campaign: str, *parts: object) -> str:
     return f"d{digest[:31]}"
 
 
-def load_campaign(session: Session, spec: CampaignSpec, report: Report, *, source: Path,
-                  skip_invalid: bool = False) -> LoadResult:
+def load_campaign(
+    session: Session, spec: CampaignSpec, report: Report, *, source: Path, skip_invalid: bool = False
+) -> LoadResult:
     """Write the campaign and its planned deliveries (the caller owns the transaction)."""
     fatal = fatal_problems(report, skip_invalid=skip_invalid)
     if fatal:
@@ -94,8 +95,9 @@ def _unchanged(session: Session, campaign: Campaign) -> LoadResult:
 
 def _state_counts(session: Session, campaign: Campaign) -> dict[str, int]:
     """Deliveries per state, counted by the database (a campaign may hold hundreds of thousands)."""
-    rows = session.execute(select(Delivery.state, func.count()).where(Delivery.campaign_id == campaign.id)
-                           .group_by(Delivery.state))
+    rows = session.execute(
+        select(Delivery.state, func.count()).where(Delivery.campaign_id == campaign.id).group_by(Delivery.state)
+    )
     return {state: int(n) for state, n in rows}
 
 
@@ -126,14 +128,22 @@ def _purge_draft(session: Session, campaign: Campaign) -> None:
     session.expire(campaign, ["deliveries", "addressees", "supporters"])
 
 
-def _write_campaign(session: Session, campaign: Campaign | None, spec: CampaignSpec, report: Report,
-                    digest: str, source: Path) -> Campaign:
+def _write_campaign(
+    session: Session, campaign: Campaign | None, spec: CampaignSpec, report: Report, digest: str, source: Path
+) -> Campaign:
     c = spec.campaign
     values = dict(
-        name=c.name, title=c.title, urgency=c.urgency, route_policy=c.route_policy, status="draft",
-        schedule=c.schedule.model_dump(mode="json"), deadline=c.deadline,
-        sender=spec.sender.model_dump(mode="json"), spec=spec.model_dump(mode="json"),
-        spec_sha256=digest, source_path=str(source),
+        name=c.name,
+        title=c.title,
+        urgency=c.urgency,
+        route_policy=c.route_policy,
+        status="draft",
+        schedule=c.schedule.model_dump(mode="json"),
+        deadline=c.deadline,
+        sender=spec.sender.model_dump(mode="json"),
+        spec=spec.model_dump(mode="json"),
+        spec_sha256=digest,
+        source_path=str(source),
     )
     if campaign is None:
         campaign = Campaign(**values)
@@ -143,8 +153,12 @@ def _write_campaign(session: Session, campaign: Campaign | None, spec: CampaignS
             setattr(campaign, key, value)
     template_sha = hashlib.sha256(report.template_source.encode()).hexdigest()
     if campaign.letter is None:
-        campaign.letter = LetterTemplate(subject=spec.letter.subject, template_name=report.template_name,
-                                 template_source=report.template_source, template_sha256=template_sha)
+        campaign.letter = LetterTemplate(
+            subject=spec.letter.subject,
+            template_name=report.template_name,
+            template_source=report.template_source,
+            template_sha256=template_sha,
+        )
     else:
         campaign.letter.subject = spec.letter.subject
         campaign.letter.template_name = report.template_name
@@ -164,13 +178,27 @@ def _plan(session: Session, campaign: Campaign, spec: CampaignSpec, report: Repo
     planned += _copy_deliveries(session, campaign, report)
     deliveries = [values for values, _ in planned]
     _insert(session, Delivery, deliveries)
-    ids = {key: id_ for key, id_ in session.execute(
-        select(Delivery.idempotency_key, Delivery.id).where(Delivery.campaign_id == campaign.id))}
-    _insert(session, DeliveryEvent, [
-        {"delivery_id": ids[values["idempotency_key"]], "campaign_id": campaign.id, "actor": ACTOR,
-         "from_state": None, "to_state": values["state"], "reason": reason}
-        for values, reason in planned
-    ])
+    ids = {
+        key: id_
+        for key, id_ in session.execute(
+            select(Delivery.idempotency_key, Delivery.id).where(Delivery.campaign_id == campaign.id)
+        )
+    }
+    _insert(
+        session,
+        DeliveryEvent,
+        [
+            {
+                "delivery_id": ids[values["idempotency_key"]],
+                "campaign_id": campaign.id,
+                "actor": ACTOR,
+                "from_state": None,
+                "to_state": values["state"],
+                "reason": reason,
+            }
+            for values, reason in planned
+        ],
+    )
     skipped = sum(1 for values in deliveries if values["state"] == State.SKIPPED)
     return len(deliveries) - skipped, skipped
 
@@ -182,44 +210,70 @@ def _insert(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> 
     (insertmanyvalues), which psycopg parses client-side: measured 2-3x slower on PostgreSQL here.
     """
     for start in range(0, len(rows), CHUNK):
-        session.execute(insert(model), rows[start:start + CHUNK])
+        session.execute(insert(model), rows[start : start + CHUNK])
 
 
-def _letter_deliveries(session: Session, campaign: Campaign, spec: CampaignSpec,
-                       report: Report) -> list[tuple[dict[str, Any], str]]:
+def _letter_deliveries(
+    session: Session, campaign: Campaign, spec: CampaignSpec, report: Report
+) -> list[tuple[dict[str, Any], str]]:
     """Addressees and routes are few: ORM objects, one flush for all addressees and one for all routes."""
-    people = [(role, index, person) for role, group in (("to", spec.to), ("cc", spec.cc))
-              for index, person in enumerate(group)]
+    people = [
+        (role, index, person)
+        for role, group in (("to", spec.to), ("cc", spec.cc))
+        for index, person in enumerate(group)
+    ]
     addressees = [_addressee(campaign, role, index, person) for role, index, person in people]
     session.add_all(addressees)
     session.flush()
     routes: list[tuple[Route, str, int, int, RouteCheck]] = []
     for (role, index, _person), addressee in zip(people, addressees, strict=True):
         for position, check in enumerate(report.routes[(role, index)]):
-            route = Route(addressee_id=addressee.id, channel=check.channel, position=position,
-                          raw_value=check.raw_value, value=check.value, valid=check.problem is None,
-                          problem=check.problem.message if check.problem else None)
+            route = Route(
+                addressee_id=addressee.id,
+                channel=check.channel,
+                position=position,
+                raw_value=check.raw_value,
+                value=check.value,
+                valid=check.problem is None,
+                problem=check.problem.message if check.problem else None,
+            )
             routes.append((route, role, index, position, check))
     session.add_all([route for route, *_ in routes])
     session.flush()
-    return [_route_delivery(campaign, route, role, index, position, check)
-            for route, role, index, position, check in routes]
+    return [
+        _route_delivery(campaign, route, role, index, position, check) for route, role, index, position, check in routes
+    ]
 
 
 def _addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
     return Addressee(
-        campaign_id=campaign.id, role=role, position=index, name=person.name, title=person.title,
-        organisation=person.organisation, salutation=person.salutation, address=list(person.address),
-        country=person.country.upper(), timezone=person.timezone, phones=list(person.phone),
+        campaign_id=campaign.id,
+        role=role,
+        position=index,
+        name=person.name,
+        title=person.title,
+        organisation=person.organisation,
+        salutation=person.salutation,
+        address=list(person.address),
+        country=person.country.upper(),
+        timezone=person.timezone,
+        phones=list(person.phone),
     )
 
 
-def _route_delivery(campaign: Campaign, route: Route, role: str, index: int, position: int,
-                    check: RouteCheck) -> tuple[dict[str, Any], str]:
+def _route_delivery(
+    campaign: Campaign, route: Route, role: str, index: int, position: int, check: RouteCheck
+) -> tuple[dict[str, Any], str]:
     destination = check.value or check.raw_value
     delivery = {
-        "campaign_id": campaign.id, "kind": "letter", "addressee_id": route.addressee_id, "route_id": route.id,
-        "supporter_id": None, "channel": check.channel, "destination": destination, "route_position": position,
+        "campaign_id": campaign.id,
+        "kind": "letter",
+        "addressee_id": route.addressee_id,
+        "route_id": route.id,
+        "supporter_id": None,
+        "channel": check.channel,
+        "destination": destination,
+        "route_position": position,
         "state": State.SKIPPED if check.problem else State.PLANNED,
         "idempotency_key": idempotency_key(campaign.name, role, index, check.channel, destination),
         "last_error": check.problem.brief() if check.problem else None,
@@ -232,18 +286,32 @@ def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> li
     """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each."""
     if not report.supporters:
         return []
-    _insert(session, Supporter, [{"campaign_id": campaign.id, "email": row.email, "name": row.name}
-                                 for row in report.supporters])
-    supporter_ids = {email: id_ for email, id_ in session.execute(
-        select(Supporter.email, Supporter.id).where(Supporter.campaign_id == campaign.id))}
+    _insert(
+        session,
+        Supporter,
+        [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in report.supporters],
+    )
+    supporter_ids = {
+        email: id_
+        for email, id_ in session.execute(
+            select(Supporter.email, Supporter.id).where(Supporter.campaign_id == campaign.id)
+        )
+    }
     return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in report.supporters]
 
 
-def _copy_delivery(campaign: Campaign, supporter_id: int, email: str,
-                   problem: Problem | None) -> tuple[dict[str, Any], str]:
+def _copy_delivery(
+    campaign: Campaign, supporter_id: int, email: str, problem: Problem | None
+) -> tuple[dict[str, Any], str]:
     delivery = {
-        "campaign_id": campaign.id, "kind": "copy", "addressee_id": None, "route_id": None,
-        "supporter_id": supporter_id, "channel": "email", "destination": email, "route_position": 0,
+        "campaign_id": campaign.id,
+        "kind": "copy",
+        "addressee_id": None,
+        "route_id": None,
+        "supporter_id": supporter_id,
+        "channel": "email",
+        "destination": email,
+        "route_position": 0,
         "state": State.SKIPPED if problem else State.PLANNED,
         "idempotency_key": idempotency_key(campaign.name, "supporter", email.lower()),
         "last_error": str(problem) if problem else None,

@@ -79,13 +79,13 @@ def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) 
     and the locked SELECT guarantees those are still the rows' states."""
     earlier = aliased(Delivery)
     blocked_by_earlier_route = exists().where(
-        earlier.addressee_id == Delivery.addressee_id, earlier.kind == "letter",
+        earlier.addressee_id == Delivery.addressee_id,
+        earlier.kind == "letter",
         earlier.route_position < Delivery.route_position,
         earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]),
     )
     query = (
-        select(Delivery.id, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state,
-               Delivery.campaign_id)
+        select(Delivery.id, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state, Delivery.campaign_id)
         .join(Campaign, Campaign.id == Delivery.campaign_id)
         .where(
             Campaign.status == "scheduled",
@@ -99,64 +99,105 @@ def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) 
     )
     due = session.execute(query).all()
     for start in range(0, len(due), chunk):
-        rows = due[start:start + chunk]
-        session.execute(update(Delivery).where(Delivery.id.in_([r.id for r in rows]))
-                        .values(state=State.QUEUED, queued_at=now, updated_at=now)
-                        .execution_options(synchronize_session=False))
-        session.execute(insert(DeliveryEvent), [
-            {"delivery_id": r.id, "campaign_id": r.campaign_id, "at": now, "actor": ACTOR, "from_state": r.state,
-             "to_state": State.QUEUED, "reason": "due" if r.state == State.PLANNED else "retrying after backoff"}
-            for r in rows])
+        rows = due[start : start + chunk]
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([r.id for r in rows]))
+            .values(state=State.QUEUED, queued_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            insert(DeliveryEvent),
+            [
+                {
+                    "delivery_id": r.id,
+                    "campaign_id": r.campaign_id,
+                    "at": now,
+                    "actor": ACTOR,
+                    "from_state": r.state,
+                    "to_state": State.QUEUED,
+                    "reason": "due" if r.state == State.PLANNED else "retrying after backoff",
+                }
+                for r in rows
+            ],
+        )
     return [Claimed(r.id, r.kind, r.channel, r.destination) for r in due]
 
 
 def fail_past_deadline(session: Session, *, now: datetime) -> int:
     """Deliveries still waiting when their campaign's deadline passed fail, with that reason."""
     query = (
-        select(Delivery).join(Campaign, Campaign.id == Delivery.campaign_id)
-        .where(Campaign.deadline.is_not(None), Campaign.deadline <= now,
-               Campaign.status.in_(["scheduled", "paused"]),
-               Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]))
+        select(Delivery)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(
+            Campaign.deadline.is_not(None),
+            Campaign.deadline <= now,
+            Campaign.status.in_(["scheduled", "paused"]),
+            Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
+        )
         .with_for_update(skip_locked=True, of=Delivery)
     )
     rows = list(session.scalars(query))
     for delivery in rows:
         deadline = delivery.campaign.deadline
         when = deadline.isoformat() if deadline else ""
-        transition(session, delivery, State.FAILED, actor=ACTOR, at=now,
-                   reason=f"campaign deadline {when} passed before it could be sent")
+        transition(
+            session,
+            delivery,
+            State.FAILED,
+            actor=ACTOR,
+            at=now,
+            reason=f"campaign deadline {when} passed before it could be sent",
+        )
     return len(rows)
 
 
 def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: TickResult) -> None:
     """Re-publish queued rows whose message was lost; expire the leases of dead sends to unknown."""
-    stale = list(session.scalars(
-        select(Delivery).where(Delivery.state == State.QUEUED, Delivery.queued_at < now - config.republish_after)
-        .with_for_update(skip_locked=True)
-    ))
+    stale = list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.state == State.QUEUED, Delivery.queued_at < now - config.republish_after)
+            .with_for_update(skip_locked=True)
+        )
+    )
     for delivery in stale:
         delivery.queued_at = now
         result.republished[queue_for(delivery)].append(delivery.id)
-    expired = list(session.scalars(
-        select(Delivery).where(Delivery.state == State.SENDING, Delivery.lease_expires_at < now)
-        .with_for_update(skip_locked=True)
-    ))
+    expired = list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.state == State.SENDING, Delivery.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
+        )
+    )
     for delivery in expired:
-        transition(session, delivery, State.UNKNOWN, actor=ACTOR, at=now, error_class="unknown",
-                   reason="the sending worker's lease expired (worker died mid-send?): outcome unknown, "
-                          "to be reconciled with the provider, never resent blindly")
+        transition(
+            session,
+            delivery,
+            State.UNKNOWN,
+            actor=ACTOR,
+            at=now,
+            error_class="unknown",
+            reason="the sending worker's lease expired (worker died mid-send?): outcome unknown, "
+            "to be reconciled with the provider, never resent blindly",
+        )
         result.expired.append(delivery.id)
 
 
 def to_look_up(session: Session, *, now: datetime, every: timedelta, poll_after: timedelta) -> dict[str, list[int]]:
     """Deliveries due for a look-up at the provider, by queue: ``unknown`` ones (reconcile), and
     ``submitted`` ones whose status webhook never came (poll, as a fallback). Next look-up ``every`` later."""
-    stuck = and_(Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(True),
-                 Delivery.updated_at < now - poll_after)
+    stuck = and_(
+        Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(True), Delivery.updated_at < now - poll_after
+    )
     rows = session.scalars(
-        select(Delivery).where(or_(Delivery.state == State.UNKNOWN, stuck),
-                               or_(Delivery.not_before.is_(None), Delivery.not_before <= now))
-        .limit(500).with_for_update(skip_locked=True)
+        select(Delivery)
+        .where(
+            or_(Delivery.state == State.UNKNOWN, stuck), or_(Delivery.not_before.is_(None), Delivery.not_before <= now)
+        )
+        .limit(500)
+        .with_for_update(skip_locked=True)
     )
     out: dict[str, list[int]] = defaultdict(list)
     for delivery in rows:
@@ -184,13 +225,19 @@ def publish(result: TickResult, publisher: Publisher, *, batch_size: int) -> int
     for groups in (result.queued, result.republished):
         for queue, ids in groups.items():
             for start in range(0, len(ids), batch_size):
-                publisher(queue, ids[start:start + batch_size])
+                publisher(queue, ids[start : start + batch_size])
                 messages += 1
     return messages
 
 
-def run_once(factory: sessionmaker[Session], publisher: Publisher, reconciler: Publisher, *, now: datetime,
-             config: SchedulerConfig = SchedulerConfig()) -> TickResult:
+def run_once(
+    factory: sessionmaker[Session],
+    publisher: Publisher,
+    reconciler: Publisher,
+    *,
+    now: datetime,
+    config: SchedulerConfig = SchedulerConfig(),
+) -> TickResult:
     """One tick: claim and sweep in one transaction, then publish what was committed."""
     with transaction(factory) as session:
         result = tick(session, now=now, config=config)

@@ -43,9 +43,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
-        problems = "; ".join(
-            f"DISPATCH_{str(e['loc'][0]).upper()}: {e['msg'].lower()}" for e in err.errors()
-        )
+        problems = "; ".join(f"DISPATCH_{str(e['loc'][0]).upper()}: {e['msg'].lower()}" for e in err.errors())
         raise SettingsError(f"invalid settings: {problems}") from err
 
 

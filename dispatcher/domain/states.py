@@ -1,11 +1,11 @@
 """The delivery state machine (ARCHITECTURE.md, "The ledger is the truth").
 
-    planned -> queued -> sending -> submitted -> delivered
-                  ^          |          |
-                  |          v          v
-              retry_wait <---+----------+          (transient: same route again, after backoff)
-    sending -> unknown (worker died, or the outcome of a send is not known) -> reconciled
-    any live state -> cancelled | skipped | failed
+planned -> queued -> sending -> submitted -> delivered
+              ^          |          |
+              |          v          v
+          retry_wait <---+----------+          (transient: same route again, after backoff)
+sending -> unknown (worker died, or the outcome of a send is not known) -> reconciled
+any live state -> cancelled | skipped | failed
 """
 
 from __future__ import annotations

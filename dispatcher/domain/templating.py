@@ -20,8 +20,18 @@ from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.errors import TemplateProblemError
 
 _MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 )
 
 # Errors a template expression can raise at render time besides Jinja's own (e.g. ``{{ 1 / 0 }}``).
@@ -75,9 +85,17 @@ def letter_context(spec: CampaignSpec, *, to: AddresseeSpec, date: Date) -> dict
     return {
         "to": person(to),
         "cc": [person(a) for a in spec.cc],
-        "sender": spec.sender.model_dump(include={
-            "organisation", "signatory", "signatory_title", "email", "reply_to", "address", "country",
-        }),
+        "sender": spec.sender.model_dump(
+            include={
+                "organisation",
+                "signatory",
+                "signatory_title",
+                "email",
+                "reply_to",
+                "address",
+                "country",
+            }
+        ),
         "campaign": {
             "name": spec.campaign.name,
             "title": spec.campaign.title,

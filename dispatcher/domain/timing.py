@@ -36,8 +36,9 @@ def next_office_time(hours: OfficeHours, *, timezone: str, after: datetime) -> d
     raise ValueError("office hours name no day of the week")
 
 
-def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
-            rng: random.Random | None = None) -> float:
+def backoff(
+    attempt: int, *, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Seconds before attempt ``attempt + 1``: exponential with +-50% jitter, at most ``cap``, at least
     the provider's Retry-After."""
     delay = base * 2 ** max(0, attempt - 1) * (0.5 + (rng or random).random())

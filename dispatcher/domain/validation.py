@@ -82,8 +82,9 @@ def where(role: str, index: int, person: AddresseeSpec) -> str:
 
 def _check_sender(spec: CampaignSpec, report: Report) -> None:
     sender = spec.sender
-    _, problem = check_number(sender.fax_caller_id, sender.country, file=report.file,
-                                   where="sender", field="fax_caller_id")
+    _, problem = check_number(
+        sender.fax_caller_id, sender.country, file=report.file, where="sender", field="fax_caller_id"
+    )
     if problem:
         report.problems.append(problem)
     for name in ("email", "reply_to"):
@@ -94,8 +95,9 @@ def _check_sender(spec: CampaignSpec, report: Report) -> None:
                 report.problems.append(problem)
 
 
-def _check_addressee(person: AddresseeSpec, role: str, index: int, spec: CampaignSpec,
-                     report: Report) -> list[RouteCheck]:
+def _check_addressee(
+    person: AddresseeSpec, role: str, index: int, spec: CampaignSpec, report: Report
+) -> list[RouteCheck]:
     place = where(role, index, person)
     if person.country.upper() not in phonenumbers.SUPPORTED_REGIONS:
         message = f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"
@@ -109,10 +111,14 @@ def _check_addressee(person: AddresseeSpec, role: str, index: int, spec: Campaig
             report.problems.append(_as_warning(problem))
     routes = faxes + emails if spec.campaign.route_order == "fax-first" else emails + faxes
     if not any(r.value for r in routes):
-        report.problems.append(Problem(
-            file=report.file, where=place, field="fax/email",
-            message="no usable electronic route: give at least one valid fax number or email address",
-        ))
+        report.problems.append(
+            Problem(
+                file=report.file,
+                where=place,
+                field="fax/email",
+                message="no usable electronic route: give at least one valid fax number or email address",
+            )
+        )
     _check_duplicates(routes, place, report)
     return routes
 
@@ -135,8 +141,11 @@ def _check_duplicates(routes: list[RouteCheck], place: str, report: Report) -> N
     seen: set[str] = set()
     for route in routes:
         if route.value and route.value in seen:
-            report.problems.append(Problem(file=report.file, where=place, field=route.channel,
-                                           message=f"{route.raw_value!r} is listed twice"))
+            report.problems.append(
+                Problem(
+                    file=report.file, where=place, field=route.channel, message=f"{route.raw_value!r} is listed twice"
+                )
+            )
         if route.value:
             seen.add(route.value)
 
@@ -158,10 +167,9 @@ def check_number(raw: str, country: str, *, file: str, where: str, field: str) -
 def _number_problem(raw: str, region: str, reason: str, *, file: str, where: str, field: str) -> Problem:
     digits = "".join(ch for ch in raw if ch.isdigit())
     prefix = next((p for p in IDD_PREFIXES if raw.strip().startswith("+") and digits.startswith(p)), None)
-    suggestion = _suggest_number(digits[len(prefix):], region) if prefix else None
+    suggestion = _suggest_number(digits[len(prefix) :], region) if prefix else None
     if prefix:
-        message = (f"{raw!r} is not a valid number: '+{prefix}' is an international dialling prefix, "
-                   f"not a country code")
+        message = f"{raw!r} is not a valid number: '+{prefix}' is an international dialling prefix, not a country code"
     else:
         message = f"{raw!r} is {reason}" if reason.startswith("not") else f"{raw!r} is not a valid number: {reason}"
     return Problem(file=file, where=where, field=field, message=message, suggestion=suggestion)
@@ -193,24 +201,42 @@ def _check_timezone(name: str, place: str, report: Report) -> None:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
-        report.problems.append(Problem(file=report.file, where=place, field="timezone",
-                                       message=f"unknown timezone {name!r} (use an IANA name such as 'Asia/Shanghai')",
-                                       suggestion=close[0] if close else None))
+        report.problems.append(
+            Problem(
+                file=report.file,
+                where=place,
+                field="timezone",
+                message=f"unknown timezone {name!r} (use an IANA name such as 'Asia/Shanghai')",
+                suggestion=close[0] if close else None,
+            )
+        )
 
 
 def _check_schedule(spec: CampaignSpec, report: Report) -> None:
     campaign = spec.campaign
     if campaign.schedule.mode == "at" and campaign.schedule.at is None:
-        report.problems.append(Problem(file=report.file, where="campaign.schedule", field="at",
-                                       message="mode 'at' needs a time, e.g. at = 2026-12-01T09:00:00+08:00"))
+        report.problems.append(
+            Problem(
+                file=report.file,
+                where="campaign.schedule",
+                field="at",
+                message="mode 'at' needs a time, e.g. at = 2026-12-01T09:00:00+08:00",
+            )
+        )
     for name, value in (("schedule.at", campaign.schedule.at), ("deadline", campaign.deadline)):
         if value is not None and value.tzinfo is None:
             message = f"{value.isoformat()} has no UTC offset; write e.g. {value.isoformat()}+08:00"
             report.problems.append(Problem(file=report.file, where="campaign", field=name, message=message))
     hours = campaign.schedule.office_hours
     if hours.start >= hours.end:
-        report.problems.append(Problem(file=report.file, where="campaign.schedule.office_hours", field="start",
-                                       message="office hours must start before they end"))
+        report.problems.append(
+            Problem(
+                file=report.file,
+                where="campaign.schedule.office_hours",
+                field="start",
+                message="office hours must start before they end",
+            )
+        )
 
 
 def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
@@ -219,8 +245,14 @@ def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
     try:
         name, source = letter_source(spec, base)
     except OSError as err:
-        report.problems.append(Problem(file=report.file, where="letter", field="template",
-                                       message=f"cannot read the template: {err.strerror or err}"))
+        report.problems.append(
+            Problem(
+                file=report.file,
+                where="letter",
+                field="template",
+                message=f"cannot read the template: {err.strerror or err}",
+            )
+        )
         return
     report.template_name, report.template_source = name, source
     try:
@@ -240,8 +272,14 @@ def _check_supporters(path: Path, report: Report) -> list[SupporterRow]:
         return []
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-        report.problems.append(Problem(file=str(path), where="line 1", field="header",
-                                       message="the CSV needs a header with an 'email' column (and optionally 'name')"))
+        report.problems.append(
+            Problem(
+                file=str(path),
+                where="line 1",
+                field="header",
+                message="the CSV needs a header with an 'email' column (and optionally 'name')",
+            )
+        )
         return []
     return _supporter_rows(reader, path, report)
 
@@ -255,8 +293,15 @@ def _supporter_rows(reader: csv.DictReader[str], path: Path, report: Report) -> 
         raw = cells.get("email", "")
         value, problem = check_email(raw, file=str(path), where=f"line {line}", field="email")
         if value and value.lower() in seen:
-            report.problems.append(Problem(file=str(path), where=f"line {line}", field="email", severity="warning",
-                                           message="this address appears on an earlier line; one copy is sent"))
+            report.problems.append(
+                Problem(
+                    file=str(path),
+                    where=f"line {line}",
+                    field="email",
+                    severity="warning",
+                    message="this address appears on an earlier line; one copy is sent",
+                )
+            )
             continue
         if problem:
             report.problems.append(problem)
@@ -267,5 +312,11 @@ def _supporter_rows(reader: csv.DictReader[str], path: Path, report: Report) -> 
 
 
 def _as_warning(problem: Problem) -> Problem:
-    return Problem(file=problem.file, where=problem.where, field=problem.field, message=problem.message,
-                   suggestion=problem.suggestion, severity="warning")
+    return Problem(
+        file=problem.file,
+        where=problem.where,
+        field=problem.field,
+        message=problem.message,
+        suggestion=problem.suggestion,
+        severity="warning",
+    )

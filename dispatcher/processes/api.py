@@ -56,8 +56,13 @@ def create_app(ctx: WebContext) -> FastAPI:
         if gateway is None:
             raise HTTPException(404, f"no gateway named {name!r}")
         body = await _bounded_body(request)
-        raw = WebhookRequest(method=request.method, url=str(request.url), body=body, received_at=ctx.clock(),
-                             headers={k.lower(): v for k, v in request.headers.items()})
+        raw = WebhookRequest(
+            method=request.method,
+            url=str(request.url),
+            body=body,
+            received_at=ctx.clock(),
+            headers={k.lower(): v for k, v in request.headers.items()},
+        )
         try:
             events = gateway.parse_webhook(raw)
         except WebhookError as err:
@@ -84,9 +89,17 @@ def create_app(ctx: WebContext) -> FastAPI:
                 campaign = get_campaign(session, name)
             except NotFound as err:  # a 404 (it was a 500), naming no other campaign
                 raise HTTPException(404, f"no campaign named {name!r}") from err
-            return [{"id": d.id, "kind": d.kind, "channel": d.channel, "state": d.state,
-                     "attempts": d.attempt_count, "last_error": d.last_error}
-                    for d in sorted(campaign.deliveries, key=lambda d: d.id)]
+            return [
+                {
+                    "id": d.id,
+                    "kind": d.kind,
+                    "channel": d.channel,
+                    "state": d.state,
+                    "attempts": d.attempt_count,
+                    "last_error": d.last_error,
+                }
+                for d in sorted(campaign.deliveries, key=lambda d: d.id)
+            ]
 
     return app
 
@@ -113,15 +126,19 @@ def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -
                 counts["unmatched"] += 1
                 log.warning("%s webhook for an unknown message (%s)", gateway.name, event.kind)
                 continue
-            counts[apply_status(session, delivery, event, actor=f"webhook:{gateway.name}", now=ctx.clock(),
-                                policy=ctx.retry)] += 1
+            counts[
+                apply_status(
+                    session, delivery, event, actor=f"webhook:{gateway.name}", now=ctx.clock(), policy=ctx.retry
+                )
+            ] += 1
     return counts
 
 
 def find_delivery(session: Session, gateway_name: str, event: StatusEvent) -> Delivery | None:
     """By the provider's id for this gateway, or by our reference echoed back by the provider."""
     conditions: list[ColumnElement[bool]] = [
-        and_(Delivery.gateway == gateway_name, Delivery.provider_id == event.provider_id)]
+        and_(Delivery.gateway == gateway_name, Delivery.provider_id == event.provider_id)
+    ]
     if event.reference:
         conditions.append(Delivery.idempotency_key == event.reference)
     return session.scalars(select(Delivery).where(or_(*conditions)).with_for_update().limit(1)).first()

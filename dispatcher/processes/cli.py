@@ -86,9 +86,13 @@ def campaign_preview(
 @campaign_app.command("load")
 def campaign_load(
     file: FileArg,
-    skip_invalid: Annotated[bool, typer.Option(
-        "--skip-invalid", help="leave out invalid routes and CSV rows, recording each as skipped with its reason",
-    )] = False,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="leave out invalid routes and CSV rows, recording each as skipped with its reason",
+        ),
+    ] = False,
 ) -> None:
     """Validate, then write the campaign and all its planned deliveries in one transaction."""
     from dispatcher.domain.planning import load_campaign
@@ -226,14 +230,15 @@ def scheduler(interval: Annotated[float, typer.Option(help="seconds between tick
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
-    config = SchedulerConfig(republish_after=timedelta(seconds=settings.republish_after_seconds),
-                             reconcile_every=timedelta(seconds=settings.reconcile_every_seconds))
+    config = SchedulerConfig(
+        republish_after=timedelta(seconds=settings.republish_after_seconds),
+        reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")
     try:
-        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval,
-                    config=config)
+        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval, config=config)
     except KeyboardInterrupt:
         stop.set()
 
@@ -251,8 +256,21 @@ def worker(
 
     worker_context()  # build gateways now: a missing setting fails at start-up, naming the variable
     names = ",".join(queue_name(q.strip()) for q in queues.split(","))
-    celery_app.worker_main(["worker", "-Q", names, "--concurrency", str(concurrency), "--loglevel", loglevel,
-                            "--pool", "prefork", "--without-gossip", "--without-mingle"])
+    celery_app.worker_main(
+        [
+            "worker",
+            "-Q",
+            names,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--pool",
+            "prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @app.command("web")
@@ -286,8 +304,9 @@ app.add_typer(sandbox_app, name="sandbox")
 
 @sandbox_app.command("serve")
 def sandbox_serve(
-    web_url: Annotated[str, typer.Option(help="where `dispatch web` listens (webhooks go there)")] =
-        "http://127.0.0.1:8000",
+    web_url: Annotated[
+        str, typer.Option(help="where `dispatch web` listens (webhooks go there)")
+    ] = "http://127.0.0.1:8000",
     oracle_dir: Annotated[Path, typer.Option(help="where each emulator appends its oracle")] = Path("var/sandbox"),
 ) -> None:
     """Run every provider emulator and the SMTP sink on localhost; print the settings that use them."""

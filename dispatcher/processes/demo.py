@@ -54,8 +54,9 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def run_demo(*, console: Console, timeout: float = 90.0, workdir: Path = Path("var/demo"),
-             campaign_file: Path = EXAMPLE) -> bool:
+def run_demo(
+    *, console: Console, timeout: float = 90.0, workdir: Path = Path("var/demo"), campaign_file: Path = EXAMPLE
+) -> bool:
     """Run the whole path; True when every delivery ended and no reference was accepted twice."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -107,8 +108,14 @@ class Sandbox:
     def gateways(self) -> dict[str, object]:
         assert self.fax_server is not None and self.smtp is not None
         public_key = base64.b64encode(bytes(self.signing_key.verify_key)).decode()
-        fax = build_gateway("telnyx", api_key=self.api_key, connection_id="demo-connection", public_key=public_key,
-                            base_url=self.fax_server.url, webhook_url=f"{self.web_url}/webhooks/telnyx")
+        fax = build_gateway(
+            "telnyx",
+            api_key=self.api_key,
+            connection_id="demo-connection",
+            public_key=public_key,
+            base_url=self.fax_server.url,
+            webhook_url=f"{self.web_url}/webhooks/telnyx",
+        )
         mail = build_gateway("smtp", host=self.smtp.host, port=self.smtp.port, security="plain")
         return {"fax": fax, "email": mail}
 
@@ -130,8 +137,15 @@ def _sandbox(workdir: Path) -> Iterator[Sandbox]:
 @contextmanager
 def _web(factory, sandbox: Sandbox) -> Iterator[ThreadedServer]:  # type: ignore[no-untyped-def]
     gateways = sandbox.gateways()
-    app = create_app(WebContext(factory=factory, gateways={"telnyx": gateways["fax"]},  # type: ignore[dict-item]
-                                secret=sandbox.secret, retry=RETRY, documents=DocumentCache()))
+    app = create_app(
+        WebContext(
+            factory=factory,
+            gateways={"telnyx": gateways["fax"]},  # type: ignore[dict-item]
+            secret=sandbox.secret,
+            retry=RETRY,
+            documents=DocumentCache(),
+        )
+    )
     server = ThreadedServer(app, port=sandbox.web_port).start()
     try:
         yield server
@@ -150,18 +164,34 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
     from workers.tasks import publisher, reconcile_publisher
 
     celery_app.conf.broker_url = "memory://localhost/"
-    runtime.install(WorkerContext(
-        factory=factory, gateways=sandbox.gateways(), retry=RETRY,  # type: ignore[arg-type]
-        reconcile_grace=timedelta(seconds=2),
-        media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
-    ))
+    runtime.install(
+        WorkerContext(
+            factory=factory,
+            gateways=sandbox.gateways(),
+            retry=RETRY,  # type: ignore[arg-type]
+            reconcile_grace=timedelta(seconds=2),
+            media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
+        )
+    )
     stop = threading.Event()
-    ticker = threading.Thread(target=run_forever, daemon=True, name="scheduler", kwargs=dict(
-        factory=factory, publisher=publisher, reconciler=reconcile_publisher, clock=now, stop=stop,
-        interval=0.25, config=SchedulerConfig(reconcile_every=timedelta(seconds=2))))
+    ticker = threading.Thread(
+        target=run_forever,
+        daemon=True,
+        name="scheduler",
+        kwargs=dict(
+            factory=factory,
+            publisher=publisher,
+            reconciler=reconcile_publisher,
+            clock=now,
+            stop=stop,
+            interval=0.25,
+            config=SchedulerConfig(reconcile_every=timedelta(seconds=2)),
+        ),
+    )
     os.environ.setdefault("CELERY_RDBSIG", "0")
-    with start_worker(celery_app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING",
-                      shutdown_timeout=10):
+    with start_worker(
+        celery_app, pool="solo", concurrency=1, perform_ping_check=False, loglevel="WARNING", shutdown_timeout=10
+    ):
         ticker.start()
         try:
             yield
@@ -194,9 +224,13 @@ def _report(console: Console, factory, name: str, sandbox: Sandbox, finished: bo
     failed_calls = sum(1 for e in faxes if e.outcome not in REACHING)
     references = {e.reference for e in faxes + mails}
     twice = {**sandbox.fax.duplicates(), **sandbox.mail.duplicates()}
-    console.print(Panel(
-        f"sandbox oracle: {len(faxes)} fax sends accepted ({failed_calls} of them failed on the line and were "
-        f"retried), {len(mails)} emails accepted, {len(references)} distinct references, "
-        f"{len(twice)} delivered more than once\n"
-        f"campaign finished: {'yes' if finished else 'NO (timed out)'}", title="never twice, never lose one"))
+    console.print(
+        Panel(
+            f"sandbox oracle: {len(faxes)} fax sends accepted ({failed_calls} of them failed on the line and were "
+            f"retried), {len(mails)} emails accepted, {len(references)} distinct references, "
+            f"{len(twice)} delivered more than once\n"
+            f"campaign finished: {'yes' if finished else 'NO (timed out)'}",
+            title="never twice, never lose one",
+        )
+    )
     return finished and not twice

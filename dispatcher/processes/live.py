@@ -18,15 +18,28 @@ from dispatcher.processes.views import event_table, styled
 
 def state_summary(session: Session, name: str) -> Table:
     campaign = get_campaign(session, name)
-    counts = Counter({state: n for state, n in session.execute(
-        select(Delivery.state, func.count()).where(Delivery.campaign_id == campaign.id).group_by(Delivery.state))})
+    counts = Counter(
+        {
+            state: n
+            for state, n in session.execute(
+                select(Delivery.state, func.count()).where(Delivery.campaign_id == campaign.id).group_by(Delivery.state)
+            )
+        }
+    )
     table = Table(title=f"{campaign.name}: {campaign.status}", show_header=False)
     table.add_row(*[f"{styled(state)} {n}" for state, n in sorted(counts.items())])
     return table
 
 
-def follow_log(factory: sessionmaker[Session], name: str, *, console: Console, interval: float = 1.0,
-               tail: int = 25, until: float | None = None) -> None:
+def follow_log(
+    factory: sessionmaker[Session],
+    name: str,
+    *,
+    console: Console,
+    interval: float = 1.0,
+    tail: int = 25,
+    until: float | None = None,
+) -> None:
     """Redraw the summary and the last ``tail`` events every ``interval`` seconds (Ctrl-C stops)."""
     stop_at = None if until is None else time.monotonic() + until
     with Live(console=console, refresh_per_second=4) as live:
@@ -34,10 +47,15 @@ def follow_log(factory: sessionmaker[Session], name: str, *, console: Console, i
             while stop_at is None or time.monotonic() < stop_at:
                 with factory() as session:
                     campaign = get_campaign(session, name)
-                    last = session.scalar(select(func.max(DeliveryEvent.id))
-                                          .where(DeliveryEvent.campaign_id == campaign.id)) or 0
-                    live.update(Group(state_summary(session, name),
-                                      event_table(session, name, after_id=max(0, last - tail))))
+                    last = (
+                        session.scalar(
+                            select(func.max(DeliveryEvent.id)).where(DeliveryEvent.campaign_id == campaign.id)
+                        )
+                        or 0
+                    )
+                    live.update(
+                        Group(state_summary(session, name), event_table(session, name, after_id=max(0, last - tail)))
+                    )
                 time.sleep(interval)
         except KeyboardInterrupt:
             return

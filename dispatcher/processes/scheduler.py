@@ -14,10 +14,17 @@ from dispatcher.domain.scheduling import Publisher, SchedulerConfig, TickResult,
 log = logging.getLogger(__name__)
 
 
-def run_forever(factory: sessionmaker[Session], publisher: Publisher, reconciler: Publisher, *,
-                clock: Callable[[], datetime], stop: threading.Event, interval: float = 1.0,
-                config: SchedulerConfig = SchedulerConfig(),
-                on_tick: Callable[[TickResult], None] | None = None) -> None:
+def run_forever(
+    factory: sessionmaker[Session],
+    publisher: Publisher,
+    reconciler: Publisher,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event,
+    interval: float = 1.0,
+    config: SchedulerConfig = SchedulerConfig(),
+    on_tick: Callable[[TickResult], None] | None = None,
+) -> None:
     """Tick every ``interval`` seconds until ``stop`` is set."""
     while not stop.is_set():
         try:

@@ -13,8 +13,16 @@ from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
 from dispatcher.domain.queries import get_campaign
 
 STATE_STYLE = {
-    "delivered": "green", "submitted": "cyan", "sending": "blue", "queued": "blue", "planned": "white",
-    "retry_wait": "yellow", "unknown": "magenta", "failed": "red", "cancelled": "dim", "skipped": "dim yellow",
+    "delivered": "green",
+    "submitted": "cyan",
+    "sending": "blue",
+    "queued": "blue",
+    "planned": "white",
+    "retry_wait": "yellow",
+    "unknown": "magenta",
+    "failed": "red",
+    "cancelled": "dim",
+    "skipped": "dim yellow",
 }
 
 
@@ -52,17 +60,26 @@ def _letters_table(campaign: Campaign) -> Table:
     table = Table(title="Letters: addressees and routes")
     for column in ("#", "role", "addressee", "route", "destination", "state", "attempts", "note"):
         table.add_column(column, overflow="fold")
-    letters = sorted((d for d in campaign.deliveries if d.kind == "letter"),
-                     key=lambda d: (d.addressee.role != "to" if d.addressee else True,
-                                    d.addressee.position if d.addressee else 0, d.route_position))
+    letters = sorted(
+        (d for d in campaign.deliveries if d.kind == "letter"),
+        key=lambda d: (
+            d.addressee.role != "to" if d.addressee else True,
+            d.addressee.position if d.addressee else 0,
+            d.route_position,
+        ),
+    )
     for delivery in letters:
         person = delivery.addressee
         route = delivery.route
         table.add_row(
-            str(delivery.id), person.role if person else "", f"{person.name}, {person.title}" if person else "",
+            str(delivery.id),
+            person.role if person else "",
+            f"{person.name}, {person.title}" if person else "",
             f"{delivery.channel} {delivery.route_position + 1}",
             route.raw_value if route and not route.valid else delivery.destination,
-            styled(delivery.state), str(delivery.attempt_count), _note(delivery),
+            styled(delivery.state),
+            str(delivery.attempt_count),
+            _note(delivery),
         )
     return table
 
@@ -85,20 +102,31 @@ def _copies_summary(campaign: Campaign) -> Table:
 
 def event_table(session: Session, name: str, *, after_id: int = 0, limit: int | None = None) -> Table:
     campaign = get_campaign(session, name)
-    query = (select(DeliveryEvent, Delivery)
-             .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
-             .where(DeliveryEvent.campaign_id == campaign.id, DeliveryEvent.id > after_id)
-             .order_by(DeliveryEvent.id))
+    query = (
+        select(DeliveryEvent, Delivery)
+        .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
+        .where(DeliveryEvent.campaign_id == campaign.id, DeliveryEvent.id > after_id)
+        .order_by(DeliveryEvent.id)
+    )
     if limit is not None:
         query = query.limit(limit)
     table = Table(title=f"Delivery log: {campaign.name}")
     for column in ("at (UTC)", "delivery", "target", "change", "actor", "reason"):
         table.add_column(column, overflow="fold")
     for event, delivery in session.execute(query):
-        change = styled(event.to_state) if event.from_state is None else \
-            f"{styled(event.from_state)} -> {styled(event.to_state)}"
-        table.add_row(event.at.strftime("%Y-%m-%d %H:%M:%S"), str(delivery.id), describe_target(delivery),
-                      change, event.actor, event.reason)
+        change = (
+            styled(event.to_state)
+            if event.from_state is None
+            else f"{styled(event.from_state)} -> {styled(event.to_state)}"
+        )
+        table.add_row(
+            event.at.strftime("%Y-%m-%d %H:%M:%S"),
+            str(delivery.id),
+            describe_target(delivery),
+            change,
+            event.actor,
+            event.reason,
+        )
     return table
 
 

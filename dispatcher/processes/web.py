@@ -22,11 +22,16 @@ def build_web_app(settings: Settings) -> FastAPI:
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
     secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
-    return create_app(WebContext(
-        factory=db.session_factory(engine),
-        gateways=configured_gateways(settings),
-        secret=secret,
-        retry=RetryPolicy(base_seconds=settings.retry_base_seconds, cap_seconds=settings.retry_cap_seconds,
-                          max_attempts=settings.max_attempts),
-        documents=DocumentCache(),
-    ))
+    return create_app(
+        WebContext(
+            factory=db.session_factory(engine),
+            gateways=configured_gateways(settings),
+            secret=secret,
+            retry=RetryPolicy(
+                base_seconds=settings.retry_base_seconds,
+                cap_seconds=settings.retry_cap_seconds,
+                max_attempts=settings.max_attempts,
+            ),
+            documents=DocumentCache(),
+        )
+    )

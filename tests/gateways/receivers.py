@@ -64,7 +64,8 @@ class Receiver:
 
     def wait_for(self, predicate: Callable[[WebhookRequest], bool], timeout: float = 5.0) -> WebhookRequest:
         found: WebhookRequest = wait_until(
-            lambda: next((item for item in list(self.requests) if predicate(item)), None), timeout=timeout)
+            lambda: next((item for item in list(self.requests) if predicate(item)), None), timeout=timeout
+        )
         return found
 
 
@@ -75,9 +76,15 @@ def receiving(path: str) -> Iterator[tuple[Receiver, str]]:
 
     @app.post(path)
     async def hook(request: Request) -> dict[str, bool]:
-        hooks.requests.append(WebhookRequest(
-            method=request.method, url=str(request.url), body=await request.body(),
-            headers={k.lower(): v for k, v in request.headers.items()}, received_at=datetime.now(UTC)))
+        hooks.requests.append(
+            WebhookRequest(
+                method=request.method,
+                url=str(request.url),
+                body=await request.body(),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                received_at=datetime.now(UTC),
+            )
+        )
         return {"ok": True}
 
     with serve(app) as server:

@@ -49,8 +49,6 @@ def new_address() -> str:
     return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
 
 
-
-
 class Sink(RawSink):
     """Webhooks received, raw: (headers, body bytes)."""
 
@@ -88,8 +86,13 @@ def emulator(app: FastAPI) -> Iterator[ThreadedServer]:
 
 
 def make_gateway(base_url: str, *, read_timeout: float = 5.0, **settings: Any) -> MailgunGateway:
-    values: dict[str, Any] = {"api_key": API_KEY, "domain": DOMAIN, "base_url": base_url,
-                              "webhook_signing_key": SIGNING_KEY, **settings}
+    values: dict[str, Any] = {
+        "api_key": API_KEY,
+        "domain": DOMAIN,
+        "base_url": base_url,
+        "webhook_signing_key": SIGNING_KEY,
+        **settings,
+    }
     timeout = httpx.Timeout(connect=2.0, read=read_timeout, write=5.0, pool=2.0)
     return MailgunGateway(MailgunSettings(**values), client=httpx.Client(timeout=timeout))
 
@@ -109,50 +112,103 @@ def offline() -> MailgunGateway:
 def letter(to: str | None = None, *, cc: tuple[str, ...] = ()) -> EmailMessage:
     reference = f"dlv-{time.monotonic_ns()}"
     return EmailMessage(
-        sender="Campaign Desk <desk@advocacy.example>", to=[to or new_address()], cc=cc,
-        subject="Urgent: release of detained journalists", text="Dear Minister,\n...", html="<p>Dear Minister,</p>",
-        reference=reference, message_id=f"<{reference}@advocacy.example>", reply_to="replies@advocacy.example",
+        sender="Campaign Desk <desk@advocacy.example>",
+        to=[to or new_address()],
+        cc=cc,
+        subject="Urgent: release of detained journalists",
+        text="Dear Minister,\n...",
+        html="<p>Dear Minister,</p>",
+        reference=reference,
+        message_id=f"<{reference}@advocacy.example>",
+        reply_to="replies@advocacy.example",
         attachments=[Attachment(filename="letter.pdf", content=b"%PDF-1.4 letter")],
         headers={"X-Campaign": "detained-journalists"},
     )
 
 
 def as_request(body: bytes, *, received_at: datetime | None = None) -> WebhookRequest:
-    return WebhookRequest(method="POST", url="https://dispatch.example/webhooks/mailgun",
-                          headers={"content-type": "application/json"}, body=body,
-                          received_at=received_at or datetime.now(UTC))
+    return WebhookRequest(
+        method="POST",
+        url="https://dispatch.example/webhooks/mailgun",
+        headers={"content-type": "application/json"},
+        body=body,
+        received_at=received_at or datetime.now(UTC),
+    )
 
 
 # Captured "delivered" and "failed" event-data (django-anymail tests/test_mailgun_webhooks.py), plus our variable.
 DELIVERED = {
-    "tags": [], "timestamp": 1534108637.153125, "recipient-domain": "example.com", "id": "hTWCTD81RtiDN-...",
-    "campaigns": [], "user-variables": {"reference": "dlv-42"}, "log-level": "info",
+    "tags": [],
+    "timestamp": 1534108637.153125,
+    "recipient-domain": "example.com",
+    "id": "hTWCTD81RtiDN-...",
+    "campaigns": [],
+    "user-variables": {"reference": "dlv-42"},
+    "log-level": "info",
     "flags": {"is-routed": False, "is-authenticated": True, "is-system-test": False, "is-test-mode": False},
-    "envelope": {"sending-ip": "333.123.123.200", "sender": "test@example.org", "transport": "smtp",
-                 "targets": "recipient@example.com"},
-    "message": {"headers": {"to": "recipient@example.com",
-                            "message-id": "20180812211713.1.DF5966851B4BAA99@example.org",
-                            "from": "test@example.org", "subject": "Testing"}, "attachments": [], "size": 809},
-    "recipient": "recipient@example.com", "event": "delivered",
-    "delivery-status": {"tls": True, "mx-host": "smtp-in.example.com", "attempt-no": 1, "description": "",
-                        "session-seconds": 3.57, "utf8": True, "code": 250, "message": "OK",
-                        "certificate-verified": True},
+    "envelope": {
+        "sending-ip": "333.123.123.200",
+        "sender": "test@example.org",
+        "transport": "smtp",
+        "targets": "recipient@example.com",
+    },
+    "message": {
+        "headers": {
+            "to": "recipient@example.com",
+            "message-id": "20180812211713.1.DF5966851B4BAA99@example.org",
+            "from": "test@example.org",
+            "subject": "Testing",
+        },
+        "attachments": [],
+        "size": 809,
+    },
+    "recipient": "recipient@example.com",
+    "event": "delivered",
+    "delivery-status": {
+        "tls": True,
+        "mx-host": "smtp-in.example.com",
+        "attempt-no": 1,
+        "description": "",
+        "session-seconds": 3.57,
+        "utf8": True,
+        "code": 250,
+        "message": "OK",
+        "certificate-verified": True,
+    },
 }
 FAILED_TEMPORARY = {
-    "event": "failed", "severity": "temporary", "reason": "generic", "timestamp": 1534111899.659519,
-    "log-level": "warn", "id": "tmp-1", "user-variables": {"reference": "dlv-43"},
-    "message": {"headers": {"to": "undeliverable@nomx.example.com",
-                            "message-id": "20180812214638.1.4A7D468E9BC18C5D@example.org", "from": "Test Sender "}},
+    "event": "failed",
+    "severity": "temporary",
+    "reason": "generic",
+    "timestamp": 1534111899.659519,
+    "log-level": "warn",
+    "id": "tmp-1",
+    "user-variables": {"reference": "dlv-43"},
+    "message": {
+        "headers": {
+            "to": "undeliverable@nomx.example.com",
+            "message-id": "20180812214638.1.4A7D468E9BC18C5D@example.org",
+            "from": "Test Sender ",
+        }
+    },
     "recipient": "undeliverable@nomx.example.com",
-    "delivery-status": {"attempt-no": 3, "description": "No MX for nomx.example.com", "session-seconds": 0.0,
-                        "retry-seconds": 1800, "code": 498, "message": "No MX for nomx.example.com"},
+    "delivery-status": {
+        "attempt-no": 3,
+        "description": "No MX for nomx.example.com",
+        "session-seconds": 0.0,
+        "retry-seconds": 1800,
+        "code": 498,
+        "message": "No MX for nomx.example.com",
+    },
 }
 
 
-def signed(data: dict[str, Any], *, key: str = SIGNING_KEY, timestamp: int | None = None,
-           token: str | None = None) -> bytes:
-    return json.dumps({"signature": signature_block(key, timestamp=timestamp, token=token),
-                       "event-data": data}).encode()
+def signed(
+    data: dict[str, Any], *, key: str = SIGNING_KEY, timestamp: int | None = None, token: str | None = None
+) -> bytes:
+    return json.dumps(
+        {"signature": signature_block(key, timestamp=timestamp, token=token), "event-data": data}
+    ).encode()
 
 
 # -- sending ---------------------------------------------------------------------------------------
@@ -303,19 +359,28 @@ def test_unknown_message_is_a_lookup_error(gateway: MailgunGateway) -> None:
 def test_captured_delivered_and_temporary_failure(offline: MailgunGateway) -> None:
     [delivered] = offline.parse_webhook(as_request(signed(DELIVERED)))
     assert (delivered.kind, delivered.provider_id, delivered.reference, delivered.event_id) == (
-        EventKind.DELIVERED, "20180812211713.1.DF5966851B4BAA99@example.org", "dlv-42", "hTWCTD81RtiDN-...")
+        EventKind.DELIVERED,
+        "20180812211713.1.DF5966851B4BAA99@example.org",
+        "dlv-42",
+        "hTWCTD81RtiDN-...",
+    )
     assert delivered.occurred_at == datetime(2018, 8, 12, 21, 17, 17, 153125, tzinfo=UTC)
     [deferred] = offline.parse_webhook(as_request(signed(FAILED_TEMPORARY)))
     assert (deferred.kind, deferred.error_class, deferred.error_code, deferred.detail) == (
-        EventKind.DEFERRED, "transient", "generic", "No MX for nomx.example.com")
+        EventKind.DEFERRED,
+        "transient",
+        "generic",
+        "No MX for nomx.example.com",
+    )
 
 
 def test_signature_follows_the_documented_recipe(offline: MailgunGateway) -> None:
     # Mailgun's user manual: hex HMAC-SHA256 of timestamp + token, keyed with the webhook signing key.
     timestamp, token = str(int(time.time())), "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0"
     digest = hmac.new(SIGNING_KEY.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-    body = json.dumps({"signature": {"timestamp": timestamp, "token": token, "signature": digest},
-                       "event-data": DELIVERED}).encode()
+    body = json.dumps(
+        {"signature": {"timestamp": timestamp, "token": token, "signature": digest}, "event-data": DELIVERED}
+    ).encode()
     assert offline.parse_webhook(as_request(body))[0].kind is EventKind.DELIVERED
 
 
@@ -356,10 +421,15 @@ def test_webhooks_are_refused_without_a_signing_key() -> None:
         gw.parse_webhook(as_request(signed(DELIVERED)))
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"[]", b"timestamp=1&token=t&signature=s",  # legacy form posts are not supported
-    json.dumps({"event-data": DELIVERED}).encode(),  # no signature block: refused as unauthenticated
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b"timestamp=1&token=t&signature=s",  # legacy form posts are not supported
+        json.dumps({"event-data": DELIVERED}).encode(),  # no signature block: refused as unauthenticated
+    ],
+)
 def test_unsigned_or_unreadable_bodies_are_refused(offline: MailgunGateway, body: bytes) -> None:
     with pytest.raises((WebhookAuthError, WebhookFormatError)):
         offline.parse_webhook(as_request(body))
@@ -378,13 +448,17 @@ EXPECTED: dict[tuple[str, str | None], tuple[EventKind, str | None] | None] = {
     ("failed", "permanent"): (EventKind.BOUNCED, "permanent"),
     ("rejected", None): (EventKind.FAILED, "permanent"),
     ("complained", None): (EventKind.COMPLAINED, "permanent"),
-    ("opened", None): None, ("clicked", None): None, ("unsubscribed", None): None, ("stored", None): None,
+    ("opened", None): None,
+    ("clicked", None): None,
+    ("unsubscribed", None): None,
+    ("stored", None): None,
 }
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()), ids=lambda v: str(v))
-def test_event_table(offline: MailgunGateway, key: tuple[str, str | None],
-                     expected: tuple[EventKind, str | None] | None) -> None:
+def test_event_table(
+    offline: MailgunGateway, key: tuple[str, str | None], expected: tuple[EventKind, str | None] | None
+) -> None:
     name, severity = key
     data = {**DELIVERED, "event": name, **({"severity": severity} if severity else {})}
     events = offline.parse_webhook(as_request(signed(data)))

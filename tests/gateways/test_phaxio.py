@@ -66,14 +66,25 @@ def latency(state: SandboxState) -> Iterator[SandboxState]:
 
 
 def _settings(base_url: str, callback_url: str | None, token: str = TOKEN) -> PhaxioSettings:
-    return PhaxioSettings(api_key=KEY, api_secret=SecretStr(SECRET), callback_token=SecretStr(token), base_url=base_url,
-                          callback_url=callback_url)
+    return PhaxioSettings(
+        api_key=KEY,
+        api_secret=SecretStr(SECRET),
+        callback_token=SecretStr(token),
+        base_url=base_url,
+        callback_url=callback_url,
+    )
 
 
 def _message(to: str | None = None) -> FaxMessage:
     number = to or f"+1555{uuid.uuid4().int % 10**7:07d}"
-    return FaxMessage(to=number, from_number="+15551230000", pdf=PDF, page_count=1,
-                      reference=f"ref-{uuid.uuid4().hex}", header_text="Amnesty campaign")
+    return FaxMessage(
+        to=number,
+        from_number="+15551230000",
+        pdf=PDF,
+        page_count=1,
+        reference=f"ref-{uuid.uuid4().hex}",
+        header_text="Amnesty campaign",
+    )
 
 
 def _oracle(state: SandboxState, reference: str) -> list[str]:
@@ -87,8 +98,7 @@ def _completed(receiver: Receiver, fax_id: str) -> WebhookRequest:
 # -- sending --------------------------------------------------------------------------------------
 
 
-def test_send_success_returns_receipt_and_records_the_reference(gateway: PhaxioGateway,
-                                                                 state: SandboxState) -> None:
+def test_send_success_returns_receipt_and_records_the_reference(gateway: PhaxioGateway, state: SandboxState) -> None:
     message = _message()
     receipt = gateway.send(message)
     assert receipt.provider == "phaxio" and receipt.status == "queued"
@@ -105,15 +115,19 @@ def state_fax(gateway: PhaxioGateway, fax_id: str) -> dict[str, object]:
     return event.raw
 
 
-@pytest.mark.parametrize(("outcome", "error", "code"), [
-    ("invalid_number", Permanent, "422"),
-    ("server_error", Transient, "500"),
-    ("rate_limited", Transient, "429"),
-    ("bad_gateway", Unknown, "502"),
-    ("drop", Unknown, "dropped"),
-])
-def test_scripted_failures_map_to_the_right_class(gateway: PhaxioGateway, state: SandboxState, outcome: str,
-                                                  error: type[Exception], code: str) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "error", "code"),
+    [
+        ("invalid_number", Permanent, "422"),
+        ("server_error", Transient, "500"),
+        ("rate_limited", Transient, "429"),
+        ("bad_gateway", Unknown, "502"),
+        ("drop", Unknown, "dropped"),
+    ],
+)
+def test_scripted_failures_map_to_the_right_class(
+    gateway: PhaxioGateway, state: SandboxState, outcome: str, error: type[Exception], code: str
+) -> None:
     message = _message()
     state.script(message.to, [outcome])
     with pytest.raises(error) as caught:
@@ -131,12 +145,22 @@ def test_rate_limit_carries_retry_after(gateway: PhaxioGateway, state: SandboxSt
     assert caught.value.retry_after == float(state.retry_after)
 
 
-@pytest.mark.parametrize(("outcome", "error_id", "error_class"), [
-    ("busy", "17", "transient"), ("no_answer", "112", "transient"), ("no_fax_tone", "14", "transient"),
-])
-def test_call_failures_arrive_as_signed_webhooks(gateway: PhaxioGateway, state: SandboxState,
-                                                 receiver: tuple[Receiver, str], outcome: str, error_id: str,
-                                                 error_class: str) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "error_id", "error_class"),
+    [
+        ("busy", "17", "transient"),
+        ("no_answer", "112", "transient"),
+        ("no_fax_tone", "14", "transient"),
+    ],
+)
+def test_call_failures_arrive_as_signed_webhooks(
+    gateway: PhaxioGateway,
+    state: SandboxState,
+    receiver: tuple[Receiver, str],
+    outcome: str,
+    error_id: str,
+    error_class: str,
+) -> None:
     message = _message()
     state.script(message.to, [outcome])
     receipt = gateway.send(message)  # accepted first, fails on the line afterwards
@@ -152,8 +176,9 @@ def test_closed_port_is_transient(receiver: tuple[Receiver, str]) -> None:
     assert caught.value.code == "connect"
 
 
-def test_read_timeout_is_unknown_and_reconciles(sandbox: ThreadedServer, receiver: tuple[Receiver, str],
-                                                latency: SandboxState) -> None:
+def test_read_timeout_is_unknown_and_reconciles(
+    sandbox: ThreadedServer, receiver: tuple[Receiver, str], latency: SandboxState
+) -> None:
     latency.latency = 1.0
     with httpx.Client(timeout=httpx.Timeout(5.0, read=0.2)) as client:
         gateway = PhaxioGateway(_settings(sandbox.url, receiver[1]), client=client)
@@ -170,8 +195,9 @@ def test_read_timeout_is_unknown_and_reconciles(sandbox: ThreadedServer, receive
 
 
 def test_wrong_credentials_name_the_setting(sandbox: ThreadedServer) -> None:
-    settings = PhaxioSettings(api_key="wrong", api_secret=SecretStr(SECRET), callback_token=SecretStr(TOKEN),
-                              base_url=sandbox.url)
+    settings = PhaxioSettings(
+        api_key="wrong", api_secret=SecretStr(SECRET), callback_token=SecretStr(TOKEN), base_url=sandbox.url
+    )
     with pytest.raises(Permanent) as caught:
         PhaxioGateway(settings, name="phaxio-eu").send(_message())
     assert "DISPATCH_PHAXIO_EU_API_KEY" in str(caught.value) and caught.value.code == "401"
@@ -203,8 +229,9 @@ def test_send_sends_the_documented_fields() -> None:
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"success": True, "message": "Fax queued for sending",
-                                         "data": {"id": 323034811}})
+        return httpx.Response(
+            200, json={"success": True, "message": "Fax queued for sending", "data": {"id": 323034811}}
+        )
 
     with httpx.Client(transport=httpx.MockTransport(answer)) as client:
         gateway = PhaxioGateway(_settings("https://api.phaxio.test", "https://example.org/cb"), client=client)
@@ -213,8 +240,13 @@ def test_send_sends_the_documented_fields() -> None:
     body = seen[0].read()
     assert seen[0].url == "https://api.phaxio.test/v2.1/faxes"
     assert seen[0].headers["authorization"].startswith("Basic ")
-    for name, value in [("to", message.to), ("caller_id", message.from_number), ("header_text", "Amnesty campaign"),
-                        ("callback_url", "https://example.org/cb"), ("tag[reference]", message.reference)]:
+    for name, value in [
+        ("to", message.to),
+        ("caller_id", message.from_number),
+        ("header_text", "Amnesty campaign"),
+        ("callback_url", "https://example.org/cb"),
+        ("tag[reference]", message.reference),
+    ]:
         assert f'name="{name}"\r\n\r\n{value}\r\n'.encode() in body
     assert b'name="file"; filename=' in body and PDF in body
 
@@ -267,7 +299,8 @@ def test_published_signature_example() -> None:
     # phaxio-ruby spec/resources/webhook_spec.rb: token "test-webhook-token", url "example.com",
     # params {test: true}, no files.
     assert signature("test-webhook-token", "example.com", [("test", "true")]) == (
-        "64a735ef0c47a0ae671e381c046648f0966deb29")
+        "64a735ef0c47a0ae671e381c046648f0966deb29"
+    )
 
 
 def test_signature_covers_sorted_params_and_file_digests() -> None:
@@ -288,14 +321,31 @@ def _signed(fields: dict[str, str], url: str = "https://example.org/cb", token: 
     request = httpx.Request("POST", url, files={k: (None, v) for k, v in fields.items()})
     text = url + "".join(k + v for k, v in sorted(fields.items()))
     digest = hmac.new(token.encode(), text.encode(), hashlib.sha1).hexdigest()
-    return WebhookRequest(method="POST", url=url, body=request.read(), received_at=datetime.now(UTC),
-                          headers={"content-type": request.headers["content-type"], "x-phaxio-signature": digest})
+    return WebhookRequest(
+        method="POST",
+        url=url,
+        body=request.read(),
+        received_at=datetime.now(UTC),
+        headers={"content-type": request.headers["content-type"], "x-phaxio-signature": digest},
+    )
 
 
-FAX = {"id": 42, "status": "failure", "num_pages": 2, "tags": {"reference": "r-1"},
-       "completed_at": "2021-11-04T16:28:30.000-05:00",
-       "recipients": [{"phone_number": "+15558675309", "status": "failure", "error_type": "lineError",
-                       "error_id": 34, "error_message": "Phone number not operational"}]}
+FAX = {
+    "id": 42,
+    "status": "failure",
+    "num_pages": 2,
+    "tags": {"reference": "r-1"},
+    "completed_at": "2021-11-04T16:28:30.000-05:00",
+    "recipients": [
+        {
+            "phone_number": "+15558675309",
+            "status": "failure",
+            "error_type": "lineError",
+            "error_id": 34,
+            "error_message": "Phone number not operational",
+        }
+    ],
+}
 
 
 def _webhook_gateway(token: str = TOKEN) -> PhaxioGateway:
@@ -329,11 +379,14 @@ def test_webhook_without_signature_is_refused() -> None:
         _webhook_gateway().parse_webhook(_replace(request, headers=headers))
 
 
-@pytest.mark.parametrize("fields", [
-    {"fax": "{not json", "event_type": "fax_completed"},
-    {"event_type": "fax_completed"},
-    {"fax": json.dumps({"status": "success"}), "event_type": "fax_completed"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"fax": "{not json", "event_type": "fax_completed"},
+        {"event_type": "fax_completed"},
+        {"fax": json.dumps({"status": "success"}), "event_type": "fax_completed"},
+    ],
+)
 def test_malformed_signed_webhook_is_a_format_error(fields: dict[str, str]) -> None:
     with pytest.raises(WebhookFormatError):
         _webhook_gateway().parse_webhook(_signed(fields))
@@ -348,8 +401,9 @@ def test_truncated_multipart_is_a_format_error() -> None:
 def test_wrong_content_type_is_a_format_error() -> None:
     request = _signed({"fax": json.dumps(FAX), "event_type": "fax_completed"})
     with pytest.raises(WebhookFormatError):
-        _webhook_gateway().parse_webhook(_replace(request, headers={**request.headers,
-                                                                     "content-type": "application/json"}))
+        _webhook_gateway().parse_webhook(
+            _replace(request, headers={**request.headers, "content-type": "application/json"})
+        )
 
 
 def test_other_events_change_nothing() -> None:
@@ -357,17 +411,37 @@ def test_other_events_change_nothing() -> None:
 
 
 def test_retry_scheduled_is_deferred_and_transient() -> None:
-    fax = {**FAX, "status": "inprogress", "recipients": [{**FAX["recipients"][0], "status": "willretry",  # type: ignore[index]
-                                                          "error_id": 17, "error_type": "lineError"}]}
-    fields = {"fax": json.dumps(fax), "event_type": "retry_scheduled", "retry_count": "1",
-              "recipient_phone_number": "+15558675309"}
+    fax = {
+        **FAX,
+        "status": "inprogress",
+        "recipients": [
+            {
+                **FAX["recipients"][0],
+                "status": "willretry",  # type: ignore[index]
+                "error_id": 17,
+                "error_type": "lineError",
+            }
+        ],
+    }
+    fields = {
+        "fax": json.dumps(fax),
+        "event_type": "retry_scheduled",
+        "retry_count": "1",
+        "recipient_phone_number": "+15558675309",
+    }
     [event] = _webhook_gateway().parse_webhook(_signed(fields))
     assert (event.kind, event.error_class, event.error_code) == (EventKind.DEFERRED, "transient", "17")
 
 
 def _replace(request: WebhookRequest, **changes: object) -> WebhookRequest:
-    values = {"method": request.method, "url": request.url, "headers": request.headers, "body": request.body,
-              "received_at": request.received_at, **changes}
+    values = {
+        "method": request.method,
+        "url": request.url,
+        "headers": request.headers,
+        "body": request.body,
+        "received_at": request.received_at,
+        **changes,
+    }
     return WebhookRequest(**values)  # type: ignore[arg-type]
 
 
@@ -379,19 +453,38 @@ def test_error_table_rows(error_id: int, expected: str) -> None:
     assert classify_error("lineError", error_id) == expected
 
 
-@pytest.mark.parametrize(("error_id", "expected"), [
-    (17, "transient"), (16, "transient"), (15, "transient"), (30, "transient"), (87, "transient"),
-    (112, "transient"), (34, "permanent"), (49, "permanent"), (50, "permanent"), (52, "permanent"),
-    (54, "permanent"), (129, "permanent"),
-])
+@pytest.mark.parametrize(
+    ("error_id", "expected"),
+    [
+        (17, "transient"),
+        (16, "transient"),
+        (15, "transient"),
+        (30, "transient"),
+        (87, "transient"),
+        (112, "transient"),
+        (34, "permanent"),
+        (49, "permanent"),
+        (50, "permanent"),
+        (52, "permanent"),
+        (54, "permanent"),
+        (129, "permanent"),
+    ],
+)
 def test_error_table_decisions(error_id: int, expected: str) -> None:
     assert phaxio.ERROR_CLASSES[error_id] == expected
 
 
-@pytest.mark.parametrize(("error_type", "expected"), [
-    ("documentConversionError", "permanent"), ("lineError", "transient"), ("faxError", "transient"),
-    ("fatalError", "transient"), ("generalError", "transient"), (None, "transient"),
-])
+@pytest.mark.parametrize(
+    ("error_type", "expected"),
+    [
+        ("documentConversionError", "permanent"),
+        ("lineError", "transient"),
+        ("faxError", "transient"),
+        ("fatalError", "transient"),
+        ("generalError", "transient"),
+        (None, "transient"),
+    ],
+)
 def test_unlisted_ids_fall_back_to_the_type(error_type: str | None, expected: str) -> None:
     assert classify_error(error_type, 9999) == expected
 

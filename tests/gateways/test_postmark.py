@@ -48,8 +48,6 @@ def new_address() -> str:
     return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
 
 
-
-
 class Sink(RawSink):
     """Webhooks received, raw: (headers, body bytes)."""
 
@@ -87,8 +85,13 @@ def emulator(app: FastAPI) -> Iterator[ThreadedServer]:
 
 
 def make_gateway(base_url: str, *, read_timeout: float = 5.0, **settings: Any) -> PostmarkGateway:
-    values: dict[str, Any] = {"server_token": TOKEN, "base_url": base_url, "webhook_username": HOOK_USER,
-                              "webhook_password": HOOK_PASSWORD, **settings}
+    values: dict[str, Any] = {
+        "server_token": TOKEN,
+        "base_url": base_url,
+        "webhook_username": HOOK_USER,
+        "webhook_password": HOOK_PASSWORD,
+        **settings,
+    }
     timeout = httpx.Timeout(connect=2.0, read=read_timeout, write=5.0, pool=2.0)
     return PostmarkGateway(PostmarkSettings(**values), client=httpx.Client(timeout=timeout))
 
@@ -108,37 +111,69 @@ def offline() -> PostmarkGateway:
 def letter(to: str | None = None, *, reference: str | None = None, cc: tuple[str, ...] = ()) -> EmailMessage:
     reference = reference or f"dlv-{time.monotonic_ns()}"
     return EmailMessage(
-        sender="Campaign Desk <desk@advocacy.example>", to=[to or new_address()], cc=cc,
-        subject="Urgent: release of detained journalists", text="Dear Minister,\n...", html="<p>Dear Minister,</p>",
-        reference=reference, message_id=f"<{reference}@advocacy.example>", reply_to="replies@advocacy.example",
+        sender="Campaign Desk <desk@advocacy.example>",
+        to=[to or new_address()],
+        cc=cc,
+        subject="Urgent: release of detained journalists",
+        text="Dear Minister,\n...",
+        html="<p>Dear Minister,</p>",
+        reference=reference,
+        message_id=f"<{reference}@advocacy.example>",
+        reply_to="replies@advocacy.example",
         attachments=[Attachment(filename="letter.pdf", content=b"%PDF-1.4 letter")],
         headers={"X-Campaign": "detained-journalists"},
     )
 
 
 def as_request(headers: dict[str, str], body: bytes, *, received_at: datetime | None = None) -> WebhookRequest:
-    return WebhookRequest(method="POST", url="https://dispatch.example/webhooks/postmark",
-                          headers={k.lower(): v for k, v in headers.items()}, body=body,
-                          received_at=received_at or datetime.now(UTC))
+    return WebhookRequest(
+        method="POST",
+        url="https://dispatch.example/webhooks/postmark",
+        headers={k.lower(): v for k, v in headers.items()},
+        body=body,
+        received_at=received_at or datetime.now(UTC),
+    )
 
 
 def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
-            "Content-Type": "application/json"}
+    return {
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(),
+        "Content-Type": "application/json",
+    }
 
 
 # Captured payloads, as in Postmark's webhook docs and django-anymail's tests/test_postmark_webhooks.py.
-DELIVERY = {"RecordType": "Delivery", "ServerID": 23, "MessageStream": "outbound",
-            "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "Recipient": "recipient@example.com",
-            "Tag": "welcome-email", "DeliveredAt": "2014-08-01T13:28:10.2735393-04:00",
-            "Details": "Test delivery webhook details", "Metadata": {"reference": "dlv-42"}}
-BOUNCE = {"RecordType": "Bounce", "ID": 901542550, "Type": "HardBounce", "TypeCode": 1, "ServerID": 23,
-          "Name": "Hard bounce", "MessageID": "2706ee8a-737c-4285-b032-ccd317af53ed",
-          "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
-          "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
-          "Email": "bounce@example.com", "From": "sender@example.com", "BouncedAt": "2016-04-27T16:28:50.3963933-04:00",
-          "DumpAvailable": True, "Inactive": True, "CanActivate": True, "Subject": "Postmark event test",
-          "Content": "...", "Metadata": {"reference": "dlv-43"}}
+DELIVERY = {
+    "RecordType": "Delivery",
+    "ServerID": 23,
+    "MessageStream": "outbound",
+    "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+    "Recipient": "recipient@example.com",
+    "Tag": "welcome-email",
+    "DeliveredAt": "2014-08-01T13:28:10.2735393-04:00",
+    "Details": "Test delivery webhook details",
+    "Metadata": {"reference": "dlv-42"},
+}
+BOUNCE = {
+    "RecordType": "Bounce",
+    "ID": 901542550,
+    "Type": "HardBounce",
+    "TypeCode": 1,
+    "ServerID": 23,
+    "Name": "Hard bounce",
+    "MessageID": "2706ee8a-737c-4285-b032-ccd317af53ed",
+    "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+    "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+    "Email": "bounce@example.com",
+    "From": "sender@example.com",
+    "BouncedAt": "2016-04-27T16:28:50.3963933-04:00",
+    "DumpAvailable": True,
+    "Inactive": True,
+    "CanActivate": True,
+    "Subject": "Postmark event test",
+    "Content": "...",
+    "Metadata": {"reference": "dlv-43"},
+}
 SPAM = {**BOUNCE, "RecordType": "SpamComplaint", "Type": "SpamComplaint", "TypeCode": 512, "Name": "Spam complaint"}
 
 
@@ -157,7 +192,8 @@ def test_send_success_records_reference_and_delivery_webhook_follows(
 
     assert (receipt.provider, receipt.status, receipt.raw["ErrorCode"]) == ("postmark", "Sent", 0)
     assert [(e.provider_id, e.reference, e.destination) for e in state.oracle()] == [
-        (receipt.provider_id, message.reference, message.to[0])]
+        (receipt.provider_id, message.reference, message.to[0])
+    ]
     stored = app.state.emulator.messages[receipt.provider_id]
     assert {"Name": "Message-ID", "Value": message.message_id} in stored["Headers"]
     assert stored["Metadata"] == {"reference": message.reference}
@@ -166,8 +202,11 @@ def test_send_success_records_reference_and_delivery_webhook_follows(
 
     [(headers, body)] = sink.for_message(receipt.provider_id)
     [event] = gateway.parse_webhook(as_request(headers, body))
-    assert (event.kind, event.provider_id, event.reference) == (EventKind.DELIVERED, receipt.provider_id,
-                                                                 message.reference)
+    assert (event.kind, event.provider_id, event.reference) == (
+        EventKind.DELIVERED,
+        receipt.provider_id,
+        message.reference,
+    )
 
 
 def test_send_body_fields(offline: PostmarkGateway) -> None:
@@ -176,8 +215,13 @@ def test_send_body_fields(offline: PostmarkGateway) -> None:
     assert body["To"] == message.to[0] and body["From"] == message.sender
     assert body["Headers"][0] == {"Name": "Message-ID", "Value": message.message_id}
     assert {"Name": "X-Campaign", "Value": "detained-journalists"} in body["Headers"]
-    assert body["Attachments"] == [{"Name": "letter.pdf", "Content": base64.b64encode(b"%PDF-1.4 letter").decode(),
-                                    "ContentType": "application/pdf"}]
+    assert body["Attachments"] == [
+        {
+            "Name": "letter.pdf",
+            "Content": base64.b64encode(b"%PDF-1.4 letter").decode(),
+            "ContentType": "application/pdf",
+        }
+    ]
     assert (body["MessageStream"], body["TrackOpens"], body["TrackLinks"]) == ("outbound", False, "None")
     assert (body["ReplyTo"], body["HtmlBody"]) == (message.reply_to, message.html)
 
@@ -323,23 +367,33 @@ def test_captured_delivery_bounce_and_spam_payloads(offline: PostmarkGateway) ->
     auth = basic(HOOK_USER, HOOK_PASSWORD)
     [delivered] = offline.parse_webhook(as_request(auth, hook(DELIVERY)))
     assert (delivered.kind, delivered.provider_id, delivered.reference) == (
-        EventKind.DELIVERED, "883953f4-6105-42a2-a16a-77a8eac79483", "dlv-42")
+        EventKind.DELIVERED,
+        "883953f4-6105-42a2-a16a-77a8eac79483",
+        "dlv-42",
+    )
     assert delivered.occurred_at == datetime.fromisoformat("2014-08-01T17:28:10.273539+00:00")
     [bounced] = offline.parse_webhook(as_request(auth, hook(BOUNCE)))
     assert (bounced.kind, bounced.error_class, bounced.error_code, bounced.event_id) == (
-        EventKind.BOUNCED, "permanent", "HardBounce", "Bounce:901542550")
+        EventKind.BOUNCED,
+        "permanent",
+        "HardBounce",
+        "Bounce:901542550",
+    )
     assert "bounce@example.com" not in (bounced.detail or "")
     [spam] = offline.parse_webhook(as_request(auth, hook(SPAM)))
     assert (spam.kind, spam.error_class) == (EventKind.COMPLAINED, "permanent")
 
 
-@pytest.mark.parametrize("headers", [
-    {},  # no credentials at all
-    basic(HOOK_USER, "wrong"),
-    basic("someone-else", HOOK_PASSWORD),
-    {"Authorization": "Bearer " + HOOK_PASSWORD},
-    {"Authorization": "Basic not-base64!"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # no credentials at all
+        basic(HOOK_USER, "wrong"),
+        basic("someone-else", HOOK_PASSWORD),
+        {"Authorization": "Bearer " + HOOK_PASSWORD},
+        {"Authorization": "Basic not-base64!"},
+    ],
+)
 def test_forged_or_missing_credentials_are_refused(offline: PostmarkGateway, headers: dict[str, str]) -> None:
     with pytest.raises(WebhookAuthError):
         offline.parse_webhook(as_request(headers, hook(DELIVERY)))
@@ -351,8 +405,16 @@ def test_webhooks_are_refused_while_credentials_are_not_configured() -> None:
         gw.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), hook(DELIVERY)))
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b"\xff", hook({**DELIVERY, "MessageID": None}),
-                                  hook({**DELIVERY, "DeliveredAt": "yesterday"})])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b"\xff",
+        hook({**DELIVERY, "MessageID": None}),
+        hook({**DELIVERY, "DeliveredAt": "yesterday"}),
+    ],
+)
 def test_malformed_bodies_are_format_errors(offline: PostmarkGateway, body: bytes) -> None:
     with pytest.raises(WebhookFormatError):
         offline.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), body))
@@ -366,16 +428,27 @@ def test_engagement_records_are_authentic_but_ignored(offline: PostmarkGateway, 
 
 # Every bounce Type Postmark documents, pinned on purpose: changing the module table must change this.
 EXPECTED_BOUNCES: dict[str, tuple[EventKind, str] | None] = {
-    "HardBounce": (EventKind.BOUNCED, "permanent"), "Transient": (EventKind.DEFERRED, "transient"),
-    "Unsubscribe": (EventKind.FAILED, "permanent"), "Subscribe": None, "AutoResponder": None,
-    "AddressChange": (EventKind.BOUNCED, "permanent"), "DnsError": (EventKind.DEFERRED, "transient"),
-    "SpamNotification": (EventKind.COMPLAINED, "permanent"), "OpenRelayTest": None,
-    "Unknown": (EventKind.BOUNCED, "transient"), "SoftBounce": (EventKind.BOUNCED, "transient"),
-    "VirusNotification": (EventKind.BOUNCED, "permanent"), "ChallengeVerification": None,
-    "BadEmailAddress": (EventKind.BOUNCED, "permanent"), "SpamComplaint": (EventKind.COMPLAINED, "permanent"),
-    "ManuallyDeactivated": (EventKind.FAILED, "permanent"), "Unconfirmed": (EventKind.FAILED, "permanent"),
-    "Blocked": (EventKind.BOUNCED, "permanent"), "SMTPApiError": (EventKind.FAILED, "permanent"),
-    "InboundError": None, "DMARCPolicy": (EventKind.BOUNCED, "permanent"),
+    "HardBounce": (EventKind.BOUNCED, "permanent"),
+    "Transient": (EventKind.DEFERRED, "transient"),
+    "Unsubscribe": (EventKind.FAILED, "permanent"),
+    "Subscribe": None,
+    "AutoResponder": None,
+    "AddressChange": (EventKind.BOUNCED, "permanent"),
+    "DnsError": (EventKind.DEFERRED, "transient"),
+    "SpamNotification": (EventKind.COMPLAINED, "permanent"),
+    "OpenRelayTest": None,
+    "Unknown": (EventKind.BOUNCED, "transient"),
+    "SoftBounce": (EventKind.BOUNCED, "transient"),
+    "VirusNotification": (EventKind.BOUNCED, "permanent"),
+    "ChallengeVerification": None,
+    "BadEmailAddress": (EventKind.BOUNCED, "permanent"),
+    "SpamComplaint": (EventKind.COMPLAINED, "permanent"),
+    "ManuallyDeactivated": (EventKind.FAILED, "permanent"),
+    "Unconfirmed": (EventKind.FAILED, "permanent"),
+    "Blocked": (EventKind.BOUNCED, "permanent"),
+    "SMTPApiError": (EventKind.FAILED, "permanent"),
+    "InboundError": None,
+    "DMARCPolicy": (EventKind.BOUNCED, "permanent"),
     "TemplateRenderingFailed": (EventKind.FAILED, "permanent"),
 }
 
@@ -411,7 +484,10 @@ def test_build_gateway_defaults_to_the_real_api() -> None:
     gw = build_gateway("postmark", server_token="t")
     assert isinstance(gw, PostmarkGateway)
     assert (gw.channel, gw.config.base_url, gw.config.message_stream) == (
-        "email", "https://api.postmarkapp.com", "outbound")
+        "email",
+        "https://api.postmarkapp.com",
+        "outbound",
+    )
 
 
 # -- the SDK Postmark recommends drives the emulator ---------------------------------------------------
@@ -424,14 +500,23 @@ def sdk(emulator: ThreadedServer) -> PostmarkClient:
 
 def test_postmarker_sends_and_parses_the_answer(sdk: PostmarkClient, state: SandboxState) -> None:
     to = new_address()
-    answer = sdk.emails.send(From="desk@advocacy.example", To=to, Subject="Letter", TextBody="Dear Minister",
-                             Metadata={"reference": "dlv-sdk"}, MessageStream="outbound")
+    answer = sdk.emails.send(
+        From="desk@advocacy.example",
+        To=to,
+        Subject="Letter",
+        TextBody="Dear Minister",
+        Metadata={"reference": "dlv-sdk"},
+        MessageStream="outbound",
+    )
     assert answer["ErrorCode"] == 0 and answer["Message"] == "OK" and answer["To"] == to
     assert state.sends_per_reference() == {"dlv-sdk": 1}
 
     details = sdk.messages.outbound.get(answer["MessageID"])
-    assert (details.MessageID, details.Metadata, details.Recipients) == (answer["MessageID"], {"reference": "dlv-sdk"},
-                                                                         [to])
+    assert (details.MessageID, details.Metadata, details.Recipients) == (
+        answer["MessageID"],
+        {"reference": "dlv-sdk"},
+        [to],
+    )
     listed = sdk.messages.outbound.all(count=10, offset=0, recipient=to)
     assert [m.MessageID for m in listed] == [answer["MessageID"]]
 

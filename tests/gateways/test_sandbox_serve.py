@@ -45,26 +45,43 @@ def media_url() -> Iterator[str]:
 
 
 @pytest.mark.parametrize("provider", ["telnyx", "sinch", "phaxio"])
-def test_every_fax_gateway_sends_through_its_emulator(running: Running, media_url: str, provider: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_fax_gateway_sends_through_its_emulator(
+    running: Running, media_url: str, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key, value in running.settings.items():
         monkeypatch.setenv(key, value)
     gateway = build_gateway(provider)
-    receipt = gateway.send(FaxMessage(to="+861065591516", from_number="+12125550143", pdf=tiny_pdf(), page_count=1,
-                                      reference=f"rehearsal-{provider}", media_url=media_url))
+    receipt = gateway.send(
+        FaxMessage(
+            to="+861065591516",
+            from_number="+12125550143",
+            pdf=tiny_pdf(),
+            page_count=1,
+            reference=f"rehearsal-{provider}",
+            media_url=media_url,
+        )
+    )
     assert receipt.provider == provider and receipt.provider_id
     assert [e.reference for e in running.states[provider].oracle()] == [f"rehearsal-{provider}"]
 
 
 @pytest.mark.parametrize("provider", ["smtp", "postmark", "sendgrid", "mailgun"])
-def test_every_email_gateway_sends_through_its_emulator(running: Running, provider: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_email_gateway_sends_through_its_emulator(
+    running: Running, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key, value in running.settings.items():
         monkeypatch.setenv(key, value)
     gateway = build_gateway(provider)
     reference = f"rehearsal{provider}"
-    receipt = gateway.send(EmailMessage(sender="Org <org@example.org>", to=["minister@example.gov"],
-                                        subject="Letter", text="Dear Minister,", reference=reference,
-                                        message_id=f"<{reference}@example.org>"))
+    receipt = gateway.send(
+        EmailMessage(
+            sender="Org <org@example.org>",
+            to=["minister@example.gov"],
+            subject="Letter",
+            text="Dear Minister,",
+            reference=reference,
+            message_id=f"<{reference}@example.org>",
+        )
+    )
     assert receipt.provider_id
     assert [e.destination for e in running.states[provider].oracle()] == ["minister@example.gov"]

@@ -57,13 +57,12 @@ def new_address() -> str:
     return f"official{next(_numbers)}-{time.monotonic_ns()}@ministry.example"
 
 
-
-
 class Sink(RawSink):
     """Webhooks received, raw: (headers, body bytes)."""
 
     def batches_for(self, address: str, *, final: bool = True) -> list[tuple[dict[str, str], bytes]]:
         """Every batch mentioning ``address``, once one of them carries a final event."""
+
         def found() -> list[tuple[dict[str, str], bytes]]:
             with self.lock:
                 hits = [(h, b) for h, b in self.received if any(e["email"] == address for e in json.loads(b))]
@@ -101,8 +100,9 @@ def emulator(app: FastAPI) -> Iterator[ThreadedServer]:
         yield server
 
 
-def make_gateway(base_url: str, key: ec.EllipticCurvePrivateKey | None = None, *, read_timeout: float = 5.0,
-                 **settings: Any) -> SendGridGateway:
+def make_gateway(
+    base_url: str, key: ec.EllipticCurvePrivateKey | None = None, *, read_timeout: float = 5.0, **settings: Any
+) -> SendGridGateway:
     values: dict[str, Any] = {"api_key": API_KEY, "base_url": base_url, **settings}
     if key is not None:
         values.setdefault("webhook_public_key", public_key_b64(key))
@@ -125,26 +125,41 @@ def offline(signing_key: ec.EllipticCurvePrivateKey) -> SendGridGateway:
 def letter(to: str | None = None, *, cc: tuple[str, ...] = ()) -> EmailMessage:
     reference = f"dlv-{time.monotonic_ns()}"
     return EmailMessage(
-        sender="Campaign Desk <desk@advocacy.example>", to=[to or new_address()], cc=cc,
-        subject="Urgent: release of detained journalists", text="Dear Minister,\n...", html="<p>Dear Minister,</p>",
-        reference=reference, message_id=f"<{reference}@advocacy.example>", reply_to="replies@advocacy.example",
+        sender="Campaign Desk <desk@advocacy.example>",
+        to=[to or new_address()],
+        cc=cc,
+        subject="Urgent: release of detained journalists",
+        text="Dear Minister,\n...",
+        html="<p>Dear Minister,</p>",
+        reference=reference,
+        message_id=f"<{reference}@advocacy.example>",
+        reply_to="replies@advocacy.example",
         attachments=[Attachment(filename="letter.pdf", content=b"%PDF-1.4 letter")],
     )
 
 
 def as_request(headers: dict[str, str], body: bytes, *, received_at: datetime | None = None) -> WebhookRequest:
-    return WebhookRequest(method="POST", url="https://dispatch.example/webhooks/sendgrid",
-                          headers={k.lower(): v for k, v in headers.items()}, body=body,
-                          received_at=received_at or datetime.now(UTC))
+    return WebhookRequest(
+        method="POST",
+        url="https://dispatch.example/webhooks/sendgrid",
+        headers={k.lower(): v for k, v in headers.items()},
+        body=body,
+        received_at=received_at or datetime.now(UTC),
+    )
 
 
 def event(name: str, **fields: Any) -> dict[str, Any]:
     """One event in SendGrid's shape (docs and django-anymail's captured payloads)."""
-    return {"email": "recipient@example.com", "timestamp": 1461095250, "event": name,
-            "smtp-id": "<wrfRRvF7Q0GgwUo2CvDmEA@ismtpd0006p1sjc2.sendgrid.net>",
-            "sg_event_id": "lC0Rc-FuQmKbnxCWxX1jRQ",
-            "sg_message_id": "Lli-03HcQ5-JLybO9fXsJg.filter0077p1las1.21536.5717FC482.0", "reference": "dlv-42",
-            **fields}
+    return {
+        "email": "recipient@example.com",
+        "timestamp": 1461095250,
+        "event": name,
+        "smtp-id": "<wrfRRvF7Q0GgwUo2CvDmEA@ismtpd0006p1sjc2.sendgrid.net>",
+        "sg_event_id": "lC0Rc-FuQmKbnxCWxX1jRQ",
+        "sg_message_id": "Lli-03HcQ5-JLybO9fXsJg.filter0077p1las1.21536.5717FC482.0",
+        "reference": "dlv-42",
+        **fields,
+    }
 
 
 def batch(*events: dict[str, Any]) -> bytes:
@@ -162,8 +177,13 @@ def test_send_success_and_signed_webhooks_tell_the_story(
     assert (receipt.provider, receipt.status) == ("sendgrid", "processed")
     assert [(e.provider_id, e.reference) for e in state.oracle()] == [(receipt.provider_id, message.reference)]
     sent = app.state.emulator.requests[receipt.provider_id]
-    assert sent["personalizations"] == [{"to": [{"email": message.to[0]}], "cc": [{"email": "copy@supporters.example"}],
-                                         "custom_args": {"reference": message.reference}}]
+    assert sent["personalizations"] == [
+        {
+            "to": [{"email": message.to[0]}],
+            "cc": [{"email": "copy@supporters.example"}],
+            "custom_args": {"reference": message.reference},
+        }
+    ]
     assert sent["headers"]["Message-ID"] == message.message_id
     assert [c["type"] for c in sent["content"]] == ["text/plain", "text/html"]
     assert sent["from"] == {"email": "desk@advocacy.example", "name": "Campaign Desk"}
@@ -181,7 +201,11 @@ def test_bounce_outcome_is_a_permanent_bounce(gateway: SendGridGateway, state: S
     headers, body = sink.batches_for(message.to[0])[-1]
     [bounced] = gateway.parse_webhook(as_request(headers, body))
     assert (bounced.kind, bounced.error_class, bounced.error_code, bounced.provider_id) == (
-        EventKind.BOUNCED, "permanent", "bounce", receipt.provider_id)
+        EventKind.BOUNCED,
+        "permanent",
+        "bounce",
+        receipt.provider_id,
+    )
     status = gateway.fetch_status(receipt.provider_id)
     assert (status.kind, status.error_class, status.error_code) == (EventKind.BOUNCED, "permanent", "bounced")
 
@@ -308,11 +332,18 @@ def test_lookups_without_the_paid_add_on_are_lookup_errors(
 def test_captured_events_map_and_carry_our_reference(
     offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    body = batch(event("processed"), event("delivered", response="250 2.0.0 OK"),
-                 event("open", useragent="Mozilla"), event("bounce", type="blocked", reason="421 try later"))
+    body = batch(
+        event("processed"),
+        event("delivered", response="250 2.0.0 OK"),
+        event("open", useragent="Mozilla"),
+        event("bounce", type="blocked", reason="421 try later"),
+    )
     events = offline.parse_webhook(as_request(sign(signing_key, body), body))
     assert [(e.kind, e.error_class) for e in events] == [
-        (EventKind.QUEUED, None), (EventKind.DELIVERED, None), (EventKind.BOUNCED, "transient")]
+        (EventKind.QUEUED, None),
+        (EventKind.DELIVERED, None),
+        (EventKind.BOUNCED, "transient"),
+    ]
     assert {(e.provider_id, e.reference) for e in events} == {("Lli-03HcQ5-JLybO9fXsJg", "dlv-42")}
     assert events[0].occurred_at == datetime.fromtimestamp(1461095250, tz=UTC)
     assert events[2].detail == "421 try later"
@@ -332,8 +363,9 @@ def test_signature_by_another_key_is_refused(offline: SendGridGateway) -> None:
 
 
 @pytest.mark.parametrize("skew", [-301, 301, -86400])
-def test_stale_timestamps_are_replays(offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey,
-                                      skew: int) -> None:
+def test_stale_timestamps_are_replays(
+    offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey, skew: int
+) -> None:
     body = batch(event("delivered"))
     with pytest.raises(WebhookAuthError, match="replay"):
         offline.parse_webhook(as_request(sign(signing_key, body, int(time.time()) + skew), body))
@@ -348,9 +380,15 @@ def test_an_old_webhook_received_in_time_still_verifies(
     assert offline.parse_webhook(received)[0].kind is EventKind.DELIVERED
 
 
-@pytest.mark.parametrize("headers", [{}, {EventWebhookHeader.SIGNATURE: "AAAA"},
-                                     {EventWebhookHeader.SIGNATURE: "not base64!", EventWebhookHeader.TIMESTAMP: "1"},
-                                     {EventWebhookHeader.SIGNATURE: "AAAA", EventWebhookHeader.TIMESTAMP: "soon"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {EventWebhookHeader.SIGNATURE: "AAAA"},
+        {EventWebhookHeader.SIGNATURE: "not base64!", EventWebhookHeader.TIMESTAMP: "1"},
+        {EventWebhookHeader.SIGNATURE: "AAAA", EventWebhookHeader.TIMESTAMP: "soon"},
+    ],
+)
 def test_missing_or_unreadable_signature_headers(offline: SendGridGateway, headers: dict[str, str]) -> None:
     with pytest.raises(WebhookAuthError):
         offline.parse_webhook(as_request(headers, batch(event("delivered"))))
@@ -362,26 +400,46 @@ def test_webhooks_are_refused_without_a_configured_key() -> None:
         gw.parse_webhook(as_request({}, batch(event("delivered"))))
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"event": "delivered"}', b"[1]", batch({"email": "x"}),
-                                  batch(event("delivered", timestamp="yesterday")),
-                                  batch({k: v for k, v in event("delivered").items() if k != "sg_message_id"})])
-def test_malformed_bodies_are_format_errors(offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey,
-                                            body: bytes) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"event": "delivered"}',
+        b"[1]",
+        batch({"email": "x"}),
+        batch(event("delivered", timestamp="yesterday")),
+        batch({k: v for k, v in event("delivered").items() if k != "sg_message_id"}),
+    ],
+)
+def test_malformed_bodies_are_format_errors(
+    offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey, body: bytes
+) -> None:
     with pytest.raises(WebhookFormatError):
         offline.parse_webhook(as_request(sign(signing_key, body), body))
 
 
 EXPECTED_EVENTS: dict[str, tuple[EventKind, str | None] | None] = {
-    "processed": (EventKind.QUEUED, None), "deferred": (EventKind.DEFERRED, "transient"),
-    "delivered": (EventKind.DELIVERED, None), "bounce": (EventKind.BOUNCED, "permanent"),
-    "dropped": (EventKind.FAILED, "permanent"), "spamreport": (EventKind.COMPLAINED, "permanent"),
-    "open": None, "click": None, "unsubscribe": None, "group_unsubscribe": None, "group_resubscribe": None,
+    "processed": (EventKind.QUEUED, None),
+    "deferred": (EventKind.DEFERRED, "transient"),
+    "delivered": (EventKind.DELIVERED, None),
+    "bounce": (EventKind.BOUNCED, "permanent"),
+    "dropped": (EventKind.FAILED, "permanent"),
+    "spamreport": (EventKind.COMPLAINED, "permanent"),
+    "open": None,
+    "click": None,
+    "unsubscribe": None,
+    "group_unsubscribe": None,
+    "group_resubscribe": None,
 }
 
 
 @pytest.mark.parametrize(("name", "expected"), sorted(EXPECTED_EVENTS.items()))
-def test_event_table(offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey, name: str,
-                     expected: tuple[EventKind, str | None] | None) -> None:
+def test_event_table(
+    offline: SendGridGateway,
+    signing_key: ec.EllipticCurvePrivateKey,
+    name: str,
+    expected: tuple[EventKind, str | None] | None,
+) -> None:
     body = batch(event(name))
     events = offline.parse_webhook(as_request(sign(signing_key, body), body))
     assert [(e.kind, e.error_class) for e in events] == ([] if expected is None else [expected])
@@ -389,8 +447,9 @@ def test_event_table(offline: SendGridGateway, signing_key: ec.EllipticCurvePriv
 
 
 @pytest.mark.parametrize(("bounce_type", "expected"), [("bounce", "permanent"), ("blocked", "transient")])
-def test_bounce_type_table(offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey, bounce_type: str,
-                           expected: str) -> None:
+def test_bounce_type_table(
+    offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey, bounce_type: str, expected: str
+) -> None:
     body = batch(event("bounce", type=bounce_type))
     [bounced] = offline.parse_webhook(as_request(sign(signing_key, body), body))
     assert (bounced.kind, bounced.error_class, bounced.error_code) == (EventKind.BOUNCED, expected, bounce_type)
@@ -426,8 +485,13 @@ def sdk(emulator: ThreadedServer) -> SendGridAPIClient:
 
 def test_sdk_sends_and_gets_a_202_with_a_message_id(sdk: SendGridAPIClient, state: SandboxState) -> None:
     to = new_address()
-    mail = Mail(from_email="desk@advocacy.example", to_emails=to, subject="Letter",
-                plain_text_content="Dear Minister", html_content="<p>Dear Minister</p>")
+    mail = Mail(
+        from_email="desk@advocacy.example",
+        to_emails=to,
+        subject="Letter",
+        plain_text_content="Dear Minister",
+        html_content="<p>Dear Minister</p>",
+    )
     mail.custom_arg = CustomArg("reference", "dlv-sdk")
     response = sdk.send(mail)
     assert response.status_code == 202
@@ -441,8 +505,9 @@ def test_sdk_sends_and_gets_a_202_with_a_message_id(sdk: SendGridAPIClient, stat
 
 
 def test_sdk_sees_sendgrid_errors(sdk: SendGridAPIClient, emulator: ThreadedServer) -> None:
-    bad = Mail(from_email="desk@advocacy.example", to_emails="desk@advocacy.example", subject="x",
-               plain_text_content="y")
+    bad = Mail(
+        from_email="desk@advocacy.example", to_emails="desk@advocacy.example", subject="x", plain_text_content="y"
+    )
     body = bad.get()
     body["personalizations"][0]["to"][0]["email"] = "not-an-address"
     with pytest.raises(BadRequestsError) as caught:
@@ -460,10 +525,13 @@ def test_official_helper_verifies_emulator_signed_webhooks(
     hooks = sink.batches_for(message.to[0])
     helper = EventWebhook(public_key_b64(signing_key))  # the key exactly as SendGrid's UI shows it
     for headers, body in hooks:
-        assert helper.verify_signature(body.decode(), headers[EventWebhookHeader.SIGNATURE.lower()],
-                                       headers[EventWebhookHeader.TIMESTAMP.lower()])
+        assert helper.verify_signature(
+            body.decode(), headers[EventWebhookHeader.SIGNATURE.lower()], headers[EventWebhookHeader.TIMESTAMP.lower()]
+        )
         assert gateway.parse_webhook(as_request(headers, body))  # and the gateway agrees
     headers, body = hooks[-1]
-    assert not helper.verify_signature(body.decode().replace("delivered", "bounce"),
-                                       headers[EventWebhookHeader.SIGNATURE.lower()],
-                                       headers[EventWebhookHeader.TIMESTAMP.lower()])
+    assert not helper.verify_signature(
+        body.decode().replace("delivered", "bounce"),
+        headers[EventWebhookHeader.SIGNATURE.lower()],
+        headers[EventWebhookHeader.TIMESTAMP.lower()],
+    )

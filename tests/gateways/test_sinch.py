@@ -34,8 +34,10 @@ from .receivers import Receiver, receiving
 
 PROJECT, KEY_ID, KEY_SECRET = "tinyfrog-jump-high-over-lilypadbasin", "key-id", "key-secret"
 HOOK_USER, HOOK_PASSWORD = "dispatch", "p@ss:w/rd"  # characters that need quoting inside a URL
-PDF = b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n2 0 obj << /Type /Page >>\n" \
-      b"3 0 obj << /Type /Page >>\n%%EOF"
+PDF = (
+    b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n2 0 obj << /Type /Page >>\n"
+    b"3 0 obj << /Type /Page >>\n%%EOF"
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +68,33 @@ def latency(state: SandboxState) -> Iterator[SandboxState]:
     state.latency = 0.0
 
 
-def _settings(base_url: str, callback_url: str | None = "https://example.org/cb", *,
-              password: str = HOOK_PASSWORD, key_id: str = KEY_ID) -> SinchSettings:
-    return SinchSettings(project_id=PROJECT, key_id=key_id, key_secret=SecretStr(KEY_SECRET), base_url=base_url,
-                         callback_url=callback_url, callback_username=HOOK_USER,
-                         callback_password=SecretStr(password))
+def _settings(
+    base_url: str,
+    callback_url: str | None = "https://example.org/cb",
+    *,
+    password: str = HOOK_PASSWORD,
+    key_id: str = KEY_ID,
+) -> SinchSettings:
+    return SinchSettings(
+        project_id=PROJECT,
+        key_id=key_id,
+        key_secret=SecretStr(KEY_SECRET),
+        base_url=base_url,
+        callback_url=callback_url,
+        callback_username=HOOK_USER,
+        callback_password=SecretStr(password),
+    )
 
 
 def _message() -> FaxMessage:
-    return FaxMessage(to=f"+1555{uuid.uuid4().int % 10**7:07d}", from_number="+15551230000", pdf=PDF,
-                      page_count=2, reference=f"ref-{uuid.uuid4().hex}", header_text="Amnesty campaign")
+    return FaxMessage(
+        to=f"+1555{uuid.uuid4().int % 10**7:07d}",
+        from_number="+15551230000",
+        pdf=PDF,
+        page_count=2,
+        reference=f"ref-{uuid.uuid4().hex}",
+        header_text="Amnesty campaign",
+    )
 
 
 def _oracle(state: SandboxState, reference: str) -> list[str]:
@@ -89,8 +108,7 @@ def _completed(receiver: Receiver, fax_id: str) -> WebhookRequest:
 # -- sending --------------------------------------------------------------------------------------
 
 
-def test_send_success_returns_receipt_and_records_the_reference(gateway: SinchGateway,
-                                                                 state: SandboxState) -> None:
+def test_send_success_returns_receipt_and_records_the_reference(gateway: SinchGateway, state: SandboxState) -> None:
     message = _message()
     receipt = gateway.send(message)
     assert receipt.provider == "sinch" and receipt.status == "QUEUED" and len(receipt.provider_id) == 26
@@ -120,15 +138,19 @@ def test_send_sends_the_documented_json() -> None:
     assert body["callbackUrlContentType"] == "application/json"
 
 
-@pytest.mark.parametrize(("outcome", "error", "code"), [
-    ("invalid_number", Permanent, "invalid_number"),
-    ("server_error", Transient, "500"),
-    ("rate_limited", Transient, "429"),
-    ("bad_gateway", Unknown, "502"),
-    ("drop", Unknown, "dropped"),
-])
-def test_scripted_failures_map_to_the_right_class(gateway: SinchGateway, state: SandboxState, outcome: str,
-                                                  error: type[Exception], code: str) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "error", "code"),
+    [
+        ("invalid_number", Permanent, "invalid_number"),
+        ("server_error", Transient, "500"),
+        ("rate_limited", Transient, "429"),
+        ("bad_gateway", Unknown, "502"),
+        ("drop", Unknown, "dropped"),
+    ],
+)
+def test_scripted_failures_map_to_the_right_class(
+    gateway: SinchGateway, state: SandboxState, outcome: str, error: type[Exception], code: str
+) -> None:
     message = _message()
     state.script(message.to, [outcome])
     with pytest.raises(error) as caught:
@@ -147,20 +169,31 @@ def test_rate_limit_carries_retry_after(gateway: SinchGateway, state: SandboxSta
 
 
 def test_malformed_number_is_permanent(gateway: SinchGateway, state: SandboxState) -> None:
-    message = FaxMessage(to="0800-not-e164", from_number="+15551230000", pdf=PDF, page_count=2,
-                         reference=f"ref-{uuid.uuid4().hex}")
+    message = FaxMessage(
+        to="0800-not-e164", from_number="+15551230000", pdf=PDF, page_count=2, reference=f"ref-{uuid.uuid4().hex}"
+    )
     with pytest.raises(Permanent) as caught:
         gateway.send(message)
     assert caught.value.code == "invalid_number" and "E.164" in str(caught.value)
     assert _oracle(state, message.reference) == []
 
 
-@pytest.mark.parametrize(("outcome", "code", "error_class"), [
-    ("busy", "17", "transient"), ("no_answer", "30", "transient"), ("no_fax_tone", "132", "transient"),
-])
-def test_call_failures_arrive_as_callbacks(gateway: SinchGateway, state: SandboxState,
-                                           receiver: tuple[Receiver, str], outcome: str, code: str,
-                                           error_class: str) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "code", "error_class"),
+    [
+        ("busy", "17", "transient"),
+        ("no_answer", "30", "transient"),
+        ("no_fax_tone", "132", "transient"),
+    ],
+)
+def test_call_failures_arrive_as_callbacks(
+    gateway: SinchGateway,
+    state: SandboxState,
+    receiver: tuple[Receiver, str],
+    outcome: str,
+    code: str,
+    error_class: str,
+) -> None:
     message = _message()
     state.script(message.to, [outcome])
     receipt = gateway.send(message)
@@ -206,8 +239,12 @@ def test_payment_required_is_transient() -> None:
 
 
 def test_settings_require_callback_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in [("PROJECT_ID", PROJECT), ("KEY_ID", KEY_ID), ("KEY_SECRET", KEY_SECRET),
-                        ("CALLBACK_URL", "https://example.org/cb")]:
+    for name, value in [
+        ("PROJECT_ID", PROJECT),
+        ("KEY_ID", KEY_ID),
+        ("KEY_SECRET", KEY_SECRET),
+        ("CALLBACK_URL", "https://example.org/cb"),
+    ]:
         monkeypatch.setenv(f"DISPATCH_SINCH_{name}", value)
     with pytest.raises(GatewayConfigError, match="DISPATCH_SINCH_CALLBACK_PASSWORD"):
         build_gateway("sinch")
@@ -243,8 +280,10 @@ def test_find_by_reference_after_a_drop(gateway: SinchGateway, state: SandboxSta
 
 
 def test_find_by_reference_pages_through_a_list_that_ignores_labels() -> None:
-    pages = {1: [{"id": "A", "status": "QUEUED", "labels": {"reference": "other"}}],
-             2: [{"id": "B", "status": "COMPLETED", "labels": {"reference": "wanted"}}]}
+    pages = {
+        1: [{"id": "A", "status": "QUEUED", "labels": {"reference": "other"}}],
+        2: [{"id": "B", "status": "COMPLETED", "labels": {"reference": "wanted"}}],
+    }
 
     def answer(request: httpx.Request) -> httpx.Response:
         page = int(request.url.params["page"])
@@ -275,18 +314,28 @@ def test_callback_from_the_emulator_authenticates(gateway: SinchGateway, receive
     assert event.raw is not None and "file" not in event.raw
 
 
-FAX = {"id": "01W4FFL35P4NC4K35CR3P35M1N1", "direction": "OUTBOUND", "status": "FAILURE",
-       "errorType": "CALL_ERROR", "errorCode": 34, "errorMessage": "Phone number not operational",
-       "labels": {"reference": "r-1"}, "completedTime": "2024-02-27T12:28:09Z", "pagesSentSuccessfully": 0}
+FAX = {
+    "id": "01W4FFL35P4NC4K35CR3P35M1N1",
+    "direction": "OUTBOUND",
+    "status": "FAILURE",
+    "errorType": "CALL_ERROR",
+    "errorCode": 34,
+    "errorMessage": "Phone number not operational",
+    "labels": {"reference": "r-1"},
+    "completedTime": "2024-02-27T12:28:09Z",
+    "pagesSentSuccessfully": 0,
+}
 
 
-def _callback(payload: object, *, password: str = HOOK_PASSWORD, content_type: str = "application/json",
-              auth: bool = True) -> WebhookRequest:
+def _callback(
+    payload: object, *, password: str = HOOK_PASSWORD, content_type: str = "application/json", auth: bool = True
+) -> WebhookRequest:
     token = base64.b64encode(f"{HOOK_USER}:{password}".encode()).decode()
     headers = {"content-type": content_type, **({"authorization": f"Basic {token}"} if auth else {})}
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return WebhookRequest(method="POST", url="https://example.org/cb", headers=headers, body=body,
-                          received_at=datetime.now(UTC))
+    return WebhookRequest(
+        method="POST", url="https://example.org/cb", headers=headers, body=body, received_at=datetime.now(UTC)
+    )
 
 
 def _hook_gateway() -> SinchGateway:
@@ -294,8 +343,17 @@ def _hook_gateway() -> SinchGateway:
 
 
 def test_handmade_callback_maps_the_error() -> None:
-    [event] = _hook_gateway().parse_webhook(_callback({"event": "FAX_COMPLETED", "eventTime": "2024-02-27T12:28:10Z",
-                                                       "fax": FAX, "file": "JVBERi0=", "fileType": "PDF"}))
+    [event] = _hook_gateway().parse_webhook(
+        _callback(
+            {
+                "event": "FAX_COMPLETED",
+                "eventTime": "2024-02-27T12:28:10Z",
+                "fax": FAX,
+                "file": "JVBERi0=",
+                "fileType": "PDF",
+            }
+        )
+    )
     assert (event.kind, event.error_class, event.error_code) == (EventKind.FAILED, "permanent", "34")
     assert event.occurred_at == datetime(2024, 2, 27, 12, 28, 9, tzinfo=UTC) and event.reference == "r-1"
 
@@ -314,8 +372,11 @@ def test_callback_with_garbage_credentials_is_refused() -> None:
     request = _callback({"event": "FAX_COMPLETED", "fax": FAX})
     headers = {**request.headers, "authorization": "Basic ***not-base64***"}
     with pytest.raises(WebhookAuthError):
-        _hook_gateway().parse_webhook(WebhookRequest(method="POST", url=request.url, headers=headers,
-                                                     body=request.body, received_at=request.received_at))
+        _hook_gateway().parse_webhook(
+            WebhookRequest(
+                method="POST", url=request.url, headers=headers, body=request.body, received_at=request.received_at
+            )
+        )
 
 
 def test_callbacks_without_configured_credentials_fail_loudly() -> None:
@@ -324,8 +385,10 @@ def test_callbacks_without_configured_credentials_fail_loudly() -> None:
         SinchGateway(settings).parse_webhook(_callback({"event": "FAX_COMPLETED", "fax": FAX}))
 
 
-@pytest.mark.parametrize("payload", [b"{not json", b"[1, 2]", {"event": "FAX_COMPLETED"},
-                                     {"event": "FAX_COMPLETED", "fax": {"status": "COMPLETED"}}])
+@pytest.mark.parametrize(
+    "payload",
+    [b"{not json", b"[1, 2]", {"event": "FAX_COMPLETED"}, {"event": "FAX_COMPLETED", "fax": {"status": "COMPLETED"}}],
+)
 def test_malformed_callback_is_a_format_error(payload: object) -> None:
     with pytest.raises(WebhookFormatError):
         _hook_gateway().parse_webhook(_callback(payload))
@@ -333,8 +396,9 @@ def test_malformed_callback_is_a_format_error(payload: object) -> None:
 
 def test_multipart_callback_is_a_format_error() -> None:
     with pytest.raises(WebhookFormatError):
-        _hook_gateway().parse_webhook(_callback({"event": "FAX_COMPLETED", "fax": FAX},
-                                                content_type="multipart/form-data; boundary=x"))
+        _hook_gateway().parse_webhook(
+            _callback({"event": "FAX_COMPLETED", "fax": FAX}, content_type="multipart/form-data; boundary=x")
+        )
 
 
 def test_incoming_fax_events_change_nothing() -> None:
@@ -353,18 +417,37 @@ def test_error_table_rows(code: int, expected: str) -> None:
     assert classify_error("CALL_ERROR", code) == expected
 
 
-@pytest.mark.parametrize(("code", "expected"), [
-    (17, "transient"), (16, "transient"), (15, "transient"), (30, "transient"), (132, "transient"),
-    (14, "transient"), (34, "permanent"), (49, "permanent"), (133, "permanent"), (129, "permanent"),
-])
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (17, "transient"),
+        (16, "transient"),
+        (15, "transient"),
+        (30, "transient"),
+        (132, "transient"),
+        (14, "transient"),
+        (34, "permanent"),
+        (49, "permanent"),
+        (133, "permanent"),
+        (129, "permanent"),
+    ],
+)
 def test_error_table_decisions(code: int, expected: str) -> None:
     assert sinch.ERROR_CLASSES[code] == expected
 
 
-@pytest.mark.parametrize(("error_type", "expected"), [
-    ("DOCUMENT_CONVERSION_ERROR", "permanent"), ("CALL_ERROR", "transient"), ("LINE_ERROR", "transient"),
-    ("FAX_ERROR", "transient"), ("FATAL_ERROR", "transient"), ("GENERAL_ERROR", "transient"), (None, "transient"),
-])
+@pytest.mark.parametrize(
+    ("error_type", "expected"),
+    [
+        ("DOCUMENT_CONVERSION_ERROR", "permanent"),
+        ("CALL_ERROR", "transient"),
+        ("LINE_ERROR", "transient"),
+        ("FAX_ERROR", "transient"),
+        ("FATAL_ERROR", "transient"),
+        ("GENERAL_ERROR", "transient"),
+        (None, "transient"),
+    ],
+)
 def test_unlisted_codes_fall_back_to_the_type(error_type: str | None, expected: str) -> None:
     assert classify_error(error_type, 9999) == expected
 

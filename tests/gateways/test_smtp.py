@@ -27,15 +27,26 @@ def letter(
     reference: str = "dlv-1", *, to: tuple[str, ...] = (OFFICIAL,), cc: tuple[str, ...] = (COPY,)
 ) -> EmailMessage:
     return EmailMessage(
-        sender=SENDER, to=to, cc=cc, subject="Urgent: release the detainees",
-        text="Dear Minister,\n\nWe ask you (致习近平主席) to act.\n", html="<p>Dear Minister,</p>",
-        reference=reference, message_id=f"<{reference}@dispatch.example>",
+        sender=SENDER,
+        to=to,
+        cc=cc,
+        subject="Urgent: release the detainees",
+        text="Dear Minister,\n\nWe ask you (致习近平主席) to act.\n",
+        html="<p>Dear Minister,</p>",
+        reference=reference,
+        message_id=f"<{reference}@dispatch.example>",
     )
 
 
 def make_gateway(port: int, **overrides: object) -> SmtpGateway:
-    values: dict[str, object] = {"host": "127.0.0.1", "port": port, "security": "plain", "timeout": 2.0,
-                                 "helo_name": "dispatch.test", **overrides}
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "plain",
+        "timeout": 2.0,
+        "helo_name": "dispatch.test",
+        **overrides,
+    }
     return SmtpGateway(SmtpSettings(**values))  # type: ignore[arg-type]
 
 
@@ -111,8 +122,9 @@ def test_message_id_is_stable_across_attempts(sink: SmtpSink, gateway: SmtpGatew
 def test_missing_message_id_is_made_from_reference_and_local_domain(sink: SmtpSink) -> None:
     gw = make_gateway(sink.port, local_domain="mail.dispatch.example")
     try:
-        receipt = gw.send(EmailMessage(sender=SENDER, to=[OFFICIAL], subject="s", text="t",
-                                       reference="dlv-9", message_id=""))
+        receipt = gw.send(
+            EmailMessage(sender=SENDER, to=[OFFICIAL], subject="s", text="t", reference="dlv-9", message_id="")
+        )
     finally:
         gw.close()
     assert receipt.provider_id == "<dlv-9@mail.dispatch.example>"
@@ -234,9 +246,7 @@ def test_silent_server_times_out_as_transient() -> None:
     assert caught.value.__cause__ is not None
 
 
-def test_drop_after_data_is_unknown_although_the_server_accepted_it(
-    sink: SmtpSink, gateway: SmtpGateway
-) -> None:
+def test_drop_after_data_is_unknown_although_the_server_accepted_it(sink: SmtpSink, gateway: SmtpGateway) -> None:
     sink.script(OFFICIAL, ["drop"])
     with pytest.raises(Unknown) as caught:
         gateway.send(letter(cc=()))

@@ -80,8 +80,6 @@ def new_number() -> str:
     return f"+4930{next(_numbers):08d}"
 
 
-
-
 # -- servers ---------------------------------------------------------------------------------------
 
 
@@ -140,10 +138,21 @@ def public_key_b64(key: nacl.signing.SigningKey) -> str:
     return base64.b64encode(bytes(key.verify_key)).decode()
 
 
-def make_gateway(base_url: str, key: nacl.signing.SigningKey, *, read_timeout: float = 5.0,
-                 transport: httpx.BaseTransport | None = None, **settings: Any) -> TelnyxGateway:
-    values: dict[str, Any] = {"api_key": API_KEY, "connection_id": CONNECTION_ID,
-                              "public_key": public_key_b64(key), "base_url": base_url, **settings}
+def make_gateway(
+    base_url: str,
+    key: nacl.signing.SigningKey,
+    *,
+    read_timeout: float = 5.0,
+    transport: httpx.BaseTransport | None = None,
+    **settings: Any,
+) -> TelnyxGateway:
+    values: dict[str, Any] = {
+        "api_key": API_KEY,
+        "connection_id": CONNECTION_ID,
+        "public_key": public_key_b64(key),
+        "base_url": base_url,
+        **settings,
+    }
     timeout = httpx.Timeout(connect=2.0, read=read_timeout, write=5.0, pool=2.0)
     return TelnyxGateway(TelnyxSettings(**values), client=httpx.Client(timeout=timeout, transport=transport))
 
@@ -156,34 +165,63 @@ def gateway(emulator: ThreadedServer, signing_key: nacl.signing.SigningKey, sink
 
 
 def fax(to: str, media_url: str | None, reference: str | None = None) -> FaxMessage:
-    return FaxMessage(to=to, from_number=FROM, pdf=PDF, page_count=2, media_url=media_url,
-                      reference=reference or f"dlv-{to[1:]}-{time.monotonic_ns()}", from_name="Campaign Desk")
+    return FaxMessage(
+        to=to,
+        from_number=FROM,
+        pdf=PDF,
+        page_count=2,
+        media_url=media_url,
+        reference=reference or f"dlv-{to[1:]}-{time.monotonic_ns()}",
+        from_name="Campaign Desk",
+    )
 
 
 def as_request(headers: dict[str, str], body: bytes, *, received_at: datetime | None = None) -> WebhookRequest:
-    return WebhookRequest(method="POST", url="https://dispatch.example/webhooks/telnyx",
-                          headers={k.lower(): v for k, v in headers.items()}, body=body,
-                          received_at=received_at or datetime.now(UTC))
+    return WebhookRequest(
+        method="POST",
+        url="https://dispatch.example/webhooks/telnyx",
+        headers={k.lower(): v for k, v in headers.items()},
+        body=body,
+        received_at=received_at or datetime.now(UTC),
+    )
 
 
 def signed(key: nacl.signing.SigningKey, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     signature = key.sign(stamp.encode() + b"|" + body).signature
-    return {"Telnyx-Signature-Ed25519": base64.b64encode(signature).decode(), "Telnyx-Timestamp": stamp,
-            "Content-Type": "application/json"}
+    return {
+        "Telnyx-Signature-Ed25519": base64.b64encode(signature).decode(),
+        "Telnyx-Timestamp": stamp,
+        "Content-Type": "application/json",
+    }
 
 
-def fax_event(event_type: str, *, fax_id: str = "c62be5bc-9b13-4b6c-abda-34dd8b541287",
-              reference: str = "dlv-42", **payload: Any) -> bytes:
+def fax_event(
+    event_type: str, *, fax_id: str = "c62be5bc-9b13-4b6c-abda-34dd8b541287", reference: str = "dlv-42", **payload: Any
+) -> bytes:
     """A webhook body in Telnyx's documented shape (developers.telnyx.com, types/fax_*.py)."""
     status = event_type.removeprefix("fax.").replace(".started", "")
-    body = {"data": {"event_type": event_type, "id": "3320554f-6b74-4138-a74b-a1e2ec7eaf8b",
-                     "occurred_at": "2022-01-07T10:01:43.677850Z", "record_type": "event",
-                     "payload": {"connection_id": CONNECTION_ID, "direction": "outbound", "fax_id": fax_id,
-                                 "from": FROM, "to": "+13129457420", "client_state": encode_reference(reference),
-                                 "original_media_url": "https://example.org/letter.pdf", "status": status,
-                                 "user_id": "bdaa1f9f-1018-4156-867d-6c4ac9f556eb", **payload}},
-            "meta": {"attempt": 1, "delivered_to": "https://dispatch.example/webhooks/telnyx"}}
+    body = {
+        "data": {
+            "event_type": event_type,
+            "id": "3320554f-6b74-4138-a74b-a1e2ec7eaf8b",
+            "occurred_at": "2022-01-07T10:01:43.677850Z",
+            "record_type": "event",
+            "payload": {
+                "connection_id": CONNECTION_ID,
+                "direction": "outbound",
+                "fax_id": fax_id,
+                "from": FROM,
+                "to": "+13129457420",
+                "client_state": encode_reference(reference),
+                "original_media_url": "https://example.org/letter.pdf",
+                "status": status,
+                "user_id": "bdaa1f9f-1018-4156-867d-6c4ac9f556eb",
+                **payload,
+            },
+        },
+        "meta": {"attempt": 1, "delivered_to": "https://dispatch.example/webhooks/telnyx"},
+    }
     return json.dumps(body).encode()
 
 
@@ -211,11 +249,14 @@ def test_send_success_then_signed_webhooks_tell_the_story(
     assert delivered.duration_secs and delivered.duration_secs > 0
 
 
-@pytest.mark.parametrize(("outcome", "reason"), [
-    ("busy", "user_busy"),
-    ("no_answer", "receiver_no_answer"),
-    ("no_fax_tone", "fax_initial_communication_timeout"),
-])
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ("busy", "user_busy"),
+        ("no_answer", "receiver_no_answer"),
+        ("no_fax_tone", "fax_initial_communication_timeout"),
+    ],
+)
 def test_failed_calls_are_accepted_then_fail_transiently(
     gateway: TelnyxGateway, state: SandboxState, media_url: str, sink: Sink, outcome: str, reason: str
 ) -> None:
@@ -343,21 +384,38 @@ def test_unreachable_document_fails_with_file_download_failed(
     assert (events[-1].error_code, events[-1].error_class) == ("file_download_failed", "transient")
 
 
-@pytest.mark.parametrize(("status", "body", "expected", "code"), [
-    # 402's error code is illustrative: Telnyx's balance error code is not in the sources we checked.
-    (402, {"errors": [{"code": "10038", "title": "Insufficient balance", "detail": "Top up."}]}, Transient, "10038"),
-    (408, {"errors": [{"code": "10008", "title": "Request timeout", "detail": "The request timed out."}]},
-     Transient, "10008"),
-    (403, {"errors": [{"code": "10010", "title": "Authorization failed", "detail": "No permission."}]},
-     Permanent, "10010"),
-    (503, "Service Unavailable", Transient, "503"),
-    (504, "Gateway Timeout", Unknown, "504"),
-    (202, {"data": {"status": "queued"}}, Unknown, "no_id"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "expected", "code"),
+    [
+        # 402's error code is illustrative: Telnyx's balance error code is not in the sources we checked.
+        (
+            402,
+            {"errors": [{"code": "10038", "title": "Insufficient balance", "detail": "Top up."}]},
+            Transient,
+            "10038",
+        ),
+        (
+            408,
+            {"errors": [{"code": "10008", "title": "Request timeout", "detail": "The request timed out."}]},
+            Transient,
+            "10008",
+        ),
+        (
+            403,
+            {"errors": [{"code": "10010", "title": "Authorization failed", "detail": "No permission."}]},
+            Permanent,
+            "10010",
+        ),
+        (503, "Service Unavailable", Transient, "503"),
+        (504, "Gateway Timeout", Unknown, "504"),
+        (202, {"data": {"status": "queued"}}, Unknown, "no_id"),
+    ],
+)
 def test_answers_the_emulator_cannot_script(
     signing_key: nacl.signing.SigningKey, status: int, body: Any, expected: type[Exception], code: str
 ) -> None:
     """Faked at the transport (httpx.MockTransport): 402 balance, 408, 403, 503, 504, 2xx without an id."""
+
     def answer(_: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
 
@@ -429,7 +487,11 @@ def test_webhook_verifies_and_decodes(offline_gateway: TelnyxGateway, signing_ke
     [event] = offline_gateway.parse_webhook(as_request(signed(signing_key, body), body))
     assert event.kind is EventKind.DELIVERED
     assert (event.provider_id, event.reference, event.pages, event.duration_secs) == (
-        "c62be5bc-9b13-4b6c-abda-34dd8b541287", "dlv-42", 3, 79.0)
+        "c62be5bc-9b13-4b6c-abda-34dd8b541287",
+        "dlv-42",
+        3,
+        79.0,
+    )
     assert event.event_id == "3320554f-6b74-4138-a74b-a1e2ec7eaf8b"
     assert event.occurred_at == datetime(2022, 1, 7, 10, 1, 43, 677850, tzinfo=UTC)
 
@@ -448,9 +510,15 @@ def test_signature_from_another_key_is_refused(offline_gateway: TelnyxGateway) -
         offline_gateway.parse_webhook(as_request(signed(nacl.signing.SigningKey.generate(), body), body))
 
 
-@pytest.mark.parametrize("headers", [{}, {"Telnyx-Timestamp": "1700000000"},
-                                     {"Telnyx-Signature-Ed25519": "AAAA", "Telnyx-Timestamp": "soon"},
-                                     {"Telnyx-Signature-Ed25519": "not base64!", "Telnyx-Timestamp": "1"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Telnyx-Timestamp": "1700000000"},
+        {"Telnyx-Signature-Ed25519": "AAAA", "Telnyx-Timestamp": "soon"},
+        {"Telnyx-Signature-Ed25519": "not base64!", "Telnyx-Timestamp": "1"},
+    ],
+)
 def test_missing_or_unreadable_signature_headers_are_refused(
     offline_gateway: TelnyxGateway, headers: dict[str, str]
 ) -> None:
@@ -478,9 +546,18 @@ def test_an_old_webhook_received_in_time_still_verifies(
     assert offline_gateway.parse_webhook(received)[0].kind is EventKind.DELIVERED
 
 
-@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[]", b'{"data": "x"}', b'{"meta": {}}',
-                                  json.dumps({"data": {"event_type": "fax.failed", "payload": {}}}).encode(),
-                                  fax_event("fax.queued").replace(b"2022-01-07T10:01:43.677850Z", b"yesterday")])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"data": "x"}',
+        b'{"meta": {}}',
+        json.dumps({"data": {"event_type": "fax.failed", "payload": {}}}).encode(),
+        fax_event("fax.queued").replace(b"2022-01-07T10:01:43.677850Z", b"yesterday"),
+    ],
+)
 def test_malformed_bodies_are_format_errors(
     offline_gateway: TelnyxGateway, signing_key: nacl.signing.SigningKey, body: bytes
 ) -> None:
@@ -498,8 +575,12 @@ def test_other_event_types_are_authentic_but_ignored(
 def test_duplicate_and_out_of_order_webhooks_all_parse(
     offline_gateway: TelnyxGateway, signing_key: nacl.signing.SigningKey
 ) -> None:
-    bodies = [fax_event("fax.delivered", page_count=1), fax_event("fax.queued"),
-              fax_event("fax.delivered", page_count=1), fax_event("fax.sending.started")]
+    bodies = [
+        fax_event("fax.delivered", page_count=1),
+        fax_event("fax.queued"),
+        fax_event("fax.delivered", page_count=1),
+        fax_event("fax.sending.started"),
+    ]
     kinds = [offline_gateway.parse_webhook(as_request(signed(signing_key, b), b))[0].kind for b in bodies]
     assert kinds == [EventKind.DELIVERED, EventKind.QUEUED, EventKind.DELIVERED, EventKind.SENDING]
 
@@ -507,23 +588,41 @@ def test_duplicate_and_out_of_order_webhooks_all_parse(
 # The routing decision for every documented failure_reason, pinned here on purpose: changing the module
 # table must change this test too.
 EXPECTED_FAILURE_CLASSES = {
-    "user_busy": "transient", "receiver_no_answer": "transient", "receiver_no_response": "transient",
-    "receiver_decline": "transient", "receiver_call_dropped": "transient", "sender_call_dropped": "transient",
-    "carrier_lost": "transient", "receiver_recovery_on_timer_expire": "transient",
-    "receiver_communication_error": "transient", "sender_communication_error": "transient",
-    "destination_unreachable": "transient", "fax_initial_communication_timeout": "transient",
-    "fax_signaling_error": "transient", "invalid_ecm_response_from_receiver": "transient",
-    "service_unavailable": "transient", "user_channel_limit_exceeded": "transient",
-    "outbound_profile_channel_limit_exceeded": "transient", "connection_channel_limit_exceeded": "transient",
-    "outbound_profile_daily_spend_limit_exceeded": "transient", "file_download_failed": "transient",
+    "user_busy": "transient",
+    "receiver_no_answer": "transient",
+    "receiver_no_response": "transient",
+    "receiver_decline": "transient",
+    "receiver_call_dropped": "transient",
+    "sender_call_dropped": "transient",
+    "carrier_lost": "transient",
+    "receiver_recovery_on_timer_expire": "transient",
+    "receiver_communication_error": "transient",
+    "sender_communication_error": "transient",
+    "destination_unreachable": "transient",
+    "fax_initial_communication_timeout": "transient",
+    "fax_signaling_error": "transient",
+    "invalid_ecm_response_from_receiver": "transient",
+    "service_unavailable": "transient",
+    "user_channel_limit_exceeded": "transient",
+    "outbound_profile_channel_limit_exceeded": "transient",
+    "connection_channel_limit_exceeded": "transient",
+    "outbound_profile_daily_spend_limit_exceeded": "transient",
+    "file_download_failed": "transient",
     "media_processing_exception": "transient",
-    "receiver_invalid_number_format": "permanent", "receiver_unallocated_number": "permanent",
-    "receiver_incompatible_destination": "permanent", "destination_invalid": "permanent",
-    "destination_not_in_service_plan": "permanent", "destination_not_in_countries_whitelist": "permanent",
-    "unverified_destination_not_allowed": "permanent", "file_format_invalid": "permanent",
-    "file_size_limit_exceeded": "permanent", "page_count_limit_exceeded": "permanent",
-    "account_disabled": "permanent", "no_outbound_profile": "permanent",
-    "unverified_origination_number": "permanent", "sender_canceled": "permanent",
+    "receiver_invalid_number_format": "permanent",
+    "receiver_unallocated_number": "permanent",
+    "receiver_incompatible_destination": "permanent",
+    "destination_invalid": "permanent",
+    "destination_not_in_service_plan": "permanent",
+    "destination_not_in_countries_whitelist": "permanent",
+    "unverified_destination_not_allowed": "permanent",
+    "file_format_invalid": "permanent",
+    "file_size_limit_exceeded": "permanent",
+    "page_count_limit_exceeded": "permanent",
+    "account_disabled": "permanent",
+    "no_outbound_profile": "permanent",
+    "unverified_origination_number": "permanent",
+    "sender_canceled": "permanent",
 }
 
 
@@ -559,7 +658,11 @@ def test_build_gateway_from_settings(signing_key: nacl.signing.SigningKey) -> No
     gw = build_gateway("telnyx", api_key="KEY", connection_id="1", public_key=public_key_b64(signing_key))
     assert isinstance(gw, TelnyxGateway)
     assert (gw.provider, gw.channel, gw.config.base_url, gw.config.webhook_tolerance) == (
-        "telnyx", "fax", "https://api.telnyx.com", 300)
+        "telnyx",
+        "fax",
+        "https://api.telnyx.com",
+        300,
+    )
 
 
 def test_emulator_counts_pdf_pages() -> None:
@@ -572,9 +675,14 @@ def test_emulator_counts_pdf_pages() -> None:
 @pytest.fixture
 def sdk(emulator: ThreadedServer, signing_key: nacl.signing.SigningKey) -> Iterator[telnyx.Telnyx]:
     # Strict validation: any answer that does not fit the SDK's models raises APIResponseValidationError.
-    client = telnyx.Telnyx(api_key=API_KEY, public_key=public_key_b64(signing_key),
-                           base_url=f"{emulator.url}/v2", max_retries=0, timeout=5.0,
-                           _strict_response_validation=True)
+    client = telnyx.Telnyx(
+        api_key=API_KEY,
+        public_key=public_key_b64(signing_key),
+        base_url=f"{emulator.url}/v2",
+        max_retries=0,
+        timeout=5.0,
+        _strict_response_validation=True,
+    )
     yield client
     client.close()
 
@@ -583,8 +691,15 @@ def test_sdk_creates_retrieves_and_lists_faxes(
     sdk: telnyx.Telnyx, media_url: str, sink: Sink, state: SandboxState
 ) -> None:
     to = new_number()
-    created = sdk.faxes.create(connection_id=CONNECTION_ID, from_=FROM, to=to, media_url=media_url,
-                               client_state=encode_reference("dlv-sdk"), quality="high", webhook_url=sink.url)
+    created = sdk.faxes.create(
+        connection_id=CONNECTION_ID,
+        from_=FROM,
+        to=to,
+        media_url=media_url,
+        client_state=encode_reference("dlv-sdk"),
+        quality="high",
+        webhook_url=sink.url,
+    )
     assert isinstance(created.data, Fax)
     fax_id = created.data.id
     assert fax_id and created.data.status == "queued"

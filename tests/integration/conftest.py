@@ -57,23 +57,32 @@ class Sandbox:
     def gateways(self) -> dict[str, Gateway]:
         public_key = base64.b64encode(bytes(self.signing_key.verify_key)).decode()
         return {
-            "fax": build_gateway("telnyx", api_key=self.api_key, connection_id="test-connection",
-                                 public_key=public_key, base_url=self.fax_url,
-                                 webhook_url=f"{self.web_url}/webhooks/telnyx"),
+            "fax": build_gateway(
+                "telnyx",
+                api_key=self.api_key,
+                connection_id="test-connection",
+                public_key=public_key,
+                base_url=self.fax_url,
+                webhook_url=f"{self.web_url}/webhooks/telnyx",
+            ),
             "email": build_gateway("smtp", host=self.smtp_host, port=self.smtp_port, security="plain"),
         }
 
     def worker_env(self) -> dict[str, str]:
         """The same gateways, configured the way a deployed worker reads them: DISPATCH_* variables."""
         return {
-            "DISPATCH_FAX_GATEWAY": "telnyx", "DISPATCH_EMAIL_GATEWAY": "smtp",
-            "DISPATCH_TELNYX_API_KEY": self.api_key, "DISPATCH_TELNYX_CONNECTION_ID": "test-connection",
+            "DISPATCH_FAX_GATEWAY": "telnyx",
+            "DISPATCH_EMAIL_GATEWAY": "smtp",
+            "DISPATCH_TELNYX_API_KEY": self.api_key,
+            "DISPATCH_TELNYX_CONNECTION_ID": "test-connection",
             "DISPATCH_TELNYX_PUBLIC_KEY": base64.b64encode(bytes(self.signing_key.verify_key)).decode(),
             "DISPATCH_TELNYX_BASE_URL": self.fax_url,
             "DISPATCH_TELNYX_WEBHOOK_URL": f"{self.web_url}/webhooks/telnyx",
-            "DISPATCH_SMTP_HOST": self.smtp_host, "DISPATCH_SMTP_PORT": str(self.smtp_port),
+            "DISPATCH_SMTP_HOST": self.smtp_host,
+            "DISPATCH_SMTP_PORT": str(self.smtp_port),
             "DISPATCH_SMTP_SECURITY": "plain",
-            "DISPATCH_SECRET_KEY": self.secret.decode(), "DISPATCH_PUBLIC_BASE_URL": self.web_url,
+            "DISPATCH_SECRET_KEY": self.secret.decode(),
+            "DISPATCH_PUBLIC_BASE_URL": self.web_url,
         }
 
     def duplicates(self) -> dict[tuple[str | None, str], int]:
@@ -91,12 +100,29 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
     fax_server = ThreadedServer(telnyx_sandbox.create_app(fax, api_key=api_key, signing_key=signing_key)).start()
     sink = SmtpSink(mail)
     sink.start()
-    box = Sandbox(fax=fax, mail=mail, fax_url=fax_server.url, web_url=f"http://127.0.0.1:{web_port}",
-                  smtp_host=sink.host, smtp_port=sink.port, api_key=api_key, signing_key=signing_key,
-                  secret=secret)
-    web = ThreadedServer(create_app(WebContext(
-        factory=factory, gateways={"telnyx": box.gateways()["fax"]}, secret=secret, retry=RETRY,
-        documents=DocumentCache())), port=web_port).start()
+    box = Sandbox(
+        fax=fax,
+        mail=mail,
+        fax_url=fax_server.url,
+        web_url=f"http://127.0.0.1:{web_port}",
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        api_key=api_key,
+        signing_key=signing_key,
+        secret=secret,
+    )
+    web = ThreadedServer(
+        create_app(
+            WebContext(
+                factory=factory,
+                gateways={"telnyx": box.gateways()["fax"]},
+                secret=secret,
+                retry=RETRY,
+                documents=DocumentCache(),
+            )
+        ),
+        port=web_port,
+    ).start()
     try:
         yield box
     finally:
@@ -108,13 +134,17 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
 @pytest.fixture
 def worker(factory: sessionmaker[Session], sandbox: Sandbox) -> WorkerContext:
     return WorkerContext(
-        factory=factory, gateways=sandbox.gateways(), retry=RETRY, reconcile_grace=timedelta(seconds=0.3),
+        factory=factory,
+        gateways=sandbox.gateways(),
+        retry=RETRY,
+        reconcile_grace=timedelta(seconds=0.3),
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
     )
 
 
-def schedule_campaign(factory: sessionmaker[Session], path: Path, *, skip_invalid: bool = False,
-                      at: datetime | None = None) -> str:
+def schedule_campaign(
+    factory: sessionmaker[Session], path: Path, *, skip_invalid: bool = False, at: datetime | None = None
+) -> str:
     spec = load_spec(path)
     report = validate(spec, file=path)
     with transaction(factory) as session:
@@ -123,8 +153,9 @@ def schedule_campaign(factory: sessionmaker[Session], path: Path, *, skip_invali
     return spec.campaign.name
 
 
-def drive(worker: WorkerContext, *, until: Callable[[], bool], timeout: float = 30.0,
-          config: SchedulerConfig | None = None) -> int:
+def drive(
+    worker: WorkerContext, *, until: Callable[[], bool], timeout: float = 30.0, config: SchedulerConfig | None = None
+) -> int:
     """Scheduler ticks and worker batches in this process until ``until()``; returns ticks run."""
     import time
 
@@ -161,9 +192,12 @@ def history(factory: sessionmaker[Session], destination: str) -> list[tuple[str 
     from dispatcher.domain.models import DeliveryEvent
 
     with factory() as session:
-        rows = session.execute(select(DeliveryEvent.from_state, DeliveryEvent.to_state, DeliveryEvent.reason)
-                               .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
-                               .where(Delivery.destination == destination).order_by(DeliveryEvent.id)).all()
+        rows = session.execute(
+            select(DeliveryEvent.from_state, DeliveryEvent.to_state, DeliveryEvent.reason)
+            .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
+            .where(Delivery.destination == destination)
+            .order_by(DeliveryEvent.id)
+        ).all()
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
 

@@ -56,8 +56,13 @@ class Processes:
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{args[0]}-{len(self.running)}.log").open("wb")
-        process = subprocess.Popen([sys.executable, "-m", "dispatcher", *args], env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.running.append(process)
         return process
 
@@ -74,13 +79,20 @@ class Processes:
 
 @pytest.fixture
 def processes(db_url: str, sandbox: Sandbox, tmp_path: Path) -> Iterator[Processes]:
-    env = {**os.environ, **sandbox.worker_env(),
-           "DISPATCH_DATABASE_URL": db_url, "DISPATCH_BROKER_URL": BROKER,
-           "DISPATCH_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}-",
-           "DISPATCH_RETRY_BASE_SECONDS": "0.2", "DISPATCH_RETRY_CAP_SECONDS": "1",
-           "DISPATCH_FAX_GAP_SECONDS": "0", "DISPATCH_LEASE_SECONDS": "8",
-           "DISPATCH_REPUBLISH_AFTER_SECONDS": "2", "DISPATCH_RECONCILE_EVERY_SECONDS": "1",
-           "DISPATCH_RECONCILE_GRACE_SECONDS": "1"}
+    env = {
+        **os.environ,
+        **sandbox.worker_env(),
+        "DISPATCH_DATABASE_URL": db_url,
+        "DISPATCH_BROKER_URL": BROKER,
+        "DISPATCH_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}-",
+        "DISPATCH_RETRY_BASE_SECONDS": "0.2",
+        "DISPATCH_RETRY_CAP_SECONDS": "1",
+        "DISPATCH_FAX_GAP_SECONDS": "0",
+        "DISPATCH_LEASE_SECONDS": "8",
+        "DISPATCH_REPUBLISH_AFTER_SECONDS": "2",
+        "DISPATCH_RECONCILE_EVERY_SECONDS": "1",
+        "DISPATCH_RECONCILE_GRACE_SECONDS": "1",
+    }
     group = Processes(env, tmp_path)
     try:
         yield group
@@ -88,8 +100,13 @@ def processes(db_url: str, sandbox: Sandbox, tmp_path: Path) -> Iterator[Process
         group.stop_all()
 
 
-def wait_for(check: Callable[[], bool], *, timeout: float = 60.0, what: str = "condition",
-             explain: Callable[[], object] = lambda: "") -> None:
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    timeout: float = 60.0,
+    what: str = "condition",
+    explain: Callable[[], object] = lambda: "",
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -98,8 +115,11 @@ def wait_for(check: Callable[[], bool], *, timeout: float = 60.0, what: str = "c
 
 
 def explain(factory: sessionmaker[Session]) -> dict[str, object]:
-    return {dest: (state, history(factory, dest)[-3:]) for dest, state in states(factory).items()
-            if state not in ("delivered", "skipped")}
+    return {
+        dest: (state, history(factory, dest)[-3:])
+        for dest, state in states(factory).items()
+        if state not in ("delivered", "skipped")
+    }
 
 
 def all_settled(factory: sessionmaker[Session], name: str) -> Callable[[], bool]:
@@ -107,8 +127,8 @@ def all_settled(factory: sessionmaker[Session], name: str) -> Callable[[], bool]
 
 
 def test_campaign_through_real_workers_and_two_schedulers(
-        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
-        example_file: Path) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+) -> None:
     sandbox.fax.script(WANG, ["busy"])
     name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
     processes.start("worker", "--concurrency", "2")
@@ -120,15 +140,16 @@ def test_campaign_through_real_workers_and_two_schedulers(
     assert sandbox.duplicates() == {}
     with factory() as session:  # each planned delivery was queued by exactly one scheduler
         first_queues = session.execute(
-            select(DeliveryEvent.delivery_id, func.count()).where(DeliveryEvent.from_state == "planned",
-                                                                  DeliveryEvent.to_state == "queued")
-            .group_by(DeliveryEvent.delivery_id)).all()
+            select(DeliveryEvent.delivery_id, func.count())
+            .where(DeliveryEvent.from_state == "planned", DeliveryEvent.to_state == "queued")
+            .group_by(DeliveryEvent.delivery_id)
+        ).all()
         assert first_queues and all(n == 1 for _, n in first_queues)
 
 
 def test_same_ids_published_twice_to_two_workers_send_once(
-        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
-        example_file: Path) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+) -> None:
     name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
     with transaction(factory) as session:
         ids = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
@@ -153,8 +174,8 @@ def _publish_twice(ids: list[int], *, prefix: str) -> None:
 
 
 def test_worker_killed_mid_send_is_reconciled_without_a_second_send(
-        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
-        example_file: Path) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+) -> None:
     sandbox.fax.latency = 3.0  # the provider is slow to answer: the worker is inside send() when killed
     name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
     worker = processes.start("worker", "--concurrency", "1", "--queues", "fax")
@@ -168,39 +189,53 @@ def test_worker_killed_mid_send_is_reconciled_without_a_second_send(
     processes.kill(worker)  # SIGKILL the worker and its pool: no chance to record anything
     sandbox.fax.latency = 0.0
     processes.start("worker", "--concurrency", "1")
-    wait_for(all_settled(factory, name), timeout=90, what="the campaign to complete after the kill",
-             explain=lambda: explain(factory))
+    wait_for(
+        all_settled(factory, name),
+        timeout=90,
+        what="the campaign to complete after the kill",
+        explain=lambda: explain(factory),
+    )
     with factory() as session:
-        unknown_paths = session.scalars(select(DeliveryEvent.delivery_id)
-                                        .where(DeliveryEvent.to_state == "unknown")).all()
+        unknown_paths = session.scalars(
+            select(DeliveryEvent.delivery_id).where(DeliveryEvent.to_state == "unknown")
+        ).all()
     assert unknown_paths, "the killed send should have become unknown before it was reconciled"
     assert sandbox.duplicates() == {}
     assert all(state in ("delivered", "submitted", "skipped") for state in states(factory).values())
 
 
 def test_lost_broker_message_is_republished_by_the_sweeper(
-        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
-        example_file: Path) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+) -> None:
     name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
     with transaction(factory) as session:  # queued, but the message never reaches the broker
         lost = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
     assert lost
     processes.start("worker", "--concurrency", "1")
     processes.start("scheduler", "--interval", "0.3")
-    wait_for(all_settled(factory, name), what="the lost deliveries to be re-published and sent",
-             explain=lambda: explain(factory))
+    wait_for(
+        all_settled(factory, name),
+        what="the lost deliveries to be re-published and sent",
+        explain=lambda: explain(factory),
+    )
     assert sandbox.duplicates() == {}
     with factory() as session:
         assert all(session.get(Delivery, i).state != "queued" for i in lost)  # type: ignore[union-attr]
 
 
-def test_fallback_through_real_workers(factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes,
-                                       tmp_path: Path, example_file: Path) -> None:
+def test_fallback_through_real_workers(
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+) -> None:
     """Xi Jinping: fax 1 is not a valid number, fax 2 never gives a fax tone, so the email goes."""
     xi_1, xi_2, xi_email = "+861063070900", "+861062381025", "president@example.gov.cn"
-    path = write_campaign(tmp_path, example_file, {**FIXED,
-                          'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]':
-                          f'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["{xi_email}"]'})
+    path = write_campaign(
+        tmp_path,
+        example_file,
+        {
+            **FIXED,
+            'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]': f'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["{xi_email}"]',  # noqa: E501
+        },
+    )
     sandbox.fax.script(xi_1, ["invalid_number"])
     sandbox.fax.script(xi_2, ["no_fax_tone"] * 10)
     name = schedule_campaign(factory, path)
@@ -216,8 +251,8 @@ def test_fallback_through_real_workers(factory: sessionmaker[Session], sandbox: 
 
 
 def test_pause_resume_and_cancel_through_real_workers(
-        factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path,
-        example_file: Path) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+) -> None:
     from dispatcher.domain import control
 
     name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
@@ -233,8 +268,11 @@ def test_pause_resume_and_cancel_through_real_workers(
     wait_for(lambda: len(sandbox.fax.oracle()) >= 1, what="sending to start after resume")
     with transaction(factory) as session:
         control.cancel(session, name)
-    wait_for(lambda: all(s in ("delivered", "submitted", "cancelled", "failed") for s in states(factory).values()),
-             what="every delivery to end after the cancel", explain=lambda: explain(factory))
+    wait_for(
+        lambda: all(s in ("delivered", "submitted", "cancelled", "failed") for s in states(factory).values()),
+        what="every delivery to end after the cancel",
+        explain=lambda: explain(factory),
+    )
     sent = {e.destination for e in sandbox.fax.oracle()} | {e.destination for e in sandbox.mail.oracle()}
     for destination, state in states(factory).items():
         assert (state == "cancelled") == (destination not in sent), (destination, state)

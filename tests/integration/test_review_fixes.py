@@ -39,7 +39,8 @@ def unknown_without_a_send(worker: WorkerContext, factory: sessionmaker[Session]
 
 
 def test_not_found_is_believed_only_twice_and_after_the_grace(
-        factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
     delivery_id = unknown_without_a_send(worker, factory, WANG)
     assert reconcile(worker, delivery_id) == "not-found-yet"
@@ -54,10 +55,14 @@ def test_not_found_is_believed_only_twice_and_after_the_grace(
     assert sandbox.fax.oracle() == []
 
 
-def test_retry_is_refused_when_another_route_succeeded(factory: sessionmaker[Session], worker: WorkerContext,
-                                                       sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, {**FIXED, 'fax = ["+86 10 6559 1516"]':
-                                                   'fax = ["+86 10 6559 1516"]\nemail = ["wang@example.gov.cn"]'})
+def test_retry_is_refused_when_another_route_succeeded(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
+    path = write_campaign(
+        tmp_path,
+        example_file,
+        {**FIXED, 'fax = ["+86 10 6559 1516"]': 'fax = ["+86 10 6559 1516"]\nemail = ["wang@example.gov.cn"]'},
+    )
     sandbox.fax.script(WANG, ["invalid_number"])
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
@@ -74,8 +79,9 @@ def test_retry_is_refused_when_another_route_succeeded(factory: sessionmaker[Ses
     assert [e.outcome for e in sandbox.fax.oracle() if e.destination == WANG] == ["ok"]
 
 
-def test_resolve_only_settles_unknown(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
-                                      tmp_path: Path, example_file: Path) -> None:
+def test_resolve_only_settles_unknown(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     with factory() as session:

@@ -57,12 +57,20 @@ class Sent:
 @pytest.fixture
 def quiet_engine(factory: sessionmaker[Session], sandbox: Sandbox) -> Iterator[WorkerContext]:
     """The worker path with a Telnyx gateway that sets no webhook_url: the emulator reports nothing."""
-    gateway = build_gateway("telnyx", api_key=sandbox.api_key, connection_id="test-connection",
-                            public_key=base64.b64encode(bytes(sandbox.signing_key.verify_key)).decode(),
-                            base_url=sandbox.fax_url, webhook_url=None)
-    yield WorkerContext(factory=factory, gateways={"fax": gateway, "email": sandbox.gateways()["email"]}, retry=RETRY,
-                 media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret,
-                                                             now=at))
+    gateway = build_gateway(
+        "telnyx",
+        api_key=sandbox.api_key,
+        connection_id="test-connection",
+        public_key=base64.b64encode(bytes(sandbox.signing_key.verify_key)).decode(),
+        base_url=sandbox.fax_url,
+        webhook_url=None,
+    )
+    yield WorkerContext(
+        factory=factory,
+        gateways={"fax": gateway, "email": sandbox.gateways()["email"]},
+        retry=RETRY,
+        media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
+    )
     gateway.close()
 
 
@@ -86,16 +94,29 @@ def sent(factory: sessionmaker[Session], quiet_engine: WorkerContext, tmp_path: 
 # -- building and posting webhooks the way Telnyx does ----------------------------------------------
 
 
-def fax_event(event_type: str, *, fax_id: str, reference: str | None, event_id: str | None = None,
-              **payload: Any) -> bytes:
+def fax_event(
+    event_type: str, *, fax_id: str, reference: str | None, event_id: str | None = None, **payload: Any
+) -> bytes:
     """A webhook body in Telnyx's documented shape (types/fax_*.py); it names the fax's number."""
     body: dict[str, Any] = {
-        "data": {"event_type": event_type, "id": event_id or str(uuid.uuid4()),
-                 "occurred_at": utcnow().isoformat().replace("+00:00", "Z"), "record_type": "event",
-                 "payload": {"connection_id": "test-connection", "direction": "outbound", "fax_id": fax_id,
-                             "from": "+12125550143", "to": WANG, "status": event_type.removeprefix("fax."),
-                             "original_media_url": "https://dispatch.example/media/x.pdf", **payload}},
-        "meta": {"attempt": 1, "delivered_to": "https://dispatch.example/webhooks/telnyx"}}
+        "data": {
+            "event_type": event_type,
+            "id": event_id or str(uuid.uuid4()),
+            "occurred_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "record_type": "event",
+            "payload": {
+                "connection_id": "test-connection",
+                "direction": "outbound",
+                "fax_id": fax_id,
+                "from": "+12125550143",
+                "to": WANG,
+                "status": event_type.removeprefix("fax."),
+                "original_media_url": "https://dispatch.example/media/x.pdf",
+                **payload,
+            },
+        },
+        "meta": {"attempt": 1, "delivered_to": "https://dispatch.example/webhooks/telnyx"},
+    }
     if reference is not None:
         body["data"]["payload"]["client_state"] = encode_reference(reference)
     return json.dumps(body).encode()
@@ -104,12 +125,16 @@ def fax_event(event_type: str, *, fax_id: str, reference: str | None, event_id: 
 def signed(key: nacl.signing.SigningKey, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     signature = key.sign(stamp.encode("ascii") + b"|" + body).signature
-    return {"telnyx-signature-ed25519": base64.b64encode(signature).decode("ascii"), "telnyx-timestamp": stamp,
-            "content-type": "application/json"}
+    return {
+        "telnyx-signature-ed25519": base64.b64encode(signature).decode("ascii"),
+        "telnyx-timestamp": stamp,
+        "content-type": "application/json",
+    }
 
 
-def post(sandbox: Sandbox, body: bytes, headers: dict[str, str] | None = None, *,
-         gateway: str = "telnyx") -> httpx.Response:
+def post(
+    sandbox: Sandbox, body: bytes, headers: dict[str, str] | None = None, *, gateway: str = "telnyx"
+) -> httpx.Response:
     headers = signed(sandbox.signing_key, body) if headers is None else headers
     return httpx.post(f"{sandbox.web_url}/webhooks/{gateway}", content=body, headers=headers, timeout=15)
 
@@ -128,9 +153,16 @@ def wang(factory: sessionmaker[Session], delivery_id: int) -> tuple[str, str | N
 
 def transitions(factory: sessionmaker[Session], delivery_id: int, to_state: str) -> int:
     with factory() as session:
-        return session.scalar(select(func.count(DeliveryEvent.id)).where(
-            DeliveryEvent.delivery_id == delivery_id, DeliveryEvent.to_state == to_state,
-            DeliveryEvent.from_state != to_state)) or 0
+        return (
+            session.scalar(
+                select(func.count(DeliveryEvent.id)).where(
+                    DeliveryEvent.delivery_id == delivery_id,
+                    DeliveryEvent.to_state == to_state,
+                    DeliveryEvent.from_state != to_state,
+                )
+            )
+            or 0
+        )
 
 
 def assert_refusal_logged_without_numbers(caplog: pytest.LogCaptureFixture) -> None:
@@ -147,8 +179,8 @@ def assert_refusal_logged_without_numbers(caplog: pytest.LogCaptureFixture) -> N
 
 @pytest.mark.parametrize("forgery", ["other-key", "body-changed", "no-signature", "garbage-signature"])
 def test_forged_signature_is_refused_and_changes_nothing(
-        factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent, forgery: str,
-        caplog: pytest.LogCaptureFixture) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent, forgery: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     body = fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference, page_count=2)
     if forgery == "other-key":
@@ -170,8 +202,8 @@ def test_forged_signature_is_refused_and_changes_nothing(
 
 @pytest.mark.parametrize("skew", [-3600, -301, 3600])
 def test_stale_or_future_timestamp_is_refused_as_a_replay(
-        factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent, skew: int,
-        caplog: pytest.LogCaptureFixture) -> None:
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent, skew: int, caplog: pytest.LogCaptureFixture
+) -> None:
     body = fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference)
     before = event_count(factory)
     response = post(sandbox, body, signed(sandbox.signing_key, body, timestamp=int(time.time()) + skew))
@@ -182,8 +214,7 @@ def test_stale_or_future_timestamp_is_refused_as_a_replay(
     assert_refusal_logged_without_numbers(caplog)
 
 
-def test_timestamp_within_tolerance_is_accepted(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                sent: Sent) -> None:
+def test_timestamp_within_tolerance_is_accepted(factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent) -> None:
     body = fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference)
     response = post(sandbox, body, signed(sandbox.signing_key, body, timestamp=int(time.time()) - 240))
     assert response.status_code == 200
@@ -191,8 +222,9 @@ def test_timestamp_within_tolerance_is_accepted(factory: sessionmaker[Session], 
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", "\u4e60".encode("utf-16"), b'["a list"]', b'{"data": 7}'])
-def test_malformed_body_is_a_400_and_changes_nothing(factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent,
-                                                    body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+def test_malformed_body_is_a_400_and_changes_nothing(
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     before = event_count(factory)
     response = post(sandbox, body)  # correctly signed: only the content is wrong
     assert response.status_code == 400
@@ -217,10 +249,11 @@ def test_oversize_body_is_a_413(factory: sessionmaker[Session], sandbox: Sandbox
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: refused while it streams in
         for start in range(0, len(body), 64 * 1024):
-            yield body[start:start + 64 * 1024]
+            yield body[start : start + 64 * 1024]
 
-    response = httpx.post(f"{sandbox.web_url}/webhooks/telnyx", content=chunks(),
-                          headers=signed(sandbox.signing_key, body), timeout=15)
+    response = httpx.post(
+        f"{sandbox.web_url}/webhooks/telnyx", content=chunks(), headers=signed(sandbox.signing_key, body), timeout=15
+    )
     assert response.status_code == 413
     assert event_count(factory) == before
     assert wang(factory, sent.delivery_id) == (State.SUBMITTED, sent.fax_id)
@@ -236,8 +269,13 @@ def test_unknown_gateway_is_a_404(factory: sessionmaker[Session], sandbox: Sandb
 
 
 @pytest.mark.parametrize("reference", [None, "no-such-reference"])
-def test_unknown_fax_id_and_reference_is_a_404(factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent,
-                                               reference: str | None, caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_fax_id_and_reference_is_a_404(
+    factory: sessionmaker[Session],
+    sandbox: Sandbox,
+    sent: Sent,
+    reference: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     body = fax_event("fax.failed", fax_id=str(uuid.uuid4()), reference=reference, failure_reason="user_busy")
     before = event_count(factory)
     response = post(sandbox, body)
@@ -248,8 +286,9 @@ def test_unknown_fax_id_and_reference_is_a_404(factory: sessionmaker[Session], s
     assert_refusal_logged_without_numbers(caplog)
 
 
-def test_other_event_types_are_acknowledged_and_ignored(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                        sent: Sent) -> None:
+def test_other_event_types_are_acknowledged_and_ignored(
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent
+) -> None:
     before = event_count(factory)
     response = post(sandbox, fax_event("fax.received", fax_id=sent.fax_id, reference=sent.reference))
     assert response.status_code == 200 and response.json() == {}
@@ -259,10 +298,10 @@ def test_other_event_types_are_acknowledged_and_ignored(factory: sessionmaker[Se
 # -- accepted: one transition per fact, never backwards, never from an older attempt ------------------
 
 
-def test_the_same_delivered_event_twice_is_one_transition(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                          sent: Sent) -> None:
-    body = fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference, page_count=2,
-                     call_duration_secs=61)
+def test_the_same_delivered_event_twice_is_one_transition(
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent
+) -> None:
+    body = fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference, page_count=2, call_duration_secs=61)
     first = post(sandbox, body)
     assert (first.status_code, first.json()) == (200, {"applied": 1})
     after_first = event_count(factory)
@@ -272,13 +311,17 @@ def test_the_same_delivered_event_twice_is_one_transition(factory: sessionmaker[
     assert transitions(factory, sent.delivery_id, State.DELIVERED) == 1
     assert wang(factory, sent.delivery_id) == (State.DELIVERED, sent.fax_id)
     with factory() as session:
-        reason = session.scalars(select(DeliveryEvent.reason).where(
-            DeliveryEvent.delivery_id == sent.delivery_id, DeliveryEvent.to_state == State.DELIVERED)).one()
+        reason = session.scalars(
+            select(DeliveryEvent.reason).where(
+                DeliveryEvent.delivery_id == sent.delivery_id, DeliveryEvent.to_state == State.DELIVERED
+            )
+        ).one()
     assert "2 pages" in reason and "61s call" in reason
 
 
-def test_a_late_sending_started_never_downgrades_delivered(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                           sent: Sent) -> None:
+def test_a_late_sending_started_never_downgrades_delivered(
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent
+) -> None:
     delivered = post(sandbox, fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference))
     assert delivered.json() == {"applied": 1}
     before = event_count(factory)
@@ -290,18 +333,21 @@ def test_a_late_sending_started_never_downgrades_delivered(factory: sessionmaker
     assert transitions(factory, sent.delivery_id, State.DELIVERED) == 1
 
 
-def test_progress_before_delivery_is_noted_without_a_transition(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                                sent: Sent) -> None:
+def test_progress_before_delivery_is_noted_without_a_transition(
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent
+) -> None:
     response = post(sandbox, fax_event("fax.sending.started", fax_id=sent.fax_id, reference=sent.reference))
     assert response.json() == {"noted": 1}
     assert wang(factory, sent.delivery_id)[0] == State.SUBMITTED
     assert transitions(factory, sent.delivery_id, State.SUBMITTED) == 1  # only the worker's receipt
 
 
-def test_a_failure_of_an_earlier_attempt_is_stale(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                  quiet_engine: WorkerContext, sent: Sent) -> None:
-    busy = post(sandbox, fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference,
-                                   failure_reason="user_busy"))
+def test_a_failure_of_an_earlier_attempt_is_stale(
+    factory: sessionmaker[Session], sandbox: Sandbox, quiet_engine: WorkerContext, sent: Sent
+) -> None:
+    busy = post(
+        sandbox, fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference, failure_reason="user_busy")
+    )
     assert busy.json() == {"applied": 1}
     assert wang(factory, sent.delivery_id)[0] == State.RETRY_WAIT
 
@@ -311,8 +357,9 @@ def test_a_failure_of_an_earlier_attempt_is_stale(factory: sessionmaker[Session]
     before = event_count(factory)
 
     # the first fax's busy signal, reported again late (a new event id, so not a mere duplicate)
-    late = post(sandbox, fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference,
-                                   failure_reason="user_busy"))
+    late = post(
+        sandbox, fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference, failure_reason="user_busy")
+    )
     assert (late.status_code, late.json()) == (200, {"stale": 1})
     assert wang(factory, sent.delivery_id) == (State.SUBMITTED, retried.fax_id)
     assert event_count(factory) == before
@@ -324,15 +371,20 @@ def test_a_failure_of_an_earlier_attempt_is_stale(factory: sessionmaker[Session]
     assert wang(factory, sent.delivery_id) == (State.DELIVERED, retried.fax_id)
 
 
-def test_an_earlier_attempts_failure_arriving_mid_send_is_stale(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                                quiet_engine: WorkerContext, sent: Sent) -> None:
+def test_an_earlier_attempts_failure_arriving_mid_send_is_stale(
+    factory: sessionmaker[Session], sandbox: Sandbox, quiet_engine: WorkerContext, sent: Sent
+) -> None:
     """Between the claim of attempt 2 and its receipt the row has no provider id: Attempt rows decide."""
     post(sandbox, fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference, failure_reason="user_busy"))
     arrived: list[httpx.Response] = []
 
     def late_busy(_delivery_id: int) -> None:  # runs after the claim is committed, before the send
-        arrived.append(post(sandbox, fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference,
-                                               failure_reason="user_busy")))
+        arrived.append(
+            post(
+                sandbox,
+                fax_event("fax.failed", fax_id=sent.fax_id, reference=sent.reference, failure_reason="user_busy"),
+            )
+        )
 
     quiet_engine.hooks["after_claim"] = late_busy
     retried = send_wang(factory, quiet_engine)
@@ -341,8 +393,9 @@ def test_an_earlier_attempts_failure_arriving_mid_send_is_stale(factory: session
     assert transitions(factory, sent.delivery_id, State.RETRY_WAIT) == 1
 
 
-def test_deliveries_api_shows_what_the_webhooks_recorded(factory: sessionmaker[Session], sandbox: Sandbox,
-                                                         sent: Sent) -> None:
+def test_deliveries_api_shows_what_the_webhooks_recorded(
+    factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent
+) -> None:
     post(sandbox, fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference))
     response = httpx.get(f"{sandbox.web_url}/api/campaigns/{CAMPAIGN}/deliveries", timeout=15)
     assert response.status_code == 200

@@ -29,8 +29,9 @@ def campaign(tmp_path: Path, example_file: Path, extra: dict[str, str] | None = 
     return write_campaign(tmp_path, example_file, {**FIXED, **(extra or {})})
 
 
-def test_seed_campaign_is_sent_once_each(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
-                                         tmp_path: Path, example_file: Path) -> None:
+def test_seed_campaign_is_sent_once_each(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     name = schedule_campaign(factory, example_file, skip_invalid=True)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     result = states(factory)
@@ -43,8 +44,9 @@ def test_seed_campaign_is_sent_once_each(factory: sessionmaker[Session], worker:
     assert len(sandbox.mail.oracle()) == 3  # Guo Shengkun + two supporter copies
 
 
-def test_busy_then_success_retries_the_same_route(factory: sessionmaker[Session], worker: WorkerContext,
-                                                  sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
+def test_busy_then_success_retries_the_same_route(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     sandbox.fax.script(WANG, ["busy", "busy"])
     name = schedule_campaign(factory, campaign(tmp_path, example_file))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
@@ -53,17 +55,25 @@ def test_busy_then_success_retries_the_same_route(factory: sessionmaker[Session]
     with factory() as session:
         wang = session.scalars(select(Delivery).where(Delivery.destination == WANG)).one()
         assert wang.attempt_count == 3
-        reasons = session.scalars(select(DeliveryEvent.reason).where(DeliveryEvent.delivery_id == wang.id,
-                                                                     DeliveryEvent.to_state == "retry_wait")).all()
+        reasons = session.scalars(
+            select(DeliveryEvent.reason).where(
+                DeliveryEvent.delivery_id == wang.id, DeliveryEvent.to_state == "retry_wait"
+            )
+        ).all()
         assert len(reasons) == 2 and all("user_busy" in r for r in reasons)
 
 
-def test_fallback_fax_to_fax_to_email(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
-                                      tmp_path: Path, example_file: Path) -> None:
+def test_fallback_fax_to_fax_to_email(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     """Xi Jinping: first fax is not a valid number, second never answers with a fax tone: email goes."""
-    path = campaign(tmp_path, example_file, {
-        'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]':
-            'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["president@example.gov.cn"]'})
+    path = campaign(
+        tmp_path,
+        example_file,
+        {
+            'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]': 'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["president@example.gov.cn"]'  # noqa: E501
+        },
+    )
     sandbox.fax.script(XI_1, ["invalid_number"])
     sandbox.fax.script(XI_2, ["no_fax_tone"] * 4)
     name = schedule_campaign(factory, path)
@@ -74,16 +84,18 @@ def test_fallback_fax_to_fax_to_email(factory: sessionmaker[Session], worker: Wo
     assert sandbox.duplicates() == {}
 
 
-def test_first_success_skips_the_remaining_routes(factory: sessionmaker[Session], worker: WorkerContext,
-                                                  sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
+def test_first_success_skips_the_remaining_routes(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     name = schedule_campaign(factory, campaign(tmp_path, example_file))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert states(factory)[XI_2] == "skipped"
     assert XI_2 not in {e.destination for e in sandbox.fax.oracle()}
 
 
-def test_same_delivery_published_twice_is_sent_once(factory: sessionmaker[Session], worker: WorkerContext,
-                                                    sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
+def test_same_delivery_published_twice_is_sent_once(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     from dispatcher.domain.models import utcnow
     from dispatcher.domain.scheduling import claim_due
 
@@ -110,22 +122,28 @@ def test_same_delivery_published_twice_is_sent_once(factory: sessionmaker[Sessio
 
 
 def test_drop_after_accept_is_unknown_then_reconciled_without_a_second_send(
-        factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     sandbox.fax.script(WANG, ["drop"])
     name = schedule_campaign(factory, campaign(tmp_path, example_file))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert [e.outcome for e in sandbox.fax.oracle() if e.destination == WANG] == ["drop"]
     with factory() as session:
         wang = session.scalars(select(Delivery).where(Delivery.destination == WANG)).one()
-        path = [e.to_state for e in session.scalars(
-            select(DeliveryEvent).where(DeliveryEvent.delivery_id == wang.id).order_by(DeliveryEvent.id))]
+        path = [
+            e.to_state
+            for e in session.scalars(
+                select(DeliveryEvent).where(DeliveryEvent.delivery_id == wang.id).order_by(DeliveryEvent.id)
+            )
+        ]
         assert "unknown" in path
         assert wang.attempt_count == 1  # reconciled: the provider had it, so it was never sent again
         assert wang.state in (State.SUBMITTED, State.DELIVERED)
 
 
-def test_pause_resume_cancel(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path,
-                             example_file: Path) -> None:
+def test_pause_resume_cancel(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     from dispatcher.domain.models import utcnow
 
     name = schedule_campaign(factory, campaign(tmp_path, example_file))
@@ -143,10 +161,14 @@ def test_pause_resume_cancel(factory: sessionmaker[Session], worker: WorkerConte
     assert utcnow()  # the clock is real here; office hours use a controlled one (test_timing)
 
 
-def test_deadline_fails_what_is_left_with_a_reason(factory: sessionmaker[Session], worker: WorkerContext,
-                                                   sandbox: Sandbox, tmp_path: Path, example_file: Path) -> None:
-    path = campaign(tmp_path, example_file, {'route_order = "fax-first"':
-                                             'route_order = "fax-first"\ndeadline = 2000-01-01T00:00:00+00:00'})
+def test_deadline_fails_what_is_left_with_a_reason(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
+    path = campaign(
+        tmp_path,
+        example_file,
+        {'route_order = "fax-first"': 'route_order = "fax-first"\ndeadline = 2000-01-01T00:00:00+00:00'},
+    )
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     with factory() as session:
@@ -155,8 +177,9 @@ def test_deadline_fails_what_is_left_with_a_reason(factory: sessionmaker[Session
     assert sandbox.fax.oracle() == []
 
 
-def test_submitted_without_webhook_is_polled(factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path,
-                                             example_file: Path) -> None:
+def test_submitted_without_webhook_is_polled(
+    factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     """Status webhooks lost (here: sent to a closed port): the poller asks the provider instead."""
     import base64
     from datetime import timedelta
@@ -170,12 +193,21 @@ def test_submitted_without_webhook_is_polled(factory: sessionmaker[Session], san
     public_key = base64.b64encode(bytes(sandbox.signing_key.verify_key)).decode()
     lost = f"http://127.0.0.1:{free_port()}/webhooks/telnyx"
     gateways = sandbox.gateways()
-    gateways["fax"] = build_gateway("telnyx", api_key=sandbox.api_key, connection_id="c", public_key=public_key,
-                                    base_url=sandbox.fax_url, webhook_url=lost)
+    gateways["fax"] = build_gateway(
+        "telnyx",
+        api_key=sandbox.api_key,
+        connection_id="c",
+        public_key=public_key,
+        base_url=sandbox.fax_url,
+        webhook_url=lost,
+    )
     worker = WorkerContext(factory=factory, gateways=gateways, retry=RETRY, media_url=_media(sandbox))
     name = schedule_campaign(factory, campaign(tmp_path, example_file))
-    drive(worker, until=lambda: campaign_status(factory, name) == "completed",
-          config=SchedulerConfig(poll_after=timedelta(seconds=0.5), reconcile_every=timedelta(seconds=0.2)))
+    drive(
+        worker,
+        until=lambda: campaign_status(factory, name) == "completed",
+        config=SchedulerConfig(poll_after=timedelta(seconds=0.5), reconcile_every=timedelta(seconds=0.2)),
+    )
     assert states(factory)[WANG] == "delivered"
     with factory() as session:
         actors = set(session.scalars(select(DeliveryEvent.actor).where(DeliveryEvent.to_state == "delivered")))
@@ -189,8 +221,9 @@ def _media(sandbox: Sandbox):  # type: ignore[no-untyped-def]
     return lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at)
 
 
-def test_all_routes_policy_sends_every_route(factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox,
-                                             tmp_path: Path, example_file: Path) -> None:
+def test_all_routes_policy_sends_every_route(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+) -> None:
     path = campaign(tmp_path, example_file, {'route_policy = "first-success"': 'route_policy = "all-routes"'})
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")

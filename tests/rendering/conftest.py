@@ -30,20 +30,36 @@ def spec_data(**letter: Any) -> dict[str, Any]:
     return {
         "campaign": {"name": "test-campaign", "title": "Test", "urgency": "urgent"},
         "sender": {
-            "organisation": "Example Rights", "signatory": "Ada Example", "signatory_title": "Director",
-            "email": "letters@example.org", "reply_to": "replies@example.org",
+            "organisation": "Example Rights",
+            "signatory": "Ada Example",
+            "signatory_title": "Director",
+            "email": "letters@example.org",
+            "reply_to": "replies@example.org",
             "fax_caller_id": "+12125550143",
         },
         "letter": {"subject": "Nine refugees", "body": CJK_BODY, **letter},
-        "to": [{
-            "name": "Xi Jinping", "title": "President", "organisation": "General Office",
-            "salutation": "Dear President Xi Jinping,", "country": "CN", "timezone": "Asia/Shanghai",
-            "fax": ["+86 10 6307 0900"], "email": ["office@example.cn"],
-        }],
-        "cc": [{
-            "name": "Wang Yi", "title": "Foreign Minister", "organisation": "Ministry of Foreign Affairs",
-            "country": "CN", "timezone": "Asia/Shanghai", "email": ["wang@example.cn"],
-        }],
+        "to": [
+            {
+                "name": "Xi Jinping",
+                "title": "President",
+                "organisation": "General Office",
+                "salutation": "Dear President Xi Jinping,",
+                "country": "CN",
+                "timezone": "Asia/Shanghai",
+                "fax": ["+86 10 6307 0900"],
+                "email": ["office@example.cn"],
+            }
+        ],
+        "cc": [
+            {
+                "name": "Wang Yi",
+                "title": "Foreign Minister",
+                "organisation": "Ministry of Foreign Affairs",
+                "country": "CN",
+                "timezone": "Asia/Shanghai",
+                "email": ["wang@example.cn"],
+            }
+        ],
     }
 
 

@@ -44,13 +44,21 @@ def test_email_hash_is_stable_and_follows_content(cjk_spec: CampaignSpec, tmp_pa
     letter = load_letter(cjk_spec, tmp_path, date=LETTER_DATE)
     first = render_email(cjk_spec, letter, to_email="a@example.cn", reference="k1")
     again = render_email(cjk_spec, letter, to_email="a@example.cn", reference="k1")
-    later = render_email(cjk_spec, load_letter(cjk_spec, tmp_path, date=LETTER_DATE.replace(day=28)),
-                         to_email="a@example.cn", reference="k1")
+    later = render_email(
+        cjk_spec,
+        load_letter(cjk_spec, tmp_path, date=LETTER_DATE.replace(day=28)),
+        to_email="a@example.cn",
+        reference="k1",
+    )
     assert first.sha256 == again.sha256
     assert len(first.sha256) == 64
     spec = cjk_spec.model_copy(update={"letter": cjk_spec.letter.model_copy(update={"body": "{{ date }}"})})
-    assert render_email(spec, load_letter(spec, tmp_path, date=LETTER_DATE), to_email="a@example.cn",
-                        reference="k1").sha256 != later.sha256
+    assert (
+        render_email(
+            spec, load_letter(spec, tmp_path, date=LETTER_DATE), to_email="a@example.cn", reference="k1"
+        ).sha256
+        != later.sha256
+    )
 
 
 def test_reference_that_would_break_the_header_is_refused(cjk_spec: CampaignSpec, tmp_path: Path) -> None:
@@ -71,12 +79,14 @@ def test_eml_parses_back(cjk_spec: CampaignSpec, tmp_path: Path) -> None:
     assert '<p class="cc">CC:<br>' in parts["text/html"]
 
 
-@pytest.mark.parametrize(("name", "greeting"), [("Grace Hopper", "Dear Grace Hopper,"), (None, "Hello,"),
-                                                ("  ", "Hello,")])
+@pytest.mark.parametrize(
+    ("name", "greeting"), [("Grace Hopper", "Dear Grace Hopper,"), (None, "Hello,"), ("  ", "Hello,")]
+)
 def test_supporter_copy(example_spec: CampaignSpec, name: str | None, greeting: str) -> None:
     letter = load_letter(example_spec, EXAMPLE_DIR, date=LETTER_DATE)
-    copy = render_supporter_copy(example_spec, letter, supporter_email="grace.supporter@example.net",
-                                 supporter_name=name, reference="copy-7")
+    copy = render_supporter_copy(
+        example_spec, letter, supporter_email="grace.supporter@example.net", supporter_name=name, reference="copy-7"
+    )
     message = copy.message
     assert list(message.to) == ["grace.supporter@example.net"]
     assert message.text.startswith(greeting + "\n\n")
@@ -91,8 +101,9 @@ def test_supporter_copy(example_spec: CampaignSpec, name: str | None, greeting: 
 
 def test_supporter_copy_escapes_the_name(example_spec: CampaignSpec) -> None:
     letter = load_letter(example_spec, EXAMPLE_DIR, date=LETTER_DATE)
-    copy = render_supporter_copy(example_spec, letter, supporter_email="x@example.net",
-                                 supporter_name="<b>Eve</b>", reference="c")
+    copy = render_supporter_copy(
+        example_spec, letter, supporter_email="x@example.net", supporter_name="<b>Eve</b>", reference="c"
+    )
     assert copy.message.html is not None
     assert "&lt;b&gt;Eve&lt;/b&gt;" in copy.message.html
     assert "<b>" not in copy.message.html

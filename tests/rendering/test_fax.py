@@ -20,10 +20,21 @@ def test_example_campaign_fax_has_cover_and_letter(example_spec: CampaignSpec) -
     text = pdf_text(fax.pdf)
     assert fax.pdf.startswith(b"%PDF-")
     assert fax.page_count == pdf_pages(fax.pdf) == 2
-    for expected in ("URGENT", "XiJinping", "+861063070900", "HumanRightsWatch", "SophieRichardson",
-                     "+12125550143", "china-advocacy@example.org", "27November2026",
-                     "2(includingthiscoverpage)", "DetentionofnineNorthKoreanrefugees",
-                     "page1of2", "page2of2", "CC:GuoShengkun"):
+    for expected in (
+        "URGENT",
+        "XiJinping",
+        "+861063070900",
+        "HumanRightsWatch",
+        "SophieRichardson",
+        "+12125550143",
+        "china-advocacy@example.org",
+        "27November2026",
+        "2(includingthiscoverpage)",
+        "DetentionofnineNorthKoreanrefugees",
+        "page1of2",
+        "page2of2",
+        "CC:GuoShengkun",
+    ):
         assert expected in text, expected
 
 

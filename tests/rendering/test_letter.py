@@ -32,8 +32,9 @@ def test_html_is_paragraphs(cjk_spec: CampaignSpec) -> None:
 
 def test_html_escapes_template_values() -> None:
     data_spec = make_spec(body="{{ sender.organisation }} & friends")
-    spec = data_spec.model_copy(update={"sender": data_spec.sender.model_copy(
-        update={"organisation": "<script>alert(1)</script>"})})
+    spec = data_spec.model_copy(
+        update={"sender": data_spec.sender.model_copy(update={"organisation": "<script>alert(1)</script>"})}
+    )
     letter = build_letter(spec, compile_letter(spec.letter.body or "", name="t"), date=LETTER_DATE)
     assert "<script>" not in letter.html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; friends" in letter.html

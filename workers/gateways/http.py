@@ -64,20 +64,20 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def request(
-    client: httpx.Client, method: str, url: str, *, provider: str, **kwargs: Any
-) -> httpx.Response:
+def request(client: httpx.Client, method: str, url: str, *, provider: str, **kwargs: Any) -> httpx.Response:
     """Send one request, mapping transport failures; the caller inspects the status code."""
     try:
         return client.request(method, url, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
         raise Transient(f"{provider}: could not connect ({type(err).__name__})", code="connect") from err
     except (httpx.ReadTimeout, httpx.WriteTimeout) as err:
-        raise Unknown(f"{provider}: no answer after the request was sent ({type(err).__name__})",
-                      code="timeout") from err
+        raise Unknown(
+            f"{provider}: no answer after the request was sent ({type(err).__name__})", code="timeout"
+        ) from err
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as err:
-        raise Unknown(f"{provider}: connection dropped after the request was sent ({type(err).__name__})",
-                      code="dropped") from err
+        raise Unknown(
+            f"{provider}: connection dropped after the request was sent ({type(err).__name__})", code="dropped"
+        ) from err
     except httpx.HTTPError as err:
         raise Unknown(f"{provider}: request failed ({type(err).__name__})", code="http") from err
 
@@ -115,7 +115,8 @@ class HttpGateway(Gateway, Generic[S]):
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         if not isinstance(settings, self.settings_class):
             raise GatewayConfigError(
-                f"{self.provider}: expected {self.settings_class.__name__}, got {type(settings).__name__}")
+                f"{self.provider}: expected {self.settings_class.__name__}, got {type(settings).__name__}"
+            )
         super().__init__(settings, name=name)
         self.config = settings  # type: ignore[assignment]  # checked just above
         self._client = client  # None: the shared process-wide pool

@@ -50,8 +50,6 @@ def build_gateway(name: str, *, provider: str | None = None, **overrides: Any) -
     try:
         settings = cls.settings_class(_env_prefix=prefix, **overrides)  # type: ignore[call-arg]
     except ValidationError as err:
-        problems = "; ".join(
-            f"{prefix}{str(e['loc'][0]).upper()}: {e['msg'].lower()}" for e in err.errors()
-        )
+        problems = "; ".join(f"{prefix}{str(e['loc'][0]).upper()}: {e['msg'].lower()}" for e in err.errors())
         raise GatewayConfigError(f"gateway {name!r} ({cls.provider}) is misconfigured: {problems}") from err
     return cls(settings, name=name)

@@ -30,8 +30,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 OUTCOMES = frozenset(
-    {"ok", "busy", "no_answer", "no_fax_tone", "invalid_number", "rate_limited", "server_error",
-     "bad_gateway", "drop", "bounce"}
+    {
+        "ok",
+        "busy",
+        "no_answer",
+        "no_fax_tone",
+        "invalid_number",
+        "rate_limited",
+        "server_error",
+        "bad_gateway",
+        "drop",
+        "bounce",
+    }
 )
 
 
@@ -79,8 +89,7 @@ class SandboxState:
             return queue.popleft() if queue else "ok"
 
     def record(self, *, provider_id: str, reference: str | None, destination: str, outcome: str) -> OracleEntry:
-        entry = OracleEntry(self.provider, provider_id, reference, destination, outcome,
-                            datetime.now(UTC).isoformat())
+        entry = OracleEntry(self.provider, provider_id, reference, destination, outcome, datetime.now(UTC).isoformat())
         with self._lock:
             self._oracle.append(entry)
             if self.oracle_path is not None:
@@ -106,4 +115,3 @@ class SandboxState:
         for entry in self.oracle():
             counts[entry.reference] += 1
         return dict(counts)
-

@@ -33,8 +33,13 @@ class DroppedResponse(Response):
         super().__init__(status_code=status_code)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"id": ', "more_body": True})
         # Returning now leaves the response incomplete; uvicorn closes the socket.
 
@@ -54,8 +59,9 @@ class Background:
         task.add_done_callback(self._tasks.discard)
 
 
-async def post_webhook(url: str, build: Callable[[], tuple[bytes, Mapping[str, str]]], *,
-                       delay: float, attempts: int = 3) -> None:
+async def post_webhook(
+    url: str, build: Callable[[], tuple[bytes, Mapping[str, str]]], *, delay: float, attempts: int = 3
+) -> None:
     """POST a webhook, retrying a few times like the providers do; ``build`` re-signs each attempt."""
     async with httpx.AsyncClient(timeout=5.0) as client:
         for attempt in range(1, attempts + 1):

@@ -99,8 +99,9 @@ def _recipients(form: FormData, field: str) -> list[str]:
 class MailgunEmulator:
     """The events of one emulated sending domain."""
 
-    def __init__(self, state: SandboxState, *, api_key: str, domain: str, signing_key: str,
-                 webhook_url: str | None) -> None:
+    def __init__(
+        self, state: SandboxState, *, api_key: str, domain: str, signing_key: str, webhook_url: str | None
+    ) -> None:
         self.state, self.api_key, self.domain = state, api_key, domain
         self.signing_key, self.webhook_url = signing_key, webhook_url
         self.events: list[dict[str, Any]] = []  # touched only on the event loop
@@ -146,52 +147,103 @@ class MailgunEmulator:
             return MailgunError(400, "to parameter is not a valid address. please check documentation")
         if outcome == "rate_limited":
             after = format_datetime(datetime.now(UTC) + timedelta(seconds=self.state.retry_after), usegmt=True)
-            return MailgunError(429, f"Domain {self.domain} is not allowed to send: request limit exceeded, "
-                               f"try again after {after.replace('GMT', 'UTC')}")
+            return MailgunError(
+                429,
+                f"Domain {self.domain} is not allowed to send: request limit exceeded, "
+                f"try again after {after.replace('GMT', 'UTC')}",
+            )
         return MailgunError(500, "Internal Server Error")
 
     async def _accept(self, form: FormData, outcome: str) -> str:
         given = str(form.get("h:Message-Id") or "").strip().strip("<>")
-        message_id = given or f"{datetime.now(UTC):%Y%m%d%H%M%S}.{next(self._serial)}.{secrets.token_hex(8).upper()}" \
-                              f"@{self.domain}"
+        message_id = (
+            given
+            or f"{datetime.now(UTC):%Y%m%d%H%M%S}.{next(self._serial)}.{secrets.token_hex(8).upper()}@{self.domain}"
+        )
         variables = {k[2:]: str(v) for k, v in form.multi_items() if k.startswith("v:")}
         attachments = [v for k, v in form.multi_items() if k == "attachment" and not isinstance(v, str)]
-        self.forms[message_id] = {"fields": [(k, v) for k, v in form.multi_items() if isinstance(v, str)],
-                                  "attachments": [(a.filename, await a.read()) for a in attachments]}
+        self.forms[message_id] = {
+            "fields": [(k, v) for k, v in form.multi_items() if isinstance(v, str)],
+            "attachments": [(a.filename, await a.read()) for a in attachments],
+        }
         recipients = _recipients(form, "to") + _recipients(form, "cc")
-        self.state.record(provider_id=message_id, reference=variables.get("reference"), destination=recipients[0],
-                          outcome=outcome)
-        base = {"message": {"headers": {"to": str(form.get("to")), "message-id": message_id,
-                                        "from": str(form.get("from")), "subject": str(form.get("subject") or "")},
-                            "attachments": [{"filename": a.filename} for a in attachments], "size": 1024},
-                "user-variables": variables, "tags": [str(t) for t in form.getlist("o:tag")], "campaigns": []}
+        self.state.record(
+            provider_id=message_id, reference=variables.get("reference"), destination=recipients[0], outcome=outcome
+        )
+        base = {
+            "message": {
+                "headers": {
+                    "to": str(form.get("to")),
+                    "message-id": message_id,
+                    "from": str(form.get("from")),
+                    "subject": str(form.get("subject") or ""),
+                },
+                "attachments": [{"filename": a.filename} for a in attachments],
+                "size": 1024,
+            },
+            "user-variables": variables,
+            "tags": [str(t) for t in form.getlist("o:tag")],
+            "campaigns": [],
+        }
         accepted = [self._event("accepted", r, base, method="http") for r in recipients]
         self.background.start(self._lifecycle(accepted, recipients, base, outcome))
         return message_id
 
     def _event(self, name: str, recipient: str, base: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-        event = {"id": secrets.token_urlsafe(16), "timestamp": time.time(), "event": name,
-                 "log-level": "error" if name == "failed" else "info", "recipient": recipient,
-                 "recipient-domain": recipient.rpartition("@")[2], **base, **extra}
+        event = {
+            "id": secrets.token_urlsafe(16),
+            "timestamp": time.time(),
+            "event": name,
+            "log-level": "error" if name == "failed" else "info",
+            "recipient": recipient,
+            "recipient-domain": recipient.rpartition("@")[2],
+            **base,
+            **extra,
+        }
         self.events.append(event)
         return event
 
     # -- after acceptance: deliver or fail, and tell the webhook ---------------------------------
 
-    async def _lifecycle(self, accepted: list[dict[str, Any]], recipients: list[str], base: Mapping[str, Any],
-                         outcome: str) -> None:
+    async def _lifecycle(
+        self, accepted: list[dict[str, Any]], recipients: list[str], base: Mapping[str, Any], outcome: str
+    ) -> None:
         for event in accepted:
             await self._emit(event)
         await asyncio.sleep(self.state.webhook_delay)
         for i, recipient in enumerate(recipients):
             if outcome == "bounce" and i == 0:
-                final = self._event("failed", recipient, base, severity="permanent", reason="bounce", **{
-                    "delivery-status": {"attempt-no": 1, "code": 550, "description": "",
-                                        "message": "5.1.1 The email account that you tried to reach does not exist."}})
+                final = self._event(
+                    "failed",
+                    recipient,
+                    base,
+                    severity="permanent",
+                    reason="bounce",
+                    **{
+                        "delivery-status": {
+                            "attempt-no": 1,
+                            "code": 550,
+                            "description": "",
+                            "message": "5.1.1 The email account that you tried to reach does not exist.",
+                        }
+                    },
+                )
             else:
-                final = self._event("delivered", recipient, base, **{"delivery-status": {
-                    "tls": True, "mx-host": "mx.sandbox.invalid", "attempt-no": 1, "description": "",
-                    "code": 250, "message": "OK"}})
+                final = self._event(
+                    "delivered",
+                    recipient,
+                    base,
+                    **{
+                        "delivery-status": {
+                            "tls": True,
+                            "mx-host": "mx.sandbox.invalid",
+                            "attempt-no": 1,
+                            "description": "",
+                            "code": 250,
+                            "message": "OK",
+                        }
+                    },
+                )
             await self._emit(final)
 
     async def _emit(self, event: Mapping[str, Any]) -> None:
@@ -208,8 +260,11 @@ class MailgunEmulator:
 
     async def list_events(self, request: Request, domain: str) -> Response:
         self.authenticate(request, domain)
-        filters = {k: v for k, v in request.query_params.items()
-                   if k in ("message-id", "event", "recipient", "begin", "ascending", "limit")}
+        filters = {
+            k: v
+            for k, v in request.query_params.items()
+            if k in ("message-id", "event", "recipient", "begin", "ascending", "limit")
+        }
         return self._page(request, domain, filters, 0)
 
     async def next_page(self, request: Request, domain: str, token: str) -> Response:
@@ -231,9 +286,12 @@ class MailgunEmulator:
         token = secrets.token_urlsafe(12)
         self.pages[token] = (filters, offset + limit)
         base = str(request.base_url).rstrip("/") + f"/v3/{domain}/events"
-        return JSONResponse({"items": found[offset:offset + limit],
-                             "paging": {"next": f"{base}/{token}", "previous": f"{base}/{token}-prev",
-                                        "first": base, "last": base}})
+        return JSONResponse(
+            {
+                "items": found[offset : offset + limit],
+                "paging": {"next": f"{base}/{token}", "previous": f"{base}/{token}-prev", "first": base, "last": base},
+            }
+        )
 
 
 def _matches(event: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
@@ -244,11 +302,13 @@ def _matches(event: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
     return "recipient" not in filters or event["recipient"] == filters["recipient"]
 
 
-def create_app(state: SandboxState, *, api_key: str, domain: str, webhook_signing_key: str,
-               webhook_url: str | None = None) -> FastAPI:
+def create_app(
+    state: SandboxState, *, api_key: str, domain: str, webhook_signing_key: str, webhook_url: str | None = None
+) -> FastAPI:
     """The Mailgun emulator for one sending ``domain``."""
-    emulator = MailgunEmulator(state, api_key=api_key, domain=domain, signing_key=webhook_signing_key,
-                               webhook_url=webhook_url)
+    emulator = MailgunEmulator(
+        state, api_key=api_key, domain=domain, signing_key=webhook_signing_key, webhook_url=webhook_url
+    )
     app = emulator_app("Mailgun sandbox", state, emulator, MailgunError)
     app.add_api_route("/v3/{domain}/messages", emulator.send, methods=["POST"])
     app.add_api_route("/v3/{domain}/events", emulator.list_events, methods=["GET"])

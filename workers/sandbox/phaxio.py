@@ -51,8 +51,13 @@ class DropResponse(Response):
     """Starts a response with a Content-Length, sends part of it, then drops the connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"75")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"75")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"success":tr', "more_body": True})
         raise ConnectionDropped("sandbox: scripted drop after the fax was accepted")
 
@@ -118,20 +123,26 @@ class PhaxioEmulator:
             return _fail(422, "Phone number is not formatted correctly or invalid")
         fax = self._accept(outcome, to, form, pdf)
         if outcome == "bad_gateway":
-            return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502,
-                            media_type="text/html")
+            return Response(
+                "<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502, media_type="text/html"
+            )
         if outcome == "drop":
             return DropResponse()
         return JSONResponse({"success": True, "message": "Fax queued for sending", "data": {"id": fax["id"]}})
 
     def _accept(self, outcome: str, to: str, form: FormData, pdf: bytes) -> dict[str, Any]:
-        tags = {key[4:-1]: str(value) for key, value in form.multi_items()
-                if key.startswith("tag[") and key.endswith("]")}
-        fax = _fax_object(next(self._ids), to, caller_id=form.get("caller_id"), tags=tags,
-                          pages=max(1, pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages")))
+        tags = {
+            key[4:-1]: str(value) for key, value in form.multi_items() if key.startswith("tag[") and key.endswith("]")
+        }
+        fax = _fax_object(
+            next(self._ids),
+            to,
+            caller_id=form.get("caller_id"),
+            tags=tags,
+            pages=max(1, pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages")),
+        )
         self.faxes[fax["id"]] = fax
-        self.state.record(provider_id=str(fax["id"]), reference=tags.get("reference"), destination=to,
-                          outcome=outcome)
+        self.state.record(provider_id=str(fax["id"]), reference=tags.get("reference"), destination=to, outcome=outcome)
         callback_url = form.get("callback_url")
         task = asyncio.create_task(self._lifecycle(fax, outcome, str(callback_url) if callback_url else None))
         self._tasks.add(task)
@@ -144,8 +155,12 @@ class PhaxioEmulator:
         await asyncio.sleep(self.state.webhook_delay)
         fax["status"], recipient["status"] = "inprogress", "callactive"
         if outcome not in FAILURES and callback_url:
-            await self._webhook(callback_url, fax, "transmitting_page",
-                                {"page": "1", "recipient_phone_number": recipient["phone_number"]})
+            await self._webhook(
+                callback_url,
+                fax,
+                "transmitting_page",
+                {"page": "1", "recipient_phone_number": recipient["phone_number"]},
+            )
         await asyncio.sleep(self.state.webhook_delay)
         _complete(fax, FAILURES.get(outcome))
         if callback_url:
@@ -180,9 +195,15 @@ class PhaxioEmulator:
         faxes = [fax for fax in sorted(self.faxes.values(), key=lambda f: -f["id"]) if _matches(fax, query)]
         per_page = min(max(int(query.get("per_page", "25")), 1), 1000)
         page = max(int(query.get("page", "1")), 1)
-        data = faxes[(page - 1) * per_page: page * per_page]
-        return JSONResponse({"success": True, "message": "Retrieved faxes successfully", "data": data,
-                             "paging": {"total": len(faxes), "per_page": per_page, "page": page}})
+        data = faxes[(page - 1) * per_page : page * per_page]
+        return JSONResponse(
+            {
+                "success": True,
+                "message": "Retrieved faxes successfully",
+                "data": data,
+                "paging": {"total": len(faxes), "per_page": per_page, "page": page},
+            }
+        )
 
 
 def _matches(fax: dict[str, Any], query: Any) -> bool:
@@ -200,13 +221,36 @@ def _matches(fax: dict[str, Any], query: Any) -> bool:
 def _fax_object(fax_id: int, to: str, *, caller_id: Any, tags: dict[str, str], pages: int) -> dict[str, Any]:
     """A sent Fax object as GET /v2.1/faxes/{id} returns it (phaxio-ruby ``fax/get.yml``)."""
     return {
-        "id": fax_id, "direction": "sent", "num_pages": pages, "status": "queued", "is_test": True,
-        "created_at": _now(), "caller_id": str(caller_id) if caller_id else None, "from_number": None,
-        "completed_at": None, "caller_name": None, "cost": 0, "tags": tags,
-        "recipients": [{"phone_number": to, "status": "queued", "retry_count": 0, "completed_at": None,
-                        "bitrate": None, "resolution": None, "error_type": None, "error_id": None,
-                        "error_message": None}],
-        "to_number": None, "error_id": None, "error_type": None, "error_message": None, "barcodes": [],
+        "id": fax_id,
+        "direction": "sent",
+        "num_pages": pages,
+        "status": "queued",
+        "is_test": True,
+        "created_at": _now(),
+        "caller_id": str(caller_id) if caller_id else None,
+        "from_number": None,
+        "completed_at": None,
+        "caller_name": None,
+        "cost": 0,
+        "tags": tags,
+        "recipients": [
+            {
+                "phone_number": to,
+                "status": "queued",
+                "retry_count": 0,
+                "completed_at": None,
+                "bitrate": None,
+                "resolution": None,
+                "error_type": None,
+                "error_id": None,
+                "error_message": None,
+            }
+        ],
+        "to_number": None,
+        "error_id": None,
+        "error_type": None,
+        "error_message": None,
+        "barcodes": [],
     }
 
 

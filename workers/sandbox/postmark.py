@@ -44,9 +44,11 @@ from workers.sandbox.email_common import (
 )
 
 SERVER_ID = 23
-INACTIVE = ("You tried to send to recipient(s) that have been marked as inactive.\nFound inactive addresses: "
-            "{addresses}.\nInactive recipients are ones that have generated a hard bounce, a spam complaint, "
-            "or a manual suppression.")
+INACTIVE = (
+    "You tried to send to recipient(s) that have been marked as inactive.\nFound inactive addresses: "
+    "{addresses}.\nInactive recipients are ones that have generated a hard bounce, a spam complaint, "
+    "or a manual suppression."
+)
 
 
 class PostmarkError(ProviderError):
@@ -57,8 +59,9 @@ class PostmarkError(ProviderError):
         self.status, self.code, self.message, self.headers = status, code, message, dict(headers or {})
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"ErrorCode": self.code, "Message": self.message}, status_code=self.status,
-                            headers=self.headers)
+        return JSONResponse(
+            {"ErrorCode": self.code, "Message": self.message}, status_code=self.status, headers=self.headers
+        )
 
 
 def split_credentials(url: str | None) -> tuple[str | None, str | None]:
@@ -102,8 +105,9 @@ def validate_email(body: Any) -> None:
     if not body.get("TextBody") and not body.get("HtmlBody"):
         raise PostmarkError(422, 300, "Provide either email TextBody or HtmlBody or both.")
     metadata = body.get("Metadata")
-    if metadata is not None and (not isinstance(metadata, dict)
-                                 or not all(isinstance(v, str | int | float) for v in metadata.values())):
+    if metadata is not None and (
+        not isinstance(metadata, dict) or not all(isinstance(v, str | int | float) for v in metadata.values())
+    ):
         raise PostmarkError(422, 300, "Invalid metadata content. Values must be strings or numbers.")
 
 
@@ -122,19 +126,26 @@ class PostmarkEmulator:
     def authenticate(self, request: Request) -> None:
         token = request.headers.get("x-postmark-server-token")
         if not token:
-            raise PostmarkError(401, 10, "No Account or Server API tokens were supplied in the HTTP headers. "
-                                "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.")
+            raise PostmarkError(
+                401,
+                10,
+                "No Account or Server API tokens were supplied in the HTTP headers. "
+                "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
+            )
         if not hmac.compare_digest(token.encode(), self.server_token.encode()):
-            raise PostmarkError(401, 10, "The Server Token you provided in the X-Postmark-Server-Token request "
-                                "header was invalid. Please verify that you are using a valid token.")
+            raise PostmarkError(
+                401,
+                10,
+                "The Server Token you provided in the X-Postmark-Server-Token request "
+                "header was invalid. Please verify that you are using a valid token.",
+            )
 
     # -- POST /email -----------------------------------------------------------------------------
 
     async def send(self, request: Request) -> Response:
         self.authenticate(request)
         if "json" not in request.headers.get("content-type", ""):
-            raise PostmarkError(422, 409, "JSON required. Please provide the Content-Type: application/json "
-                                "header.")
+            raise PostmarkError(422, 409, "JSON required. Please provide the Content-Type: application/json header.")
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -152,8 +163,15 @@ class PostmarkEmulator:
             return PlainTextResponse("502 Bad Gateway", status_code=502)
         if outcome == "drop":
             return DroppedResponse(200)
-        return JSONResponse({"To": body.get("To"), "SubmittedAt": message["ReceivedAt"],
-                             "MessageID": message["MessageID"], "ErrorCode": 0, "Message": "OK"})
+        return JSONResponse(
+            {
+                "To": body.get("To"),
+                "SubmittedAt": message["ReceivedAt"],
+                "MessageID": message["MessageID"],
+                "ErrorCode": 0,
+                "Message": "OK",
+            }
+        )
 
     def _refusal(self, outcome: str, first: str) -> PostmarkError | None:
         if outcome not in REFUSED:
@@ -161,15 +179,23 @@ class PostmarkEmulator:
         if outcome == "invalid_number":
             return PostmarkError(422, 406, INACTIVE.format(addresses=first.lower()))
         if outcome == "rate_limited":
-            return PostmarkError(429, 429, "Rate limit exceeded. Please slow down your request rate.",
-                                 headers={"Retry-After": str(self.state.retry_after)})
+            return PostmarkError(
+                429,
+                429,
+                "Rate limit exceeded. Please slow down your request rate.",
+                headers={"Retry-After": str(self.state.retry_after)},
+            )
         return PostmarkError(500, 0, "Internal server error.")
 
     def _accept(self, body: Mapping[str, Any], outcome: str) -> dict[str, Any]:
         message = self._new_message(body)
         self.messages[message["MessageID"]] = message
-        self.state.record(provider_id=message["MessageID"], reference=message["Metadata"].get("reference"),
-                          destination=message["Recipients"][0], outcome=outcome)
+        self.state.record(
+            provider_id=message["MessageID"],
+            reference=message["Metadata"].get("reference"),
+            destination=message["Recipients"][0],
+            outcome=outcome,
+        )
         self.background.start(self._lifecycle(message["MessageID"], outcome))
         return message
 
@@ -178,14 +204,27 @@ class PostmarkEmulator:
         cc = [{"Email": addr, "Name": name} for name, addr in getaddresses([str(body.get("Cc") or "")]) if addr]
         metadata = {k: str(v) for k, v in (body.get("Metadata") or {}).items()}
         return {
-            "Tag": body.get("Tag") or "", "MessageID": str(uuid.uuid4()),
-            "MessageStream": body.get("MessageStream") or "outbound", "To": to, "Cc": cc, "Bcc": [],
-            "Recipients": [r["Email"] for r in to + cc], "ReceivedAt": iso_now(), "From": body["From"],
-            "Subject": body.get("Subject") or "", "Attachments": [a.get("Name") for a in body.get("Attachments") or []],
-            "Status": "Sent", "TrackOpens": bool(body.get("TrackOpens")),
-            "TrackLinks": body.get("TrackLinks") or "None", "Metadata": metadata, "Sandboxed": False,
-            "TextBody": body.get("TextBody") or "", "HtmlBody": body.get("HtmlBody") or "", "Body": "",
-            "Headers": body.get("Headers") or [], "MessageEvents": [],
+            "Tag": body.get("Tag") or "",
+            "MessageID": str(uuid.uuid4()),
+            "MessageStream": body.get("MessageStream") or "outbound",
+            "To": to,
+            "Cc": cc,
+            "Bcc": [],
+            "Recipients": [r["Email"] for r in to + cc],
+            "ReceivedAt": iso_now(),
+            "From": body["From"],
+            "Subject": body.get("Subject") or "",
+            "Attachments": [a.get("Name") for a in body.get("Attachments") or []],
+            "Status": "Sent",
+            "TrackOpens": bool(body.get("TrackOpens")),
+            "TrackLinks": body.get("TrackLinks") or "None",
+            "Metadata": metadata,
+            "Sandboxed": False,
+            "TextBody": body.get("TextBody") or "",
+            "HtmlBody": body.get("HtmlBody") or "",
+            "Body": "",
+            "Headers": body.get("Headers") or [],
+            "MessageEvents": [],
         }
 
     # -- after acceptance: deliver or bounce, and tell the webhook -------------------------------
@@ -199,24 +238,60 @@ class PostmarkEmulator:
 
     def _delivery(self, message: dict[str, Any]) -> dict[str, Any]:
         now, recipient = iso_now(), message["Recipients"][0]
-        message["MessageEvents"].append({"Recipient": recipient, "Type": "Delivered", "ReceivedAt": now, "Details": {
-            "DeliveryMessage": "smtp;250 2.0.0 OK", "DestinationServer": "mx.sandbox.invalid",
-            "DestinationIP": "192.0.2.25"}})
-        return {"RecordType": "Delivery", "ServerID": SERVER_ID, "MessageStream": message["MessageStream"],
-                "MessageID": message["MessageID"], "Recipient": recipient, "Tag": message["Tag"],
-                "DeliveredAt": now, "Details": "smtp;250 2.0.0 OK", "Metadata": message["Metadata"]}
+        message["MessageEvents"].append(
+            {
+                "Recipient": recipient,
+                "Type": "Delivered",
+                "ReceivedAt": now,
+                "Details": {
+                    "DeliveryMessage": "smtp;250 2.0.0 OK",
+                    "DestinationServer": "mx.sandbox.invalid",
+                    "DestinationIP": "192.0.2.25",
+                },
+            }
+        )
+        return {
+            "RecordType": "Delivery",
+            "ServerID": SERVER_ID,
+            "MessageStream": message["MessageStream"],
+            "MessageID": message["MessageID"],
+            "Recipient": recipient,
+            "Tag": message["Tag"],
+            "DeliveredAt": now,
+            "Details": "smtp;250 2.0.0 OK",
+            "Metadata": message["Metadata"],
+        }
 
     def _bounce(self, message: dict[str, Any]) -> dict[str, Any]:
         bounce_id, now, recipient = next(self._bounce_ids), iso_now(), message["Recipients"][0]
-        bounce = {"ID": bounce_id, "Type": "HardBounce", "TypeCode": 1, "Name": "Hard bounce",
-                  "MessageID": message["MessageID"], "ServerID": SERVER_ID, "MessageStream": message["MessageStream"],
-                  "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not "
-                  "found).", "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
-                  "Email": recipient, "From": message["From"], "BouncedAt": now, "DumpAvailable": True,
-                  "Inactive": True, "CanActivate": True, "Subject": message["Subject"], "Tag": message["Tag"]}
+        bounce = {
+            "ID": bounce_id,
+            "Type": "HardBounce",
+            "TypeCode": 1,
+            "Name": "Hard bounce",
+            "MessageID": message["MessageID"],
+            "ServerID": SERVER_ID,
+            "MessageStream": message["MessageStream"],
+            "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+            "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+            "Email": recipient,
+            "From": message["From"],
+            "BouncedAt": now,
+            "DumpAvailable": True,
+            "Inactive": True,
+            "CanActivate": True,
+            "Subject": message["Subject"],
+            "Tag": message["Tag"],
+        }
         self.bounces[bounce_id] = bounce
-        message["MessageEvents"].append({"Recipient": recipient, "Type": "Bounced", "ReceivedAt": now,
-                                         "Details": {"Summary": bounce["Description"], "BounceID": str(bounce_id)}})
+        message["MessageEvents"].append(
+            {
+                "Recipient": recipient,
+                "Type": "Bounced",
+                "ReceivedAt": now,
+                "Details": {"Summary": bounce["Description"], "BounceID": str(bounce_id)},
+            }
+        )
         return {"RecordType": "Bounce", **bounce, "Content": "", "Metadata": message["Metadata"]}
 
     def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -237,9 +312,11 @@ class PostmarkEmulator:
         if not 0 < count <= 500 or offset < 0 or count + offset > 10000:
             raise PostmarkError(422, 300, "Count must be 1-500 and Count + Offset cannot exceed 10,000.")
         found = [m for m in reversed(self.messages.values()) if _matches(m, query)]  # newest first
-        summaries = [{k: v for k, v in m.items() if k not in ("TextBody", "HtmlBody", "Body", "Headers",
-                                                              "MessageEvents")} for m in found]
-        return JSONResponse({"TotalCount": len(found), "Messages": summaries[offset:offset + count]})
+        summaries = [
+            {k: v for k, v in m.items() if k not in ("TextBody", "HtmlBody", "Body", "Headers", "MessageEvents")}
+            for m in found
+        ]
+        return JSONResponse({"TotalCount": len(found), "Messages": summaries[offset : offset + count]})
 
     async def details(self, request: Request, message_id: str) -> Response:
         self.authenticate(request)

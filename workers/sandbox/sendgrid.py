@@ -50,15 +50,24 @@ from workers.sandbox.email_common import (
 
 HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message.{anchor}"
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-QUERY_TERM = re.compile(r"""^\s*(?:(?P<field>msg_id|to_email|from_email|subject|status)\s*(?P<op>=|LIKE)\s*"""
-                        r"""|unique_args\['(?P<arg>[^']+)'\]\s*(?P<argop>=)\s*)"(?P<value>(?:[^"\\]|\\.)*)"\s*$""")
+QUERY_TERM = re.compile(
+    r"""^\s*(?:(?P<field>msg_id|to_email|from_email|subject|status)\s*(?P<op>=|LIKE)\s*"""
+    r"""|unique_args\['(?P<arg>[^']+)'\]\s*(?P<argop>=)\s*)"(?P<value>(?:[^"\\]|\\.)*)"\s*$"""
+)
 
 
 class SendGridError(ProviderError):
     """An error answer in SendGrid's shape: ``{"errors": [{"message", "field", "help"}]}``."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, *, anchor: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        anchor: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         error: dict[str, Any] = {"message": message, "field": field}
         if anchor:
@@ -71,8 +80,9 @@ class SendGridError(ProviderError):
 
 def public_key_b64(private_key: ec.EllipticCurvePrivateKey) -> str:
     """The verification key as SendGrid's settings page shows it (base64 DER SubjectPublicKeyInfo)."""
-    der = private_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return base64.b64encode(der).decode()
 
 
@@ -80,8 +90,11 @@ def sign(private_key: ec.EllipticCurvePrivateKey, body: bytes, timestamp: int | 
     """Signed Event Webhook headers for ``body``."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     signature = private_key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {"content-type": "application/json", "x-twilio-email-event-webhook-timestamp": stamp,
-            "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode()}
+    return {
+        "content-type": "application/json",
+        "x-twilio-email-event-webhook-timestamp": stamp,
+        "x-twilio-email-event-webhook-signature": base64.b64encode(signature).decode(),
+    }
 
 
 def validate_mail(body: Any) -> None:
@@ -91,71 +104,122 @@ def validate_mail(body: Any) -> None:
     _validate_personalizations(body.get("personalizations"))
     sender = body.get("from")
     if not isinstance(sender, dict) or not sender.get("email"):
-        raise SendGridError(400, "The from object must be provided for every email send. It is an object that "
-                            "requires the email parameter, but may also contain a name parameter.", "from",
-                            anchor="from")
+        raise SendGridError(
+            400,
+            "The from object must be provided for every email send. It is an object that "
+            "requires the email parameter, but may also contain a name parameter.",
+            "from",
+            anchor="from",
+        )
     if not EMAIL.match(str(sender["email"])):
-        raise SendGridError(400, "The from email does not contain a valid address.", "from.email",
-                            anchor="from")
+        raise SendGridError(400, "The from email does not contain a valid address.", "from.email", anchor="from")
     if not body.get("subject") and not all(p.get("subject") for p in body["personalizations"]):
-        raise SendGridError(400, "The subject is required. You can get around this requirement if you use a "
-                            "template with a subject defined or if every personalization has a subject defined.",
-                            "subject", anchor="subject")
+        raise SendGridError(
+            400,
+            "The subject is required. You can get around this requirement if you use a "
+            "template with a subject defined or if every personalization has a subject defined.",
+            "subject",
+            anchor="subject",
+        )
     _validate_content(body.get("content"))
     _validate_attachments(body.get("attachments") or [])
 
 
 def _validate_personalizations(personalizations: Any) -> None:
     if not isinstance(personalizations, list) or not personalizations:
-        raise SendGridError(400, "The personalizations field is required and must have at least one "
-                            "personalization.", "personalizations", anchor="personalizations")
+        raise SendGridError(
+            400,
+            "The personalizations field is required and must have at least one personalization.",
+            "personalizations",
+            anchor="personalizations",
+        )
     for i, p in enumerate(personalizations):
         to = p.get("to") if isinstance(p, dict) else None
         if not isinstance(to, list) or not to:
-            raise SendGridError(400, "The to array is required for all personalization objects, and must have at "
-                                "least one email object with a valid email address.", f"personalizations.{i}.to",
-                                anchor="personalizations.to")
+            raise SendGridError(
+                400,
+                "The to array is required for all personalization objects, and must have at "
+                "least one email object with a valid email address.",
+                f"personalizations.{i}.to",
+                anchor="personalizations.to",
+            )
         for kind in ("to", "cc", "bcc"):
             for j, addr in enumerate(p.get(kind) or []):
                 if not isinstance(addr, dict) or not EMAIL.match(str(addr.get("email", ""))):
-                    raise SendGridError(400, "Does not contain a valid address.",
-                                        f"personalizations.{i}.{kind}.{j}.email", anchor=f"personalizations.{kind}")
+                    raise SendGridError(
+                        400,
+                        "Does not contain a valid address.",
+                        f"personalizations.{i}.{kind}.{j}.email",
+                        anchor=f"personalizations.{kind}",
+                    )
         args = p.get("custom_args") or {}
         if not isinstance(args, dict) or not all(isinstance(v, str) for v in args.values()):
-            raise SendGridError(400, "Invalid type. Expected: string, given: integer.",
-                                f"personalizations.{i}.custom_args", anchor="custom_args")
+            raise SendGridError(
+                400,
+                "Invalid type. Expected: string, given: integer.",
+                f"personalizations.{i}.custom_args",
+                anchor="custom_args",
+            )
 
 
 def _validate_content(content: Any) -> None:
     if not isinstance(content, list) or not content:
-        raise SendGridError(400, "Unless a valid template_id is provided, the content parameter is required. "
-                            "There must be at least one defined content block.", "content", anchor="content")
+        raise SendGridError(
+            400,
+            "Unless a valid template_id is provided, the content parameter is required. "
+            "There must be at least one defined content block.",
+            "content",
+            anchor="content",
+        )
     types = [c.get("type") for c in content if isinstance(c, dict)]
     if "text/plain" in types and types[0] != "text/plain":
-        raise SendGridError(400, "If present, text/plain content must be first, followed by text/html, followed "
-                            "by any other content.", "content", anchor="content")
+        raise SendGridError(
+            400,
+            "If present, text/plain content must be first, followed by text/html, followed by any other content.",
+            "content",
+            anchor="content",
+        )
     if any(not isinstance(c, dict) or not c.get("value") for c in content):
-        raise SendGridError(400, "The content value must be a string at least one character in length.",
-                            "content.0.value", anchor="content.value")
+        raise SendGridError(
+            400,
+            "The content value must be a string at least one character in length.",
+            "content.0.value",
+            anchor="content.value",
+        )
 
 
 def _validate_attachments(attachments: list[Any]) -> None:
     for i, a in enumerate(attachments):
         if not isinstance(a, dict) or not a.get("filename"):
-            raise SendGridError(400, "The attachment filename parameter is required.",
-                                f"attachments.{i}.filename", anchor="attachments.filename")
+            raise SendGridError(
+                400,
+                "The attachment filename parameter is required.",
+                f"attachments.{i}.filename",
+                anchor="attachments.filename",
+            )
         try:
             base64.b64decode(str(a.get("content", "")), validate=True)
         except (binascii.Error, ValueError):
-            raise SendGridError(400, "The attachment content must be base64 encoded.",
-                                f"attachments.{i}.content", anchor="attachments.content") from None
+            raise SendGridError(
+                400,
+                "The attachment content must be base64 encoded.",
+                f"attachments.{i}.content",
+                anchor="attachments.content",
+            ) from None
 
 
 class SendGridEmulator:
     """The messages one emulator instance accepted (per recipient, as Email Activity shows them)."""
 
-    def __init__(self, state: SandboxState, *, api_key: str, signing_key: ec.EllipticCurvePrivateKey,
-                 webhook_url: str | None, activity_api: bool) -> None:
+    def __init__(
+        self,
+        state: SandboxState,
+        *,
+        api_key: str,
+        signing_key: ec.EllipticCurvePrivateKey,
+        webhook_url: str | None,
+        activity_api: bool,
+    ) -> None:
         self.state, self.api_key, self.signing_key = state, api_key, signing_key
         self.webhook_url, self.activity_api = webhook_url, activity_api
         self.activity: dict[str, dict[str, Any]] = {}  # msg_id -> details; touched only on the event loop
@@ -198,12 +262,16 @@ class SendGridEmulator:
         if outcome not in REFUSED:
             return None
         if outcome == "invalid_number":
-            return SendGridError(400, "Does not contain a valid address.", "personalizations.0.to.0.email",
-                                 anchor="personalizations.to")
+            return SendGridError(
+                400, "Does not contain a valid address.", "personalizations.0.to.0.email", anchor="personalizations.to"
+            )
         if outcome == "rate_limited":
             reset = str(int(time.time()) + self.state.retry_after)
-            return SendGridError(429, "too many requests", headers={
-                "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
+            return SendGridError(
+                429,
+                "too many requests",
+                headers={"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
+            )
         return SendGridError(500, "internal error")
 
     def _accept(self, body: Mapping[str, Any], outcome: str) -> str:
@@ -213,20 +281,35 @@ class SendGridEmulator:
         args = {**(body.get("custom_args") or {}), **(personalization.get("custom_args") or {})}
         recipients = [r["email"] for r in personalization["to"] + (personalization.get("cc") or [])]
         msg_ids = [self._activity_entry(message_id, n, r, body, args) for n, r in enumerate(recipients)]
-        self.state.record(provider_id=message_id, reference=args.get("reference"), destination=recipients[0],
-                          outcome=outcome)
+        self.state.record(
+            provider_id=message_id, reference=args.get("reference"), destination=recipients[0], outcome=outcome
+        )
         self.background.start(self._lifecycle(msg_ids, outcome, args))
         return message_id
 
-    def _activity_entry(self, message_id: str, n: int, recipient: str, body: Mapping[str, Any],
-                        args: Mapping[str, str]) -> str:
+    def _activity_entry(
+        self, message_id: str, n: int, recipient: str, body: Mapping[str, Any], args: Mapping[str, str]
+    ) -> str:
         msg_id = f"{message_id}.filter0425p1mdw1.{next(self._serial)}.{int(time.time()):X}.{n}"
         self.activity[msg_id] = {
-            "from_email": body["from"]["email"], "msg_id": msg_id, "subject": body.get("subject", ""),
-            "to_email": recipient, "status": "processed", "opens_count": 0, "clicks_count": 0,
-            "last_event_time": iso_now(), "template_id": "", "asm_group_id": 0, "teammate": "",
-            "api_key_id": "sandboxkey", "events": [], "originating_ip": "192.0.2.10", "categories": [],
-            "unique_args": json.dumps(dict(args)), "outbound_ip": "192.0.2.20", "outbound_ip_type": "shared",
+            "from_email": body["from"]["email"],
+            "msg_id": msg_id,
+            "subject": body.get("subject", ""),
+            "to_email": recipient,
+            "status": "processed",
+            "opens_count": 0,
+            "clicks_count": 0,
+            "last_event_time": iso_now(),
+            "template_id": "",
+            "asm_group_id": 0,
+            "teammate": "",
+            "api_key_id": "sandboxkey",
+            "events": [],
+            "originating_ip": "192.0.2.10",
+            "categories": [],
+            "unique_args": json.dumps(dict(args)),
+            "outbound_ip": "192.0.2.20",
+            "outbound_ip_type": "shared",
             "smtp_id": dict(body.get("headers") or {}).get("Message-ID"),
         }
         return msg_id
@@ -237,30 +320,52 @@ class SendGridEmulator:
         await asyncio.sleep(self.state.webhook_delay)
         await self._emit([self._advance(m, "processed", "processed", args) for m in msg_ids])
         await asyncio.sleep(self.state.webhook_delay)
-        finals = [self._advance(m, "bounce" if outcome == "bounce" and i == 0 else "delivered",
-                                "not_delivered" if outcome == "bounce" and i == 0 else "delivered", args)
-                  for i, m in enumerate(msg_ids)]
+        finals = [
+            self._advance(
+                m,
+                "bounce" if outcome == "bounce" and i == 0 else "delivered",
+                "not_delivered" if outcome == "bounce" and i == 0 else "delivered",
+                args,
+            )
+            for i, m in enumerate(msg_ids)
+        ]
         await self._emit(finals)
 
     def _advance(self, msg_id: str, event: str, status: str, args: Mapping[str, str]) -> dict[str, Any]:
         entry, now = self.activity[msg_id], int(time.time())
         entry.update(status=status, last_event_time=iso_now())
-        payload: dict[str, Any] = {"email": entry["to_email"], "timestamp": now, "smtp-id": entry["smtp_id"],
-                                   "event": event, "category": [], "sg_event_id": secrets.token_urlsafe(16),
-                                   "sg_message_id": msg_id, **args}
+        payload: dict[str, Any] = {
+            "email": entry["to_email"],
+            "timestamp": now,
+            "smtp-id": entry["smtp_id"],
+            "event": event,
+            "category": [],
+            "sg_event_id": secrets.token_urlsafe(16),
+            "sg_message_id": msg_id,
+            **args,
+        }
         if event == "delivered":
             payload.update(response="250 2.0.0 OK", ip="192.0.2.20", tls=1)
         if event == "bounce":
-            payload.update(type="bounce", status="5.1.1", bounce_classification="Invalid Address",
-                           reason="550 5.1.1 The email account that you tried to reach does not exist.")
+            payload.update(
+                type="bounce",
+                status="5.1.1",
+                bounce_classification="Invalid Address",
+                reason="550 5.1.1 The email account that you tried to reach does not exist.",
+            )
         entry["events"].append(self._activity_event(event, payload))
         return payload
 
     @staticmethod
     def _activity_event(event: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         name = {"bounce": "bounced"}.get(event, event)
-        activity = {"event_name": name, "processed": iso_now(), "bounce_type": "", "http_user_agent": "",
-                    "mx_server": "mx.sandbox.invalid"}
+        activity = {
+            "event_name": name,
+            "processed": iso_now(),
+            "bounce_type": "",
+            "http_user_agent": "",
+            "mx_server": "mx.sandbox.invalid",
+        }
         if event == "bounce":
             activity.update(bounce_type="hard", reason=payload["reason"])
         return activity
@@ -269,8 +374,9 @@ class SendGridEmulator:
         if not self.webhook_url:
             return
         body = json.dumps(events).encode()
-        await post_webhook(self.webhook_url, lambda: (body, sign(self.signing_key, body)),
-                           delay=self.state.webhook_delay)
+        await post_webhook(
+            self.webhook_url, lambda: (body, sign(self.signing_key, body)), delay=self.state.webhook_delay
+        )
 
     # -- Email Activity --------------------------------------------------------------------------
 
@@ -289,8 +395,16 @@ class SendGridEmulator:
         if not 0 < limit <= 1000:
             raise SendGridError(400, "limit must be greater than 0 and less than or equal to 1000", "limit")
         found = [m for m in reversed(self.activity.values()) if all(_matches(m, t) for t in terms)][:limit]
-        keys = ("from_email", "msg_id", "subject", "to_email", "status", "opens_count", "clicks_count",
-                "last_event_time")
+        keys = (
+            "from_email",
+            "msg_id",
+            "subject",
+            "to_email",
+            "status",
+            "opens_count",
+            "clicks_count",
+            "last_event_time",
+        )
         return JSONResponse({"messages": [{k: m[k] for k in keys} for m in found]})
 
     async def get_message(self, request: Request, msg_id: str) -> Response:
@@ -324,11 +438,18 @@ def _matches(entry: Mapping[str, Any], term: tuple[str, str, str]) -> bool:
     return bool(actual == value)
 
 
-def create_app(state: SandboxState, *, api_key: str, signing_key: ec.EllipticCurvePrivateKey,
-               webhook_url: str | None = None, activity_api: bool = True) -> FastAPI:
+def create_app(
+    state: SandboxState,
+    *,
+    api_key: str,
+    signing_key: ec.EllipticCurvePrivateKey,
+    webhook_url: str | None = None,
+    activity_api: bool = True,
+) -> FastAPI:
     """The SendGrid emulator; events are signed with ``signing_key`` (give the gateway its public key)."""
-    emulator = SendGridEmulator(state, api_key=api_key, signing_key=signing_key, webhook_url=webhook_url,
-                                activity_api=activity_api)
+    emulator = SendGridEmulator(
+        state, api_key=api_key, signing_key=signing_key, webhook_url=webhook_url, activity_api=activity_api
+    )
     app = emulator_app("SendGrid sandbox", state, emulator, SendGridError)
     app.add_api_route("/v3/mail/send", emulator.send, methods=["POST"])
     app.add_api_route("/v3/messages", emulator.list_messages, methods=["GET"])

@@ -24,8 +24,15 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.server import ThreadedServer
 from workers.sandbox.smtp_sink import SmtpSink
 
-DEFAULT_PORTS = {"telnyx": 8101, "sinch": 8102, "phaxio": 8103, "postmark": 8104, "sendgrid": 8105,
-                 "mailgun": 8106, "smtp": 8025}
+DEFAULT_PORTS = {
+    "telnyx": 8101,
+    "sinch": 8102,
+    "phaxio": 8103,
+    "postmark": 8104,
+    "sendgrid": 8105,
+    "mailgun": 8106,
+    "smtp": 8025,
+}
 
 
 @dataclass
@@ -48,8 +55,9 @@ def _token() -> str:
     return secrets.token_hex(16)
 
 
-def serve_all(*, web_url: str, oracle_dir: Path, ports: dict[str, int] | None = None,
-              host: str = "127.0.0.1") -> Running:
+def serve_all(
+    *, web_url: str, oracle_dir: Path, ports: dict[str, int] | None = None, host: str = "127.0.0.1"
+) -> Running:
     """Start every emulator; webhooks go to ``web_url``/webhooks/<provider>."""
     ports = {**DEFAULT_PORTS, **(ports or {})}
     oracle_dir.mkdir(parents=True, exist_ok=True)
@@ -67,23 +75,34 @@ def serve_all(*, web_url: str, oracle_dir: Path, ports: dict[str, int] | None = 
     sink.start()
     running.sinks.append(sink)
     running.states["smtp"] = smtp_state
-    running.settings.update({"DISPATCH_SMTP_HOST": sink.host, "DISPATCH_SMTP_PORT": str(sink.port),
-                             "DISPATCH_SMTP_SECURITY": "plain"})
+    running.settings.update(
+        {"DISPATCH_SMTP_HOST": sink.host, "DISPATCH_SMTP_PORT": str(sink.port), "DISPATCH_SMTP_SECURITY": "plain"}
+    )
     return running
 
 
 def _telnyx(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str]]:
     key, signing = "KEY" + _token(), nacl.signing.SigningKey.generate()
     app = telnyx.create_app(state, api_key=key, signing_key=signing, default_webhook_url=webhook_url)
-    return app, {"API_KEY": key, "CONNECTION_ID": "sandbox-connection", "WEBHOOK_URL": webhook_url,
-                 "PUBLIC_KEY": base64.b64encode(bytes(signing.verify_key)).decode()}
+    return app, {
+        "API_KEY": key,
+        "CONNECTION_ID": "sandbox-connection",
+        "WEBHOOK_URL": webhook_url,
+        "PUBLIC_KEY": base64.b64encode(bytes(signing.verify_key)).decode(),
+    }
 
 
 def _sinch(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str]]:
     project, key_id, key_secret, user, password = _token(), _token(), _token(), "sinch", _token()
     app = sinch.create_app(state, project_id=project, key_id=key_id, key_secret=key_secret)
-    return app, {"PROJECT_ID": project, "KEY_ID": key_id, "KEY_SECRET": key_secret, "CALLBACK_URL": webhook_url,
-                 "CALLBACK_USERNAME": user, "CALLBACK_PASSWORD": password}
+    return app, {
+        "PROJECT_ID": project,
+        "KEY_ID": key_id,
+        "KEY_SECRET": key_secret,
+        "CALLBACK_URL": webhook_url,
+        "CALLBACK_USERNAME": user,
+        "CALLBACK_PASSWORD": password,
+    }
 
 
 def _phaxio(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str]]:
@@ -101,8 +120,9 @@ def _postmark(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str
 
 def _sendgrid(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str]]:
     key, private = "SG." + _token(), ec.generate_private_key(ec.SECP256R1())
-    public = private.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     app = sendgrid.create_app(state, api_key=key, signing_key=private, webhook_url=webhook_url)
     return app, {"API_KEY": key, "WEBHOOK_PUBLIC_KEY": base64.b64encode(public).decode()}
 
@@ -114,6 +134,10 @@ def _mailgun(state: SandboxState, webhook_url: str) -> tuple[Any, dict[str, str]
 
 
 STARTERS: dict[str, Callable[[SandboxState, str], tuple[Any, dict[str, str]]]] = {
-    "telnyx": _telnyx, "sinch": _sinch, "phaxio": _phaxio, "postmark": _postmark, "sendgrid": _sendgrid,
+    "telnyx": _telnyx,
+    "sinch": _sinch,
+    "phaxio": _phaxio,
+    "postmark": _postmark,
+    "sendgrid": _sendgrid,
     "mailgun": _mailgun,
 }

@@ -49,12 +49,24 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _error(status: int, grpc_status: str, message: str, *, field: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    details = [] if field is None else [{"@type": "type.googleapis.com/google.rpc.BadRequest",
-                                         "fieldViolations": [{"field": field, "description": message}]}]
-    return JSONResponse({"code": status, "message": message, "status": grpc_status, "details": details},
-                        status_code=status, headers=headers)
+def _error(
+    status: int, grpc_status: str, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    details = (
+        []
+        if field is None
+        else [
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": field, "description": message}],
+            }
+        ]
+    )
+    return JSONResponse(
+        {"code": status, "message": message, "status": grpc_status, "details": details},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _new_id() -> str:
@@ -111,16 +123,18 @@ class SinchEmulator:
 
     def _answer(self, outcome: str, body: dict[str, Any]) -> Response:
         if outcome == "rate_limited":
-            return _error(429, "RESOURCE_EXHAUSTED", "Too many requests",
-                          headers={"Retry-After": str(self.state.retry_after)})
+            return _error(
+                429, "RESOURCE_EXHAUSTED", "Too many requests", headers={"Retry-After": str(self.state.retry_after)}
+            )
         if outcome == "server_error":
             return _error(500, "INTERNAL", "Internal server error")
         if outcome == "invalid_number":
             return _error(400, "INVALID_ARGUMENT", "The destination number is not valid", field="to")
         fax = self._accept(outcome, body)
         if outcome == "bad_gateway":
-            return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502,
-                            media_type="text/html")
+            return Response(
+                "<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502, media_type="text/html"
+            )
         if outcome == "drop":
             return DropResponse()
         return JSONResponse(fax)
@@ -128,11 +142,13 @@ class SinchEmulator:
     def _accept(self, outcome: str, body: dict[str, Any]) -> dict[str, Any]:
         fax = _fax_object(_new_id(), self.project_id, body)
         self.faxes[fax["id"]] = fax
-        self.state.record(provider_id=fax["id"], reference=fax["labels"].get("reference"),
-                          destination=fax["to"], outcome=outcome)
+        self.state.record(
+            provider_id=fax["id"], reference=fax["labels"].get("reference"), destination=fax["to"], outcome=outcome
+        )
         callback = body.get("callbackUrl")
-        task = asyncio.create_task(self._lifecycle(fax, outcome, str(callback) if callback else None,
-                                                   body.get("_pdf", b"")))
+        task = asyncio.create_task(
+            self._lifecycle(fax, outcome, str(callback) if callback else None, body.get("_pdf", b""))
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fax
@@ -144,8 +160,16 @@ class SinchEmulator:
         await asyncio.sleep(self.state.webhook_delay)
         _complete(fax, FAILURES.get(outcome))
         if callback:
-            await self._callback(callback, {"event": "FAX_COMPLETED", "eventTime": _now(), "fax": fax,
-                                            "file": base64.b64encode(pdf).decode("ascii"), "fileType": "PDF"})
+            await self._callback(
+                callback,
+                {
+                    "event": "FAX_COMPLETED",
+                    "eventTime": _now(),
+                    "fax": fax,
+                    "file": base64.b64encode(pdf).decode("ascii"),
+                    "fileType": "PDF",
+                },
+            )
 
     async def _callback(self, url: str, payload: dict[str, Any]) -> None:
         async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as client:
@@ -178,8 +202,15 @@ class SinchEmulator:
             return _error(400, "INVALID_ARGUMENT", "Invalid list parameters")
         faxes = [fax for fax in reversed(self.faxes.values()) if _matches(fax, query, labels)]
         total_pages = max(1, -(-len(faxes) // size))
-        return JSONResponse({"faxes": faxes[(page - 1) * size: page * size], "page": page,
-                             "totalPages": total_pages, "pageSize": size, "totalItems": len(faxes)})
+        return JSONResponse(
+            {
+                "faxes": faxes[(page - 1) * size : page * size],
+                "page": page,
+                "totalPages": total_pages,
+                "pageSize": size,
+                "totalItems": len(faxes),
+            }
+        )
 
 
 async def _read_send_body(request: Request) -> dict[str, Any] | Response:
@@ -191,8 +222,11 @@ async def _read_send_body(request: Request) -> dict[str, Any] | Response:
         body: dict[str, Any] = {key: value for key, value in form.items() if not isinstance(value, UploadFile)}
         body["labels"] = json.loads(str(body["labels"])) if body.get("labels") else {}
         body["_pdf"] = await upload.read() if isinstance(upload, UploadFile) else b""
-        return body if body["_pdf"] or body.get("contentUrl") else _error(
-            400, "INVALID_ARGUMENT", "file or contentUrl is required", field="file")
+        return (
+            body
+            if body["_pdf"] or body.get("contentUrl")
+            else _error(400, "INVALID_ARGUMENT", "file or contentUrl is required", field="file")
+        )
     try:
         body = await request.json()
         files = body.get("files") or []
@@ -217,14 +251,26 @@ def _fax_object(fax_id: str, project_id: str, body: dict[str, Any]) -> dict[str,
     """An OUTBOUND Fax object as the API answers a send (sinch-sdk-node ``models/v3/fax``)."""
     pdf: bytes = body.get("_pdf", b"")
     return {
-        "id": fax_id, "direction": "OUTBOUND", "from": body.get("from"), "to": body.get("to"),
+        "id": fax_id,
+        "direction": "OUTBOUND",
+        "from": body.get("from"),
+        "to": body.get("to"),
         "numberOfPages": max(1, pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages")),
-        "status": "QUEUED", "createTime": _now(), "headerText": body.get("headerText", ""),
-        "headerPageNumbers": True, "headerTimeZone": "America/New_York", "retryDelaySeconds": 60,
-        "labels": dict(body.get("labels") or {}), "callbackUrl": _masked(body.get("callbackUrl")),
+        "status": "QUEUED",
+        "createTime": _now(),
+        "headerText": body.get("headerText", ""),
+        "headerPageNumbers": True,
+        "headerTimeZone": "America/New_York",
+        "retryDelaySeconds": 60,
+        "labels": dict(body.get("labels") or {}),
+        "callbackUrl": _masked(body.get("callbackUrl")),
         "callbackUrlContentType": body.get("callbackUrlContentType", "multipart/form-data"),
-        "imageConversionMethod": "HALFTONE", "maxRetries": int(body.get("maxRetries", 3)),
-        "retryCount": 0, "hasFile": "true", "resolution": "FINE", "projectId": project_id,
+        "imageConversionMethod": "HALFTONE",
+        "maxRetries": int(body.get("maxRetries", 3)),
+        "retryCount": 0,
+        "hasFile": "true",
+        "resolution": "FINE",
+        "projectId": project_id,
         "serviceId": "sandbox-service",
     }
 
@@ -236,8 +282,9 @@ def _complete(fax: dict[str, Any], failure: tuple[str, int, str] | None) -> None
         fax.update(status="COMPLETED", pagesSentSuccessfully=fax["numberOfPages"])
         return
     error_type, error_code, message = failure
-    fax.update(status="FAILURE", pagesSentSuccessfully=0, errorType=error_type, errorCode=error_code,
-               errorMessage=message)
+    fax.update(
+        status="FAILURE", pagesSentSuccessfully=0, errorType=error_type, errorCode=error_code, errorMessage=message
+    )
 
 
 def create_app(state: SandboxState, *, project_id: str, key_id: str, key_secret: str) -> FastAPI:

@@ -136,14 +136,24 @@ class _Handler:
         assert isinstance(parsed, email.message.EmailMessage)  # guaranteed by policy.default
         message_id = str(parsed.get("Message-ID", "")).strip()
         outcomes = dict(envelope.outcomes) if isinstance(envelope, _SinkEnvelope) else {}
-        kept = SinkMessage(mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
-                           message_id=message_id, message=parsed, outcomes=outcomes, raw=raw,
-                           session=getattr(server, "session_number", 0))
+        kept = SinkMessage(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            message_id=message_id,
+            message=parsed,
+            outcomes=outcomes,
+            raw=raw,
+            session=getattr(server, "session_number", 0),
+        )
         with self.lock:
             self.messages.append(kept)
         for rcpt in kept.rcpt_tos:
-            self.state.record(provider_id=message_id, reference=reference_of(message_id) or None,
-                              destination=rcpt, outcome=outcomes.get(rcpt, "ok"))
+            self.state.record(
+                provider_id=message_id,
+                reference=reference_of(message_id) or None,
+                destination=rcpt,
+                outcome=outcomes.get(rcpt, "ok"),
+            )
         return kept
 
 
@@ -218,8 +228,9 @@ class SmtpSink:
         """Bind and serve; returns self once the server answers."""
         sock = socket.create_server((self.host, self.port))
         self.port = sock.getsockname()[1]
-        self._controller = _SinkController(self._handler, sock, server_hostname="sandbox.smtp.test",
-                                           ready_timeout=10.0, **self._auth_kwargs())
+        self._controller = _SinkController(
+            self._handler, sock, server_hostname="sandbox.smtp.test", ready_timeout=10.0, **self._auth_kwargs()
+        )
         self._controller.start()
         return self
 

@@ -58,8 +58,7 @@ ERROR_DOCS = "https://developers.telnyx.com/docs/overview/errors/{code}"
 class TelnyxAPIError(Exception):
     """An error answer in Telnyx's shape: ``{"errors": [{code, title, detail, source, meta}]}``."""
 
-    def __init__(self, status: int, errors: list[dict[str, Any]], *,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, errors: list[dict[str, Any]], *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.errors = errors
@@ -77,22 +76,29 @@ ERROR_TEXTS: dict[str, tuple[str, str]] = {
     "10004": ("Missing required parameter", "A required parameter was missing."),
     "10005": ("Resource not found", "The requested resource or URL could not be found."),
     "10007": ("Unexpected error", "An unexpected error occured."),
-    "10009": ("Authentication failed",
-              "The required authentication headers were either invalid or not included in the request."),
+    "10009": (
+        "Authentication failed",
+        "The required authentication headers were either invalid or not included in the request.",
+    ),
     "10011": ("Too many requests", "You have exceeded the maximum number of allowed requests."),
-    "10014": ("Unsupported Media Type",
-              "The request failed because the server does not support the media type."),
+    "10014": ("Unsupported Media Type", "The request failed because the server does not support the media type."),
     "10015": ("Bad Request", "The request failed because it was not well-formed."),
-    "10016": ("Phone number must be in +E.164 format",
-              "The specified phone number parameter must be in +E.164 format."),
+    "10016": (
+        "Phone number must be in +E.164 format",
+        "The specified phone number parameter must be in +E.164 format.",
+    ),
 }
 
 
 def api_error(code: str, pointer: str | None = None, detail: str | None = None) -> dict[str, Any]:
     """One ``errors[]`` entry; ``detail`` overrides the catalogue text."""
     title, default_detail = ERROR_TEXTS[code]
-    error: dict[str, Any] = {"code": code, "title": title, "detail": detail or default_detail,
-                             "meta": {"url": ERROR_DOCS.format(code=code)}}
+    error: dict[str, Any] = {
+        "code": code,
+        "title": title,
+        "detail": detail or default_detail,
+        "meta": {"url": ERROR_DOCS.format(code=code)},
+    }
     if pointer:
         error["source"] = {"pointer": pointer}
     return error
@@ -102,8 +108,13 @@ class DroppedResponse(Response):
     """Starts a 202 it never finishes: the server closes the connection mid-body (accept-then-drop)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 202,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"data": {"id": ', "more_body": True})
         # Returning now leaves the response incomplete; uvicorn closes the socket.
 
@@ -135,8 +146,11 @@ def validate_send(body: Any) -> list[dict[str, Any]]:
     """Telnyx's checks on a send request, as ``errors[]`` entries; empty when the request is valid."""
     if not isinstance(body, dict):
         return [api_error("10015")]
-    errors = [api_error("10004", f"/{name}", f"The '{name}' parameter is required.")
-              for name in ("connection_id", "from", "to") if not body.get(name)]
+    errors = [
+        api_error("10004", f"/{name}", f"The '{name}' parameter is required.")
+        for name in ("connection_id", "from", "to")
+        if not body.get(name)
+    ]
     errors += _number_errors(body) + _media_errors(body) + _option_errors(body)
     return errors
 
@@ -184,8 +198,14 @@ def _not_base64(value: str) -> bool:
 class TelnyxEmulator:
     """The faxes one emulator instance knows, and their life after acceptance."""
 
-    def __init__(self, state: SandboxState, *, api_key: str, signing_key: nacl.signing.SigningKey,
-                 default_webhook_url: str | None) -> None:
+    def __init__(
+        self,
+        state: SandboxState,
+        *,
+        api_key: str,
+        signing_key: nacl.signing.SigningKey,
+        default_webhook_url: str | None,
+    ) -> None:
         self.state = state
         self.api_key = api_key
         self.signing_key = signing_key
@@ -242,8 +262,12 @@ class TelnyxEmulator:
     def _accept(self, body: Mapping[str, Any], outcome: str) -> dict[str, Any]:
         fax = self._new_fax(body)
         self.faxes[fax["id"]] = fax
-        self.state.record(provider_id=fax["id"], reference=_decode_reference(body.get("client_state")),
-                          destination=body["to"], outcome=outcome)
+        self.state.record(
+            provider_id=fax["id"],
+            reference=_decode_reference(body.get("client_state")),
+            destination=body["to"],
+            outcome=outcome,
+        )
         webhook_url = body.get("webhook_url") or self.default_webhook_url
         task = asyncio.get_running_loop().create_task(self._lifecycle(fax["id"], outcome, webhook_url))
         self._tasks.add(task)
@@ -253,13 +277,23 @@ class TelnyxEmulator:
     def _new_fax(self, body: Mapping[str, Any]) -> dict[str, Any]:
         now = _now()
         fax: dict[str, Any] = {
-            "record_type": "fax", "id": str(uuid.uuid4()), "connection_id": str(body["connection_id"]),
-            "direction": "outbound", "from": body["from"], "to": body["to"],
-            "media_url": body.get("media_url"), "quality": body.get("quality", "high"),
-            "client_state": body.get("client_state"), "webhook_url": body.get("webhook_url"),
+            "record_type": "fax",
+            "id": str(uuid.uuid4()),
+            "connection_id": str(body["connection_id"]),
+            "direction": "outbound",
+            "from": body["from"],
+            "to": body["to"],
+            "media_url": body.get("media_url"),
+            "quality": body.get("quality", "high"),
+            "client_state": body.get("client_state"),
+            "webhook_url": body.get("webhook_url"),
             "webhook_failover_url": body.get("webhook_failover_url"),
-            "store_media": bool(body.get("store_media", False)), "status": "queued",
-            "failure_reason": None, "internal_failure_reason": None, "created_at": now, "updated_at": now,
+            "store_media": bool(body.get("store_media", False)),
+            "status": "queued",
+            "failure_reason": None,
+            "internal_failure_reason": None,
+            "created_at": now,
+            "updated_at": now,
         }
         if body.get("from_display_name"):
             fax["from_display_name"] = body["from_display_name"]
@@ -278,11 +312,16 @@ class TelnyxEmulator:
             self.faxes[fax_id].update(failure_reason=reason, internal_failure_reason=reason)
             await self._advance(fax_id, "failed", "fax.failed", webhook_url, failure_reason=reason)
         else:
-            await self._advance(fax_id, "delivered", "fax.delivered", webhook_url,
-                                page_count=pages, call_duration_secs=30 * max(pages, 1))
+            await self._advance(
+                fax_id,
+                "delivered",
+                "fax.delivered",
+                webhook_url,
+                page_count=pages,
+                call_duration_secs=30 * max(pages, 1),
+            )
 
-    async def _advance(self, fax_id: str, status: str, event_type: str, webhook_url: str | None,
-                       **extra: Any) -> None:
+    async def _advance(self, fax_id: str, status: str, event_type: str, webhook_url: str | None, **extra: Any) -> None:
         await asyncio.sleep(self.state.webhook_delay)
         fax = self.faxes[fax_id]
         fax.update(status=status, updated_at=_now())
@@ -307,14 +346,25 @@ class TelnyxEmulator:
 
     def _envelope(self, fax: Mapping[str, Any], event_type: str, url: str, extra: Mapping[str, Any]) -> Any:
         payload = {
-            "fax_id": fax["id"], "connection_id": fax["connection_id"], "direction": "outbound",
-            "from": fax["from"], "to": fax["to"], "original_media_url": fax["media_url"],
-            "status": fax["status"], "user_id": self.user_id, **extra,
+            "fax_id": fax["id"],
+            "connection_id": fax["connection_id"],
+            "direction": "outbound",
+            "from": fax["from"],
+            "to": fax["to"],
+            "original_media_url": fax["media_url"],
+            "status": fax["status"],
+            "user_id": self.user_id,
+            **extra,
         }
         if fax.get("client_state"):
             payload["client_state"] = fax["client_state"]
-        data = {"event_type": event_type, "id": str(uuid.uuid4()), "occurred_at": _now(),
-                "record_type": "event", "payload": payload}
+        data = {
+            "event_type": event_type,
+            "id": str(uuid.uuid4()),
+            "occurred_at": _now(),
+            "record_type": "event",
+            "payload": payload,
+        }
         return {"data": data, "meta": {"attempt": 1, "delivered_to": url}}
 
     async def _post_webhook(self, url: str, envelope: dict[str, Any]) -> None:
@@ -335,8 +385,11 @@ class TelnyxEmulator:
         """Telnyx's webhook headers: Ed25519 over ``"{timestamp}|{body}"``, base64."""
         stamp = str(int(time.time()) if timestamp is None else timestamp)
         signature = self.signing_key.sign(stamp.encode("ascii") + b"|" + body).signature
-        return {"content-type": "application/json", "telnyx-timestamp": stamp,
-                "telnyx-signature-ed25519": base64.b64encode(signature).decode("ascii")}
+        return {
+            "content-type": "application/json",
+            "telnyx-timestamp": stamp,
+            "telnyx-signature-ed25519": base64.b64encode(signature).decode("ascii"),
+        }
 
     # -- GET /v2/faxes/{id}, GET /v2/faxes ----------------------------------------------------------
 
@@ -359,9 +412,8 @@ class TelnyxEmulator:
             raise TelnyxAPIError(400, [invalid]) from None
         faxes.sort(key=lambda f: f["created_at"], reverse=True)  # newest first
         total_pages = max(1, -(-len(faxes) // size))
-        page = faxes[(number - 1) * size: number * size]
-        meta = {"page_number": number, "page_size": size, "total_pages": total_pages,
-                "total_results": len(faxes)}
+        page = faxes[(number - 1) * size : number * size]
+        meta = {"page_number": number, "page_size": size, "total_pages": total_pages, "total_results": len(faxes)}
         return JSONResponse({"data": page, "meta": meta})
 
 
@@ -379,11 +431,11 @@ def _matches(fax: Mapping[str, Any], query: Mapping[str, str]) -> bool:
     return True
 
 
-def create_app(state: SandboxState, *, api_key: str, signing_key: nacl.signing.SigningKey,
-               default_webhook_url: str | None = None) -> FastAPI:
+def create_app(
+    state: SandboxState, *, api_key: str, signing_key: nacl.signing.SigningKey, default_webhook_url: str | None = None
+) -> FastAPI:
     """The Telnyx fax emulator as an ASGI app; serve it with :func:`workers.sandbox.server.serve`."""
-    emulator = TelnyxEmulator(state, api_key=api_key, signing_key=signing_key,
-                              default_webhook_url=default_webhook_url)
+    emulator = TelnyxEmulator(state, api_key=api_key, signing_key=signing_key, default_webhook_url=default_webhook_url)
     app = FastAPI(title="Telnyx fax sandbox", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.emulator = emulator
 

@@ -26,8 +26,12 @@ def render_supporter_copy(
     text = "\n\n".join([*intro, "\n".join(recipients), "---", *letter_paragraphs]) + "\n"
     html = _html(intro, recipients, letter_paragraphs)
     return build_email(
-        spec, to_email=supporter_email, reference=reference,
-        subject=f"Copy: {letter.subject}", text=text, html=html,
+        spec,
+        to_email=supporter_email,
+        reference=reference,
+        subject=f"Copy: {letter.subject}",
+        text=text,
+        html=html,
     )
 
 
@@ -49,7 +53,7 @@ def _recipients(spec: CampaignSpec) -> list[str]:
 
 
 def _join_names(names: list[str]) -> str:
-    """"A", "A and B", "A, B and C"."""
+    """ "A", "A and B", "A, B and C"."""
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 

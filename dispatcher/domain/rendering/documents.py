@@ -60,16 +60,27 @@ class DocumentCache:
         key = delivery.idempotency_key
         if delivery.kind == "copy":
             supporter = delivery.supporter
-            doc = render_supporter_copy(spec, letter, supporter_email=delivery.destination,
-                                        supporter_name=supporter.name if supporter else None, reference=key)
+            doc = render_supporter_copy(
+                spec,
+                letter,
+                supporter_email=delivery.destination,
+                supporter_name=supporter.name if supporter else None,
+                reference=key,
+            )
             return Rendered(doc.message, doc.sha256, None)
         if delivery.channel == "email":
             doc = render_email(spec, letter, to_email=delivery.destination, reference=key)
             return Rendered(doc.message, doc.sha256, None)
         fax = self.fax_document(delivery)
-        message = FaxMessage(to=delivery.destination, from_number=_e164(spec.sender.fax_caller_id, spec.sender.country),
-                             pdf=fax.pdf, page_count=fax.page_count, reference=key, media_url=media_url,
-                             from_name=spec.sender.organisation)
+        message = FaxMessage(
+            to=delivery.destination,
+            from_number=_e164(spec.sender.fax_caller_id, spec.sender.country),
+            pdf=fax.pdf,
+            page_count=fax.page_count,
+            reference=key,
+            media_url=media_url,
+            from_name=spec.sender.organisation,
+        )
         return Rendered(message, fax.sha256, fax.page_count)
 
 

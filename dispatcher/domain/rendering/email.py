@@ -24,8 +24,9 @@ class EmailDocument:
 
 def render_email(spec: CampaignSpec, letter: RenderedLetter, *, to_email: str, reference: str) -> EmailDocument:
     """The letter as an email to one address, from the organisation, replies to its reply-to address."""
-    return build_email(spec, to_email=to_email, reference=reference,
-                       subject=letter.subject, text=letter.text, html=letter.html)
+    return build_email(
+        spec, to_email=to_email, reference=reference, subject=letter.subject, text=letter.text, html=letter.html
+    )
 
 
 def build_email(

@@ -99,12 +99,18 @@ def _cover_rows(
     """The cover page's label/value rows; empty values are left out."""
     sender = spec.sender
     rows = [
-        ("To", to.name), ("Title", to.title), ("Organisation", to.organisation), ("Fax", fax_number),
+        ("To", to.name),
+        ("Title", to.title),
+        ("Organisation", to.organisation),
+        ("Fax", fax_number),
         ("", ""),
-        ("From", sender.organisation), ("Signatory", _signatory(spec)),
-        ("Fax (caller id)", sender.fax_caller_id), ("Reply to", sender.reply_to or sender.email),
+        ("From", sender.organisation),
+        ("Signatory", _signatory(spec)),
+        ("Fax (caller id)", sender.fax_caller_id),
+        ("Reply to", sender.reply_to or sender.email),
         ("", ""),
-        ("Date", format_date(letter.date)), ("Pages", f"{PAGES_ALIAS} (including this cover page)"),
+        ("Date", format_date(letter.date)),
+        ("Pages", f"{PAGES_ALIAS} (including this cover page)"),
         ("Subject", letter.subject),
     ]
     return [(label, value) for label, value in rows if value or not label]

@@ -50,8 +50,7 @@ class HttpEmailGateway(HttpGateway[S]):
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request to the provider; transport failures become Transient or Unknown."""
         headers = {"Accept": "application/json", **self.auth_headers(), **kwargs.pop("headers", {})}
-        return request(self.client, method, self.base_url() + path, provider=self.provider,
-                       headers=headers, **kwargs)
+        return request(self.client, method, self.base_url() + path, provider=self.provider, headers=headers, **kwargs)
 
     def lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A read-only call: any failure, and any non-2xx but 404, is a StatusLookupError."""
@@ -60,8 +59,7 @@ class HttpEmailGateway(HttpGateway[S]):
         except DeliveryError as err:
             raise StatusLookupError(str(err)) from err
         if response.status_code != 404 and not response.is_success:
-            raise StatusLookupError(f"{self.provider}: HTTP {response.status_code} on {path}: "
-                                    f"{response.text[:300]}")
+            raise StatusLookupError(f"{self.provider}: HTTP {response.status_code} on {path}: {response.text[:300]}")
         return response
 
     def email(self, message: Message) -> EmailMessage:
@@ -72,6 +70,7 @@ class HttpEmailGateway(HttpGateway[S]):
             raise Permanent(f"{self.provider}: {message.reference} has no recipient", code="no_recipients")
         return message
 
+
 def b64(content: bytes) -> str:
     """Attachment content as the base64 text Postmark and SendGrid expect."""
     return base64.b64encode(content).decode("ascii")
@@ -81,8 +80,10 @@ def check_fresh(signed_at: float, *, received_at: datetime, tolerance: float, pr
     """Refuse a signed webhook whose timestamp is too far from when we received it (a replay)."""
     skew = abs(received_at.timestamp() - signed_at)
     if skew > tolerance:
-        raise WebhookAuthError(f"{provider}: webhook timestamp {skew:.0f}s away from our clock "
-                               f"(tolerance {tolerance:.0f}s): replay refused")
+        raise WebhookAuthError(
+            f"{provider}: webhook timestamp {skew:.0f}s away from our clock "
+            f"(tolerance {tolerance:.0f}s): replay refused"
+        )
 
 
 def webhook_json(body: bytes, *, provider: str) -> Any:

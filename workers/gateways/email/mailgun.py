@@ -99,9 +99,7 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = MailgunSettings
 
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
+    def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
         # Tokens seen recently, per process: another process (or a restart) will not know them, which
         # is why the timestamp window is checked as well.
@@ -130,8 +128,12 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def form(self, message: EmailMessage) -> dict[str, str | list[str]]:
         form: dict[str, str | list[str]] = {
-            "from": message.sender, "to": list(message.to), "subject": message.subject, "text": message.text,
-            "h:Message-Id": message.message_id, "v:reference": message.reference,
+            "from": message.sender,
+            "to": list(message.to),
+            "subject": message.subject,
+            "text": message.text,
+            "h:Message-Id": message.message_id,
+            "v:reference": message.reference,
             # A letter to an official must arrive as written: no tracking pixel, no rewritten links.
             "o:tracking": "no",
         }
@@ -151,23 +153,33 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
             body = response.json()
             message_id = str(body["id"]).strip().strip("<>")
         except (ValueError, KeyError, TypeError) as err:
-            raise Unknown(f"{PROVIDER}: HTTP {response.status_code} without a message id", code="no_id",
-                          raw=response.text[:2000]) from err
+            raise Unknown(
+                f"{PROVIDER}: HTTP {response.status_code} without a message id", code="no_id", raw=response.text[:2000]
+            ) from err
         if not message_id:
             raise Unknown(f"{PROVIDER}: HTTP {response.status_code} with an empty message id", code="no_id", raw=body)
-        return Receipt(provider=PROVIDER, provider_id=message_id, accepted_at=datetime.now(UTC),
-                       status="accepted", raw=body)
+        return Receipt(
+            provider=PROVIDER, provider_id=message_id, accepted_at=datetime.now(UTC), status="accepted", raw=body
+        )
 
     def _send_error(self, response: httpx.Response) -> DeliveryError:
         status, text = response.status_code, _message(response)
         if status == 401:
             return Permanent(f"{PROVIDER}: HTTP 401 {text}: check {self.setting('api_key')}", code="401", raw=text)
         if status == 404:
-            return Permanent(f"{PROVIDER}: HTTP 404 {text}: check {self.setting('domain')} and "
-                             f"{self.setting('base_url')} (US or EU region)", code="404", raw=text)
+            return Permanent(
+                f"{PROVIDER}: HTTP 404 {text}: check {self.setting('domain')} and "
+                f"{self.setting('base_url')} (US or EU region)",
+                code="404",
+                raw=text,
+            )
         if status == 429:
-            return Transient(f"{PROVIDER}: HTTP 429 {text}", code="429", raw=text,
-                             retry_after=retry_after_seconds(response.headers) or _try_again_after(text))
+            return Transient(
+                f"{PROVIDER}: HTTP 429 {text}",
+                code="429",
+                raw=text,
+                retry_after=retry_after_seconds(response.headers) or _try_again_after(text),
+            )
         if 400 <= status < 500:
             # 400 invalid address or parameter, 402/403 account, 413 too large: resending cannot help.
             code = "invalid_address" if "not a valid address" in text else str(status)
@@ -203,8 +215,12 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def _events(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
         begin = datetime.now(UTC) - timedelta(days=self.config.reconcile_days)
-        params: dict[str, str | int] = {"begin": int(begin.timestamp()), "ascending": "yes",
-                                        "limit": self.config.page_size, **filters}
+        params: dict[str, str | int] = {
+            "begin": int(begin.timestamp()),
+            "ascending": "yes",
+            "limit": self.config.page_size,
+            **filters,
+        }
         return list(self._pages(params))
 
     def _pages(self, params: Mapping[str, str | int]) -> Iterator[dict[str, Any]]:
@@ -222,8 +238,10 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
             path, query = self._next_page(body), None
             if path is None:
                 return
-        raise StatusLookupError(f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of events; "
-                                "cannot conclude the message was never sent")
+        raise StatusLookupError(
+            f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of events; "
+            "cannot conclude the message was never sent"
+        )
 
     def _lookup_ok(self, path: str, params: Mapping[str, str | int] | None) -> httpx.Response:
         response = self.lookup("GET", path, params=params)
@@ -245,8 +263,9 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
         """Verify the signature block (HMAC, timestamp window, token reuse), then decode event-data."""
         payload = webhook_json(request.body, provider=PROVIDER)
         if not isinstance(payload, dict):
-            raise WebhookFormatError(f"{PROVIDER}: webhook body is not a JSON object (legacy form "
-                                     "webhooks are not supported)")
+            raise WebhookFormatError(
+                f"{PROVIDER}: webhook body is not a JSON object (legacy form webhooks are not supported)"
+            )
         self._verify(payload.get("signature"), request)
         data = payload.get("event-data")
         if not isinstance(data, dict) or not isinstance(data.get("event"), str):
@@ -259,10 +278,10 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
     def _verify(self, block: object, request: WebhookRequest) -> None:
         key = self.config.webhook_signing_key
         if key is None:
-            raise WebhookAuthError(f"{PROVIDER}: webhooks refused until {self.setting('webhook_signing_key')} "
-                                   "is set")
-        if not isinstance(block, dict) or not all(isinstance(block.get(k), str | int) for k in
-                                                  ("timestamp", "token", "signature")):
+            raise WebhookAuthError(f"{PROVIDER}: webhooks refused until {self.setting('webhook_signing_key')} is set")
+        if not isinstance(block, dict) or not all(
+            isinstance(block.get(k), str | int) for k in ("timestamp", "token", "signature")
+        ):
             raise WebhookAuthError(f"{PROVIDER}: webhook without a signature block")
         timestamp, token, signature = str(block["timestamp"]), str(block["token"]), str(block["signature"])
         expected = hmac.new(key.get_secret_value().encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
@@ -272,8 +291,9 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
             signed_at = float(timestamp)
         except ValueError as err:
             raise WebhookAuthError(f"{PROVIDER}: unreadable webhook timestamp") from err
-        check_fresh(signed_at, received_at=request.received_at, tolerance=self.config.webhook_tolerance,
-                    provider=PROVIDER)
+        check_fresh(
+            signed_at, received_at=request.received_at, tolerance=self.config.webhook_tolerance, provider=PROVIDER
+        )
         self._remember(token)
 
     def _remember(self, token: str) -> None:
@@ -310,10 +330,18 @@ def _event_from_data(data: Mapping[str, Any], *, raw: Any = None) -> StatusEvent
     if error_class is not None:
         code = str(data.get("reason") or status.get("code") or data.get("event"))
     detail = status.get("description") or status.get("message") or reject.get("reason")
-    return StatusEvent(provider=PROVIDER, provider_id=message_id, kind=kind, occurred_at=when,
-                       reference=_reference(data), error_class=error_class, error_code=code,
-                       detail=detail or None, event_id=data.get("id"),
-                       raw=raw if raw is not None else dict(data))
+    return StatusEvent(
+        provider=PROVIDER,
+        provider_id=message_id,
+        kind=kind,
+        occurred_at=when,
+        reference=_reference(data),
+        error_class=error_class,
+        error_code=code,
+        detail=detail or None,
+        event_id=data.get("id"),
+        raw=raw if raw is not None else dict(data),
+    )
 
 
 def _message_id(data: Mapping[str, Any]) -> str | None:
@@ -353,4 +381,3 @@ def _try_again_after(text: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (at - datetime.now(UTC)).total_seconds())
-

@@ -138,9 +138,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = PostmarkSettings
 
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
+    def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
 
     def auth_headers(self) -> dict[str, str]:
@@ -165,11 +163,16 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         headers = [{"Name": "Message-ID", "Value": message.message_id}]
         headers += [{"Name": k, "Value": v} for k, v in message.headers.items() if k.lower() != "message-id"]
         body: dict[str, Any] = {
-            "From": message.sender, "To": ", ".join(message.to), "Subject": message.subject,
-            "TextBody": message.text, "Headers": headers, "Metadata": {"reference": message.reference},
+            "From": message.sender,
+            "To": ", ".join(message.to),
+            "Subject": message.subject,
+            "TextBody": message.text,
+            "Headers": headers,
+            "Metadata": {"reference": message.reference},
             "MessageStream": self.config.message_stream,
             # A letter to an official must arrive as written: no tracking pixel, no rewritten links.
-            "TrackOpens": False, "TrackLinks": "None",
+            "TrackOpens": False,
+            "TrackLinks": "None",
         }
         if message.cc:
             body["Cc"] = ", ".join(message.cc)
@@ -178,33 +181,49 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         if message.html is not None:
             body["HtmlBody"] = message.html
         if message.attachments:
-            body["Attachments"] = [{"Name": a.filename, "Content": b64(a.content), "ContentType": a.content_type}
-                                   for a in message.attachments]
+            body["Attachments"] = [
+                {"Name": a.filename, "Content": b64(a.content), "ContentType": a.content_type}
+                for a in message.attachments
+            ]
         return body
 
     def _receipt(self, response: httpx.Response, body: Any) -> Receipt:
         message_id = body.get("MessageID") if isinstance(body, dict) else None
         if not message_id:
             # Postmark said yes but gave no id we could follow: reconcile by reference.
-            raise Unknown(f"{PROVIDER}: HTTP {response.status_code} without a MessageID", code="no_id",
-                          raw=body if body is not None else response.text[:2000])
+            raise Unknown(
+                f"{PROVIDER}: HTTP {response.status_code} without a MessageID",
+                code="no_id",
+                raw=body if body is not None else response.text[:2000],
+            )
         # "Message accepted, but delivery may be delayed." is still an acceptance (anymail #392).
         status = "Queued" if "delayed" in str(body.get("Message", "")) else "Sent"
-        return Receipt(provider=PROVIDER, provider_id=str(message_id), accepted_at=datetime.now(UTC),
-                       status=status, raw=body)
+        return Receipt(
+            provider=PROVIDER, provider_id=str(message_id), accepted_at=datetime.now(UTC), status=status, raw=body
+        )
 
     def _send_error(self, response: httpx.Response, body: Any, code: int | None) -> DeliveryError:
         """Map a refusal: the API ErrorCode decides first, then the HTTP status."""
         status = response.status_code
         text = str(body.get("Message", "")) if isinstance(body, dict) else response.text[:300]
-        label = f"{PROVIDER}: HTTP {status} ErrorCode {code}: {text}" if code is not None else \
-            f"{PROVIDER}: HTTP {status}: {text}"
+        label = (
+            f"{PROVIDER}: HTTP {status} ErrorCode {code}: {text}"
+            if code is not None
+            else f"{PROVIDER}: HTTP {status}: {text}"
+        )
         if code == BAD_TOKEN or status == 401:
-            return Permanent(f"{label} -- check {self.setting('server_token')} (a *server* token)",
-                             code=str(code if code is not None else status), raw=body)
+            return Permanent(
+                f"{label} -- check {self.setting('server_token')} (a *server* token)",
+                code=str(code if code is not None else status),
+                raw=body,
+            )
         if code in TRANSIENT_CODES or status == 429:
-            return Transient(label, code=str(code if code is not None else status), raw=body,
-                             retry_after=retry_after_seconds(response.headers))
+            return Transient(
+                label,
+                code=str(code if code is not None else status),
+                raw=body,
+                retry_after=retry_after_seconds(response.headers),
+            )
         if code is not None and (status < 500 or status == 200):
             # 300 invalid request (a bad To among them), 406 inactive recipient, 400/401 sender
             # signature, 405/412/413 account: resending the same request gets the same answer.
@@ -231,8 +250,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         ours = [m for m in messages if isinstance(m, dict) and (m.get("Metadata") or {}).get("reference") == reference]
         if not ours:
             if isinstance(body.get("TotalCount"), int) and body["TotalCount"] > len(messages):
-                raise StatusLookupError(f"{PROVIDER}: {body['TotalCount']} matches, more than one page: "
-                                        "cannot conclude the message was never sent")
+                raise StatusLookupError(
+                    f"{PROVIDER}: {body['TotalCount']} matches, more than one page: "
+                    "cannot conclude the message was never sent"
+                )
             return None
         if len(ours) > 1:
             log.warning("postmark: %d messages carry reference %s", len(ours), reference)
@@ -240,8 +261,11 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     def _details_event(self, provider_id: str, details: Mapping[str, Any]) -> StatusEvent:
         reference = (details.get("Metadata") or {}).get("reference")
-        events = [e for e in details.get("MessageEvents") or [] if isinstance(e, dict)
-                  and e.get("Type") in MESSAGE_EVENT_KINDS]
+        events = [
+            e
+            for e in details.get("MessageEvents") or []
+            if isinstance(e, dict) and e.get("Type") in MESSAGE_EVENT_KINDS
+        ]
         if events:
             latest = max(events, key=lambda e: parse_time(e.get("ReceivedAt")) or datetime.min.replace(tzinfo=UTC))
             return self._message_event(provider_id, latest, reference, details)
@@ -250,13 +274,20 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         if kind is None:
             raise StatusLookupError(f"{PROVIDER}: message {provider_id} has status {status!r}")
         failed = kind is EventKind.FAILED
-        return StatusEvent(provider=PROVIDER, provider_id=provider_id, kind=kind,
-                           occurred_at=parse_time(details.get("ReceivedAt")) or datetime.now(UTC),
-                           reference=reference, error_class="permanent" if failed else None,
-                           error_code=status if failed else None, raw=dict(details))
+        return StatusEvent(
+            provider=PROVIDER,
+            provider_id=provider_id,
+            kind=kind,
+            occurred_at=parse_time(details.get("ReceivedAt")) or datetime.now(UTC),
+            reference=reference,
+            error_class="permanent" if failed else None,
+            error_code=status if failed else None,
+            raw=dict(details),
+        )
 
-    def _message_event(self, provider_id: str, event: Mapping[str, Any], reference: str | None,
-                       details: Mapping[str, Any]) -> StatusEvent:
+    def _message_event(
+        self, provider_id: str, event: Mapping[str, Any], reference: str | None, details: Mapping[str, Any]
+    ) -> StatusEvent:
         kind = MESSAGE_EVENT_KINDS[str(event["Type"])]
         error_class: ErrorClass | None = "transient" if kind is EventKind.DEFERRED else None
         code = None
@@ -265,11 +296,17 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             # The summary does not say hard or soft; the bounce record does.
             code = self._bounce_type(event_details.get("BounceID"))
             kind, error_class = bounce_kind(code) or DEFAULT_BOUNCE
-        return StatusEvent(provider=PROVIDER, provider_id=provider_id, kind=kind,
-                           occurred_at=parse_time(event.get("ReceivedAt")) or datetime.now(UTC),
-                           reference=reference, error_class=error_class, error_code=code,
-                           detail=event_details.get("Summary") or event_details.get("DeliveryMessage"),
-                           raw=dict(details))
+        return StatusEvent(
+            provider=PROVIDER,
+            provider_id=provider_id,
+            kind=kind,
+            occurred_at=parse_time(event.get("ReceivedAt")) or datetime.now(UTC),
+            reference=reference,
+            error_class=error_class,
+            error_code=code,
+            detail=event_details.get("Summary") or event_details.get("DeliveryMessage"),
+            raw=dict(details),
+        )
 
     def _bounce_type(self, bounce_id: object) -> str | None:
         if bounce_id in (None, ""):
@@ -298,8 +335,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         user, password = self.config.webhook_username, self.config.webhook_password
         if not user or password is None:
             # Never accept unauthenticated status reports: a forged "delivered" would end a campaign.
-            raise WebhookAuthError(f"{PROVIDER}: webhooks refused until {self.setting('webhook_username')} "
-                                   f"and {self.setting('webhook_password')} are set")
+            raise WebhookAuthError(
+                f"{PROVIDER}: webhooks refused until {self.setting('webhook_username')} "
+                f"and {self.setting('webhook_password')} are set"
+            )
         expected = f"{user}:{password.get_secret_value()}".encode()
         if not hmac.compare_digest(_basic_credentials(header(request.headers, "authorization")), expected):
             raise WebhookAuthError(f"{PROVIDER}: missing or wrong webhook Basic-auth credentials")
@@ -320,10 +359,16 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         metadata = payload.get("Metadata")
         reference = metadata.get("reference") if isinstance(metadata, dict) else None
         return StatusEvent(
-            provider=PROVIDER, provider_id=str(message_id), kind=kind, occurred_at=when,
-            reference=reference, error_class=error_class, error_code=code,
+            provider=PROVIDER,
+            provider_id=str(message_id),
+            kind=kind,
+            occurred_at=when,
+            reference=reference,
+            error_class=error_class,
+            error_code=code,
             detail=payload.get("Description") or payload.get("Details"),
-            event_id=_event_id(payload), raw=dict(payload),
+            event_id=_event_id(payload),
+            raw=dict(payload),
         )
 
 

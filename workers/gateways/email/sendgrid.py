@@ -138,9 +138,7 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = SendGridSettings
 
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
+    def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
         key = self.config.webhook_public_key
         self._public_key = load_public_key(key) if key else None
@@ -158,23 +156,33 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
             raise self._send_error(response)
         message_id = response.headers.get("x-message-id")
         if not message_id:
-            raise Unknown(f"{PROVIDER}: HTTP {response.status_code} without X-Message-Id", code="no_id",
-                          raw=response.text[:2000])
+            raise Unknown(
+                f"{PROVIDER}: HTTP {response.status_code} without X-Message-Id", code="no_id", raw=response.text[:2000]
+            )
         log.info("sendgrid accepted %s for reference %s", message_id, email.reference)
-        return Receipt(provider=PROVIDER, provider_id=message_id, accepted_at=datetime.now(UTC),
-                       status="processed", raw={"status": response.status_code, "x-message-id": message_id})
+        return Receipt(
+            provider=PROVIDER,
+            provider_id=message_id,
+            accepted_at=datetime.now(UTC),
+            status="processed",
+            raw={"status": response.status_code, "x-message-id": message_id},
+        )
 
     def send_body(self, message: EmailMessage) -> dict[str, Any]:
-        personalization: dict[str, Any] = {"to": [{"email": a} for a in message.to],
-                                           "custom_args": {"reference": message.reference}}
+        personalization: dict[str, Any] = {
+            "to": [{"email": a} for a in message.to],
+            "custom_args": {"reference": message.reference},
+        }
         if message.cc:
             personalization["cc"] = [{"email": a} for a in message.cc]
         content = [{"type": "text/plain", "value": message.text}]
         if message.html is not None:
             content.append({"type": "text/html", "value": message.html})
         body: dict[str, Any] = {
-            "personalizations": [personalization], "from": _address(message.sender),
-            "subject": message.subject, "content": content,
+            "personalizations": [personalization],
+            "from": _address(message.sender),
+            "subject": message.subject,
+            "content": content,
             "headers": {**dict(message.headers), "Message-ID": message.message_id},
             # A letter to an official must arrive as written: no tracking pixel, no rewritten links.
             "tracking_settings": {"click_tracking": {"enable": False}, "open_tracking": {"enable": False}},
@@ -182,19 +190,26 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         if message.reply_to:
             body["reply_to"] = _address(message.reply_to)
         if message.attachments:
-            body["attachments"] = [{"content": b64(a.content), "type": a.content_type, "filename": a.filename,
-                                    "disposition": "attachment"} for a in message.attachments]
+            body["attachments"] = [
+                {"content": b64(a.content), "type": a.content_type, "filename": a.filename, "disposition": "attachment"}
+                for a in message.attachments
+            ]
         return body
 
     def _send_error(self, response: httpx.Response) -> DeliveryError:
         status = response.status_code
         detail, field, body = _errors(response)
         if status in (401, 403):
-            return Permanent(f"{PROVIDER}: HTTP {status} {detail}: check {self.setting('api_key')} (and that "
-                             "the key has Mail Send access)", code=str(status), raw=body)
+            return Permanent(
+                f"{PROVIDER}: HTTP {status} {detail}: check {self.setting('api_key')} (and that "
+                "the key has Mail Send access)",
+                code=str(status),
+                raw=body,
+            )
         if status == 429:
-            return Transient(f"{PROVIDER}: HTTP 429 {detail}", code="429", raw=body,
-                             retry_after=_rate_limit_wait(response.headers))
+            return Transient(
+                f"{PROVIDER}: HTTP 429 {detail}", code="429", raw=body, retry_after=_rate_limit_wait(response.headers)
+            )
         if 400 <= status < 500:
             # 400 covers an invalid address (field personalizations.0.to.0.email) and every other
             # parameter error; 413 a too-large message: the same request will be refused again.
@@ -229,8 +244,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
             raise StatusLookupError(f"{PROVIDER}: Email Activity answer without messages")
         return [m for m in messages if isinstance(m, dict) and m.get("msg_id")]
 
-    def _activity_event(self, summary: Mapping[str, Any], *, provider_id: str | None,
-                        reference: str | None) -> StatusEvent:
+    def _activity_event(
+        self, summary: Mapping[str, Any], *, provider_id: str | None, reference: str | None
+    ) -> StatusEvent:
         msg_id = str(summary["msg_id"])
         kind = ACTIVITY_STATUS.get(str(summary.get("status")))
         if kind is None:
@@ -239,17 +255,27 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         code = detail = None
         if kind is EventKind.FAILED:
             kind, error_class, code, detail = self._failure(msg_id)
-        return StatusEvent(provider=PROVIDER, provider_id=provider_id or message_id_of(msg_id), kind=kind,
-                           occurred_at=parse_time(summary.get("last_event_time")) or datetime.now(UTC),
-                           reference=reference, error_class=error_class, error_code=code, detail=detail,
-                           raw=dict(summary))
+        return StatusEvent(
+            provider=PROVIDER,
+            provider_id=provider_id or message_id_of(msg_id),
+            kind=kind,
+            occurred_at=parse_time(summary.get("last_event_time")) or datetime.now(UTC),
+            reference=reference,
+            error_class=error_class,
+            error_code=code,
+            detail=detail,
+            raw=dict(summary),
+        )
 
     def _failure(self, msg_id: str) -> tuple[EventKind, ErrorClass, str | None, str | None]:
         """Why a not_delivered message failed, from its last failure event."""
         response = self.lookup("GET", f"/v3/messages/{msg_id}")
         events = lookup_object(response, provider=PROVIDER).get("events") if response.is_success else None
-        failures = [e for e in events or [] if isinstance(e, dict)
-                    and ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1] is not None]
+        failures = [
+            e
+            for e in events or []
+            if isinstance(e, dict) and ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1] is not None
+        ]
         if not failures:
             return EventKind.FAILED, "permanent", "not_delivered", None
         last = failures[-1]
@@ -270,8 +296,10 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     def _verify(self, request: WebhookRequest) -> None:
         if self._public_key is None:
-            raise WebhookAuthError(f"{PROVIDER}: webhooks refused until {self.setting('webhook_public_key')} "
-                                   "is set (enable the Signed Event Webhook)")
+            raise WebhookAuthError(
+                f"{PROVIDER}: webhooks refused until {self.setting('webhook_public_key')} "
+                "is set (enable the Signed Event Webhook)"
+            )
         signature = header(request.headers, SIGNATURE_HEADER)
         timestamp = header(request.headers, TIMESTAMP_HEADER)
         if not signature or not timestamp:
@@ -283,8 +311,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
             self._public_key.verify(der, timestamp.encode("ascii") + request.body, ec.ECDSA(hashes.SHA256()))
         except (binascii.Error, ValueError, UnicodeEncodeError, InvalidSignature) as err:
             raise WebhookAuthError(f"{PROVIDER}: webhook signature does not verify") from err
-        check_fresh(signed_at, received_at=request.received_at, tolerance=self.config.webhook_tolerance,
-                    provider=PROVIDER)
+        check_fresh(
+            signed_at, received_at=request.received_at, tolerance=self.config.webhook_tolerance, provider=PROVIDER
+        )
 
 
 def message_id_of(sg_message_id: str) -> str:
@@ -310,10 +339,16 @@ def _event(raw: object) -> StatusEvent | None:
         code = raw["event"]
     reference = raw.get("reference")
     return StatusEvent(
-        provider=PROVIDER, provider_id=message_id_of(sg_message_id), kind=kind,
-        occurred_at=datetime.fromtimestamp(when, tz=UTC), reference=reference if isinstance(reference, str) else None,
-        error_class=error_class, error_code=code, detail=raw.get("reason") or raw.get("response"),
-        event_id=raw.get("sg_event_id"), raw=raw,
+        provider=PROVIDER,
+        provider_id=message_id_of(sg_message_id),
+        kind=kind,
+        occurred_at=datetime.fromtimestamp(when, tz=UTC),
+        reference=reference if isinstance(reference, str) else None,
+        error_class=error_class,
+        error_code=code,
+        detail=raw.get("reason") or raw.get("response"),
+        event_id=raw.get("sg_event_id"),
+        raw=raw,
     )
 
 
@@ -336,8 +371,9 @@ def _errors(response: httpx.Response) -> tuple[str, str | None, Any]:
     errors = body.get("errors") if isinstance(body, dict) else None
     if not isinstance(errors, list) or not errors:
         return response.reason_phrase, None, body
-    parts = [f"{e.get('message')}" + (f" ({e['field']})" if e.get("field") else "")
-             for e in errors if isinstance(e, dict)]
+    parts = [
+        f"{e.get('message')}" + (f" ({e['field']})" if e.get("field") else "") for e in errors if isinstance(e, dict)
+    ]
     first = errors[0] if isinstance(errors[0], dict) else {}
     return "; ".join(parts), first.get("field"), body
 

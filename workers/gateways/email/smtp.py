@@ -97,8 +97,9 @@ class SmtpGateway(Gateway):
         super().__init__(settings, name=name)
         self._prefix = env_prefix(self.name)
         if settings.username and settings.password is None:
-            raise GatewayConfigError(f"gateway {self.name!r} (smtp): {self._prefix}USERNAME is set "
-                                     f"but {self._prefix}PASSWORD is missing")
+            raise GatewayConfigError(
+                f"gateway {self.name!r} (smtp): {self._prefix}USERNAME is set but {self._prefix}PASSWORD is missing"
+            )
         self._lock = threading.Lock()
         self._conn: smtplib.SMTP | None = None
         self._conn_pid = 0  # the process that opened _conn; a forked child never reuses it
@@ -133,10 +134,16 @@ class SmtpGateway(Gateway):
     def _receipt(self, message_id: str, envelope: _Envelope, reply: str) -> Receipt:
         """The receipt for a message the server queued; raw keeps the reply and any refused copies."""
         refused = {addr: {"code": code, "reply": text} for addr, (code, text) in envelope.refused.items()}
-        raw = {"host": self.settings.host, "port": self.settings.resolved_port(), "reply": reply,
-               "accepted": envelope.accepted, "refused": refused}
-        return Receipt(provider=self.provider, provider_id=message_id, accepted_at=datetime.now(UTC),
-                       status="queued", raw=raw)
+        raw = {
+            "host": self.settings.host,
+            "port": self.settings.resolved_port(),
+            "reply": reply,
+            "accepted": envelope.accepted,
+            "refused": refused,
+        }
+        return Receipt(
+            provider=self.provider, provider_id=message_id, accepted_at=datetime.now(UTC), status="queued", raw=raw
+        )
 
     # -- the connection -----------------------------------------------------------------------------
 
@@ -172,16 +179,20 @@ class SmtpGateway(Gateway):
         where = f"{s.host}:{s.resolved_port()}"
         try:
             if s.security == "ssl":
-                return smtplib.SMTP_SSL(s.host, s.resolved_port(), local_hostname=s.helo_name,
-                                        timeout=s.timeout, context=ssl.create_default_context())
+                return smtplib.SMTP_SSL(
+                    s.host,
+                    s.resolved_port(),
+                    local_hostname=s.helo_name,
+                    timeout=s.timeout,
+                    context=ssl.create_default_context(),
+                )
             return smtplib.SMTP(s.host, s.resolved_port(), local_hostname=s.helo_name, timeout=s.timeout)
         except smtplib.SMTPConnectError as err:  # the greeting was not 220, e.g. 421 "too busy"
             raise self._reply_error(f"greeting from {where}", err.smtp_code, err.smtp_error) from err
         except ssl.SSLError as err:
             raise self._tls_error(err) from err
         except TRANSPORT_ERRORS as err:  # refused, timed out, unreachable, closed before the greeting
-            raise Transient(f"{self.name}: could not connect to {where} ({_describe(err)})",
-                            code="connect") from err
+            raise Transient(f"{self.name}: could not connect to {where} ({_describe(err)})", code="connect") from err
 
     def _greet(self, conn: smtplib.SMTP) -> None:
         """EHLO (HELO as fallback), unless already done on this connection."""
@@ -197,13 +208,15 @@ class SmtpGateway(Gateway):
         try:
             code, reply = conn.starttls(context=ssl.create_default_context())
         except smtplib.SMTPNotSupportedError as err:
-            raise Permanent(f"{self.name}: {self.settings.host} does not offer STARTTLS; check "
-                            f"{self._prefix}SECURITY and {self._prefix}PORT", code="starttls") from err
+            raise Permanent(
+                f"{self.name}: {self.settings.host} does not offer STARTTLS; check "
+                f"{self._prefix}SECURITY and {self._prefix}PORT",
+                code="starttls",
+            ) from err
         except ssl.SSLError as err:
             raise self._tls_error(err) from err
         except TRANSPORT_ERRORS as err:
-            raise Transient(f"{self.name}: connection lost at STARTTLS ({_describe(err)})",
-                            code="dropped") from err
+            raise Transient(f"{self.name}: connection lost at STARTTLS ({_describe(err)})", code="dropped") from err
         if code != 220:  # smtplib returns a refused STARTTLS instead of raising
             raise self._reply_error("STARTTLS", code, reply)
 
@@ -218,9 +231,11 @@ class SmtpGateway(Gateway):
         except smtplib.SMTPServerDisconnected as err:
             raise Transient(f"{self.name}: connection lost at AUTH ({_describe(err)})", code="dropped") from err
         except smtplib.SMTPException as err:  # AUTH not offered, or no mechanism in common
-            raise Permanent(f"{self.name}: cannot authenticate to {s.host} ({err}); check "
-                            f"{self._prefix}SECURITY, {self._prefix}USERNAME and {self._prefix}PASSWORD",
-                            code="auth") from err
+            raise Permanent(
+                f"{self.name}: cannot authenticate to {s.host} ({err}); check "
+                f"{self._prefix}SECURITY, {self._prefix}USERNAME and {self._prefix}PASSWORD",
+                code="auth",
+            ) from err
         except TRANSPORT_ERRORS as err:
             raise Transient(f"{self.name}: connection lost at AUTH ({_describe(err)})", code="dropped") from err
 
@@ -240,8 +255,9 @@ class SmtpGateway(Gateway):
             raise
         except TRANSPORT_ERRORS as err:  # a safety net only: every phase maps its own errors
             self._drop()
-            raise Unknown(f"{self.name}: unexpected {_describe(err)}; check before any resend",
-                          code="unexpected") from err
+            raise Unknown(
+                f"{self.name}: unexpected {_describe(err)}; check before any resend", code="unexpected"
+            ) from err
 
     def close(self) -> None:
         """QUIT and close the pooled connection."""
@@ -292,8 +308,11 @@ class SmtpGateway(Gateway):
             summary = "; ".join(f"{code} {reply}" for code, reply in blocking.values())
             codes = [code for code, _ in blocking.values()]
             cls = Transient if any(400 <= c < 500 for c in codes) else Permanent
-            raise cls(f"{self.name}: {len(blocking)} addressee(s) refused at RCPT: {summary}",
-                      code=str(codes[0]), raw={"refused": blocking, "accepted": envelope.accepted})
+            raise cls(
+                f"{self.name}: {len(blocking)} addressee(s) refused at RCPT: {summary}",
+                code=str(codes[0]),
+                raw={"refused": blocking, "accepted": envelope.accepted},
+            )
 
     def _mail_options(self, conn: smtplib.SMTP, payload: bytes, addresses: Iterable[str]) -> list[str]:
         """BODY=8BITMIME for non-ASCII bodies and SMTPUTF8 for non-ASCII addresses, as offered."""
@@ -302,20 +321,19 @@ class SmtpGateway(Gateway):
             options.append("BODY=8BITMIME")
         if not all(addr.isascii() for addr in addresses):
             if not conn.has_extn("smtputf8"):
-                raise Permanent(f"{self.name}: an address is not ASCII and {self.settings.host} does not "
-                                "offer SMTPUTF8", code="smtputf8")
+                raise Permanent(
+                    f"{self.name}: an address is not ASCII and {self.settings.host} does not offer SMTPUTF8",
+                    code="smtputf8",
+                )
             options.append("SMTPUTF8")
         return options
 
-    def _command(
-        self, phase: str, call: Callable[..., tuple[int, bytes]], *args: Any
-    ) -> tuple[int, str]:
+    def _command(self, phase: str, call: Callable[..., tuple[int, bytes]], *args: Any) -> tuple[int, str]:
         """Run one command before DATA; a lost connection here sent nothing, so it is Transient."""
         try:
             code, reply = call(*args)
         except TRANSPORT_ERRORS as err:
-            raise Transient(f"{self.name}: connection lost at {phase} ({_describe(err)})",
-                            code="dropped") from err
+            raise Transient(f"{self.name}: connection lost at {phase} ({_describe(err)})", code="dropped") from err
         return code, _text(reply)
 
     def _data(self, conn: smtplib.SMTP, payload: bytes, message_id: str) -> str:
@@ -327,9 +345,12 @@ class SmtpGateway(Gateway):
         except TRANSPORT_ERRORS as err:
             # smtplib cannot tell "lost before 354" from "lost after the final dot"; the first sent
             # nothing, the second may have queued the letter. Only the safe answer is given: Unknown.
-            raise Unknown(f"{self.name}: connection lost after DATA ({_describe(err)}); the server may "
-                          f"have queued {message_id}. SMTP has no status lookup: an operator must check "
-                          "the server's logs before any resend", code="dropped") from err
+            raise Unknown(
+                f"{self.name}: connection lost after DATA ({_describe(err)}); the server may "
+                f"have queued {message_id}. SMTP has no status lookup: an operator must check "
+                "the server's logs before any resend",
+                code="dropped",
+            ) from err
         if code != 250:
             raise self._reply_error("end of DATA", code, reply, after_data=True)
         return f"{code} {_text(reply)}"
@@ -340,8 +361,11 @@ class SmtpGateway(Gateway):
         """Map an SMTP reply: 4xx Transient, 5xx Permanent (auth codes name the settings)."""
         text = f"{code} {_text(reply)}".strip()
         if code in AUTH_REPLY_CODES:
-            return Permanent(f"{self.name}: {phase} refused ({text}); check {self._prefix}USERNAME and "
-                             f"{self._prefix}PASSWORD (and {self._prefix}SECURITY)", code=str(code))
+            return Permanent(
+                f"{self.name}: {phase} refused ({text}); check {self._prefix}USERNAME and "
+                f"{self._prefix}PASSWORD (and {self._prefix}SECURITY)",
+                code=str(code),
+            )
         if 400 <= code < 500:
             return Transient(f"{self.name}: {phase} deferred ({text})", code=str(code))
         if 500 <= code < 600:
@@ -354,21 +378,27 @@ class SmtpGateway(Gateway):
         """A peer that closes during the handshake may be busy; any other TLS failure is configuration."""
         if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return Transient(f"{self.name}: connection closed during the TLS handshake", code="tls")
-        return Permanent(f"{self.name}: TLS with {self.settings.host} failed ({err}); check "
-                         f"{self._prefix}HOST, {self._prefix}PORT, {self._prefix}SECURITY and the "
-                         "server's certificate", code="tls")
+        return Permanent(
+            f"{self.name}: TLS with {self.settings.host} failed ({err}); check "
+            f"{self._prefix}HOST, {self._prefix}PORT, {self._prefix}SECURITY and the "
+            "server's certificate",
+            code="tls",
+        )
 
     # -- status -------------------------------------------------------------------------------------
 
     def fetch_status(self, provider_id: str) -> StatusEvent:
         """SMTP has no status lookup."""
-        raise StatusLookupError(f"{self.name}: SMTP offers no status lookup for {provider_id}; an operator "
-                                "must check the relay's logs")
+        raise StatusLookupError(
+            f"{self.name}: SMTP offers no status lookup for {provider_id}; an operator must check the relay's logs"
+        )
 
     def find_by_reference(self, reference: str) -> StatusEvent | None:
         """Raise, never return None: None would mean "never seen" and invite a duplicate send."""
-        raise StatusLookupError(f"{self.name}: SMTP cannot look up {reference}; an operator must check the "
-                                "relay's logs for its Message-ID before any resend")
+        raise StatusLookupError(
+            f"{self.name}: SMTP cannot look up {reference}; an operator must check the "
+            "relay's logs for its Message-ID before any resend"
+        )
 
 
 def _answers_noop(conn: smtplib.SMTP) -> bool:

@@ -167,9 +167,7 @@ def classify_error(error_type: str | None, error_id: int | None) -> ErrorClass:
     return ERROR_TYPE_CLASSES.get(error_type or "", "transient")
 
 
-def signature(
-    token: str, url: str, params: Iterable[tuple[str, str]], files: Iterable[tuple[str, bytes]] = ()
-) -> str:
+def signature(token: str, url: str, params: Iterable[tuple[str, str]], files: Iterable[tuple[str, bytes]] = ()) -> str:
     """The X-Phaxio-Signature Phaxio computes for a callback (algorithm of phaxio-ruby's Webhook)."""
     text = url
     text += "".join(name + value for name, value in sorted(params, key=lambda item: item[0]))
@@ -191,7 +189,11 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
         if not isinstance(message, FaxMessage):
             raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
         response = request(
-            self.client, "POST", self._url("/faxes"), provider=self.provider, auth=self._auth(),
+            self.client,
+            "POST",
+            self._url("/faxes"),
+            provider=self.provider,
+            auth=self._auth(),
             data=self._send_fields(message),
             files={"file": (f"{message.reference}.pdf", message.pdf, "application/pdf")},
         )
@@ -200,8 +202,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
         return self._receipt(response)
 
     def _send_fields(self, message: FaxMessage) -> dict[str, str]:
-        fields = {"to": message.to, "caller_id": message.from_number,
-                  f"tag[{REFERENCE_TAG}]": message.reference}
+        fields = {"to": message.to, "caller_id": message.from_number, f"tag[{REFERENCE_TAG}]": message.reference}
         if message.header_text:
             fields["header_text"] = message.header_text
         if self.config.callback_url:
@@ -216,11 +217,11 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
             fax_id = None
         if fax_id is None:
             # A 2xx we cannot read may still be an accepted fax: reconcile, never resend blindly.
-            raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable",
-                          raw=body)
+            raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable", raw=body)
         log.debug("phaxio accepted fax %s", fax_id)
-        return Receipt(provider=self.provider, provider_id=fax_id, accepted_at=datetime.now(UTC),
-                       status="queued", raw=body)
+        return Receipt(
+            provider=self.provider, provider_id=fax_id, accepted_at=datetime.now(UTC), status="queued", raw=body
+        )
 
     # -- looking up ----------------------------------------------------------------------------
 
@@ -233,8 +234,12 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     def find_by_reference(self, reference: str) -> StatusEvent | None:
         since = (datetime.now(UTC) - LOOKUP_WINDOW).isoformat(timespec="seconds")
-        params = {f"tag[{REFERENCE_TAG}]": reference, "direction": "sent", "created_after": since,
-                  "per_page": str(LOOKUP_PAGE_SIZE)}
+        params = {
+            f"tag[{REFERENCE_TAG}]": reference,
+            "direction": "sent",
+            "created_after": since,
+            "per_page": str(LOOKUP_PAGE_SIZE),
+        }
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             body = _json(self._lookup("GET", "/faxes", params={**params, "page": str(page)}))
             faxes = body.get("data") or []
@@ -248,8 +253,9 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     def _lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = request(self.client, method, self._url(path), provider=self.provider,
-                               auth=self._auth(), **kwargs)
+            response = request(
+                self.client, method, self._url(path), provider=self.provider, auth=self._auth(), **kwargs
+            )
         except DeliveryError as err:
             raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err
         if not response.is_success:
@@ -273,11 +279,9 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
         kind = WEBHOOK_KINDS.get(event_type)
         if event_type not in WEBHOOK_KINDS:
             return []  # e.g. events of received faxes: nothing of ours changes
-        return [self._event(fax, kind=kind, event_type=event_type, received_at=request.received_at,
-                            extra=values)]
+        return [self._event(fax, kind=kind, event_type=event_type, received_at=request.received_at, extra=values)]
 
-    def _verify(self, request: WebhookRequest, fields: list[tuple[str, str]],
-                files: list[tuple[str, bytes]]) -> None:
+    def _verify(self, request: WebhookRequest, fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> None:
         given = request.headers.get("x-phaxio-signature", "")
         if not given:
             raise WebhookAuthError(f"{self.provider}: webhook without X-Phaxio-Signature")
@@ -289,14 +293,20 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     # -- mapping -------------------------------------------------------------------------------
 
-    def _event(self, fax: Mapping[str, Any], *, kind: EventKind | None, event_type: str,
-               received_at: datetime, extra: Mapping[str, str] | None = None) -> StatusEvent:
+    def _event(
+        self,
+        fax: Mapping[str, Any],
+        *,
+        kind: EventKind | None,
+        event_type: str,
+        received_at: datetime,
+        extra: Mapping[str, str] | None = None,
+    ) -> StatusEvent:
         """One StatusEvent from a Fax object; ``kind`` None means "from its status"."""
         recipient = _first_recipient(fax)
         status = str(fax.get("status") or "")
         if kind is None:
-            kind = STATUS_KINDS.get(str(recipient.get("status") or status), STATUS_KINDS.get(status,
-                                                                                           EventKind.QUEUED))
+            kind = STATUS_KINDS.get(str(recipient.get("status") or status), STATUS_KINDS.get(status, EventKind.QUEUED))
         error_type, error_id = _error_of(recipient, fax)
         failed = kind in (EventKind.FAILED, EventKind.DEFERRED)
         marker = (extra or {}).get("page") or (extra or {}).get("retry_count") or fax.get("completed_at")
@@ -335,8 +345,7 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     message = str(body.get("message") or "")
     status = response.status_code
     if status == 401:
-        return Permanent(f"phaxio: authentication failed; check {env}API_KEY and {env}API_SECRET",
-                         code="401", raw=body)
+        return Permanent(f"phaxio: authentication failed; check {env}API_KEY and {env}API_SECRET", code="401", raw=body)
     if status == 402:
         # Insufficient funds. Nothing was sent and the number is fine: a permanent error would move
         # a letter to a head of state on to a weaker route because of our billing. Retry later while
@@ -379,7 +388,6 @@ def _detail(error_type: str | None, message: str | None) -> str | None:
     return f"{error_type}: {message}" if error_type else message
 
 
-
 def _read_form(request: WebhookRequest) -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:
     """Fields and file parts of a multipart/form-data body, byte-exact (the signature covers them)."""
     if request.method.upper() != "POST":
@@ -409,11 +417,18 @@ class _MultipartCollector:
         self._value = b""
         self._data = bytearray()
         self._ended = False
-        self._parser = MultipartParser(boundary, {  # type: ignore[arg-type]
-            "on_part_begin": self._begin, "on_part_data": self._part_data, "on_part_end": self._end_part,
-            "on_header_field": self._header_field, "on_header_value": self._header_value,
-            "on_header_end": self._header_end, "on_end": self._end,
-        })
+        self._parser = MultipartParser(
+            boundary,
+            {  # type: ignore[arg-type]
+                "on_part_begin": self._begin,
+                "on_part_data": self._part_data,
+                "on_part_end": self._end_part,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_end": self._end,
+            },
+        )
 
     def feed(self, body: bytes) -> None:
         self._parser.write(body)

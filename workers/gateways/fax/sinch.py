@@ -81,8 +81,15 @@ STATUS_KINDS: dict[str, EventKind] = {
 # repeated no-answer / no-fax-tone after N tries); "permanent": move to the next route.
 ERROR_CLASSES: dict[int, ErrorClass] = {
     # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing
-    4: "permanent", 54: "permanent", 55: "permanent", 57: "transient", 69: "transient",  # 57/69: storage
-    122: "permanent", 128: "permanent", 129: "permanent", 130: "permanent",
+    4: "permanent",
+    54: "permanent",
+    55: "permanent",
+    57: "transient",
+    69: "transient",  # 57/69: storage
+    122: "permanent",
+    128: "permanent",
+    129: "permanent",
+    130: "permanent",
     # CALL_ERROR / LINE_ERROR: the call could not be placed
     11: "transient",  # call dropped prematurely
     15: "transient",  # congestion
@@ -98,10 +105,18 @@ ERROR_CLASSES: dict[int, ErrorClass] = {
     50: "permanent",  # call rejected: the far end refuses the call
     52: "permanent",  # no route available
     73: "permanent",  # number changed
-    87: "transient", 88: "transient", 100: "transient", 110: "transient", 112: "transient",  # no answer, network
+    87: "transient",
+    88: "transient",
+    100: "transient",
+    110: "transient",
+    112: "transient",  # no answer, network
     115: "permanent",  # the phone number has been changed
     # FAX_ERROR: the fax session failed; mostly line quality
-    6: "transient", 8: "transient", 10: "transient", 12: "transient", 13: "transient",
+    6: "transient",
+    8: "transient",
+    10: "transient",
+    12: "transient",
+    13: "transient",
     14: "transient",  # timed out waiting for initial communication
     7: "permanent",  # far end cannot receive at the size of image
     25: "permanent",  # far end cannot receive at the resolution of the image
@@ -148,8 +163,10 @@ class SinchSettings(BaseSettings):
     def _credentials_with_callback(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         has_user = bool(info.data.get("callback_username"))
         if info.data.get("callback_url") and not (has_user and value):
-            raise ValueError("callback_url needs callback_username and callback_password: Sinch does "
-                             "not sign fax callbacks, so they are authenticated with HTTP Basic")
+            raise ValueError(
+                "callback_url needs callback_username and callback_password: Sinch does "
+                "not sign fax callbacks, so they are authenticated with HTTP Basic"
+            )
         if has_user != bool(value):
             raise ValueError("set both callback_username and callback_password, or neither")
         return value
@@ -180,8 +197,14 @@ class SinchGateway(HttpGateway[SinchSettings]):
     def send(self, message: Message) -> Receipt:
         if not isinstance(message, FaxMessage):
             raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
-        response = request(self.client, "POST", self._url("/faxes"), provider=self.provider,
-                           auth=self._auth(), json=self._send_body(message))
+        response = request(
+            self.client,
+            "POST",
+            self._url("/faxes"),
+            provider=self.provider,
+            auth=self._auth(),
+            json=self._send_body(message),
+        )
         if not response.is_success:
             raise _error_for_response(response, env=env_prefix(self.name))
         return self._receipt(response)
@@ -215,11 +238,15 @@ class SinchGateway(HttpGateway[SinchSettings]):
         fax_id = body.get("id")
         if not isinstance(fax_id, str) or not fax_id:
             # A 2xx we cannot read may still be an accepted fax: reconcile, never resend blindly.
-            raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable",
-                          raw=body)
+            raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable", raw=body)
         log.debug("sinch accepted fax %s", fax_id)
-        return Receipt(provider=self.provider, provider_id=fax_id, accepted_at=datetime.now(UTC),
-                       status=str(body.get("status") or "QUEUED"), raw=_without_file(body))
+        return Receipt(
+            provider=self.provider,
+            provider_id=fax_id,
+            accepted_at=datetime.now(UTC),
+            status=str(body.get("status") or "QUEUED"),
+            raw=_without_file(body),
+        )
 
     # -- looking up ----------------------------------------------------------------------------
 
@@ -230,8 +257,11 @@ class SinchGateway(HttpGateway[SinchSettings]):
         return self._event(fax, event="fetch", received_at=datetime.now(UTC))
 
     def find_by_reference(self, reference: str) -> StatusEvent | None:
-        params = {"direction": "OUTBOUND", "labels": json.dumps({REFERENCE_LABEL: reference}),
-                  "pageSize": str(LOOKUP_PAGE_SIZE)}
+        params = {
+            "direction": "OUTBOUND",
+            "labels": json.dumps({REFERENCE_LABEL: reference}),
+            "pageSize": str(LOOKUP_PAGE_SIZE),
+        }
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             body = _json(self._lookup("/faxes", params={**params, "page": str(page)}))
             for fax in body.get("faxes") or []:
@@ -244,13 +274,13 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     def _lookup(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = request(self.client, "GET", self._url(path), provider=self.provider,
-                               auth=self._auth(), **kwargs)
+            response = request(self.client, "GET", self._url(path), provider=self.provider, auth=self._auth(), **kwargs)
         except DeliveryError as err:
             raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err
         if not response.is_success:
-            raise StatusLookupError(f"{self.provider}: lookup HTTP {response.status_code}: "
-                                    f"{_error_message(_json(response))}")
+            raise StatusLookupError(
+                f"{self.provider}: lookup HTTP {response.status_code}: {_error_message(_json(response))}"
+            )
         return response
 
     # -- webhooks ------------------------------------------------------------------------------
@@ -273,8 +303,9 @@ class SinchGateway(HttpGateway[SinchSettings]):
             # Not a WebhookError: the web layer answers 5xx, Sinch retries for days, and the
             # operator sees a configuration error instead of silently dropped callbacks.
             env = env_prefix(self.name)
-            raise GatewayConfigError(f"sinch callbacks cannot be authenticated: set {env}CALLBACK_USERNAME "
-                                     f"and {env}CALLBACK_PASSWORD")
+            raise GatewayConfigError(
+                f"sinch callbacks cannot be authenticated: set {env}CALLBACK_USERNAME and {env}CALLBACK_PASSWORD"
+            )
         given_user, given_password = _basic_credentials(request.headers.get("authorization", ""))
         user_ok = hmac.compare_digest(given_user, username.encode())
         password_ok = hmac.compare_digest(given_password, password.get_secret_value().encode())
@@ -316,19 +347,18 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     message = _error_message(body)
     status = response.status_code
     if status == 401:
-        return Permanent(f"sinch: authentication failed; check {env}KEY_ID and {env}KEY_SECRET",
-                         code="401", raw=body)
+        return Permanent(f"sinch: authentication failed; check {env}KEY_ID and {env}KEY_SECRET", code="401", raw=body)
     if status == 402:
         # Insufficient funds: nothing was sent and the number is fine. A permanent error would move a
         # letter on to a weaker route because of our billing; retry later while an operator tops up.
         return Transient(f"sinch: payment required: {message}", code="insufficient_funds", raw=body)
     if status == 404:
-        return Permanent(f"sinch: not found; check {env}PROJECT_ID and {env}BASE_URL: {message}",
-                         code="404", raw=body)
+        return Permanent(f"sinch: not found; check {env}PROJECT_ID and {env}BASE_URL: {message}", code="404", raw=body)
     if status in (400, 403, 422):
         invalid_number = "to" in _violated_fields(body)
-        return Permanent(f"sinch: request refused: {message}", raw=body,
-                         code="invalid_number" if invalid_number else str(status))
+        return Permanent(
+            f"sinch: request refused: {message}", raw=body, code="invalid_number" if invalid_number else str(status)
+        )
     return error_for_status(response, provider="sinch", detail=message)
 
 
@@ -345,8 +375,10 @@ def _error_message(body: Mapping[str, Any]) -> str:
     message = str(body.get("message") or body.get("error") or "")
     violations = [
         f"{v.get('field')}: {v.get('description')}"
-        for d in body.get("details") or [] if isinstance(d, dict)
-        for v in d.get("fieldViolations") or [] if isinstance(v, dict)
+        for d in body.get("details") or []
+        if isinstance(d, dict)
+        for v in d.get("fieldViolations") or []
+        if isinstance(v, dict)
     ]
     return "; ".join([message, *violations]) if violations else message
 

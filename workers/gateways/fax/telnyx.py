@@ -199,9 +199,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
     settings_class: ClassVar[type[BaseSettings]] = TelnyxSettings
     needs_media_url: ClassVar[bool] = True  # Telnyx downloads the PDF from media_url
 
-    def __init__(
-        self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None
-    ) -> None:
+    def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
         self._verify_key = nacl.signing.VerifyKey(base64.b64decode(self.config.public_key))
 
@@ -259,10 +257,16 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             fax_id = str(data["id"])
         except (ValueError, KeyError, TypeError) as err:
             # 2xx means accepted, but without an id we cannot follow it: reconcile by reference.
-            raise Unknown(f"{PROVIDER}: HTTP {response.status_code} without a fax id",
-                          code="no_id", raw=response.text[:2000]) from err
-        return Receipt(provider=PROVIDER, provider_id=fax_id, accepted_at=datetime.now(UTC),
-                       status=str(data.get("status") or "queued"), raw=body)
+            raise Unknown(
+                f"{PROVIDER}: HTTP {response.status_code} without a fax id", code="no_id", raw=response.text[:2000]
+            ) from err
+        return Receipt(
+            provider=PROVIDER,
+            provider_id=fax_id,
+            accepted_at=datetime.now(UTC),
+            status=str(data.get("status") or "queued"),
+            raw=body,
+        )
 
     def _send_error(self, response: httpx.Response) -> DeliveryError:
         """Map a refused send; Telnyx explains itself in ``errors[].code/title/detail``."""
@@ -270,13 +274,18 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         code, detail, body = _telnyx_error(response)
         if status in (401, 403):
             variable = f"{env_prefix(self.name)}API_KEY"
-            return Permanent(f"{PROVIDER}: HTTP {status} {detail}: check {variable} (and that the key "
-                             "may send faxes on this connection)", code=code or str(status), raw=body)
+            return Permanent(
+                f"{PROVIDER}: HTTP {status} {detail}: check {variable} (and that the key "
+                "may send faxes on this connection)",
+                code=code or str(status),
+                raw=body,
+            )
         if status == 402:
             # Nothing was sent and the number is fine: the account needs money. Retry the same route
             # (the operator tops up, the campaign deadline bounds the wait) rather than abandon it.
-            return Transient(f"{PROVIDER}: HTTP 402 {detail}: top up the Telnyx account balance",
-                             code=code or "402", raw=body)
+            return Transient(
+                f"{PROVIDER}: HTTP 402 {detail}: top up the Telnyx account balance", code=code or "402", raw=body
+            )
         if status == 408:
             # Telnyx gave up waiting for our request body (10008): nothing was accepted.
             return Transient(f"{PROVIDER}: HTTP 408 {detail}", code=code or "408", raw=body)
@@ -331,8 +340,10 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             total_pages = (body.get("meta") or {}).get("total_pages")
             if not page or not isinstance(total_pages, int) or number >= total_pages:
                 return
-        raise StatusLookupError(f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of faxes; "
-                                "narrow the search (to=, sent_after=) before deciding it was never sent")
+        raise StatusLookupError(
+            f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of faxes; "
+            "narrow the search (to=, sent_after=) before deciding it was never sent"
+        )
 
     def _lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -353,10 +364,15 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         reason = fax.get("failure_reason") if kind is EventKind.FAILED else None
         when = parse_time(fax.get("updated_at") or fax.get("created_at")) or datetime.now(UTC)
         return StatusEvent(
-            provider=PROVIDER, provider_id=str(fax.get("id")), kind=kind, occurred_at=when,
+            provider=PROVIDER,
+            provider_id=str(fax.get("id")),
+            kind=kind,
+            occurred_at=when,
             reference=decode_reference(fax.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
-            error_code=reason, detail=fax.get("internal_failure_reason"), raw=dict(fax),
+            error_code=reason,
+            detail=fax.get("internal_failure_reason"),
+            raw=dict(fax),
         )
 
     # -- webhooks --------------------------------------------------------------------------------
@@ -388,8 +404,10 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             raise WebhookAuthError(f"{PROVIDER}: webhook signature does not verify") from err
         skew = abs(request.received_at.timestamp() - signed_at)
         if skew > self.config.webhook_tolerance:
-            raise WebhookAuthError(f"{PROVIDER}: webhook timestamp {skew:.0f}s away from our clock "
-                                   f"(tolerance {self.config.webhook_tolerance}s): replay refused")
+            raise WebhookAuthError(
+                f"{PROVIDER}: webhook timestamp {skew:.0f}s away from our clock "
+                f"(tolerance {self.config.webhook_tolerance}s): replay refused"
+            )
 
     def _webhook_event(self, kind: EventKind, data: Mapping[str, Any], envelope: Any) -> StatusEvent:
         payload = data.get("payload") or {}
@@ -400,16 +418,21 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without a valid occurred_at")
         reason = payload.get("failure_reason") if kind is EventKind.FAILED else None
         return StatusEvent(
-            provider=PROVIDER, provider_id=str(payload["fax_id"]), kind=kind, occurred_at=occurred_at,
+            provider=PROVIDER,
+            provider_id=str(payload["fax_id"]),
+            kind=kind,
+            occurred_at=occurred_at,
             reference=decode_reference(payload.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
-            error_code=reason, detail=payload.get("internal_failure_reason"),
+            error_code=reason,
+            detail=payload.get("internal_failure_reason"),
             pages=_int_or_none(payload.get("page_count")),
             duration_secs=_float_or_none(payload.get("call_duration_secs")),
             remote_station_id=None,  # Telnyx's fax payloads carry no remote CSID (types/fax_*.py)
             event_id=str(data["id"]) if data.get("id") else None,
             raw=envelope,
         )
+
 
 def _telnyx_error(response: httpx.Response) -> tuple[str | None, str, Any]:
     """(first error code, "title: detail; ..." text, decoded body) of a Telnyx error answer."""
@@ -450,7 +473,6 @@ def _load_envelope(body: bytes) -> dict[str, Any]:
     if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
         raise WebhookFormatError(f"{PROVIDER}: webhook body has no data object")
     return envelope
-
 
 
 def _int_or_none(value: object) -> int | None:
