@@ -39,6 +39,7 @@ from dispatcher.processes import views
 from dispatcher.processes.api import WebContext, create_app
 from dispatcher.processes.live import state_summary
 from dispatcher.processes.scheduler import run_forever
+from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
 from workers.sandbox import telnyx as telnyx_sandbox
 from workers.sandbox.core import REACHING, SandboxState
@@ -105,7 +106,7 @@ class Sandbox:
         self.fax_server: ThreadedServer | None = None
         self.smtp: SmtpSink | None = None
 
-    def gateways(self) -> dict[str, object]:
+    def gateways(self) -> dict[str, Gateway]:
         assert self.fax_server is not None and self.smtp is not None
         public_key = base64.b64encode(bytes(self.signing_key.verify_key)).decode()
         fax = build_gateway(
@@ -168,7 +169,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
         WorkerContext(
             factory=factory,
             gateways=sandbox.gateways(),
-            retry=RETRY,  # type: ignore[arg-type]
+            retry=RETRY,
             reconcile_grace=timedelta(seconds=2),
             media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
         )
