@@ -31,7 +31,7 @@ from dispatcher.domain.messages import Receipt
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, utcnow
 from dispatcher.domain.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
-from dispatcher.domain.states import State
+from dispatcher.domain.states import CampaignStatus, Channel, DeliveryKind, State
 from workers.gateways.base import Gateway
 from workers.gateways.errors import DeliveryError, Permanent, Transient, Unknown
 from workers.limits import Limiter, LimitTimeout, NoLimits
@@ -63,7 +63,7 @@ class WorkerContext:
 
 def gateway_for(worker: WorkerContext, delivery: Delivery) -> Gateway:
     """Supporter copies may have a gateway of their own; everything else goes by channel."""
-    if delivery.kind == "copy" and "copies" in worker.gateways:
+    if delivery.kind == DeliveryKind.COPY and "copies" in worker.gateways:
         return worker.gateways["copies"]
     return worker.gateways[delivery.channel]
 
@@ -173,13 +173,13 @@ def _hold_back(worker: WorkerContext, session: Session, delivery: Delivery, now:
             reason=f"campaign deadline {deadline.isoformat()} passed before it could be sent",
         )
         return "deadline"
-    if status == "cancelled":
+    if status == CampaignStatus.CANCELLED:
         transition(session, delivery, State.CANCELLED, actor=worker.actor, at=now, reason="campaign cancelled")
         return "cancelled"
-    if status != "scheduled":
+    if status != CampaignStatus.SCHEDULED:
         transition(session, delivery, State.PLANNED, actor=worker.actor, at=now, reason=f"campaign {status}")
         return f"held:{status}"
-    if delivery.channel == "fax":
+    if delivery.channel == Channel.FAX:
         wait = _fax_line_wait(worker, session, delivery, now)
         if wait is not None:
             transition(
@@ -203,7 +203,7 @@ def _fax_line_wait(worker: WorkerContext, session: Session, delivery: Delivery, 
     busy = session.scalar(
         select(Delivery.id)
         .where(
-            Delivery.channel == "fax",
+            Delivery.channel == Channel.FAX,
             Delivery.destination == delivery.destination,
             Delivery.id != delivery.id,
             Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN]),
@@ -233,7 +233,11 @@ def _render(worker: WorkerContext, claim: Claim) -> Rendered:
     with worker.factory() as session:
         delivery = session.get(Delivery, claim.delivery_id)
         assert delivery is not None
-        url = worker.media_url(delivery.id, worker.clock()) if worker.media_url and delivery.channel == "fax" else None
+        url = (
+            worker.media_url(delivery.id, worker.clock())
+            if worker.media_url and delivery.channel == Channel.FAX
+            else None
+        )
         return worker.documents.render(delivery, media_url=url)
 
 

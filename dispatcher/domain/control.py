@@ -17,7 +17,7 @@ from dispatcher.domain.ledger import transition
 from dispatcher.domain.models import Campaign, Delivery
 from dispatcher.domain.outcomes import skip_other_routes
 from dispatcher.domain.queries import get_campaign
-from dispatcher.domain.states import State
+from dispatcher.domain.states import CampaignStatus, DeliveryKind, RoutePolicy, State
 from dispatcher.domain.timing import first_send_time
 
 WAITING = (State.PLANNED, State.QUEUED, State.RETRY_WAIT)
@@ -26,14 +26,14 @@ WAITING = (State.PLANNED, State.QUEUED, State.RETRY_WAIT)
 def schedule(session: Session, name: str, *, now: datetime, actor: str = "operator") -> Campaign:
     """Mark a draft campaign scheduled and give each delivery its earliest send time."""
     campaign = get_campaign(session, name)
-    if campaign.status not in ("draft", "paused"):
+    if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.PAUSED):
         raise CampaignConflict(f"campaign {name!r} is {campaign.status}; only a draft can be scheduled")
     spec = CampaignSpec.model_validate(campaign.spec)
     zones = {a.id: a.timezone for a in campaign.addressees}
     for delivery in _deliveries(session, campaign, (State.PLANNED,)):
         zone = zones.get(delivery.addressee_id or -1, "UTC")
         delivery.not_before = first_send_time(spec.campaign.schedule, timezone=zone, now=now)
-    campaign.status = "scheduled"
+    campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = now
     campaign.letter_date = campaign.letter_date or now.date()
     return campaign
@@ -41,8 +41,8 @@ def schedule(session: Session, name: str, *, now: datetime, actor: str = "operat
 
 def pause(session: Session, name: str, *, actor: str = "operator") -> int:
     """Stop claiming; queued deliveries go back to planned. Returns how many were handed back."""
-    campaign = _in_status(session, name, ("scheduled",), "pause")
-    campaign.status = "paused"
+    campaign = _in_status(session, name, (CampaignStatus.SCHEDULED,), "pause")
+    campaign.status = CampaignStatus.PAUSED
     queued = _deliveries(session, campaign, (State.QUEUED,))
     for delivery in queued:
         transition(session, delivery, State.PLANNED, actor=actor, reason="campaign paused")
@@ -50,15 +50,17 @@ def pause(session: Session, name: str, *, actor: str = "operator") -> int:
 
 
 def resume(session: Session, name: str, *, actor: str = "operator") -> Campaign:
-    campaign = _in_status(session, name, ("paused",), "resume")
-    campaign.status = "scheduled"
+    campaign = _in_status(session, name, (CampaignStatus.PAUSED,), "resume")
+    campaign.status = CampaignStatus.SCHEDULED
     return campaign
 
 
 def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
     """Cancel every delivery not yet handed to a provider; returns how many were cancelled."""
-    campaign = _in_status(session, name, ("draft", "scheduled", "paused"), "cancel")
-    campaign.status = "cancelled"
+    campaign = _in_status(
+        session, name, (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.PAUSED), "cancel"
+    )
+    campaign.status = CampaignStatus.CANCELLED
     waiting = _deliveries(session, campaign, WAITING)
     for delivery in waiting:
         transition(session, delivery, State.CANCELLED, actor=actor, reason="campaign cancelled")
@@ -82,8 +84,8 @@ def retry(
         )
     transition(session, delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator")
     delivery.not_before = now  # attempts are counted afresh from this event (outcomes.attempts_on_route)
-    if delivery.campaign.status == "completed":
-        delivery.campaign.status = "scheduled"  # the scheduler only claims for scheduled campaigns
+    if delivery.campaign.status == CampaignStatus.COMPLETED:
+        delivery.campaign.status = CampaignStatus.SCHEDULED  # the scheduler only claims for scheduled campaigns
     return delivery
 
 
@@ -95,7 +97,7 @@ def _locked(session: Session, delivery_id: int) -> Delivery:
 
 
 def _live_or_succeeded_route(session: Session, delivery: Delivery) -> Delivery | None:
-    if delivery.kind != "letter" or delivery.campaign.route_policy != "first-success":
+    if delivery.kind != DeliveryKind.LETTER or delivery.campaign.route_policy != RoutePolicy.FIRST_SUCCESS:
         return None
     return session.scalars(
         select(Delivery).where(

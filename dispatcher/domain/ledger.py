@@ -10,7 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.models import Delivery, DeliveryEvent, utcnow
-from dispatcher.domain.states import State, check_transition, sources_of
+from dispatcher.domain.states import DeliveryKind, State, check_transition, sources_of
 
 
 def transition(
@@ -28,7 +28,7 @@ def transition(
 ) -> DeliveryEvent:
     """Move ``delivery`` to ``target`` (checked against the state machine) and log the event."""
     check_transition(delivery.state, target)
-    if delivery.kind == "copy":  # a supporter's address must not reach the log through a server's reply
+    if delivery.kind == DeliveryKind.COPY:  # a supporter's address must not reach the log through a server's reply
         reason = redact_addresses(reason)
     event = DeliveryEvent(
         delivery_id=delivery.id,

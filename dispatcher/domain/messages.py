@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-Channel = Literal["fax", "email"]
-
 
 @dataclass(frozen=True, kw_only=True)
 class Attachment:

@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from dispatcher.domain.states import CampaignStatus
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -63,7 +65,7 @@ class Campaign(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     title: Mapped[str] = mapped_column(String(300))
-    status: Mapped[str] = mapped_column(String(20), default="draft")  # draft|scheduled|paused|cancelled|completed
+    status: Mapped[str] = mapped_column(String(20), default=CampaignStatus.DRAFT)  # a CampaignStatus
     urgency: Mapped[str] = mapped_column(String(10), default="urgent")
     route_policy: Mapped[str] = mapped_column(String(20))
     schedule: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -164,7 +166,7 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(10))  # "letter" | "copy"
+    kind: Mapped[str] = mapped_column(String(10))  # a DeliveryKind
     addressee_id: Mapped[int | None] = mapped_column(ForeignKey("addressees.id", ondelete="CASCADE"))
     route_id: Mapped[int | None] = mapped_column(ForeignKey("routes.id", ondelete="CASCADE"))
     supporter_id: Mapped[int | None] = mapped_column(ForeignKey("supporters.id", ondelete="CASCADE"))

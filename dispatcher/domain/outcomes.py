@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from dispatcher.domain.ledger import transition
 from dispatcher.domain.messages import EventKind, StatusEvent
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
-from dispatcher.domain.states import State
+from dispatcher.domain.states import DeliveryKind, RoutePolicy, State
 from dispatcher.domain.timing import backoff
 
 Applied = Literal["applied", "duplicate", "stale", "noted"]
@@ -37,7 +37,7 @@ def succeeded(delivery: Delivery) -> bool:
 
 def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: datetime) -> int:
     """Under first-success, the addressee's routes still waiting are skipped: this one succeeded."""
-    if delivery.kind != "letter" or delivery.campaign.route_policy != "first-success":
+    if delivery.kind != DeliveryKind.LETTER or delivery.campaign.route_policy != RoutePolicy.FIRST_SUCCESS:
         return 0
     waiting = session.scalars(
         select(Delivery)

@@ -28,7 +28,7 @@ from dispatcher.domain.models import (
     Route,
     Supporter,
 )
-from dispatcher.domain.states import State
+from dispatcher.domain.states import CampaignStatus, DeliveryKind, State
 from dispatcher.domain.validation import Report, RouteCheck
 
 ACTOR = "planner"
@@ -104,7 +104,7 @@ def _state_counts(session: Session, campaign: Campaign) -> dict[str, int]:
 def _refuse_unless_draft(session: Session, campaign: Campaign) -> None:
     counts = _state_counts(session, campaign)
     started = sum(n for state, n in counts.items() if state not in (State.PLANNED, State.SKIPPED))
-    if campaign.status != "draft" or started:
+    if campaign.status != CampaignStatus.DRAFT or started:
         raise CampaignConflict(
             f"campaign {campaign.name!r} is {campaign.status} ({started} deliveries started) and its file "
             "has changed; a scheduled campaign is never rewritten. Cancel it and load the new version "
@@ -137,7 +137,7 @@ def _write_campaign(
         title=c.title,
         urgency=c.urgency,
         route_policy=c.route_policy,
-        status="draft",
+        status=CampaignStatus.DRAFT,
         schedule=c.schedule.model_dump(mode="json"),
         deadline=c.deadline,
         sender=spec.sender.model_dump(mode="json"),
@@ -267,7 +267,7 @@ def _route_delivery(
     destination = check.value or check.raw_value
     delivery = {
         "campaign_id": campaign.id,
-        "kind": "letter",
+        "kind": DeliveryKind.LETTER,
         "addressee_id": route.addressee_id,
         "route_id": route.id,
         "supporter_id": None,
@@ -305,7 +305,7 @@ def _copy_delivery(
 ) -> tuple[dict[str, Any], str]:
     delivery = {
         "campaign_id": campaign.id,
-        "kind": "copy",
+        "kind": DeliveryKind.COPY,
         "addressee_id": None,
         "route_id": None,
         "supporter_id": supporter_id,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from dispatcher.domain.db import transaction
 from dispatcher.domain.ledger import transition
 from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
-from dispatcher.domain.states import TERMINAL, State
+from dispatcher.domain.states import TERMINAL, CampaignStatus, DeliveryKind, RoutePolicy, State
 
 ACTOR = "scheduler"
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Claimed:
 
 
 def queue_for(delivery: Delivery | Claimed) -> str:
-    return "copies" if delivery.kind == "copy" else delivery.channel
+    return "copies" if delivery.kind == DeliveryKind.COPY else delivery.channel
 
 
 def tick(session: Session, *, now: datetime, config: SchedulerConfig = SchedulerConfig()) -> TickResult:
@@ -80,7 +80,7 @@ def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) 
     earlier = aliased(Delivery)
     blocked_by_earlier_route = exists().where(
         earlier.addressee_id == Delivery.addressee_id,
-        earlier.kind == "letter",
+        earlier.kind == DeliveryKind.LETTER,
         earlier.route_position < Delivery.route_position,
         earlier.state.not_in([State.FAILED, State.SKIPPED, State.CANCELLED]),
     )
@@ -88,10 +88,14 @@ def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) 
         select(Delivery.id, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state, Delivery.campaign_id)
         .join(Campaign, Campaign.id == Delivery.campaign_id)
         .where(
-            Campaign.status == "scheduled",
+            Campaign.status == CampaignStatus.SCHEDULED,
             Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
             or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
-            or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked_by_earlier_route),
+            or_(
+                Delivery.kind == DeliveryKind.COPY,
+                Campaign.route_policy == RoutePolicy.ALL_ROUTES,
+                ~blocked_by_earlier_route,
+            ),
         )
         .order_by(Delivery.not_before, Delivery.id)
         .limit(limit)
@@ -132,7 +136,7 @@ def fail_past_deadline(session: Session, *, now: datetime) -> int:
         .where(
             Campaign.deadline.is_not(None),
             Campaign.deadline <= now,
-            Campaign.status.in_(["scheduled", "paused"]),
+            Campaign.status.in_([CampaignStatus.SCHEDULED, CampaignStatus.PAUSED]),
             Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
         )
         .with_for_update(skip_locked=True, of=Delivery)
@@ -213,9 +217,9 @@ def complete_campaigns(session: Session) -> list[str]:
         Delivery.state.not_in([str(s) for s in TERMINAL]),
         ~and_(Delivery.state == State.SUBMITTED, Delivery.expects_report.is_(False)),
     )
-    names = list(session.scalars(select(Campaign.name).where(Campaign.status == "scheduled", ~open_rows)))
+    names = list(session.scalars(select(Campaign.name).where(Campaign.status == CampaignStatus.SCHEDULED, ~open_rows)))
     if names:
-        session.execute(update(Campaign).where(Campaign.name.in_(names)).values(status="completed"))
+        session.execute(update(Campaign).where(Campaign.name.in_(names)).values(status=CampaignStatus.COMPLETED))
     return names
 
 

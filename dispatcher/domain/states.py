@@ -28,6 +28,31 @@ class State(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class CampaignStatus(enum.StrEnum):
+    """draft -> scheduled <-> paused -> completed (every delivery ended) | cancelled."""
+
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+
+
+class DeliveryKind(enum.StrEnum):
+    LETTER = "letter"  # to an official ("To" or CC), over one of their routes
+    COPY = "copy"  # a supporter's copy
+
+
+class Channel(enum.StrEnum):
+    FAX = "fax"
+    EMAIL = "email"
+
+
+class RoutePolicy(enum.StrEnum):
+    FIRST_SUCCESS = "first-success"  # stop at the first route of an addressee that succeeds
+    ALL_ROUTES = "all-routes"  # send over every route
+
+
 S = State
 TERMINAL = frozenset({S.DELIVERED, S.FAILED, S.CANCELLED, S.SKIPPED})
 

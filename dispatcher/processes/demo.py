@@ -34,6 +34,7 @@ from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.rendering.preview import write_preview
 from dispatcher.domain.scheduling import SchedulerConfig
+from dispatcher.domain.states import CampaignStatus
 from dispatcher.domain.validation import validate
 from dispatcher.processes import views
 from dispatcher.processes.api import WebContext, create_app
@@ -209,7 +210,7 @@ def _run_until_done(console: Console, factory, name: str, timeout: float) -> boo
             with factory() as session:
                 campaign = get_campaign(session, name)
                 live.update(Group(state_summary(session, name), *views.campaign_detail(session, name)[1:2]))
-                if campaign.status == "completed":
+                if campaign.status == CampaignStatus.COMPLETED:
                     return True
             time.sleep(0.3)
     return False

@@ -11,18 +11,19 @@ from sqlalchemy.orm import Session
 
 from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
 from dispatcher.domain.queries import get_campaign
+from dispatcher.domain.states import DeliveryKind, State
 
-STATE_STYLE = {
-    "delivered": "green",
-    "submitted": "cyan",
-    "sending": "blue",
-    "queued": "blue",
-    "planned": "white",
-    "retry_wait": "yellow",
-    "unknown": "magenta",
-    "failed": "red",
-    "cancelled": "dim",
-    "skipped": "dim yellow",
+STATE_STYLE: dict[str, str] = {
+    State.DELIVERED: "green",
+    State.SUBMITTED: "cyan",
+    State.SENDING: "blue",
+    State.QUEUED: "blue",
+    State.PLANNED: "white",
+    State.RETRY_WAIT: "yellow",
+    State.UNKNOWN: "magenta",
+    State.FAILED: "red",
+    State.CANCELLED: "dim",
+    State.SKIPPED: "dim yellow",
 }
 
 
@@ -61,7 +62,7 @@ def _letters_table(campaign: Campaign) -> Table:
     for column in ("#", "role", "addressee", "route", "destination", "state", "attempts", "note"):
         table.add_column(column, overflow="fold")
     letters = sorted(
-        (d for d in campaign.deliveries if d.kind == "letter"),
+        (d for d in campaign.deliveries if d.kind == DeliveryKind.LETTER),
         key=lambda d: (
             d.addressee.role != "to" if d.addressee else True,
             d.addressee.position if d.addressee else 0,
@@ -95,7 +96,7 @@ def _copies_summary(campaign: Campaign) -> Table:
     table = Table(title="Supporter copies")
     table.add_column("state")
     table.add_column("count", justify="right")
-    for state, n in sorted(Counter(d.state for d in campaign.deliveries if d.kind == "copy").items()):
+    for state, n in sorted(Counter(d.state for d in campaign.deliveries if d.kind == DeliveryKind.COPY).items()):
         table.add_row(styled(state), str(n))
     return table
 
@@ -132,7 +133,7 @@ def event_table(session: Session, name: str, *, after_id: int = 0, limit: int | 
 
 def describe_target(delivery: Delivery) -> str:
     """Who a delivery is for, without personal data of supporters (logs and live views are shared)."""
-    if delivery.kind == "copy":
+    if delivery.kind == DeliveryKind.COPY:
         return f"supporter copy #{delivery.supporter_id}"
     person = delivery.addressee.name if delivery.addressee else "?"
     return f"{person} / {delivery.channel} {delivery.destination}"

@@ -10,7 +10,8 @@ from typing import ClassVar
 
 from pydantic_settings import BaseSettings
 
-from dispatcher.domain.messages import Channel, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.states import Channel
 
 
 class Gateway:

@@ -18,6 +18,7 @@ from dispatcher.domain.rendering.copy import render_supporter_copy
 from dispatcher.domain.rendering.email import render_email
 from dispatcher.domain.rendering.fax import FaxDocument, render_fax
 from dispatcher.domain.rendering.letter import RenderedLetter, build_letter
+from dispatcher.domain.states import Channel, DeliveryKind
 from dispatcher.domain.templating import compile_letter
 
 
@@ -58,7 +59,7 @@ class DocumentCache:
         """The message for one delivery, its content hash and page count."""
         spec, letter = self.letter(delivery.campaign)
         key = delivery.idempotency_key
-        if delivery.kind == "copy":
+        if delivery.kind == DeliveryKind.COPY:
             supporter = delivery.supporter
             doc = render_supporter_copy(
                 spec,
@@ -68,7 +69,7 @@ class DocumentCache:
                 reference=key,
             )
             return Rendered(doc.message, doc.sha256, None)
-        if delivery.channel == "email":
+        if delivery.channel == Channel.EMAIL:
             doc = render_email(spec, letter, to_email=delivery.destination, reference=key)
             return Rendered(doc.message, doc.sha256, None)
         fax = self.fax_document(delivery)

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from dispatcher.domain.messages import Channel, EmailMessage, Message
+from dispatcher.domain.messages import EmailMessage, Message
+from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
     Permanent,
@@ -33,7 +34,7 @@ from workers.gateways.registry import env_prefix
 class HttpEmailGateway(HttpGateway[S]):
     """Base of the JSON/HTTP email gateways: one client, one way to call, one way to look up."""
 
-    channel: ClassVar[Channel] = "email"
+    channel: ClassVar[Channel] = Channel.EMAIL
 
     def setting(self, field: str) -> str:
         """The environment variable behind a setting of this gateway, for error messages."""

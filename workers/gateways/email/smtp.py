@@ -28,8 +28,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import Channel, EmailMessage, Message, Receipt, StatusEvent
+from dispatcher.domain.messages import EmailMessage, Message, Receipt, StatusEvent
 from dispatcher.domain.rendering.mime import to_mime
+from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
     DeliveryError,
@@ -86,7 +87,7 @@ class SmtpGateway(Gateway):
     """Send email through one SMTP relay; sends share one connection and are serialised by a lock."""
 
     provider: ClassVar[str] = "smtp"
-    channel: ClassVar[Channel] = "email"
+    channel: ClassVar[Channel] = Channel.EMAIL
     settings_class: ClassVar[type[BaseSettings]] = SmtpSettings
     reports_delivery: ClassVar[bool] = False  # no webhooks, no lookup: the relay's 250 is the last word
     settings: SmtpSettings

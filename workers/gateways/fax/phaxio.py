@@ -34,7 +34,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 from pydantic import SecretStr
@@ -43,6 +43,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
     Permanent,
@@ -180,7 +181,7 @@ def signature(token: str, url: str, params: Iterable[tuple[str, str]], files: It
 
 class PhaxioGateway(HttpGateway[PhaxioSettings]):
     provider: ClassVar[str] = "phaxio"
-    channel: ClassVar[Literal["fax"]] = "fax"
+    channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = PhaxioSettings
 
     # -- sending -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -47,6 +47,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
     GatewayConfigError,
@@ -189,7 +190,7 @@ def url_with_credentials(url: str, username: str, password: str) -> str:
 
 class SinchGateway(HttpGateway[SinchSettings]):
     provider: ClassVar[str] = "sinch"
-    channel: ClassVar[Literal["fax"]] = "fax"
+    channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = SinchSettings
 
     # -- sending -------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.messages import (
-    Channel,
     EventKind,
     FaxMessage,
     Message,
@@ -47,6 +46,7 @@ from dispatcher.domain.messages import (
     StatusEvent,
     WebhookRequest,
 )
+from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
     Permanent,
@@ -195,7 +195,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
     """Telnyx Programmable Fax v2."""
 
     provider: ClassVar[str] = PROVIDER
-    channel: ClassVar[Channel] = "fax"
+    channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = TelnyxSettings
     needs_media_url: ClassVar[bool] = True  # Telnyx downloads the PDF from media_url
 
