@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,17 +26,49 @@ class Settings(BaseSettings):
     fax_gateway: str = Field(default="telnyx", description="gateway name for faxes (settings DISPATCH_<NAME>_*)")
     email_gateway: str = Field(default="smtp", description="gateway name for letters by email")
     copies_gateway: str | None = Field(default=None, description="gateway for supporter copies; email's if unset")
-    retry_base_seconds: float = Field(default=60.0, description="first backoff after a transient failure")
-    retry_cap_seconds: float = Field(default=1800.0, description="longest backoff")
-    max_attempts: int = Field(default=8, description="attempts per route before it is given up")
-    fax_gap_seconds: float = Field(default=60.0, description="minimum time between two faxes to one number")
-    republish_after_seconds: float = Field(default=60.0, description="re-publish a queued row after this long")
-    reconcile_grace_seconds: float = Field(default=60.0, description="wait before trusting a provider's 'not found'")
-    reconcile_every_seconds: float = Field(default=30.0, description="look up unknown sends this often")
-    lease_seconds: float = Field(default=900.0, description="a claimed send not recorded by then becomes unknown")
-    queue_prefix: str = Field(default="", description="prefix for the Celery queue names (several services, one Redis)")
-    var_dir: Path = Field(default=Path("var"), description="runtime files: SQLite database, oracle logs")
-    log_level: str = "INFO"
+    queue_prefix: str = Field(
+        default="", description="prefix for queue names and Redis keys (several services, one Redis)"
+    )
+    var_dir: Path = Field(default=Path("var"), description="runtime files: the demo's ledger, sandbox oracle logs")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR, for every process")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="plain text lines, or one JSON object a line"
+    )
+
+    # retries and fallback
+    retry_base_seconds: float = Field(default=60.0, gt=0, description="first backoff after a transient failure")
+    retry_cap_seconds: float = Field(default=1800.0, gt=0, description="longest backoff")
+    max_attempts: int = Field(default=8, ge=1, description="attempts per route before it is given up")
+    fax_gap_seconds: float = Field(default=60.0, ge=0, description="minimum time between two faxes to one number")
+
+    # the scheduler
+    tick_seconds: float = Field(default=1.0, gt=0, description="time between two scheduler ticks")
+    claim_limit: int = Field(default=2000, ge=1, description="deliveries claimed per tick, at most")
+    publish_batch_size: int = Field(default=200, ge=1, description="delivery ids per broker message")
+    republish_after_seconds: float = Field(default=60.0, gt=0, description="re-publish a queued row after this long")
+    poll_after_seconds: float = Field(
+        default=900.0, gt=0, description="poll a submitted send with no report after this"
+    )
+    reconcile_grace_seconds: float = Field(
+        default=60.0, ge=0, description="wait before trusting a provider's 'not found'"
+    )
+    reconcile_every_seconds: float = Field(default=30.0, gt=0, description="look up unknown sends this often")
+
+    # the worker
+    lease_seconds: float = Field(default=900.0, gt=0, description="a claimed send not recorded by then becomes unknown")
+    batch_budget_seconds: float = Field(default=240.0, gt=0, description="no new send starts in a task after this long")
+    task_soft_time_limit_seconds: float = Field(default=600.0, gt=0, description="Celery soft time limit of a task")
+    task_time_limit_seconds: float = Field(default=660.0, gt=0, description="Celery hard time limit of a task")
+    visibility_timeout_seconds: float = Field(
+        default=3600.0, gt=0, description="Redis redelivers unacked messages after"
+    )
+
+    # shared limits (Redis), per gateway and per campaign
+    gateway_per_second: int = Field(default=10, ge=1, description="sends per second through one gateway")
+    gateway_in_flight: int = Field(default=4, ge=1, description="calls in progress at once through one gateway")
+    campaign_per_minute: int = Field(default=600, ge=1, description="sends per minute for one campaign")
+    limit_max_wait_seconds: float = Field(default=120.0, gt=0, description="longest wait for a limit before retrying")
+    limit_slot_ttl_seconds: float = Field(default=300.0, gt=0, description="an in-flight slot of a dead worker expires")
 
 
 def load_settings(**overrides: object) -> Settings:
