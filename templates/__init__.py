@@ -1,5 +1,6 @@
 """The Jinja2 templates of campaign-dispatch's own documents, installed as the package ``dispatch_templates``.
 
+fax/    the fax cover page, as drawing instructions
 email/  the HTML document around an email's paragraphs
 copy/   the copy of the letter emailed to a supporter
 

@@ -62,6 +62,7 @@ def test_installed_code_finds_each_template_by_its_name(tmp_path: Path) -> None:
     assert found["missing"] == []
     assert found["loaded"] == found["names"]
     assert set(found["names"]) >= {
+        "fax/cover.jsonl.j2",
         "email/letter.html.j2",
         "copy/subject.txt.j2",
         "copy/supporter.txt.j2",

@@ -10,11 +10,11 @@ import jinja2
 import pytest
 
 from dispatcher.domain.campaign_file import CampaignSpec
-from dispatcher.domain.rendering import RenderedLetter, build_letter, render_supporter_copy
+from dispatcher.domain.rendering import RenderedLetter, build_letter, render_fax, render_supporter_copy
 from dispatcher.domain.rendering.templates import default_environment, environment
 from dispatcher.domain.templating import compile_letter
 
-from .conftest import LETTER_DATE, make_spec, spec_data
+from .conftest import LETTER_DATE, make_spec, pdf_text, spec_data
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 MARKUP_NAME = "<script>x</script>"
@@ -53,6 +53,32 @@ def test_a_missing_value_is_an_error_not_a_blank() -> None:
     env = environment(loader=jinja2.DictLoader({"a.txt.j2": "Dear {{ nobody }},"}))
     with pytest.raises(jinja2.UndefinedError):
         env.get_template("a.txt.j2").render()
+
+
+def test_fax_cover_is_drawn_from_its_template(tmp_path: Path) -> None:
+    spec = make_spec()
+    letter = _letter(spec)
+    templates = _edited(tmp_path, "fax/cover.jsonl.j2", '"Signatory"', '"Signed by"')
+    text = pdf_text(render_fax(spec, letter, to=spec.to[0], fax_number="+86 10 6307 0900", templates=templates).pdf)
+    assert "SignedbyAdaExample,Director" in text
+    assert "Signatory" not in text
+
+
+def test_fax_cover_refuses_an_unknown_drawing_option(tmp_path: Path) -> None:
+    spec = make_spec()
+    templates = _edited(tmp_path, "fax/cover.jsonl.j2", '"size"', '"szie"')
+    with pytest.raises(ValueError, match="szie"):
+        render_fax(spec, _letter(spec), to=spec.to[0], fax_number="+1", templates=templates)
+
+
+def test_fax_cover_shows_names_as_written() -> None:
+    spec = _markup_spec()
+    to = spec.to[0].model_copy(update={"organisation": "Xi & Co"})
+    text = pdf_text(render_fax(spec, _letter(spec), to=to, fax_number="+1").pdf)
+    assert "To<script>x</script>" in text
+    assert "OrganisationXi&Co" in text
+    assert "&lt;" not in text
+    assert "&amp;" not in text
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Our documents' own Jinja2 templates (templates/ at the repository root): email HTML, supporter copy.
+"""Our documents' own Jinja2 templates (templates/ at the repository root): cover page, email HTML, copy.
 
 These are not campaign authors' letters (those go through the sandbox in dispatcher.domain.templating,
 with autoescape off): they are part of the program, so a plain Environment reads them. Templates named
@@ -19,12 +19,13 @@ from typing import Any
 import jinja2
 
 PACKAGE = "dispatch_templates"
+FAX_COVER = "fax/cover.jsonl.j2"
 EMAIL_LETTER = "email/letter.html.j2"
 COPY_SUBJECT = "copy/subject.txt.j2"
 COPY_TEXT = "copy/supporter.txt.j2"
 COPY_HTML = "copy/supporter.html.j2"
 # Every template the code renders by name; the ones they extend or import are found through these.
-TEMPLATE_NAMES = (EMAIL_LETTER, COPY_SUBJECT, COPY_TEXT, COPY_HTML)
+TEMPLATE_NAMES = (FAX_COVER, EMAIL_LETTER, COPY_SUBJECT, COPY_TEXT, COPY_HTML)
 
 _CHECKOUT = Path(__file__).resolve().parents[3]
 
