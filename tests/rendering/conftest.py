@@ -77,6 +77,11 @@ def pdf_text(pdf: bytes) -> str:
     return re.sub(r"[\s\x00]+", "", "".join(page.extract_text() for page in reader.pages))
 
 
+def pdf_page_text(pdf: bytes, index: int) -> str:
+    """The text of one page, whitespace removed as in pdf_text."""
+    return re.sub(r"[\s\x00]+", "", PdfReader(io.BytesIO(pdf)).pages[index].extract_text())
+
+
 def pdf_pages(pdf: bytes) -> int:
     return len(PdfReader(io.BytesIO(pdf)).pages)
 

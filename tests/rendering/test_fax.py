@@ -7,7 +7,7 @@ from pathlib import Path
 from dispatcher.domain.campaign_file import CampaignSpec
 from dispatcher.domain.rendering import FaxDocument, load_letter, render_fax
 
-from .conftest import EXAMPLE_DIR, LETTER_DATE, make_spec, pdf_pages, pdf_text
+from .conftest import EXAMPLE_DIR, LETTER_DATE, make_spec, pdf_page_text, pdf_pages, pdf_text
 
 
 def _fax(spec: CampaignSpec, base: Path) -> FaxDocument:
@@ -36,6 +36,26 @@ def test_example_campaign_fax_has_cover_and_letter(example_spec: CampaignSpec) -
         "CC:GuoShengkun",
     ):
         assert expected in text, expected
+
+
+def test_cover_page_reads_top_to_bottom(example_spec: CampaignSpec) -> None:
+    cover = pdf_page_text(_fax(example_spec, EXAMPLE_DIR).pdf, 0)
+    assert cover.startswith("HumanRightsWatch350FifthAvenue,34thFloorNewYork,NY10118-3299USAURGENTFAX")
+    rows = [
+        "ToXiJinping",
+        "TitlePresident",
+        "OrganisationGeneralSecretaryOffice,CentralCommitteeoftheCommunistPartyofChina",
+        "Fax+861063070900",
+        "FromHumanRightsWatch",
+        "SignatorySophieRichardson,ChinaDirector,AsiaDivision",
+        "Fax(callerid)+12125550143",
+        "Replytochina-advocacy@example.org",
+        "Date27November2026",
+        "Pages2(includingthiscoverpage)",
+        "SubjectDetentionofnineNorthKoreanrefugees",
+        "page1of2",
+    ]
+    assert cover.endswith("".join(rows))
 
 
 def test_chinese_names_render(cjk_spec: CampaignSpec, tmp_path: Path) -> None:

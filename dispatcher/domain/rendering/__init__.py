@@ -1,10 +1,12 @@
 """One letter, rendered into every document we send: email, fax PDF and the supporter copy.
 
-letter.py   the campaign's letter, once: text + escaped HTML, with the visible CC block
-fax.py      the fax PDF (cover page + letter, page count and SHA-256)
-email.py    the email to one addressee (stable Message-ID, SHA-256 of its content)
-copy.py     the copy emailed to a supporter
-preview.py  the fax and email written to files for a human to check
+letter.py     the campaign's letter, once: text + escaped HTML, with the visible CC block
+fax.py        the fax PDF (cover page + letter, page count and SHA-256)
+email.py      the email to one addressee (stable Message-ID, SHA-256 of its content)
+copy.py       the copy emailed to a supporter
+preview.py    the fax and email written to files for a human to check
+templates.py  the environment for templates/ (cover page, email HTML, supporter copy)
+drawing.py    the cover page's drawing instructions, as its template writes them, and their drawing
 """
 
 from __future__ import annotations

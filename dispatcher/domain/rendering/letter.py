@@ -1,7 +1,7 @@
 """The letter, rendered once per campaign: plain text plus an HTML twin, both ending in the CC block.
 
-The template renders text (autoescape off); the HTML part is built by escaping that text paragraph by
-paragraph, so no template value can ever inject markup into a letter.
+The campaign's template renders text (autoescape off); the HTML part puts that text's paragraphs into
+templates/email/letter.html.j2, which escapes every line, so no template value can inject markup.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from datetime import date as Date
 from pathlib import Path
 
 import jinja2
-from markupsafe import Markup, escape
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, letter_source
+from dispatcher.domain.rendering.templates import EMAIL_LETTER, render
 from dispatcher.domain.templating import compile_letter, letter_context, render_letter
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n+")
@@ -37,13 +37,16 @@ def load_letter(spec: CampaignSpec, base_dir: Path, *, date: Date) -> RenderedLe
     return build_letter(spec, compile_letter(source, name=name), date=date)
 
 
-def build_letter(spec: CampaignSpec, template: jinja2.Template, *, date: Date) -> RenderedLetter:
+def build_letter(
+    spec: CampaignSpec, template: jinja2.Template, *, date: Date, templates: jinja2.Environment | None = None
+) -> RenderedLetter:
     """Render a compiled template for the primary addressee; raise TemplateProblemError if it fails."""
     body = render_letter(template, letter_context(spec, to=spec.to[0], date=date)).strip()
     paragraphs = paragraphs_of(body)
     cc = addressee_lines(spec.cc)
     text = "\n\n".join([*paragraphs, "\n".join(["CC:", *cc])] if cc else paragraphs) + "\n"
-    return RenderedLetter(subject=spec.letter.subject, text=text, html=letter_html(paragraphs, cc), date=date)
+    html = letter_html(paragraphs, cc, templates=templates)
+    return RenderedLetter(subject=spec.letter.subject, text=text, html=html, date=date)
 
 
 def paragraphs_of(text: str) -> list[str]:
@@ -57,24 +60,10 @@ def addressee_lines(addressees: list[AddresseeSpec]) -> list[str]:
     return [", ".join(part for part in (a.name, a.title, a.organisation) if part) for a in addressees]
 
 
-def letter_html(paragraphs: list[str], cc: list[str]) -> str:
-    """The letter's HTML part: one escaped ``<p>`` per paragraph, line breaks kept, then the CC block."""
-    blocks = [html_paragraph(p.split("\n")) for p in paragraphs]
-    if cc:
-        blocks.append(html_paragraph(["CC:", *cc], css_class="cc"))
-    return html_document(blocks)
-
-
-def html_document(blocks: list[str]) -> str:
-    """A minimal UTF-8 HTML document around already-escaped blocks."""
-    head = '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
-    return head + "\n".join(blocks) + "\n</body></html>\n"
-
-
-def html_paragraph(lines: list[str], *, css_class: str = "") -> str:
-    """One ``<p>`` with every line escaped and joined by ``<br>``."""
-    opening = Markup('<p class="{}">').format(css_class) if css_class else Markup("<p>")
-    return str(opening + Markup("<br>\n").join(escape(line) for line in lines) + Markup("</p>"))
+def letter_html(paragraphs: list[str], cc: list[str], *, templates: jinja2.Environment | None = None) -> str:
+    """The letter's HTML part from templates/email/letter.html.j2: each paragraph's lines, then the CC block."""
+    context = {"paragraphs": [p.split("\n") for p in paragraphs], "cc": cc}
+    return render(EMAIL_LETTER, context, templates=templates)
 
 
 def sha256_text(*parts: str) -> str:
