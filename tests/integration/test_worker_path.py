@@ -6,6 +6,7 @@ The sandbox's oracle (every send a provider accepted, by our reference) judges "
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,16 +18,11 @@ from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
 from dispatcher.domain.states import State
 from workers.delivery import WorkerContext, deliver
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign, xi_jinping
 from .conftest import Sandbox, campaign_status, drive, schedule_campaign, states
 
 XI_1, XI_2, WANG = "+861063070900", "+861062381025", "+861065591516"
 GUO_EMAIL = "gabzfwz@mps.gov.cn"
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
-
-
-def campaign(tmp_path: Path, example_file: Path, extra: dict[str, str] | None = None) -> Path:
-    return write_campaign(tmp_path, example_file, {**FIXED, **(extra or {})})
 
 
 def test_seed_campaign_is_sent_once_each(
@@ -45,10 +41,10 @@ def test_seed_campaign_is_sent_once_each(
 
 
 def test_busy_then_success_retries_the_same_route(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sandbox.fax.script(WANG, ["busy", "busy"])
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert states(factory)[WANG] == "delivered"
     assert [e.outcome for e in sandbox.fax.oracle() if e.destination == WANG] == ["busy", "busy", "ok"]
@@ -64,15 +60,11 @@ def test_busy_then_success_retries_the_same_route(
 
 
 def test_fallback_fax_to_fax_to_email(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """Xi Jinping: first fax is not a valid number, second never answers with a fax tone: email goes."""
-    path = campaign(
-        tmp_path,
-        example_file,
-        {
-            'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]': 'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["president@example.gov.cn"]'  # noqa: E501
-        },
+    path = build_campaign(
+        tmp_path, to=[xi_jinping(fax=["+86 10 6307 0900", "+86 10 6238 1025"], email=["president@example.gov.cn"])]
     )
     sandbox.fax.script(XI_1, ["invalid_number"])
     sandbox.fax.script(XI_2, ["no_fax_tone"] * 4)
@@ -85,21 +77,21 @@ def test_fallback_fax_to_fax_to_email(
 
 
 def test_first_success_skips_the_remaining_routes(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert states(factory)[XI_2] == "skipped"
     assert XI_2 not in {e.destination for e in sandbox.fax.oracle()}
 
 
 def test_same_delivery_published_twice_is_sent_once(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     from dispatcher.domain.models import utcnow
     from dispatcher.domain.scheduling import claim_due
 
-    schedule_campaign(factory, campaign(tmp_path, example_file))
+    schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         ids = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
     barrier = threading.Barrier(4)
@@ -122,10 +114,10 @@ def test_same_delivery_published_twice_is_sent_once(
 
 
 def test_drop_after_accept_is_unknown_then_reconciled_without_a_second_send(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sandbox.fax.script(WANG, ["drop"])
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert [e.outcome for e in sandbox.fax.oracle() if e.destination == WANG] == ["drop"]
     with factory() as session:
@@ -142,11 +134,11 @@ def test_drop_after_accept_is_unknown_then_reconciled_without_a_second_send(
 
 
 def test_pause_resume_cancel(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     from dispatcher.domain.models import utcnow
 
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         control.pause(session, name)
     drive(worker, until=lambda: True)
@@ -162,13 +154,9 @@ def test_pause_resume_cancel(
 
 
 def test_deadline_fails_what_is_left_with_a_reason(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = campaign(
-        tmp_path,
-        example_file,
-        {'route_order = "fax-first"': 'route_order = "fax-first"\ndeadline = 2000-01-01T00:00:00+00:00'},
-    )
+    path = build_campaign(tmp_path, deadline=datetime(2000, 1, 1, tzinfo=UTC))
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     with factory() as session:
@@ -177,9 +165,7 @@ def test_deadline_fails_what_is_left_with_a_reason(
     assert sandbox.fax.oracle() == []
 
 
-def test_submitted_without_webhook_is_polled(
-    factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path, example_file: Path
-) -> None:
+def test_submitted_without_webhook_is_polled(factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path) -> None:
     """Status webhooks lost (here: sent to a closed port): the poller asks the provider instead."""
     import base64
     from datetime import timedelta
@@ -202,7 +188,7 @@ def test_submitted_without_webhook_is_polled(
         webhook_url=lost,
     )
     worker = WorkerContext(factory=factory, gateways=gateways, retry=RETRY, media_url=_media(sandbox))
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(
         worker,
         until=lambda: campaign_status(factory, name) == "completed",
@@ -222,9 +208,9 @@ def _media(sandbox: Sandbox):  # type: ignore[no-untyped-def]
 
 
 def test_all_routes_policy_sends_every_route(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = campaign(tmp_path, example_file, {'route_policy = "first-success"': 'route_policy = "all-routes"'})
+    path = build_campaign(tmp_path, route_policy="all-routes")
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     result = states(factory)
