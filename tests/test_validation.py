@@ -13,23 +13,6 @@ from dispatcher.domain.validation import check_number, validate
 from .builders import build_campaign, guo_shengkun, wang_yi, xi_jinping
 
 
-def write_campaign(
-    tmp_path: Path, example_file: Path, replace: dict[str, str] | None = None, supporters: str | None = None
-) -> Path:
-    """A copy of the example campaign with textual replacements, beside its template and CSV."""
-    text = example_file.read_text(encoding="utf-8")
-    for old, new in (replace or {}).items():
-        assert old in text, old
-        text = text.replace(old, new)
-    (tmp_path / "letter.txt.j2").write_text((example_file.parent / "letter.txt.j2").read_text(encoding="utf-8"))
-    (tmp_path / "supporters.csv").write_text(
-        supporters if supporters is not None else (example_file.parent / "supporters.csv").read_text()
-    )
-    path = tmp_path / "campaign.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def test_seed_campaign_reports_exactly_the_malformed_fax(example_file: Path) -> None:
     report = validate(load_spec(example_file), file=example_file)
     assert len(report.errors) == 1, [str(p) for p in report.errors]
