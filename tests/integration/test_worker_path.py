@@ -97,11 +97,11 @@ def test_same_delivery_published_twice_is_sent_once(
     barrier = threading.Barrier(4)
     outcomes: list[str] = []
 
-    def worker() -> None:
+    def send_all() -> None:  # not named `worker`: that would hide the WorkerContext fixture
         barrier.wait()
         outcomes.extend(deliver(worker, delivery_id) for delivery_id in ids)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=send_all) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
