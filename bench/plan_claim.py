@@ -51,9 +51,8 @@ from dispatcher.domain.planning import ACTOR, _write_campaign, content_hash, ide
 from dispatcher.domain.scheduling import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
 from dispatcher.domain.states import State  # noqa: E402
 from dispatcher.domain.validation import Report, RouteCheck, SupporterRow, validate  # noqa: E402
+from tests.builders import build_campaign  # noqa: E402
 
-EXAMPLE = ROOT / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}  # the example's deliberate typo, fixed
 PG_ADMIN_URL = os.environ.get("DISPATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BATCH = SchedulerConfig().batch_size  # 200 ids per broker message
 CLAIM_LIMIT = SchedulerConfig().claim_limit  # rows claimed per tick
@@ -230,15 +229,7 @@ def campaign_with(supporters: int, workdir: Path) -> tuple[CampaignSpec, Report,
     """The example campaign (4 letter routes) with ``supporters`` generated, already valid CSV rows.
 
     The rows are built directly rather than validated from a CSV, so the figures measure planning only."""
-    folder = workdir / f"campaign-{supporters}"
-    folder.mkdir()
-    text_ = EXAMPLE.read_text(encoding="utf-8")
-    for old, new in FIXED.items():
-        text_ = text_.replace(old, new)
-    for name in ("letter.txt.j2", "supporters.csv"):
-        shutil.copyfile(EXAMPLE.parent / name, folder / name)
-    path = folder / "campaign.toml"
-    path.write_text(text_, encoding="utf-8")
+    path = build_campaign(workdir / f"campaign-{supporters}")  # the example, its malformed fax number fixed
     spec = load_spec(path)
     report = validate(spec, file=path)
     assert report.ok, [str(p) for p in report.errors]

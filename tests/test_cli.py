@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 
-from .test_validation import write_campaign
+from .builders import build_campaign
 
 runner = CliRunner()
 
@@ -40,8 +40,8 @@ def test_validate_reports_the_seed_error_and_fails(example_file: Path) -> None:
     assert "1 error(s)" in output
 
 
-def test_validate_fixed_campaign_passes(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
+def test_validate_fixed_campaign_passes(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path)  # the example, its second fax to Xi Jinping written "+86 10 6238 1025"
     code, output = run("campaign", "validate", str(path))
     assert code == 0, output
     assert "is valid" in output

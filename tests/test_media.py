@@ -20,9 +20,9 @@ from dispatcher.domain.models import Delivery, utcnow
 from dispatcher.domain.scheduling import claim_due
 from workers.delivery import WorkerContext, deliver
 
+from .builders import build_campaign
 from .integration import conftest as integration
 from .integration.conftest import Sandbox, schedule_campaign
-from .test_validation import write_campaign
 
 # the worker tests' fixtures, shared here: the Telnyx emulator, the SMTP sink and our web app on real ports
 sandbox, worker = integration.sandbox, integration.worker
@@ -111,9 +111,9 @@ def test_well_signed_but_unparsable_payload_is_malformed() -> None:
 # -- through the web app ---------------------------------------------------------------------------
 
 
-def send_wang_fax(factory: sessionmaker[Session], worker: WorkerContext, tmp_path: Path, example_file: Path) -> int:
+def send_wang_fax(factory: sessionmaker[Session], worker: WorkerContext, tmp_path: Path) -> int:
     """Load the (fixed) example campaign and send Wang Yi's fax through the worker path."""
-    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
+    path = build_campaign(tmp_path)
     schedule_campaign(factory, path)
     with transaction(factory) as session:
         ids = {d.destination: d.id for d in claim_due(session, now=utcnow(), limit=100)}
@@ -122,9 +122,9 @@ def send_wang_fax(factory: sessionmaker[Session], worker: WorkerContext, tmp_pat
 
 
 def test_valid_token_serves_the_pdf_that_was_sent(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    delivery_id = send_wang_fax(factory, worker, tmp_path, example_file)
+    delivery_id = send_wang_fax(factory, worker, tmp_path)
     with factory() as session:
         recorded = session.scalars(select(Delivery.document_sha256).where(Delivery.id == delivery_id)).one()
     assert recorded is not None and len(recorded) == 64
@@ -143,10 +143,9 @@ def test_expired_or_forged_token_is_forbidden(
     worker: WorkerContext,
     sandbox: Sandbox,
     tmp_path: Path,
-    example_file: Path,
     kind: str,
 ) -> None:
-    delivery_id = send_wang_fax(factory, worker, tmp_path, example_file)
+    delivery_id = send_wang_fax(factory, worker, tmp_path)
     if kind == "expired":
         token = make_token(
             delivery_id, secret=sandbox.secret, now=utcnow() - timedelta(hours=1), ttl=timedelta(minutes=30)
@@ -163,9 +162,9 @@ def test_expired_or_forged_token_is_forbidden(
 
 
 def test_token_for_a_non_fax_delivery_serves_nothing(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    send_wang_fax(factory, worker, tmp_path, example_file)
+    send_wang_fax(factory, worker, tmp_path)
     with factory() as session:
         email_id = session.scalars(select(Delivery.id).where(Delivery.destination == GUO_EMAIL)).one()
     for delivery_id in (email_id, 10_000_000):  # an email delivery, and no delivery at all

@@ -18,9 +18,7 @@ from dispatcher.domain.planning import LoadResult, idempotency_key, load_campaig
 from dispatcher.domain.states import State
 from dispatcher.domain.validation import Report, validate
 
-from .test_validation import write_campaign
-
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
+from .builders import build_campaign, guo_shengkun, wang_yi
 
 
 def load(factory: sessionmaker[Session], path: Path, *, skip_invalid: bool = False) -> LoadResult:
@@ -35,8 +33,8 @@ def count(factory: sessionmaker[Session], model: type) -> int:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def test_fixed_seed_loads_every_delivery(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
-    result = load(factory, write_campaign(tmp_path, example_file, FIXED))
+def test_fixed_seed_loads_every_delivery(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    result = load(factory, build_campaign(tmp_path))
     # Xi: 2 faxes; Guo: 1 email; Wang: 1 fax; 2 supporter copies
     assert (result.status, result.planned, result.skipped) == ("created", 6, 0)
     with factory() as session:
@@ -55,8 +53,8 @@ def test_fixed_seed_loads_every_delivery(factory: sessionmaker[Session], tmp_pat
         assert events == ["planned"] * 6
 
 
-def test_reload_is_unchanged(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, FIXED)
+def test_reload_is_unchanged(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    path = build_campaign(tmp_path)
     first = load(factory, path)
     second = load(factory, path)
     assert second.status == "unchanged"
@@ -89,10 +87,10 @@ def test_skip_invalid_records_the_route_as_skipped_with_reason(
         assert event.to_state == "skipped" and "--skip-invalid" in event.reason
 
 
-def test_changed_draft_is_replaced(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, FIXED)
+def test_changed_draft_is_replaced(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    path = build_campaign(tmp_path)
     load(factory, path)
-    path.write_text(path.read_text().replace('fax = ["+86 10 6559 1516"]', 'fax = ["+86 10 6559 1517"]'))
+    build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(fax=["+86 10 6559 1517"])])  # rewrites the same file
     result = load(factory, path)
     assert result.status == "replaced"
     with factory() as session:
@@ -100,22 +98,21 @@ def test_changed_draft_is_replaced(factory: sessionmaker[Session], tmp_path: Pat
     assert count(factory, Delivery) == 6
 
 
-def test_changed_scheduled_campaign_is_refused(
-    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
-) -> None:
-    path = write_campaign(tmp_path, example_file, FIXED)
+def test_changed_scheduled_campaign_is_refused(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    path = build_campaign(tmp_path)
     load(factory, path)
     with transaction(factory) as session:
         session.scalars(select(Campaign)).one().status = "scheduled"
-    path.write_text(path.read_text().replace("Detention of nine", "Detention of ten"))
+    ten = "Detention of ten North Korean refugees"  # the title and the letter's subject, both changed
+    build_campaign(tmp_path, title=ten, letter={"subject": ten})  # rewrites the same file
     with pytest.raises(CampaignConflict, match="never rewritten"):
         load(factory, path)
     with factory() as session:
         assert session.scalars(select(Campaign.title)).one() == "Detention of nine North Korean refugees"
 
 
-def test_double_plan_is_impossible(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
-    load(factory, write_campaign(tmp_path, example_file, FIXED))
+def test_double_plan_is_impossible(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    load(factory, build_campaign(tmp_path))
     with pytest.raises(IntegrityError), transaction(factory) as session:
         first = session.scalars(select(Delivery).where(Delivery.kind == "letter")).first()
         assert first is not None
@@ -132,8 +129,8 @@ def test_double_plan_is_impossible(factory: sessionmaker[Session], tmp_path: Pat
         )
 
 
-def test_events_are_append_only(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> None:
-    load(factory, write_campaign(tmp_path, example_file, FIXED))
+def test_events_are_append_only(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    load(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         session.scalars(select(Campaign)).one().status = "scheduled"
     for statement in ("UPDATE delivery_events SET reason = 'rewritten'", "DELETE FROM delivery_events"):
@@ -143,9 +140,9 @@ def test_events_are_append_only(factory: sessionmaker[Session], tmp_path: Path, 
 
 
 def test_transition_records_an_event_and_refuses_forbidden_moves(
-    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    load(factory, write_campaign(tmp_path, example_file, FIXED))
+    load(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         delivery = session.scalars(select(Delivery)).first()
         assert delivery is not None
@@ -163,10 +160,8 @@ INVALID = {1_000: "not-an-email-1000", 5_000: "not-an-email-5000", MANY - 1: "no
 @pytest.fixture(scope="module")
 def many_supporters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CampaignSpec, Report]:
     """The example campaign with 12,000 supporters, three of them invalid; validated once per module."""
-    example = Path(__file__).resolve().parent.parent / "config" / "campaigns" / "north-korean-refugees"
-    rows = [INVALID.get(i, f"supporter{i}@example.org") for i in range(MANY)]
-    csv = "email,name\n" + "".join(f"{email},Supporter {i}\n" for i, email in enumerate(rows))
-    path = write_campaign(tmp_path_factory.mktemp("many"), example / "campaign.toml", FIXED, supporters=csv)
+    rows = [(INVALID.get(i, f"supporter{i}@example.org"), f"Supporter {i}") for i in range(MANY)]
+    path = build_campaign(tmp_path_factory.mktemp("many"), supporters=rows)
     spec = load_spec(path)
     return path, spec, validate(spec, file=path)
 

@@ -25,7 +25,7 @@ from dispatcher.domain.states import State
 from dispatcher.domain.timing import backoff, first_send_time, next_office_time
 from dispatcher.domain.validation import validate
 
-from .test_validation import write_campaign
+from .builders import build_campaign, guo_shengkun, wang_yi
 
 SHANGHAI, NEW_YORK = ZoneInfo("Asia/Shanghai"), ZoneInfo("America/New_York")
 HOURS = OfficeHours()  # 09:00-17:00, Monday to Friday
@@ -114,16 +114,12 @@ MONDAY_NEW_YORK_OPENS = datetime(2024, 3, 18, 13, 0, tzinfo=UTC)
 XI, XI_2, GUO, WANG = "+861063070900", "+861062381025", "gabzfwz@mps.gov.cn", "+861065591516"
 
 
-def office_hours_campaign(tmp_path: Path, example_file: Path) -> Path:
+def office_hours_campaign(tmp_path: Path) -> Path:
     """The example campaign in office hours, with Wang Yi moved to New York."""
-    return write_campaign(
+    return build_campaign(
         tmp_path,
-        example_file,
-        {
-            "+011 10 6238 1025": "+86 10 6238 1025",
-            'mode = "now"': 'mode = "office-hours"',
-            'timezone = "Asia/Shanghai"\nphone = ["+86 10 6596 1114"]': 'timezone = "America/New_York"\nphone = ["+86 10 6596 1114"]',  # noqa: E501
-        },
+        schedule={"mode": "office-hours"},
+        cc=[guo_shengkun(), wang_yi(timezone="America/New_York")],
     )
 
 
@@ -144,9 +140,9 @@ def claim_letters(factory: sessionmaker[Session], *, now: datetime) -> set[str]:
 
 
 def test_schedule_in_office_hours_sets_not_before_per_addressee_timezone(
-    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    load_and_schedule(factory, office_hours_campaign(tmp_path, example_file), now=SATURDAY)
+    load_and_schedule(factory, office_hours_campaign(tmp_path), now=SATURDAY)
     with factory() as session:
         letters = {
             d.destination: d.not_before for d in session.scalars(select(Delivery).where(Delivery.kind == "letter"))
@@ -160,9 +156,9 @@ def test_schedule_in_office_hours_sets_not_before_per_addressee_timezone(
 
 
 def test_scheduler_claims_nothing_before_the_window_and_each_letter_at_its_start(
-    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    load_and_schedule(factory, office_hours_campaign(tmp_path, example_file), now=SATURDAY)
+    load_and_schedule(factory, office_hours_campaign(tmp_path), now=SATURDAY)
     second = timedelta(seconds=1)
     assert claim_letters(factory, now=SATURDAY) == set()
     assert claim_letters(factory, now=MONDAY_SHANGHAI_OPENS - second) == set()

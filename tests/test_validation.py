@@ -10,22 +10,7 @@ from dispatcher.domain.campaign_file import load_spec
 from dispatcher.domain.errors import CampaignFileError
 from dispatcher.domain.validation import check_number, validate
 
-
-def write_campaign(
-    tmp_path: Path, example_file: Path, replace: dict[str, str] | None = None, supporters: str | None = None
-) -> Path:
-    """A copy of the example campaign with textual replacements, beside its template and CSV."""
-    text = example_file.read_text(encoding="utf-8")
-    for old, new in (replace or {}).items():
-        assert old in text, old
-        text = text.replace(old, new)
-    (tmp_path / "letter.txt.j2").write_text((example_file.parent / "letter.txt.j2").read_text(encoding="utf-8"))
-    (tmp_path / "supporters.csv").write_text(
-        supporters if supporters is not None else (example_file.parent / "supporters.csv").read_text()
-    )
-    path = tmp_path / "campaign.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+from .builders import build_campaign, guo_shengkun, wang_yi, xi_jinping
 
 
 def test_seed_campaign_reports_exactly_the_malformed_fax(example_file: Path) -> None:
@@ -51,20 +36,17 @@ def test_seed_routes_are_normalised_to_e164_and_never_silently_fixed(example_fil
     assert [(r.channel, r.value) for r in wang] == [("fax", "+861065591516")]
 
 
-def test_fixed_seed_validates(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
+def test_fixed_seed_validates(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path)  # the example, its second fax to Xi Jinping written "+86 10 6238 1025"
     report = validate(load_spec(path), file=path)
     assert report.ok, [str(p) for p in report.problems]
 
 
-def test_all_problems_reported_at_once(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    path = build_campaign(
         tmp_path,
-        example_file,
-        {
-            'email = ["gabzfwz@mps.gov.cn"]': 'email = ["gabzfwz@@mps"]',
-            'timezone = "Asia/Shanghai"\nfax = ["+86 10 6307 0900"': 'timezone = "Asia/Shangai"\nfax = ["+86 10 6307 0900"',  # noqa: E501
-        },
+        to=[xi_jinping(timezone="Asia/Shangai", fax=["+86 10 6307 0900", "+011 10 6238 1025"])],
+        cc=[guo_shengkun(email=["gabzfwz@@mps"]), wang_yi()],
     )
     report = validate(load_spec(path), file=path)
     fields = sorted((p.where, p.field) for p in report.errors)
@@ -78,15 +60,15 @@ def test_all_problems_reported_at_once(tmp_path: Path, example_file: Path) -> No
     assert tz.suggestion == "Asia/Shanghai"
 
 
-def test_addressee_without_electronic_route_is_an_error(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, {'fax = ["+86 10 6559 1516"]': "fax = []"})
+def test_addressee_without_electronic_route_is_an_error(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(fax=[])])
     report = validate(load_spec(path), file=path)
     problem = next(p for p in report.errors if p.where == "cc[1] (Wang Yi)")
     assert "no usable electronic route" in problem.message
 
 
-def test_shape_errors_name_the_key(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, {'urgency = "urgent"': 'urgency = "urgent"\nurgncy = "high"'})
+def test_shape_errors_name_the_key(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path, extra={"campaign": {"urgncy": "high"}})
     with pytest.raises(CampaignFileError) as info:
         load_spec(path)
     assert any(p.where == "campaign.urgncy" for p in info.value.problems)
@@ -100,9 +82,9 @@ def test_toml_syntax_error_names_line(tmp_path: Path) -> None:
     assert "line 2" in str(info.value)
 
 
-def test_bad_supporter_rows_named_by_line(tmp_path: Path, example_file: Path) -> None:
-    csv = "email,name\nok@example.org,Ok\nnot-an-email,Bad\nok@example.org,Twice\n"
-    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"}, supporters=csv)
+def test_bad_supporter_rows_named_by_line(tmp_path: Path) -> None:
+    rows = [("ok@example.org", "Ok"), ("not-an-email", "Bad"), ("ok@example.org", "Twice")]  # CSV lines 2, 3, 4
+    path = build_campaign(tmp_path, supporters=rows)
     report = validate(load_spec(path), file=path)
     assert [(p.where, p.field, p.severity) for p in report.problems] == [
         ("line 3", "email", "error"),
@@ -111,8 +93,8 @@ def test_bad_supporter_rows_named_by_line(tmp_path: Path, example_file: Path) ->
     assert [row.line for row in report.supporters] == [2, 3]
 
 
-def test_csv_without_email_column(tmp_path: Path, example_file: Path) -> None:
-    path = write_campaign(tmp_path, example_file, supporters="mail,name\na@example.org,A\n")
+def test_csv_without_email_column(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path, csv_text="mail,name\na@example.org,A\n")
     report = validate(load_spec(path), file=path)
     assert any(p.where == "line 1" and "'email' column" in p.message for p in report.errors)
 
@@ -144,11 +126,8 @@ def test_invalid_number_without_sound_suggestion() -> None:
         ("Dear {{ to.name }},\n\n\n{{ ''.__class__.__mro__ }}\n", "line 4", "sandbox"),
     ],
 )
-def test_template_problems_are_reported_with_their_line(
-    tmp_path: Path, example_file: Path, template: str, line: str, words: str
-) -> None:
-    path = write_campaign(tmp_path, example_file, {"+011 10 6238 1025": "+86 10 6238 1025"})
-    (tmp_path / "letter.txt.j2").write_text(template, encoding="utf-8")
+def test_template_problems_are_reported_with_their_line(tmp_path: Path, template: str, line: str, words: str) -> None:
+    path = build_campaign(tmp_path, template=template)
     report = validate(load_spec(path), file=path)
     assert [(p.where, p.field) for p in report.errors] == [("letter template", line)]
     assert words in report.errors[0].message

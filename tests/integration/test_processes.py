@@ -21,12 +21,11 @@ from dispatcher.domain.db import transaction
 from dispatcher.domain.models import Delivery, DeliveryEvent, utcnow
 from dispatcher.domain.scheduling import claim_due
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign, xi_jinping
 from .conftest import RETRY, Sandbox, campaign_status, history, schedule_campaign, states
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
 WANG = "+861065591516"
 BROKER = os.environ.get("DISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -127,10 +126,10 @@ def all_settled(factory: sessionmaker[Session], name: str) -> Callable[[], bool]
 
 
 def test_campaign_through_real_workers_and_two_schedulers(
-    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
 ) -> None:
     sandbox.fax.script(WANG, ["busy"])
-    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     processes.start("worker", "--concurrency", "2")
     processes.start("scheduler", "--interval", "0.3")
     processes.start("scheduler", "--interval", "0.3")  # two schedulers at once
@@ -148,9 +147,9 @@ def test_campaign_through_real_workers_and_two_schedulers(
 
 
 def test_same_ids_published_twice_to_two_workers_send_once(
-    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
 ) -> None:
-    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         ids = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
     _publish_twice(ids, prefix=processes.env["DISPATCH_QUEUE_PREFIX"])
@@ -174,10 +173,10 @@ def _publish_twice(ids: list[int], *, prefix: str) -> None:
 
 
 def test_worker_killed_mid_send_is_reconciled_without_a_second_send(
-    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
 ) -> None:
     sandbox.fax.latency = 3.0  # the provider is slow to answer: the worker is inside send() when killed
-    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     worker = processes.start("worker", "--concurrency", "1", "--queues", "fax")
     processes.start("scheduler", "--interval", "0.3")
 
@@ -205,9 +204,9 @@ def test_worker_killed_mid_send_is_reconciled_without_a_second_send(
 
 
 def test_lost_broker_message_is_republished_by_the_sweeper(
-    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
 ) -> None:
-    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:  # queued, but the message never reaches the broker
         lost = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
     assert lost
@@ -224,18 +223,11 @@ def test_lost_broker_message_is_republished_by_the_sweeper(
 
 
 def test_fallback_through_real_workers(
-    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
 ) -> None:
     """Xi Jinping: fax 1 is not a valid number, fax 2 never gives a fax tone, so the email goes."""
     xi_1, xi_2, xi_email = "+861063070900", "+861062381025", "president@example.gov.cn"
-    path = write_campaign(
-        tmp_path,
-        example_file,
-        {
-            **FIXED,
-            'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]': f'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["{xi_email}"]',  # noqa: E501
-        },
-    )
+    path = build_campaign(tmp_path, to=[xi_jinping(fax=["+86 10 6307 0900", "+86 10 6238 1025"], email=[xi_email])])
     sandbox.fax.script(xi_1, ["invalid_number"])
     sandbox.fax.script(xi_2, ["no_fax_tone"] * 10)
     name = schedule_campaign(factory, path)
@@ -251,11 +243,11 @@ def test_fallback_through_real_workers(
 
 
 def test_pause_resume_and_cancel_through_real_workers(
-    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
 ) -> None:
     from dispatcher.domain import control
 
-    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         control.pause(session, name)
     processes.start("worker", "--concurrency", "1")

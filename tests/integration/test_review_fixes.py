@@ -20,10 +20,9 @@ from workers.delivery import Claim, WorkerContext, claim_delivery, record_outcom
 from workers.gateways.errors import Unknown
 from workers.reconcile import reconcile
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign, guo_shengkun, wang_yi
 from .conftest import Sandbox, campaign_status, drive, schedule_campaign, states
 
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
 WANG = "+861065591516"
 
 
@@ -39,9 +38,9 @@ def unknown_without_a_send(worker: WorkerContext, factory: sessionmaker[Session]
 
 
 def test_not_found_is_believed_only_twice_and_after_the_grace(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    schedule_campaign(factory, build_campaign(tmp_path))
     delivery_id = unknown_without_a_send(worker, factory, WANG)
     assert reconcile(worker, delivery_id) == "not-found-yet"
     assert reconcile(worker, delivery_id) == "not-found-yet"  # asked again too soon: still not believed
@@ -56,13 +55,9 @@ def test_not_found_is_believed_only_twice_and_after_the_grace(
 
 
 def test_retry_is_refused_when_another_route_succeeded(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = write_campaign(
-        tmp_path,
-        example_file,
-        {**FIXED, 'fax = ["+86 10 6559 1516"]': 'fax = ["+86 10 6559 1516"]\nemail = ["wang@example.gov.cn"]'},
-    )
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(email=["wang@example.gov.cn"])])
     sandbox.fax.script(WANG, ["invalid_number"])
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
@@ -80,9 +75,9 @@ def test_retry_is_refused_when_another_route_succeeded(
 
 
 def test_resolve_only_settles_unknown(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    name = schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     with factory() as session:
         delivered = session.scalars(select(Delivery.id).where(Delivery.destination == WANG)).one()

@@ -35,14 +35,13 @@ from workers.delivery import WorkerContext, deliver
 from workers.gateways.fax.telnyx import encode_reference
 from workers.gateways.registry import build_gateway
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign
 from .conftest import RETRY, Sandbox, schedule_campaign
 
 pytestmark = pytest.mark.timeout(60)
 
 WANG = "+861065591516"
 CAMPAIGN = "north-korean-refugees-2015"
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
 
 
 @dataclass
@@ -86,8 +85,8 @@ def send_wang(factory: sessionmaker[Session], worker: WorkerContext) -> Sent:
 
 
 @pytest.fixture
-def sent(factory: sessionmaker[Session], quiet_engine: WorkerContext, tmp_path: Path, example_file: Path) -> Sent:
-    schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+def sent(factory: sessionmaker[Session], quiet_engine: WorkerContext, tmp_path: Path) -> Sent:
+    schedule_campaign(factory, build_campaign(tmp_path))
     return send_wang(factory, quiet_engine)
 
 

@@ -5,28 +5,29 @@ The sandbox's oracle (every send a provider accepted, by our reference) judges "
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import control
 from dispatcher.domain.db import transaction
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
 from dispatcher.domain.states import State
-from workers.delivery import WorkerContext, deliver
+from workers.delivery import WorkerContext, deliver, deliver_many
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign, xi_jinping
 from .conftest import Sandbox, campaign_status, drive, schedule_campaign, states
 
 XI_1, XI_2, WANG = "+861063070900", "+861062381025", "+861065591516"
 GUO_EMAIL = "gabzfwz@mps.gov.cn"
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
-
-
-def campaign(tmp_path: Path, example_file: Path, extra: dict[str, str] | None = None) -> Path:
-    return write_campaign(tmp_path, example_file, {**FIXED, **(extra or {})})
+ADA, GRACE = "ada.supporter@example.org", "grace.supporter@example.net"  # the supporter copies
+PAUSED_TICKS = 5
 
 
 def test_seed_campaign_is_sent_once_each(
@@ -45,10 +46,10 @@ def test_seed_campaign_is_sent_once_each(
 
 
 def test_busy_then_success_retries_the_same_route(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sandbox.fax.script(WANG, ["busy", "busy"])
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert states(factory)[WANG] == "delivered"
     assert [e.outcome for e in sandbox.fax.oracle() if e.destination == WANG] == ["busy", "busy", "ok"]
@@ -64,15 +65,11 @@ def test_busy_then_success_retries_the_same_route(
 
 
 def test_fallback_fax_to_fax_to_email(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """Xi Jinping: first fax is not a valid number, second never answers with a fax tone: email goes."""
-    path = campaign(
-        tmp_path,
-        example_file,
-        {
-            'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]': 'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]\nemail = ["president@example.gov.cn"]'  # noqa: E501
-        },
+    path = build_campaign(
+        tmp_path, to=[xi_jinping(fax=["+86 10 6307 0900", "+86 10 6238 1025"], email=["president@example.gov.cn"])]
     )
     sandbox.fax.script(XI_1, ["invalid_number"])
     sandbox.fax.script(XI_2, ["no_fax_tone"] * 4)
@@ -85,31 +82,31 @@ def test_fallback_fax_to_fax_to_email(
 
 
 def test_first_success_skips_the_remaining_routes(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert states(factory)[XI_2] == "skipped"
     assert XI_2 not in {e.destination for e in sandbox.fax.oracle()}
 
 
 def test_same_delivery_published_twice_is_sent_once(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     from dispatcher.domain.models import utcnow
     from dispatcher.domain.scheduling import claim_due
 
-    schedule_campaign(factory, campaign(tmp_path, example_file))
+    schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         ids = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
     barrier = threading.Barrier(4)
     outcomes: list[str] = []
 
-    def deliver_all() -> None:
+    def send_all() -> None:  # not named `worker`: that would hide the WorkerContext fixture
         barrier.wait()
         outcomes.extend(deliver(worker, delivery_id) for delivery_id in ids)
 
-    threads = [threading.Thread(target=deliver_all) for _ in range(4)]
+    threads = [threading.Thread(target=send_all) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -122,10 +119,10 @@ def test_same_delivery_published_twice_is_sent_once(
 
 
 def test_drop_after_accept_is_unknown_then_reconciled_without_a_second_send(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     sandbox.fax.script(WANG, ["drop"])
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     assert [e.outcome for e in sandbox.fax.oracle() if e.destination == WANG] == ["drop"]
     with factory() as session:
@@ -141,34 +138,130 @@ def test_drop_after_accept_is_unknown_then_reconciled_without_a_second_send(
         assert wang.state in (State.SUBMITTED, State.DELIVERED)
 
 
-def test_pause_resume_cancel(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+def ticks(n: int) -> Callable[[], bool]:
+    """An ``until`` for drive(): true after ``n`` calls, so drive() runs exactly ``n`` ticks."""
+    calls = itertools.count()
+    return lambda: next(calls) >= n
+
+
+def event_count(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(DeliveryEvent)) or 0)
+
+
+def test_paused_campaign_sends_nothing_then_each_letter_once_on_resume(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     from dispatcher.domain.models import utcnow
+    from dispatcher.domain.scheduling import claim_due
 
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
+    with transaction(factory) as session:  # a tick's claim, published just before the operator pauses
+        published = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
+    assert len(published) == 5  # Xi's first fax, Guo's email, Wang's fax, two copies; Xi's second fax waits
+    with transaction(factory) as session:
+        assert control.pause(session, name) == 5  # the queued ones go back to planned
+    assert event_count(factory) == 16  # 6 planned, 5 queued, 5 back to planned
+
+    # paused: the message published before the pause arrives, and the scheduler and worker keep running
+    assert deliver_many(worker, published) == {"not-claimable:planned": 5}
+    assert drive(worker, until=ticks(PAUSED_TICKS)) == PAUSED_TICKS
+    assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
+    assert states(factory) == {
+        XI_1: "planned",
+        XI_2: "planned",
+        GUO_EMAIL: "planned",
+        WANG: "planned",
+        ADA: "planned",
+        GRACE: "planned",
+    }
+    assert event_count(factory) == 16  # nothing was claimed, not even to be handed back
+    assert campaign_status(factory, name) == "paused"
+
+    with transaction(factory) as session:
+        control.resume(session, name)
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed")
+    assert sorted(e.destination for e in sandbox.fax.oracle()) == [XI_1, WANG]
+    assert sorted(m.destination for m in sandbox.mail.oracle()) == [ADA, GUO_EMAIL, GRACE]
+    assert sandbox.duplicates() == {}
+    assert states(factory) == {
+        XI_1: "delivered",
+        XI_2: "skipped",  # first-success: Xi's first fax was delivered
+        GUO_EMAIL: "submitted",  # SMTP acceptance is final
+        WANG: "delivered",
+        ADA: "submitted",
+        GRACE: "submitted",
+    }
+
+
+def test_worker_holds_what_a_tick_claimed_while_a_pause_committed(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """PostgreSQL: a pause that commits while a tick's claim is still open finds nothing queued to hand
+    back; the tick then commits and publishes. The worker's check of the campaign status holds them."""
+    from dispatcher.domain.models import utcnow
+    from dispatcher.domain.scheduling import claim_due
+
+    name = schedule_campaign(factory, build_campaign(tmp_path))
+    tick = factory()
+    if tick.get_bind().dialect.name != "postgresql":
+        tick.close()
+        pytest.skip("SQLite runs write transactions one at a time: a pause cannot cross a claim")
+    published = [d.id for d in claim_due(tick, now=utcnow(), limit=100)]  # the tick's transaction, still open
+    with transaction(factory) as session:
+        assert control.pause(session, name) == 0  # the claimed rows are still planned as far as it can see
+    tick.commit()
+    tick.close()
+    assert len(published) == 5
+    assert campaign_status(factory, name) == "paused"
+    assert set(states(factory).values()) == {"queued", "planned"}  # paused, with queued rows: the race's result
+
+    assert deliver_many(worker, published) == {"held:paused": 5}
+    assert drive(worker, until=ticks(PAUSED_TICKS)) == PAUSED_TICKS
+    assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
+    assert states(factory) == {
+        XI_1: "planned",
+        XI_2: "planned",
+        GUO_EMAIL: "planned",
+        WANG: "planned",
+        ADA: "planned",
+        GRACE: "planned",
+    }
+
+    with transaction(factory) as session:
+        control.resume(session, name)
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed")
+    assert sorted(e.destination for e in sandbox.fax.oracle()) == [XI_1, WANG]
+    assert sorted(m.destination for m in sandbox.mail.oracle()) == [ADA, GUO_EMAIL, GRACE]
+    assert sandbox.duplicates() == {}
+
+
+def test_cancel_after_pause_sends_nothing(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         control.pause(session, name)
-    drive(worker, until=lambda: True)
-    assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
     with transaction(factory) as session:
         control.resume(session, name)
         control.cancel(session, name)
-    drive(worker, until=lambda: True)
-    assert set(states(factory).values()) == {"cancelled"}
+    assert drive(worker, until=ticks(PAUSED_TICKS)) == PAUSED_TICKS
+    assert states(factory) == {
+        XI_1: "cancelled",
+        XI_2: "cancelled",
+        GUO_EMAIL: "cancelled",
+        WANG: "cancelled",
+        ADA: "cancelled",
+        GRACE: "cancelled",
+    }
     assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
     assert campaign_status(factory, name) == "cancelled"
-    assert utcnow()  # the clock is real here; office hours use a controlled one (test_timing)
 
 
 def test_deadline_fails_what_is_left_with_a_reason(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = campaign(
-        tmp_path,
-        example_file,
-        {'route_order = "fax-first"': 'route_order = "fax-first"\ndeadline = 2000-01-01T00:00:00+00:00'},
-    )
+    path = build_campaign(tmp_path, deadline=datetime(2000, 1, 1, tzinfo=UTC))
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     with factory() as session:
@@ -177,9 +270,7 @@ def test_deadline_fails_what_is_left_with_a_reason(
     assert sandbox.fax.oracle() == []
 
 
-def test_submitted_without_webhook_is_polled(
-    factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path, example_file: Path
-) -> None:
+def test_submitted_without_webhook_is_polled(factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path) -> None:
     """Status webhooks lost (here: sent to a closed port): the poller asks the provider instead."""
     import base64
     from datetime import timedelta
@@ -202,7 +293,7 @@ def test_submitted_without_webhook_is_polled(
         webhook_url=lost,
     )
     worker = WorkerContext(factory=factory, gateways=gateways, retry=RETRY, media_url=_media(sandbox))
-    name = schedule_campaign(factory, campaign(tmp_path, example_file))
+    name = schedule_campaign(factory, build_campaign(tmp_path))
     drive(
         worker,
         until=lambda: campaign_status(factory, name) == "completed",
@@ -222,9 +313,9 @@ def _media(sandbox: Sandbox):  # type: ignore[no-untyped-def]
 
 
 def test_all_routes_policy_sends_every_route(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = campaign(tmp_path, example_file, {'route_policy = "first-success"': 'route_policy = "all-routes"'})
+    path = build_campaign(tmp_path, route_policy="all-routes")
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     result = states(factory)
