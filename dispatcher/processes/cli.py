@@ -220,7 +220,11 @@ def log(
 
 
 @app.command("scheduler")
-def scheduler(interval: Annotated[float, typer.Option(help="seconds between ticks")] = 1.0) -> None:
+def scheduler(
+    interval: Annotated[
+        float | None, typer.Option(help="seconds between ticks  [default: DISPATCH_TICK_SECONDS]", show_default=False)
+    ] = None,
+) -> None:
     """Claim due deliveries every tick and publish them to the workers; sweep lost and dead ones."""
     import signal
     import threading
@@ -230,13 +234,14 @@ def scheduler(interval: Annotated[float, typer.Option(help="seconds between tick
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
+    interval = interval if interval is not None else settings.tick_seconds
     config = SchedulerConfig(
         republish_after=timedelta(seconds=settings.republish_after_seconds),
         reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")
+    console.print(f"scheduler: ticking every {interval}s against {settings.database_url.split('@')[-1]}")
     try:
         run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval, config=config)
     except KeyboardInterrupt:
@@ -289,11 +294,16 @@ def web(
 @app.command("demo")
 def demo(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 90.0,
+    campaign: Annotated[
+        Path | None, typer.Option(help="campaign TOML file  [default: the example campaign]", show_default=False)
+    ] = None,
 ) -> None:
-    """Run the example campaign end to end in one process: SQLite, in-process worker, sandbox gateways."""
-    from dispatcher.processes.demo import run_demo
+    """Run a campaign end to end in one process: SQLite, in-process worker, sandbox gateways; files in
+    DISPATCH_VAR_DIR/demo."""
+    from dispatcher.processes.demo import EXAMPLE, run_demo
 
-    ok = run_demo(console=console, timeout=timeout)
+    workdir = get_settings().var_dir / "demo"
+    ok = run_demo(console=console, timeout=timeout, workdir=workdir, campaign_file=campaign or EXAMPLE)
     if not ok:
         raise typer.Exit(1)
 
@@ -307,14 +317,25 @@ def sandbox_serve(
     web_url: Annotated[
         str, typer.Option(help="where `dispatch web` listens (webhooks go there)")
     ] = "http://127.0.0.1:8000",
-    oracle_dir: Annotated[Path, typer.Option(help="where each emulator appends its oracle")] = Path("var/sandbox"),
+    oracle_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where each emulator appends its oracle  [default: DISPATCH_VAR_DIR/sandbox]", show_default=False
+        ),
+    ] = None,
+    free_ports: Annotated[
+        bool, typer.Option("--free-ports", help="any free local ports instead of 8101-8106 and 8025 (SMTP)")
+    ] = False,
 ) -> None:
     """Run every provider emulator and the SMTP sink on localhost; print the settings that use them."""
     import threading
 
-    from workers.sandbox.serve import serve_all
+    from workers.sandbox.serve import DEFAULT_PORTS, serve_all
+    from workers.sandbox.server import free_port
 
-    running = serve_all(web_url=web_url, oracle_dir=oracle_dir)
+    ports = {name: free_port() for name in DEFAULT_PORTS} if free_ports else None
+    oracles = oracle_dir or get_settings().var_dir / "sandbox"
+    running = serve_all(web_url=web_url, oracle_dir=oracles, ports=ports)
     console.print("# sandbox running; export these to point the gateways at it (Ctrl-C stops):")
     for key, value in sorted(running.settings.items()):
         console.print(f"export {key}={value}", highlight=False, soft_wrap=True)

@@ -1,10 +1,10 @@
-"""`dispatch demo`: the example campaign end to end in one process, on the embedded default.
+"""`dispatch demo`: the example campaign (or another) end to end in one process, on the embedded default.
 
-SQLite ledger under var/demo/, Celery with an in-memory transport and an in-process worker,
-the Telnyx emulator for faxes (signed status webhooks to our own web app, which also serves
-the fax PDFs the emulator downloads), the local SMTP sink for email. One fax line is scripted
-busy once: it is retried and goes through. The malformed number in the seed is reported and its
-route recorded as skipped with the reason.
+SQLite ledger, previews and oracles under DISPATCH_VAR_DIR/demo/ (var/demo/ by default), Celery with an
+in-memory transport and an in-process worker, the Telnyx emulator for faxes (signed status webhooks to
+our own web app, which also serves the fax PDFs the emulator downloads), the local SMTP sink for email.
+One fax line is scripted busy once: it is retried and goes through. The malformed number in the seed
+is reported and its route recorded as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -56,9 +56,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def run_demo(
-    *, console: Console, timeout: float = 90.0, workdir: Path = Path("var/demo"), campaign_file: Path = EXAMPLE
-) -> bool:
+def run_demo(*, console: Console, workdir: Path, timeout: float = 90.0, campaign_file: Path = EXAMPLE) -> bool:
     """Run the whole path; True when every delivery ended and no reference was accepted twice."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
