@@ -195,4 +195,6 @@ def test_demo_works_under_the_var_dir(tmp_path: Path, example_file: Path) -> Non
     assert "0 delivered more than once" in "\n".join(lines)
     assert (tmp_path / "runtime" / "demo" / "preview.pdf").is_file()
     assert (tmp_path / "runtime" / "demo" / "ledger.db").is_file()
+    log = (tmp_path / "runtime" / "demo" / "demo.log").read_text()  # the log goes to a file, not the live view
+    assert " INFO celery." in log
     assert not (tmp_path / "var").exists()

@@ -19,8 +19,6 @@ Each setting below is chosen for "never twice, never lose one" (see ARCHITECTURE
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
@@ -67,6 +65,4 @@ def make_app(broker_url: str | None = None, *, settings: Settings | None = None)
     return app
 
 
-# fontTools (inside the PDF renderer) logs every glyph subset at INFO
-logging.getLogger("fontTools").setLevel(logging.WARNING)
 app = make_app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.domain import db
 from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.errors import DispatchError, Problem
-from dispatcher.domain.settings import get_settings
+from dispatcher.domain.settings import get_settings, load_settings
 from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
+from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
@@ -25,6 +27,14 @@ app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
+logger = logging.getLogger(__name__)
+
+
+@app.callback()
+def _every_command() -> None:
+    # before any command: settings are read (a malformed one stops here) and logging is configured
+    configure_logging(get_settings())
+
 
 FileArg = Annotated[Path, typer.Argument(help="campaign TOML file", exists=False)]
 
@@ -241,7 +251,7 @@ def scheduler(
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"scheduler: ticking every {interval}s against {settings.database_url.split('@')[-1]}")
+    logger.info("scheduler: ticking every %ss against %s", interval, settings.database_url.split("@")[-1])
     try:
         run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval, config=config)
     except KeyboardInterrupt:
@@ -252,24 +262,31 @@ def scheduler(
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated queues")] = "fax,email,copies",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
-    loglevel: Annotated[str, typer.Option()] = "INFO",
+    loglevel: Annotated[
+        str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)
+    ] = None,
 ) -> None:
     """Run a Celery worker (prefork pool) on the broker at DISPATCH_BROKER_URL."""
     from workers.celery_app import app as celery_app
     from workers.celery_app import queue_name
     from workers.runtime import worker_context
 
+    settings = get_settings() if loglevel is None else load_settings(log_level=loglevel)
+    configure_logging(settings)
+    leave_celery_logging_alone()
     worker_context()  # build gateways now: a missing setting fails at start-up, naming the variable
     names = ",".join(queue_name(q.strip()) for q in queues.split(","))
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(
         [
+            *quiet,
             "worker",
             "-Q",
             names,
             "--concurrency",
             str(concurrency),
             "--loglevel",
-            loglevel,
+            settings.log_level,
             "--pool",
             "prefork",
             "--without-gossip",
@@ -288,7 +305,8 @@ def web(
 
     from dispatcher.processes.web import build_web_app
 
-    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_level="info")
+    # log_config=None: uvicorn's loggers keep the configuration every command sets (dispatcher/processes/logs.py)
+    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_config=None)
 
 
 @app.command("demo")
@@ -302,8 +320,15 @@ def demo(
     DISPATCH_VAR_DIR/demo."""
     from dispatcher.processes.demo import EXAMPLE, run_demo
 
-    workdir = get_settings().var_dir / "demo"
-    ok = run_demo(console=console, timeout=timeout, workdir=workdir, campaign_file=campaign or EXAMPLE)
+    settings = get_settings()
+    leave_celery_logging_alone()
+    ok = run_demo(
+        console=console,
+        timeout=timeout,
+        workdir=settings.var_dir / "demo",
+        campaign_file=campaign or EXAMPLE,
+        log_settings=settings,
+    )
     if not ok:
         raise typer.Exit(1)
 
