@@ -62,3 +62,18 @@ def factory(db_url: str) -> Iterator[sessionmaker[Session]]:
     engine = db.make_engine(db_url)
     yield db.session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """Commands run in this process configure the root logger (dispatcher/processes/logs.py): undo it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)

@@ -14,6 +14,7 @@ from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 
 from .builders import build_campaign
+from .spawn import base_env, dispatch
 
 runner = CliRunner()
 
@@ -162,3 +163,38 @@ def test_follow_log_shows_new_events_live(tmp_path: Path, example_file: Path) ->
     assert "draft" in text  # the campaign status heads the summary
     assert "planned 5" in text and "skipped 1" in text
     assert "--skip-invalid" in text
+
+
+def test_scheduler_ticks_every_tick_seconds_unless_told(tmp_path: Path) -> None:
+    env = base_env(tmp_path, DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}", DISPATCH_TICK_SECONDS="0.7")
+    for args, shown in ((["scheduler"], "0.7s"), (["scheduler", "--interval", "0.3"], "0.3s")):
+        scheduler = dispatch(*args, env=env, cwd=tmp_path)
+        try:
+            line = scheduler.wait_for(lambda line: "ticking every" in line)
+        finally:
+            scheduler.stop()
+        assert f"ticking every {shown}" in line
+
+
+def test_sandbox_oracles_go_under_the_var_dir(tmp_path: Path) -> None:
+    env = base_env(tmp_path, DISPATCH_VAR_DIR=str(tmp_path / "runtime"))
+    sandbox = dispatch("sandbox", "serve", "--free-ports", env=env, cwd=tmp_path)
+    try:
+        sandbox.wait_for(lambda line: "DISPATCH_SMTP_PORT" in line)
+    finally:
+        sandbox.stop()
+    assert (tmp_path / "runtime" / "sandbox").is_dir()
+    assert not (tmp_path / "var").exists()
+
+
+def test_demo_works_under_the_var_dir(tmp_path: Path, example_file: Path) -> None:
+    env = base_env(tmp_path, DISPATCH_VAR_DIR=str(tmp_path / "runtime"), COLUMNS="120")
+    demo = dispatch("demo", "--campaign", str(example_file), env=env, cwd=tmp_path)
+    lines = demo.finish(timeout=240)
+    assert demo.process.returncode == 0, "\n".join(lines)
+    assert "0 delivered more than once" in "\n".join(lines)
+    assert (tmp_path / "runtime" / "demo" / "preview.pdf").is_file()
+    assert (tmp_path / "runtime" / "demo" / "ledger.db").is_file()
+    log = (tmp_path / "runtime" / "demo" / "demo.log").read_text()  # the log goes to a file, not the live view
+    assert " INFO celery." in log
+    assert not (tmp_path / "var").exists()

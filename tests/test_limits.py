@@ -21,7 +21,9 @@ from workers.limits import Limits, LimitTimeout, RedisLimiter
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
-GENEROUS = Limits(gateway_per_second=1000, gateway_in_flight=1000, campaign_per_minute=100_000, max_wait=10.0)
+GENEROUS = Limits(
+    gateway_per_second=1000, gateway_in_flight=1000, campaign_per_minute=100_000, max_wait=10.0, slot_ttl=300.0
+)
 
 
 @pytest.fixture
@@ -187,3 +189,33 @@ def test_slot_of_a_killed_holder_frees_itself_after_its_ttl(client: redis.Redis,
         assert len(members) == 1  # the abandoned slot was dropped, ours took its place
     assert client.zcard(keys.gateway_slots(gateway)) == 0
     del abandoned
+
+
+def test_limits_have_no_defaults_of_their_own() -> None:
+    """Every value comes from the settings (DISPATCH_GATEWAY_PER_SECOND and the rest)."""
+    with pytest.raises(TypeError):
+        Limits()  # type: ignore[call-arg]
+
+
+def test_the_worker_limiter_follows_the_settings(client: redis.Redis, names: tuple[str, str]) -> None:
+    from dispatcher.domain.settings import load_settings
+    from workers.runtime import _limiter
+
+    gateway, campaign = names
+    settings = load_settings(
+        broker_url="redis://127.0.0.1:6379/0",
+        gateway_per_second=3,
+        gateway_in_flight=1,
+        campaign_per_minute=7,
+        limit_max_wait_seconds=0.2,
+        limit_slot_ttl_seconds=7.0,
+    )
+    holder, waiter = _limiter(settings), _limiter(settings)
+    assert isinstance(holder, RedisLimiter)
+    assert holder.limits == Limits(
+        gateway_per_second=3, gateway_in_flight=1, campaign_per_minute=7, max_wait=0.2, slot_ttl=7.0
+    )
+    with holder.sending(gateway, campaign=campaign):
+        assert 0 < client.pttl(keys.gateway_slots(gateway)) <= 14_000  # twice the slot ttl, in ms
+        with pytest.raises(LimitTimeout, match="in flight"), waiter.sending(gateway, campaign=campaign):
+            pass  # one call in flight already: the second waits 0.2 s, then gives up

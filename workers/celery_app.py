@@ -19,22 +19,18 @@ Each setting below is chosen for "never twice, never lose one" (see ARCHITECTURE
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from dispatcher.domain.settings import get_settings
+from dispatcher.domain.settings import Settings, get_settings
 
 CHANNEL_QUEUES = ("fax", "email", "copies")
-# A task carries a batch of ids. It starts no new delivery after BATCH_BUDGET seconds; one delivery
-# takes at most the limiter's wait (120 s) + rendering + one HTTP call (65 s), so the soft limit is
-# never reached in a healthy worker. The lease (DISPATCH_LEASE_SECONDS, 900 by default) is above the
-# hard limit, and the visibility timeout above both.
-BATCH_BUDGET = 240
-SOFT_TIME_LIMIT = 600
-HARD_TIME_LIMIT = 660
-VISIBILITY_TIMEOUT = 3600
+# A task carries a batch of ids. It starts no new delivery after DISPATCH_BATCH_BUDGET_SECONDS (240 s by
+# default); one delivery takes at most the limiter's wait (DISPATCH_LIMIT_MAX_WAIT_SECONDS, 120 s) +
+# rendering + one HTTP call (65 s), so the soft limit (600 s) is never reached in a healthy worker. The
+# hard limit (660 s) is below the lease (900 s) and the visibility timeout (3600 s); the settings refuse
+# any other order at start-up. workers/tasks.py passes BATCH_BUDGET to each batch.
+BATCH_BUDGET = get_settings().batch_budget_seconds
 
 
 def queue_name(queue: str) -> str:
@@ -42,23 +38,26 @@ def queue_name(queue: str) -> str:
     return f"{get_settings().queue_prefix}{queue}"
 
 
-def make_app(broker_url: str | None = None) -> Celery:
-    app = Celery("campaign_dispatch", broker=broker_url or get_settings().broker_url, include=["workers.tasks"])
+def make_app(broker_url: str | None = None, *, settings: Settings | None = None) -> Celery:
+    """The app with the settings' broker (unless ``broker_url``), time limits and visibility timeout."""
+    settings = settings or get_settings()
+    queues = {name: f"{settings.queue_prefix}{name}" for name in CHANNEL_QUEUES}
+    app = Celery("campaign_dispatch", broker=broker_url or settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=SOFT_TIME_LIMIT,
-        task_time_limit=HARD_TIME_LIMIT,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
         # one exchange and routing key per queue: a message lands in exactly the queue it names
-        task_queues=[Queue(queue_name(n), Exchange(queue_name(n)), routing_key=queue_name(n)) for n in CHANNEL_QUEUES],
-        task_default_queue=queue_name("email"),
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in queues.values()],
+        task_default_queue=queues["email"],
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
@@ -66,6 +65,4 @@ def make_app(broker_url: str | None = None) -> Celery:
     return app
 
 
-# fontTools (inside the PDF renderer) logs every glyph subset at INFO
-logging.getLogger("fontTools").setLevel(logging.WARNING)
 app = make_app()

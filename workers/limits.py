@@ -49,19 +49,21 @@ class NoLimits:
         yield
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Limits:
-    gateway_per_second: int = 10
-    gateway_in_flight: int = 4
-    campaign_per_minute: int = 600
-    max_wait: float = 120.0
-    slot_ttl: float = 300.0  # a slot held by a killed worker frees itself after this
+    """The shared limits; workers/runtime.py builds them from DISPATCH_GATEWAY_PER_SECOND and the rest."""
+
+    gateway_per_second: int
+    gateway_in_flight: int
+    campaign_per_minute: int
+    max_wait: float  # seconds a send may wait for a limit before LimitTimeout
+    slot_ttl: float  # seconds after which a slot held by a killed worker frees itself
 
 
 class RedisLimiter:
     """Sliding counters and a slot set in Redis; every worker process shares them."""
 
-    def __init__(self, client: redis.Redis, limits: Limits = Limits(), *, namespace: str = "") -> None:
+    def __init__(self, client: redis.Redis, limits: Limits, *, namespace: str = "") -> None:
         self.redis = client
         self.limits = limits
         self.namespace = namespace  # DISPATCH_QUEUE_PREFIX: deployments sharing a Redis keep their own limits

@@ -16,7 +16,7 @@ from dispatcher.domain.settings import Settings, get_settings
 from workers.delivery import WorkerContext
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
-from workers.limits import Limiter, NoLimits, RedisLimiter
+from workers.limits import Limiter, Limits, NoLimits, RedisLimiter
 
 _lock = threading.Lock()
 _context: WorkerContext | None = None
@@ -75,9 +75,21 @@ def build_worker_context(
 
 
 def _limiter(settings: Settings) -> Limiter:
+    """Limits shared through the Redis broker; none for another broker (the demo's in-memory one)."""
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return RedisLimiter(redis.Redis.from_url(settings.broker_url), namespace=settings.queue_prefix)
+        client = redis.Redis.from_url(settings.broker_url)
+        return RedisLimiter(client, shared_limits(settings), namespace=settings.queue_prefix)
     return NoLimits()
+
+
+def shared_limits(settings: Settings) -> Limits:
+    return Limits(
+        gateway_per_second=settings.gateway_per_second,
+        gateway_in_flight=settings.gateway_in_flight,
+        campaign_per_minute=settings.campaign_per_minute,
+        max_wait=settings.limit_max_wait_seconds,
+        slot_ttl=settings.limit_slot_ttl_seconds,
+    )
 
 
 def _media_urls(settings: Settings):  # type: ignore[no-untyped-def]

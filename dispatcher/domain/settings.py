@@ -1,5 +1,9 @@
 """One settings object. Lookup order: keyword arguments, then ``DISPATCH_*`` environment variables,
-then a ``.env`` file in the working directory, then the defaults below."""
+then a ``.env`` file in the working directory, then the defaults below.
+
+A malformed value, or time limits in an order that would let a task outlive its claim or its broker
+message, fail here, at start-up, naming the variables to fix.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,42 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.errors import SettingsError
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# (what must stay below, what it must stay below, why); each name is a Settings field
+TIME_LIMIT_ORDER: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (
+        ("batch_budget_seconds", "limit_max_wait_seconds"),
+        "task_soft_time_limit_seconds",
+        "a send may start at the end of the batch budget, then wait this long for a shared limit",
+    ),
+    (
+        ("task_soft_time_limit_seconds",),
+        "task_time_limit_seconds",
+        "the soft limit must let a stuck task stop cleanly before the hard limit kills it",
+    ),
+    (
+        ("task_time_limit_seconds",),
+        "visibility_timeout_seconds",
+        "else Redis hands a running task's message to a second worker",
+    ),
+    (
+        ("task_time_limit_seconds",),
+        "lease_seconds",
+        "else a claimed send is declared unknown while its task may still be sending it",
+    ),
+)
+
 
 class Settings(BaseSettings):
+    """Every DISPATCH_* setting, with its default; README "Settings" gives each one's meaning."""
+
     model_config = SettingsConfigDict(env_prefix="DISPATCH_", env_file=".env", extra="ignore")
 
     database_url: str = Field(
@@ -29,8 +62,12 @@ class Settings(BaseSettings):
     queue_prefix: str = Field(
         default="", description="prefix for queue names and Redis keys (several services, one Redis)"
     )
-    var_dir: Path = Field(default=Path("var"), description="runtime files: the demo's ledger, sandbox oracle logs")
-    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR, for every process")
+    var_dir: Path = Field(
+        default=Path("var"), description="runtime files: the demo's under demo/, the sandbox's oracles under sandbox/"
+    )
+    log_level: LogLevel = Field(
+        default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case), for every process"
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="plain text lines, or one JSON object a line"
     )
@@ -60,7 +97,7 @@ class Settings(BaseSettings):
     task_soft_time_limit_seconds: float = Field(default=600.0, gt=0, description="Celery soft time limit of a task")
     task_time_limit_seconds: float = Field(default=660.0, gt=0, description="Celery hard time limit of a task")
     visibility_timeout_seconds: float = Field(
-        default=3600.0, gt=0, description="Redis redelivers unacked messages after"
+        default=3600.0, gt=0, description="Redis hands an unacknowledged message to another worker after this long"
     )
 
     # shared limits (Redis), per gateway and per campaign
@@ -70,16 +107,53 @@ class Settings(BaseSettings):
     limit_max_wait_seconds: float = Field(default=120.0, gt=0, description="longest wait for a limit before retrying")
     limit_slot_ttl_seconds: float = Field(default=300.0, gt=0, description="an in-flight slot of a dead worker expires")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _time_limits_in_order(self) -> Settings:
+        """Refuse time limits that would let a task outlive its message or its claim (all problems at once)."""
+        problems = [_order_problem(self, below, above, why) for below, above, why in TIME_LIMIT_ORDER]
+        found = [p for p in problems if p]
+        if found:
+            raise PydanticCustomError("time_limit_order", "; ".join(found))
+        return self
+
+
+def _variable(field: str) -> str:
+    return f"DISPATCH_{field.upper()}"
+
+
+def _order_problem(settings: Settings, below: tuple[str, ...], above: str, why: str) -> str | None:
+    """A message naming the variables when the sum of ``below`` is not below ``above``, else None."""
+    values = [float(getattr(settings, name)) for name in below]
+    limit = float(getattr(settings, above))
+    if sum(values) < limit:
+        return None
+    names = " + ".join(_variable(name) for name in below)
+    shown = " + ".join(f"{v:g}" for v in values)
+    return f"{names} ({shown}) must be below {_variable(above)} ({limit:g}): {why}"
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings, naming the DISPATCH_* variable to fix when one is malformed."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
-        problems = "; ".join(f"DISPATCH_{str(e['loc'][0]).upper()}: {e['msg'].lower()}" for e in err.errors())
+        problems = "; ".join(_problem(e) for e in err.errors())
         raise SettingsError(f"invalid settings: {problems}") from err
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One field's error prefixed with its variable; a cross-field error already names its variables."""
+    if error["loc"]:
+        return f"{_variable(str(error['loc'][0]))}: {error['msg'].lower()}"
+    return error["msg"]
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The process's settings, read once."""
     return load_settings()

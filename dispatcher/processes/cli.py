@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -13,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.domain import db
 from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.errors import DispatchError, Problem
-from dispatcher.domain.settings import get_settings
+from dispatcher.domain.settings import get_settings, load_settings
 from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
+from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
@@ -25,6 +27,14 @@ app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
+logger = logging.getLogger(__name__)
+
+
+@app.callback()
+def _every_command() -> None:
+    # before any command: settings are read (a malformed one stops here) and logging is configured
+    configure_logging(get_settings())
+
 
 FileArg = Annotated[Path, typer.Argument(help="campaign TOML file", exists=False)]
 
@@ -220,7 +230,11 @@ def log(
 
 
 @app.command("scheduler")
-def scheduler(interval: Annotated[float, typer.Option(help="seconds between ticks")] = 1.0) -> None:
+def scheduler(
+    interval: Annotated[
+        float | None, typer.Option(help="seconds between ticks  [default: DISPATCH_TICK_SECONDS]", show_default=False)
+    ] = None,
+) -> None:
     """Claim due deliveries every tick and publish them to the workers; sweep lost and dead ones."""
     import signal
     import threading
@@ -230,13 +244,14 @@ def scheduler(interval: Annotated[float, typer.Option(help="seconds between tick
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
+    interval = interval if interval is not None else settings.tick_seconds
     config = SchedulerConfig(
         republish_after=timedelta(seconds=settings.republish_after_seconds),
         reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")
+    logger.info("scheduler: ticking every %ss against %s", interval, settings.database_url.split("@")[-1])
     try:
         run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval, config=config)
     except KeyboardInterrupt:
@@ -247,24 +262,31 @@ def scheduler(interval: Annotated[float, typer.Option(help="seconds between tick
 def worker(
     queues: Annotated[str, typer.Option(help="comma-separated queues")] = "fax,email,copies",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
-    loglevel: Annotated[str, typer.Option()] = "INFO",
+    loglevel: Annotated[
+        str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)
+    ] = None,
 ) -> None:
     """Run a Celery worker (prefork pool) on the broker at DISPATCH_BROKER_URL."""
     from workers.celery_app import app as celery_app
     from workers.celery_app import queue_name
     from workers.runtime import worker_context
 
+    settings = get_settings() if loglevel is None else load_settings(log_level=loglevel)
+    configure_logging(settings)
+    leave_celery_logging_alone()
     worker_context()  # build gateways now: a missing setting fails at start-up, naming the variable
     names = ",".join(queue_name(q.strip()) for q in queues.split(","))
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(
         [
+            *quiet,
             "worker",
             "-Q",
             names,
             "--concurrency",
             str(concurrency),
             "--loglevel",
-            loglevel,
+            settings.log_level,
             "--pool",
             "prefork",
             "--without-gossip",
@@ -283,17 +305,30 @@ def web(
 
     from dispatcher.processes.web import build_web_app
 
-    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_level="info")
+    # log_config=None: uvicorn's loggers keep the configuration every command sets (dispatcher/processes/logs.py)
+    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_config=None)
 
 
 @app.command("demo")
 def demo(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 90.0,
+    campaign: Annotated[
+        Path | None, typer.Option(help="campaign TOML file  [default: the example campaign]", show_default=False)
+    ] = None,
 ) -> None:
-    """Run the example campaign end to end in one process: SQLite, in-process worker, sandbox gateways."""
-    from dispatcher.processes.demo import run_demo
+    """Run a campaign end to end in one process: SQLite, in-process worker, sandbox gateways; files in
+    DISPATCH_VAR_DIR/demo."""
+    from dispatcher.processes.demo import EXAMPLE, run_demo
 
-    ok = run_demo(console=console, timeout=timeout)
+    settings = get_settings()
+    leave_celery_logging_alone()
+    ok = run_demo(
+        console=console,
+        timeout=timeout,
+        workdir=settings.var_dir / "demo",
+        campaign_file=campaign or EXAMPLE,
+        log_settings=settings,
+    )
     if not ok:
         raise typer.Exit(1)
 
@@ -307,14 +342,25 @@ def sandbox_serve(
     web_url: Annotated[
         str, typer.Option(help="where `dispatch web` listens (webhooks go there)")
     ] = "http://127.0.0.1:8000",
-    oracle_dir: Annotated[Path, typer.Option(help="where each emulator appends its oracle")] = Path("var/sandbox"),
+    oracle_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where each emulator appends its oracle  [default: DISPATCH_VAR_DIR/sandbox]", show_default=False
+        ),
+    ] = None,
+    free_ports: Annotated[
+        bool, typer.Option("--free-ports", help="any free local ports instead of 8101-8106 and 8025 (SMTP)")
+    ] = False,
 ) -> None:
     """Run every provider emulator and the SMTP sink on localhost; print the settings that use them."""
     import threading
 
-    from workers.sandbox.serve import serve_all
+    from workers.sandbox.serve import DEFAULT_PORTS, serve_all
+    from workers.sandbox.server import free_port
 
-    running = serve_all(web_url=web_url, oracle_dir=oracle_dir)
+    ports = {name: free_port() for name in DEFAULT_PORTS} if free_ports else None
+    oracles = oracle_dir or get_settings().var_dir / "sandbox"
+    running = serve_all(web_url=web_url, oracle_dir=oracles, ports=ports)
     console.print("# sandbox running; export these to point the gateways at it (Ctrl-C stops):")
     for key, value in sorted(running.settings.items()):
         console.print(f"export {key}={value}", highlight=False, soft_wrap=True)

@@ -1,10 +1,10 @@
-"""`dispatch demo`: the example campaign end to end in one process, on the embedded default.
+"""`dispatch demo`: the example campaign (or another) end to end in one process, on the embedded default.
 
-SQLite ledger under var/demo/, Celery with an in-memory transport and an in-process worker,
-the Telnyx emulator for faxes (signed status webhooks to our own web app, which also serves
-the fax PDFs the emulator downloads), the local SMTP sink for email. One fax line is scripted
-busy once: it is retried and goes through. The malformed number in the seed is reported and its
-route recorded as skipped with the reason.
+SQLite ledger, previews and oracles under DISPATCH_VAR_DIR/demo/ (var/demo/ by default), Celery with an
+in-memory transport and an in-process worker, the Telnyx emulator for faxes (signed status webhooks to
+our own web app, which also serves the fax PDFs the emulator downloads), the local SMTP sink for email.
+One fax line is scripted busy once: it is retried and goes through. The malformed number in the seed
+is reported and its route recorded as skipped with the reason.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.rendering.preview import write_preview
 from dispatcher.domain.scheduling import SchedulerConfig
+from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import CampaignStatus
 from dispatcher.domain.validation import validate
 from dispatcher.processes import views
 from dispatcher.processes.api import WebContext, create_app
 from dispatcher.processes.live import state_summary
+from dispatcher.processes.logs import configure_logging
 from dispatcher.processes.scheduler import run_forever
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
@@ -57,11 +59,22 @@ def now() -> datetime:
 
 
 def run_demo(
-    *, console: Console, timeout: float = 90.0, workdir: Path = Path("var/demo"), campaign_file: Path = EXAMPLE
+    *,
+    console: Console,
+    workdir: Path,
+    timeout: float = 90.0,
+    campaign_file: Path = EXAMPLE,
+    log_settings: Settings | None = None,
 ) -> bool:
-    """Run the whole path; True when every delivery ended and no reference was accepted twice."""
+    """Run the whole path; True when every delivery ended and no reference was accepted twice.
+
+    With ``log_settings``, the log goes to ``workdir``/demo.log at their level and format, away from
+    the live view.
+    """
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    if log_settings is not None:
+        configure_logging(log_settings, file=workdir / "demo.log")
     url = f"sqlite:///{workdir / 'ledger.db'}"
     name = _prepare(console, campaign_file, url, workdir)
     with ExitStack() as stack:

@@ -88,6 +88,11 @@ def processes(db_url: str, sandbox: Sandbox, tmp_path: Path) -> Iterator[Process
         "DISPATCH_RETRY_CAP_SECONDS": "1",
         "DISPATCH_FAX_GAP_SECONDS": "0",
         "DISPATCH_LEASE_SECONDS": "8",
+        # time limits below the short lease, in the order the settings require
+        "DISPATCH_BATCH_BUDGET_SECONDS": "2",
+        "DISPATCH_LIMIT_MAX_WAIT_SECONDS": "1",
+        "DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS": "6",
+        "DISPATCH_TASK_TIME_LIMIT_SECONDS": "7",
         "DISPATCH_REPUBLISH_AFTER_SECONDS": "2",
         "DISPATCH_RECONCILE_EVERY_SECONDS": "1",
         "DISPATCH_RECONCILE_GRACE_SECONDS": "1",

@@ -1,0 +1,109 @@
+"""Settings: malformed or misordered values fail at start-up, naming the DISPATCH_* variables to fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dispatcher.domain.errors import SettingsError
+from dispatcher.domain.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# a consistent set of short limits, as a test deployment would use
+SHORT = {
+    "batch_budget_seconds": 2.0,
+    "limit_max_wait_seconds": 1.0,
+    "task_soft_time_limit_seconds": 4.0,
+    "task_time_limit_seconds": 5.0,
+    "visibility_timeout_seconds": 30.0,
+    "lease_seconds": 8.0,
+}
+
+
+def test_defaults_and_a_consistent_short_set_load() -> None:
+    load_settings()
+    settings = load_settings(**SHORT)
+    assert settings.task_time_limit_seconds == 5.0
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            {"batch_budget_seconds": 3.5},  # 3.5 + 1 is not below the soft limit of 4
+            [
+                "DISPATCH_BATCH_BUDGET_SECONDS",
+                "DISPATCH_LIMIT_MAX_WAIT_SECONDS",
+                "DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS",
+            ],
+        ),
+        (
+            {"task_soft_time_limit_seconds": 5.0},  # equal to the hard limit
+            ["DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS", "DISPATCH_TASK_TIME_LIMIT_SECONDS"],
+        ),
+        (
+            {"visibility_timeout_seconds": 5.0},
+            ["DISPATCH_TASK_TIME_LIMIT_SECONDS", "DISPATCH_VISIBILITY_TIMEOUT_SECONDS"],
+        ),
+        (
+            {"lease_seconds": 4.5},
+            ["DISPATCH_TASK_TIME_LIMIT_SECONDS", "DISPATCH_LEASE_SECONDS"],
+        ),
+    ],
+)
+def test_misordered_time_limits_name_the_variables(change: dict[str, float], named: list[str]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**{**SHORT, **change})
+    for variable in named:
+        assert variable in str(caught.value)
+
+
+def test_misordered_time_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCH_LEASE_SECONDS", "8")  # below the default hard limit of 660 s
+    with pytest.raises(SettingsError, match="DISPATCH_LEASE_SECONDS"):
+        load_settings()
+
+
+def test_every_ordering_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**{**SHORT, "task_time_limit_seconds": 40.0})  # above the visibility timeout and the lease
+    assert "DISPATCH_VISIBILITY_TIMEOUT_SECONDS" in str(caught.value)
+    assert "DISPATCH_LEASE_SECONDS" in str(caught.value)
+
+
+def test_log_level_is_case_insensitive_and_checked() -> None:
+    assert load_settings(log_level="warning").log_level == "WARNING"
+    with pytest.raises(SettingsError, match="DISPATCH_LOG_LEVEL"):
+        load_settings(log_level="LOUD")
+
+
+def test_log_format_is_checked() -> None:
+    with pytest.raises(SettingsError, match="DISPATCH_LOG_FORMAT"):
+        load_settings(log_format="xml")
+
+
+def test_a_process_refuses_to_start_on_misordered_limits(tmp_path: Path) -> None:
+    """Through the real entry point: a message naming the variables, not a traceback."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),  # this checkout's code, whatever is installed
+        "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS": "700",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "scheduler"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS" in result.stderr
+    assert "DISPATCH_TASK_TIME_LIMIT_SECONDS" in result.stderr
+    assert "Traceback" not in result.stderr
