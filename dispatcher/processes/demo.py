@@ -49,7 +49,7 @@ from workers.sandbox.core import REACHING, SandboxState
 from workers.sandbox.server import ThreadedServer, free_port
 from workers.sandbox.smtp_sink import SmtpSink
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
 BUSY_NUMBER = "+861065591516"  # Wang Yi's fax: busy on the first call
 RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, max_attempts=5)
 
