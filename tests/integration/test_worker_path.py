@@ -105,17 +105,21 @@ def test_same_delivery_published_twice_is_sent_once(
     barrier = threading.Barrier(4)
     outcomes: list[str] = []
 
-    def worker() -> None:
+    def one_of_four() -> None:  # its own name: the fixture `worker` is what each thread sends with
         barrier.wait()
         outcomes.extend(deliver(worker, delivery_id) for delivery_id in ids)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=one_of_four) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    claimed = [o for o in outcomes if o == "submitted"]
-    assert len(claimed) == len(ids)  # each delivery claimed by exactly one of the four workers
+    # each delivery claimed by exactly one of the four workers; the others found it claimed already.
+    # A claim ends "submitted", or "receipt-after-..." when the fax's status webhook overtook the receipt
+    claimed = [o for o in outcomes if not o.startswith("not-claimable:") and o != "lost-race"]
+    assert len(outcomes) == 4 * len(ids)
+    assert len(claimed) == len(ids), outcomes
+    assert all(o == "submitted" or o.startswith("receipt-after-") for o in claimed), outcomes
     assert sandbox.duplicates() == {}
     with factory() as session:
         assert session.scalar(select(Attempt.id).where(Attempt.number > 1)) is None
