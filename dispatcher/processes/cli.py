@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -230,10 +230,7 @@ def scheduler(interval: Annotated[float, typer.Option(help="seconds between tick
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
-    config = SchedulerConfig(
-        republish_after=timedelta(seconds=settings.republish_after_seconds),
-        reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
-    )
+    config = SchedulerConfig.from_settings(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     console.print(f"scheduler: ticking every {interval}s against {get_settings().database_url.split('@')[-1]}")

@@ -192,7 +192,7 @@ def test_submitted_without_webhook_is_polled(
     from workers.gateways.registry import build_gateway
     from workers.sandbox.server import free_port
 
-    from .conftest import RETRY
+    from .conftest import SETTINGS, worker_context
 
     public_key = base64.b64encode(bytes(sandbox.signing_key.verify_key)).decode()
     lost = f"http://127.0.0.1:{free_port()}/webhooks/telnyx"
@@ -205,12 +205,14 @@ def test_submitted_without_webhook_is_polled(
         base_url=sandbox.fax_url,
         webhook_url=lost,
     )
-    worker = WorkerContext(factory=factory, gateways=gateways, retry=RETRY, media_url=_media(sandbox))
+    worker = worker_context(factory, gateways, media_url=_media(sandbox))
     name = schedule_campaign(factory, campaign(tmp_path, example_file))
     drive(
         worker,
         until=lambda: campaign_status(factory, name) == "completed",
-        config=SchedulerConfig(poll_after=timedelta(seconds=0.5), reconcile_every=timedelta(seconds=0.2)),
+        config=SchedulerConfig.from_settings(
+            SETTINGS, poll_after=timedelta(seconds=0.5), reconcile_every=timedelta(seconds=0.2)
+        ),
     )
     assert states(factory)[WANG] == "delivered"
     with factory() as session:
