@@ -6,7 +6,8 @@
 3. Call the gateway with the delivery's idempotency key.
 4. Record the attempt and the new state in one transaction: ``submitted`` (receipt),
    ``retry_wait`` (Transient), ``failed`` (Permanent: the next route may go), or ``unknown``
-   (the provider may have the message: reconciled later, never resent blindly).
+   (the provider may have the message: reconciled later, never resent blindly). Any other
+   exception from a gateway's send, or the task's time limit mid-send, is recorded as ``unknown`` too.
 A worker killed between 1 and 4 leaves a ``sending`` row whose lease expires into ``unknown``.
 """
 
@@ -30,7 +31,7 @@ from dispatcher.domain import rules
 from dispatcher.domain.db import transaction
 from dispatcher.domain.ledger import Finished, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
-from dispatcher.domain.messages import Receipt
+from dispatcher.domain.messages import Message, Receipt
 from dispatcher.domain.models import Attempt, Delivery, utcnow
 from dispatcher.domain.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
@@ -111,13 +112,52 @@ def deliver(worker: WorkerContext, delivery_id: int) -> str:
     except Exception as err:  # any rendering failure ends this delivery: nothing was sent
         return _record_render_failure(worker, claim, err)
     try:
+        outcome = _send(worker, claim, rendered)
+    except SoftTimeLimitExceeded:
+        # the task's time limit cut the call short: whether the provider has it is unknown; record
+        # that now (reconciled by reference), then let the task end
+        _record_with_retries(worker, claim, rendered, Unknown("the task's time limit ended the send", code="timeout"))
+        raise
+    return _record_with_retries(worker, claim, rendered, outcome)
+
+
+def _send(worker: WorkerContext, claim: Claim, rendered: Rendered) -> Receipt | DeliveryError:
+    """Take the shared limits, then call the gateway; every outcome comes back as a value."""
+    outcome: Receipt | DeliveryError | None = None
+    try:
         with worker.limiter.sending(claim.gateway.name, campaign=_campaign_key(worker, claim)):
-            receipt: Receipt | DeliveryError = claim.gateway.send(rendered.message)
-    except DeliveryError as err:
-        receipt = err
+            outcome = _call_gateway(claim.gateway, rendered.message, claim.delivery_id)
     except LimitTimeout as err:  # raised before the send: nothing left
-        receipt = Transient(f"local limit: {err}", code="local-limit")
-    return _record_with_retries(worker, claim, rendered, receipt)
+        return Transient(f"local limit: {err}", code="local-limit")
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as err:
+        if outcome is not None:  # the limiter failed while releasing, after the call: keep its outcome
+            log.error("releasing the limits after delivery %s failed: %s", claim.delivery_id, type(err).__name__)
+            return outcome
+        # the limiter failed before the call: nothing left, and it is our side, not the route's
+        log.error("taking the limits for delivery %s failed: %s", claim.delivery_id, type(err).__name__)
+        return Transient(f"local limit unavailable ({type(err).__name__})", code="local-limit")
+    assert outcome is not None
+    return outcome
+
+
+def _call_gateway(gateway: Gateway, message: Message, delivery_id: int) -> Receipt | DeliveryError:
+    """A gateway raises only DeliveryError by contract; anything else (a bug, an odd input) may have
+    struck before or after the provider took the request, so it is Unknown: reconciled by our
+    reference, never resent blindly. Only the exception's class is kept: its text may hold personal data."""
+    try:
+        return gateway.send(message)
+    except DeliveryError as err:
+        return err
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as err:
+        name = type(err).__name__
+        log.error(
+            "gateway %s raised %s for delivery %s; outcome unknown, to be reconciled", gateway.name, name, delivery_id
+        )
+        return Unknown(f"{gateway.name} raised {name}", code="unexpected-error")
 
 
 def deliver_many(worker: WorkerContext, ids: list[int]) -> dict[str, int]:
