@@ -49,13 +49,15 @@ from dispatcher.domain.errors import Problem  # noqa: E402
 from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
 from dispatcher.domain.planning import ACTOR, _write_campaign, content_hash, idempotency_key, load_campaign  # noqa: E402
 from dispatcher.domain.scheduling import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
+from dispatcher.domain.settings import Settings  # noqa: E402
 from dispatcher.domain.states import State  # noqa: E402
 from dispatcher.domain.validation import Report, RouteCheck, SupporterRow, validate  # noqa: E402
 from tests.builders import build_campaign  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("DISPATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-BATCH = SchedulerConfig().batch_size  # 200 ids per broker message
-CLAIM_LIMIT = SchedulerConfig().claim_limit  # rows claimed per tick
+SCHEDULER = SchedulerConfig.from_settings(Settings())
+BATCH = SCHEDULER.batch_size  # DISPATCH_PUBLISH_BATCH_SIZE, 200 ids per broker message by default
+CLAIM_LIMIT = SCHEDULER.claim_limit  # DISPATCH_CLAIM_LIMIT, rows claimed per tick
 
 
 # --- the baseline: the planner as it was before the bulk path (one flush per row) ----------------------
@@ -298,11 +300,11 @@ class Counter:
 
 def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
     """The scheduler's former claim, for comparison: the same locked SELECT, then each row moved
-    through the ORM with its own event (dispatcher.ledger.transition)."""
+    through the ORM with its own event (the ledger's move, one row at a time)."""
     from sqlalchemy import exists, or_
     from sqlalchemy.orm import aliased
 
-    from dispatcher.domain.ledger import transition
+    from dispatcher.domain.ledger_sql import SqlLedger
 
     earlier = aliased(Delivery)
     blocked = exists().where(
@@ -326,7 +328,7 @@ def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[D
     )
     due = list(session.scalars(query))
     for delivery in due:
-        transition(session, delivery, State.QUEUED, actor="scheduler", reason="due", at=now)
+        SqlLedger(session).move(delivery, State.QUEUED, actor="scheduler", reason="due", at=now)
         delivery.queued_at = now
     return due
 

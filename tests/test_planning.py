@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import CampaignConflict, CampaignFileError, TransitionError
-from dispatcher.domain.ledger import transition
-from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, Route, Supporter
+from dispatcher.domain.ledger_sql import SqlLedger
+from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, Route, Supporter, utcnow
 from dispatcher.domain.planning import LoadResult, idempotency_key, load_campaign
 from dispatcher.domain.states import State
 from dispatcher.domain.validation import Report, validate
@@ -146,9 +146,10 @@ def test_transition_records_an_event_and_refuses_forbidden_moves(
     with transaction(factory) as session:
         delivery = session.scalars(select(Delivery)).first()
         assert delivery is not None
-        transition(session, delivery, State.QUEUED, actor="test", reason="due")
+        ledger = SqlLedger(session)
+        ledger.move(delivery, State.QUEUED, actor="test", at=utcnow(), reason="due")
         with pytest.raises(TransitionError):
-            transition(session, delivery, State.DELIVERED, actor="test")
+            ledger.move(delivery, State.DELIVERED, actor="test", at=utcnow())
     with factory() as session:
         assert session.scalars(select(DeliveryEvent.to_state).order_by(DeliveryEvent.id.desc())).first() == "queued"
 

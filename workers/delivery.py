@@ -6,7 +6,8 @@
 3. Call the gateway with the delivery's idempotency key.
 4. Record the attempt and the new state in one transaction: ``submitted`` (receipt),
    ``retry_wait`` (Transient), ``failed`` (Permanent: the next route may go), or ``unknown``
-   (the provider may have the message: reconciled later, never resent blindly).
+   (the provider may have the message: reconciled later, never resent blindly). Any other
+   exception from a gateway's send, or the task's time limit mid-send, is recorded as ``unknown`` too.
 A worker killed between 1 and 4 leaves a ``sending`` row whose lease expires into ``unknown``.
 """
 
@@ -17,21 +18,25 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.domain import rules
 from dispatcher.domain.db import transaction
-from dispatcher.domain.ledger import compare_and_set, transition
-from dispatcher.domain.messages import Receipt
-from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, utcnow
+from dispatcher.domain.ledger import Finished, Ledger
+from dispatcher.domain.ledger_sql import SqlLedger
+from dispatcher.domain.messages import Message, Receipt
+from dispatcher.domain.models import Attempt, Delivery, utcnow
 from dispatcher.domain.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
-from dispatcher.domain.states import CampaignStatus, Channel, DeliveryKind, State
+from dispatcher.domain.settings import Settings
+from dispatcher.domain.states import Channel, DeliveryKind, State
 from workers.gateways.base import Gateway
 from workers.gateways.errors import DeliveryError, Permanent, Transient, Unknown
 from workers.limits import Limiter, LimitTimeout, NoLimits
@@ -43,22 +48,41 @@ def worker_actor() -> str:
     return f"worker:{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WorkerContext:
-    """Everything the worker path needs, built once per worker process."""
+    """Everything the worker path needs, built once per worker process; intervals and limits come
+    from Settings (``from_settings``), never from defaults of their own."""
 
     factory: sessionmaker[Session]
     gateways: dict[str, Gateway]  # by channel "fax", "email", and optionally "copies"
+    retry: RetryPolicy
+    lease: timedelta  # a claimed send not recorded by then is turned unknown by the sweeper
+    fax_gap: timedelta  # minimum time between two faxes to one number
+    reconcile_grace: timedelta  # before trusting a provider's "not found"
+    batch_budget: timedelta  # no new send starts in a batch after this long
     documents: DocumentCache = field(default_factory=DocumentCache)
     limiter: Limiter = field(default_factory=NoLimits)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    lease: timedelta = timedelta(minutes=10)
-    fax_gap: timedelta = timedelta(seconds=0)  # minimum time between two faxes to one number
-    reconcile_grace: timedelta = timedelta(seconds=60)  # before trusting a provider's "not found"
     media_url: Callable[[int, datetime], str] | None = None
     clock: Callable[[], datetime] = utcnow
     actor: str = field(default_factory=worker_actor)
     hooks: dict[str, Callable[[int], None]] = field(default_factory=dict)  # fault tests: "after_claim", ...
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, factory: sessionmaker[Session], gateways: dict[str, Gateway], **overrides: Any
+    ) -> WorkerContext:
+        """DISPATCH_LEASE_SECONDS, _FAX_GAP_SECONDS, _RECONCILE_GRACE_SECONDS, _BATCH_BUDGET_SECONDS and the
+        retry policy's settings, unless overridden."""
+        context = cls(
+            factory=factory,
+            gateways=gateways,
+            retry=RetryPolicy.from_settings(settings),
+            lease=timedelta(seconds=settings.lease_seconds),
+            fax_gap=timedelta(seconds=settings.fax_gap_seconds),
+            reconcile_grace=timedelta(seconds=settings.reconcile_grace_seconds),
+            batch_budget=timedelta(seconds=settings.batch_budget_seconds),
+        )
+        return replace(context, **overrides)
 
 
 def gateway_for(worker: WorkerContext, delivery: Delivery) -> Gateway:
@@ -88,24 +112,64 @@ def deliver(worker: WorkerContext, delivery_id: int) -> str:
     except Exception as err:  # any rendering failure ends this delivery: nothing was sent
         return _record_render_failure(worker, claim, err)
     try:
+        outcome = _send(worker, claim, rendered)
+    except SoftTimeLimitExceeded:
+        # the task's time limit cut the call short: whether the provider has it is unknown; record
+        # that now (reconciled by reference), then let the task end
+        _record_with_retries(worker, claim, rendered, Unknown("the task's time limit ended the send", code="timeout"))
+        raise
+    return _record_with_retries(worker, claim, rendered, outcome)
+
+
+def _send(worker: WorkerContext, claim: Claim, rendered: Rendered) -> Receipt | DeliveryError:
+    """Take the shared limits, then call the gateway; every outcome comes back as a value."""
+    outcome: Receipt | DeliveryError | None = None
+    try:
         with worker.limiter.sending(claim.gateway.name, campaign=_campaign_key(worker, claim)):
-            receipt: Receipt | DeliveryError = claim.gateway.send(rendered.message)
-    except DeliveryError as err:
-        receipt = err
+            outcome = _call_gateway(claim.gateway, rendered.message, claim.delivery_id)
     except LimitTimeout as err:  # raised before the send: nothing left
-        receipt = Transient(f"local limit: {err}", code="local-limit")
-    return _record_with_retries(worker, claim, rendered, receipt)
+        return Transient(f"local limit: {err}", code="local-limit")
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as err:
+        if outcome is not None:  # the limiter failed while releasing, after the call: keep its outcome
+            log.error("releasing the limits after delivery %s failed: %s", claim.delivery_id, type(err).__name__)
+            return outcome
+        # the limiter failed before the call: nothing left, and it is our side, not the route's
+        log.error("taking the limits for delivery %s failed: %s", claim.delivery_id, type(err).__name__)
+        return Transient(f"local limit unavailable ({type(err).__name__})", code="local-limit")
+    assert outcome is not None
+    return outcome
 
 
-def deliver_many(worker: WorkerContext, ids: list[int], *, budget: float | None = None) -> dict[str, int]:
+def _call_gateway(gateway: Gateway, message: Message, delivery_id: int) -> Receipt | DeliveryError:
+    """A gateway raises only DeliveryError by contract; anything else (a bug, an odd input) may have
+    struck before or after the provider took the request, so it is Unknown: reconciled by our
+    reference, never resent blindly. Only the exception's class is kept: its text may hold personal data."""
+    try:
+        return gateway.send(message)
+    except DeliveryError as err:
+        return err
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as err:
+        name = type(err).__name__
+        log.error(
+            "gateway %s raised %s for delivery %s; outcome unknown, to be reconciled", gateway.name, name, delivery_id
+        )
+        return Unknown(f"{gateway.name} raised {name}", code="unexpected-error")
+
+
+def deliver_many(worker: WorkerContext, ids: list[int]) -> dict[str, int]:
     """A batch from one broker message: each id goes through the full path on its own.
 
-    With a ``budget`` (seconds), no new delivery is started once it is spent, so the task's time
-    limit never cuts a send in half; the ids left stay ``queued`` and the sweeper publishes them again."""
+    Once the worker's ``batch_budget`` is spent, no new delivery is started, so the task's time limit
+    never cuts a send in half; the ids left stay ``queued`` and the sweeper publishes them again."""
     summary: dict[str, int] = {}
     started = time.monotonic()
+    budget = worker.batch_budget.total_seconds()
     for delivery_id in ids:
-        if budget is not None and time.monotonic() - started > budget:
+        if time.monotonic() - started > budget:
             summary["left-for-republish"] = summary.get("left-for-republish", 0) + 1
             continue
         outcome = deliver(worker, delivery_id)
@@ -123,80 +187,66 @@ def claim_delivery(worker: WorkerContext, delivery_id: int) -> Claim | str:
             return "missing"
         if delivery.state != State.QUEUED:
             return f"not-claimable:{delivery.state}"  # a duplicate message, or another worker's
-        held = _hold_back(worker, session, delivery, now)
+        ledger = SqlLedger(session)
+        held = _hold_back(worker, session, ledger, delivery, now)
         if held:
             return held
         gateway = gateway_for(worker, delivery)
-        attempt = delivery.attempt_count + 1
-        claimed = compare_and_set(
-            session,
-            delivery_id,
-            State.SENDING,
-            expected={State.QUEUED},
-            values={
-                "lease_expires_at": now + worker.lease,
-                "attempt_count": attempt,
-                "gateway": gateway.name,
-                "expects_report": gateway.reports_delivery,
-                "provider_id": None,
-            },
-        )  # this attempt's id comes with its receipt; older ones stay on Attempt rows
-        if not claimed:
-            return "lost-race"
-        session.add(
-            DeliveryEvent(
-                delivery_id=delivery_id,
-                campaign_id=delivery.campaign_id,
-                at=now,
-                actor=worker.actor,
-                from_state=State.QUEUED,
-                to_state=State.SENDING,
-                reason=f"attempt {attempt} via {gateway.name}",
-            )
+        attempt = ledger.claim(
+            delivery,
+            actor=worker.actor,
+            at=now,
+            lease_until=now + worker.lease,
+            gateway=gateway.name,
+            reports=gateway.reports_delivery,
         )
-        session.add(Attempt(delivery_id=delivery_id, number=attempt, gateway=gateway.name, started_at=now))
+        if attempt is None:
+            return "lost-race"
     return Claim(delivery_id, attempt, gateway)
 
 
-def _hold_back(worker: WorkerContext, session: Session, delivery: Delivery, now: datetime) -> str | None:
-    """Campaign paused or cancelled, or the fax line is busy with our own call: do not claim."""
-    status = delivery.campaign.status
-    deadline = delivery.campaign.deadline
-    if deadline is not None and now >= deadline:
-        transition(
-            session,
+def _hold_back(
+    worker: WorkerContext, session: Session, ledger: Ledger, delivery: Delivery, now: datetime
+) -> str | None:
+    """Deadline passed, campaign paused or cancelled, or the fax line busy with our own call: do not claim.
+    The same rules (dispatcher.domain.rules) as the scheduler's, checked again under the claim's lock."""
+    campaign = delivery.campaign
+    if rules.deadline_passed(campaign.deadline, now=now):
+        assert campaign.deadline is not None
+        ledger.move(
             delivery,
             State.FAILED,
             actor=worker.actor,
             at=now,
             error_class="permanent",
-            reason=f"campaign deadline {deadline.isoformat()} passed before it could be sent",
+            reason=f"campaign deadline {campaign.deadline.isoformat()} passed before it could be sent",
         )
         return "deadline"
-    if status == CampaignStatus.CANCELLED:
-        transition(session, delivery, State.CANCELLED, actor=worker.actor, at=now, reason="campaign cancelled")
+    gate = rules.campaign_gate(campaign.status)
+    if gate is rules.Gate.CANCEL:
+        ledger.move(delivery, State.CANCELLED, actor=worker.actor, at=now, reason="campaign cancelled")
         return "cancelled"
-    if status != CampaignStatus.SCHEDULED:
-        transition(session, delivery, State.PLANNED, actor=worker.actor, at=now, reason=f"campaign {status}")
-        return f"held:{status}"
+    if gate is rules.Gate.HOLD:
+        ledger.move(delivery, State.PLANNED, actor=worker.actor, at=now, reason=f"campaign {campaign.status}")
+        return f"held:{campaign.status}"
     if delivery.channel == Channel.FAX:
         wait = _fax_line_wait(worker, session, delivery, now)
         if wait is not None:
-            transition(
-                session,
+            ledger.move(
                 delivery,
                 State.PLANNED,
                 actor=worker.actor,
                 at=now,
                 reason="another fax to this number is in progress or just ended; waiting for the line",
+                not_before=now + wait,
             )
-            delivery.not_before = now + wait
             return "line-busy"
     return None
 
 
 def _fax_line_wait(worker: WorkerContext, session: Session, delivery: Delivery, now: datetime) -> timedelta | None:
-    """One fax call at a time to a number, across campaigns and workers, and a gap between calls."""
+    """One fax call at a time to a number, across campaigns and workers, and a gap between calls:
+    the facts from the ledger, the rule from rules.fax_line_wait."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         # serialises claims to one number across workers until this transaction ends
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": delivery.destination})
@@ -210,23 +260,18 @@ def _fax_line_wait(worker: WorkerContext, session: Session, delivery: Delivery, 
         )
         .limit(1)
     )
-    if busy is not None:
-        return max(worker.fax_gap, timedelta(seconds=5))
-    if worker.fax_gap:
-        last = session.scalar(
-            select(Attempt.finished_at)
-            .join(Delivery, Delivery.id == Attempt.delivery_id)
-            .where(
-                Delivery.destination == delivery.destination,
-                Delivery.id != delivery.id,
-                Attempt.finished_at.is_not(None),
-            )
-            .order_by(Attempt.finished_at.desc())
-            .limit(1)
+    last = session.scalar(
+        select(Attempt.finished_at)
+        .join(Delivery, Delivery.id == Attempt.delivery_id)
+        .where(
+            Delivery.destination == delivery.destination,
+            Delivery.id != delivery.id,
+            Attempt.finished_at.is_not(None),
         )
-        if last is not None and now - last < worker.fax_gap:
-            return worker.fax_gap - (now - last)
-    return None
+        .order_by(Attempt.finished_at.desc())
+        .limit(1)
+    )
+    return rules.fax_line_wait(busy=busy is not None, last_call_ended=last, gap=worker.fax_gap, now=now)
 
 
 def _render(worker: WorkerContext, claim: Claim) -> Rendered:
@@ -269,32 +314,63 @@ def record_outcome(worker: WorkerContext, claim: Claim, rendered: Rendered, outc
     with transaction(worker.factory) as session:
         delivery = session.get(Delivery, claim.delivery_id, with_for_update=True)
         assert delivery is not None
-        delivery.document_sha256 = rendered.sha256
-        delivery.page_count = rendered.page_count
-        attempt = _attempt(session, claim)
-        attempt.finished_at = now
-        attempt.document_sha256 = rendered.sha256
+        ledger = SqlLedger(session)
+        ledger.finish_attempt(delivery, claim.attempt, at=now, finished=_finished(delivery, claim, rendered, outcome))
         if isinstance(outcome, Receipt):
-            return _record_receipt(worker, session, delivery, attempt, outcome, now)
-        return _record_error(worker, session, delivery, attempt, outcome, now)
+            return _record_receipt(worker, session, ledger, delivery, claim, outcome, now)
+        return _record_error(worker, session, ledger, delivery, claim, outcome, now)
 
 
-def _attempt(session: Session, claim: Claim) -> Attempt:
-    return session.scalars(
-        select(Attempt).where(Attempt.delivery_id == claim.delivery_id, Attempt.number == claim.attempt)
-    ).one()
+def _finished(delivery: Delivery, claim: Claim, rendered: Rendered, outcome: Receipt | DeliveryError) -> Finished:
+    """The attempt's record: the document sent, and the provider's receipt or the error."""
+    if isinstance(outcome, Receipt):
+        evidence = {"status": outcome.status, "accepted_at": outcome.accepted_at.isoformat()}
+        return Finished(
+            "submitted",
+            document_sha256=rendered.sha256,
+            page_count=rendered.page_count,
+            provider_id=outcome.provider_id,
+            evidence=evidence,
+        )
+    return Finished(
+        _error_outcome(delivery, claim, outcome),
+        document_sha256=rendered.sha256,
+        page_count=rendered.page_count,
+        error_code=outcome.code,
+        detail=str(outcome),
+    )
+
+
+def _still_ours(delivery: Delivery, claim: Claim) -> bool:
+    """Whether this attempt's own outcome decides the state: still sending, or marked unknown by the
+    sweeper because the lease ran out while this very attempt was still talking to the provider."""
+    current = claim.attempt == delivery.attempt_count
+    return current and delivery.state in (State.SENDING, State.UNKNOWN)
+
+
+def _error_outcome(delivery: Delivery, claim: Claim, err: DeliveryError) -> str:
+    """What the attempt row says of an error: ``late`` when the delivery has moved on without it."""
+    if not _still_ours(delivery, claim):
+        return "late"
+    if isinstance(err, Transient):
+        # our own limiter, not the provider: not counted against the route
+        return "not-sent" if err.code == "local-limit" else "transient"
+    return "permanent" if isinstance(err, Permanent) else "unknown"
 
 
 def _record_receipt(
-    worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, receipt: Receipt, now: datetime
+    worker: WorkerContext,
+    session: Session,
+    ledger: Ledger,
+    delivery: Delivery,
+    claim: Claim,
+    receipt: Receipt,
+    now: datetime,
 ) -> str:
-    attempt.outcome, attempt.provider_id = "submitted", receipt.provider_id
-    attempt.evidence = {"status": receipt.status, "accepted_at": receipt.accepted_at.isoformat()}
-    if not _still_ours(delivery, attempt):
+    if not _still_ours(delivery, claim):
         return f"receipt-after-{delivery.state}"  # a status callback already moved it on: keep that
-    delivery.provider_id = receipt.provider_id
-    transition(
-        session,
+    ledger.identify(delivery, receipt.provider_id)
+    ledger.move(
         delivery,
         State.SUBMITTED,
         actor=worker.actor,
@@ -303,30 +379,25 @@ def _record_receipt(
         reason=f"accepted by {receipt.provider} as {receipt.provider_id} ({receipt.status})",
     )
     if not delivery.expects_report:
-        skip_other_routes(session, delivery, actor=worker.actor, now=now)
+        skip_other_routes(session, ledger, delivery, actor=worker.actor, now=now)
     return "submitted"
 
 
-def _still_ours(delivery: Delivery, attempt: Attempt) -> bool:
-    """Whether this attempt's own outcome decides the state: still sending, or marked unknown by the
-    sweeper because the lease ran out while this very attempt was still talking to the provider."""
-    current = attempt.number == delivery.attempt_count
-    return current and delivery.state in (State.SENDING, State.UNKNOWN)
-
-
 def _record_error(
-    worker: WorkerContext, session: Session, delivery: Delivery, attempt: Attempt, err: DeliveryError, now: datetime
+    worker: WorkerContext,
+    session: Session,
+    ledger: Ledger,
+    delivery: Delivery,
+    claim: Claim,
+    err: DeliveryError,
+    now: datetime,
 ) -> str:
-    attempt.error_code, attempt.detail = err.code, str(err)
-    if not _still_ours(delivery, attempt):
-        attempt.outcome = "late"
+    if not _still_ours(delivery, claim):
         return f"error-after-{delivery.state}"
     if isinstance(err, Transient):
-        attempt.outcome = "transient"
-        if err.code == "local-limit":  # our own limiter, not the provider: not counted against the route
-            attempt.outcome = "not-sent"
         retry_or_fail(
             session,
+            ledger,
             delivery,
             actor=worker.actor,
             now=now,
@@ -337,15 +408,19 @@ def _record_error(
         )
         return "transient"
     if isinstance(err, Permanent):
-        attempt.outcome = "permanent"
-        fail(session, delivery, actor=worker.actor, now=now, reason=str(err), error_code=err.code)
+        fail(ledger, delivery, actor=worker.actor, now=now, reason=str(err), error_code=err.code)
         return "permanent"
-    attempt.outcome = "unknown"
     assert isinstance(err, Unknown)
     if delivery.state == State.SENDING:
-        reason = f"{err}; the provider may have accepted it: reconcile before any resend"
-        transition(session, delivery, State.UNKNOWN, actor=worker.actor, at=now, error_class="unknown", reason=reason)
-        delivery.not_before = now + worker.reconcile_grace  # let the provider's listing catch up first
+        ledger.move(
+            delivery,
+            State.UNKNOWN,
+            actor=worker.actor,
+            at=now,
+            error_class="unknown",
+            reason=f"{err}; the provider may have accepted it: reconcile before any resend",
+            not_before=now + worker.reconcile_grace,  # let the provider's listing catch up first
+        )
     return "unknown"
 
 
@@ -355,9 +430,10 @@ def _record_render_failure(worker: WorkerContext, claim: Claim, err: Exception) 
     with transaction(worker.factory) as session:
         delivery = session.get(Delivery, claim.delivery_id)
         assert delivery is not None
-        attempt = _attempt(session, claim)
-        attempt.finished_at, attempt.outcome, attempt.detail = now, "permanent", f"rendering failed: {err}"
-        fail(session, delivery, actor=worker.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
+        ledger = SqlLedger(session)
+        finished = Finished("permanent", detail=f"rendering failed: {err}")
+        ledger.finish_attempt(delivery, claim.attempt, at=now, finished=finished)
+        fail(ledger, delivery, actor=worker.actor, now=now, reason=f"rendering failed, nothing sent: {err}")
     return "render-failed"
 
 

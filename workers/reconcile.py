@@ -20,10 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.db import transaction
-from dispatcher.domain.ledger import transition
+from dispatcher.domain.ledger import Ledger
+from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.messages import StatusEvent
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
-from dispatcher.domain.outcomes import apply_status, attach_to_current_attempt
+from dispatcher.domain.outcomes import apply_status
 from dispatcher.domain.states import State
 from workers.delivery import WorkerContext, gateway_for
 from workers.gateways.base import Gateway
@@ -97,8 +98,9 @@ def _apply(worker: WorkerContext, delivery_id: int, found: StatusEvent | None) -
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.state != State.UNKNOWN:
             return "not-unknown"
+        ledger = SqlLedger(session)
         if found is None:
-            return _not_found(worker, session, delivery, actor=actor, now=now)
+            return _not_found(worker, session, ledger, delivery, actor=actor, now=now)
         earlier = session.scalar(
             select(Attempt.number).where(
                 Attempt.delivery_id == delivery.id,
@@ -111,12 +113,11 @@ def _apply(worker: WorkerContext, delivery_id: int, found: StatusEvent | None) -
                 f"the provider lists only attempt {earlier}'s message ({found.provider_id}) for this "
                 f"reference, so it cannot tell whether attempt {delivery.attempt_count} went out"
             )
-            return _hold_in(session, worker, delivery, why)
-        attach_to_current_attempt(session, delivery, found.provider_id)
+            return _hold_in(session, ledger, worker, delivery, why)
+        ledger.attach(delivery, found.provider_id)
         result = apply_status(session, delivery, found, actor=actor, now=now, policy=worker.retry)
         if delivery.state == State.UNKNOWN:  # a status that does not settle it: at least it was accepted
-            transition(
-                session,
+            ledger.move(
                 delivery,
                 State.SUBMITTED,
                 actor=actor,
@@ -124,15 +125,16 @@ def _apply(worker: WorkerContext, delivery_id: int, found: StatusEvent | None) -
                 provider_id=found.provider_id,
                 reason=f"reconciled: the provider has it as {found.provider_id} ({found.kind})",
             )
-        if delivery.provider_id is None:
-            delivery.provider_id = found.provider_id
+        ledger.identify(delivery, found.provider_id)
         return f"found:{result}"
 
 
 NOT_FOUND = "reconcile: the provider does not list this reference"
 
 
-def _not_found(worker: WorkerContext, session: Session, delivery: Delivery, *, actor: str, now: datetime) -> str:
+def _not_found(
+    worker: WorkerContext, session: Session, ledger: Ledger, delivery: Delivery, *, actor: str, now: datetime
+) -> str:
     """Believe "never sent" only the second time, at least ``reconcile_grace`` after the first."""
     since = _became_unknown_at(session, delivery)
     first = session.scalar(
@@ -147,31 +149,25 @@ def _not_found(worker: WorkerContext, session: Session, delivery: Delivery, *, a
     )
     if first is None or now - first < worker.reconcile_grace:
         if first is None:
-            session.add(
-                DeliveryEvent(
-                    delivery_id=delivery.id,
-                    campaign_id=delivery.campaign_id,
-                    at=now,
-                    actor=actor,
-                    from_state=delivery.state,
-                    to_state=delivery.state,
-                    error_class="unknown",
-                    reason=f"{NOT_FOUND} yet; asking again in {worker.reconcile_grace.total_seconds():.0f}s before "
-                    "concluding that nothing was sent",
-                )
+            ledger.note(
+                delivery,
+                actor=actor,
+                at=now,
+                error_class="unknown",
+                reason=f"{NOT_FOUND} yet; asking again in {worker.reconcile_grace.total_seconds():.0f}s before "
+                "concluding that nothing was sent",
             )
-        delivery.not_before = now + worker.reconcile_grace
+        ledger.wait(delivery, until=now + worker.reconcile_grace)
         return "not-found-yet"
-    transition(
-        session,
+    ledger.move(
         delivery,
         State.RETRY_WAIT,
         actor=actor,
         at=now,
         reason="reconciled: the provider twice listed no message with this reference, so nothing was "
         "sent; the route will be tried again",
+        not_before=now,
     )
-    delivery.not_before = now
     return "not-sent"
 
 
@@ -200,10 +196,10 @@ def _hold(worker: WorkerContext, delivery_id: int, why: str) -> str:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.state != State.UNKNOWN:
             return "nothing-to-do"
-        return _hold_in(session, worker, delivery, why)
+        return _hold_in(session, SqlLedger(session), worker, delivery, why)
 
 
-def _hold_in(session: Session, worker: WorkerContext, delivery: Delivery, why: str) -> str:
+def _hold_in(session: Session, ledger: Ledger, worker: WorkerContext, delivery: Delivery, why: str) -> str:
     """Log the hold once per attempt; later passes stay quiet until an operator acts."""
     already = session.scalar(
         select(DeliveryEvent.id).where(
@@ -213,17 +209,12 @@ def _hold_in(session: Session, worker: WorkerContext, delivery: Delivery, why: s
         )
     )
     if already is None:
-        session.add(
-            DeliveryEvent(
-                delivery_id=delivery.id,
-                campaign_id=delivery.campaign_id,
-                at=worker.clock(),
-                actor=f"reconcile:{worker.actor}",
-                from_state=delivery.state,
-                to_state=delivery.state,
-                error_class="unknown",
-                reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or "
-                "mark it with `dispatch delivery resolve`",
-            )
+        ledger.note(
+            delivery,
+            actor=f"reconcile:{worker.actor}",
+            at=worker.clock(),
+            error_class="unknown",
+            reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or mark it with "
+            "`dispatch delivery resolve`",
         )
     return "held"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import redis
 
 from dispatcher.domain import db
 from dispatcher.domain.errors import SettingsError
 from dispatcher.domain.media import media_url
-from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.settings import Settings, get_settings
 from workers.delivery import WorkerContext
 from workers.gateways.base import Gateway
@@ -58,18 +57,11 @@ def build_worker_context(
     db.ensure_schema(sql)
     # Celery's prefork pool forks after this: a child must never use the parent's pooled connections
     os.register_at_fork(after_in_child=lambda: sql.dispose(close=False))
-    return WorkerContext(
+    return WorkerContext.from_settings(
+        settings,
         factory=db.session_factory(sql),
         gateways=gateways,
         limiter=limiter if limiter is not None else _limiter(settings),
-        retry=RetryPolicy(
-            base_seconds=settings.retry_base_seconds,
-            cap_seconds=settings.retry_cap_seconds,
-            max_attempts=settings.max_attempts,
-        ),
-        lease=timedelta(seconds=settings.lease_seconds),
-        fax_gap=timedelta(seconds=settings.fax_gap_seconds),
-        reconcile_grace=timedelta(seconds=settings.reconcile_grace_seconds),
         media_url=_media_urls(settings),
     )
 

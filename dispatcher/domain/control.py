@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from dispatcher.domain.campaign_file import CampaignSpec
 from dispatcher.domain.errors import CampaignConflict, NotFound
-from dispatcher.domain.ledger import transition
-from dispatcher.domain.models import Campaign, Delivery
+from dispatcher.domain.ledger_sql import SqlLedger
+from dispatcher.domain.models import Campaign, Delivery, utcnow
 from dispatcher.domain.outcomes import skip_other_routes
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.states import CampaignStatus, DeliveryKind, RoutePolicy, State
@@ -30,9 +30,10 @@ def schedule(session: Session, name: str, *, now: datetime, actor: str = "operat
         raise CampaignConflict(f"campaign {name!r} is {campaign.status}; only a draft can be scheduled")
     spec = CampaignSpec.model_validate(campaign.spec)
     zones = {a.id: a.timezone for a in campaign.addressees}
+    ledger = SqlLedger(session)
     for delivery in _deliveries(session, campaign, (State.PLANNED,)):
         zone = zones.get(delivery.addressee_id or -1, "UTC")
-        delivery.not_before = first_send_time(spec.campaign.schedule, timezone=zone, now=now)
+        ledger.wait(delivery, until=first_send_time(spec.campaign.schedule, timezone=zone, now=now))
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = now
     campaign.letter_date = campaign.letter_date or now.date()
@@ -44,8 +45,9 @@ def pause(session: Session, name: str, *, actor: str = "operator") -> int:
     campaign = _in_status(session, name, (CampaignStatus.SCHEDULED,), "pause")
     campaign.status = CampaignStatus.PAUSED
     queued = _deliveries(session, campaign, (State.QUEUED,))
+    ledger, now = SqlLedger(session), utcnow()
     for delivery in queued:
-        transition(session, delivery, State.PLANNED, actor=actor, reason="campaign paused")
+        ledger.move(delivery, State.PLANNED, actor=actor, at=now, reason="campaign paused")
     return len(queued)
 
 
@@ -62,8 +64,9 @@ def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
     )
     campaign.status = CampaignStatus.CANCELLED
     waiting = _deliveries(session, campaign, WAITING)
+    ledger, now = SqlLedger(session), utcnow()
     for delivery in waiting:
-        transition(session, delivery, State.CANCELLED, actor=actor, reason="campaign cancelled")
+        ledger.move(delivery, State.CANCELLED, actor=actor, at=now, reason="campaign cancelled")
     return len(waiting)
 
 
@@ -82,8 +85,10 @@ def retry(
             f"delivery #{delivery_id}: route {other.route_position + 1} ({other.channel}) of the same addressee is "
             f"{other.state}; retrying would send the letter a second time (use --force if that is intended)"
         )
-    transition(session, delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator")
-    delivery.not_before = now  # attempts are counted afresh from this event (outcomes.attempts_on_route)
+    # attempts are counted afresh from this event (outcomes.attempts_on_route)
+    SqlLedger(session).move(
+        delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator", not_before=now
+    )
     if delivery.campaign.status == CampaignStatus.COMPLETED:
         delivery.campaign.status = CampaignStatus.SCHEDULED  # the scheduler only claims for scheduled campaigns
     return delivery
@@ -135,27 +140,26 @@ def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, ac
     delivery = _locked(session, delivery_id)
     if delivery.state != State.UNKNOWN:
         raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only an unknown delivery is resolved")
+    ledger = SqlLedger(session)
     if sent:
-        transition(
-            session,
+        # with a report to come, the status poll looks it up now (by our reference, if it has no id)
+        ledger.move(
             delivery,
             State.SUBMITTED,
             actor=actor,
             at=now,
             reason="an operator confirmed with the provider that it was accepted",
+            not_before=now if delivery.expects_report else None,
         )
-        if delivery.expects_report:
-            delivery.not_before = now  # the status poll looks it up (by our reference, if it has no id)
-        else:
-            skip_other_routes(session, delivery, actor=actor, now=now)
+        if not delivery.expects_report:
+            skip_other_routes(session, ledger, delivery, actor=actor, now=now)
         return State.SUBMITTED
-    transition(
-        session,
+    ledger.move(
         delivery,
         State.RETRY_WAIT,
         actor=actor,
         at=now,
         reason="an operator confirmed with the provider that it was never accepted; it will be sent again",
+        not_before=now,
     )
-    delivery.not_before = now
     return State.RETRY_WAIT

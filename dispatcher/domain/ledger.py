@@ -1,56 +1,26 @@
-"""State changes on deliveries, always with their append-only event row."""
+"""The one writer of delivery state: what the domain rules and the worker path need from it.
+
+Everything that changes a delivery's state, its ``last_error``, its attempts or the append-only
+``delivery_events`` goes through a ``Ledger``. Its one implementation (``ledger_sql.SqlLedger``)
+checks each move against the state machine and stores every reason through ``stored_text``, so a
+supporter's address never reaches the log, the read API or an operator's screen. Reads (which rows
+are due, which attempt came first) stay with the callers' own queries in the same transaction.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
-
-from dispatcher.domain.models import Delivery, DeliveryEvent, utcnow
-from dispatcher.domain.states import DeliveryKind, State, check_transition, sources_of
-
-
-def transition(
-    session: Session,
-    delivery: Delivery,
-    target: State,
-    *,
-    actor: str,
-    reason: str = "",
-    error_class: str | None = None,
-    provider_id: str | None = None,
-    provider_event_id: str | None = None,
-    data: dict[str, Any] | None = None,
-    at: datetime | None = None,
-) -> DeliveryEvent:
-    """Move ``delivery`` to ``target`` (checked against the state machine) and log the event."""
-    check_transition(delivery.state, target)
-    if delivery.kind == DeliveryKind.COPY:  # a supporter's address must not reach the log through a server's reply
-        reason = redact_addresses(reason)
-    event = DeliveryEvent(
-        delivery_id=delivery.id,
-        campaign_id=delivery.campaign_id,
-        at=at or utcnow(),
-        actor=actor,
-        from_state=delivery.state,
-        to_state=str(target),
-        reason=reason,
-        error_class=error_class,
-        provider_id=provider_id,
-        provider_event_id=provider_event_id,
-        data=data,
-    )
-    delivery.state = str(target)
-    if target in (State.FAILED, State.SKIPPED, State.RETRY_WAIT, State.UNKNOWN) and reason:
-        delivery.last_error = reason
-    session.add(event)
-    return event
-
+from dispatcher.domain.models import Delivery
+from dispatcher.domain.states import DeliveryKind, State
 
 ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+# a reason with one of these targets is also what the delivery shows as its last error
+KEEPS_LAST_ERROR = frozenset({State.FAILED, State.SKIPPED, State.RETRY_WAIT, State.UNKNOWN})
 
 
 def redact_addresses(text: str) -> str:
@@ -58,24 +28,106 @@ def redact_addresses(text: str) -> str:
     return ADDRESS.sub("<address>", text)
 
 
-def compare_and_set(
-    session: Session,
-    delivery_id: int,
-    target: State,
-    *,
-    expected: set[State] | None = None,
-    values: dict[str, Any] | None = None,
-) -> bool:
-    """Atomically move one delivery to ``target`` if it is still in an expected state.
+def stored_text(kind: str, text: str) -> str:
+    """The form in which a reason or a provider's detail is stored for a delivery of ``kind``.
 
-    Returns False (and changes nothing) when another process got there first: no row, no send.
-    The caller logs the event in the same transaction.
-    """
-    allowed = expected if expected is not None else set(sources_of(target))
-    result = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.state.in_([str(s) for s in allowed]))
-        .values(state=str(target), updated_at=utcnow(), **(values or {}))
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    A supporter's copy never keeps an address: the supporter's own data stays out of the ledger's log."""
+    return redact_addresses(text) if kind == DeliveryKind.COPY else text
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A delivery to insert at load time, in its first state (planned, or skipped with a reason)."""
+
+    values: dict[str, Any]  # the deliveries row, without state or last_error
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True)
+class Due:
+    """A delivery the scheduler moves to ``queued`` in bulk, as read by its locked SELECT."""
+
+    id: int
+    campaign_id: int
+    kind: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How one attempt ended, with the document that was (or was not) sent."""
+
+    outcome: str  # submitted | transient | permanent | unknown | not-sent | late
+    document_sha256: str | None = None
+    page_count: int | None = None
+    provider_id: str | None = None
+    error_code: str | None = None
+    detail: str | None = None
+    evidence: dict[str, Any] | None = None
+
+
+class Ledger(Protocol):
+    """Writes to deliveries, attempts and delivery_events, in the caller's transaction."""
+
+    def plan(self, campaign_id: int, rows: Sequence[Planned], *, actor: str) -> None:
+        """Insert a campaign's deliveries and their first events, in bulk."""
+
+    def discard_draft(self, campaign_id: int) -> None:
+        """Delete an unsent draft's deliveries (their events go with them)."""
+
+    def move(
+        self,
+        delivery: Delivery,
+        target: State,
+        *,
+        actor: str,
+        at: datetime,
+        reason: str = "",
+        error_class: str | None = None,
+        provider_id: str | None = None,
+        provider_event_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        not_before: datetime | None = None,
+    ) -> None:
+        """Move ``delivery`` to ``target`` (checked against the state machine) and log the event;
+        ``not_before``, when given, is when the scheduler may take it up next."""
+
+    def note(
+        self,
+        delivery: Delivery,
+        *,
+        actor: str,
+        at: datetime,
+        reason: str,
+        error_class: str | None = None,
+        provider_id: str | None = None,
+        provider_event_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Log an event that changes no state (a provider's progress report, a hold)."""
+
+    def queue(self, due: Sequence[Due], *, actor: str, at: datetime) -> None:
+        """Move rows the caller locked to ``queued`` in bulk, with their events."""
+
+    def requeued(self, delivery: Delivery, *, at: datetime) -> None:
+        """A queued delivery was published again (its first message was lost)."""
+
+    def wait(self, delivery: Delivery, *, until: datetime) -> None:
+        """The scheduler takes ``delivery`` up again no sooner than ``until``."""
+
+    def claim(
+        self, delivery: Delivery, *, actor: str, at: datetime, lease_until: datetime, gateway: str, reports: bool
+    ) -> int | None:
+        """Compare-and-set ``queued -> sending`` with a lease, its event and a new attempt row.
+        Returns the attempt's number, or None when another process got there first."""
+
+    def finish_attempt(self, delivery: Delivery, number: int, *, at: datetime, finished: Finished) -> None:
+        """Record how attempt ``number`` ended, and the document the delivery sent."""
+
+    def identify(self, delivery: Delivery, provider_id: str) -> None:
+        """The provider's id for the current attempt, where the delivery and the attempt have none yet."""
+
+    def attach(self, delivery: Delivery, provider_id: str) -> None:
+        """The provider's id for the current attempt only, where it has none yet."""

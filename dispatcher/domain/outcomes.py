@@ -8,34 +8,46 @@ failures wait and retry the same route, permanent ones let the next route go, an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.ledger import transition
+from dispatcher.domain.ledger import Ledger
+from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.messages import EventKind, StatusEvent
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
+from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import DeliveryKind, RoutePolicy, State
 from dispatcher.domain.timing import backoff
 
 Applied = Literal["applied", "duplicate", "stale", "noted"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    base_seconds: float = 60.0
-    cap_seconds: float = 1800.0  # below the broker's visibility timeout (see workers/celery_app.py)
-    max_attempts: int = 8  # per route; then the route is given up and the next one goes
+    base_seconds: float
+    cap_seconds: float  # below the broker's visibility timeout (see workers/celery_app.py)
+    max_attempts: int  # per route; then the route is given up and the next one goes
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RetryPolicy:
+        """DISPATCH_RETRY_BASE_SECONDS, DISPATCH_RETRY_CAP_SECONDS and DISPATCH_MAX_ATTEMPTS, unless overridden."""
+        policy = cls(
+            base_seconds=settings.retry_base_seconds,
+            cap_seconds=settings.retry_cap_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        return replace(policy, **overrides)
 
 
 def succeeded(delivery: Delivery) -> bool:
     return delivery.state == State.DELIVERED or (delivery.state == State.SUBMITTED and not delivery.expects_report)
 
 
-def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: datetime) -> int:
+def skip_other_routes(session: Session, ledger: Ledger, delivery: Delivery, *, actor: str, now: datetime) -> int:
     """Under first-success, the addressee's routes still waiting are skipped: this one succeeded."""
     if delivery.kind != DeliveryKind.LETTER or delivery.campaign.route_policy != RoutePolicy.FIRST_SUCCESS:
         return 0
@@ -49,8 +61,7 @@ def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: 
         .with_for_update()
     ).all()
     for other in waiting:
-        transition(
-            session,
+        ledger.move(
             other,
             State.SKIPPED,
             actor=actor,
@@ -62,6 +73,7 @@ def skip_other_routes(session: Session, delivery: Delivery, *, actor: str, now: 
 
 def retry_or_fail(
     session: Session,
+    ledger: Ledger,
     delivery: Delivery,
     *,
     actor: str,
@@ -78,28 +90,22 @@ def retry_or_fail(
         seconds=backoff(attempts, base=policy.base_seconds, cap=policy.cap_seconds, retry_after=retry_after)
     )
     deadline = delivery.campaign.deadline
+    why = None
     if attempts >= policy.max_attempts:
+        why = f"{reason}; gave up after {attempts} attempts on this route"
+    elif deadline is not None and now + delay > deadline:
+        why = f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}"
+    if why is not None:
         return fail(
-            session,
+            ledger,
             delivery,
             actor=actor,
             now=now,
+            reason=why,
             error_code=error_code,
             provider_event_id=provider_event_id,
-            reason=f"{reason}; gave up after {attempts} attempts on this route",
         )
-    if deadline is not None and now + delay > deadline:
-        return fail(
-            session,
-            delivery,
-            actor=actor,
-            now=now,
-            error_code=error_code,
-            provider_event_id=provider_event_id,
-            reason=f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}",
-        )
-    transition(
-        session,
+    ledger.move(
         delivery,
         State.RETRY_WAIT,
         actor=actor,
@@ -108,8 +114,8 @@ def retry_or_fail(
         reason=f"{reason}; retry in {delay.total_seconds():.0f}s",
         provider_event_id=provider_event_id,
         data={"error_code": error_code} if error_code else None,
+        not_before=now + delay,
     )
-    delivery.not_before = now + delay
     return State.RETRY_WAIT
 
 
@@ -137,7 +143,7 @@ def attempts_on_route(session: Session, delivery: Delivery) -> int:
 
 
 def fail(
-    session: Session,
+    ledger: Ledger,
     delivery: Delivery,
     *,
     actor: str,
@@ -146,8 +152,7 @@ def fail(
     error_code: str | None = None,
     provider_event_id: str | None = None,
 ) -> State:
-    transition(
-        session,
+    ledger.move(
         delivery,
         State.FAILED,
         actor=actor,
@@ -185,12 +190,10 @@ def apply_status(
         return "stale"  # the outcome is already known, or a newer attempt is under way
     if _from_earlier_attempt(session, delivery, event):
         return "stale"
-    delivery.provider_id = event.provider_id
-    attach_to_current_attempt(session, delivery, event.provider_id)
-    evidence = _evidence(event)
+    ledger = SqlLedger(session)
+    ledger.identify(delivery, event.provider_id)  # the delivery has no id yet, or this very one
     if event.kind == EventKind.DELIVERED:
-        transition(
-            session,
+        ledger.move(
             delivery,
             State.DELIVERED,
             actor=actor,
@@ -198,13 +201,13 @@ def apply_status(
             provider_id=event.provider_id,
             provider_event_id=event.event_id,
             reason=_delivered_reason(event),
-            data=evidence,
+            data=_evidence(event),
         )
-        skip_other_routes(session, delivery, actor=actor, now=now)
+        skip_other_routes(session, ledger, delivery, actor=actor, now=now)
         return "applied"
     if event.kind in (EventKind.FAILED, EventKind.BOUNCED, EventKind.COMPLAINED):
-        return _apply_failure(session, delivery, event, actor=actor, now=now, policy=policy)
-    return _note_progress(session, delivery, event, actor=actor, now=now)
+        return _apply_failure(session, ledger, delivery, event, actor=actor, now=now, policy=policy)
+    return _note_progress(ledger, delivery, event, actor=actor, now=now)
 
 
 def _from_earlier_attempt(session: Session, delivery: Delivery, event: StatusEvent) -> bool:
@@ -230,22 +233,19 @@ def _from_earlier_attempt(session: Session, delivery: Delivery, event: StatusEve
     return started is not None and event.occurred_at < started
 
 
-def attach_to_current_attempt(session: Session, delivery: Delivery, provider_id: str) -> None:
-    """Remember which attempt a provider id belongs to, so late reports about it are judged right."""
-    attempt = session.scalar(
-        select(Attempt).where(Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count)
-    )
-    if attempt is not None and attempt.provider_id is None:
-        attempt.provider_id = provider_id
-
-
 def _apply_failure(
-    session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime, policy: RetryPolicy
+    session: Session,
+    ledger: Ledger,
+    delivery: Delivery,
+    event: StatusEvent,
+    *,
+    actor: str,
+    now: datetime,
+    policy: RetryPolicy,
 ) -> Applied:
     if delivery.state == State.SENDING:
         # the worker has not recorded its receipt yet; record the provider's id and let it finish
-        transition(
-            session,
+        ledger.move(
             delivery,
             State.SUBMITTED,
             actor=actor,
@@ -256,35 +256,29 @@ def _apply_failure(
     reason = f"{event.provider}: {event.kind}" + (f" ({event.error_code})" if event.error_code else "")
     if event.detail:
         reason += f": {event.detail}"
+    code, event_id = event.error_code, event.event_id
     if event.error_class == "transient":
         retry_or_fail(
             session,
+            ledger,
             delivery,
             actor=actor,
             now=now,
             reason=reason,
             policy=policy,
-            error_code=event.error_code,
-            provider_event_id=event.event_id,
+            error_code=code,
+            provider_event_id=event_id,
         )
     else:
-        fail(
-            session,
-            delivery,
-            actor=actor,
-            now=now,
-            reason=reason,
-            error_code=event.error_code,
-            provider_event_id=event.event_id,
-        )
+        fail(ledger, delivery, actor=actor, now=now, reason=reason, error_code=code, provider_event_id=event_id)
     return "applied"
 
 
-def _note_progress(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime) -> Applied:
-    """queued / sending / deferred: move sending or unknown up to submitted, otherwise just log it."""
+def _note_progress(ledger: Ledger, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime) -> Applied:
+    """queued / sending / deferred: move sending or unknown up to submitted, otherwise just log it
+    (an informational event, kept for evidence and de-duplication)."""
     if delivery.state in (State.SENDING, State.UNKNOWN):
-        transition(
-            session,
+        ledger.move(
             delivery,
             State.SUBMITTED,
             actor=actor,
@@ -295,29 +289,17 @@ def _note_progress(session: Session, delivery: Delivery, event: StatusEvent, *, 
             data=_evidence(event),
         )
         return "applied"
-    _record_provider_event(session, delivery, event, actor=actor, now=now)
-    return "noted"
-
-
-def _record_provider_event(
-    session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime
-) -> None:
-    """An informational event row (no state change), kept for evidence and de-duplication."""
-    session.add(
-        DeliveryEvent(
-            delivery_id=delivery.id,
-            campaign_id=delivery.campaign_id,
-            at=now,
-            actor=actor,
-            from_state=delivery.state,
-            to_state=delivery.state,
-            reason=f"{event.provider}: {event.kind}",
-            provider_id=event.provider_id,
-            provider_event_id=event.event_id,
-            error_class=event.error_class,
-            data=_evidence(event),
-        )
+    ledger.note(
+        delivery,
+        actor=actor,
+        at=now,
+        reason=f"{event.provider}: {event.kind}",
+        provider_id=event.provider_id,
+        provider_event_id=event.event_id,
+        error_class=event.error_class,
+        data=_evidence(event),
     )
+    return "noted"
 
 
 def _delivered_reason(event: StatusEvent) -> str:

@@ -18,21 +18,15 @@ from sqlalchemy.orm import Session
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.errors import CampaignConflict, CampaignFileError, Problem
-from dispatcher.domain.models import (
-    Addressee,
-    Base,
-    Campaign,
-    Delivery,
-    DeliveryEvent,
-    LetterTemplate,
-    Route,
-    Supporter,
-)
+from dispatcher.domain.ledger import Ledger, Planned
+from dispatcher.domain.ledger_sql import SqlLedger
+from dispatcher.domain.models import Addressee, Campaign, Delivery, LetterTemplate, Route, Supporter
 from dispatcher.domain.states import CampaignStatus, DeliveryKind, State
 from dispatcher.domain.validation import Report, RouteCheck
 
 ACTOR = "planner"
-CHUNK = 5000  # rows per bulk INSERT (one executemany each)
+CHUNK = 5000  # supporters per bulk INSERT (one executemany each)
+SKIPPED_AT_LOAD = "skipped at load (--skip-invalid)"
 
 
 @dataclass(frozen=True)
@@ -75,16 +69,17 @@ def load_campaign(
     if fatal:
         raise CampaignFileError(fatal)
     digest = content_hash(spec, report)
+    ledger = SqlLedger(session)
     existing = session.scalar(select(Campaign).where(Campaign.name == spec.campaign.name))
     status: Literal["created", "replaced"] = "created"
     if existing is not None:
         if existing.spec_sha256 == digest:
             return _unchanged(session, existing)
         _refuse_unless_draft(session, existing)
-        _purge_draft(session, existing)
+        _purge_draft(session, ledger, existing)
         status = "replaced"
     campaign = _write_campaign(session, existing, spec, report, digest, source)
-    planned, skipped = _plan(session, campaign, spec, report)
+    planned, skipped = _plan(session, ledger, campaign, spec, report)
     return LoadResult(status, campaign.id, planned, skipped)
 
 
@@ -112,7 +107,7 @@ def _refuse_unless_draft(session: Session, campaign: Campaign) -> None:
         )
 
 
-def _purge_draft(session: Session, campaign: Campaign) -> None:
+def _purge_draft(session: Session, ledger: Ledger, campaign: Campaign) -> None:
     """Remove an unsent draft's children so the changed file can be planned afresh, in bulk DELETEs.
 
     Their initial events go with the deliveries (ON DELETE CASCADE; the append-only trigger allows
@@ -120,7 +115,7 @@ def _purge_draft(session: Session, campaign: Campaign) -> None:
     """
     session.flush()
     addressee_ids = list(session.scalars(select(Addressee.id).where(Addressee.campaign_id == campaign.id)))
-    session.execute(delete(Delivery).where(Delivery.campaign_id == campaign.id))
+    ledger.discard_draft(campaign.id)
     session.execute(delete(Supporter).where(Supporter.campaign_id == campaign.id))
     if addressee_ids:
         session.execute(delete(Route).where(Route.addressee_id.in_(addressee_ids)))
@@ -168,54 +163,24 @@ def _write_campaign(
     return campaign
 
 
-def _plan(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> tuple[int, int]:
-    """Insert every delivery and its initial event with bulk INSERTs (executemany), in chunks.
+def _plan(session: Session, ledger: Ledger, campaign: Campaign, spec: CampaignSpec, report: Report) -> tuple[int, int]:
+    """Every delivery and its initial event, inserted in bulk by the ledger.
 
-    Letters come first, then supporter copies, so delivery ids follow the campaign file and then the CSV.
-    Rows inserted in bulk are not ORM objects in the session: their ids are read back by unique keys.
-    """
+    Letters come first, then supporter copies, so delivery ids follow the campaign file and then the CSV."""
     planned = _letter_deliveries(session, campaign, spec, report)
     planned += _copy_deliveries(session, campaign, report)
-    deliveries = [values for values, _ in planned]
-    _insert(session, Delivery, deliveries)
-    ids = {
-        key: id_
-        for key, id_ in session.execute(
-            select(Delivery.idempotency_key, Delivery.id).where(Delivery.campaign_id == campaign.id)
-        )
-    }
-    _insert(
-        session,
-        DeliveryEvent,
-        [
-            {
-                "delivery_id": ids[values["idempotency_key"]],
-                "campaign_id": campaign.id,
-                "actor": ACTOR,
-                "from_state": None,
-                "to_state": values["state"],
-                "reason": reason,
-            }
-            for values, reason in planned
-        ],
-    )
-    skipped = sum(1 for values in deliveries if values["state"] == State.SKIPPED)
-    return len(deliveries) - skipped, skipped
+    ledger.plan(campaign.id, planned, actor=ACTOR)
+    skipped = sum(1 for row in planned if row.state == State.SKIPPED)
+    return len(planned) - skipped, skipped
 
 
-def _insert(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
-    """Bulk INSERT in chunks, one executemany each: sqlite3's executemany, psycopg's pipelined one.
-
-    Without RETURNING; asking for it would switch to multi-row ``INSERT ... VALUES`` statements
-    (insertmanyvalues), which psycopg parses client-side: measured 2-3x slower on PostgreSQL here.
-    """
+def _insert_supporters(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Bulk INSERT in chunks, one executemany each, without RETURNING (see SqlLedger.plan)."""
     for start in range(0, len(rows), CHUNK):
-        session.execute(insert(model), rows[start : start + CHUNK])
+        session.execute(insert(Supporter), rows[start : start + CHUNK])
 
 
-def _letter_deliveries(
-    session: Session, campaign: Campaign, spec: CampaignSpec, report: Report
-) -> list[tuple[dict[str, Any], str]]:
+def _letter_deliveries(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> list[Planned]:
     """Addressees and routes are few: ORM objects, one flush for all addressees and one for all routes."""
     people = [
         (role, index, person)
@@ -263,9 +228,9 @@ def _addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec)
 
 def _route_delivery(
     campaign: Campaign, route: Route, role: str, index: int, position: int, check: RouteCheck
-) -> tuple[dict[str, Any], str]:
+) -> Planned:
     destination = check.value or check.raw_value
-    delivery = {
+    values = {
         "campaign_id": campaign.id,
         "kind": DeliveryKind.LETTER,
         "addressee_id": route.addressee_id,
@@ -274,22 +239,20 @@ def _route_delivery(
         "channel": check.channel,
         "destination": destination,
         "route_position": position,
-        "state": State.SKIPPED if check.problem else State.PLANNED,
         "idempotency_key": idempotency_key(campaign.name, role, index, check.channel, destination),
-        "last_error": check.problem.brief() if check.problem else None,
     }
-    reason = f"skipped at load (--skip-invalid): {check.problem}" if check.problem else "planned"
-    return delivery, reason
+    if check.problem is None:
+        return Planned(values, State.PLANNED, "planned")
+    # the place in the campaign file and the problem, never the file's path on the operator's machine
+    return Planned(values, State.SKIPPED, f"{SKIPPED_AT_LOAD}: {check.problem.where}: {check.problem.brief()}")
 
 
-def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> list[tuple[dict[str, Any], str]]:
+def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> list[Planned]:
     """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each."""
     if not report.supporters:
         return []
-    _insert(
-        session,
-        Supporter,
-        [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in report.supporters],
+    _insert_supporters(
+        session, [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in report.supporters]
     )
     supporter_ids = {
         email: id_
@@ -300,10 +263,8 @@ def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> li
     return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in report.supporters]
 
 
-def _copy_delivery(
-    campaign: Campaign, supporter_id: int, email: str, problem: Problem | None
-) -> tuple[dict[str, Any], str]:
-    delivery = {
+def _copy_delivery(campaign: Campaign, supporter_id: int, email: str, problem: Problem | None) -> Planned:
+    values = {
         "campaign_id": campaign.id,
         "kind": DeliveryKind.COPY,
         "addressee_id": None,
@@ -312,10 +273,9 @@ def _copy_delivery(
         "channel": "email",
         "destination": email,
         "route_position": 0,
-        "state": State.SKIPPED if problem else State.PLANNED,
         "idempotency_key": idempotency_key(campaign.name, "supporter", email.lower()),
-        "last_error": str(problem) if problem else None,
     }
-    # the reason names the CSV line, never the supporter's address (personal data stays out of logs)
-    reason = f"skipped at load (--skip-invalid): {problem.where}: invalid email" if problem else "planned"
-    return delivery, reason
+    if problem is None:
+        return Planned(values, State.PLANNED, "planned")
+    # the CSV line, never the supporter's address (personal data stays out of logs) nor the CSV's path
+    return Planned(values, State.SKIPPED, f"{SKIPPED_AT_LOAD}: {problem.where}: invalid email")

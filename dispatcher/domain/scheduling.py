@@ -12,15 +12,19 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, exists, insert, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dispatcher.domain.db import transaction
-from dispatcher.domain.ledger import transition
-from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
+from dispatcher.domain.ledger import Due, Ledger
+from dispatcher.domain.ledger_sql import SqlLedger
+from dispatcher.domain.models import Campaign, Delivery
+from dispatcher.domain.rules import SENDING_STATUSES, deadline_passed
+from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import TERMINAL, CampaignStatus, DeliveryKind, RoutePolicy, State
 
 ACTOR = "scheduler"
@@ -28,13 +32,30 @@ log = logging.getLogger(__name__)
 Publisher = Callable[[str, Sequence[int]], None]  # (queue, delivery ids)
 
 
-@dataclass(frozen=True)
+# the campaign statuses whose deadline still runs: later ones have nothing waiting to fail
+DEADLINE_RUNS = (CampaignStatus.SCHEDULED, CampaignStatus.PAUSED)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SchedulerConfig:
-    batch_size: int = 200  # ids per broker message
-    claim_limit: int = 2000  # rows claimed per tick, bounded
-    republish_after: timedelta = timedelta(seconds=60)  # a queued row older than this lost its message
-    reconcile_every: timedelta = timedelta(seconds=30)
-    poll_after: timedelta = timedelta(minutes=15)  # a submitted send with no status report by then is polled
+    batch_size: int  # ids per broker message
+    claim_limit: int  # rows claimed per tick, bounded
+    republish_after: timedelta  # a queued row older than this lost its message
+    reconcile_every: timedelta  # an unknown send is looked up at the provider this often
+    poll_after: timedelta  # a submitted send with no status report by then is polled
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SchedulerConfig:
+        """DISPATCH_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _REPUBLISH_AFTER_SECONDS, _RECONCILE_EVERY_SECONDS and
+        _POLL_AFTER_SECONDS, unless overridden."""
+        config = cls(
+            batch_size=settings.publish_batch_size,
+            claim_limit=settings.claim_limit,
+            republish_after=timedelta(seconds=settings.republish_after_seconds),
+            reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
+            poll_after=timedelta(seconds=settings.poll_after_seconds),
+        )
+        return replace(config, **overrides)
 
 
 @dataclass
@@ -60,23 +81,24 @@ def queue_for(delivery: Delivery | Claimed) -> str:
     return "copies" if delivery.kind == DeliveryKind.COPY else delivery.channel
 
 
-def tick(session: Session, *, now: datetime, config: SchedulerConfig = SchedulerConfig()) -> TickResult:
+def tick(session: Session, *, now: datetime, config: SchedulerConfig) -> TickResult:
     """One scheduler pass in the caller's transaction; publish the result only after commit."""
     result = TickResult()
-    result.deadline_failed = fail_past_deadline(session, now=now)
+    ledger = SqlLedger(session)
+    result.deadline_failed = fail_past_deadline(session, ledger, now=now)
     for delivery in claim_due(session, now=now, limit=config.claim_limit):
         result.queued[queue_for(delivery)].append(delivery.id)
-    sweep(session, now=now, config=config, result=result)
+    sweep(session, ledger, now=now, config=config, result=result)
     result.completed = complete_campaigns(session)
     return result
 
 
-def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) -> list[Claimed]:
+def claim_due(session: Session, *, now: datetime, limit: int) -> list[Claimed]:
     """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached.
 
-    In bulk: the due rows are selected and locked (SKIP LOCKED), then moved with one UPDATE and one
-    multi-row INSERT of their events per chunk. The state machine allows planned/retry_wait -> queued,
-    and the locked SELECT guarantees those are still the rows' states."""
+    In bulk: the due rows are selected and locked (SKIP LOCKED), then the ledger moves them with one
+    UPDATE and one multi-row INSERT of their events per chunk. The locked SELECT guarantees the states
+    it read are still the rows' states, and the ledger checks each move against the state machine."""
     earlier = aliased(Delivery)
     blocked_by_earlier_route = exists().where(
         earlier.addressee_id == Delivery.addressee_id,
@@ -88,7 +110,7 @@ def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) 
         select(Delivery.id, Delivery.kind, Delivery.channel, Delivery.destination, Delivery.state, Delivery.campaign_id)
         .join(Campaign, Campaign.id == Delivery.campaign_id)
         .where(
-            Campaign.status == CampaignStatus.SCHEDULED,
+            Campaign.status.in_(SENDING_STATUSES),
             Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
             or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
             or_(
@@ -102,61 +124,45 @@ def claim_due(session: Session, *, now: datetime, limit: int, chunk: int = 500) 
         .with_for_update(skip_locked=True, of=Delivery)
     )
     due = session.execute(query).all()
-    for start in range(0, len(due), chunk):
-        rows = due[start : start + chunk]
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_([r.id for r in rows]))
-            .values(state=State.QUEUED, queued_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.execute(
-            insert(DeliveryEvent),
-            [
-                {
-                    "delivery_id": r.id,
-                    "campaign_id": r.campaign_id,
-                    "at": now,
-                    "actor": ACTOR,
-                    "from_state": r.state,
-                    "to_state": State.QUEUED,
-                    "reason": "due" if r.state == State.PLANNED else "retrying after backoff",
-                }
-                for r in rows
-            ],
-        )
+    SqlLedger(session).queue(
+        [
+            Due(r.id, r.campaign_id, r.kind, r.state, "due" if r.state == State.PLANNED else "retrying after backoff")
+            for r in due
+        ],
+        actor=ACTOR,
+        at=now,
+    )
     return [Claimed(r.id, r.kind, r.channel, r.destination) for r in due]
 
 
-def fail_past_deadline(session: Session, *, now: datetime) -> int:
-    """Deliveries still waiting when their campaign's deadline passed fail, with that reason."""
+def fail_past_deadline(session: Session, ledger: Ledger, *, now: datetime) -> int:
+    """Deliveries still waiting when their campaign's deadline passed fail, with that reason.
+
+    Campaigns are few: the rule (rules.deadline_passed) is applied to each, then their waiting rows fail."""
+    campaigns = session.execute(
+        select(Campaign.id, Campaign.deadline).where(Campaign.status.in_(DEADLINE_RUNS), Campaign.deadline.is_not(None))
+    ).all()
+    over = {c.id: c.deadline for c in campaigns if deadline_passed(c.deadline, now=now)}
+    if not over:
+        return 0
     query = (
         select(Delivery)
-        .join(Campaign, Campaign.id == Delivery.campaign_id)
-        .where(
-            Campaign.deadline.is_not(None),
-            Campaign.deadline <= now,
-            Campaign.status.in_([CampaignStatus.SCHEDULED, CampaignStatus.PAUSED]),
-            Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
-        )
-        .with_for_update(skip_locked=True, of=Delivery)
+        .where(Delivery.campaign_id.in_(over), Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]))
+        .with_for_update(skip_locked=True)
     )
     rows = list(session.scalars(query))
     for delivery in rows:
-        deadline = delivery.campaign.deadline
-        when = deadline.isoformat() if deadline else ""
-        transition(
-            session,
+        ledger.move(
             delivery,
             State.FAILED,
             actor=ACTOR,
             at=now,
-            reason=f"campaign deadline {when} passed before it could be sent",
+            reason=f"campaign deadline {over[delivery.campaign_id].isoformat()} passed before it could be sent",
         )
     return len(rows)
 
 
-def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: TickResult) -> None:
+def sweep(session: Session, ledger: Ledger, *, now: datetime, config: SchedulerConfig, result: TickResult) -> None:
     """Re-publish queued rows whose message was lost; expire the leases of dead sends to unknown."""
     stale = list(
         session.scalars(
@@ -166,7 +172,7 @@ def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: T
         )
     )
     for delivery in stale:
-        delivery.queued_at = now
+        ledger.requeued(delivery, at=now)
         result.republished[queue_for(delivery)].append(delivery.id)
     expired = list(
         session.scalars(
@@ -176,8 +182,7 @@ def sweep(session: Session, *, now: datetime, config: SchedulerConfig, result: T
         )
     )
     for delivery in expired:
-        transition(
-            session,
+        ledger.move(
             delivery,
             State.UNKNOWN,
             actor=ACTOR,
@@ -204,8 +209,9 @@ def to_look_up(session: Session, *, now: datetime, every: timedelta, poll_after:
         .with_for_update(skip_locked=True)
     )
     out: dict[str, list[int]] = defaultdict(list)
+    ledger = SqlLedger(session)
     for delivery in rows:
-        delivery.not_before = now + (every if delivery.state == State.UNKNOWN else poll_after)
+        ledger.wait(delivery, until=now + (every if delivery.state == State.UNKNOWN else poll_after))
         out[queue_for(delivery)].append(delivery.id)
     return out
 
@@ -240,7 +246,7 @@ def run_once(
     reconciler: Publisher,
     *,
     now: datetime,
-    config: SchedulerConfig = SchedulerConfig(),
+    config: SchedulerConfig,
 ) -> TickResult:
     """One tick: claim and sweep in one transaction, then publish what was committed."""
     with transaction(factory) as session:

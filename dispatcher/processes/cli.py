@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -245,10 +245,7 @@ def scheduler(
 
     settings = get_settings()
     interval = interval if interval is not None else settings.tick_seconds
-    config = SchedulerConfig(
-        republish_after=timedelta(seconds=settings.republish_after_seconds),
-        reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
-    )
+    config = SchedulerConfig.from_settings(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logger.info("scheduler: ticking every %ss against %s", interval, settings.database_url.split("@")[-1])

@@ -34,7 +34,7 @@ from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.rendering.preview import write_preview
 from dispatcher.domain.scheduling import SchedulerConfig
-from dispatcher.domain.settings import Settings
+from dispatcher.domain.settings import Settings, get_settings
 from dispatcher.domain.states import CampaignStatus
 from dispatcher.domain.validation import validate
 from dispatcher.processes import views
@@ -51,7 +51,7 @@ from workers.sandbox.smtp_sink import SmtpSink
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
 BUSY_NUMBER = "+861065591516"  # Wang Yi's fax: busy on the first call
-RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, max_attempts=5)
+RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, max_attempts=5)  # quicker than a deployment's
 
 
 def now() -> datetime:
@@ -180,11 +180,13 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
 
     celery_app.conf.broker_url = "memory://localhost/"
     runtime.install(
-        WorkerContext(
+        WorkerContext.from_settings(
+            get_settings(),
             factory=factory,
             gateways=sandbox.gateways(),
             retry=RETRY,
             reconcile_grace=timedelta(seconds=2),
+            fax_gap=timedelta(0),  # the busy line is called again after its backoff, not a minute later
             media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
         )
     )
@@ -200,7 +202,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
             clock=now,
             stop=stop,
             interval=0.25,
-            config=SchedulerConfig(reconcile_every=timedelta(seconds=2)),
+            config=SchedulerConfig.from_settings(get_settings(), reconcile_every=timedelta(seconds=2)),
         ),
     )
     os.environ.setdefault("CELERY_RDBSIG", "0")

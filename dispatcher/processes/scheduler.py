@@ -21,8 +21,8 @@ def run_forever(
     *,
     clock: Callable[[], datetime],
     stop: threading.Event,
-    interval: float = 1.0,
-    config: SchedulerConfig = SchedulerConfig(),
+    interval: float,
+    config: SchedulerConfig,
     on_tick: Callable[[TickResult], None] | None = None,
 ) -> None:
     """Tick every ``interval`` seconds until ``stop`` is set."""

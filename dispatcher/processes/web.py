@@ -27,11 +27,7 @@ def build_web_app(settings: Settings) -> FastAPI:
             factory=db.session_factory(engine),
             gateways=configured_gateways(settings),
             secret=secret,
-            retry=RetryPolicy(
-                base_seconds=settings.retry_base_seconds,
-                cap_seconds=settings.retry_cap_seconds,
-                max_attempts=settings.max_attempts,
-            ),
+            retry=RetryPolicy.from_settings(settings),
             documents=DocumentCache(),
         )
     )

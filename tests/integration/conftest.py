@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -23,6 +24,7 @@ from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.planning import load_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.scheduling import SchedulerConfig, run_once
+from dispatcher.domain.settings import Settings
 from dispatcher.domain.validation import validate
 from dispatcher.processes.api import WebContext, create_app
 from workers.delivery import WorkerContext, deliver_many
@@ -35,6 +37,15 @@ from workers.sandbox.server import ThreadedServer, free_port
 from workers.sandbox.smtp_sink import SmtpSink
 
 RETRY = RetryPolicy(base_seconds=0.05, cap_seconds=0.2, max_attempts=4)
+SETTINGS = Settings()  # the defaults (and any DISPATCH_* variable), as a deployed process reads them
+
+
+def worker_context(factory: sessionmaker[Session], gateways: dict[str, Gateway], **overrides: Any) -> WorkerContext:
+    """The worker path as configured by settings, with quick retries and no gap between two faxes to one
+    number (most tests send several to one number in a row), unless ``overrides`` say otherwise."""
+    return WorkerContext.from_settings(
+        SETTINGS, factory=factory, gateways=gateways, **{"retry": RETRY, "fax_gap": timedelta(0), **overrides}
+    )
 
 
 def now() -> datetime:
@@ -133,10 +144,9 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
 
 @pytest.fixture
 def worker(factory: sessionmaker[Session], sandbox: Sandbox) -> WorkerContext:
-    return WorkerContext(
-        factory=factory,
-        gateways=sandbox.gateways(),
-        retry=RETRY,
+    return worker_context(
+        factory,
+        sandbox.gateways(),
         reconcile_grace=timedelta(seconds=0.3),
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
     )
@@ -159,7 +169,7 @@ def drive(
     """Scheduler ticks and worker batches in this process until ``until()``; returns ticks run."""
     import time
 
-    config = config or SchedulerConfig()
+    config = config or SchedulerConfig.from_settings(SETTINGS)
     deadline = time.monotonic() + timeout
     ticks = 0
     while not until():

@@ -36,7 +36,7 @@ from workers.gateways.fax.telnyx import encode_reference
 from workers.gateways.registry import build_gateway
 
 from ..builders import build_campaign
-from .conftest import RETRY, Sandbox, schedule_campaign
+from .conftest import Sandbox, schedule_campaign, worker_context
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,10 +64,9 @@ def quiet_engine(factory: sessionmaker[Session], sandbox: Sandbox) -> Iterator[W
         base_url=sandbox.fax_url,
         webhook_url=None,
     )
-    yield WorkerContext(
-        factory=factory,
-        gateways={"fax": gateway, "email": sandbox.gateways()["email"]},
-        retry=RETRY,
+    yield worker_context(
+        factory,
+        {"fax": gateway, "email": sandbox.gateways()["email"]},
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
     )
     gateway.close()

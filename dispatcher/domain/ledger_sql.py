@@ -1,0 +1,233 @@
+"""The ledger on SQLAlchemy: the only code that writes deliveries, attempts and delivery_events.
+
+Every move is checked against the state machine (states.check_transition), in bulk too, and every
+reason, last error and provider detail is stored through ``ledger.stored_text``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.errors import TransitionError
+from dispatcher.domain.ledger import KEEPS_LAST_ERROR, Due, Finished, Planned, stored_text
+from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
+from dispatcher.domain.states import State, check_transition
+
+CHUNK = 5000  # rows per bulk INSERT (one executemany each)
+QUEUE_CHUNK = 500  # ids per bulk UPDATE ... WHERE id IN (...), well within every database's bound parameters
+FIRST_STATES = frozenset({State.PLANNED, State.SKIPPED})  # a delivery is loaded planned, or skipped with why
+
+
+def last_error(target: State, reason: str) -> str | None:
+    """What a delivery shows as its last error after a move to ``target`` with ``reason`` (stored form)."""
+    return reason if target in KEEPS_LAST_ERROR and reason else None
+
+
+class SqlLedger:
+    """Writes in the given session's transaction; the caller commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def plan(self, campaign_id: int, rows: Sequence[Planned], *, actor: str) -> None:
+        """Bulk INSERT in chunks, one executemany each: sqlite3's executemany, psycopg's pipelined one.
+
+        Without RETURNING; asking for it would switch to multi-row ``INSERT ... VALUES`` statements
+        (insertmanyvalues), which psycopg parses client-side: measured 2-3x slower on PostgreSQL here.
+        The new ids are read back by their idempotency keys, which are unique."""
+        for row in rows:
+            if row.state not in FIRST_STATES:
+                raise TransitionError(f"a delivery starts planned or skipped, not {row.state}")
+        stored = [(row, stored_text(row.values["kind"], row.reason)) for row in rows]
+        self._insert(
+            Delivery,
+            [{**row.values, "state": row.state, "last_error": last_error(row.state, reason)} for row, reason in stored],
+        )
+        ids = {
+            key: id_
+            for key, id_ in self.session.execute(
+                select(Delivery.idempotency_key, Delivery.id).where(Delivery.campaign_id == campaign_id)
+            )
+        }
+        events = [
+            {
+                "delivery_id": ids[row.values["idempotency_key"]],
+                "campaign_id": campaign_id,
+                "actor": actor,
+                "from_state": None,
+                "to_state": row.state,
+                "reason": reason,
+            }
+            for row, reason in stored
+        ]
+        self._insert(DeliveryEvent, events)
+
+    def discard_draft(self, campaign_id: int) -> None:
+        # the append-only trigger lets events go with their deliveries while the campaign is a draft
+        self.session.execute(delete(Delivery).where(Delivery.campaign_id == campaign_id))
+
+    def move(
+        self,
+        delivery: Delivery,
+        target: State,
+        *,
+        actor: str,
+        at: datetime,
+        reason: str = "",
+        error_class: str | None = None,
+        provider_id: str | None = None,
+        provider_event_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        not_before: datetime | None = None,
+    ) -> None:
+        check_transition(delivery.state, target)
+        reason = stored_text(delivery.kind, reason)
+        self._event(
+            delivery,
+            to_state=target,
+            actor=actor,
+            at=at,
+            reason=reason,
+            error_class=error_class,
+            provider_id=provider_id,
+            provider_event_id=provider_event_id,
+            data=data,
+        )
+        delivery.state = str(target)
+        if (error := last_error(target, reason)) is not None:
+            delivery.last_error = error
+        if not_before is not None:
+            delivery.not_before = not_before
+
+    def note(
+        self,
+        delivery: Delivery,
+        *,
+        actor: str,
+        at: datetime,
+        reason: str,
+        error_class: str | None = None,
+        provider_id: str | None = None,
+        provider_event_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._event(
+            delivery,
+            to_state=delivery.state,
+            actor=actor,
+            at=at,
+            reason=stored_text(delivery.kind, reason),
+            error_class=error_class,
+            provider_id=provider_id,
+            provider_event_id=provider_event_id,
+            data=data,
+        )
+
+    def queue(self, due: Sequence[Due], *, actor: str, at: datetime) -> None:
+        """One UPDATE and one multi-row INSERT of events per chunk of rows the caller has locked."""
+        for row in due:
+            check_transition(row.state, State.QUEUED)
+        for start in range(0, len(due), QUEUE_CHUNK):
+            rows = due[start : start + QUEUE_CHUNK]
+            self.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_([r.id for r in rows]))
+                .values(state=State.QUEUED, queued_at=at, updated_at=at)
+                .execution_options(synchronize_session=False)
+            )
+            self.session.execute(
+                insert(DeliveryEvent),
+                [
+                    {
+                        "delivery_id": r.id,
+                        "campaign_id": r.campaign_id,
+                        "at": at,
+                        "actor": actor,
+                        "from_state": r.state,
+                        "to_state": State.QUEUED,
+                        "reason": stored_text(r.kind, r.reason),
+                    }
+                    for r in rows
+                ],
+            )
+
+    def requeued(self, delivery: Delivery, *, at: datetime) -> None:
+        delivery.queued_at = at
+
+    def wait(self, delivery: Delivery, *, until: datetime) -> None:
+        delivery.not_before = until
+
+    def claim(
+        self, delivery: Delivery, *, actor: str, at: datetime, lease_until: datetime, gateway: str, reports: bool
+    ) -> int | None:
+        """The row is updated only if it is still ``queued`` (no row, no send); this attempt's provider id
+        comes with its receipt, older ones stay on their Attempt rows."""
+        check_transition(State.QUEUED, State.SENDING)
+        number = delivery.attempt_count + 1
+        result = self.session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.state == State.QUEUED)
+            .values(
+                state=State.SENDING,
+                updated_at=at,
+                lease_expires_at=lease_until,
+                attempt_count=number,
+                gateway=gateway,
+                expects_report=reports,
+                provider_id=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        reason = f"attempt {number} via {gateway}"
+        self._event(delivery, from_state=State.QUEUED, to_state=State.SENDING, actor=actor, at=at, reason=reason)
+        self.session.add(Attempt(delivery_id=delivery.id, number=number, gateway=gateway, started_at=at))
+        self.session.expire(delivery)  # the UPDATE bypassed the ORM: read the row afresh when asked
+        return number
+
+    def finish_attempt(self, delivery: Delivery, number: int, *, at: datetime, finished: Finished) -> None:
+        attempt = self._attempt(delivery.id, number)
+        assert attempt is not None, f"delivery #{delivery.id} has no attempt {number}"
+        attempt.finished_at, attempt.outcome = at, finished.outcome
+        attempt.document_sha256 = finished.document_sha256
+        attempt.error_code, attempt.evidence = finished.error_code, finished.evidence
+        attempt.detail = stored_text(delivery.kind, finished.detail) if finished.detail is not None else None
+        if finished.provider_id is not None:
+            attempt.provider_id = finished.provider_id
+        if finished.document_sha256 is not None:
+            delivery.document_sha256, delivery.page_count = finished.document_sha256, finished.page_count
+
+    def identify(self, delivery: Delivery, provider_id: str) -> None:
+        if delivery.provider_id is None:
+            delivery.provider_id = provider_id
+        self.attach(delivery, provider_id)
+
+    def attach(self, delivery: Delivery, provider_id: str) -> None:
+        attempt = self._attempt(delivery.id, delivery.attempt_count)
+        if attempt is not None and attempt.provider_id is None:
+            attempt.provider_id = provider_id
+
+    def _attempt(self, delivery_id: int, number: int) -> Attempt | None:
+        return self.session.scalar(select(Attempt).where(Attempt.delivery_id == delivery_id, Attempt.number == number))
+
+    def _event(self, delivery: Delivery, *, to_state: str, from_state: str | None = None, **fields: Any) -> None:
+        """One event row; ``from_state`` is the delivery's state as loaded unless given."""
+        self.session.add(
+            DeliveryEvent(
+                delivery_id=delivery.id,
+                campaign_id=delivery.campaign_id,
+                from_state=from_state or delivery.state,
+                to_state=str(to_state),
+                **fields,
+            )
+        )
+
+    def _insert(self, model: type[Delivery] | type[DeliveryEvent], rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), CHUNK):
+            self.session.execute(insert(model), rows[start : start + CHUNK])
