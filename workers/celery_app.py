@@ -29,8 +29,7 @@ CHANNEL_QUEUES = ("fax", "email", "copies")
 # default); one delivery takes at most the limiter's wait (DISPATCH_LIMIT_MAX_WAIT_SECONDS, 120 s) +
 # rendering + one HTTP call (65 s), so the soft limit (600 s) is never reached in a healthy worker. The
 # hard limit (660 s) is below the lease (900 s) and the visibility timeout (3600 s); the settings refuse
-# any other order at start-up. workers/tasks.py passes BATCH_BUDGET to each batch.
-BATCH_BUDGET = get_settings().batch_budget_seconds
+# any other order at start-up. The worker path keeps to the budget (WorkerContext.batch_budget).
 
 
 def queue_name(queue: str) -> str:
