@@ -63,9 +63,10 @@ ALLOWED: dict[State, frozenset[State]] = {
     # sending never goes back to queued: a claimed send either has an outcome or is unknown
     S.SENDING: frozenset({S.SUBMITTED, S.DELIVERED, S.RETRY_WAIT, S.UNKNOWN, S.FAILED}),
     S.SUBMITTED: frozenset({S.DELIVERED, S.FAILED, S.RETRY_WAIT}),
-    S.RETRY_WAIT: frozenset({S.QUEUED, S.PLANNED, S.CANCELLED, S.SKIPPED, S.FAILED}),
-    # unknown is resolved only by reconciliation (the provider's word) or by an operator
-    S.UNKNOWN: frozenset({S.SUBMITTED, S.DELIVERED, S.FAILED, S.RETRY_WAIT, S.CANCELLED}),
+    S.RETRY_WAIT: frozenset({S.QUEUED, S.CANCELLED, S.SKIPPED, S.FAILED}),
+    # unknown is settled only by reconciliation (the provider's word) or by an operator; never cancelled:
+    # the letter may have gone out
+    S.UNKNOWN: frozenset({S.SUBMITTED, S.DELIVERED, S.FAILED, S.RETRY_WAIT}),
     S.DELIVERED: frozenset(),
     # an operator may retry a failed delivery: it is planned again, same key, same route
     S.FAILED: frozenset({S.PLANNED}),
