@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dispatcher.domain.errors import CampaignFileError, Problem
+from dispatcher.domain.input_files import TEMPLATE_MAX_BYTES, read_campaign_text, read_named_file
 
 
 class _Strict(BaseModel):
@@ -101,10 +102,9 @@ class CampaignSpec(_Strict):
 
 def load_spec(path: Path) -> CampaignSpec:
     """Read and shape-check a campaign file; raise CampaignFileError listing every problem."""
+    text = read_campaign_text(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CampaignFileError([Problem(file=str(path), where="", message="file not found")]) from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise CampaignFileError([Problem(file=str(path), where="", message=f"not valid TOML: {err}")]) from err
     try:
@@ -121,10 +121,22 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def letter_source(spec: CampaignSpec, base: Path) -> tuple[str, str]:
+def letter_source(spec: CampaignSpec, base: Path, *, file: str | None = None) -> tuple[str, str]:
     """The letter template's name and source: the file named in ``letter.template`` (relative to the
-    campaign file's folder) or the inline ``letter.body``."""
+    campaign file's folder, and inside it) or the inline ``letter.body``.
+
+    A template that cannot be read (outside the folder, not a regular file, over 256 KiB, not UTF-8)
+    raises a CampaignFileError whose Problem names ``file`` (the campaign file; its folder if not given).
+    """
     if spec.letter.template:
-        path = base / spec.letter.template
-        return str(path), path.read_text(encoding="utf-8")
+        source = read_named_file(
+            base,
+            spec.letter.template,
+            limit=TEMPLATE_MAX_BYTES,
+            what="a template",
+            campaign_file=file or str(base),
+            where="letter",
+            field="template",
+        )
+        return str(base / spec.letter.template), source
     return "letter.body", spec.letter.body or ""

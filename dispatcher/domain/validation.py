@@ -19,7 +19,8 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, letter_source
-from dispatcher.domain.errors import Problem, TemplateProblemError
+from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
+from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
 
 # International dialling prefixes that people type after a "+" by mistake ("+011 10 ...", "+00 44 ...").
 IDD_PREFIXES = ("0011", "011", "010", "001", "002", "00", "810")
@@ -72,7 +73,7 @@ def validate(spec: CampaignSpec, *, file: Path) -> Report:
     _check_schedule(spec, report)
     _check_template(spec, base, report)
     if spec.supporters is not None:
-        report.supporters = _check_supporters(base / spec.supporters.csv, report)
+        report.supporters = read_supporters(base, spec.supporters.csv, report)
     return report
 
 
@@ -243,16 +244,9 @@ def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
     from dispatcher.domain.templating import compile_letter, letter_context, render_letter
 
     try:
-        name, source = letter_source(spec, base)
-    except OSError as err:
-        report.problems.append(
-            Problem(
-                file=report.file,
-                where="letter",
-                field="template",
-                message=f"cannot read the template: {err.strerror or err}",
-            )
-        )
+        name, source = letter_source(spec, base, file=report.file)
+    except CampaignFileError as err:
+        report.problems.extend(err.problems)
         return
     report.template_name, report.template_source = name, source
     try:
@@ -264,12 +258,22 @@ def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
         report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
 
 
-def _check_supporters(path: Path, report: Report) -> list[SupporterRow]:
+def read_supporters(base: Path, name: str, report: Report) -> list[SupporterRow]:
+    """The supporters CSV named ``name`` (relative to ``base``), row by row; its problems go to ``report``."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        report.problems.append(Problem(file=str(path), where="supporters", message=f"cannot read the CSV: {err}"))
+        text = read_named_file(
+            base,
+            name,
+            limit=SUPPORTERS_CSV_MAX_BYTES,
+            what="a supporters CSV",
+            campaign_file=report.file,
+            where="supporters",
+            field="csv",
+        )
+    except CampaignFileError as err:
+        report.problems.extend(err.problems)
         return []
+    path = base / name
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "email" not in [f.strip().lower() for f in reader.fieldnames]:
         report.problems.append(

@@ -1,0 +1,234 @@
+"""Campaign input under misconfiguration and hostile input: every problem named, never a traceback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dispatcher.domain.campaign_file import letter_source, load_spec
+from dispatcher.domain.errors import CampaignFileError, Problem
+from dispatcher.domain.validation import Report, validate
+
+EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "config" / "campaigns" / "north-korean-refugees"
+FIXED_SEED = {"+011 10 6238 1025": "+86 10 6238 1025"}  # the seed without its one malformed number
+
+
+def campaign(
+    folder: Path,
+    replace: dict[str, str] | None = None,
+    *,
+    template: str | bytes | None = None,
+    supporters: str | bytes | None = None,
+) -> Path:
+    """The example campaign (its malformed fax fixed) in ``folder``, with textual replacements."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (EXAMPLE_DIR / "campaign.toml").read_text(encoding="utf-8")
+    for old, new in {**FIXED_SEED, **(replace or {})}.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    _write(folder / "letter.txt.j2", template if template is not None else (EXAMPLE_DIR / "letter.txt.j2").read_bytes())
+    _write(
+        folder / "supporters.csv",
+        supporters if supporters is not None else (EXAMPLE_DIR / "supporters.csv").read_bytes(),
+    )
+    path = folder / "campaign.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _write(path: Path, content: str | bytes) -> None:
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
+
+
+def check(path: Path) -> Report:
+    return validate(load_spec(path), file=path)
+
+
+def placed(problems: list[Problem]) -> list[tuple[str, str]]:
+    return [(p.where, p.field) for p in problems if p.severity == "error"]
+
+
+# --- 5. paths stay inside the campaign's folder, are regular files, and have a bounded size -----------
+
+
+def test_template_outside_the_campaign_folder_is_refused(tmp_path: Path) -> None:
+    climb = "../" * 16 + "etc/passwd"  # enough to reach / from any temporary folder
+    path = campaign(tmp_path / "c", {'template = "letter.txt.j2"': f'template = "{climb}"'})
+    report = check(path)
+    assert placed(report.errors) == [("letter", "template")]
+    problem = report.errors[0]
+    assert problem.file == str(path)
+    assert f"{climb!r}" in problem.message
+    assert "outside the campaign's folder" in problem.message
+    assert "root:" not in report.template_source
+
+
+def test_absolute_csv_path_is_refused(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {'csv = "supporters.csv"': 'csv = "/etc/shadow"'})
+    report = check(path)
+    assert placed(report.errors) == [("supporters", "csv")]
+    assert "'/etc/shadow'" in report.errors[0].message
+    assert "outside the campaign's folder" in report.errors[0].message
+    assert report.supporters == []
+
+
+def test_symlink_leading_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("Dear {{ to.name }}, the secret\n", encoding="utf-8")
+    path = campaign(tmp_path / "c")
+    (tmp_path / "c" / "letter.txt.j2").unlink()
+    (tmp_path / "c" / "letter.txt.j2").symlink_to(outside)
+    report = check(path)
+    assert placed(report.errors) == [("letter", "template")]
+    assert "outside the campaign's folder" in report.errors[0].message
+    assert report.template_source == ""
+
+
+def test_symlink_inside_the_folder_is_followed(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c")
+    folder = tmp_path / "c"
+    (folder / "letters").mkdir()
+    (folder / "letter.txt.j2").rename(folder / "letters" / "real.j2")
+    (folder / "letter.txt.j2").symlink_to(folder / "letters" / "real.j2")
+    assert check(path).ok
+
+
+def test_device_as_csv_is_refused(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c")
+    (tmp_path / "c" / "supporters.csv").unlink()
+    (tmp_path / "c" / "supporters.csv").symlink_to("/dev/zero")
+    report = check(path)
+    assert placed(report.errors) == [("supporters", "csv")]
+    assert "outside the campaign's folder" in report.errors[0].message
+
+
+def test_fifo_and_folder_are_not_regular_files(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c")
+    (tmp_path / "c" / "supporters.csv").unlink()
+    os.mkfifo(tmp_path / "c" / "supporters.csv")  # opening it for reading would wait for a writer
+    (tmp_path / "c" / "letter.txt.j2").unlink()
+    (tmp_path / "c" / "letter.txt.j2").mkdir()
+    report = check(path)
+    assert placed(report.errors) == [("letter", "template"), ("supporters", "csv")]
+    assert all("not a regular file" in p.message for p in report.errors)
+
+
+def test_template_over_256_kib_is_refused(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", template="x" * (256 * 1024 + 1))
+    report = check(path)
+    assert placed(report.errors) == [("letter", "template")]
+    assert "larger than 256 KiB" in report.errors[0].message
+
+
+def test_template_of_exactly_256_kib_is_read(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", template="x" * (256 * 1024))
+    assert check(path).ok
+
+
+def test_csv_over_its_limit_is_refused(tmp_path: Path) -> None:
+    row = "someone@example.org,Someone\n"
+    path = campaign(tmp_path / "c", supporters="email,name\n" + row * (16 * 1024 * 1024 // len(row) + 1))
+    report = check(path)
+    assert placed(report.errors) == [("supporters", "csv")]
+    assert "larger than 16 MiB" in report.errors[0].message
+    assert report.supporters == []
+
+
+def test_campaign_file_over_1_mib_is_refused(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {"[campaign]\n": "[campaign]\n" + "# padding\n" * 110_000})
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    assert [p.message for p in info.value.problems] == ["larger than 1 MiB: a campaign file is at most 1 MiB"]
+    assert info.value.problems[0].file == str(path)
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "/dev/null"])
+def test_campaign_file_that_is_a_device_is_refused(name: str) -> None:
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(Path(name))
+    assert [p.message for p in info.value.problems] == ["not a regular file (a character device)"]
+
+
+def test_campaign_file_that_is_a_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(tmp_path)
+    assert [p.message for p in info.value.problems] == ["not a regular file (a folder)"]
+
+
+def test_missing_campaign_file(tmp_path: Path) -> None:
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(tmp_path / "nowhere.toml")
+    assert [p.message for p in info.value.problems] == ["file not found"]
+
+
+def test_rendering_reads_the_template_through_the_same_guard(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {'template = "letter.txt.j2"': 'template = "/etc/hostname"'})
+    spec = load_spec(path)
+    with pytest.raises(CampaignFileError) as info:
+        letter_source(spec, path.parent)
+    assert [(p.where, p.field) for p in info.value.problems] == [("letter", "template")]
+
+
+# --- 6. not UTF-8: an error naming the file and the byte offset -------------------------------------
+
+
+def test_utf16_campaign_file(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c")
+    path.write_text(path.read_text(encoding="utf-8"), encoding="utf-16")
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    [problem] = info.value.problems
+    assert problem.file == str(path)
+    assert problem.message == "not UTF-8: it starts with a UTF-16 byte-order mark; save it as UTF-8"
+
+
+def test_utf16_without_bom_is_caught_by_its_nul_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "campaign.toml"
+    path.write_bytes("[campaign]\n".encode("utf-16-le"))
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    assert [p.message for p in info.value.problems] == [
+        "not UTF-8 text: a NUL byte at offset 1 (is it UTF-16 or a binary file?)"
+    ]
+
+
+def test_binary_campaign_file_names_the_offset(tmp_path: Path) -> None:
+    path = tmp_path / "campaign.toml"
+    path.write_bytes(b'[campaign]\nname = "\xff\xfe"\n')
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    assert [p.message for p in info.value.problems] == [
+        "not UTF-8: byte 0xff at offset 19 is not valid UTF-8; save the file as UTF-8"
+    ]
+
+
+def test_latin1_template_names_the_file_and_offset(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", template="Dear {{ to.name }},\n\xe9t\xe9\n".encode("latin-1"))
+    report = check(path)
+    [problem] = report.errors
+    assert (problem.file, problem.where, problem.field) == (str(path), "letter", "template")
+    assert problem.message == (
+        f"{tmp_path / 'c' / 'letter.txt.j2'}: "
+        "not UTF-8: byte 0xe9 at offset 20 is not valid UTF-8; save the file as UTF-8"
+    )
+
+
+def test_utf16_supporters_csv(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", supporters="email,name\na@example.org,A\n".encode("utf-16"))
+    report = check(path)
+    assert placed(report.errors) == [("supporters", "csv")]
+    assert "not UTF-8: it starts with a UTF-16 byte-order mark" in report.errors[0].message
+    assert report.supporters == []
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", supporters="\ufeffemail,name\na@example.org,A\n")
+    path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    report = check(path)
+    assert report.ok, [str(p) for p in report.problems]
+    assert [s.email for s in report.supporters] == ["a@example.org"]
