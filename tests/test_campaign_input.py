@@ -232,3 +232,131 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     report = check(path)
     assert report.ok, [str(p) for p in report.problems]
     assert [s.email for s in report.supporters] == ["a@example.org"]
+
+
+# --- 2. shape errors and content errors are reported together ---------------------------------------
+
+
+def shape_and_content(path: Path) -> list[Problem]:
+    with pytest.raises(CampaignFileError) as info:
+        load_spec(path)
+    return info.value.problems
+
+
+GUO = 'timezone = "Asia/Shanghai"\nphone = ["+86 10 6626 2114"]'
+GUO_TIMEZONE = {GUO: GUO.replace("Asia/Shanghai", "Asia/Shangai")}
+
+
+def test_bad_choice_and_unknown_key_do_not_hide_content_errors(tmp_path: Path) -> None:
+    path = campaign(
+        tmp_path / "c", {'urgency = "urgent"': 'urgency = "high"\nroute_ordr = "fax-first"', **GUO_TIMEZONE}
+    )
+    problems = shape_and_content(path)
+    assert [(p.where, p.field, p.message, p.suggestion) for p in problems] == [
+        ("campaign.urgency", "", "'high' is not one of 'normal', 'urgent'", None),
+        ("campaign.route_ordr", "", "unknown key 'route_ordr' in [campaign]", "route_order"),
+        (
+            "cc[0] (Guo Shengkun)",
+            "timezone",
+            "unknown timezone 'Asia/Shangai' (use an IANA name such as 'Asia/Shanghai')",
+            "Asia/Shanghai",
+        ),
+    ]
+    assert f"{path}: campaign.urgency: 'high' is not one of 'normal', 'urgent'" in str(problems[0])
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {"[supporters]\n": "[supporters]\nzzz = 1\n"})
+    [problem] = shape_and_content(path)
+    assert (problem.where, problem.message, problem.suggestion) == (
+        "supporters.zzz",
+        "unknown key 'zzz' in [supporters] (its keys: csv)",
+        None,
+    )
+
+
+def test_unknown_table_at_the_top_level(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {"[sender]\n": "[sendr]\n", **GUO_TIMEZONE})
+    problems = shape_and_content(path)
+    assert [(p.where, p.field, p.message, p.suggestion) for p in problems] == [
+        ("sender", "", "required, but missing", None),
+        ("sendr", "", "unknown key 'sendr' at the top level", "sender"),
+        (
+            "cc[0] (Guo Shengkun)",
+            "timezone",
+            "unknown timezone 'Asia/Shangai' (use an IANA name such as 'Asia/Shanghai')",
+            "Asia/Shanghai",
+        ),
+    ]
+
+
+def test_wrong_shape_of_one_field_keeps_the_rest_of_the_addressee(tmp_path: Path) -> None:
+    xi = 'timezone = "Asia/Shanghai"\nfax = ["+86 10 6307 0900", "+86 10 6238 1025"]'
+    path = campaign(tmp_path / "c", {xi: 'timezone = "Asia/Shangai"\nfax = "+86 10 6307 0900"'})
+    problems = shape_and_content(path)
+    assert [(p.where, p.field, p.message) for p in problems] == [
+        ("to[0].fax", "", "Input should be a valid list (got '+86 10 6307 0900')"),
+        (
+            "to[0] (Xi Jinping)",
+            "timezone",
+            "unknown timezone 'Asia/Shangai' (use an IANA name such as 'Asia/Shanghai')",
+        ),
+    ]  # and no "no usable electronic route" for to[0]: its fax numbers were not read, not absent
+
+
+def test_addressee_missing_a_required_key_does_not_hide_the_others(tmp_path: Path) -> None:
+    path = campaign(
+        tmp_path / "c",
+        {'name = "Wang Yi"\n': "", 'email = ["gabzfwz@mps.gov.cn"]': 'email = ["gabzfwz@@mps.gov.cn"]'},
+    )
+    problems = shape_and_content(path)
+    assert [(p.where, p.field) for p in problems] == [
+        ("cc[1].name", ""),
+        ("cc[0] (Guo Shengkun)", "email[0]"),
+        ("cc[0] (Guo Shengkun)", "fax/email"),
+    ]
+    assert problems[0].message == "required, but missing"
+
+
+def test_choice_inside_a_list_names_the_allowed_values(tmp_path: Path) -> None:
+    path = campaign(
+        tmp_path / "c", {'mode = "now"': 'mode = "now"\n[campaign.schedule.office_hours]\ndays = ["mon", "funday"]'}
+    )
+    [problem] = shape_and_content(path)
+    assert (problem.where, problem.message) == (
+        "campaign.schedule.office_hours.days[1]",
+        "'funday' is not one of 'mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'",
+    )
+
+
+def test_wrong_type_shows_the_value_given(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {'fax = ["+86 10 6559 1516"]': "fax = [861065591516]"})
+    [problem] = shape_and_content(path)
+    assert (problem.where, problem.message) == ("cc[1].fax[0]", "Input should be a valid string (got 861065591516)")
+
+
+def test_letter_with_both_template_and_body(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {'template = "letter.txt.j2"': 'template = "letter.txt.j2"\nbody = "Hi"'})
+    [problem] = shape_and_content(path)
+    assert (problem.where, problem.message) == (
+        "letter",
+        "give exactly one of 'template' (a file) or 'body' (inline)",
+    )
+
+
+def test_validate_command_prints_shape_and_content_errors_together(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = campaign(tmp_path / "c", {'urgency = "urgent"': 'urgency = "high"', **GUO_TIMEZONE})
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "campaign", "validate", str(path)],
+        env={**os.environ, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "campaign.urgency: 'high' is not one of 'normal', 'urgent'" in result.stderr
+    assert "cc[0] (Guo Shengkun): timezone: unknown timezone 'Asia/Shangai'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,9 +18,10 @@ from pathlib import Path
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, letter_source
+from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpec, LetterSpec, Sender, read_letter
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
 from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
+from dispatcher.domain.shape import Sections
 
 # International dialling prefixes that people type after a "+" by mistake ("+011 10 ...", "+00 44 ...").
 IDD_PREFIXES = ("0011", "011", "010", "001", "002", "00", "810")
@@ -64,25 +65,46 @@ class Report:
 
 def validate(spec: CampaignSpec, *, file: Path) -> Report:
     """Validate everything in ``spec``; paths in it are relative to the campaign file's folder."""
+    return validate_sections(Sections.of(spec), file=file)
+
+
+def validate_sections(sections: Sections, *, file: Path) -> Report:
+    """Validate the sections of a campaign file that have a usable shape (all of them for a valid file).
+
+    Problems about values that were left out for their shape (``sections.unread``) are not reported:
+    the shape problem already names them, and e.g. "no usable route" would be wrong for an addressee
+    whose fax list was not read.
+    """
     report = Report(file=str(file))
     base = file.parent
-    _check_sender(spec, report)
-    for role, people in (("to", spec.to), ("cc", spec.cc)):
-        for index, person in enumerate(people):
-            report.routes[(role, index)] = _check_addressee(person, role, index, spec, report)
-    _check_schedule(spec, report)
-    _check_template(spec, base, report)
-    if spec.supporters is not None:
-        report.supporters = read_supporters(base, spec.supporters.csv, report)
+    if sections.sender is not None:
+        _check_sender(sections.sender, report)
+    order = sections.campaign.route_order if sections.campaign is not None else "fax-first"
+    for role, people in (("to", sections.to), ("cc", sections.cc)):
+        for index, person in people.items():
+            report.routes[(role, index)] = _check_addressee(person, role, index, order, report)
+    if sections.campaign is not None:
+        _check_schedule(sections.campaign, report)
+    if sections.letter is not None:
+        _check_template(sections.letter, sections.letter_spec(), base, report)
+    if sections.supporters is not None:
+        report.supporters = read_supporters(base, sections.supporters.csv, report)
+    report.problems = [p for p in report.problems if not _about_unread(p, sections.unread)]
     return report
+
+
+def _about_unread(problem: Problem, unread: frozenset[str]) -> bool:
+    """Whether ``problem`` is about a value that was left out for its shape."""
+    owner = problem.where.split(" (", 1)[0]
+    paths = [f"{owner}.{name}" for name in problem.field.split("/")] if problem.field else [owner]
+    return any(path == gone or path.startswith((f"{gone}.", f"{gone}[")) for path in paths for gone in unread)
 
 
 def where(role: str, index: int, person: AddresseeSpec) -> str:
     return f"{role}[{index}] ({person.name})"
 
 
-def _check_sender(spec: CampaignSpec, report: Report) -> None:
-    sender = spec.sender
+def _check_sender(sender: Sender, report: Report) -> None:
     _, problem = check_number(
         sender.fax_caller_id, sender.country, file=report.file, where="sender", field="fax_caller_id"
     )
@@ -96,9 +118,7 @@ def _check_sender(spec: CampaignSpec, report: Report) -> None:
                 report.problems.append(problem)
 
 
-def _check_addressee(
-    person: AddresseeSpec, role: str, index: int, spec: CampaignSpec, report: Report
-) -> list[RouteCheck]:
+def _check_addressee(person: AddresseeSpec, role: str, index: int, order: str, report: Report) -> list[RouteCheck]:
     place = where(role, index, person)
     if person.country.upper() not in phonenumbers.SUPPORTED_REGIONS:
         message = f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"
@@ -110,7 +130,7 @@ def _check_addressee(
         _, problem = check_number(raw, person.country, file=report.file, where=place, field=f"phone[{i}]")
         if problem:  # a telephone number is a contact detail, never a route: a warning only
             report.problems.append(_as_warning(problem))
-    routes = faxes + emails if spec.campaign.route_order == "fax-first" else emails + faxes
+    routes = faxes + emails if order == "fax-first" else emails + faxes
     if not any(r.value for r in routes):
         report.problems.append(
             Problem(
@@ -213,8 +233,7 @@ def _check_timezone(name: str, place: str, report: Report) -> None:
         )
 
 
-def _check_schedule(spec: CampaignSpec, report: Report) -> None:
-    campaign = spec.campaign
+def _check_schedule(campaign: Campaign, report: Report) -> None:
     if campaign.schedule.mode == "at" and campaign.schedule.at is None:
         report.problems.append(
             Problem(
@@ -240,18 +259,20 @@ def _check_schedule(spec: CampaignSpec, report: Report) -> None:
         )
 
 
-def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
+def _check_template(letter: LetterSpec, spec: CampaignSpec | None, base: Path, report: Report) -> None:
+    """Compile the letter template, and render it once with ``spec`` (None: a part it sees is unusable)."""
     from dispatcher.domain.templating import compile_letter, letter_context, render_letter
 
     try:
-        name, source = letter_source(spec, base, file=report.file)
+        name, source = read_letter(letter, base, file=report.file)
     except CampaignFileError as err:
         report.problems.extend(err.problems)
         return
     report.template_name, report.template_source = name, source
     try:
         template = compile_letter(source, name=name)
-        render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
+        if spec is not None:
+            render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
     except TemplateProblemError as err:
         line = f"line {err.line}" if err.line is not None else ""
         reason = str(err.args[0]).split(": ", 1)[-1]
