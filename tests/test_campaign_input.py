@@ -360,3 +360,156 @@ def test_validate_command_prints_shape_and_content_errors_together(tmp_path: Pat
     assert "campaign.urgency: 'high' is not one of 'normal', 'urgent'" in result.stderr
     assert "cc[0] (Guo Shengkun): timezone: unknown timezone 'Asia/Shangai'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- 3. control characters and bidi overrides in single-line fields ---------------------------------
+
+SINGLE_LINE_FIELDS = [
+    # (text in the example, the same with a TOML escape in it, where, field, the character's description)
+    (
+        'subject = "Detention of nine North Korean refugees"',
+        'subject = "Detention\\r\\nBcc: victim@example.org"',
+        "letter",
+        "subject",
+        "U+000D (CARRIAGE RETURN) at character 10",
+    ),
+    (
+        'title = "Detention of nine North Korean refugees"',
+        'title = "Detention\\u0000"',
+        "campaign",
+        "title",
+        "U+0000 (NUL) at character 10",
+    ),
+    (
+        'organisation = "Human Rights Watch"',
+        'organisation = "Human Rights Watch\\nBcc: x@example.org"',
+        "sender",
+        "organisation",
+        "U+000A (LINE FEED) at character 19",
+    ),
+    (
+        'signatory = "Sophie Richardson"',
+        'signatory = "Sophie\\u001b[2J"',
+        "sender",
+        "signatory",
+        "U+001B (ESCAPE) at character 7",
+    ),
+    (
+        'signatory_title = "China Director, Asia Division"',
+        'signatory_title = "China Director\\u0085"',
+        "sender",
+        "signatory_title",
+        "U+0085 (NEXT LINE) at character 15",
+    ),
+    (
+        'address = ["350 Fifth Avenue, 34th Floor"',
+        'address = ["350 Fifth Avenue\\r34th Floor"',
+        "sender",
+        "address[0]",
+        "U+000D (CARRIAGE RETURN) at character 17",
+    ),
+    (
+        'title = "President"',
+        'title = "President\\u202e"',
+        "to[0] (Xi Jinping)",
+        "title",
+        "U+202E (RIGHT-TO-LEFT OVERRIDE) at character 10",
+    ),
+    (
+        'salutation = "Dear President Xi Jinping,"',
+        'salutation = "Dear President\\u2028Xi Jinping,"',
+        "to[0] (Xi Jinping)",
+        "salutation",
+        "U+2028 (LINE SEPARATOR) at character 15",
+    ),
+    (
+        'organisation = "Ministry of Public Security"',
+        'organisation = "Ministry of\\tPublic Security"',
+        "cc[0] (Guo Shengkun)",
+        "organisation",
+        "U+0009 (TAB) at character 12",
+    ),
+    (
+        '"Chaoyang District, Beijing, 100701"',
+        '"Chaoyang District,\\u2066 Beijing, 100701"',
+        "cc[1] (Wang Yi)",
+        "address[1]",
+        "U+2066 (LEFT-TO-RIGHT ISOLATE) at character 19",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "where", "field", "what"), SINGLE_LINE_FIELDS)
+def test_control_character_in_a_single_line_field_is_refused(
+    tmp_path: Path, old: str, new: str, where: str, field: str, what: str
+) -> None:
+    report = check(campaign(tmp_path / "c", {old: new}))
+    assert [(p.where, p.field, p.message) for p in report.errors] == [
+        (where, field, f"contains {what}: control characters and bidirectional controls are not allowed in one line")
+    ]
+
+
+def test_control_character_in_a_name_is_escaped_where_the_name_is_shown(tmp_path: Path) -> None:
+    report = check(campaign(tmp_path / "c", {'name = "Wang Yi"': 'name = "Wang Yi\\r\\n"'}))
+    assert [(p.where, p.field) for p in report.errors] == [("cc[1] (Wang Yi\\r\\n)", "name")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "what"),
+    [
+        ("+86 10 6307 0900\n", "U+000A (LINE FEED) at character 17"),
+        ("+86 10 6307\u202e 0900", "U+202E (RIGHT-TO-LEFT OVERRIDE) at character 12"),
+    ],
+)
+def test_control_character_in_a_number_is_refused(raw: str, what: str) -> None:
+    from dispatcher.domain.validation import check_number
+
+    value, problem = check_number(raw, "CN", file="f", where="w", field="fax[0]")
+    assert value is None and problem is not None
+    assert (
+        problem.message
+        == f"{raw!r} contains {what}: control characters and bidirectional controls are not allowed in one line"
+    )
+
+
+def test_control_character_in_an_email_is_refused() -> None:
+    from dispatcher.domain.validation import check_email
+
+    value, problem = check_email("minister@gov.cn\r\nBcc: x@example.org", file="f", where="w", field="email[0]")
+    assert value is None and problem is not None
+    assert problem.message == (
+        "'minister@gov.cn\\r\\nBcc: x@example.org' contains U+000D (CARRIAGE RETURN) at character 16: "
+        "control characters and bidirectional controls are not allowed in one line"
+    )
+
+
+def test_letter_body_may_hold_line_breaks_but_not_other_controls(tmp_path: Path) -> None:
+    body = 'body = "Dear {{ to.name }},\\r\\n\\tWe write\\n\\u001b[31m at once.\\n"'
+    report = check(campaign(tmp_path / "c", {'template = "letter.txt.j2"': body}))
+    assert [(p.file, p.where, p.field, p.message) for p in report.errors] == [
+        (
+            "letter.body",
+            "letter template",
+            "line 3",
+            "contains U+001B (ESCAPE) at character 1: the letter may hold line breaks and tabs, "
+            "but no other control characters or bidirectional controls",
+        )
+    ]
+
+
+def test_template_file_with_a_bidi_override_names_its_line(tmp_path: Path) -> None:
+    report = check(campaign(tmp_path / "c", template="Dear {{ to.name }},\n\nPay \u202eEUR 001\n"))
+    [problem] = report.errors
+    assert (problem.where, problem.field) == ("letter template", "line 3")
+    assert problem.message.startswith("contains U+202E (RIGHT-TO-LEFT OVERRIDE) at character 5:")
+
+
+def test_supporter_name_with_a_line_break_is_refused_on_its_row(tmp_path: Path) -> None:
+    csv_text = 'email,name\nada@example.org,"Ada\nBcc: x@example.org"\ngrace@example.org,Grace\n'
+    report = check(campaign(tmp_path / "c", supporters=csv_text))
+    assert [(p.where, p.field) for p in report.errors] == [("line 3", "name")]
+    assert report.errors[0].message.startswith("contains U+000A (LINE FEED) at character 4:")
+    assert [(row.email, row.problem is not None) for row in report.supporters] == [
+        ("ada@example.org", True),
+        ("grace@example.org", False),
+    ]

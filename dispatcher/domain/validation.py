@@ -17,8 +17,10 @@ from pathlib import Path
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel
 
 from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpec, LetterSpec, Sender, read_letter
+from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_in_line, unsafe_in_text
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
 from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
 from dispatcher.domain.shape import Sections
@@ -77,6 +79,9 @@ def validate_sections(sections: Sections, *, file: Path) -> Report:
     """
     report = Report(file=str(file))
     base = file.parent
+    for section, place in ((sections.campaign, "campaign"), (sections.sender, "sender"), (sections.letter, "letter")):
+        if section is not None:
+            _check_lines(section, place, report)
     if sections.sender is not None:
         _check_sender(sections.sender, report)
     order = sections.campaign.route_order if sections.campaign is not None else "fax-first"
@@ -101,7 +106,30 @@ def _about_unread(problem: Problem, unread: frozenset[str]) -> bool:
 
 
 def where(role: str, index: int, person: AddresseeSpec) -> str:
-    return f"{role}[{index}] ({person.name})"
+    """How problems name an addressee: "to[0] (Xi Jinping)", control characters in the name escaped."""
+    return f"{role}[{index}] ({printable(person.name)})"
+
+
+# The free-text fields of each section: one line each (a list holds one line per item).
+_LINE_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
+    Campaign: ("title",),
+    Sender: ("organisation", "signatory", "signatory_title", "address"),
+    LetterSpec: ("subject",),
+    AddresseeSpec: ("name", "title", "organisation", "salutation", "address"),
+}
+
+
+def _check_lines(section: BaseModel, place: str, report: Report) -> None:
+    """Refuse control characters and bidirectional controls in the section's free-text fields."""
+    for name in _LINE_FIELDS[type(section)]:
+        value = getattr(section, name)
+        items = [(name, value)] if isinstance(value, str) else [(f"{name}[{i}]", v) for i, v in enumerate(value or [])]
+        for label, text in items:
+            what = unsafe_in_line(text)
+            if what:
+                report.problems.append(
+                    Problem(file=report.file, where=place, field=label, message=f"contains {what}: {IN_LINE}")
+                )
 
 
 def _check_sender(sender: Sender, report: Report) -> None:
@@ -120,6 +148,7 @@ def _check_sender(sender: Sender, report: Report) -> None:
 
 def _check_addressee(person: AddresseeSpec, role: str, index: int, order: str, report: Report) -> list[RouteCheck]:
     place = where(role, index, person)
+    _check_lines(person, place, report)
     if person.country.upper() not in phonenumbers.SUPPORTED_REGIONS:
         message = f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"
         report.problems.append(Problem(file=report.file, where=place, field="country", message=message))
@@ -174,6 +203,9 @@ def _check_duplicates(routes: list[RouteCheck], place: str, report: Report) -> N
 def check_number(raw: str, country: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
     """Parse ``raw`` to E.164 in ``country``; on failure a Problem, with a suggestion when one is sound."""
     region = country.upper()
+    what = unsafe_in_line(raw)
+    if what:
+        return None, Problem(file=file, where=where, field=field, message=f"{raw!r} contains {what}: {IN_LINE}")
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as err:
@@ -209,6 +241,10 @@ def _suggest_number(rest: str, region: str) -> str | None:
 
 
 def check_email(raw: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
+    """Check ``raw`` as an email address (syntax, no DNS); the normalised address, or a Problem."""
+    what = unsafe_in_line(raw)
+    if what:
+        return None, Problem(file=file, where=where, field=field, message=f"{raw!r} contains {what}: {IN_LINE}")
     try:
         result = validate_email(raw, check_deliverability=False)
     except EmailNotValidError as err:
@@ -269,6 +305,16 @@ def _check_template(letter: LetterSpec, spec: CampaignSpec | None, base: Path, r
         report.problems.extend(err.problems)
         return
     report.template_name, report.template_source = name, source
+    unsafe = unsafe_in_text(source)
+    if unsafe:
+        report.problems.append(
+            Problem(
+                file=name,
+                where="letter template",
+                field=f"line {unsafe[0]}",
+                message=f"contains {unsafe[1]}: {IN_LETTER}",
+            )
+        )
     try:
         template = compile_letter(source, name=name)
         if spec is not None:
@@ -328,12 +374,21 @@ def _supporter_rows(reader: csv.DictReader[str], path: Path, report: Report) -> 
                 )
             )
             continue
+        name = cells.get("name") or None
+        problem = problem or _name_problem(name, path=path, line=line)
         if problem:
             report.problems.append(problem)
         if value:
             seen.add(value.lower())
-        rows.append(SupporterRow(line=line, email=value or raw, name=cells.get("name") or None, problem=problem))
+        rows.append(SupporterRow(line=line, email=value or raw, name=name, problem=problem))
     return rows
+
+
+def _name_problem(name: str | None, *, path: Path, line: int) -> Problem | None:
+    what = unsafe_in_line(name or "")
+    if not what:
+        return None
+    return Problem(file=str(path), where=f"line {line}", field="name", message=f"contains {what}: {IN_LINE}")
 
 
 def _as_warning(problem: Problem) -> Problem:
