@@ -444,7 +444,8 @@ def test_control_character_in_a_single_line_field_is_refused(
     tmp_path: Path, old: str, new: str, where: str, field: str, what: str
 ) -> None:
     report = check(campaign(tmp_path / "c", {old: new}))
-    assert [(p.where, p.field, p.message) for p in report.errors] == [
+    # A character that no letter may hold (ESC, NEL) is also reported where the template prints the field.
+    assert [(p.where, p.field, p.message) for p in report.errors if p.where != "letter template"] == [
         (where, field, f"contains {what}: control characters and bidirectional controls are not allowed in one line")
     ]
 

@@ -38,13 +38,20 @@ def unsafe_in_line(text: str) -> str | None:
 
 
 def unsafe_in_text(text: str) -> tuple[int, str] | None:
-    """The line (from 1) and description of the first character a letter must not hold; None if none."""
+    """The line (from 1) of the first character a letter must not hold, and the character described
+    with its place in that line; None if there is none."""
     found = _UNSAFE_IN_TEXT.search(text)
     if found is None:
         return None
     line_start = text.rfind("\n", 0, found.start()) + 1
     line = text.count("\n", 0, found.start()) + 1
     return line, f"{describe(found.group())} at character {found.start() - line_start + 1}"
+
+
+def unsafe_char_in_text(text: str) -> str | None:
+    """The first character a letter must not hold, described ("U+001B (ESCAPE)"); None if none."""
+    found = _UNSAFE_IN_TEXT.search(text)
+    return None if found is None else describe(found.group())
 
 
 def describe(char: str) -> str:
