@@ -514,3 +514,161 @@ def test_supporter_name_with_a_line_break_is_refused_on_its_row(tmp_path: Path) 
         ("ada@example.org", True),
         ("grace@example.org", False),
     ]
+
+
+# --- 1. exit prefixes: never fixed silently, always a suggestion, and a duplicate when spelled twice ---
+
+NO_PLUS = "an international dialling prefix; write '+' and the country code instead"
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "message"),
+    [
+        ("011 86 10 6520 5866", "CN", f"it starts with '011', {NO_PLUS}"),
+        ("011 86 10 6520 5866", "US", f"it starts with '011', {NO_PLUS}"),  # the US exit code, read by phonenumbers
+        ("00 86 10 6520 5866", "US", f"it starts with '00', {NO_PLUS}"),
+        ("00 86 10 6520 5866", "CN", f"it starts with '00', {NO_PLUS}"),
+        ("010 86 10 6520 5866", "JP", f"it starts with '010', {NO_PLUS}"),
+        ("010 86 10 6520 5866", "CN", f"it starts with '010', {NO_PLUS}"),
+        ("0011 86 10 6520 5866", "AU", f"it starts with '0011', {NO_PLUS}"),
+        ("0011 86 10 6520 5866", "CN", f"it starts with '0011', {NO_PLUS}"),
+        ("810 86 10 6520 5866", "RU", f"it starts with '810', {NO_PLUS}"),
+        ("810 86 10 6520 5866", "CN", f"it starts with '810', {NO_PLUS}"),
+        ("+00 86 10 6520 5866", "CN", "'+00' is an international dialling prefix, not a country code"),
+        ("+011 86 10 6520 5866", "US", "'+011' is an international dialling prefix, not a country code"),
+        ("+010 86 10 6520 5866", "CN", "'+010' is an international dialling prefix, not a country code"),
+        ("+0011 86 10 6520 5866", "CN", "'+0011' is an international dialling prefix, not a country code"),
+        ("+810 86 10 6520 5866", "CN", "'+810' is an international dialling prefix, not a country code"),
+    ],
+)
+def test_exit_prefix_is_an_error_with_the_corrected_number(raw: str, country: str, message: str) -> None:
+    from dispatcher.domain.validation import check_number
+
+    value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
+    assert value is None and problem is not None
+    assert problem.message == f"{raw!r} is not a valid number: {message}"
+    assert problem.suggestion == "+86 10 6520 5866"
+
+
+def test_seed_prefix_keeps_its_message() -> None:
+    from dispatcher.domain.validation import check_number
+
+    _, problem = check_number("+011 10 6238 1025", "CN", file="f", where="w", field="fax[1]")
+    assert problem is not None
+    assert problem.message == (
+        "'+011 10 6238 1025' is not a valid number: '+011' is an international dialling prefix, not a country code"
+    )
+    assert problem.suggestion == "+86 10 6238 1025"
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "e164"),
+    [
+        ("010 6307 0900", "CN", "+861063070900"),
+        ("0011 2345 6789", "CN", None),
+        ("+81 3 1234 5678", "JP", "+81312345678"),
+    ],
+)
+def test_national_numbers_that_look_like_a_prefix_are_read_as_national(
+    raw: str, country: str, e164: str | None
+) -> None:
+    from dispatcher.domain.validation import check_number
+
+    value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
+    assert value == e164
+    if problem is not None:
+        assert "dialling prefix" not in problem.message
+
+
+def test_two_spellings_of_one_number_are_a_duplicate(tmp_path: Path) -> None:
+    xi = 'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]'
+    report = check(campaign(tmp_path / "c", {xi: 'fax = ["+86 10 6520 5866", "011 86 10 6520 5866"]'}))
+    assert [(p.where, p.field, p.message, p.suggestion) for p in report.errors] == [
+        (
+            "to[0] (Xi Jinping)",
+            "fax[1]",
+            f"'011 86 10 6520 5866' is not a valid number: it starts with '011', {NO_PLUS}",
+            "+86 10 6520 5866",
+        ),
+        (
+            "to[0] (Xi Jinping)",
+            "fax[1]",
+            "'011 86 10 6520 5866' is listed twice: it is the same number as fax[0] ('+86 10 6520 5866')",
+            None,
+        ),
+    ]
+
+
+def test_two_valid_spellings_of_one_number_are_a_duplicate(tmp_path: Path) -> None:
+    xi = 'fax = ["+86 10 6307 0900", "+86 10 6238 1025"]'
+    report = check(campaign(tmp_path / "c", {xi: 'fax = ["+86 10 6307 0900", "010-6307-0900"]'}))
+    assert [(p.field, p.message) for p in report.errors] == [
+        ("fax[1]", "'010-6307-0900' is listed twice: it is the same number as fax[0] ('+86 10 6307 0900')")
+    ]
+
+
+# --- 7. extensions, vanity letters and look-alike email domains are reported, not normalised ----------
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "extension"),
+    [
+        ("+1 202 555 0100 ext. 12", "US", "12"),
+        ("+1 202-555-0100;ext=12", "US", "12"),
+        ("+86 10 6520 5866 x12", "CN", "12"),
+    ],
+)
+def test_fax_number_with_an_extension_is_an_error(raw: str, country: str, extension: str) -> None:
+    from dispatcher.domain.validation import check_number
+
+    value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
+    assert value is None and problem is not None
+    assert problem.message == (
+        f"{raw!r} has an extension ({extension}): a fax provider cannot dial an extension; "
+        "give the fax machine's own number"
+    )
+    assert problem.suggestion is None
+
+
+def test_telephone_number_may_have_an_extension(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {'phone = ["+86 10 6626 2114"]': 'phone = ["+86 10 6626 2114 ext. 5"]'})
+    assert check(path).problems == []
+
+
+@pytest.mark.parametrize(("raw", "country"), [("1-800-FLOWERS", "US"), ("+1 800 FLOWERS", "CN")])
+def test_vanity_letters_are_an_error_with_the_digits_suggested(raw: str, country: str) -> None:
+    from dispatcher.domain.validation import check_number
+
+    value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
+    assert value is None and problem is not None
+    assert problem.message == f"{raw!r} has letters: a fax provider dials digits only"
+    assert problem.suggestion == "+1 800-356-9377"
+
+
+@pytest.mark.parametrize(
+    ("raw", "label", "scripts"),
+    [
+        ("minister@gov.\u0441n", "\u0441n", "Cyrillic and Latin"),  # a Cyrillic U+0441 before a Latin "n"
+        ("info@g\u043e\u043egle.com", "g\u043e\u043egle", "Cyrillic and Latin"),
+        ("info@\u03b1pple.com", "\u03b1pple", "Greek and Latin"),
+    ],
+)
+def test_mixed_script_domain_label_is_an_error(raw: str, label: str, scripts: str) -> None:
+    from dispatcher.domain.validation import check_email
+
+    value, problem = check_email(raw, file="f", where="w", field="email[0]")
+    assert value is None and problem is not None
+    assert problem.message == (
+        f"{raw!r} is not a valid email address: the domain label {label!r} mixes {scripts} letters "
+        "(a look-alike of another domain?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", ["info@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", "info@\u4f8b\u3048.jp", "a@xn--80ak6aa92e.com"]
+)
+def test_single_script_and_japanese_labels_are_accepted(raw: str) -> None:
+    from dispatcher.domain.validation import check_email
+
+    value, problem = check_email(raw, file="f", where="w", field="email[0]")
+    assert problem is None and value is not None

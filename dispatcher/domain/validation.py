@@ -1,8 +1,9 @@
 """Semantic validation of a campaign: every problem at once, each naming file, addressee and field.
 
-Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country, emails checked with
-``email-validator`` (syntax only: no DNS lookups, which would make validation depend on the network),
-timezones against the IANA database, and the letter template rendered once in the sandbox.
+Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country (:mod:`.numbers`), emails
+checked with ``email-validator`` (:mod:`.emails`; syntax only: no DNS lookups, which would make
+validation depend on the network), timezones against the IANA database, free text for control
+characters (:mod:`.characters`), and the letter template rendered once in the sandbox.
 """
 
 from __future__ import annotations
@@ -16,17 +17,15 @@ from datetime import date
 from pathlib import Path
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel
 
 from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpec, LetterSpec, Sender, read_letter
 from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_in_line, unsafe_in_text
+from dispatcher.domain.emails import check_email
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
 from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
+from dispatcher.domain.numbers import check_number, same_number
 from dispatcher.domain.shape import Sections
-
-# International dialling prefixes that people type after a "+" by mistake ("+011 10 ...", "+00 44 ...").
-IDD_PREFIXES = ("0011", "011", "010", "001", "002", "00", "810")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,7 +155,9 @@ def _check_addressee(person: AddresseeSpec, role: str, index: int, order: str, r
     faxes = [_fax_route(raw, person, place, i, report) for i, raw in enumerate(person.fax)]
     emails = [_email_route(raw, place, i, report) for i, raw in enumerate(person.email)]
     for i, raw in enumerate(person.phone):
-        _, problem = check_number(raw, person.country, file=report.file, where=place, field=f"phone[{i}]")
+        _, problem = check_number(
+            raw, person.country, file=report.file, where=place, field=f"phone[{i}]", extension_allowed=True
+        )
         if problem:  # a telephone number is a contact detail, never a route: a warning only
             report.problems.append(_as_warning(problem))
     routes = faxes + emails if order == "fax-first" else emails + faxes
@@ -188,69 +189,30 @@ def _email_route(raw: str, place: str, i: int, report: Report) -> RouteCheck:
 
 
 def _check_duplicates(routes: list[RouteCheck], place: str, report: Report) -> None:
-    seen: set[str] = set()
+    """Report a route that repeats an earlier one of the same addressee, however it is written.
+
+    A number refused with a suggestion (an exit prefix, vanity letters) counts as the number suggested,
+    so "011 86 10 6520 5866" beside "+86 10 6520 5866" is a duplicate as well as an error.
+    """
+    seen: dict[str, tuple[str, str]] = {}  # E.164 number or address -> (field, as written)
+    counts = {"fax": 0, "email": 0}
     for route in routes:
-        if route.value and route.value in seen:
-            report.problems.append(
-                Problem(
-                    file=report.file, where=place, field=route.channel, message=f"{route.raw_value!r} is listed twice"
-                )
-            )
-        if route.value:
-            seen.add(route.value)
-
-
-def check_number(raw: str, country: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
-    """Parse ``raw`` to E.164 in ``country``; on failure a Problem, with a suggestion when one is sound."""
-    region = country.upper()
-    what = unsafe_in_line(raw)
-    if what:
-        return None, Problem(file=file, where=where, field=field, message=f"{raw!r} contains {what}: {IN_LINE}")
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as err:
-        return None, _number_problem(raw, region, str(err), file=file, where=where, field=field)
-    if not phonenumbers.is_valid_number(number):
-        shown = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-        reason = f"not a valid number (parsed as {shown})"
-        return None, _number_problem(raw, region, reason, file=file, where=where, field=field)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
-
-
-def _number_problem(raw: str, region: str, reason: str, *, file: str, where: str, field: str) -> Problem:
-    digits = "".join(ch for ch in raw if ch.isdigit())
-    prefix = next((p for p in IDD_PREFIXES if raw.strip().startswith("+") and digits.startswith(p)), None)
-    suggestion = _suggest_number(digits[len(prefix) :], region) if prefix else None
-    if prefix:
-        message = f"{raw!r} is not a valid number: '+{prefix}' is an international dialling prefix, not a country code"
-    else:
-        message = f"{raw!r} is {reason}" if reason.startswith("not") else f"{raw!r} is not a valid number: {reason}"
-    return Problem(file=file, where=where, field=field, message=message, suggestion=suggestion)
-
-
-def _suggest_number(rest: str, region: str) -> str | None:
-    """What the writer probably meant: the rest as an international number, or national in ``region``."""
-    for text, default in ((f"+{rest}", None), (rest, region)):
-        try:
-            number = phonenumbers.parse(text, default)
-        except phonenumbers.NumberParseException:
+        label = f"{route.channel}[{counts[route.channel]}]"
+        counts[route.channel] += 1
+        key = route.value or (_meant_number(route.problem) if route.channel == "fax" else None)
+        if key is None:
             continue
-        if phonenumbers.is_valid_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    return None
+        if key in seen:
+            first, written = seen[key]
+            kind = "number" if route.channel == "fax" else "address"
+            message = f"{route.raw_value!r} is listed twice: it is the same {kind} as {first} ({written!r})"
+            report.problems.append(Problem(file=report.file, where=place, field=label, message=message))
+        else:
+            seen[key] = (label, route.raw_value)
 
 
-def check_email(raw: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
-    """Check ``raw`` as an email address (syntax, no DNS); the normalised address, or a Problem."""
-    what = unsafe_in_line(raw)
-    if what:
-        return None, Problem(file=file, where=where, field=field, message=f"{raw!r} contains {what}: {IN_LINE}")
-    try:
-        result = validate_email(raw, check_deliverability=False)
-    except EmailNotValidError as err:
-        message = f"{raw!r} is not a valid email address: {err}"
-        return None, Problem(file=file, where=where, field=field, message=message)
-    return result.normalized, None
+def _meant_number(problem: Problem | None) -> str | None:
+    return same_number(problem.suggestion) if problem is not None and problem.suggestion else None
 
 
 def _check_timezone(name: str, place: str, report: Report) -> None:
