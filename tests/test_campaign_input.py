@@ -382,7 +382,7 @@ SINGLE_LINE_FIELDS = [
     ),
     (
         'organisation = "Human Rights Watch"',
-        'organisation = "Human Rights Watch\\nBcc: x@example.org"',
+        'organisation = "Human Rights Watch\\nX-Priority: 1"',
         "sender",
         "organisation",
         "U+000A (LINE FEED) at character 19",
@@ -672,3 +672,96 @@ def test_single_script_and_japanese_labels_are_accepted(raw: str) -> None:
 
     value, problem = check_email(raw, file="f", where="w", field="email[0]")
     assert problem is None and value is not None
+
+
+# --- 8. the sender's From address, and a preview that never writes what validation rejects ------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "words"),
+    [
+        (
+            'email = "china-advocacy@example.org"',
+            'email = "Ministry of Foreign Affairs <china-advocacy@example.org>"',
+            "email",
+            "A display name and angle brackets around the email address are not permitted here.",
+        ),
+        (
+            'email = "china-advocacy@example.org"',
+            'email = "china-advocacy@ex\\u0430mple.org"',
+            "email",
+            "mixes Cyrillic and Latin letters",
+        ),
+        (
+            'reply_to = "china-advocacy@example.org"',
+            'reply_to = "\\"minister@mfa.gov.cn\\"@example.org"',
+            "reply_to",
+            "is not a valid email address",
+        ),
+        (
+            'organisation = "Human Rights Watch"',
+            'organisation = "minister@mfa.gov.cn"',
+            "organisation",
+            "'minister@mfa.gov.cn' is the display name of every email's From: it must not look like an address "
+            "(no '@', '<' or '>')",
+        ),
+        (
+            'organisation = "Human Rights Watch"',
+            'organisation = "Ministry of Foreign Affairs <press@mfa.gov.cn>"',
+            "organisation",
+            "must not look like an address",
+        ),
+    ],
+)
+def test_sender_from_tricks_are_refused(tmp_path: Path, old: str, new: str, field: str, words: str) -> None:
+    report = check(campaign(tmp_path / "c", {old: new}))
+    assert [(p.where, p.field) for p in report.errors] == [("sender", field)]
+    assert words in report.errors[0].message
+
+
+def preview(path: Path, out: Path) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from dispatcher.processes.cli import app
+
+    result = CliRunner().invoke(
+        app, ["campaign", "preview", str(path), "--pdf", str(out / "out.pdf"), "--eml", str(out / "out.eml")]
+    )
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "shown"),
+    [
+        (
+            'email = "china-advocacy@example.org"',
+            'email = "HRW <china-advocacy@example.org>"',
+            "sender: email: 'HRW <china-advocacy@example.org>' is not a valid email address",
+        ),
+        (
+            'subject = "Detention of nine North Korean refugees"',
+            'subject = "Detention\\r\\nBcc: victim@example.org"',
+            "letter: subject: contains U+000D (CARRIAGE RETURN)",
+        ),
+        (
+            'organisation = "Human Rights Watch"',
+            'organisation = "press@mfa.gov.cn"',
+            "sender: organisation: 'press@mfa.gov.cn' is the display name",
+        ),
+    ],
+)
+def test_preview_refuses_what_validation_rejects(tmp_path: Path, old: str, new: str, shown: str) -> None:
+    path = campaign(tmp_path / "c", {old: new})
+    code, output = preview(path, tmp_path)
+    assert code == 1, output
+    assert shown in output.replace("\n", "")
+    assert "preview refused" in output
+    assert not (tmp_path / "out.eml").exists() and not (tmp_path / "out.pdf").exists()
+
+
+def test_preview_goes_on_past_an_invalid_route_and_says_so(tmp_path: Path) -> None:
+    path = campaign(tmp_path / "c", {'fax = ["+86 10 6559 1516"]': 'fax = ["+86 10 6559 1516", "+86 12"]'})
+    code, output = preview(path, tmp_path)
+    assert code == 0, output
+    assert "cc[1] (Wang Yi): fax[1]: '+86 12' is not a valid number" in output.replace("\n", "")
+    assert (tmp_path / "out.eml").exists() and (tmp_path / "out.pdf").exists()

@@ -63,6 +63,13 @@ class Report:
     def ok(self) -> bool:
         return not self.errors
 
+    def shared_errors(self) -> list[Problem]:
+        """The errors that no single route or supporter row carries: leaving routes and rows out (as
+        ``campaign load --skip-invalid`` does) does not remove them."""
+        carried = {id(r.problem) for routes in self.routes.values() for r in routes if r.problem}
+        carried |= {id(s.problem) for s in self.supporters if s.problem}
+        return [p for p in self.errors if id(p) not in carried]
+
 
 def validate(spec: CampaignSpec, *, file: Path) -> Report:
     """Validate everything in ``spec``; paths in it are relative to the campaign file's folder."""
@@ -132,6 +139,12 @@ def _check_lines(section: BaseModel, place: str, report: Report) -> None:
 
 
 def _check_sender(sender: Sender, report: Report) -> None:
+    if any(mark in sender.organisation for mark in "@<>"):
+        message = (
+            f"{sender.organisation!r} is the display name of every email's From: it must not look like an address "
+            "(no '@', '<' or '>')"
+        )
+        report.problems.append(Problem(file=report.file, where="sender", field="organisation", message=message))
     _, problem = check_number(
         sender.fax_caller_id, sender.country, file=report.file, where="sender", field="fax_caller_id"
     )
