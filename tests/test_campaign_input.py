@@ -765,3 +765,14 @@ def test_preview_goes_on_past_an_invalid_route_and_says_so(tmp_path: Path) -> No
     assert code == 0, output
     assert "cc[1] (Wang Yi): fax[1]: '+86 12' is not a valid number" in output.replace("\n", "")
     assert (tmp_path / "out.eml").exists() and (tmp_path / "out.pdf").exists()
+
+
+# --- 9. the supporters CSV reader: malformed CSV is a problem on its line, never a traceback ----------
+
+
+def test_csv_field_over_the_csv_module_limit_is_a_problem_on_its_line(tmp_path: Path) -> None:
+    csv_text = "email,name\nada@example.org,Ada\ngrace@example.org," + "G" * 200_000 + "\n"
+    report = check(campaign(tmp_path / "c", supporters=csv_text))
+    assert [(p.where, p.field) for p in report.errors] == [("line 3", "")]
+    assert report.errors[0].message == "not valid CSV: field larger than field limit (131072)"
+    assert [row.email for row in report.supporters] == ["ada@example.org"]

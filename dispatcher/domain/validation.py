@@ -8,9 +8,7 @@ characters (:mod:`.characters`), and the letter template rendered once in the sa
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,9 +21,9 @@ from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpe
 from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_in_line, unsafe_in_text
 from dispatcher.domain.emails import check_email
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
-from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
 from dispatcher.domain.numbers import check_number, same_number
 from dispatcher.domain.shape import Sections
+from dispatcher.domain.supporters_csv import SupporterRow, read_supporters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,14 +31,6 @@ class RouteCheck:
     channel: str  # "fax" | "email"
     raw_value: str
     value: str | None  # normalised (E.164 / email) when valid
-    problem: Problem | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class SupporterRow:
-    line: int
-    email: str
-    name: str | None
     problem: Problem | None = None
 
 
@@ -99,7 +89,8 @@ def validate_sections(sections: Sections, *, file: Path) -> Report:
     if sections.letter is not None:
         _check_template(sections.letter, sections.letter_spec(), base, report)
     if sections.supporters is not None:
-        report.supporters = read_supporters(base, sections.supporters.csv, report)
+        report.supporters, problems = read_supporters(base, sections.supporters.csv, campaign_file=report.file)
+        report.problems.extend(problems)
     report.problems = [p for p in report.problems if not _about_unread(p, sections.unread)]
     return report
 
@@ -298,72 +289,6 @@ def _check_template(letter: LetterSpec, spec: CampaignSpec | None, base: Path, r
         line = f"line {err.line}" if err.line is not None else ""
         reason = str(err.args[0]).split(": ", 1)[-1]
         report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
-
-
-def read_supporters(base: Path, name: str, report: Report) -> list[SupporterRow]:
-    """The supporters CSV named ``name`` (relative to ``base``), row by row; its problems go to ``report``."""
-    try:
-        text = read_named_file(
-            base,
-            name,
-            limit=SUPPORTERS_CSV_MAX_BYTES,
-            what="a supporters CSV",
-            campaign_file=report.file,
-            where="supporters",
-            field="csv",
-        )
-    except CampaignFileError as err:
-        report.problems.extend(err.problems)
-        return []
-    path = base / name
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-        report.problems.append(
-            Problem(
-                file=str(path),
-                where="line 1",
-                field="header",
-                message="the CSV needs a header with an 'email' column (and optionally 'name')",
-            )
-        )
-        return []
-    return _supporter_rows(reader, path, report)
-
-
-def _supporter_rows(reader: csv.DictReader[str], path: Path, report: Report) -> list[SupporterRow]:
-    rows: list[SupporterRow] = []
-    seen: set[str] = set()
-    for row in reader:
-        line = reader.line_num
-        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
-        raw = cells.get("email", "")
-        value, problem = check_email(raw, file=str(path), where=f"line {line}", field="email")
-        if value and value.lower() in seen:
-            report.problems.append(
-                Problem(
-                    file=str(path),
-                    where=f"line {line}",
-                    field="email",
-                    severity="warning",
-                    message="this address appears on an earlier line; one copy is sent",
-                )
-            )
-            continue
-        name = cells.get("name") or None
-        problem = problem or _name_problem(name, path=path, line=line)
-        if problem:
-            report.problems.append(problem)
-        if value:
-            seen.add(value.lower())
-        rows.append(SupporterRow(line=line, email=value or raw, name=name, problem=problem))
-    return rows
-
-
-def _name_problem(name: str | None, *, path: Path, line: int) -> Problem | None:
-    what = unsafe_in_line(name or "")
-    if not what:
-        return None
-    return Problem(file=str(path), where=f"line {line}", field="name", message=f"contains {what}: {IN_LINE}")
 
 
 def _as_warning(problem: Problem) -> Problem:
