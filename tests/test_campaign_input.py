@@ -703,11 +703,17 @@ def test_single_script_and_japanese_labels_are_accepted(raw: str) -> None:
             'organisation = "minister@mfa.gov.cn"',
             "organisation",
             "'minister@mfa.gov.cn' is the display name of every email's From: it must not look like an address "
-            "(no '@', '<' or '>')",
+            "(no '@', '<' or '>', nor their full-width forms)",
         ),
         (
             'organisation = "Human Rights Watch"',
             'organisation = "Ministry of Foreign Affairs <press@mfa.gov.cn>"',
+            "organisation",
+            "must not look like an address",
+        ),
+        (
+            'organisation = "Human Rights Watch"',
+            'organisation = "press\\uff20mfa.gov.cn"',  # a FULLWIDTH COMMERCIAL AT
             "organisation",
             "must not look like an address",
         ),

@@ -129,11 +129,15 @@ def _check_lines(section: BaseModel, place: str, report: Report) -> None:
                 )
 
 
+# What makes a From display name look like an address: "@", "<", ">" and their full-width and small forms.
+_ADDRESS_MARKS = "@<>\uff20\uff1c\uff1e\ufe6b\ufe64\ufe65"
+
+
 def _check_sender(sender: Sender, report: Report) -> None:
-    if any(mark in sender.organisation for mark in "@<>"):
+    if any(mark in sender.organisation for mark in _ADDRESS_MARKS):
         message = (
             f"{sender.organisation!r} is the display name of every email's From: it must not look like an address "
-            "(no '@', '<' or '>')"
+            "(no '@', '<' or '>', nor their full-width forms)"
         )
         report.problems.append(Problem(file=report.file, where="sender", field="organisation", message=message))
     _, problem = check_number(
