@@ -64,6 +64,9 @@ def refusal(source: str) -> TemplateProblemError:
         ("{{ ('a\\n' * 1000)|indent('x' * 1000) }}", 1, "would make a text of"),
         ("{{ ('x' * 1000)|wordwrap(1, wrapstring='y' * 1000) }}", 1, "would make a text of"),
         ("{{ ['x' * 200000] * 5 }}", 1, "would make a text of"),
+        ("{{ ('x' * 100000).translate({120: 'y' * 100000}) }}", 1, "would make a text of"),
+        ("{{ 'x'.encode() * 1000000000 }}", 1, "bytes are not available in a letter template"),
+        ("{{ 'x'.encode().center(1000000000) }}", 1, "bytes are not available in a letter template"),
         ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}\n{{ f(0) }}", 1, "calls nested more than 32 deep"),
         (
             "Dear {{ to.name }},\n{% for i in range(9000) %}{{ 'x' * 100 }}{% endfor %}",

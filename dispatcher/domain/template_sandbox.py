@@ -240,7 +240,10 @@ def _check_bits(bits: int) -> None:
 
 
 def _checked(value: Any) -> Any:
-    """A result as made: refused if it is text or a list over its limit."""
+    """A result as made: refused if it is text or a list over its limit, or bytes (whose methods and
+    operators are not measured: a letter is text)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise TemplateLimitError("bytes are not available in a letter template")
     if isinstance(value, str):
         _check_text(len(value))
     elif isinstance(value, list | tuple):
@@ -328,6 +331,9 @@ def _checked_call_args(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) 
         _check_text(len(text) + text.count("\t") * (size if _is_int(size) else 0))
     elif name == "replace" and len(args) >= 2:
         _check_replace(text, *args)
+    elif name == "translate" and args and isinstance(args[0], dict):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+        _check_text(len(text) * max(longest, 1))
     elif name == "join" and args:
         items = list(args[0]) if not isinstance(args[0], Sized) else args[0]
         _check_join(text, items)
