@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from dispatcher.domain.campaign_file import letter_source, load_spec
 from dispatcher.domain.errors import CampaignFileError, Problem
-from dispatcher.domain.validation import Report, validate
+from dispatcher.domain.validation import Report, check_email, check_number, validate
+from dispatcher.processes.cli import app
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "config" / "campaigns" / "north-korean-refugees"
 FIXED_SEED = {"+011 10 6238 1025": "+86 10 6238 1025"}  # the seed without its one malformed number
@@ -345,9 +349,6 @@ def test_letter_with_both_template_and_body(tmp_path: Path) -> None:
 
 
 def test_validate_command_prints_shape_and_content_errors_together(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     path = campaign(tmp_path / "c", {'urgency = "urgent"': 'urgency = "high"', **GUO_TIMEZONE})
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher", "campaign", "validate", str(path)],
@@ -463,8 +464,6 @@ def test_control_character_in_a_name_is_escaped_where_the_name_is_shown(tmp_path
     ],
 )
 def test_control_character_in_a_number_is_refused(raw: str, what: str) -> None:
-    from dispatcher.domain.validation import check_number
-
     value, problem = check_number(raw, "CN", file="f", where="w", field="fax[0]")
     assert value is None and problem is not None
     assert (
@@ -474,8 +473,6 @@ def test_control_character_in_a_number_is_refused(raw: str, what: str) -> None:
 
 
 def test_control_character_in_an_email_is_refused() -> None:
-    from dispatcher.domain.validation import check_email
-
     value, problem = check_email("minister@gov.cn\r\nBcc: x@example.org", file="f", where="w", field="email[0]")
     assert value is None and problem is not None
     assert problem.message == (
@@ -542,8 +539,6 @@ NO_PLUS = "an international dialling prefix; write '+' and the country code inst
     ],
 )
 def test_exit_prefix_is_an_error_with_the_corrected_number(raw: str, country: str, message: str) -> None:
-    from dispatcher.domain.validation import check_number
-
     value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
     assert value is None and problem is not None
     assert problem.message == f"{raw!r} is not a valid number: {message}"
@@ -551,8 +546,6 @@ def test_exit_prefix_is_an_error_with_the_corrected_number(raw: str, country: st
 
 
 def test_seed_prefix_keeps_its_message() -> None:
-    from dispatcher.domain.validation import check_number
-
     _, problem = check_number("+011 10 6238 1025", "CN", file="f", where="w", field="fax[1]")
     assert problem is not None
     assert problem.message == (
@@ -572,8 +565,6 @@ def test_seed_prefix_keeps_its_message() -> None:
 def test_national_numbers_that_look_like_a_prefix_are_read_as_national(
     raw: str, country: str, e164: str | None
 ) -> None:
-    from dispatcher.domain.validation import check_number
-
     value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
     assert value == e164
     if problem is not None:
@@ -619,8 +610,6 @@ def test_two_valid_spellings_of_one_number_are_a_duplicate(tmp_path: Path) -> No
     ],
 )
 def test_fax_number_with_an_extension_is_an_error(raw: str, country: str, extension: str) -> None:
-    from dispatcher.domain.validation import check_number
-
     value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
     assert value is None and problem is not None
     assert problem.message == (
@@ -637,8 +626,6 @@ def test_telephone_number_may_have_an_extension(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("raw", "country"), [("1-800-FLOWERS", "US"), ("+1 800 FLOWERS", "CN")])
 def test_vanity_letters_are_an_error_with_the_digits_suggested(raw: str, country: str) -> None:
-    from dispatcher.domain.validation import check_number
-
     value, problem = check_number(raw, country, file="f", where="w", field="fax[0]")
     assert value is None and problem is not None
     assert problem.message == f"{raw!r} has letters: a fax provider dials digits only"
@@ -654,8 +641,6 @@ def test_vanity_letters_are_an_error_with_the_digits_suggested(raw: str, country
     ],
 )
 def test_mixed_script_domain_label_is_an_error(raw: str, label: str, scripts: str) -> None:
-    from dispatcher.domain.validation import check_email
-
     value, problem = check_email(raw, file="f", where="w", field="email[0]")
     assert value is None and problem is not None
     assert problem.message == (
@@ -668,8 +653,6 @@ def test_mixed_script_domain_label_is_an_error(raw: str, label: str, scripts: st
     "raw", ["info@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", "info@\u4f8b\u3048.jp", "a@xn--80ak6aa92e.com"]
 )
 def test_single_script_and_japanese_labels_are_accepted(raw: str) -> None:
-    from dispatcher.domain.validation import check_email
-
     value, problem = check_email(raw, file="f", where="w", field="email[0]")
     assert problem is None and value is not None
 
@@ -726,10 +709,6 @@ def test_sender_from_tricks_are_refused(tmp_path: Path, old: str, new: str, fiel
 
 
 def preview(path: Path, out: Path) -> tuple[int, str]:
-    from typer.testing import CliRunner
-
-    from dispatcher.processes.cli import app
-
     result = CliRunner().invoke(
         app, ["campaign", "preview", str(path), "--pdf", str(out / "out.pdf"), "--eml", str(out / "out.eml")]
     )
