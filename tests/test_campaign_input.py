@@ -258,7 +258,7 @@ def test_bad_choice_and_unknown_key_do_not_hide_content_errors(tmp_path: Path) -
     problems = shape_and_content(path)
     assert [(p.where, p.field, p.message, p.suggestion) for p in problems] == [
         ("campaign.urgency", "", "'high' is not one of 'normal', 'urgent'", None),
-        ("campaign.route_ordr", "", "unknown key 'route_ordr' in [campaign]", "route_order"),
+        ("campaign.route_ordr", "", "unknown key 'route_ordr' in table 'campaign'", "route_order"),
         (
             "cc[0] (Guo Shengkun)",
             "timezone",
@@ -274,7 +274,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) 
     [problem] = shape_and_content(path)
     assert (problem.where, problem.message, problem.suggestion) == (
         "supporters.zzz",
-        "unknown key 'zzz' in [supporters] (its keys: csv)",
+        "unknown key 'zzz' in table 'supporters' (its keys: csv)",
         None,
     )
 
@@ -349,7 +349,7 @@ def test_letter_with_both_template_and_body(tmp_path: Path) -> None:
 
 
 def test_validate_command_prints_shape_and_content_errors_together(tmp_path: Path) -> None:
-    path = campaign(tmp_path / "c", {'urgency = "urgent"': 'urgency = "high"', **GUO_TIMEZONE})
+    path = campaign(tmp_path / "c", {'urgency = "urgent"': 'urgency = "high"\nurgncy = 1', **GUO_TIMEZONE})
     result = subprocess.run(
         [sys.executable, "-m", "dispatcher", "campaign", "validate", str(path)],
         env={**os.environ, "COLUMNS": "300"},
@@ -359,6 +359,7 @@ def test_validate_command_prints_shape_and_content_errors_together(tmp_path: Pat
     )
     assert result.returncode == 1
     assert "campaign.urgency: 'high' is not one of 'normal', 'urgent'" in result.stderr
+    assert "campaign.urgncy: unknown key 'urgncy' in table 'campaign' (did you mean urgency?)" in result.stderr
     assert "cc[0] (Guo Shengkun): timezone: unknown timezone 'Asia/Shangai'" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -157,8 +157,8 @@ def _unknown_key(loc: Loc) -> tuple[str, str | None]:
         place = "at the top level"
     elif isinstance(parent[-1], int):
         place = f"in {location(parent)}"
-    else:
-        place = f"in [{location(parent)}]"
+    else:  # quoted, not in brackets: the command line prints with rich, which reads "[name]" as markup
+        place = f"in table {location(parent)!r}"
     model = _model_at(parent)
     known = sorted(model.model_fields) if model is not None else []
     close = difflib.get_close_matches(key, known, n=1)
