@@ -10,11 +10,12 @@ from __future__ import annotations
 import tomllib
 from datetime import datetime, time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dispatcher.domain.errors import CampaignFileError, Problem
+from dispatcher.domain.input_files import TEMPLATE_MAX_BYTES, read_campaign_text, read_named_file
 
 
 class _Strict(BaseModel):
@@ -100,31 +101,53 @@ class CampaignSpec(_Strict):
 
 
 def load_spec(path: Path) -> CampaignSpec:
-    """Read and shape-check a campaign file; raise CampaignFileError listing every problem."""
+    """Read and shape-check a campaign file; raise CampaignFileError listing every problem.
+
+    When the shape is wrong, the sections that can still be read are validated too, so the error lists
+    the shape problems and the content problems of the rest of the file together.
+    """
+    text = read_campaign_text(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CampaignFileError([Problem(file=str(path), where="", message="file not found")]) from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise CampaignFileError([Problem(file=str(path), where="", message=f"not valid TOML: {err}")]) from err
     try:
         return CampaignSpec.model_validate(data)
     except ValidationError as err:
-        problems = [Problem(file=str(path), where=_location(e["loc"]), message=e["msg"]) for e in err.errors()]
-        raise CampaignFileError(problems) from err
+        raise CampaignFileError(_every_problem(err, data, path)) from err
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+def _every_problem(err: ValidationError, data: dict[str, Any], path: Path) -> list[Problem]:
+    """The shape problems, then the content problems of the sections whose shape is usable."""
+    # Imported here: both modules import this one for its models.
+    from dispatcher.domain.shape import shape_problems, usable_sections
+    from dispatcher.domain.validation import validate_sections
+
+    report = validate_sections(usable_sections(data), file=path)
+    return [*shape_problems(err, file=str(path)), *report.problems]
 
 
-def letter_source(spec: CampaignSpec, base: Path) -> tuple[str, str]:
+def letter_source(spec: CampaignSpec, base: Path, *, file: str | None = None) -> tuple[str, str]:
     """The letter template's name and source: the file named in ``letter.template`` (relative to the
-    campaign file's folder) or the inline ``letter.body``."""
-    if spec.letter.template:
-        path = base / spec.letter.template
-        return str(path), path.read_text(encoding="utf-8")
-    return "letter.body", spec.letter.body or ""
+    campaign file's folder, and inside it) or the inline ``letter.body``.
+
+    A template that cannot be read (outside the folder, not a regular file, over 256 KiB, not UTF-8)
+    raises a CampaignFileError whose Problem names ``file`` (the campaign file; its folder if not given).
+    """
+    return read_letter(spec.letter, base, file=file or str(base))
+
+
+def read_letter(letter: LetterSpec, base: Path, *, file: str) -> tuple[str, str]:
+    """:func:`letter_source` for the ``[letter]`` section alone."""
+    if letter.template:
+        source = read_named_file(
+            base,
+            letter.template,
+            limit=TEMPLATE_MAX_BYTES,
+            what="a template",
+            campaign_file=file,
+            where="letter",
+            field="template",
+        )
+        return str(base / letter.template), source
+    return "letter.body", letter.body or ""

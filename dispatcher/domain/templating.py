@@ -14,10 +14,10 @@ from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.errors import TemplateProblemError
+from dispatcher.domain.template_sandbox import MAX_TEXT, LetterSandbox, TemplateLimitError, rendering_budget
 
 _MONTHS = (
     "January",
@@ -37,7 +37,9 @@ _MONTHS = (
 # Errors a template expression can raise at render time besides Jinja's own (e.g. ``{{ 1 / 0 }}``).
 _RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError)
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_LIMIT = "over a limit of the letter template"
+
+_ENV = LetterSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 def compile_letter(source: str, *, name: str) -> jinja2.Template:
@@ -46,17 +48,51 @@ def compile_letter(source: str, *, name: str) -> jinja2.Template:
         code = _ENV.compile(source, name=name, filename=name)
     except jinja2.TemplateSyntaxError as err:
         raise TemplateProblemError(f"syntax error: {err.message}", line=err.lineno, template=name) from err
+    except (RecursionError, SyntaxError) as err:  # Jinja's parser or Python's compiler, past their depth
+        raise TemplateProblemError("expressions nested too deeply to compile", template=name) from err
     return _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None))
 
 
 def render_letter(template: jinja2.Template, context: Mapping[str, Any]) -> str:
-    """Render a compiled letter; undefined names, sandbox refusals and expression errors name their line."""
+    """Render a compiled letter within the sandbox's limits of time and memory (see
+    :mod:`dispatcher.domain.template_sandbox`); undefined names, sandbox refusals, limits and expression
+    errors name their line."""
     name = template.filename or template.name or "letter"
     try:
-        return template.render(context)
+        with rendering_budget():
+            return _bounded_output(template, context, name=name)
+    except RecursionError as err:
+        message = "calls nested too deeply (a macro that calls itself?)"
+        raise TemplateProblemError(message, line=_template_line(err.__traceback__, name), template=name) from err
     except _RENDER_ERRORS as err:
         line = _template_line(err.__traceback__, name)
         raise TemplateProblemError(_describe(err), line=line, template=name) from err
+
+
+def _bounded_output(template: jinja2.Template, context: Mapping[str, Any], *, name: str) -> str:
+    """The letter, refused as soon as it grows past ``MAX_TEXT`` characters."""
+    chunks: list[str] = []
+    size = 0
+    stream = template.generate(context)
+    for chunk in stream:
+        size += len(chunk)
+        if size > MAX_TEXT:
+            line = _suspended_line(stream, template)
+            message = f"{_LIMIT}: the letter would be longer than {MAX_TEXT} characters"
+            raise TemplateProblemError(message, line=line, template=name)
+        chunks.append(chunk)
+    return "".join(chunks)
+
+
+def _suspended_line(stream: object, template: jinja2.Template) -> int | None:
+    """The template line where a paused rendering stands (its innermost generator from the template)."""
+    line = None
+    while stream is not None:
+        frame = getattr(stream, "gi_frame", None)
+        if frame is not None and frame.f_code.co_filename == template.filename:
+            line = template.get_corresponding_lineno(frame.f_lineno)
+        stream = getattr(stream, "gi_yieldfrom", None)
+    return line
 
 
 def _template_line(tb: TracebackType | None, filename: str) -> int | None:
@@ -71,6 +107,8 @@ def _template_line(tb: TracebackType | None, filename: str) -> int | None:
 
 def _describe(err: Exception) -> str:
     """A short reason for the campaign author, saying which kind of problem it is."""
+    if isinstance(err, TemplateLimitError):
+        return f"{_LIMIT}: {err}"
     if isinstance(err, SecurityError):
         return f"refused by the template sandbox: {err}"
     if isinstance(err, jinja2.UndefinedError):

@@ -1,28 +1,29 @@
 """Semantic validation of a campaign: every problem at once, each naming file, addressee and field.
 
-Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country, emails checked with
-``email-validator`` (syntax only: no DNS lookups, which would make validation depend on the network),
-timezones against the IANA database, and the letter template rendered once in the sandbox.
+Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country (:mod:`.numbers`), emails
+checked with ``email-validator`` (:mod:`.emails`; syntax only: no DNS lookups, which would make
+validation depend on the network), timezones against the IANA database, free text for control
+characters (:mod:`.characters`), and the letter template rendered once in the sandbox.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel
 
-from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, letter_source
-from dispatcher.domain.errors import Problem, TemplateProblemError
-
-# International dialling prefixes that people type after a "+" by mistake ("+011 10 ...", "+00 44 ...").
-IDD_PREFIXES = ("0011", "011", "010", "001", "002", "00", "810")
+from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpec, LetterSpec, Sender, read_letter
+from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_in_line, unsafe_in_text
+from dispatcher.domain.emails import check_email
+from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
+from dispatcher.domain.numbers import check_number, same_number
+from dispatcher.domain.shape import Sections
+from dispatcher.domain.supporters_csv import SupporterRow, read_supporters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,14 +31,6 @@ class RouteCheck:
     channel: str  # "fax" | "email"
     raw_value: str
     value: str | None  # normalised (E.164 / email) when valid
-    problem: Problem | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class SupporterRow:
-    line: int
-    email: str
-    name: str | None
     problem: Problem | None = None
 
 
@@ -60,28 +53,93 @@ class Report:
     def ok(self) -> bool:
         return not self.errors
 
+    def shared_errors(self) -> list[Problem]:
+        """The errors that no single route or supporter row carries: leaving routes and rows out (as
+        ``campaign load --skip-invalid`` does) does not remove them."""
+        carried = {id(r.problem) for routes in self.routes.values() for r in routes if r.problem}
+        carried |= {id(s.problem) for s in self.supporters if s.problem}
+        return [p for p in self.errors if id(p) not in carried]
+
 
 def validate(spec: CampaignSpec, *, file: Path) -> Report:
     """Validate everything in ``spec``; paths in it are relative to the campaign file's folder."""
+    return validate_sections(Sections.of(spec), file=file)
+
+
+def validate_sections(sections: Sections, *, file: Path) -> Report:
+    """Validate the sections of a campaign file that have a usable shape (all of them for a valid file).
+
+    Problems about values that were left out for their shape (``sections.unread``) are not reported:
+    the shape problem already names them, and e.g. "no usable route" would be wrong for an addressee
+    whose fax list was not read.
+    """
     report = Report(file=str(file))
     base = file.parent
-    _check_sender(spec, report)
-    for role, people in (("to", spec.to), ("cc", spec.cc)):
-        for index, person in enumerate(people):
-            report.routes[(role, index)] = _check_addressee(person, role, index, spec, report)
-    _check_schedule(spec, report)
-    _check_template(spec, base, report)
-    if spec.supporters is not None:
-        report.supporters = _check_supporters(base / spec.supporters.csv, report)
+    for section, place in ((sections.campaign, "campaign"), (sections.sender, "sender"), (sections.letter, "letter")):
+        if section is not None:
+            _check_lines(section, place, report)
+    if sections.sender is not None:
+        _check_sender(sections.sender, report)
+    order = sections.campaign.route_order if sections.campaign is not None else "fax-first"
+    for role, people in (("to", sections.to), ("cc", sections.cc)):
+        for index, person in people.items():
+            report.routes[(role, index)] = _check_addressee(person, role, index, order, report)
+    if sections.campaign is not None:
+        _check_schedule(sections.campaign, report)
+    if sections.letter is not None:
+        _check_template(sections.letter, sections.letter_spec(), base, report)
+    if sections.supporters is not None:
+        report.supporters, problems = read_supporters(base, sections.supporters.csv, campaign_file=report.file)
+        report.problems.extend(problems)
+    report.problems = [p for p in report.problems if not _about_unread(p, sections.unread)]
     return report
 
 
+def _about_unread(problem: Problem, unread: frozenset[str]) -> bool:
+    """Whether ``problem`` is about a value that was left out for its shape."""
+    owner = problem.where.split(" (", 1)[0]
+    paths = [f"{owner}.{name}" for name in problem.field.split("/")] if problem.field else [owner]
+    return any(path == gone or path.startswith((f"{gone}.", f"{gone}[")) for path in paths for gone in unread)
+
+
 def where(role: str, index: int, person: AddresseeSpec) -> str:
-    return f"{role}[{index}] ({person.name})"
+    """How problems name an addressee: "to[0] (Xi Jinping)", control characters in the name escaped."""
+    return f"{role}[{index}] ({printable(person.name)})"
 
 
-def _check_sender(spec: CampaignSpec, report: Report) -> None:
-    sender = spec.sender
+# The free-text fields of each section: one line each (a list holds one line per item).
+_LINE_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
+    Campaign: ("title",),
+    Sender: ("organisation", "signatory", "signatory_title", "address"),
+    LetterSpec: ("subject",),
+    AddresseeSpec: ("name", "title", "organisation", "salutation", "address"),
+}
+
+
+def _check_lines(section: BaseModel, place: str, report: Report) -> None:
+    """Refuse control characters and bidirectional controls in the section's free-text fields."""
+    for name in _LINE_FIELDS[type(section)]:
+        value = getattr(section, name)
+        items = [(name, value)] if isinstance(value, str) else [(f"{name}[{i}]", v) for i, v in enumerate(value or [])]
+        for label, text in items:
+            what = unsafe_in_line(text)
+            if what:
+                report.problems.append(
+                    Problem(file=report.file, where=place, field=label, message=f"contains {what}: {IN_LINE}")
+                )
+
+
+# What makes a From display name look like an address: "@", "<", ">" and their full-width and small forms.
+_ADDRESS_MARKS = "@<>\uff20\uff1c\uff1e\ufe6b\ufe64\ufe65"
+
+
+def _check_sender(sender: Sender, report: Report) -> None:
+    if any(mark in sender.organisation for mark in _ADDRESS_MARKS):
+        message = (
+            f"{sender.organisation!r} is the display name of every email's From: it must not look like an address "
+            "(no '@', '<' or '>', nor their full-width forms)"
+        )
+        report.problems.append(Problem(file=report.file, where="sender", field="organisation", message=message))
     _, problem = check_number(
         sender.fax_caller_id, sender.country, file=report.file, where="sender", field="fax_caller_id"
     )
@@ -95,10 +153,9 @@ def _check_sender(spec: CampaignSpec, report: Report) -> None:
                 report.problems.append(problem)
 
 
-def _check_addressee(
-    person: AddresseeSpec, role: str, index: int, spec: CampaignSpec, report: Report
-) -> list[RouteCheck]:
+def _check_addressee(person: AddresseeSpec, role: str, index: int, order: str, report: Report) -> list[RouteCheck]:
     place = where(role, index, person)
+    _check_lines(person, place, report)
     if person.country.upper() not in phonenumbers.SUPPORTED_REGIONS:
         message = f"unknown country code {person.country!r} (use ISO 3166 alpha-2, e.g. 'CN')"
         report.problems.append(Problem(file=report.file, where=place, field="country", message=message))
@@ -106,10 +163,12 @@ def _check_addressee(
     faxes = [_fax_route(raw, person, place, i, report) for i, raw in enumerate(person.fax)]
     emails = [_email_route(raw, place, i, report) for i, raw in enumerate(person.email)]
     for i, raw in enumerate(person.phone):
-        _, problem = check_number(raw, person.country, file=report.file, where=place, field=f"phone[{i}]")
+        _, problem = check_number(
+            raw, person.country, file=report.file, where=place, field=f"phone[{i}]", extension_allowed=True
+        )
         if problem:  # a telephone number is a contact detail, never a route: a warning only
             report.problems.append(_as_warning(problem))
-    routes = faxes + emails if spec.campaign.route_order == "fax-first" else emails + faxes
+    routes = faxes + emails if order == "fax-first" else emails + faxes
     if not any(r.value for r in routes):
         report.problems.append(
             Problem(
@@ -138,62 +197,30 @@ def _email_route(raw: str, place: str, i: int, report: Report) -> RouteCheck:
 
 
 def _check_duplicates(routes: list[RouteCheck], place: str, report: Report) -> None:
-    seen: set[str] = set()
+    """Report a route that repeats an earlier one of the same addressee, however it is written.
+
+    A number refused with a suggestion (an exit prefix, vanity letters) counts as the number suggested,
+    so "011 86 10 6520 5866" beside "+86 10 6520 5866" is a duplicate as well as an error.
+    """
+    seen: dict[str, tuple[str, str]] = {}  # E.164 number or address -> (field, as written)
+    counts = {"fax": 0, "email": 0}
     for route in routes:
-        if route.value and route.value in seen:
-            report.problems.append(
-                Problem(
-                    file=report.file, where=place, field=route.channel, message=f"{route.raw_value!r} is listed twice"
-                )
-            )
-        if route.value:
-            seen.add(route.value)
-
-
-def check_number(raw: str, country: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
-    """Parse ``raw`` to E.164 in ``country``; on failure a Problem, with a suggestion when one is sound."""
-    region = country.upper()
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as err:
-        return None, _number_problem(raw, region, str(err), file=file, where=where, field=field)
-    if not phonenumbers.is_valid_number(number):
-        shown = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-        reason = f"not a valid number (parsed as {shown})"
-        return None, _number_problem(raw, region, reason, file=file, where=where, field=field)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
-
-
-def _number_problem(raw: str, region: str, reason: str, *, file: str, where: str, field: str) -> Problem:
-    digits = "".join(ch for ch in raw if ch.isdigit())
-    prefix = next((p for p in IDD_PREFIXES if raw.strip().startswith("+") and digits.startswith(p)), None)
-    suggestion = _suggest_number(digits[len(prefix) :], region) if prefix else None
-    if prefix:
-        message = f"{raw!r} is not a valid number: '+{prefix}' is an international dialling prefix, not a country code"
-    else:
-        message = f"{raw!r} is {reason}" if reason.startswith("not") else f"{raw!r} is not a valid number: {reason}"
-    return Problem(file=file, where=where, field=field, message=message, suggestion=suggestion)
-
-
-def _suggest_number(rest: str, region: str) -> str | None:
-    """What the writer probably meant: the rest as an international number, or national in ``region``."""
-    for text, default in ((f"+{rest}", None), (rest, region)):
-        try:
-            number = phonenumbers.parse(text, default)
-        except phonenumbers.NumberParseException:
+        label = f"{route.channel}[{counts[route.channel]}]"
+        counts[route.channel] += 1
+        key = route.value or (_meant_number(route.problem) if route.channel == "fax" else None)
+        if key is None:
             continue
-        if phonenumbers.is_valid_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    return None
+        if key in seen:
+            first, written = seen[key]
+            kind = "number" if route.channel == "fax" else "address"
+            message = f"{route.raw_value!r} is listed twice: it is the same {kind} as {first} ({written!r})"
+            report.problems.append(Problem(file=report.file, where=place, field=label, message=message))
+        else:
+            seen[key] = (label, route.raw_value)
 
 
-def check_email(raw: str, *, file: str, where: str, field: str) -> tuple[str | None, Problem | None]:
-    try:
-        result = validate_email(raw, check_deliverability=False)
-    except EmailNotValidError as err:
-        message = f"{raw!r} is not a valid email address: {err}"
-        return None, Problem(file=file, where=where, field=field, message=message)
-    return result.normalized, None
+def _meant_number(problem: Problem | None) -> str | None:
+    return same_number(problem.suggestion) if problem is not None and problem.suggestion else None
 
 
 def _check_timezone(name: str, place: str, report: Report) -> None:
@@ -212,8 +239,7 @@ def _check_timezone(name: str, place: str, report: Report) -> None:
         )
 
 
-def _check_schedule(spec: CampaignSpec, report: Report) -> None:
-    campaign = spec.campaign
+def _check_schedule(campaign: Campaign, report: Report) -> None:
     if campaign.schedule.mode == "at" and campaign.schedule.at is None:
         report.problems.append(
             Problem(
@@ -239,76 +265,34 @@ def _check_schedule(spec: CampaignSpec, report: Report) -> None:
         )
 
 
-def _check_template(spec: CampaignSpec, base: Path, report: Report) -> None:
+def _check_template(letter: LetterSpec, spec: CampaignSpec | None, base: Path, report: Report) -> None:
+    """Compile the letter template, and render it once with ``spec`` (None: a part it sees is unusable)."""
     from dispatcher.domain.templating import compile_letter, letter_context, render_letter
 
     try:
-        name, source = letter_source(spec, base)
-    except OSError as err:
-        report.problems.append(
-            Problem(
-                file=report.file,
-                where="letter",
-                field="template",
-                message=f"cannot read the template: {err.strerror or err}",
-            )
-        )
+        name, source = read_letter(letter, base, file=report.file)
+    except CampaignFileError as err:
+        report.problems.extend(err.problems)
         return
     report.template_name, report.template_source = name, source
+    unsafe = unsafe_in_text(source)
+    if unsafe:
+        report.problems.append(
+            Problem(
+                file=name,
+                where="letter template",
+                field=f"line {unsafe[0]}",
+                message=f"contains {unsafe[1]}: {IN_LETTER}",
+            )
+        )
     try:
         template = compile_letter(source, name=name)
-        render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
+        if spec is not None:
+            render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
     except TemplateProblemError as err:
         line = f"line {err.line}" if err.line is not None else ""
         reason = str(err.args[0]).split(": ", 1)[-1]
         report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
-
-
-def _check_supporters(path: Path, report: Report) -> list[SupporterRow]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        report.problems.append(Problem(file=str(path), where="supporters", message=f"cannot read the CSV: {err}"))
-        return []
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-        report.problems.append(
-            Problem(
-                file=str(path),
-                where="line 1",
-                field="header",
-                message="the CSV needs a header with an 'email' column (and optionally 'name')",
-            )
-        )
-        return []
-    return _supporter_rows(reader, path, report)
-
-
-def _supporter_rows(reader: csv.DictReader[str], path: Path, report: Report) -> list[SupporterRow]:
-    rows: list[SupporterRow] = []
-    seen: set[str] = set()
-    for row in reader:
-        line = reader.line_num
-        cells = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
-        raw = cells.get("email", "")
-        value, problem = check_email(raw, file=str(path), where=f"line {line}", field="email")
-        if value and value.lower() in seen:
-            report.problems.append(
-                Problem(
-                    file=str(path),
-                    where=f"line {line}",
-                    field="email",
-                    severity="warning",
-                    message="this address appears on an earlier line; one copy is sent",
-                )
-            )
-            continue
-        if problem:
-            report.problems.append(problem)
-        if value:
-            seen.add(value.lower())
-        rows.append(SupporterRow(line=line, email=value or raw, name=cells.get("name") or None, problem=problem))
-    return rows
 
 
 def _as_warning(problem: Problem) -> Problem:

@@ -85,8 +85,10 @@ def campaign_preview(
     from dispatcher.domain.rendering.preview import write_preview
 
     spec, report = _read(file)
-    if report.template_source == "" and not report.ok:
-        _print_problems(report.errors)
+    _print_problems(report.problems)
+    shared = report.shared_errors()  # an invalid route or CSV row is only left out, as in a load
+    if shared:
+        err_console.print(f"preview refused: {len(shared)} error(s) that `campaign load --skip-invalid` refuses too")
         raise typer.Exit(1)
     written = write_preview(spec, file.parent, pdf_path=pdf, eml_path=eml)
     for line in written:
