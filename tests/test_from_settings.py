@@ -18,7 +18,7 @@ SETTINGS = load_settings(
     retry_base_seconds=3.0,
     retry_cap_seconds=30.0,
     max_attempts=5,
-    lease_seconds=420.0,
+    lease_seconds=720.0,  # above the task time limit (660 s), as the settings require
     fax_gap_seconds=45.0,
     reconcile_grace_seconds=12.0,
     batch_budget_seconds=100.0,
@@ -66,13 +66,13 @@ def test_worker_context_from_settings() -> None:
     worker = WorkerContext.from_settings(SETTINGS, factory=None, gateways={})  # type: ignore[arg-type]
     assert worker.retry == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5)
     assert (worker.lease, worker.fax_gap, worker.reconcile_grace, worker.batch_budget) == (
-        timedelta(seconds=420),
+        timedelta(seconds=720),
         timedelta(seconds=45),
         timedelta(seconds=12),
         timedelta(seconds=100),
     )
     quick = WorkerContext.from_settings(SETTINGS, factory=None, gateways={}, fax_gap=timedelta(0))  # type: ignore[arg-type]
-    assert (quick.fax_gap, quick.lease) == (timedelta(0), timedelta(seconds=420))
+    assert (quick.fax_gap, quick.lease) == (timedelta(0), timedelta(seconds=720))
 
 
 def test_the_lease_is_the_settings_fifteen_minutes_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -16,17 +16,17 @@ from dispatcher.domain.ledger import Due, Finished, Planned
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
 
-from .test_planning import FIXED, load
-from .test_validation import write_campaign
+from .builders import build_campaign
+from .test_planning import load
 
 AT = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 SMTP_REPLY = "550 5.1.1 <ada.supporter@example.org>: recipient unknown"
 
 
 @pytest.fixture
-def loaded(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> dict[str, int]:
+def loaded(factory: sessionmaker[Session], tmp_path: Path) -> dict[str, int]:
     """The fixed example campaign, loaded: delivery ids by destination."""
-    load(factory, write_campaign(tmp_path, example_file, FIXED))
+    load(factory, build_campaign(tmp_path))
     with factory() as session:
         return dict(session.execute(select(Delivery.destination, Delivery.id)).all())  # type: ignore[arg-type]
 

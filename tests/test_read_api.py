@@ -18,10 +18,12 @@ from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.validation import validate
 from dispatcher.processes.api import WebContext, create_app
 
-from .test_validation import write_campaign
+from .builders import build_campaign, xi_jinping
 
 CAMPAIGN = "north-korean-refugees-2015"
 BAD_ADDRESS = "ada.supporter@example"  # no dot after the @: invalid, yet plainly an address
+# the seed keeps its malformed second fax number: a route skipped at load
+SEED_FAXES = ["+86 10 6307 0900", "+011 10 6238 1025"]
 SUPPORTERS = f"email,name\ngrace.supporter@example.net,Grace Hopper\n{BAD_ADDRESS},Ada Lovelace\n"
 
 
@@ -44,10 +46,10 @@ def load_skipping_invalid(factory: sessionmaker[Session], path: Path) -> None:
 
 
 def test_a_skipped_supporter_row_shows_its_line_not_its_address_or_the_csv_path(
-    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     # the seed keeps its malformed fax number (a skipped route) and the CSV has one invalid row
-    path = write_campaign(tmp_path, example_file, supporters=SUPPORTERS)
+    path = build_campaign(tmp_path, csv_text=SUPPORTERS, to=[xi_jinping(fax=SEED_FAXES)])
     load_skipping_invalid(factory, path)
     response = client(factory).get(f"/api/campaigns/{CAMPAIGN}/deliveries")
     assert response.status_code == 200
@@ -62,9 +64,9 @@ def test_a_skipped_supporter_row_shows_its_line_not_its_address_or_the_csv_path(
 
 
 def test_no_stored_reason_keeps_a_supporter_address_or_a_file_path(
-    factory: sessionmaker[Session], tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    path = write_campaign(tmp_path, example_file, supporters=SUPPORTERS)
+    path = build_campaign(tmp_path, csv_text=SUPPORTERS, to=[xi_jinping(fax=SEED_FAXES)])
     load_skipping_invalid(factory, path)
     with factory() as session:
         reasons = list(session.scalars(select(DeliveryEvent.reason)))

@@ -15,7 +15,7 @@ from dispatcher.domain.models import Delivery
 from dispatcher.domain.scheduling import SchedulerConfig, claim_due, tick
 from workers.delivery import WorkerContext, deliver
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign
 from .conftest import SETTINGS, Sandbox, schedule_campaign, states
 
 DEADLINE = datetime(2030, 1, 1, tzinfo=UTC)
@@ -24,16 +24,9 @@ REASON = "campaign deadline 2030-01-01T00:00:00+00:00 passed before it could be 
 
 
 def test_at_the_deadline_the_worker_and_the_scheduler_both_stop(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    path = write_campaign(
-        tmp_path,
-        example_file,
-        {
-            "+011 10 6238 1025": "+86 10 6238 1025",
-            'route_order = "fax-first"': 'route_order = "fax-first"\ndeadline = 2030-01-01T00:00:00+00:00',
-        },
-    )
+    path = build_campaign(tmp_path, deadline=DEADLINE)
     schedule_campaign(factory, path, at=DEADLINE - timedelta(hours=1))
     with transaction(factory) as session:
         queued = {c.destination: c.id for c in claim_due(session, now=DEADLINE - timedelta(minutes=30), limit=100)}

@@ -26,19 +26,20 @@ from dispatcher.domain.media import media_url
 from dispatcher.domain.messages import Message, Receipt
 from dispatcher.domain.models import Attempt, Delivery, utcnow
 from dispatcher.domain.scheduling import claim_due
+from dispatcher.domain.settings import load_settings
 from workers.delivery import WorkerContext, deliver
 from workers.gateways.fax.telnyx import TelnyxGateway, TelnyxSettings
 from workers.limits import RedisLimiter
 from workers.reconcile import reconcile
+from workers.runtime import shared_limits
 from workers.sandbox.server import free_port
 
-from ..test_validation import write_campaign
+from ..builders import build_campaign
 from .conftest import Sandbox, schedule_campaign, worker_context
 
 pytestmark = pytest.mark.timeout(60)
 
 WANG = "+861065591516"
-FIXED = {"+011 10 6238 1025": "+86 10 6238 1025"}
 PERSONAL = "wang.yi@example.org"  # what an exception's text could carry; it must not be stored
 
 
@@ -105,8 +106,8 @@ def worker_with(
     fax.close()
 
 
-def wang_queued(factory: sessionmaker[Session], tmp_path: Path, example_file: Path) -> int:
-    schedule_campaign(factory, write_campaign(tmp_path, example_file, FIXED))
+def wang_queued(factory: sessionmaker[Session], tmp_path: Path) -> int:
+    schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:
         due = {d.destination: d.id for d in claim_due(session, now=utcnow() + timedelta(seconds=5), limit=100)}
     return due[WANG]
@@ -130,10 +131,9 @@ def test_a_bug_after_the_provider_took_the_fax_is_unknown_then_reconciled_as_sen
     sandbox: Sandbox,
     clock: Clock,
     tmp_path: Path,
-    example_file: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    wang = wang_queued(factory, tmp_path, example_file)
+    wang = wang_queued(factory, tmp_path)
     with worker_with(BugAfterTheRequest, factory, sandbox, clock) as worker:
         with caplog.at_level(logging.ERROR, logger="workers.delivery"):
             assert deliver(worker, wang) == "unknown"
@@ -153,9 +153,9 @@ def test_a_bug_after_the_provider_took_the_fax_is_unknown_then_reconciled_as_sen
 
 
 def test_a_bug_before_any_request_is_unknown_then_reconciled_as_not_sent(
-    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path
 ) -> None:
-    wang = wang_queued(factory, tmp_path, example_file)
+    wang = wang_queued(factory, tmp_path)
     with worker_with(BugBeforeTheRequest, factory, sandbox, clock) as worker:
         assert deliver(worker, wang) == "unknown"
         assert row(factory, wang)[0] == "unknown"
@@ -169,9 +169,9 @@ def test_a_bug_before_any_request_is_unknown_then_reconciled_as_not_sent(
 
 
 def test_the_time_limit_mid_send_records_unknown_before_the_task_ends(
-    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path
 ) -> None:
-    wang = wang_queued(factory, tmp_path, example_file)
+    wang = wang_queued(factory, tmp_path)
     with worker_with(TimeLimitMidSend, factory, sandbox, clock) as worker:
         with pytest.raises(SoftTimeLimitExceeded):
             deliver(worker, wang)
@@ -184,11 +184,13 @@ def test_the_time_limit_mid_send_records_unknown_before_the_task_ends(
 
 
 def test_limits_that_cannot_be_taken_send_nothing_and_wait_without_counting_an_attempt(
-    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path, example_file: Path
+    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path
 ) -> None:
     """The shared limits' Redis is down (a closed port): the gateway is never called, so nothing left."""
-    wang = wang_queued(factory, tmp_path, example_file)
-    unreachable = RedisLimiter(redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1))
+    wang = wang_queued(factory, tmp_path)
+    unreachable = RedisLimiter(
+        redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1), shared_limits(load_settings())
+    )
     with worker_with(BugAfterTheRequest, factory, sandbox, clock) as worker:
         worker.limiter = unreachable
         assert deliver(worker, wang) == "transient"
