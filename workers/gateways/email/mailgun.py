@@ -14,8 +14,8 @@ Followed, field by field (mailgun/documentation, ``source/*.rst``, and documenta
   compared in constant time, optionally refusing reused tokens and stale timestamps; webhook payload
   ``{"signature": {timestamp, token, signature}, "event-data": {...}}``.
 - ``api-events.rst``: ``GET /v3/{domain}/events`` with ``begin``, ``ascending``, ``limit`` (300 max),
-  filter fields (``message-id``, ``event``, ...; user variables are *not* a documented filter, so
-  :meth:`MailgunGateway.find_by_reference` filters pages client-side unless given the Message-ID),
+  filter fields (``message-id``, ``recipient``, ``event``, ...; user variables are *not* a documented
+  filter, so lookups by reference match pages here, narrowed by ``recipient`` and ``begin``),
   ``paging.next`` until an empty page; event types and ``severity`` temporary|permanent.
 - django-anymail ``backends/mailgun.py``, ``webhooks/mailgun.py`` and ``tests/test_mailgun_webhooks.py``
   (captured delivered / failed permanent / failed temporary / complained payloads).
@@ -41,7 +41,7 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, check_fresh, lookup_object, webhook_json
 from workers.gateways.errors import (
     DeliveryError,
@@ -115,9 +115,9 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, email: EmailMessage) -> Receipt:
         """``POST /v3/{domain}/messages`` as multipart form data; 200 "Queued. Thank you." is acceptance."""
-        email = self.email(message)
+        self.check_recipients(email)
         files = [("attachment", (a.filename, a.content, a.content_type)) for a in email.attachments]
         response = self.call("POST", self._domain_path("messages"), data=self.form(email), files=files or None)
         if not response.is_success:
@@ -188,7 +188,7 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     # -- Events API lookups ----------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """The newest tracked event of this message (``GET /v3/{domain}/events?message-id=``)."""
         events = [e for e in self._events({"message-id": provider_id}) if e.get("event") in TRACKED]
         if not events:
@@ -198,14 +198,16 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
             raise StatusLookupError(f"{PROVIDER}: the newest event of {provider_id} is not tracked")
         return event
 
-    def find_by_reference(self, reference: str, *, message_id: str | None = None) -> StatusEvent | None:
-        """Our message by ``user-variables.reference``; with our Message-ID the Events API filters it.
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """Our message by ``user-variables.reference``, narrowed by ``recipient`` = ``to`` and ``begin`` =
+        ``sent_after`` (else the last ``reconcile_days``).
 
-        Without it, events of the last ``reconcile_days`` are read page by page (user variables are not a
-        documented filter). None only after every page was read; too many pages -> StatusLookupError.
+        User variables are not a documented Events API filter, so pages are read and matched here. None
+        only after every page was read; too many pages -> StatusLookupError.
         """
-        params = {"message-id": message_id.strip("<>")} if message_id else {}
-        ours = [e for e in self._events(params) if _reference(e) == reference and e.get("event") in TRACKED]
+        filters = {"recipient": to} if to else {}
+        ours = [e for e in self._events(filters, since=sent_after) if _reference(e) == reference]
+        ours = [e for e in ours if e.get("event") in TRACKED]
         if not ours:
             return None
         ids = {_message_id(e) for e in ours}
@@ -213,8 +215,8 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
             log.warning("mailgun: %d messages carry reference %s", len(ids), reference)
         return _event_from_data(_newest(ours))
 
-    def _events(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
-        begin = datetime.now(UTC) - timedelta(days=self.config.reconcile_days)
+    def _events(self, filters: Mapping[str, str], *, since: datetime | None = None) -> list[dict[str, Any]]:
+        begin = since or datetime.now(UTC) - timedelta(days=self.config.reconcile_days)
         params: dict[str, str | int] = {
             "begin": int(begin.timestamp()),
             "ascending": "yes",
@@ -259,7 +261,7 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify the signature block (HMAC, timestamp window, token reuse), then decode event-data."""
         payload = webhook_json(request.body, provider=PROVIDER)
         if not isinstance(payload, dict):

@@ -40,7 +40,7 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     DeliveryError,
@@ -146,9 +146,9 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, email: EmailMessage) -> Receipt:
         """``POST /email``; 200 with ``ErrorCode`` 0 is an acceptance, anything else is mapped."""
-        email = self.email(message)
+        self.check_recipients(email)
         response = self.call("POST", "/email", json=self.send_body(email))
         body = _json_or_none(response)
         code = _error_code(body)
@@ -232,7 +232,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     # -- status lookups --------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """``GET /messages/outbound/{id}/details``: the newest delivery event, else the message Status."""
         response = self.lookup("GET", f"/messages/outbound/{provider_id}/details")
         if response.status_code == 404:
@@ -240,8 +240,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         details = lookup_object(response, provider=PROVIDER)
         return self._details_event(provider_id, details)
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        """Outbound search by ``metadata_reference``; None only when Postmark knows no such message."""
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """Outbound search by ``metadata_reference``; None only when Postmark knows no such message.
+
+        The metadata filter is exact, so ``to`` and ``sent_after`` narrow nothing further."""
         params = {"count": self.config.reconcile_count, "offset": 0, "metadata_reference": reference}
         body = lookup_object(self.lookup("GET", "/messages/outbound", params=params), provider=PROVIDER)
         messages = body.get("Messages")
@@ -319,7 +321,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Check the webhook's Basic-auth credentials, then decode one Delivery/Bounce/SpamComplaint."""
         self._authenticate(request)
         payload = webhook_json(request.body, provider=PROVIDER)

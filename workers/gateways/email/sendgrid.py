@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, check_fresh, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     DeliveryError,
@@ -148,9 +148,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, email: EmailMessage) -> Receipt:
         """``POST /v3/mail/send``; 202 and ``X-Message-Id`` mean accepted."""
-        email = self.email(message)
+        self.check_recipients(email)
         response = self.call("POST", "/v3/mail/send", json=self.send_body(email))
         if not response.is_success:
             raise self._send_error(response)
@@ -218,15 +218,17 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     # -- Email Activity lookups (paid add-on) ----------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """The activity of the messages whose msg_id starts with this X-Message-Id (first recipient)."""
         messages = self._activity(f'msg_id LIKE "{_quoted(provider_id)}%"')
         if not messages:
             raise StatusLookupError(f"{PROVIDER}: no Email Activity for {provider_id} (yet)")
         return self._activity_event(messages[0], provider_id=provider_id, reference=None)
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        """The message whose custom arg ``reference`` is ours; None when SendGrid has no such message."""
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """The message whose custom arg ``reference`` is ours; None when SendGrid has no such message.
+
+        The custom-argument query is exact, so ``to`` and ``sent_after`` narrow nothing further."""
         messages = self._activity(f"unique_args['reference']=\"{_quoted(reference)}\"")
         if not messages:
             return None
@@ -286,7 +288,7 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     # -- the Signed Event Webhook ----------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify the ECDSA signature and timestamp, then decode the batch of events we track."""
         self._verify(request)
         batch = webhook_json(request.body, provider=PROVIDER)

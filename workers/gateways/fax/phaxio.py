@@ -42,7 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
@@ -186,17 +186,15 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
-        if not isinstance(message, FaxMessage):
-            raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
         response = request(
             self.client,
             "POST",
             self._url("/faxes"),
             provider=self.provider,
             auth=self._auth(),
-            data=self._send_fields(message),
-            files={"file": (f"{message.reference}.pdf", message.pdf, "application/pdf")},
+            data=self._send_fields(fax),
+            files={"file": (f"{fax.reference}.pdf", fax.pdf, "application/pdf")},
         )
         if not response.is_success:
             raise _error_for_response(response, env=env_prefix(self.name))
@@ -226,21 +224,24 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     # -- looking up ----------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         response = self._lookup("GET", f"/faxes/{provider_id}")
         fax = _json(response).get("data")
         if not isinstance(fax, dict):
             raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without data")
         return self._event(fax, kind=None, event_type="fetch", received_at=datetime.now(UTC))
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        since = (datetime.now(UTC) - LOOKUP_WINDOW).isoformat(timespec="seconds")
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """By ``tag[reference]``, narrowed to ``phone_number`` = ``to`` and ``created_after`` = ``sent_after``."""
+        since = sent_after or datetime.now(UTC) - LOOKUP_WINDOW
         params = {
             f"tag[{REFERENCE_TAG}]": reference,
             "direction": "sent",
-            "created_after": since,
+            "created_after": since.astimezone(UTC).isoformat(timespec="seconds"),
             "per_page": str(LOOKUP_PAGE_SIZE),
         }
+        if to is not None:
+            params["phone_number"] = to
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             body = _json(self._lookup("GET", "/faxes", params={**params, "page": str(page)}))
             faxes = body.get("data") or []
@@ -266,7 +267,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         fields, files = _read_form(request)
         self._verify(request, fields, files)
         values = dict(fields)

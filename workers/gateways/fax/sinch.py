@@ -46,7 +46,7 @@ import httpx
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
@@ -195,16 +195,14 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
-        if not isinstance(message, FaxMessage):
-            raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
         response = request(
             self.client,
             "POST",
             self._url("/faxes"),
             provider=self.provider,
             auth=self._auth(),
-            json=self._send_body(message),
+            json=self._send_body(fax),
         )
         if not response.is_success:
             raise _error_for_response(response, env=env_prefix(self.name))
@@ -251,18 +249,22 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     # -- looking up ----------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         fax = _json(self._lookup(f"/faxes/{quote(provider_id, safe='')}"))
         if "id" not in fax:
             raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without an id")
         return self._event(fax, event="fetch", received_at=datetime.now(UTC))
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """By ``labels.reference``, narrowed to ``to``; the listing covers Sinch's default range (the prior
+        week), so ``sent_after`` narrows nothing here."""
         params = {
             "direction": "OUTBOUND",
             "labels": json.dumps({REFERENCE_LABEL: reference}),
             "pageSize": str(LOOKUP_PAGE_SIZE),
         }
+        if to is not None:
+            params["to"] = to
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             body = _json(self._lookup("/faxes", params={**params, "page": str(page)}))
             for fax in body.get("faxes") or []:
@@ -286,7 +288,7 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         self._authenticate(request)
         payload = _read_json(request)
         event = payload.get("event")

@@ -41,7 +41,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import (
     EventKind,
     FaxMessage,
-    Message,
     Receipt,
     StatusEvent,
     WebhookRequest,
@@ -217,21 +216,19 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
-        """``POST /v2/faxes``; Telnyx fetches the document from ``message.media_url`` itself."""
-        if not isinstance(message, FaxMessage):
-            raise Permanent(f"{PROVIDER}: only faxes can be sent through this gateway", code="channel")
-        if message.media_url is None:
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
+        """``POST /v2/faxes``; Telnyx fetches the document from ``fax.media_url`` itself."""
+        if fax.media_url is None:
             raise Permanent(
                 f"{PROVIDER}: no media_url: Telnyx downloads the document from a URL, so the PDF must be "
                 "served (2xx, no redirect) and FaxMessage.media_url set",
                 code="media_url_missing",
             )
-        response = self._call("POST", "/v2/faxes", json=self._send_body(message))
+        response = self._call("POST", "/v2/faxes", json=self._send_body(fax))
         if not response.is_success:
             raise self._send_error(response)
         receipt = self._receipt(response)
-        log.info("telnyx accepted fax %s for reference %s", receipt.provider_id, message.reference)
+        log.info("telnyx accepted fax %s for reference %s", receipt.provider_id, fax.reference)
         return receipt
 
     def _send_body(self, message: FaxMessage) -> dict[str, Any]:
@@ -297,7 +294,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     # -- status lookups --------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """``GET /v2/faxes/{id}``: the fax's current state."""
         response = self._lookup("GET", f"/v2/faxes/{provider_id}")
         if response.status_code == 404:
@@ -307,9 +304,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             raise StatusLookupError(f"{PROVIDER}: fax {provider_id}: answer without data")
         return self._fax_event(data)
 
-    def find_by_reference(
-        self, reference: str, *, to: str | None = None, sent_after: datetime | None = None
-    ) -> StatusEvent | None:
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
         """Find our outbound fax by ``client_state``; ``to``/``sent_after`` narrow the listing.
 
         Returns None only after reading every matching page; a listing too long to read within
@@ -377,7 +372,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify Telnyx's Ed25519 signature, then decode one fax event (other event types: [])."""
         self._verify(request)
         envelope = _load_envelope(request.body)
