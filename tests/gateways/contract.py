@@ -5,9 +5,11 @@
 - :class:`HttpContract` (the HTTP gateways, against their emulators on real localhost ports): 429 with
   Retry-After, 500 ``Transient``; 502, a dropped connection and a read timeout ``Unknown`` with the
   oracle showing the acceptance and ``find_by_reference`` finding it; a never-sent reference ``None``;
-  504 and an unreadable 2xx ``Unknown`` (httpx.MockTransport).
+  504 and an unreadable 2xx ``Unknown`` (httpx.MockTransport); every recorded answer of the emulator,
+  mutated or replaced by garbage, ends in our errors only and well-formed results.
 - :class:`WebhookContract`: a sample verifies; forged or unsigned ones are ``WebhookAuthError``; bodies
-  that are not the provider's JSON are ``WebhookFormatError``; other events change nothing.
+  that are not the provider's JSON are ``WebhookFormatError``; other events change nothing; every
+  mutation of a signed sample ends in a WebhookError or well-formed events.
 - :class:`ReplayContract`: for providers that sign a timestamp, stale signatures are replays.
 
 A subclass provides these fixtures (module level or in the class):
@@ -23,9 +25,14 @@ A subclass provides these fixtures (module level or in the class):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
+import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -36,6 +43,7 @@ from dispatcher.domain.messages import (
     EventKind,
     FaxMessage,
     Message,
+    Receipt,
     StatusEvent,
     WebhookRequest,
 )
@@ -43,6 +51,7 @@ from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
     DeliveryError,
+    GatewayError,
     Permanent,
     StatusLookupError,
     Transient,
@@ -87,17 +96,39 @@ def causes(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def receipt_problems(receipt: object, provider: str) -> list[str]:
+    """What is wrong with a Receipt, field by field (empty: nothing)."""
+    if not isinstance(receipt, Receipt):
+        return [f"not a Receipt: {receipt!r:.100}"]
+    checks = {
+        "provider": receipt.provider == provider,
+        "provider_id": isinstance(receipt.provider_id, str) and bool(receipt.provider_id),
+        "status": isinstance(receipt.status, str),
+        "accepted_at": receipt.accepted_at.tzinfo is not None,
+    }
+    return [f"{field}={getattr(receipt, field)!r:.60}" for field, ok in checks.items() if not ok]
+
+
+def event_problems(event: object, provider: str) -> list[str]:
+    """What is wrong with a StatusEvent, field by field: each must have the type the ledger stores."""
+    if not isinstance(event, StatusEvent):
+        return [f"not a StatusEvent: {event!r:.100}"]
+    texts = ("reference", "error_code", "detail", "remote_station_id", "event_id")
+    checks = {
+        "provider": event.provider == provider,
+        "provider_id": isinstance(event.provider_id, str),
+        "kind": isinstance(event.kind, EventKind),
+        "occurred_at": isinstance(event.occurred_at, datetime) and event.occurred_at.tzinfo is not None,
+        "error_class": event.error_class in (None, "transient", "permanent"),
+        "pages": event.pages is None or (isinstance(event.pages, int) and not isinstance(event.pages, bool)),
+        "duration_secs": event.duration_secs is None or isinstance(event.duration_secs, float),
+        **{field: getattr(event, field) is None or isinstance(getattr(event, field), str) for field in texts},
+    }
+    return [f"{field}={getattr(event, field)!r:.60}" for field, ok in checks.items() if not ok]
+
+
 def assert_event(event: object, provider: str) -> None:
-    """A StatusEvent whose fields have the types the ledger stores."""
-    assert isinstance(event, StatusEvent), event
-    assert event.provider == provider and isinstance(event.provider_id, str)
-    assert isinstance(event.kind, EventKind)
-    assert isinstance(event.occurred_at, datetime) and event.occurred_at.tzinfo is not None
-    assert event.error_class in (None, "transient", "permanent")
-    for text in (event.reference, event.error_code, event.detail, event.remote_station_id, event.event_id):
-        assert text is None or isinstance(text, str), text
-    assert event.pages is None or (isinstance(event.pages, int) and not isinstance(event.pages, bool))
-    assert event.duration_secs is None or isinstance(event.duration_secs, float)
+    assert event_problems(event, provider) == []
 
 
 class GatewayContract:
@@ -274,6 +305,36 @@ class HttpContract(GatewayContract):
         with pytest.raises(Unknown):
             make_gateway("https://provider.test", transport=transport).send(new_message())
 
+    def test_garbage_answers_end_in_our_errors_only(
+        self, make_gateway: MakeGateway, emulator_address: str, new_message: Any
+    ) -> None:
+        """Every answer the emulator gave, mutated or replaced by garbage, replayed to a fresh gateway."""
+        message = new_message()
+        recorder = Recorder()
+        live = make_gateway(emulator_address, transport=recorder)
+        provider_id = live.send(message).provider_id
+        operations: dict[str, Callable[[Gateway], object]] = {
+            "send": lambda gateway: gateway.send(message),
+            "fetch_status": lambda gateway: gateway.fetch_status(provider_id),
+            "find_by_reference": lambda gateway: gateway.find_by_reference(
+                message.reference, to=destination(message), sent_after=datetime.now(UTC) - timedelta(days=1)
+            ),
+        }
+        failures: list[str] = []
+        for name, operation in operations.items():
+            recorder.exchanges.clear()
+            with contextlib.suppress(GatewayError):  # its answers are what is kept, not its outcome
+                operation(live)
+            recorded = list(recorder.exchanges)
+            for index, exchange in enumerate(recorded):
+                for variant in exchange.variants():
+                    answers = [variant if i == index else other for i, other in enumerate(recorded)]
+                    gateway = make_gateway("http://provider.test", transport=Replay(answers))
+                    problem = outcome_problem(name, lambda op=operation, gw=gateway: op(gw), gateway.provider)
+                    if problem:
+                        failures.append(f"{name}, {exchange.method} {exchange.path} [{variant}]: {problem}")
+        assert failures == [], "\n".join(failures[:400]) + f"\n({len(failures)} in all)"
+
 
 class WebhookContract:
     """Providers that post status webhooks."""
@@ -308,6 +369,19 @@ class WebhookContract:
     ) -> None:
         assert make_gateway(closed_address).parse_webhook(signed_document(other_event_sample)) == []
 
+    def test_mutated_webhooks_end_in_our_errors_only(
+        self, make_gateway: MakeGateway, closed_address: str, signed_document: Any, webhook_sample: Any
+    ) -> None:
+        gateway = make_gateway(closed_address)
+        failures = []
+        for variant in mutations(webhook_sample):
+            problem = outcome_problem(
+                "parse_webhook", lambda v=variant: gateway.parse_webhook(signed_document(v)), gateway.provider
+            )
+            if problem:
+                failures.append(f"[{variant!r:.150}]: {problem}")
+        assert failures == [], "\n".join(failures[:400]) + f"\n({len(failures)} in all)"
+
 
 class ReplayContract:
     """Providers that sign a timestamp: an old signature is a replay."""
@@ -320,3 +394,155 @@ class ReplayContract:
         for request in stale_webhooks:
             with pytest.raises(WebhookAuthError, match="replay"):
                 gateway.parse_webhook(request)
+
+
+# -- garbage ---------------------------------------------------------------------------------------------
+
+ODD_VALUES: tuple[object, ...] = (None, True, 0, -1, 2**70, 1e308, "", "x", "2021-13-45T25:61:00Z", [], {}, [None])
+ODD_STATUSES = (200, 201, 202, 204, 301, 400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)
+ODD_BODIES = (b"", b"<html>oops</html>", b"null", b"[]", b"{}", b'{"data": null}', b"\xff\xfe\x00", b"{" * 2000)
+ODD_HEADERS = (
+    {"retry-after": "soon"},
+    {"retry-after": "-5"},
+    {"retry-after": "1e400"},
+    {"retry-after": "nan"},
+    {"retry-after": "Wed, 21 Oct 2015 07:28:00 -0000"},
+    {"retry-after": "Wed, 99 Foo 2015 07:28:00 GMT"},
+    {"x-ratelimit-reset": "x"},
+    {"x-ratelimit-reset": "1e400"},
+    {"x-message-id": ""},
+    {"content-type": "application/json; charset=nonsense"},
+)
+LIST_ITEMS_MUTATED = 2  # list elements descended into: long listings would only repeat the same shapes
+
+
+def mutations(document: Any) -> Iterator[Any]:
+    """The document with one node replaced by each odd value, or one key removed, at every path."""
+    yield from ODD_VALUES
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield {k: v for k, v in document.items() if k != key}
+            for variant in mutations(value):
+                yield {**document, key: variant}
+    elif isinstance(document, list):
+        for index, value in enumerate(document[:LIST_ITEMS_MUTATED]):
+            for variant in mutations(value):
+                yield [*document[:index], variant, *document[index + 1 :]]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answer the emulator gave: replayed as recorded, or as a variant."""
+
+    method: str
+    path: str
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    label: str = "recorded"
+
+    def response(self) -> httpx.Response:
+        return httpx.Response(self.status, headers=list(self.headers), content=self.body)
+
+    def variants(self) -> Iterator[Exchange]:
+        for status in ODD_STATUSES:
+            yield self._with(status=status, label=f"status {status}")
+        for body in ODD_BODIES:
+            yield self._with(body=body, label=f"body {body[:20]!r}")
+        for headers in ODD_HEADERS:
+            yield self._with(
+                status=429 if "retry-after" in headers else self.status, headers=headers, label=str(headers)
+            )
+        document = _json(self.body)
+        if document is not _NOT_JSON:
+            for variant in mutations(document):
+                yield self._with(body=_dumps(variant), label=f"json {variant!r:.150}")
+
+    def _with(self, *, label: str, **changes: Any) -> Exchange:
+        headers = dict(self.headers)
+        headers.update(changes.pop("headers", {}))
+        values = {"status": self.status, "body": self.body, **changes}
+        return Exchange(self.method, self.path, values["status"], tuple(headers.items()), values["body"], label)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class Recorder(httpx.BaseTransport):
+    """Passes requests to the real emulator and keeps each answer."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.exchanges: list[Exchange] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        body = response.read()
+        headers = tuple(
+            (k, v)
+            for k, v in response.headers.items()
+            if k not in ("content-length", "content-encoding", "transfer-encoding")
+        )
+        exchange = Exchange(request.method, request.url.path, response.status_code, headers, body)
+        self.exchanges.append(exchange)
+        return exchange.response()
+
+
+class Replay(httpx.BaseTransport):
+    """Answers each request with the next recorded exchange of the same method and path."""
+
+    def __init__(self, exchanges: list[Exchange]) -> None:
+        self.exchanges = list(exchanges)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        for exchange in self.exchanges:
+            if (exchange.method, exchange.path) == (request.method, request.url.path):
+                self.exchanges.remove(exchange)
+                return exchange.response()
+        return httpx.Response(404, json={})
+
+
+def outcome_problem(operation: str, call: Callable[[], object], provider: str) -> str | None:
+    """None when ``call`` ends as the contract says; otherwise what went wrong."""
+    allowed: type[GatewayError] = {
+        "send": DeliveryError,
+        "fetch_status": StatusLookupError,
+        "find_by_reference": StatusLookupError,
+        "parse_webhook": WebhookError,
+    }[operation]
+    try:
+        result = call()
+    except allowed as err:
+        cause = err.__cause__
+        if cause is not None and f"unexpected {type(cause).__name__} in {operation}" in str(err):
+            # the base class's last resort caught it: the provider module did not handle this answer
+            where = [f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_tb(cause.__traceback__)]
+            return f"reached the base boundary from {where[-1]}: {type(cause).__name__}: {str(cause)[:150]}"
+        return None
+    except Exception as err:  # anything else is a finding
+        return f"{type(err).__module__}.{type(err).__name__}: {str(err)[:150]}"
+    if operation == "send":
+        problems = receipt_problems(result, provider)
+    elif operation == "parse_webhook":
+        events = result if isinstance(result, list) else [result]
+        problems = [problem for event in events for problem in event_problems(event, provider)]
+    elif result is None and operation == "find_by_reference":
+        problems = []
+    else:
+        problems = event_problems(result, provider)
+    return f"malformed result: {', '.join(problems)}" if problems else None
+
+
+_NOT_JSON = object()
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _dumps(document: Any) -> bytes:
+    return json.dumps(document).encode()

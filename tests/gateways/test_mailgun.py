@@ -387,7 +387,7 @@ def signed_raw() -> Callable[[bytes], WebhookRequest]:
 
 @pytest.fixture
 def webhook_sample() -> dict[str, Any]:
-    return DELIVERED
+    return FAILED_TEMPORARY
 
 
 @pytest.fixture

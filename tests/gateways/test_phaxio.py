@@ -454,5 +454,5 @@ def test_unlisted_ids_fall_back_to_the_type(error_type: str | None, expected: st
 @pytest.mark.parametrize(("status", "kind"), sorted(phaxio.STATUS_KINDS.items()))
 def test_status_table_rows(status: str, kind: EventKind) -> None:
     fax = {"id": 1, "status": status, "recipients": [{"status": status}]}
-    event: StatusEvent = _webhook_gateway()._event(fax, kind=None, event_type="t", received_at=datetime.now(UTC))
+    event: StatusEvent = _webhook_gateway()._event("1", fax, kind=None, event_type="t", received_at=datetime.now(UTC))
     assert event.kind is kind

@@ -357,7 +357,7 @@ def signed_raw() -> Callable[[bytes], WebhookRequest]:
 
 @pytest.fixture
 def webhook_sample() -> dict[str, Any]:
-    return DELIVERY
+    return BOUNCE
 
 
 @pytest.fixture

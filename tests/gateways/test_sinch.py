@@ -427,5 +427,5 @@ def test_unlisted_codes_fall_back_to_the_type(error_type: str | None, expected: 
 
 @pytest.mark.parametrize(("status", "kind"), sorted(sinch.STATUS_KINDS.items()))
 def test_status_table_rows(status: str, kind: EventKind) -> None:
-    event = _hook_gateway()._event({"id": "X", "status": status}, event="t", received_at=datetime.now(UTC))
+    event = _hook_gateway()._event("X", {"id": "X", "status": status}, event="t", received_at=datetime.now(UTC))
     assert event.kind is kind

@@ -13,11 +13,18 @@ import pytest
 from dispatcher.domain.messages import EmailMessage
 from workers.gateways import registry
 from workers.gateways.email.smtp import SmtpGateway, SmtpSettings
-from workers.gateways.errors import GatewayConfigError, Permanent, StatusLookupError, Transient, Unknown
+from workers.gateways.errors import (
+    DeliveryError,
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+)
 from workers.sandbox.server import free_port
 from workers.sandbox.smtp_sink import SmtpSink
 
-from .contract import GatewayContract
+from .contract import GatewayContract, outcome_problem
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -86,6 +93,36 @@ def raw_server(greeting: bytes | None) -> Iterator[int]:
         yield listener.getsockname()[1]
     finally:
         done.set()
+        thread.join(5)
+        listener.close()
+
+
+@contextmanager
+def scripted_server(replies: list[bytes]) -> Iterator[int]:
+    """A one-connection SMTP stand-in: the first reply is the greeting, then one reply per line received;
+    when the replies run out it closes the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            pending = list(replies)
+            conn.sendall(pending.pop(0))
+            buffer = b""
+            while pending:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n" in buffer and pending:
+                    _, buffer = buffer.split(b"\r\n", 1)
+                    conn.sendall(pending.pop(0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
         thread.join(5)
         listener.close()
 
@@ -261,6 +298,48 @@ def test_timeout_waiting_for_the_final_reply_is_unknown(sink: SmtpSink) -> None:
     finally:
         gw.close()
     assert sink.state.sends_per_reference() == {"dlv-1": 1}
+
+
+OK = b"220 ready\r\n"
+EHLO = b"250 sink.test\r\n"
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        [b"garbage\r\n"],
+        [b"220-first line of a greeting that never ends\r\n"],
+        [b"220 " + b"x" * 9000 + b"\r\n"],
+        [OK, b"\xff\xfe\x00\r\n"],
+        [OK, b"250-sink.test\r\n250-SIZE abc\r\n250 AUTH \xff\r\n", b"999 what\r\n"],
+        [OK, EHLO, b"250 " + b"y" * 9000 + b"\r\n"],
+        [OK, EHLO, b"250 sender ok\r\n", b"abc\r\n"],
+        [OK, EHLO, b"250 sender ok\r\n", b"250 rcpt ok\r\n", b"250 not the 354 DATA wants\r\n"],
+        [OK, EHLO, b"250 sender ok\r\n", b"250 rcpt ok\r\n", b"354 go on\r\n"],  # then silence, then close
+    ],
+    ids=["greeting", "endless-greeting", "long-greeting", "ehlo", "mail", "long-reply", "rcpt", "data", "after-data"],
+)
+def test_garbage_replies_end_in_our_errors_only(replies: list[bytes]) -> None:
+    outcome: list[object] = []
+
+    def send() -> object:
+        try:
+            outcome.append(gateway.send(letter(cc=())))
+        except Exception as err:
+            outcome.append(err)
+            raise
+        return outcome[-1]
+
+    with scripted_server(replies) as port:
+        gateway = _make_gateway(port, timeout=2.0)
+        try:
+            problem = outcome_problem("send", send, "smtp")
+        finally:
+            gateway.close()
+    assert problem is None
+    [error] = outcome
+    assert isinstance(error, DeliveryError), error  # no reply here accepts the letter
+    assert error.code != "unexpected", error  # each phase maps its own failures
 
 
 def test_starttls_required_but_not_offered_is_permanent_never_plaintext(sink: SmtpSink) -> None:

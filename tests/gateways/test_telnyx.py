@@ -497,7 +497,10 @@ def signed_raw(signing_key: nacl.signing.SigningKey) -> Callable[[bytes], Webhoo
 
 @pytest.fixture
 def webhook_sample() -> Any:
-    return json.loads(fax_event("fax.delivered", page_count=3, call_duration_secs=79))
+    failed = fax_event(
+        "fax.failed", failure_reason="user_busy", internal_failure_reason="busy", page_count=0, call_duration_secs=12
+    )
+    return json.loads(failed)
 
 
 @pytest.fixture

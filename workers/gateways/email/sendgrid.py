@@ -61,7 +61,7 @@ from workers.gateways.errors import (
     WebhookFormatError,
 )
 from workers.gateways.http import error_for_status, retry_after_seconds
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         messages = lookup_object(response, provider=PROVIDER).get("messages")
         if not isinstance(messages, list):
             raise StatusLookupError(f"{PROVIDER}: Email Activity answer without messages")
-        return [m for m in messages if isinstance(m, dict) and m.get("msg_id")]
+        return [m for m in objects(messages) if text(m.get("msg_id"))]
 
     def _activity_event(
         self, summary: Mapping[str, Any], *, provider_id: str | None, reference: str | None
@@ -273,18 +273,14 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         """Why a not_delivered message failed, from its last failure event."""
         response = self.lookup("GET", f"/v3/messages/{msg_id}")
         events = lookup_object(response, provider=PROVIDER).get("events") if response.is_success else None
-        failures = [
-            e
-            for e in events or []
-            if isinstance(e, dict) and ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1] is not None
-        ]
+        failures = [e for e in objects(events) if ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1]]
         if not failures:
             return EventKind.FAILED, "permanent", "not_delivered", None
         last = failures[-1]
         kind, error_class = ACTIVITY_EVENTS[str(last["event_name"])]
         if last["event_name"] == "bounced":
             error_class = ACTIVITY_BOUNCES.get(str(last.get("bounce_type")), "permanent")
-        return kind, error_class or "permanent", str(last["event_name"]), last.get("reason")
+        return kind, error_class or "permanent", str(last["event_name"]), text(last.get("reason"))
 
     # -- the Signed Event Webhook ----------------------------------------------------------------
 
@@ -330,8 +326,9 @@ def _event(raw: object) -> StatusEvent | None:
     if mapped is None:
         return None  # opens, clicks, unsubscribes: authentic, not tracked
     kind, error_class = mapped
-    when, sg_message_id = raw.get("timestamp"), raw.get("sg_message_id")
-    if not isinstance(when, int) or isinstance(when, bool) or not isinstance(sg_message_id, str):
+    stamp, sg_message_id = raw.get("timestamp"), text(raw.get("sg_message_id"))
+    when = parse_time(stamp) if isinstance(stamp, int) else None  # epoch seconds, an integer
+    if when is None or not sg_message_id:
         raise WebhookFormatError(f"{PROVIDER}: {raw['event']} event without timestamp or sg_message_id")
     code = None
     if raw["event"] == "bounce":
@@ -339,17 +336,16 @@ def _event(raw: object) -> StatusEvent | None:
         error_class = BOUNCE_CLASSES.get(code, "permanent")
     elif error_class is not None:
         code = raw["event"]
-    reference = raw.get("reference")
     return StatusEvent(
         provider=PROVIDER,
         provider_id=message_id_of(sg_message_id),
         kind=kind,
-        occurred_at=datetime.fromtimestamp(when, tz=UTC),
-        reference=reference if isinstance(reference, str) else None,
+        occurred_at=when,
+        reference=text(raw.get("reference")),
         error_class=error_class,
         error_code=code,
-        detail=raw.get("reason") or raw.get("response"),
-        event_id=raw.get("sg_event_id"),
+        detail=text(raw.get("reason")) or text(raw.get("response")),
+        event_id=text(raw.get("sg_event_id")),
         raw=raw,
     )
 

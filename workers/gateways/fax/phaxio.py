@@ -55,7 +55,7 @@ from workers.gateways.errors import (
 )
 from workers.gateways.http import HttpGateway, error_for_status, request
 from workers.gateways.registry import env_prefix
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,13 @@ def classify_error(error_type: str | None, error_id: int | None) -> ErrorClass:
 
 def signature(token: str, url: str, params: Iterable[tuple[str, str]], files: Iterable[tuple[str, bytes]] = ()) -> str:
     """The X-Phaxio-Signature Phaxio computes for a callback (algorithm of phaxio-ruby's Webhook)."""
-    text = url
-    text += "".join(name + value for name, value in sorted(params, key=lambda item: item[0]))
-    text += "".join(
+    signed = url
+    signed += "".join(name + value for name, value in sorted(params, key=lambda item: item[0]))
+    signed += "".join(
         name + hashlib.sha1(content).hexdigest()  # noqa: S324 - Phaxio's scheme, not our choice
         for name, content in sorted(files, key=lambda item: item[0])
     )
-    return hmac.new(token.encode(), text.encode(), hashlib.sha1).hexdigest()
+    return hmac.new(token.encode(), signed.encode(), hashlib.sha1).hexdigest()
 
 
 class PhaxioGateway(HttpGateway[PhaxioSettings]):
@@ -210,10 +210,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     def _receipt(self, response: httpx.Response) -> Receipt:
         body = _json(response)
-        try:
-            fax_id = str(int(body["data"]["id"])) if body.get("success") is True else None
-        except (KeyError, TypeError, ValueError):
-            fax_id = None
+        fax_id = _fax_id(body.get("data")) if body.get("success") is True else None
         if fax_id is None:
             # A 2xx we cannot read may still be an accepted fax: reconcile, never resend blindly.
             raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable", raw=body)
@@ -227,9 +224,10 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
     def _fetch_status(self, provider_id: str) -> StatusEvent:
         response = self._lookup("GET", f"/faxes/{provider_id}")
         fax = _json(response).get("data")
-        if not isinstance(fax, dict):
-            raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without data")
-        return self._event(fax, kind=None, event_type="fetch", received_at=datetime.now(UTC))
+        fax_id = _fax_id(fax)
+        if not isinstance(fax, dict) or fax_id is None:
+            raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without data or id")
+        return self._event(fax_id, fax, kind=None, event_type="fetch", received_at=datetime.now(UTC))
 
     def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
         """By ``tag[reference]``, narrowed to ``phone_number`` = ``to`` and ``created_after`` = ``sent_after``."""
@@ -243,15 +241,22 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
         if to is not None:
             params["phone_number"] = to
         for page in range(1, LOOKUP_MAX_PAGES + 1):
-            body = _json(self._lookup("GET", "/faxes", params={**params, "page": str(page)}))
-            faxes = body.get("data") or []
-            for fax in faxes:  # newest first; the filter is checked again in case it was ignored
-                if isinstance(fax, dict) and (fax.get("tags") or {}).get(REFERENCE_TAG) == reference:
-                    return self._event(fax, kind=None, event_type="lookup", received_at=datetime.now(UTC))
+            faxes = _json(self._lookup("GET", "/faxes", params={**params, "page": str(page)})).get("data")
+            if not isinstance(faxes, list):
+                raise StatusLookupError(f"{self.provider}: fax list without data")
+            for fax in objects(faxes):  # newest first; the filter is checked again in case it was ignored
+                if _reference(fax) == reference:
+                    return self._found(fax)
             if len(faxes) < LOOKUP_PAGE_SIZE:
                 return None  # every page read: the provider has no such fax
         # more pages than we read: "not found" would be a guess, and a guess may send a second fax
         raise StatusLookupError(f"{self.provider}: reference not in the first {LOOKUP_MAX_PAGES} pages; cannot tell")
+
+    def _found(self, fax: Mapping[str, Any]) -> StatusEvent:
+        fax_id = _fax_id(fax)
+        if fax_id is None:
+            raise StatusLookupError(f"{self.provider}: a listed fax carries our reference but no id")
+        return self._event(fax_id, fax, kind=None, event_type="lookup", received_at=datetime.now(UTC))
 
     def _lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -261,7 +266,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
         except DeliveryError as err:
             raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err
         if not response.is_success:
-            message = _json(response).get("message", "")
+            message = text(_json(response).get("message")) or ""
             raise StatusLookupError(f"{self.provider}: lookup HTTP {response.status_code}: {message}")
         return response
 
@@ -276,12 +281,14 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
             fax = json.loads(values["fax"])
         except (KeyError, ValueError) as err:
             raise WebhookFormatError(f"{self.provider}: webhook without a readable 'fax' field") from err
-        if not isinstance(fax, dict) or "id" not in fax or not event_type:
+        fax_id = _fax_id(fax)
+        if not isinstance(fax, dict) or fax_id is None or not event_type:
             raise WebhookFormatError(f"{self.provider}: webhook without a fax id or event_type")
         kind = WEBHOOK_KINDS.get(event_type)
         if event_type not in WEBHOOK_KINDS:
             return []  # e.g. events of received faxes: nothing of ours changes
-        return [self._event(fax, kind=kind, event_type=event_type, received_at=request.received_at, extra=values)]
+        received = request.received_at
+        return [self._event(fax_id, fax, kind=kind, event_type=event_type, received_at=received, extra=values)]
 
     def _verify(self, request: WebhookRequest, fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> None:
         given = request.headers.get("x-phaxio-signature", "")
@@ -297,6 +304,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     def _event(
         self,
+        fax_id: str,
         fax: Mapping[str, Any],
         *,
         kind: EventKind | None,
@@ -306,23 +314,23 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
     ) -> StatusEvent:
         """One StatusEvent from a Fax object; ``kind`` None means "from its status"."""
         recipient = _first_recipient(fax)
-        status = str(fax.get("status") or "")
+        status = text(fax.get("status")) or ""
         if kind is None:
-            kind = STATUS_KINDS.get(str(recipient.get("status") or status), STATUS_KINDS.get(status, EventKind.QUEUED))
+            kind = STATUS_KINDS.get(text(recipient.get("status")) or status, STATUS_KINDS.get(status, EventKind.QUEUED))
         error_type, error_id = _error_of(recipient, fax)
         failed = kind in (EventKind.FAILED, EventKind.DEFERRED)
         marker = (extra or {}).get("page") or (extra or {}).get("retry_count") or fax.get("completed_at")
         return StatusEvent(
             provider=self.provider,
-            provider_id=str(fax["id"]),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=parse_time(fax.get("completed_at")) or received_at,
-            reference=(fax.get("tags") or {}).get(REFERENCE_TAG),
+            reference=_reference(fax),
             error_class=classify_error(error_type, error_id) if failed else None,
             error_code=str(error_id) if failed and error_id is not None else None,
-            detail=_detail(error_type, recipient.get("error_message") or fax.get("error_message")),
-            pages=fax.get("num_pages"),
-            event_id=f"{fax['id']}:{event_type}:{status}:{marker or ''}",
+            detail=_detail(error_type, text(recipient.get("error_message")) or text(fax.get("error_message"))),
+            pages=integer(fax.get("num_pages")),
+            event_id=f"{fax_id}:{event_type}:{status}:{marker or ''}",
             raw=dict(fax),
         )
 
@@ -344,7 +352,7 @@ WEBHOOK_KINDS: dict[str, EventKind | None] = {
 def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     """Map a non-2xx answer to send; Phaxio's body is ``{"success": false, "message": ...}``."""
     body = _json(response)
-    message = str(body.get("message") or "")
+    message = text(body.get("message")) or ""
     status = response.status_code
     if status == 401:
         return Permanent(f"phaxio: authentication failed; check {env}API_KEY and {env}API_SECRET", code="401", raw=body)
@@ -366,6 +374,16 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _fax_id(fax: object) -> str | None:
+    """A Fax object's id (an integer), as text; None when it has none."""
+    fax_id = integer(obj(fax).get("id"))
+    return None if fax_id is None else str(fax_id)
+
+
+def _reference(fax: Mapping[str, Any]) -> str | None:
+    return text(obj(fax.get("tags")).get(REFERENCE_TAG))
+
+
 def _first_recipient(fax: Mapping[str, Any]) -> Mapping[str, Any]:
     recipients = fax.get("recipients")
     if isinstance(recipients, list) and recipients and isinstance(recipients[0], dict):
@@ -376,12 +394,7 @@ def _first_recipient(fax: Mapping[str, Any]) -> Mapping[str, Any]:
 def _error_of(recipient: Mapping[str, Any], fax: Mapping[str, Any]) -> tuple[str | None, int | None]:
     """The recipient's error if it has one (it is the more precise), else the fax's."""
     source = recipient if recipient.get("error_type") or recipient.get("error_id") else fax
-    error_id = source.get("error_id")
-    try:
-        number = int(error_id) if error_id is not None else None
-    except (TypeError, ValueError):
-        number = None
-    return source.get("error_type"), number
+    return text(source.get("error_type")), integer(source.get("error_id"))
 
 
 def _detail(error_type: str | None, message: str | None) -> str | None:

@@ -60,7 +60,7 @@ from workers.gateways.errors import (
 )
 from workers.gateways.http import HttpGateway, error_for_status, request
 from workers.gateways.registry import env_prefix
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ class SinchGateway(HttpGateway[SinchSettings]):
             provider=self.provider,
             provider_id=fax_id,
             accepted_at=datetime.now(UTC),
-            status=str(body.get("status") or "QUEUED"),
+            status=text(body.get("status")) or "QUEUED",
             raw=_without_file(body),
         )
 
@@ -251,9 +251,10 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     def _fetch_status(self, provider_id: str) -> StatusEvent:
         fax = _json(self._lookup(f"/faxes/{quote(provider_id, safe='')}"))
-        if "id" not in fax:
+        fax_id = text(fax.get("id"))
+        if not fax_id:
             raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without an id")
-        return self._event(fax, event="fetch", received_at=datetime.now(UTC))
+        return self._event(fax_id, fax, event="fetch", received_at=datetime.now(UTC))
 
     def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
         """By ``labels.reference``, narrowed to ``to``; the listing covers Sinch's default range (the prior
@@ -267,13 +268,22 @@ class SinchGateway(HttpGateway[SinchSettings]):
             params["to"] = to
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             body = _json(self._lookup("/faxes", params={**params, "page": str(page)}))
-            for fax in body.get("faxes") or []:
-                if isinstance(fax, dict) and (fax.get("labels") or {}).get(REFERENCE_LABEL) == reference:
-                    return self._event(fax, event="lookup", received_at=datetime.now(UTC))
-            if page >= int(body.get("totalPages") or 0):
+            faxes, total_pages = body.get("faxes"), integer(body.get("totalPages"))
+            if not isinstance(faxes, list) or total_pages is None:  # cannot tell what the listing holds
+                raise StatusLookupError(f"{self.provider}: fax list without faxes or totalPages")
+            for fax in objects(faxes):
+                if _reference(fax) == reference:
+                    return self._found(fax)
+            if page >= total_pages:
                 return None  # every page read: the provider has no such fax
         # more pages than we read: "not found" would be a guess, and a guess may send a second fax
         raise StatusLookupError(f"{self.provider}: reference not in the first {LOOKUP_MAX_PAGES} pages; cannot tell")
+
+    def _found(self, fax: Mapping[str, Any]) -> StatusEvent:
+        fax_id = text(fax.get("id"))
+        if not fax_id:
+            raise StatusLookupError(f"{self.provider}: a listed fax carries our reference but no id")
+        return self._event(fax_id, fax, event="lookup", received_at=datetime.now(UTC))
 
     def _lookup(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -292,13 +302,14 @@ class SinchGateway(HttpGateway[SinchSettings]):
         self._authenticate(request)
         payload = _read_json(request)
         event = payload.get("event")
-        fax = payload.get("fax")
-        if not isinstance(event, str) or not isinstance(fax, dict) or not fax.get("id"):
+        fax = obj(payload.get("fax"))
+        fax_id = text(fax.get("id"))
+        if not isinstance(event, str) or not fax_id:
             raise WebhookFormatError(f"{self.provider}: callback without event or fax id")
         if event != "FAX_COMPLETED":
             return []  # INCOMING_FAX and future events change none of our deliveries
         occurred = parse_time(payload.get("eventTime")) or request.received_at
-        return [self._event(fax, event=event, received_at=occurred)]
+        return [self._event(fax_id, fax, event=event, received_at=occurred)]
 
     def _authenticate(self, request: WebhookRequest) -> None:
         username, password = self.config.callback_username, self.config.callback_password
@@ -317,22 +328,22 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     # -- mapping -------------------------------------------------------------------------------
 
-    def _event(self, fax: Mapping[str, Any], *, event: str, received_at: datetime) -> StatusEvent:
-        status = str(fax.get("status") or "")
+    def _event(self, fax_id: str, fax: Mapping[str, Any], *, event: str, received_at: datetime) -> StatusEvent:
+        status = text(fax.get("status")) or ""
         kind = STATUS_KINDS.get(status, EventKind.QUEUED)
-        error_type, error_code = fax.get("errorType"), _int(fax.get("errorCode"))
+        error_type, error_code = text(fax.get("errorType")), integer(fax.get("errorCode"))
         failed = kind is EventKind.FAILED
         return StatusEvent(
             provider=self.provider,
-            provider_id=str(fax["id"]),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=parse_time(fax.get("completedTime")) or received_at,
-            reference=(fax.get("labels") or {}).get(REFERENCE_LABEL),
+            reference=_reference(fax),
             error_class=classify_error(error_type, error_code) if failed else None,
             error_code=str(error_code) if failed and error_code is not None else None,
-            detail=_detail(error_type, fax.get("errorMessage")),
-            pages=_int(fax.get("pagesSentSuccessfully") if failed else fax.get("numberOfPages")),
-            event_id=f"{fax['id']}:{event}:{status}:{fax.get('completedTime') or ''}",
+            detail=_detail(error_type, text(fax.get("errorMessage"))),
+            pages=integer(fax.get("pagesSentSuccessfully") if failed else fax.get("numberOfPages")),
+            event_id=f"{fax_id}:{event}:{status}:{fax.get('completedTime') or ''}",
             raw=_without_file(fax),
         )
 
@@ -365,24 +376,18 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     return error_for_status(response, provider="sinch", detail=message)
 
 
+def _violations(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``details[].fieldViolations[]`` of an error body."""
+    return [v for detail in objects(body.get("details")) for v in objects(detail.get("fieldViolations"))]
+
+
 def _violated_fields(body: Mapping[str, Any]) -> set[str]:
-    fields: set[str] = set()
-    for detail in body.get("details") or []:
-        for violation in (detail.get("fieldViolations") or []) if isinstance(detail, dict) else []:
-            if isinstance(violation, dict) and violation.get("field"):
-                fields.add(str(violation["field"]))
-    return fields
+    return {field for v in _violations(body) if (field := text(v.get("field")))}
 
 
 def _error_message(body: Mapping[str, Any]) -> str:
-    message = str(body.get("message") or body.get("error") or "")
-    violations = [
-        f"{v.get('field')}: {v.get('description')}"
-        for d in body.get("details") or []
-        if isinstance(d, dict)
-        for v in d.get("fieldViolations") or []
-        if isinstance(v, dict)
-    ]
+    message = text(body.get("message")) or text(body.get("error")) or ""
+    violations = [f"{v.get('field')}: {v.get('description')}" for v in _violations(body)]
     return "; ".join([message, *violations]) if violations else message
 
 
@@ -429,14 +434,11 @@ def _without_file(data: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key != "file"}
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+def _reference(fax: Mapping[str, Any]) -> str | None:
+    return text(obj(fax.get("labels")).get(REFERENCE_LABEL))
 
 
-def _detail(error_type: Any, message: Any) -> str | None:
+def _detail(error_type: str | None, message: str | None) -> str | None:
     if not error_type and not message:
         return None
-    return f"{error_type}: {message}" if error_type else str(message)
+    return f"{error_type}: {message}" if error_type else message

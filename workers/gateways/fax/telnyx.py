@@ -57,7 +57,7 @@ from workers.gateways.errors import (
 )
 from workers.gateways.http import HttpGateway, error_for_status, request
 from workers.gateways.registry import env_prefix
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, number, obj, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -249,19 +249,21 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     def _receipt(self, response: httpx.Response) -> Receipt:
         try:
-            body = response.json()
-            data = body["data"]
-            fax_id = str(data["id"])
-        except (ValueError, KeyError, TypeError) as err:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        data = obj(obj(body).get("data"))
+        fax_id = text(data.get("id"))
+        if not fax_id:
             # 2xx means accepted, but without an id we cannot follow it: reconcile by reference.
             raise Unknown(
                 f"{PROVIDER}: HTTP {response.status_code} without a fax id", code="no_id", raw=response.text[:2000]
-            ) from err
+            )
         return Receipt(
             provider=PROVIDER,
             provider_id=fax_id,
             accepted_at=datetime.now(UTC),
-            status=str(data.get("status") or "queued"),
+            status=text(data.get("status")) or "queued",
             raw=body,
         )
 
@@ -325,15 +327,19 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         }
         if to is not None:
             params["filter[to][eq]"] = to
-        for number in range(1, self.config.reconcile_max_pages + 1):
-            response = self._lookup("GET", "/v2/faxes", params={**params, "page[number]": number})
+        for page_number in range(1, self.config.reconcile_max_pages + 1):
+            response = self._lookup("GET", "/v2/faxes", params={**params, "page[number]": page_number})
             body = _json_or_lookup_error(response)
             page = body.get("data")
             if not isinstance(page, list):
                 raise StatusLookupError(f"{PROVIDER}: fax list without data")
             yield from (fax for fax in page if isinstance(fax, dict))
-            total_pages = (body.get("meta") or {}).get("total_pages")
-            if not page or not isinstance(total_pages, int) or number >= total_pages:
+            total_pages = integer(obj(body.get("meta")).get("total_pages"))
+            if not page:
+                return
+            if total_pages is None:  # a page of faxes, and no telling whether more follow
+                raise StatusLookupError(f"{PROVIDER}: fax list without meta.total_pages")
+            if page_number >= total_pages:
                 return
         raise StatusLookupError(
             f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of faxes; "
@@ -351,22 +357,21 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         return response
 
     def _fax_event(self, fax: Mapping[str, Any]) -> StatusEvent:
-        status = str(fax.get("status"))
-        try:
-            kind = STATUS_KINDS[status]
-        except KeyError:
-            raise StatusLookupError(f"{PROVIDER}: fax {fax.get('id')} has status {status!r}") from None
-        reason = fax.get("failure_reason") if kind is EventKind.FAILED else None
+        fax_id, status = text(fax.get("id")), text(fax.get("status"))
+        kind = STATUS_KINDS.get(status or "")
+        if not fax_id or kind is None:
+            raise StatusLookupError(f"{PROVIDER}: fax {fax_id!r} with status {fax.get('status')!r}")
+        reason = text(fax.get("failure_reason")) if kind is EventKind.FAILED else None
         when = parse_time(fax.get("updated_at") or fax.get("created_at")) or datetime.now(UTC)
         return StatusEvent(
             provider=PROVIDER,
-            provider_id=str(fax.get("id")),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=when,
             reference=decode_reference(fax.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
-            detail=fax.get("internal_failure_reason"),
+            detail=text(fax.get("internal_failure_reason")),
             raw=dict(fax),
         )
 
@@ -405,26 +410,27 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             )
 
     def _webhook_event(self, kind: EventKind, data: Mapping[str, Any], envelope: Any) -> StatusEvent:
-        payload = data.get("payload") or {}
-        if not isinstance(payload, dict) or not payload.get("fax_id"):
+        payload = obj(data.get("payload"))
+        fax_id = text(payload.get("fax_id"))
+        if not fax_id:
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without payload.fax_id")
         occurred_at = parse_time(data.get("occurred_at"))
         if occurred_at is None:
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without a valid occurred_at")
-        reason = payload.get("failure_reason") if kind is EventKind.FAILED else None
+        reason = text(payload.get("failure_reason")) if kind is EventKind.FAILED else None
         return StatusEvent(
             provider=PROVIDER,
-            provider_id=str(payload["fax_id"]),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=occurred_at,
             reference=decode_reference(payload.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
-            detail=payload.get("internal_failure_reason"),
-            pages=_int_or_none(payload.get("page_count")),
-            duration_secs=_float_or_none(payload.get("call_duration_secs")),
+            detail=text(payload.get("internal_failure_reason")),
+            pages=integer(payload.get("page_count")),
+            duration_secs=number(payload.get("call_duration_secs")),
             remote_station_id=None,  # Telnyx's fax payloads carry no remote CSID (types/fax_*.py)
-            event_id=str(data["id"]) if data.get("id") else None,
+            event_id=text(data.get("id")) or None,
             raw=envelope,
         )
 
@@ -446,8 +452,8 @@ def _telnyx_error(response: httpx.Response) -> tuple[str | None, str, Any]:
 
 def _error_text(error: Mapping[str, Any]) -> str:
     pointer = (error.get("source") or {}).get("pointer") if isinstance(error.get("source"), dict) else None
-    text = ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))
-    return f"{error.get('code', '')} {text}".strip() + (f" ({pointer})" if pointer else "")
+    message = ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))
+    return f"{error.get('code', '')} {message}".strip() + (f" ({pointer})" if pointer else "")
 
 
 def _json_or_lookup_error(response: httpx.Response) -> dict[str, Any]:
@@ -468,13 +474,3 @@ def _load_envelope(body: bytes) -> dict[str, Any]:
     if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
         raise WebhookFormatError(f"{PROVIDER}: webhook body has no data object")
     return envelope
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float_or_none(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
