@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from dispatcher.domain.messages import EventKind, FaxMessage, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, WebhookRequest
 from workers.gateways.errors import (
     GatewayConfigError,
     Permanent,
@@ -409,31 +409,71 @@ class TestContract(HttpContract, WebhookContract):
 
 # -- tables ---------------------------------------------------------------------------------------
 
+# https://www.phaxio.com/docs/errorMessages as published -- (error_type, id, message) -- and our routing
+# decision for each. Written out by hand, not read from the module: changing the table must change this.
+# The copy of the page that could be read ends its faxError list at id 12.
+DOCUMENTED_ERRORS: list[tuple[str, int, str, str]] = [
+    ("documentConversionError", 4, "There was a problem in converting and merging files ...", "permanent"),
+    ("documentConversionError", 54, "Could not access the url you provided.", "permanent"),
+    ("documentConversionError", 55, "The string_data URL you provided is invalid", "permanent"),
+    ("documentConversionError", 57, "There was a problem storing the file you provided.", "transient"),
+    ("documentConversionError", 69, "There was a problem in converting and merging files ...", "permanent"),
+    ("documentConversionError", 122, "User simulated Document Conversion Error", "permanent"),
+    ("documentConversionError", 128, "Could not determine mimetype for file.", "permanent"),
+    ("documentConversionError", 129, "Mimetype not supported.", "permanent"),
+    ("documentConversionError", 130, "Mimetype not supported: application/xml", "permanent"),
+    ("documentConversionError", 133, "Failed to normalize PDF document", "permanent"),
+    ("lineError", 11, "The call dropped prematurely", "transient"),
+    ("lineError", 15, "Congestion", "transient"),
+    ("lineError", 16, "Ring Timeout", "transient"),
+    ("lineError", 17, "Busy", "transient"),
+    ("lineError", 19, "Immediate Hangup", "transient"),
+    ("lineError", 30, "No answer from the fax machine.", "transient"),
+    ("lineError", 32, "Incompatible destination", "permanent"),
+    ("lineError", 34, "Phone number not operational", "permanent"),
+    ("lineError", 43, "Problem establishing connection", "transient"),
+    ("lineError", 49, "The Receiving Phone Number Is Not Operational", "permanent"),
+    ("lineError", 50, "Call rejected", "permanent"),
+    ("lineError", 52, "No route available", "permanent"),
+    ("lineError", 73, "Number changed", "permanent"),
+    ("lineError", 87, "No answer from the fax machine", "transient"),
+    ("lineError", 88, "Network Error", "transient"),
+    ("lineError", 100, "Problem with remote carrier", "transient"),
+    ("lineError", 110, "Network error", "transient"),
+    ("lineError", 112, "No answer", "transient"),
+    ("lineError", 115, "The phone number has been changed", "permanent"),
+    ("lineError", 121, "User requested simulated lineError", "transient"),
+    ("faxError", 6, "There was an error communicating with the far side.", "transient"),
+    ("faxError", 7, "Far end cannot receive at the size of image", "permanent"),
+    ("faxError", 8, "No response after sending a page", "transient"),
+    ("faxError", 10, "Disconnected after permitted retries", "transient"),
+    ("faxError", 12, "Received no response to DCS or TCF", "transient"),
+]
 
-@pytest.mark.parametrize(("error_id", "expected"), sorted(phaxio.ERROR_CLASSES.items()))
-def test_error_table_rows(error_id: int, expected: str) -> None:
-    assert classify_error("lineError", error_id) == expected
+
+def _failed_with(error_type: str, error_id: int, message: str) -> WebhookRequest:
+    recipient = {"phone_number": "+15558675309", "status": "failure", "error_type": error_type}
+    recipient |= {"error_id": error_id, "error_message": message}
+    return _signed({"fax": json.dumps({**FAX, "recipients": [recipient]}), "event_type": "fax_completed"})
 
 
-@pytest.mark.parametrize(
-    ("error_id", "expected"),
-    [
-        (17, "transient"),
-        (16, "transient"),
-        (15, "transient"),
-        (30, "transient"),
-        (87, "transient"),
-        (112, "transient"),
-        (34, "permanent"),
-        (49, "permanent"),
-        (50, "permanent"),
-        (52, "permanent"),
-        (54, "permanent"),
-        (129, "permanent"),
-    ],
-)
-def test_error_table_decisions(error_id: int, expected: str) -> None:
-    assert phaxio.ERROR_CLASSES[error_id] == expected
+@pytest.mark.parametrize(("error_type", "error_id", "message", "expected"), DOCUMENTED_ERRORS)
+def test_every_documented_error_id_routes_as_decided(
+    error_type: str, error_id: int, message: str, expected: str
+) -> None:
+    [event] = _webhook_gateway().parse_webhook(_failed_with(error_type, error_id, message))
+    assert (event.kind, event.error_code, event.error_class) == (EventKind.FAILED, str(error_id), expected)
+    assert event.detail == f"{error_type}: {message}"
+
+
+def test_the_table_holds_phaxios_ids_and_no_others() -> None:
+    assert set(phaxio.ERROR_CLASSES) == {error_id for _, error_id, _, _ in DOCUMENTED_ERRORS}
+
+
+def test_code_69_is_phaxios_conversion_failure_not_sinchs_storage_failure() -> None:
+    # Phaxio: 69 "There was a problem in converting and merging files to the output file format."
+    # (https://www.phaxio.com/docs/errorMessages); Sinch's 69 is a storage problem (test_sinch.py).
+    assert classify_error("documentConversionError", 69) == "permanent"
 
 
 @pytest.mark.parametrize(
@@ -451,8 +491,34 @@ def test_unlisted_ids_fall_back_to_the_type(error_type: str | None, expected: st
     assert classify_error(error_type, 9999) == expected
 
 
-@pytest.mark.parametrize(("status", "kind"), sorted(phaxio.STATUS_KINDS.items()))
-def test_status_table_rows(status: str, kind: EventKind) -> None:
+# https://www.phaxio.com/docs/statuses: the fax's status and, more granular, the recipient's.
+DOCUMENTED_STATUSES: list[tuple[str, EventKind]] = [
+    ("queued", EventKind.QUEUED),
+    ("pendingbatch", EventKind.QUEUED),
+    ("inprogress", EventKind.SENDING),
+    ("success", EventKind.DELIVERED),
+    ("failure", EventKind.FAILED),
+    ("partialsuccess", EventKind.FAILED),  # one recipient per fax: "some received it" cannot be ours
+    ("ringing", EventKind.SENDING),  # recipient only
+    ("callactive", EventKind.SENDING),  # recipient only
+    ("willretry", EventKind.DEFERRED),  # recipient only
+]
+
+
+@pytest.mark.parametrize(("status", "kind"), DOCUMENTED_STATUSES)
+def test_every_documented_status_maps_as_decided(status: str, kind: EventKind) -> None:
     fax = {"id": 1, "status": status, "recipients": [{"status": status}]}
-    event: StatusEvent = _webhook_gateway()._event("1", fax, kind=None, event_type="t", received_at=datetime.now(UTC))
+    [event] = _webhook_gateway().parse_webhook(_signed({"fax": json.dumps(fax), "event_type": "fax_completed"}))
+    assert event.kind is kind
+    assert dict(DOCUMENTED_STATUSES) == phaxio.STATUS_KINDS
+
+
+@pytest.mark.parametrize(
+    ("event_type", "kind"),
+    [("transmitting_page", EventKind.SENDING), ("retry_scheduled", EventKind.DEFERRED)],
+)
+def test_inflight_webhooks_map_as_decided(event_type: str, kind: EventKind) -> None:
+    # https://www.phaxio.com/docs/api/v2.1/faxes/send_webhooks: fax_completed takes the fax's status
+    fax = {**FAX, "status": "inprogress", "recipients": [{"status": "inprogress"}]}
+    [event] = _webhook_gateway().parse_webhook(_signed({"fax": json.dumps(fax), "event_type": event_type}))
     assert event.kind is kind

@@ -20,6 +20,7 @@ from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
 
 from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, WebhookRequest
+from workers.gateways.email import postmark
 from workers.gateways.email.postmark import BOUNCE_TYPES, DEFAULT_BOUNCE, PostmarkGateway, PostmarkSettings
 from workers.gateways.errors import (
     GatewayConfigError,
@@ -428,6 +429,48 @@ def test_bounce_table_covers_the_sdk_list_and_defaults_to_transient(offline: Pos
     body = hook({**BOUNCE, "Type": "SomethingNew"})
     [event] = offline.parse_webhook(as_request(basic(HOOK_USER, HOOK_PASSWORD), body))
     assert (event.kind, event.error_class) == DEFAULT_BOUNCE
+
+
+# Webhook RecordType (postmarkapp.com/developer/webhooks), message Status and MessageEvents[].Type
+# (postmark-python models/outbound/enums.py MessageStatus, MessageEventType), with our kinds; the others
+# (Open, Click, SubscriptionChange; Opened, LinkClicked, SubscriptionChanged) are not tracked.
+DOCUMENTED_RECORDS = {
+    "Delivery": EventKind.DELIVERED,
+    "Bounce": EventKind.BOUNCED,
+    "SpamComplaint": EventKind.COMPLAINED,
+}
+DOCUMENTED_STATUSES: list[tuple[str, EventKind]] = [
+    ("Queued", EventKind.QUEUED),
+    ("Scheduled", EventKind.QUEUED),
+    ("Processed", EventKind.SENDING),
+    ("Sent", EventKind.SENDING),  # handed to Postmark's MTA; a Delivered event says more
+    ("Blocked", EventKind.FAILED),
+    ("Failed", EventKind.FAILED),
+]
+DOCUMENTED_MESSAGE_EVENTS = {"Delivered": EventKind.DELIVERED, "Transient": EventKind.DEFERRED}
+
+
+@pytest.mark.parametrize(("status", "kind"), DOCUMENTED_STATUSES)
+def test_every_message_status_maps_as_decided(status: str, kind: EventKind) -> None:
+    details = {"MessageID": "m-1", "Status": status, "Metadata": {"reference": "dlv-1"}, "MessageEvents": []}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json=details))
+    event = postmark_gateway("https://api.postmark.test", transport=transport).fetch_status("m-1")
+    assert (event.kind, event.reference) == (kind, "dlv-1")
+
+
+@pytest.mark.parametrize(("event_type", "kind"), sorted(DOCUMENTED_MESSAGE_EVENTS.items()))
+def test_message_events_map_as_decided(event_type: str, kind: EventKind) -> None:
+    details = {"MessageID": "m-1", "Status": "Sent", "MessageEvents": [{"Type": "Opened"}, {"Type": event_type}]}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json=details))
+    assert postmark_gateway("https://api.postmark.test", transport=transport).fetch_status("m-1").kind is kind
+
+
+def test_the_tables_hold_the_documented_values() -> None:
+    assert postmark.RECORD_KINDS == DOCUMENTED_RECORDS
+    assert dict(DOCUMENTED_STATUSES) == postmark.STATUS_KINDS
+    assert postmark.MESSAGE_EVENT_KINDS == {**DOCUMENTED_MESSAGE_EVENTS, "Bounced": EventKind.BOUNCED}
+    # API ErrorCodes that mean "later" (postmarkapp.com/developer/api/overview): 100 maintenance, 429 rate limit
+    assert set(postmark.TRANSIENT_CODES) == {100, 429}
 
 
 # -- settings --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from workers.gateways.errors import (
     Unknown,
     WebhookFormatError,
 )
+from workers.gateways.fax import telnyx as telnyx_module
 from workers.gateways.fax.telnyx import (
     FAILURE_CLASSES,
     TelnyxGateway,
@@ -594,6 +595,58 @@ def test_failure_table_covers_every_reason_the_sdk_documents() -> None:
     assert documented <= set(FAILURE_CLASSES)
     assert set(FAILURE_CLASSES) == set(EXPECTED_FAILURE_CLASSES)
     assert failure_class("a_reason_added_next_year") == "transient"
+
+
+# The outbound values of ``Fax.status`` (telnyx-python types/fax.py) and the fax webhook event types
+# (types/fax_{queued,media_processed,sending_started,delivered,failed}.py), with our kinds. Inbound
+# statuses (initiated, receiving, media.processing, received) are no delivery of ours.
+DOCUMENTED_STATUSES: list[tuple[str, EventKind]] = [
+    ("queued", EventKind.QUEUED),
+    ("media.processed", EventKind.QUEUED),  # the document was fetched and converted; not dialled yet
+    ("originated", EventKind.SENDING),
+    ("sending", EventKind.SENDING),
+    ("delivered", EventKind.DELIVERED),
+    ("failed", EventKind.FAILED),
+]
+DOCUMENTED_EVENTS: list[tuple[str, EventKind]] = [
+    ("fax.queued", EventKind.QUEUED),
+    ("fax.media.processed", EventKind.QUEUED),
+    ("fax.sending.started", EventKind.SENDING),
+    ("fax.delivered", EventKind.DELIVERED),
+    ("fax.failed", EventKind.FAILED),
+]
+
+
+def _fetched(signing_key: nacl.signing.SigningKey, status: str) -> StatusEvent:
+    fax_object = {"id": "c62be5bc-9b13-4b6c-abda-34dd8b541287", "status": status, "direction": "outbound"}
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, json={"data": fax_object}))
+    return telnyx_gateway("https://api.telnyx.test", signing_key, transport=transport).fetch_status("c62be5bc")
+
+
+@pytest.mark.parametrize(("status", "kind"), DOCUMENTED_STATUSES)
+def test_every_outbound_status_maps_as_decided(
+    signing_key: nacl.signing.SigningKey, status: str, kind: EventKind
+) -> None:
+    assert _fetched(signing_key, status).kind is kind
+
+
+@pytest.mark.parametrize("status", ["initiated", "receiving", "media.processing", "received"])
+def test_inbound_statuses_are_no_delivery_of_ours(signing_key: nacl.signing.SigningKey, status: str) -> None:
+    with pytest.raises(StatusLookupError):
+        _fetched(signing_key, status)
+
+
+@pytest.mark.parametrize(("event_type", "kind"), DOCUMENTED_EVENTS)
+def test_every_fax_event_maps_as_decided(
+    offline_gateway: TelnyxGateway, signing_key: nacl.signing.SigningKey, event_type: str, kind: EventKind
+) -> None:
+    body = fax_event(event_type)
+    assert [e.kind for e in offline_gateway.parse_webhook(as_request(signed(signing_key, body), body))] == [kind]
+
+
+def test_the_status_and_event_tables_hold_the_documented_values() -> None:
+    assert dict(DOCUMENTED_STATUSES) == telnyx_module.STATUS_KINDS
+    assert dict(DOCUMENTED_EVENTS) == telnyx_module.EVENT_KINDS
 
 
 # -- settings ----------------------------------------------------------------------------------------

@@ -19,9 +19,8 @@ Followed (checked against the provider's own pages and its official Ruby library
   ``lib/phaxio/resources/webhook.rb``: hex HMAC-SHA1, keyed with the callback token, over the callback
   URL as submitted + each POST parameter sorted by name (name + value) + each file part sorted by name
   (name + SHA1 hex of its content). The library's own test vector is in our tests.
-- Error types and ids: https://www.phaxio.com/docs/errorMessages (faxError ids past 12 are cut off
-  there; they are the same numbers Sinch publishes for its Phaxio-derived API, sinch-sdk-node
-  ``packages/fax/src/models/v3/errors``).
+- Error types and ids: https://www.phaxio.com/docs/errorMessages (the copy we could read lists the
+  faxError ids up to 12; see :data:`ERROR_CLASSES`).
 - HTTP errors: phaxio-ruby ``Client#handle_response`` maps 401, 404, 422, 429, 503; 402 is handled
   defensively (see :func:`_error_for_response`).
 """
@@ -81,24 +80,26 @@ STATUS_KINDS: dict[str, EventKind] = {
     "partialsuccess": EventKind.FAILED,
 }
 
-# Failure of one attempt, by Phaxio error id (https://www.phaxio.com/docs/errorMessages).
-# "transient": the same number may work later (our engine retries with backoff, and turns repeated
-# no-answer / no-fax-tone into a permanent failure after N tries). "permanent": this number, or this
+# Failure of one attempt, by Phaxio error id: the ids of https://www.phaxio.com/docs/errorMessages and
+# no other (Sinch publishes its own list for its own API; sinch.py keeps that one). The copy of that
+# page we could read ends its faxError list at id 12; a later faxError id falls to the type below.
+# "transient": the same number may work later (RetryPolicy in dispatcher/domain/outcomes.py retries
+# the route, up to max_attempts and the campaign deadline). "permanent": this number, or this
 # document, will not work; move to the next route.
 ERROR_CLASSES: dict[int, ErrorClass] = {
     # documentConversionError: our document or its URL; sending it again changes nothing
-    4: "permanent",  # problem converting and merging files
-    54: "permanent",  # could not access the URL you provided
-    55: "permanent",  # string_data URL invalid
-    57: "transient",  # problem storing the file (Phaxio's storage)
-    69: "permanent",  # problem converting and merging files
-    122: "permanent",  # simulated document conversion error
-    128: "permanent",  # could not determine mimetype
+    4: "permanent",  # there was a problem in converting and merging files ... contact support
+    54: "permanent",  # could not access the url you provided
+    55: "permanent",  # the string_data URL you provided is invalid
+    57: "transient",  # there was a problem storing the file you provided (Phaxio's storage)
+    69: "permanent",  # "there was a problem in converting and merging files to the output file format"
+    122: "permanent",  # user simulated document conversion error
+    128: "permanent",  # could not determine mimetype for file
     129: "permanent",  # mimetype not supported
     130: "permanent",  # mimetype not supported: application/xml
     133: "permanent",  # failed to normalize PDF document
     # lineError: the call could not be placed
-    11: "transient",  # call dropped prematurely
+    11: "transient",  # the call dropped prematurely
     15: "transient",  # congestion
     16: "transient",  # ring timeout
     17: "transient",  # busy
@@ -117,26 +118,13 @@ ERROR_CLASSES: dict[int, ErrorClass] = {
     110: "transient",  # network error
     112: "transient",  # no answer
     115: "permanent",  # the phone number has been changed
-    121: "transient",  # simulated lineError
+    121: "transient",  # user requested simulated lineError
     # faxError: the fax session failed; mostly line quality, so worth another call
-    6: "transient",  # error communicating with the far side
+    6: "transient",  # there was an error communicating with the far side
     7: "permanent",  # far end cannot receive at the size of image
     8: "transient",  # no response after sending a page
     10: "transient",  # disconnected after permitted retries
-    12: "transient",  # no response to DCS or TCF
-    13: "transient",  # timed out waiting for the first message
-    14: "transient",  # timed out waiting for initial communication (no fax tone)
-    25: "permanent",  # far end cannot receive at the resolution of the image
-    31: "permanent",  # fax machine incompatibility
-    46: "transient",  # insufficient funds: the account, not the number
-    48: "transient",  # no answer (receiving machine may be out of paper)
-    68: "permanent",  # far end is not compatible
-    75: "permanent",  # manually canceled by a user: an operator decided, do not undo it
-    76: "transient",  # canceled automatically because the timeout was exceeded
-    113: "permanent",  # the file for this fax has been deleted
-    119: "transient",  # simulated faxError
-    132: "transient",  # no fax tone detected
-    # 133 is also faxError "phone number is not permitted" (Sinch's list): permanent as well, row above
+    12: "transient",  # received no response to DCS or TCF
 }
 
 # When an id is not in the table, its type decides.

@@ -24,7 +24,7 @@ Followed (checked against developers.sinch.com and the official sinch-sdk-node `
   HTTP Basic credentials (constant-time comparison).
 - Status ``QUEUED | IN_PROGRESS | COMPLETED | FAILURE``; ``errorType`` and ``errorCode`` from
   https://developers.sinch.com/docs/fax/api-reference/fax/tag/Error-Messages and the SDK's
-  ``models/v3/errors`` (the numbers are Phaxio's).
+  ``models/v3/errors`` (Sinch's own list; see :data:`ERROR_CLASSES`).
 - Error bodies: we read ``message`` and, where present, ``details[].fieldViolations[]``
   (``{field, description}``), and fall back to the HTTP status; the exact error body of the fax API is
   not fully published, so nothing depends on more than that.
@@ -77,22 +77,28 @@ STATUS_KINDS: dict[str, EventKind] = {
     "FAILURE": EventKind.FAILED,
 }
 
-# Failure of one attempt, by errorCode (Sinch "Error Messages"; same numbers as Phaxio).
-# "transient": the same number may work later (the engine retries with backoff and gives up on
-# repeated no-answer / no-fax-tone after N tries); "permanent": move to the next route.
+# Failure of one attempt, by errorCode: the codes Sinch documents for Fax API v3, and no other --
+# https://developers.sinch.com/docs/fax/api-reference/fax/tag/Error-Messages and sinch-sdk-node
+# ``packages/fax/src/models/v3/errors/{document-conversion-error,call-error,fax-error}``. The numbers
+# came from Phaxio, but the list is Sinch's own: it is shorter (no CALL_ERROR 50, 52, 73, 87, ...),
+# and 69 means something else here (Phaxio: converting and merging files). Phaxio's table stays in
+# phaxio.py. "transient": the same number may work later (RetryPolicy in dispatcher/domain/outcomes.py
+# retries the route, up to max_attempts and the campaign deadline); "permanent": move to the next route.
 ERROR_CLASSES: dict[int, ErrorClass] = {
-    # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing
-    4: "permanent",
-    54: "permanent",
-    55: "permanent",
-    57: "transient",
-    69: "transient",  # 57/69: storage
-    122: "permanent",
-    128: "permanent",
-    129: "permanent",
-    130: "permanent",
-    # CALL_ERROR / LINE_ERROR: the call could not be placed
-    11: "transient",  # call dropped prematurely
+    # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing, but storage is Sinch's
+    4: "permanent",  # there was a problem in converting and merging files ... contact support
+    54: "permanent",  # could not access the url you provided
+    55: "permanent",  # the string_data URL you provided is invalid
+    57: "transient",  # there was a problem storing the file you provided
+    69: "transient",  # Sinch: "there was a problem storing the file you provided" (as 57)
+    122: "permanent",  # user simulated document conversion error
+    128: "permanent",  # could not determine mimetype for file
+    129: "permanent",  # mimetype not supported
+    130: "permanent",  # mimetype not supported: application/xml
+    # 133 is both DOCUMENT_CONVERSION_ERROR "failed to normalize PDF document" and FAX_ERROR "phone
+    # number is not permitted": permanent either way (row below)
+    # CALL_ERROR: the call could not be placed
+    11: "transient",  # the call dropped prematurely
     15: "transient",  # congestion
     16: "transient",  # ring timeout
     17: "transient",  # busy
@@ -102,39 +108,49 @@ ERROR_CLASSES: dict[int, ErrorClass] = {
     34: "permanent",  # phone number not operational
     43: "transient",  # problem establishing connection
     49: "permanent",  # the destination phone number is not active
-    # further Phaxio line-error numbers, should Sinch report them (not in the SDK's CallError enum)
-    50: "permanent",  # call rejected: the far end refuses the call
-    52: "permanent",  # no route available
-    73: "permanent",  # number changed
-    87: "transient",
-    88: "transient",
-    100: "transient",
-    110: "transient",
-    112: "transient",  # no answer, network
-    115: "permanent",  # the phone number has been changed
-    # FAX_ERROR: the fax session failed; mostly line quality
-    6: "transient",
-    8: "transient",
-    10: "transient",
-    12: "transient",
-    13: "transient",
-    14: "transient",  # timed out waiting for initial communication
+    # FAX_ERROR: the fax session failed; mostly line quality, so worth another call
+    6: "transient",  # there was an error communicating with the far side
     7: "permanent",  # far end cannot receive at the size of image
+    8: "transient",  # no response after sending a page
+    10: "transient",  # disconnected after permitted retries
+    12: "transient",  # received no response to DCS or TCF
+    13: "transient",  # timed out waiting for the first message
+    14: "transient",  # timed out waiting for initial communication
+    18: "transient",  # unexpected message received
+    20: "transient",  # the HDLC carrier did not stop in a timely manner
+    21: "transient",  # received a DCN from remote after sending a page
+    22: "transient",  # received bad response to DCS or training
     25: "permanent",  # far end cannot receive at the resolution of the image
+    26: "transient",  # the remote fax machine failed to respond
+    28: "transient",  # failed to train with any of the compatible modems
+    29: "transient",  # invalid response after sending a page
     31: "permanent",  # fax machine incompatibility
+    38: "transient",  # the remote fax machine hung up before receiving fax
+    40: "transient",  # telephony error
+    41: "transient",  # unexpected DCN while waiting for DCS or DIS
+    44: "transient",  # telephony error
     46: "transient",  # insufficient funds: the account, not the number
-    48: "transient",  # no answer (receiving machine may be out of paper)
+    48: "transient",  # no answer (the receiving machine may be out of paper)
+    53: "transient",  # unexpected DCN after EOM or MPS sequence
+    60: "transient",  # transmission error after page break
+    63: "transient",  # fax protocol error
     68: "permanent",  # far end is not compatible
-    75: "permanent",  # manually canceled by a user: an operator decided
-    76: "transient",  # canceled automatically because the timeout was exceeded
-    113: "permanent",  # the file for this fax was deleted
-    119: "transient",  # simulated faxError
+    75: "permanent",  # manually canceled by user: an operator decided, do not undo it
+    76: "transient",  # canceled automatically because timeout exceeded
+    77: "transient",  # timed out waiting for receiver ready (ECM mode)
+    79: "transient",  # can't cancel the fax, it's already complete (not a verdict on the number)
+    80: "transient",  # received a DCN while waiting for a DIS
+    82: "transient",  # there was an error communicating with the far side
+    84: "transient",  # unexpected command after page received
+    113: "permanent",  # the file for this fax has been deleted or is not accessible
+    117: "transient",  # no pages received
+    119: "transient",  # user requested simulated faxError
+    131: "transient",  # incomplete transmission
     132: "transient",  # no fax tone detected (a voice line answered)
-    133: "permanent",  # phone number is not permitted
+    133: "permanent",  # phone number is not permitted / failed to normalize PDF document
 }
 
-# errorType decides when the code is not in the table (document 133 shares its number with
-# FAX_ERROR 133 "not permitted": both are permanent, so the shared row is right for both).
+# errorType decides when the code is not in the table.
 ERROR_TYPE_CLASSES: dict[str, ErrorClass] = {
     "DOCUMENT_CONVERSION_ERROR": "permanent",
     "CALL_ERROR": "transient",
