@@ -44,8 +44,8 @@ class Gateway:
     provider: ClassVar[str]
     channel: ClassVar[Channel]
     settings_class: ClassVar[type[BaseSettings]]
-    # The largest status webhook body this provider sends, in bytes; the web app refuses a larger one
-    # with 413 before reading further. Each provider states its own, with the reason.
+    # The largest status webhook body this provider sends, in bytes, stated by each provider with the
+    # reason: the web app answers a larger one 413 before reading on, and parse_webhook refuses it.
     max_webhook_bytes: ClassVar[int]
     # False for gateways that never report delivery (SMTP): their acceptance is the final word
     reports_delivery: ClassVar[bool] = True
@@ -93,6 +93,8 @@ class Gateway:
 
     def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify and decode a status webhook; WebhookAuthError / WebhookFormatError when refused."""
+        if len(request.body) > self.max_webhook_bytes:
+            raise WebhookFormatError(f"{self.name}: webhook body over {self.max_webhook_bytes} bytes")
         with _Boundary(self, "parse_webhook", WebhookFormatError):
             return self._parse_webhook(request)
 

@@ -99,6 +99,9 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = MailgunSettings
+    # One signature block and one event-data object per POST, a few KB: headers and delivery status,
+    # never the message body (user_manual.rst "Webhooks", api-events.rst).
+    max_webhook_bytes: ClassVar[int] = 64 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)

@@ -137,6 +137,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = PostmarkSettings
+    # One record per POST, a few KB; a Bounce carries the raw bounce in ``Content`` when the webhook
+    # includes bounce content, and that may quote our message, which Postmark caps at 10 MB
+    # (postmarkapp.com/developer: "Maximum email size is 10 MB").
+    max_webhook_bytes: ClassVar[int] = 12 * 1024 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)

@@ -137,6 +137,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = SendGridSettings
+    # Events come in batches, posted "within approximately 30 seconds or when the batch size reaches
+    # 768 kilobytes" (twilio.com/docs/sendgrid, Event Webhook overview); room for the event that tips it.
+    max_webhook_bytes: ClassVar[int] = 1024 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)

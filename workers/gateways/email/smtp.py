@@ -90,6 +90,7 @@ class SmtpGateway(Gateway):
     channel: ClassVar[Channel] = Channel.EMAIL
     settings_class: ClassVar[type[BaseSettings]] = SmtpSettings
     reports_delivery: ClassVar[bool] = False  # no webhooks, no lookup: the relay's 250 is the last word
+    max_webhook_bytes: ClassVar[int] = 0  # SMTP reports nothing by webhook: no body is expected
     settings: SmtpSettings
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:

@@ -197,6 +197,8 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
     channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = TelnyxSettings
     needs_media_url: ClassVar[bool] = True  # Telnyx downloads the PDF from media_url
+    # One JSON envelope per event, a few KB: ids, numbers, status and reason, no media (types/fax_*.py).
+    max_webhook_bytes: ClassVar[int] = 64 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
