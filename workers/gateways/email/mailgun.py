@@ -17,7 +17,8 @@ Followed, field by field (mailgun/documentation, ``source/*.rst``, and documenta
   filter fields (``message-id``, ``recipient``, ``event``, ...; user variables are *not* a documented
   filter, so lookups by reference match pages here, narrowed by ``recipient`` and ``begin``),
   ``paging.next`` until an empty page; event types and ``severity`` temporary|permanent.
-- django-anymail ``backends/mailgun.py``, ``webhooks/mailgun.py`` and ``tests/test_mailgun_webhooks.py``
+- django-anymail (github.com/anymail/django-anymail): ``anymail/backends/mailgun.py``,
+  ``anymail/webhooks/mailgun.py`` and ``tests/test_mailgun_webhooks.py``
   (captured delivered / failed permanent / failed temporary / complained payloads).
 
 We set ``h:Message-Id`` to our own stable Message-ID; Mailgun answers with that id, so the receipt's

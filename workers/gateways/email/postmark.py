@@ -16,11 +16,13 @@ Followed, field by field:
   ``GET /bounces/{id}`` and the bounce ``Type`` list with its TypeCodes.
 - postmarkapp.com/developer/webhooks (delivery, bounce, spam complaint payloads) and webhook HTTP auth:
   Postmark sends the Basic-auth credentials configured on the webhook (or embedded in its URL).
-- ActiveCampaign/postmark-python (official SDK): ``exceptions.py`` (code -> exception), ``models/
-  outbound`` (MessageStatus, MessageEventType), ``models/bounces/enums.py`` (BounceType);
-  postmarker (Postmark's recommended client) ``core.py``/``models/emails.py``/``models/messages.py``.
-- django-anymail ``backends/postmark.py`` (300/406 handling), ``webhooks/postmark.py`` (RecordType and
-  bounce Type tables) and ``tests/test_postmark_webhooks.py`` (captured payloads).
+- ActiveCampaign/postmark-python (official SDK): ``postmark/exceptions.py`` (code -> exception),
+  ``postmark/models/outbound/enums.py`` (MessageStatus, MessageEventType),
+  ``postmark/models/bounces/enums.py`` (BounceType); postmarker (Postmark's recommended client)
+  ``postmarker/core.py``, ``postmarker/models/emails.py``, ``postmarker/models/messages.py``.
+- django-anymail (github.com/anymail/django-anymail): ``anymail/backends/postmark.py`` (300/406
+  handling), ``anymail/webhooks/postmark.py`` (RecordType and bounce Type tables) and
+  ``tests/test_postmark_webhooks.py`` (captured payloads).
 
 Postmark has no idempotency key. Our reference travels in ``Metadata.reference`` and our Message-ID in
 ``Headers``; an Unknown outcome is reconciled with :meth:`PostmarkGateway.find_by_reference`.

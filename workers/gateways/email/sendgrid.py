@@ -22,7 +22,8 @@ Followed, field by field:
   ``helpers/eventwebhook`` (``EventWebhook.verify_signature``) does.
 - .../tracking-events/event: event names, ``sg_message_id`` (``<X-Message-Id>.filter...``),
   ``sg_event_id``, bounce ``type`` bounce|blocked, custom args flattened into each event.
-- django-anymail ``backends/sendgrid.py`` and ``webhooks/sendgrid.py`` with its captured payloads.
+- django-anymail (github.com/anymail/django-anymail): ``anymail/backends/sendgrid.py`` and
+  ``anymail/webhooks/sendgrid.py`` with its captured payloads.
 
 **Lookups need SendGrid's paid "additional email activity history" add-on** (and an API key with
 Email Activity access). Without it ``fetch_status``/``find_by_reference`` raise StatusLookupError and

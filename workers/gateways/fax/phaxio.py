@@ -18,7 +18,8 @@ Followed (checked against the provider's own pages and its official Ruby library
 - Signature ``X-Phaxio-Signature``: https://www.phaxio.com/docs/security/callbacks and phaxio-ruby
   ``lib/phaxio/resources/webhook.rb``: hex HMAC-SHA1, keyed with the callback token, over the callback
   URL as submitted + each POST parameter sorted by name (name + value) + each file part sorted by name
-  (name + SHA1 hex of its content). The library's own test vector is in our tests.
+  (name + SHA1 hex of its content). The library's own test vector (``spec/resources/webhook_spec.rb``)
+  is in tests/gateways/test_phaxio.py.
 - Error types and ids: https://www.phaxio.com/docs/errorMessages (the copy we could read lists the
   faxError ids up to 12; see :data:`ERROR_CLASSES`).
 - HTTP errors: phaxio-ruby ``Client#handle_response`` maps 401, 404, 422, 429, 503; 402 is handled
@@ -350,7 +351,7 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     if status == 402:
         # Insufficient funds. Nothing was sent and the number is fine: a permanent error would move
         # a letter to a head of state on to a weaker route because of our billing. Retry later while
-        # an operator tops the account up; the engine's error-rate pause stops a retry storm.
+        # an operator tops the account up; RetryPolicy's backoff and max_attempts bound the retries.
         return Transient(f"phaxio: payment required: {message}", code="insufficient_funds", raw=body)
     if status == 422:  # invalid request, e.g. an invalid or unsupported number: this route is dead
         return Permanent(f"phaxio: request refused: {message}", code="422", raw=body)

@@ -233,9 +233,10 @@ class SinchGateway(HttpGateway[SinchSettings]):
             "from": message.from_number,
             "files": [{"file": base64.b64encode(message.pdf).decode("ascii"), "fileType": "PDF"}],
             "labels": {REFERENCE_LABEL: message.reference},
-            # Our engine owns retries: it knows the campaign deadline, the one-call-per-line rule and
-            # the other routes. Provider-side retries would be invisible to it and could deliver a
-            # letter after we moved on to another route: a duplicate to the same office.
+            # Our engine owns retries: it knows the campaign deadline, the minimum gap between faxes to
+            # one number (DISPATCH_FAX_GAP_SECONDS) and the other routes. Provider-side retries would be
+            # invisible to it and could deliver a letter after we moved on to another route: a
+            # duplicate to the same office.
             "maxRetries": 0,
         }
         if message.header_text:

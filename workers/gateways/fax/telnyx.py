@@ -90,10 +90,10 @@ STATUS_KINDS: dict[str, EventKind] = {
 # Every ``failure_reason`` documented on the Fax object (types/fax.py), classified for the router.
 # "transient": the same number may take the fax later (line busy, no answer, a call or carrier fault,
 # our own media server or a channel limit) -- retried with backoff until the campaign deadline.
-# "permanent": this number (or this document) will not work however often we try -- move to the
-# next route, or hold for an operator when the fault is ours (account, document, caller id).
-# ``fax_initial_communication_timeout`` (no fax tone) is transient per attempt: a fax machine may be
-# switched off or answered by a person; the ledger's dead-number policy escalates after N attempts.
+# "permanent": this number (or this document, or our account) will not work however often we try --
+# move to the next route. ``fax_initial_communication_timeout`` (no fax tone) is transient per
+# attempt: a fax machine may be switched off or answered by a person; RetryPolicy.max_attempts
+# (dispatcher/domain/outcomes.py) gives the route up after that many attempts.
 FAILURE_CLASSES: dict[str, ErrorClass] = {
     # the line or the call
     "user_busy": "transient",
