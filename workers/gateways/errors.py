@@ -10,7 +10,8 @@
     ├── StatusLookupError       fetch_status / find_by_reference could not tell (unknown id, provider down)
     └── WebhookError            an incoming status webhook is refused and changes nothing
         ├── WebhookAuthError    bad, missing or replayed signature / credentials (403)
-        └── WebhookFormatError  malformed body, wrong content type, a provider without webhooks (400)
+        └── WebhookFormatError  malformed body, wrong content type, over max_webhook_bytes, a provider
+                                without webhooks (400)
 
 Gateways map provider answers and lower-level errors (httpx, smtplib, socket) to these types at the
 boundary, with ``raise ... from err``. What a provider module does not map, the public methods of
