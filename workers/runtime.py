@@ -14,7 +14,7 @@ from dispatcher.domain.media import media_url
 from dispatcher.domain.settings import Settings, get_settings
 from workers.delivery import WorkerContext
 from workers.gateways.base import Gateway
-from workers.gateways.registry import build_gateway
+from workers.gateways.registry import build_for_slot, slots
 from workers.limits import Limiter, Limits, NoLimits, RedisLimiter
 
 _lock = threading.Lock()
@@ -37,11 +37,9 @@ def install(new: WorkerContext | None) -> None:
 
 
 def build_gateways(settings: Settings) -> dict[str, Gateway]:
-    """One gateway per channel; a missing setting fails here, at start-up, naming the variable."""
-    gateways = {"fax": build_gateway(settings.fax_gateway), "email": build_gateway(settings.email_gateway)}
-    if settings.copies_gateway:
-        gateways["copies"] = build_gateway(settings.copies_gateway)
-    return gateways
+    """One gateway per channel slot; a missing setting or a gateway of the wrong channel fails here, at
+    start-up, naming the variable."""
+    return {slot.key: build_for_slot(slot) for slot in slots(settings)}
 
 
 def build_worker_context(

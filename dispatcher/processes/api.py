@@ -30,7 +30,6 @@ from workers.gateways.base import Gateway
 from workers.gateways.errors import WebhookError
 
 log = logging.getLogger(__name__)
-MAX_WEBHOOK_BYTES = 1 << 20  # providers' status callbacks are a few KiB; Phaxio's carry no file by default
 
 
 @dataclass
@@ -55,7 +54,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         gateway = ctx.gateways.get(name)
         if gateway is None:
             raise HTTPException(404, f"no gateway named {name!r}")
-        body = await _bounded_body(request)
+        body = await _bounded_body(request, limit=gateway.max_webhook_bytes)
         raw = WebhookRequest(
             method=request.method,
             url=str(request.url),
@@ -104,16 +103,17 @@ def create_app(ctx: WebContext) -> FastAPI:
     return app
 
 
-async def _bounded_body(request: Request) -> bytes:
+async def _bounded_body(request: Request, *, limit: int) -> bytes:
+    """The body, or 413 as soon as it is known to exceed ``limit`` (the gateway's max_webhook_bytes)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, "webhook body too large")
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_WEBHOOK_BYTES:
+        if len(body) > limit:
             raise HTTPException(413, "webhook body too large")
-    return body
+    return bytes(body)
 
 
 def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -> Counter[str]:

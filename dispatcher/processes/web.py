@@ -10,12 +10,15 @@ from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.settings import Settings
 from dispatcher.processes.api import WebContext, create_app
 from workers.gateways.base import Gateway
-from workers.gateways.registry import build_gateway
+from workers.gateways.registry import build_for_slot, slots
 
 
 def configured_gateways(settings: Settings) -> dict[str, Gateway]:
-    names = {settings.fax_gateway, settings.email_gateway, settings.copies_gateway or settings.email_gateway}
-    return {name: build_gateway(name) for name in sorted(names)}
+    """The gateways by name (as in /webhooks/<name>); each slot is checked against its channel."""
+    gateways: dict[str, Gateway] = {}
+    for slot in slots(settings):
+        gateways.setdefault(slot.name, build_for_slot(slot))
+    return gateways
 
 
 def build_web_app(settings: Settings) -> FastAPI:

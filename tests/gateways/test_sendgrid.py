@@ -10,7 +10,7 @@ import base64
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,16 +35,15 @@ from workers.gateways.errors import (
     GatewayConfigError,
     Permanent,
     StatusLookupError,
-    Transient,
-    Unknown,
     WebhookAuthError,
     WebhookFormatError,
 )
 from workers.gateways.registry import build_gateway
 from workers.sandbox.core import SandboxState
 from workers.sandbox.sendgrid import create_app, public_key_b64, sign
-from workers.sandbox.server import ThreadedServer, free_port, serve
+from workers.sandbox.server import ThreadedServer, serve
 
+from .contract import HttpContract, ReplayContract, WebhookContract
 from .receivers import RawSink, serving, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,26 +99,31 @@ def emulator(app: FastAPI) -> Iterator[ThreadedServer]:
         yield server
 
 
-def make_gateway(
-    base_url: str, key: ec.EllipticCurvePrivateKey | None = None, *, read_timeout: float = 5.0, **settings: Any
+def sendgrid_gateway(
+    base_url: str,
+    key: ec.EllipticCurvePrivateKey | None = None,
+    *,
+    read_timeout: float = 5.0,
+    transport: httpx.BaseTransport | None = None,
+    **settings: Any,
 ) -> SendGridGateway:
     values: dict[str, Any] = {"api_key": API_KEY, "base_url": base_url, **settings}
     if key is not None:
         values.setdefault("webhook_public_key", public_key_b64(key))
     timeout = httpx.Timeout(connect=2.0, read=read_timeout, write=5.0, pool=2.0)
-    return SendGridGateway(SendGridSettings(**values), client=httpx.Client(timeout=timeout))
+    return SendGridGateway(SendGridSettings(**values), client=httpx.Client(timeout=timeout, transport=transport))
 
 
 @pytest.fixture
 def gateway(emulator: ThreadedServer, signing_key: ec.EllipticCurvePrivateKey) -> Iterator[SendGridGateway]:
-    gw = make_gateway(emulator.url, signing_key)
+    gw = sendgrid_gateway(emulator.url, signing_key)
     yield gw
     gw.close()
 
 
 @pytest.fixture
 def offline(signing_key: ec.EllipticCurvePrivateKey) -> SendGridGateway:
-    return make_gateway("http://127.0.0.1:9", signing_key)
+    return sendgrid_gateway("http://127.0.0.1:9", signing_key)
 
 
 def letter(to: str | None = None, *, cc: tuple[str, ...] = ()) -> EmailMessage:
@@ -227,71 +231,11 @@ def test_malformed_address_is_refused_by_validation(gateway: SendGridGateway) ->
 
 
 def test_wrong_key_is_permanent_and_names_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
-    gw = make_gateway(emulator.url, api_key="SG.wrong")
+    gw = sendgrid_gateway(emulator.url, api_key="SG.wrong")
     with pytest.raises(Permanent, match="DISPATCH_SENDGRID_API_KEY") as caught:
         gw.send(letter())
     assert caught.value.code == "401"
     assert state.oracle() == []
-
-
-def test_rate_limited_is_transient_with_the_reset_wait(gateway: SendGridGateway, state: SandboxState) -> None:
-    message = letter()
-    state.retry_after = 7
-    state.script(message.to[0], ["rate_limited"])
-    with pytest.raises(Transient) as caught:
-        gateway.send(message)
-    assert caught.value.code == "429"
-    assert caught.value.retry_after == pytest.approx(6.5, abs=1.0)  # from X-RateLimit-Reset, whole seconds
-    assert state.oracle() == []
-
-
-def test_server_error_is_transient(gateway: SendGridGateway, state: SandboxState) -> None:
-    message = letter()
-    state.script(message.to[0], ["server_error"])
-    with pytest.raises(Transient) as caught:
-        gateway.send(message)
-    assert caught.value.code == "500"
-    assert state.oracle() == []
-
-
-def test_bad_gateway_is_unknown_and_the_oracle_shows_acceptance(gateway: SendGridGateway, state: SandboxState) -> None:
-    message = letter()
-    state.script(message.to[0], ["bad_gateway"])
-    with pytest.raises(Unknown) as caught:
-        gateway.send(message)
-    assert caught.value.code == "502"
-    assert [(e.reference, e.outcome) for e in state.oracle()] == [(message.reference, "bad_gateway")]
-
-
-def test_dropped_connection_is_unknown_and_reconciles_by_reference(
-    gateway: SendGridGateway, state: SandboxState
-) -> None:
-    message = letter()
-    state.script(message.to[0], ["drop"])
-    with pytest.raises(Unknown) as caught:
-        gateway.send(message)
-    assert caught.value.code == "dropped"
-    [entry] = state.oracle()
-    found = gateway.find_by_reference(message.reference)
-    assert found is not None
-    assert (found.provider_id, found.reference) == (entry.provider_id, message.reference)
-
-
-def test_closed_port_is_transient() -> None:
-    with pytest.raises(Transient) as caught:
-        make_gateway(f"http://127.0.0.1:{free_port()}").send(letter())
-    assert caught.value.code == "connect"
-
-
-def test_read_timeout_is_unknown(emulator: ThreadedServer, state: SandboxState) -> None:
-    gw = make_gateway(emulator.url, read_timeout=0.3)
-    state.latency = 1.0
-    message = letter()
-    with pytest.raises(Unknown) as caught:
-        gw.send(message)
-    assert caught.value.code == "timeout"
-    state.latency = 0.0
-    assert [e.reference for e in state.oracle()] == [message.reference]
 
 
 # -- Email Activity lookups ------------------------------------------------------------------------
@@ -303,22 +247,12 @@ def test_fetch_status_follows_the_message_to_delivered(gateway: SendGridGateway)
     assert final.provider_id == receipt.provider_id
 
 
-def test_find_by_reference_none_when_never_sent(gateway: SendGridGateway) -> None:
-    gateway.send(letter())
-    assert gateway.find_by_reference("dlv-never-sent") is None
-
-
-def test_unknown_id_is_a_lookup_error(gateway: SendGridGateway) -> None:
-    with pytest.raises(StatusLookupError):
-        gateway.fetch_status("NoSuchMessageId0000000")
-
-
 def test_lookups_without_the_paid_add_on_are_lookup_errors(
     state: SandboxState, signing_key: ec.EllipticCurvePrivateKey
 ) -> None:
     app = create_app(state, api_key=API_KEY, signing_key=signing_key, activity_api=False)
     with serve(app) as server:
-        gw = make_gateway(server.url)
+        gw = sendgrid_gateway(server.url)
         receipt = gw.send(letter())
         with pytest.raises(StatusLookupError, match="403"):
             gw.fetch_status(receipt.provider_id)
@@ -349,28 +283,6 @@ def test_captured_events_map_and_carry_our_reference(
     assert events[2].detail == "421 try later"
 
 
-def test_forged_body_is_refused(offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey) -> None:
-    body = batch(event("bounce", type="bounce"))
-    headers = sign(signing_key, body)
-    with pytest.raises(WebhookAuthError):
-        offline.parse_webhook(as_request(headers, body.replace(b"bounce", b"delivered")))
-
-
-def test_signature_by_another_key_is_refused(offline: SendGridGateway) -> None:
-    body = batch(event("delivered"))
-    with pytest.raises(WebhookAuthError):
-        offline.parse_webhook(as_request(sign(ec.generate_private_key(ec.SECP256R1()), body), body))
-
-
-@pytest.mark.parametrize("skew", [-301, 301, -86400])
-def test_stale_timestamps_are_replays(
-    offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey, skew: int
-) -> None:
-    body = batch(event("delivered"))
-    with pytest.raises(WebhookAuthError, match="replay"):
-        offline.parse_webhook(as_request(sign(signing_key, body, int(time.time()) + skew), body))
-
-
 def test_an_old_webhook_received_in_time_still_verifies(
     offline: SendGridGateway, signing_key: ec.EllipticCurvePrivateKey
 ) -> None:
@@ -380,22 +292,8 @@ def test_an_old_webhook_received_in_time_still_verifies(
     assert offline.parse_webhook(received)[0].kind is EventKind.DELIVERED
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {},
-        {EventWebhookHeader.SIGNATURE: "AAAA"},
-        {EventWebhookHeader.SIGNATURE: "not base64!", EventWebhookHeader.TIMESTAMP: "1"},
-        {EventWebhookHeader.SIGNATURE: "AAAA", EventWebhookHeader.TIMESTAMP: "soon"},
-    ],
-)
-def test_missing_or_unreadable_signature_headers(offline: SendGridGateway, headers: dict[str, str]) -> None:
-    with pytest.raises(WebhookAuthError):
-        offline.parse_webhook(as_request(headers, batch(event("delivered"))))
-
-
 def test_webhooks_are_refused_without_a_configured_key() -> None:
-    gw = make_gateway("http://127.0.0.1:9")
+    gw = sendgrid_gateway("http://127.0.0.1:9")
     with pytest.raises(WebhookAuthError, match="DISPATCH_SENDGRID_WEBHOOK_PUBLIC_KEY"):
         gw.parse_webhook(as_request({}, batch(event("delivered"))))
 
@@ -403,7 +301,6 @@ def test_webhooks_are_refused_without_a_configured_key() -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        b"not json",
         b'{"event": "delivered"}',
         b"[1]",
         batch({"email": "x"}),
@@ -416,6 +313,76 @@ def test_malformed_bodies_are_format_errors(
 ) -> None:
     with pytest.raises(WebhookFormatError):
         offline.parse_webhook(as_request(sign(signing_key, body), body))
+
+
+@pytest.fixture
+def make_gateway(signing_key: ec.EllipticCurvePrivateKey) -> Iterator[Callable[..., SendGridGateway]]:
+    made: list[SendGridGateway] = []
+
+    def make(
+        address: str, *, read_timeout: float = 5.0, transport: httpx.BaseTransport | None = None
+    ) -> SendGridGateway:
+        made.append(sendgrid_gateway(address, signing_key, read_timeout=read_timeout, transport=transport))
+        return made[-1]
+
+    yield make
+    for gateway in made:
+        gateway.close()
+
+
+@pytest.fixture
+def new_message() -> Callable[[], EmailMessage]:
+    return letter
+
+
+@pytest.fixture
+def signed_document(signing_key: ec.EllipticCurvePrivateKey) -> Callable[[Any], WebhookRequest]:
+    def sign_document(document: Any) -> WebhookRequest:
+        body = json.dumps(document).encode()
+        return as_request(sign(signing_key, body), body)
+
+    return sign_document
+
+
+@pytest.fixture
+def signed_raw(signing_key: ec.EllipticCurvePrivateKey) -> Callable[[bytes], WebhookRequest]:
+    return lambda body: as_request(sign(signing_key, body), body)
+
+
+@pytest.fixture
+def webhook_sample() -> list[dict[str, Any]]:
+    return [event("processed"), event("delivered", response="250 2.0.0 OK"), event("bounce", type="bounce")]
+
+
+@pytest.fixture
+def other_event_sample() -> list[dict[str, Any]]:
+    return [event("open", useragent="Mozilla"), event("click", url="https://example.org")]
+
+
+@pytest.fixture
+def forged_webhooks(signing_key: ec.EllipticCurvePrivateKey) -> list[WebhookRequest]:
+    bounce, delivered = batch(event("bounce", type="bounce")), batch(event("delivered"))
+    return [
+        as_request(sign(signing_key, bounce), bounce.replace(b"bounce", b"delivered")),
+        as_request(sign(ec.generate_private_key(ec.SECP256R1()), delivered), delivered),
+        as_request({}, delivered),
+        as_request({EventWebhookHeader.SIGNATURE: "AAAA"}, delivered),
+        as_request({EventWebhookHeader.SIGNATURE: "not base64!", EventWebhookHeader.TIMESTAMP: "1"}, delivered),
+        as_request({EventWebhookHeader.SIGNATURE: "AAAA", EventWebhookHeader.TIMESTAMP: "soon"}, delivered),
+    ]
+
+
+@pytest.fixture
+def stale_webhooks(signing_key: ec.EllipticCurvePrivateKey) -> list[WebhookRequest]:
+    body = batch(event("delivered"))
+    return [as_request(sign(signing_key, body, int(time.time()) + skew), body) for skew in (-301, 301, -86400)]
+
+
+class TestContract(HttpContract, WebhookContract, ReplayContract):
+    """The behaviour every gateway shares (contract.py), for SendGrid."""
+
+    unknown_id = "NoSuchMessageId0000000"
+    retry_after_exact = False  # from X-RateLimit-Reset: whole seconds
 
 
 EXPECTED_EVENTS: dict[str, tuple[EventKind, str | None] | None] = {

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -12,15 +13,25 @@ import pytest
 from dispatcher.domain.messages import EmailMessage
 from workers.gateways import registry
 from workers.gateways.email.smtp import SmtpGateway, SmtpSettings
-from workers.gateways.errors import GatewayConfigError, Permanent, StatusLookupError, Transient, Unknown
+from workers.gateways.errors import (
+    DeliveryError,
+    GatewayConfigError,
+    Permanent,
+    StatusLookupError,
+    Transient,
+    Unknown,
+)
 from workers.sandbox.server import free_port
 from workers.sandbox.smtp_sink import SmtpSink
+
+from .contract import GatewayContract, outcome_problem
 
 pytestmark = pytest.mark.timeout(30)
 
 SENDER = "Advocacy Team <advocacy@example.org>"
 OFFICIAL = "minister@gov.example"
 COPY = "copies@ngo.example"
+_references = itertools.count(1)
 
 
 def letter(
@@ -38,7 +49,7 @@ def letter(
     )
 
 
-def make_gateway(port: int, **overrides: object) -> SmtpGateway:
+def _make_gateway(port: int, **overrides: object) -> SmtpGateway:
     values: dict[str, object] = {
         "host": "127.0.0.1",
         "port": port,
@@ -58,7 +69,7 @@ def sink() -> Iterator[SmtpSink]:
 
 @pytest.fixture
 def gateway(sink: SmtpSink) -> Iterator[SmtpGateway]:
-    gw = make_gateway(sink.port)
+    gw = _make_gateway(sink.port)
     yield gw
     gw.close()
 
@@ -82,6 +93,36 @@ def raw_server(greeting: bytes | None) -> Iterator[int]:
         yield listener.getsockname()[1]
     finally:
         done.set()
+        thread.join(5)
+        listener.close()
+
+
+@contextmanager
+def scripted_server(replies: list[bytes]) -> Iterator[int]:
+    """A one-connection SMTP stand-in: the first reply is the greeting, then one reply per line received;
+    when the replies run out it closes the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            pending = list(replies)
+            conn.sendall(pending.pop(0))
+            buffer = b""
+            while pending:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n" in buffer and pending:
+                    _, buffer = buffer.split(b"\r\n", 1)
+                    conn.sendall(pending.pop(0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
         thread.join(5)
         listener.close()
 
@@ -120,7 +161,7 @@ def test_message_id_is_stable_across_attempts(sink: SmtpSink, gateway: SmtpGatew
 
 
 def test_missing_message_id_is_made_from_reference_and_local_domain(sink: SmtpSink) -> None:
-    gw = make_gateway(sink.port, local_domain="mail.dispatch.example")
+    gw = _make_gateway(sink.port, local_domain="mail.dispatch.example")
     try:
         receipt = gw.send(
             EmailMessage(sender=SENDER, to=[OFFICIAL], subject="s", text="t", reference="dlv-9", message_id="")
@@ -222,25 +263,16 @@ def test_refused_addressee_aborts_before_data_even_if_copies_were_accepted(
 # -- connection faults --------------------------------------------------------------------------------
 
 
-def test_nothing_listening_is_transient() -> None:
-    gw = make_gateway(free_port())
-    with pytest.raises(Transient) as caught:
-        gw.send(letter())
-
-    assert caught.value.code == "connect"
-    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
-
-
 def test_421_greeting_is_transient() -> None:
     with raw_server(b"421 4.3.2 Too busy, try later\r\n") as port, pytest.raises(Transient) as caught:
-        make_gateway(port).send(letter())
+        _make_gateway(port).send(letter())
 
     assert caught.value.code == "421"
 
 
 def test_silent_server_times_out_as_transient() -> None:
     with raw_server(None) as port, pytest.raises(Transient) as caught:
-        make_gateway(port, timeout=0.3).send(letter())
+        _make_gateway(port, timeout=0.3).send(letter())
 
     assert caught.value.code == "connect"
     assert caught.value.__cause__ is not None
@@ -259,7 +291,7 @@ def test_drop_after_data_is_unknown_although_the_server_accepted_it(sink: SmtpSi
 
 def test_timeout_waiting_for_the_final_reply_is_unknown(sink: SmtpSink) -> None:
     sink.state.latency = 1.5
-    gw = make_gateway(sink.port, timeout=0.3)
+    gw = _make_gateway(sink.port, timeout=0.3)
     try:
         with pytest.raises(Unknown):
             gw.send(letter(cc=()))
@@ -268,8 +300,50 @@ def test_timeout_waiting_for_the_final_reply_is_unknown(sink: SmtpSink) -> None:
     assert sink.state.sends_per_reference() == {"dlv-1": 1}
 
 
+OK = b"220 ready\r\n"
+EHLO = b"250 sink.test\r\n"
+
+
+@pytest.mark.parametrize(
+    "replies",
+    [
+        [b"garbage\r\n"],
+        [b"220-first line of a greeting that never ends\r\n"],
+        [b"220 " + b"x" * 9000 + b"\r\n"],
+        [OK, b"\xff\xfe\x00\r\n"],
+        [OK, b"250-sink.test\r\n250-SIZE abc\r\n250 AUTH \xff\r\n", b"999 what\r\n"],
+        [OK, EHLO, b"250 " + b"y" * 9000 + b"\r\n"],
+        [OK, EHLO, b"250 sender ok\r\n", b"abc\r\n"],
+        [OK, EHLO, b"250 sender ok\r\n", b"250 rcpt ok\r\n", b"250 not the 354 DATA wants\r\n"],
+        [OK, EHLO, b"250 sender ok\r\n", b"250 rcpt ok\r\n", b"354 go on\r\n"],  # then silence, then close
+    ],
+    ids=["greeting", "endless-greeting", "long-greeting", "ehlo", "mail", "long-reply", "rcpt", "data", "after-data"],
+)
+def test_garbage_replies_end_in_our_errors_only(replies: list[bytes]) -> None:
+    outcome: list[object] = []
+
+    def send() -> object:
+        try:
+            outcome.append(gateway.send(letter(cc=())))
+        except Exception as err:
+            outcome.append(err)
+            raise
+        return outcome[-1]
+
+    with scripted_server(replies) as port:
+        gateway = _make_gateway(port, timeout=2.0)
+        try:
+            problem = outcome_problem("send", send, "smtp")
+        finally:
+            gateway.close()
+    assert problem is None
+    [error] = outcome
+    assert isinstance(error, DeliveryError), error  # no reply here accepts the letter
+    assert error.code != "unexpected", error  # each phase maps its own failures
+
+
 def test_starttls_required_but_not_offered_is_permanent_never_plaintext(sink: SmtpSink) -> None:
-    gw = make_gateway(sink.port, security="starttls")
+    gw = _make_gateway(sink.port, security="starttls")
     with pytest.raises(Permanent) as caught:
         gw.send(letter())
 
@@ -288,7 +362,7 @@ def auth_sink() -> Iterator[SmtpSink]:
 
 
 def test_auth_with_the_right_credentials_sends(auth_sink: SmtpSink) -> None:
-    gw = make_gateway(auth_sink.port, username="dispatch", password="s3cret")
+    gw = _make_gateway(auth_sink.port, username="dispatch", password="s3cret")
     try:
         gw.send(letter())
     finally:
@@ -297,7 +371,7 @@ def test_auth_with_the_right_credentials_sends(auth_sink: SmtpSink) -> None:
 
 
 def test_auth_failure_is_permanent_and_names_the_settings(auth_sink: SmtpSink) -> None:
-    gw = make_gateway(auth_sink.port, username="dispatch", password="wrong")
+    gw = _make_gateway(auth_sink.port, username="dispatch", password="wrong")
     with pytest.raises(Permanent) as caught:
         gw.send(letter())
 
@@ -341,8 +415,36 @@ def test_registry_builds_from_the_environment(monkeypatch: pytest.MonkeyPatch, s
     assert len(sink.messages()) == 1
 
 
+@pytest.fixture
+def make_gateway() -> Iterator[Callable[..., SmtpGateway]]:
+    """An SMTP gateway at "host:port"; ``read_timeout`` is smtplib's timeout."""
+    made: list[SmtpGateway] = []
+
+    def make(address: str, *, read_timeout: float = 2.0) -> SmtpGateway:
+        made.append(_make_gateway(int(address.rpartition(":")[2]), timeout=read_timeout))
+        return made[-1]
+
+    yield make
+    for gateway in made:
+        gateway.close()
+
+
+@pytest.fixture
+def closed_address() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def new_message() -> Callable[[], EmailMessage]:
+    return lambda: letter(f"dlv-{next(_references)}")
+
+
+class TestContract(GatewayContract):
+    """The behaviour every gateway shares (contract.py), for SMTP."""
+
+
 def test_status_lookups_refuse_rather_than_guess() -> None:
-    gw = make_gateway(free_port())
+    gw = _make_gateway(free_port())
     with pytest.raises(StatusLookupError, match="operator"):
         gw.fetch_status("<dlv-1@dispatch.example>")
     with pytest.raises(StatusLookupError, match="operator"):

@@ -30,9 +30,8 @@ from dispatcher.domain.media import media_url
 from dispatcher.domain.models import Delivery, DeliveryEvent, utcnow
 from dispatcher.domain.scheduling import claim_due
 from dispatcher.domain.states import State
-from dispatcher.processes.api import MAX_WEBHOOK_BYTES
 from workers.delivery import WorkerContext, deliver
-from workers.gateways.fax.telnyx import encode_reference
+from workers.gateways.fax.telnyx import TelnyxGateway, encode_reference
 from workers.gateways.registry import build_gateway
 
 from ..builders import build_campaign
@@ -239,9 +238,9 @@ def test_fax_event_without_fax_id_is_a_400(factory: sessionmaker[Session], sandb
 
 
 def test_oversize_body_is_a_413(factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent) -> None:
-    padding = "x" * MAX_WEBHOOK_BYTES
+    padding = "x" * TelnyxGateway.max_webhook_bytes
     body = fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference, padding=padding)
-    assert len(body) > MAX_WEBHOOK_BYTES
+    assert len(body) > TelnyxGateway.max_webhook_bytes
     before = event_count(factory)
     assert post(sandbox, body).status_code == 413  # refused by its declared Content-Length
 

@@ -1,17 +1,41 @@
-"""The shared gateway base: messages in, receipts and status events out.
+"""The gateway contract: one base class whose public methods are the only way into a provider.
 
-A provider module subclasses :class:`Gateway` (``channel`` "fax" or "email") and overrides what its
-provider supports; the base answers the rest with :class:`NotImplementedError` naming the provider.
+A provider module subclasses :class:`Gateway`, sets its class variables and implements the hooks its
+provider supports:
+
+- ``_send_fax(fax)`` or ``_send_email(email)``: the one of its ``channel``;
+- ``_fetch_status(provider_id)``, ``_find_by_reference(reference, *, to, sent_after)`` and
+  ``_parse_webhook(request)``; without them the base answers StatusLookupError / WebhookFormatError.
+
+The public methods are template methods. :meth:`Gateway.send` refuses a message of the other channel
+before any provider call (``Permanent``, code ``"channel"``). Every public method turns an exception that
+is not a :class:`~workers.gateways.errors.GatewayError` (httpx, smtplib, socket, json, a KeyError from an
+odd payload) into the error its caller handles: ``Unknown`` from send (the provider may have the
+message), ``StatusLookupError`` from lookups, ``WebhookFormatError`` from webhooks.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from types import TracebackType
 from typing import ClassVar
 
 from pydantic_settings import BaseSettings
 
-from dispatcher.domain.messages import Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
+from workers.gateways.errors import (
+    CHANNEL_MISMATCH,
+    GatewayError,
+    Permanent,
+    StatusLookupError,
+    Unknown,
+    WebhookFormatError,
+)
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -20,6 +44,9 @@ class Gateway:
     provider: ClassVar[str]
     channel: ClassVar[Channel]
     settings_class: ClassVar[type[BaseSettings]]
+    # The largest status webhook body this provider sends, in bytes, stated by each provider with the
+    # reason: the web app answers a larger one 413 before reading on, and parse_webhook refuses it.
+    max_webhook_bytes: ClassVar[int]
     # False for gateways that never report delivery (SMTP): their acceptance is the final word
     reports_delivery: ClassVar[bool] = True
     # True for providers that fetch the document from a URL we serve (Telnyx): needs DISPATCH_SECRET_KEY
@@ -29,21 +56,98 @@ class Gateway:
         self.settings = settings
         self.name = name or self.provider
 
+    # -- the public contract ----------------------------------------------------------------------
+
     def send(self, message: Message) -> Receipt:
-        """Hand one message to the provider; raise Transient, Permanent or Unknown otherwise."""
-        raise NotImplementedError(f"{self.provider}: send is not supported")
+        """Hand one message to the provider: a Receipt, or Transient, Permanent or Unknown.
+
+        A message of the other channel (a fax given to an email gateway) is refused before any provider
+        call with ``Permanent`` code ``"channel"``.
+        """
+        with _Boundary(self, "send", lambda text: Unknown(f"{text}; reconcile before any resend", code="unexpected")):
+            if self.channel is Channel.FAX and isinstance(message, FaxMessage):
+                return self._send_fax(message)
+            if self.channel is Channel.EMAIL and isinstance(message, EmailMessage):
+                return self._send_email(message)
+        raise Permanent(
+            f"{self.name}: {channel_mismatch(self.name, self.provider, self.channel, channel_of(message))}",
+            code=CHANNEL_MISMATCH,
+        )
 
     def fetch_status(self, provider_id: str) -> StatusEvent:
-        """Ask the provider for the current state of a message."""
-        raise NotImplementedError(f"{self.provider}: fetch_status is not supported")
+        """The provider's current state of one message; StatusLookupError when it cannot tell."""
+        with _Boundary(self, "fetch_status", StatusLookupError):
+            return self._fetch_status(provider_id)
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        """Look a message up by our reference, to reconcile an Unknown outcome; None if never seen."""
-        raise NotImplementedError(f"{self.provider}: lookup by reference is not supported")
+    def find_by_reference(
+        self, reference: str, *, to: str | None = None, sent_after: datetime | None = None
+    ) -> StatusEvent | None:
+        """Our message by its reference, to reconcile an Unknown outcome; None only when the provider
+        answered that it has no such message, StatusLookupError when it cannot tell.
+
+        ``to`` (the destination) and ``sent_after`` narrow the search where the provider can filter by
+        them; a provider that cannot ignores them.
+        """
+        with _Boundary(self, "find_by_reference", StatusLookupError):
+            return self._find_by_reference(reference, to=to, sent_after=sent_after)
 
     def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
-        """Verify and decode a status webhook; raise WebhookAuthError / WebhookFormatError."""
-        raise NotImplementedError(f"{self.provider}: webhooks are not supported")
+        """Verify and decode a status webhook; WebhookAuthError / WebhookFormatError when refused."""
+        if len(request.body) > self.max_webhook_bytes:
+            raise WebhookFormatError(f"{self.name}: webhook body over {self.max_webhook_bytes} bytes")
+        with _Boundary(self, "parse_webhook", WebhookFormatError):
+            return self._parse_webhook(request)
 
     def close(self) -> None:
         """Release pooled connections."""
+
+    # -- the provider's hooks ---------------------------------------------------------------------
+
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
+        """The provider's send, in a gateway whose channel is fax."""
+        raise NotImplementedError(f"{self.provider}: a fax gateway implements _send_fax")
+
+    def _send_email(self, email: EmailMessage) -> Receipt:
+        """The provider's send, in a gateway whose channel is email."""
+        raise NotImplementedError(f"{self.provider}: an email gateway implements _send_email")
+
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
+        raise StatusLookupError(f"{self.name}: {self.provider} offers no status lookup")
+
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        raise StatusLookupError(f"{self.name}: {self.provider} offers no lookup by reference")
+
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+        raise WebhookFormatError(f"{self.name}: {self.provider} sends no status webhooks")
+
+
+def channel_of(message: Message) -> Channel:
+    """The channel a message travels on."""
+    return Channel.FAX if isinstance(message, FaxMessage) else Channel.EMAIL
+
+
+def channel_mismatch(name: str, provider: str, channel: Channel, wanted: Channel) -> str:
+    """The sentence for a gateway of one channel put where another is needed."""
+    return f"gateway {name!r} (provider {provider}) sends {channel}, not {wanted}"
+
+
+class _Boundary:
+    """Lets errors of ours through and turns any other exception into ``error`` (with ``from``)."""
+
+    def __init__(self, gateway: Gateway, operation: str, error: Callable[[str], GatewayError]) -> None:
+        self.gateway = gateway
+        self.operation = operation
+        self.error = error
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if value is None or isinstance(value, GatewayError) or not isinstance(value, Exception):
+            return
+        log.warning("%s: unexpected %s in %s", self.gateway.name, type(value).__name__, self.operation, exc_info=value)
+        raise self.error(
+            f"{self.gateway.name}: unexpected {type(value).__name__} in {self.operation}: {value}"
+        ) from value

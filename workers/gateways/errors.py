@@ -1,21 +1,28 @@
 """Every error a gateway may raise, and nothing else.
 
     GatewayError
-    ├── GatewayConfigError      a gateway is unknown, or a setting is missing or malformed (start-up)
+    ├── GatewayConfigError      a gateway is unknown, misconfigured, or of the wrong channel for its slot (start-up)
     ├── DeliveryError           the outcome of one send; exactly one of:
     │   ├── Transient           nothing was sent; retry the same route later (busy, 429, 5xx, connect timeout)
-    │   ├── Permanent           this route will never work; move to the next route (invalid number, 4xx)
+    │   ├── Permanent           this route will never work; move to the next route (invalid number, 4xx,
+    │   │                       a message of the other channel: code "channel")
     │   └── Unknown             the request may have been accepted: reconcile, never resend blindly
-    ├── StatusLookupError       fetch_status could not tell (unknown id, provider down)
+    ├── StatusLookupError       fetch_status / find_by_reference could not tell (unknown id, provider down)
     └── WebhookError            an incoming status webhook is refused and changes nothing
-        ├── WebhookAuthError    bad, missing or replayed signature / credentials (401/403)
-        └── WebhookFormatError  malformed body, wrong content type, oversize (400/413/415)
+        ├── WebhookAuthError    bad, missing or replayed signature / credentials (403)
+        └── WebhookFormatError  malformed body, wrong content type, over max_webhook_bytes, a provider
+                                without webhooks (400)
 
 Gateways map provider answers and lower-level errors (httpx, smtplib, socket) to these types at the
-boundary, with ``raise ... from err``; no third-party exception reaches a caller.
+boundary, with ``raise ... from err``. What a provider module does not map, the public methods of
+:class:`workers.gateways.base.Gateway` do: send -> ``Unknown``, lookups -> ``StatusLookupError``,
+parse_webhook -> ``WebhookFormatError``. No third-party exception reaches a caller. A body larger than
+the gateway's ``max_webhook_bytes`` is refused by the web app (413) before the gateway sees it.
 """
 
 from __future__ import annotations
+
+CHANNEL_MISMATCH = "channel"  # Permanent.code of a message sent through a gateway of the other channel
 
 
 class GatewayError(Exception):
@@ -54,7 +61,7 @@ class Unknown(DeliveryError):
 
 
 class StatusLookupError(GatewayError):
-    """fetch_status could not establish the state of a message."""
+    """fetch_status or find_by_reference could not establish the state of a message."""
 
 
 class WebhookError(GatewayError):
@@ -70,6 +77,6 @@ class WebhookAuthError(WebhookError):
 
 
 class WebhookFormatError(WebhookError):
-    """Malformed body, wrong content type or oversize request."""
+    """Malformed body or wrong content type, or a gateway whose provider sends no webhooks."""
 
     status_code = 400

@@ -2,6 +2,7 @@
 
 The mapping that every HTTP gateway shares:
 
+- an invalid URL or scheme (a base_url setting): the request never left -> ``Permanent`` code "url"
 - connect errors and connect/pool timeouts: the request never left -> ``Transient``
 - read/write timeouts, a dropped connection after the request was written -> ``Unknown``
 - 429 and 503 -> ``Transient`` (with Retry-After), 500 -> ``Transient``
@@ -11,6 +12,7 @@ The mapping that every HTTP gateway shares:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -54,13 +56,17 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = math.nan
+    if math.isfinite(seconds):
+        return max(0.0, seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, the sender's zone unknown (RFC 5322 3.3)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
@@ -68,6 +74,8 @@ def request(client: httpx.Client, method: str, url: str, *, provider: str, **kwa
     """Send one request, mapping transport failures; the caller inspects the status code."""
     try:
         return client.request(method, url, **kwargs)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as err:  # nothing left: the URL is ours to fix
+        raise Permanent(f"{provider}: cannot request {url[:200]!r} ({err})", code="url") from err
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
         raise Transient(f"{provider}: could not connect ({type(err).__name__})", code="connect") from err
     except (httpx.ReadTimeout, httpx.WriteTimeout) as err:

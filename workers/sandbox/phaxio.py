@@ -35,7 +35,9 @@ FIRST_ID = 323034811  # the id in phaxio-ruby's create cassette
 WEBHOOK_TIMEOUT = httpx.Timeout(5.0)
 WEBHOOK_ATTEMPTS = 3
 
-# outcome -> (error_type, error_id, error_message) of the failed call (https://www.phaxio.com/docs/errorMessages)
+# outcome -> (error_type, error_id, error_message) of the failed call: lineError 17 and 112 from
+# https://www.phaxio.com/docs/errorMessages; the copy of that page we could read ends its faxError ids at
+# 12, so faxError 14 is the number Sinch gives the same message (its Phaxio-derived list).
 FAILURES: dict[str, tuple[str, int, str]] = {
     "busy": ("lineError", 17, "Busy"),
     "no_answer": ("lineError", 112, "No answer"),

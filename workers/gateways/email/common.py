@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from dispatcher.domain.messages import EmailMessage, Message
+from dispatcher.domain.messages import EmailMessage
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
@@ -63,13 +63,10 @@ class HttpEmailGateway(HttpGateway[S]):
             raise StatusLookupError(f"{self.provider}: HTTP {response.status_code} on {path}: {response.text[:300]}")
         return response
 
-    def email(self, message: Message) -> EmailMessage:
-        """The message as email, or Permanent: a fax cannot go through an email gateway."""
-        if not isinstance(message, EmailMessage):
-            raise Permanent(f"{self.provider}: only email can be sent through this gateway", code="channel")
-        if not message.to:
-            raise Permanent(f"{self.provider}: {message.reference} has no recipient", code="no_recipients")
-        return message
+    def check_recipients(self, email: EmailMessage) -> None:
+        """Permanent when the message names no addressee: no provider call could deliver it."""
+        if not email.to:
+            raise Permanent(f"{self.provider}: {email.reference} has no recipient", code="no_recipients")
 
 
 def b64(content: bytes) -> str:

@@ -14,10 +14,11 @@ Followed, field by field (mailgun/documentation, ``source/*.rst``, and documenta
   compared in constant time, optionally refusing reused tokens and stale timestamps; webhook payload
   ``{"signature": {timestamp, token, signature}, "event-data": {...}}``.
 - ``api-events.rst``: ``GET /v3/{domain}/events`` with ``begin``, ``ascending``, ``limit`` (300 max),
-  filter fields (``message-id``, ``event``, ...; user variables are *not* a documented filter, so
-  :meth:`MailgunGateway.find_by_reference` filters pages client-side unless given the Message-ID),
+  filter fields (``message-id``, ``recipient``, ``event``, ...; user variables are *not* a documented
+  filter, so lookups by reference match pages here, narrowed by ``recipient`` and ``begin``),
   ``paging.next`` until an empty page; event types and ``severity`` temporary|permanent.
-- django-anymail ``backends/mailgun.py``, ``webhooks/mailgun.py`` and ``tests/test_mailgun_webhooks.py``
+- django-anymail (github.com/anymail/django-anymail): ``anymail/backends/mailgun.py``,
+  ``anymail/webhooks/mailgun.py`` and ``tests/test_mailgun_webhooks.py``
   (captured delivered / failed permanent / failed temporary / complained payloads).
 
 We set ``h:Message-Id`` to our own stable Message-ID; Mailgun answers with that id, so the receipt's
@@ -41,10 +42,11 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, check_fresh, lookup_object, webhook_json
 from workers.gateways.errors import (
     DeliveryError,
+    GatewayError,
     Permanent,
     StatusLookupError,
     Transient,
@@ -53,7 +55,7 @@ from workers.gateways.errors import (
     WebhookFormatError,
 )
 from workers.gateways.http import error_for_status, retry_after_seconds
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, number, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = MailgunSettings
+    # One signature block and one event-data object per POST, a few KB: headers and delivery status,
+    # never the message body (user_manual.rst "Webhooks", api-events.rst).
+    max_webhook_bytes: ClassVar[int] = 64 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
@@ -115,9 +120,9 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, email: EmailMessage) -> Receipt:
         """``POST /v3/{domain}/messages`` as multipart form data; 200 "Queued. Thank you." is acceptance."""
-        email = self.email(message)
+        self.check_recipients(email)
         files = [("attachment", (a.filename, a.content, a.content_type)) for a in email.attachments]
         response = self.call("POST", self._domain_path("messages"), data=self.form(email), files=files or None)
         if not response.is_success:
@@ -150,71 +155,75 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def _receipt(self, response: httpx.Response) -> Receipt:
         try:
-            body = response.json()
-            message_id = str(body["id"]).strip().strip("<>")
-        except (ValueError, KeyError, TypeError) as err:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        message_id = (text(obj(body).get("id")) or "").strip().strip("<>")
+        if not message_id:
             raise Unknown(
                 f"{PROVIDER}: HTTP {response.status_code} without a message id", code="no_id", raw=response.text[:2000]
-            ) from err
-        if not message_id:
-            raise Unknown(f"{PROVIDER}: HTTP {response.status_code} with an empty message id", code="no_id", raw=body)
+            )
         return Receipt(
             provider=PROVIDER, provider_id=message_id, accepted_at=datetime.now(UTC), status="accepted", raw=body
         )
 
     def _send_error(self, response: httpx.Response) -> DeliveryError:
-        status, text = response.status_code, _message(response)
+        status, explanation = response.status_code, _message(response)
         if status == 401:
-            return Permanent(f"{PROVIDER}: HTTP 401 {text}: check {self.setting('api_key')}", code="401", raw=text)
+            return Permanent(
+                f"{PROVIDER}: HTTP 401 {explanation}: check {self.setting('api_key')}", code="401", raw=explanation
+            )
         if status == 404:
             return Permanent(
-                f"{PROVIDER}: HTTP 404 {text}: check {self.setting('domain')} and "
+                f"{PROVIDER}: HTTP 404 {explanation}: check {self.setting('domain')} and "
                 f"{self.setting('base_url')} (US or EU region)",
                 code="404",
-                raw=text,
+                raw=explanation,
             )
         if status == 429:
             return Transient(
-                f"{PROVIDER}: HTTP 429 {text}",
+                f"{PROVIDER}: HTTP 429 {explanation}",
                 code="429",
-                raw=text,
-                retry_after=retry_after_seconds(response.headers) or _try_again_after(text),
+                raw=explanation,
+                retry_after=retry_after_seconds(response.headers) or _try_again_after(explanation),
             )
         if 400 <= status < 500:
             # 400 invalid address or parameter, 402/403 account, 413 too large: resending cannot help.
-            code = "invalid_address" if "not a valid address" in text else str(status)
-            return Permanent(f"{PROVIDER}: HTTP {status} {text}", code=code, raw=text)
-        return error_for_status(response, provider=PROVIDER, detail=text)
+            code = "invalid_address" if "not a valid address" in explanation else str(status)
+            return Permanent(f"{PROVIDER}: HTTP {status} {explanation}", code=code, raw=explanation)
+        return error_for_status(response, provider=PROVIDER, detail=explanation)
 
     # -- Events API lookups ----------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """The newest tracked event of this message (``GET /v3/{domain}/events?message-id=``)."""
-        events = [e for e in self._events({"message-id": provider_id}) if e.get("event") in TRACKED]
+        events = [e for e in self._events({"message-id": provider_id}) if text(e.get("event")) in TRACKED]
         if not events:
             raise StatusLookupError(f"{PROVIDER}: no events for {provider_id} (yet)")
-        event = _event_from_data(_newest(events))
+        event = _event_from_data(_newest(events), unreadable=StatusLookupError)
         if event is None:
             raise StatusLookupError(f"{PROVIDER}: the newest event of {provider_id} is not tracked")
         return event
 
-    def find_by_reference(self, reference: str, *, message_id: str | None = None) -> StatusEvent | None:
-        """Our message by ``user-variables.reference``; with our Message-ID the Events API filters it.
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """Our message by ``user-variables.reference``, narrowed by ``recipient`` = ``to`` and ``begin`` =
+        ``sent_after`` (else the last ``reconcile_days``).
 
-        Without it, events of the last ``reconcile_days`` are read page by page (user variables are not a
-        documented filter). None only after every page was read; too many pages -> StatusLookupError.
+        User variables are not a documented Events API filter, so pages are read and matched here. None
+        only after every page was read; too many pages -> StatusLookupError.
         """
-        params = {"message-id": message_id.strip("<>")} if message_id else {}
-        ours = [e for e in self._events(params) if _reference(e) == reference and e.get("event") in TRACKED]
+        filters = {"recipient": to} if to else {}
+        ours = [e for e in self._events(filters, since=sent_after) if _reference(e) == reference]
+        ours = [e for e in ours if text(e.get("event")) in TRACKED]
         if not ours:
             return None
         ids = {_message_id(e) for e in ours}
         if len(ids) > 1:
             log.warning("mailgun: %d messages carry reference %s", len(ids), reference)
-        return _event_from_data(_newest(ours))
+        return _event_from_data(_newest(ours), unreadable=StatusLookupError)
 
-    def _events(self, filters: Mapping[str, str]) -> list[dict[str, Any]]:
-        begin = datetime.now(UTC) - timedelta(days=self.config.reconcile_days)
+    def _events(self, filters: Mapping[str, str], *, since: datetime | None = None) -> list[dict[str, Any]]:
+        begin = since or datetime.now(UTC) - timedelta(days=self.config.reconcile_days)
         params: dict[str, str | int] = {
             "begin": int(begin.timestamp()),
             "ascending": "yes",
@@ -234,10 +243,10 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
                 raise StatusLookupError(f"{PROVIDER}: events page without items")
             if not items:
                 return
-            yield from (item for item in items if isinstance(item, dict))
+            yield from objects(items)
             path, query = self._next_page(body), None
-            if path is None:
-                return
+            if path is None:  # events listed, and no way to the rest: "never sent" would be a guess
+                raise StatusLookupError(f"{PROVIDER}: events page without paging.next")
         raise StatusLookupError(
             f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of events; "
             "cannot conclude the message was never sent"
@@ -251,15 +260,20 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def _next_page(self, body: Mapping[str, Any]) -> str | None:
         """``paging.next`` as a path under our base URL; the page token travels in the URL."""
-        url = (body.get("paging") or {}).get("next")
-        if not isinstance(url, str) or not url:
+        url = text(obj(body.get("paging")).get("next"))
+        if not url:
             return None
-        parsed = httpx.URL(url)
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as err:
+            raise StatusLookupError(f"{PROVIDER}: unreadable paging.next") from err
+        if parsed.scheme not in ("http", "https") or not parsed.raw_path.startswith(b"/"):
+            raise StatusLookupError(f"{PROVIDER}: paging.next is not a URL: {url[:100]!r}")
         return parsed.raw_path.decode("ascii")
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify the signature block (HMAC, timestamp window, token reuse), then decode event-data."""
         payload = webhook_json(request.body, provider=PROVIDER)
         if not isinstance(payload, dict):
@@ -316,20 +330,23 @@ def event_kind(data: Mapping[str, Any]) -> tuple[EventKind, ErrorClass | None] |
     return mapped
 
 
-def _event_from_data(data: Mapping[str, Any], *, raw: Any = None) -> StatusEvent | None:
+def _event_from_data(
+    data: Mapping[str, Any], *, raw: Any = None, unreadable: type[GatewayError] = WebhookFormatError
+) -> StatusEvent | None:
+    """The StatusEvent of one event-data object (webhook or Events API item); ``unreadable`` is raised
+    when it lacks a message-id or timestamp."""
     mapped = event_kind(data)
     if mapped is None:
         return None
     kind, error_class = mapped
     message_id, when = _message_id(data), parse_time(data.get("timestamp"))
     if not message_id or when is None:
-        raise WebhookFormatError(f"{PROVIDER}: {data.get('event')} event without message-id or timestamp")
-    status: Mapping[str, Any] = data.get("delivery-status") or {}
-    reject: Mapping[str, Any] = data.get("reject") or {}
+        raise unreadable(f"{PROVIDER}: {data.get('event')} event without message-id or timestamp")
+    status, reject = obj(data.get("delivery-status")), obj(data.get("reject"))
     code = None
     if error_class is not None:
         code = str(data.get("reason") or status.get("code") or data.get("event"))
-    detail = status.get("description") or status.get("message") or reject.get("reason")
+    detail = text(status.get("description")) or text(status.get("message")) or text(reject.get("reason"))
     return StatusEvent(
         provider=PROVIDER,
         provider_id=message_id,
@@ -339,15 +356,15 @@ def _event_from_data(data: Mapping[str, Any], *, raw: Any = None) -> StatusEvent
         error_class=error_class,
         error_code=code,
         detail=detail or None,
-        event_id=data.get("id"),
+        event_id=text(data.get("id")),
         raw=raw if raw is not None else dict(data),
     )
 
 
 def _message_id(data: Mapping[str, Any]) -> str | None:
     headers = (data.get("message") or {}).get("headers") if isinstance(data.get("message"), dict) else None
-    value = headers.get("message-id") if isinstance(headers, dict) else None
-    return str(value).strip().strip("<>") if value else None
+    value = text(headers.get("message-id")) if isinstance(headers, dict) else None
+    return value.strip().strip("<>") or None if value else None
 
 
 def _reference(data: Mapping[str, Any]) -> str | None:
@@ -357,7 +374,7 @@ def _reference(data: Mapping[str, Any]) -> str | None:
 
 
 def _newest(events: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(events, key=lambda e: float(e.get("timestamp") or 0))
+    return max(events, key=lambda e: number(e.get("timestamp")) or 0.0)
 
 
 def _message(response: httpx.Response) -> str:
@@ -371,13 +388,15 @@ def _message(response: httpx.Response) -> str:
     return response.reason_phrase
 
 
-def _try_again_after(text: str) -> float | None:
+def _try_again_after(explanation: str) -> float | None:
     """Seconds until the date in "... try again after Mon, 20 Dec 2021 20:33:21 UTC" (api-sending.rst)."""
-    _, found, when = text.partition("try again after ")
+    _, found, when = explanation.partition("try again after ")
     if not found:
         return None
     try:
         at = parsedate_to_datetime(when.strip().replace("UTC", "+0000"))
     except (TypeError, ValueError):
         return None
+    if at.tzinfo is None:  # "-0000": UTC (RFC 5322 3.3)
+        at = at.replace(tzinfo=UTC)
     return max(0.0, (at - datetime.now(UTC)).total_seconds())

@@ -16,11 +16,13 @@ Followed, field by field:
   ``GET /bounces/{id}`` and the bounce ``Type`` list with its TypeCodes.
 - postmarkapp.com/developer/webhooks (delivery, bounce, spam complaint payloads) and webhook HTTP auth:
   Postmark sends the Basic-auth credentials configured on the webhook (or embedded in its URL).
-- ActiveCampaign/postmark-python (official SDK): ``exceptions.py`` (code -> exception), ``models/
-  outbound`` (MessageStatus, MessageEventType), ``models/bounces/enums.py`` (BounceType);
-  postmarker (Postmark's recommended client) ``core.py``/``models/emails.py``/``models/messages.py``.
-- django-anymail ``backends/postmark.py`` (300/406 handling), ``webhooks/postmark.py`` (RecordType and
-  bounce Type tables) and ``tests/test_postmark_webhooks.py`` (captured payloads).
+- ActiveCampaign/postmark-python (official SDK): ``postmark/exceptions.py`` (code -> exception),
+  ``postmark/models/outbound/enums.py`` (MessageStatus, MessageEventType),
+  ``postmark/models/bounces/enums.py`` (BounceType); postmarker (Postmark's recommended client)
+  ``postmarker/core.py``, ``postmarker/models/emails.py``, ``postmarker/models/messages.py``.
+- django-anymail (github.com/anymail/django-anymail): ``anymail/backends/postmark.py`` (300/406
+  handling), ``anymail/webhooks/postmark.py`` (RecordType and bounce Type tables) and
+  ``tests/test_postmark_webhooks.py`` (captured payloads).
 
 Postmark has no idempotency key. Our reference travels in ``Metadata.reference`` and our Message-ID in
 ``Headers``; an Unknown outcome is reconciled with :meth:`PostmarkGateway.find_by_reference`.
@@ -40,7 +42,7 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     DeliveryError,
@@ -52,7 +54,7 @@ from workers.gateways.errors import (
     WebhookFormatError,
 )
 from workers.gateways.http import error_for_status, retry_after_seconds
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = PostmarkSettings
+    # One record per POST, a few KB; a Bounce carries the raw bounce in ``Content`` when the webhook
+    # includes bounce content, and that may quote our message, which Postmark caps at 10 MB
+    # (postmarkapp.com/developer: "Maximum email size is 10 MB").
+    max_webhook_bytes: ClassVar[int] = 12 * 1024 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
@@ -146,9 +152,9 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, email: EmailMessage) -> Receipt:
         """``POST /email``; 200 with ``ErrorCode`` 0 is an acceptance, anything else is mapped."""
-        email = self.email(message)
+        self.check_recipients(email)
         response = self.call("POST", "/email", json=self.send_body(email))
         body = _json_or_none(response)
         code = _error_code(body)
@@ -188,7 +194,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         return body
 
     def _receipt(self, response: httpx.Response, body: Any) -> Receipt:
-        message_id = body.get("MessageID") if isinstance(body, dict) else None
+        message_id = text(obj(body).get("MessageID"))
         if not message_id:
             # Postmark said yes but gave no id we could follow: reconcile by reference.
             raise Unknown(
@@ -205,11 +211,11 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
     def _send_error(self, response: httpx.Response, body: Any, code: int | None) -> DeliveryError:
         """Map a refusal: the API ErrorCode decides first, then the HTTP status."""
         status = response.status_code
-        text = str(body.get("Message", "")) if isinstance(body, dict) else response.text[:300]
+        explanation = str(body.get("Message", "")) if isinstance(body, dict) else response.text[:300]
         label = (
-            f"{PROVIDER}: HTTP {status} ErrorCode {code}: {text}"
+            f"{PROVIDER}: HTTP {status} ErrorCode {code}: {explanation}"
             if code is not None
-            else f"{PROVIDER}: HTTP {status}: {text}"
+            else f"{PROVIDER}: HTTP {status}: {explanation}"
         )
         if code == BAD_TOKEN or status == 401:
             return Permanent(
@@ -228,11 +234,11 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             # 300 invalid request (a bad To among them), 406 inactive recipient, 400/401 sender
             # signature, 405/412/413 account: resending the same request gets the same answer.
             return Permanent(label, code=str(code), raw=body)
-        return error_for_status(response, provider=PROVIDER, detail=text)
+        return error_for_status(response, provider=PROVIDER, detail=explanation)
 
     # -- status lookups --------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """``GET /messages/outbound/{id}/details``: the newest delivery event, else the message Status."""
         response = self.lookup("GET", f"/messages/outbound/{provider_id}/details")
         if response.status_code == 404:
@@ -240,36 +246,36 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         details = lookup_object(response, provider=PROVIDER)
         return self._details_event(provider_id, details)
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        """Outbound search by ``metadata_reference``; None only when Postmark knows no such message."""
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """Outbound search by ``metadata_reference``; None only when Postmark knows no such message.
+
+        The metadata filter is exact, so ``to`` and ``sent_after`` narrow nothing further."""
         params = {"count": self.config.reconcile_count, "offset": 0, "metadata_reference": reference}
         body = lookup_object(self.lookup("GET", "/messages/outbound", params=params), provider=PROVIDER)
-        messages = body.get("Messages")
-        if not isinstance(messages, list):
-            raise StatusLookupError(f"{PROVIDER}: outbound search answer without Messages")
-        ours = [m for m in messages if isinstance(m, dict) and (m.get("Metadata") or {}).get("reference") == reference]
+        messages, total = body.get("Messages"), integer(body.get("TotalCount"))
+        if not isinstance(messages, list) or total is None:
+            raise StatusLookupError(f"{PROVIDER}: outbound search answer without Messages or TotalCount")
+        ours = [m for m in objects(messages) if _reference(m) == reference]
         if not ours:
-            if isinstance(body.get("TotalCount"), int) and body["TotalCount"] > len(messages):
+            if total > len(messages):
                 raise StatusLookupError(
-                    f"{PROVIDER}: {body['TotalCount']} matches, more than one page: "
-                    "cannot conclude the message was never sent"
+                    f"{PROVIDER}: {total} matches, more than one page: cannot conclude the message was never sent"
                 )
             return None
         if len(ours) > 1:
             log.warning("postmark: %d messages carry reference %s", len(ours), reference)
-        return self.fetch_status(str(ours[0]["MessageID"]))  # newest first, per the Messages API
+        message_id = text(ours[0].get("MessageID"))  # newest first, per the Messages API
+        if not message_id:
+            raise StatusLookupError(f"{PROVIDER}: a message carries our reference but no MessageID")
+        return self._fetch_status(message_id)
 
     def _details_event(self, provider_id: str, details: Mapping[str, Any]) -> StatusEvent:
-        reference = (details.get("Metadata") or {}).get("reference")
-        events = [
-            e
-            for e in details.get("MessageEvents") or []
-            if isinstance(e, dict) and e.get("Type") in MESSAGE_EVENT_KINDS
-        ]
+        reference = _reference(details)
+        events = [e for e in objects(details.get("MessageEvents")) if text(e.get("Type")) in MESSAGE_EVENT_KINDS]
         if events:
             latest = max(events, key=lambda e: parse_time(e.get("ReceivedAt")) or datetime.min.replace(tzinfo=UTC))
             return self._message_event(provider_id, latest, reference, details)
-        status = str(details.get("Status"))
+        status = text(details.get("Status")) or ""
         kind = STATUS_KINDS.get(status)
         if kind is None:
             raise StatusLookupError(f"{PROVIDER}: message {provider_id} has status {status!r}")
@@ -291,7 +297,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         kind = MESSAGE_EVENT_KINDS[str(event["Type"])]
         error_class: ErrorClass | None = "transient" if kind is EventKind.DEFERRED else None
         code = None
-        event_details = event.get("Details") or {}
+        event_details = obj(event.get("Details"))
         if kind is EventKind.BOUNCED:
             # The summary does not say hard or soft; the bounce record does.
             code = self._bounce_type(event_details.get("BounceID"))
@@ -304,22 +310,23 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             reference=reference,
             error_class=error_class,
             error_code=code,
-            detail=event_details.get("Summary") or event_details.get("DeliveryMessage"),
+            detail=text(event_details.get("Summary")) or text(event_details.get("DeliveryMessage")),
             raw=dict(details),
         )
 
     def _bounce_type(self, bounce_id: object) -> str | None:
-        if bounce_id in (None, ""):
+        """The bounce record's ``Type``; None when the summary names no bounce (a numeric ``BounceID``)."""
+        number = integer(bounce_id)
+        if number is None:
             return None
-        response = self.lookup("GET", f"/bounces/{bounce_id}")
+        response = self.lookup("GET", f"/bounces/{number}")
         if response.status_code == 404:
             return None
-        kind = lookup_object(response, provider=PROVIDER).get("Type")
-        return str(kind) if kind else None
+        return text(lookup_object(response, provider=PROVIDER).get("Type")) or None
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Check the webhook's Basic-auth credentials, then decode one Delivery/Bounce/SpamComplaint."""
         self._authenticate(request)
         payload = webhook_json(request.body, provider=PROVIDER)
@@ -344,29 +351,27 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             raise WebhookAuthError(f"{PROVIDER}: missing or wrong webhook Basic-auth credentials")
 
     def _webhook_event(self, kind: EventKind, payload: Mapping[str, Any]) -> StatusEvent | None:
-        message_id = payload.get("MessageID")
+        message_id = text(payload.get("MessageID"))
         when = parse_time(payload.get("DeliveredAt") or payload.get("BouncedAt"))
         if not message_id or when is None:
             raise WebhookFormatError(f"{PROVIDER}: {payload.get('RecordType')} without MessageID or time")
         error_class: ErrorClass | None = None
         code = None
         if kind is not EventKind.DELIVERED:
-            code = str(payload.get("Type") or payload.get("RecordType"))
+            code = text(payload.get("Type")) or str(payload.get("RecordType"))
             mapped = bounce_kind(code)
             if mapped is None:
                 return None  # an auto-reply or similar: not a refusal of the letter
             kind, error_class = mapped
-        metadata = payload.get("Metadata")
-        reference = metadata.get("reference") if isinstance(metadata, dict) else None
         return StatusEvent(
             provider=PROVIDER,
-            provider_id=str(message_id),
+            provider_id=message_id,
             kind=kind,
             occurred_at=when,
-            reference=reference,
+            reference=_reference(payload),
             error_class=error_class,
             error_code=code,
-            detail=payload.get("Description") or payload.get("Details"),
+            detail=text(payload.get("Description")) or text(payload.get("Details")),
             event_id=_event_id(payload),
             raw=dict(payload),
         )
@@ -377,6 +382,11 @@ def bounce_kind(bounce_type: str | None) -> tuple[EventKind, ErrorClass] | None:
     if bounce_type is None:
         return DEFAULT_BOUNCE
     return BOUNCE_TYPES.get(bounce_type, DEFAULT_BOUNCE)
+
+
+def _reference(record: Mapping[str, Any]) -> str | None:
+    """Our reference in a message's or a webhook's ``Metadata``."""
+    return text(obj(record.get("Metadata")).get("reference"))
 
 
 def _event_id(payload: Mapping[str, Any]) -> str:

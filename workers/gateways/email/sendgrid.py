@@ -22,7 +22,8 @@ Followed, field by field:
   ``helpers/eventwebhook`` (``EventWebhook.verify_signature``) does.
 - .../tracking-events/event: event names, ``sg_message_id`` (``<X-Message-Id>.filter...``),
   ``sg_event_id``, bounce ``type`` bounce|blocked, custom args flattened into each event.
-- django-anymail ``backends/sendgrid.py`` and ``webhooks/sendgrid.py`` with its captured payloads.
+- django-anymail (github.com/anymail/django-anymail): ``anymail/backends/sendgrid.py`` and
+  ``anymail/webhooks/sendgrid.py`` with its captured payloads.
 
 **Lookups need SendGrid's paid "additional email activity history" add-on** (and an API key with
 Email Activity access). Without it ``fetch_status``/``find_by_reference`` raise StatusLookupError and
@@ -49,7 +50,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, check_fresh, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     DeliveryError,
@@ -61,7 +62,7 @@ from workers.gateways.errors import (
     WebhookFormatError,
 )
 from workers.gateways.http import error_for_status, retry_after_seconds
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     provider: ClassVar[str] = PROVIDER
     settings_class: ClassVar[type[BaseSettings]] = SendGridSettings
+    # Events come in batches, posted "within approximately 30 seconds or when the batch size reaches
+    # 768 kilobytes" (twilio.com/docs/sendgrid, Event Webhook overview); room for the event that tips it.
+    max_webhook_bytes: ClassVar[int] = 1024 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
@@ -148,9 +152,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, email: EmailMessage) -> Receipt:
         """``POST /v3/mail/send``; 202 and ``X-Message-Id`` mean accepted."""
-        email = self.email(message)
+        self.check_recipients(email)
         response = self.call("POST", "/v3/mail/send", json=self.send_body(email))
         if not response.is_success:
             raise self._send_error(response)
@@ -218,15 +222,17 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     # -- Email Activity lookups (paid add-on) ----------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """The activity of the messages whose msg_id starts with this X-Message-Id (first recipient)."""
         messages = self._activity(f'msg_id LIKE "{_quoted(provider_id)}%"')
         if not messages:
             raise StatusLookupError(f"{PROVIDER}: no Email Activity for {provider_id} (yet)")
         return self._activity_event(messages[0], provider_id=provider_id, reference=None)
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        """The message whose custom arg ``reference`` is ours; None when SendGrid has no such message."""
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """The message whose custom arg ``reference`` is ours; None when SendGrid has no such message.
+
+        The custom-argument query is exact, so ``to`` and ``sent_after`` narrow nothing further."""
         messages = self._activity(f"unique_args['reference']=\"{_quoted(reference)}\"")
         if not messages:
             return None
@@ -242,7 +248,7 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         messages = lookup_object(response, provider=PROVIDER).get("messages")
         if not isinstance(messages, list):
             raise StatusLookupError(f"{PROVIDER}: Email Activity answer without messages")
-        return [m for m in messages if isinstance(m, dict) and m.get("msg_id")]
+        return [m for m in objects(messages) if text(m.get("msg_id"))]
 
     def _activity_event(
         self, summary: Mapping[str, Any], *, provider_id: str | None, reference: str | None
@@ -271,22 +277,18 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         """Why a not_delivered message failed, from its last failure event."""
         response = self.lookup("GET", f"/v3/messages/{msg_id}")
         events = lookup_object(response, provider=PROVIDER).get("events") if response.is_success else None
-        failures = [
-            e
-            for e in events or []
-            if isinstance(e, dict) and ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1] is not None
-        ]
+        failures = [e for e in objects(events) if ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1]]
         if not failures:
             return EventKind.FAILED, "permanent", "not_delivered", None
         last = failures[-1]
         kind, error_class = ACTIVITY_EVENTS[str(last["event_name"])]
         if last["event_name"] == "bounced":
             error_class = ACTIVITY_BOUNCES.get(str(last.get("bounce_type")), "permanent")
-        return kind, error_class or "permanent", str(last["event_name"]), last.get("reason")
+        return kind, error_class or "permanent", str(last["event_name"]), text(last.get("reason"))
 
     # -- the Signed Event Webhook ----------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify the ECDSA signature and timestamp, then decode the batch of events we track."""
         self._verify(request)
         batch = webhook_json(request.body, provider=PROVIDER)
@@ -328,8 +330,9 @@ def _event(raw: object) -> StatusEvent | None:
     if mapped is None:
         return None  # opens, clicks, unsubscribes: authentic, not tracked
     kind, error_class = mapped
-    when, sg_message_id = raw.get("timestamp"), raw.get("sg_message_id")
-    if not isinstance(when, int) or isinstance(when, bool) or not isinstance(sg_message_id, str):
+    stamp, sg_message_id = raw.get("timestamp"), text(raw.get("sg_message_id"))
+    when = parse_time(stamp) if isinstance(stamp, int) else None  # epoch seconds, an integer
+    if when is None or not sg_message_id:
         raise WebhookFormatError(f"{PROVIDER}: {raw['event']} event without timestamp or sg_message_id")
     code = None
     if raw["event"] == "bounce":
@@ -337,17 +340,16 @@ def _event(raw: object) -> StatusEvent | None:
         error_class = BOUNCE_CLASSES.get(code, "permanent")
     elif error_class is not None:
         code = raw["event"]
-    reference = raw.get("reference")
     return StatusEvent(
         provider=PROVIDER,
         provider_id=message_id_of(sg_message_id),
         kind=kind,
-        occurred_at=datetime.fromtimestamp(when, tz=UTC),
-        reference=reference if isinstance(reference, str) else None,
+        occurred_at=when,
+        reference=text(raw.get("reference")),
         error_class=error_class,
         error_code=code,
-        detail=raw.get("reason") or raw.get("response"),
-        event_id=raw.get("sg_event_id"),
+        detail=text(raw.get("reason")) or text(raw.get("response")),
+        event_id=text(raw.get("sg_event_id")),
         raw=raw,
     )
 

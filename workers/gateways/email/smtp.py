@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, Message, Receipt, StatusEvent
+from dispatcher.domain.messages import EmailMessage, Receipt, StatusEvent
 from dispatcher.domain.rendering.mime import to_mime
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
@@ -90,6 +90,7 @@ class SmtpGateway(Gateway):
     channel: ClassVar[Channel] = Channel.EMAIL
     settings_class: ClassVar[type[BaseSettings]] = SmtpSettings
     reports_delivery: ClassVar[bool] = False  # no webhooks, no lookup: the relay's 250 is the last word
+    max_webhook_bytes: ClassVar[int] = 0  # SMTP reports nothing by webhook: no body is expected
     settings: SmtpSettings
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:
@@ -107,10 +108,8 @@ class SmtpGateway(Gateway):
 
     # -- sending ----------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
+    def _send_email(self, message: EmailMessage) -> Receipt:
         """Send one email to ``to + cc``; the receipt's provider_id is its Message-ID."""
-        if not isinstance(message, EmailMessage):
-            raise TypeError(f"{self.name}: the smtp gateway sends email, not {type(message).__name__}")
         message = self._with_message_id(message)
         recipients = _unique([*message.to, *message.cc])
         if not recipients:
@@ -388,13 +387,13 @@ class SmtpGateway(Gateway):
 
     # -- status -------------------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """SMTP has no status lookup."""
         raise StatusLookupError(
             f"{self.name}: SMTP offers no status lookup for {provider_id}; an operator must check the relay's logs"
         )
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
         """Raise, never return None: None would mean "never seen" and invite a duplicate send."""
         raise StatusLookupError(
             f"{self.name}: SMTP cannot look up {reference}; an operator must check the "

@@ -18,10 +18,10 @@ Followed (checked against the provider's own pages and its official Ruby library
 - Signature ``X-Phaxio-Signature``: https://www.phaxio.com/docs/security/callbacks and phaxio-ruby
   ``lib/phaxio/resources/webhook.rb``: hex HMAC-SHA1, keyed with the callback token, over the callback
   URL as submitted + each POST parameter sorted by name (name + value) + each file part sorted by name
-  (name + SHA1 hex of its content). The library's own test vector is in our tests.
-- Error types and ids: https://www.phaxio.com/docs/errorMessages (faxError ids past 12 are cut off
-  there; they are the same numbers Sinch publishes for its Phaxio-derived API, sinch-sdk-node
-  ``packages/fax/src/models/v3/errors``).
+  (name + SHA1 hex of its content). The library's own test vector (``spec/resources/webhook_spec.rb``)
+  is in tests/gateways/test_phaxio.py.
+- Error types and ids: https://www.phaxio.com/docs/errorMessages (the copy we could read lists the
+  faxError ids up to 12; see :data:`ERROR_CLASSES`).
 - HTTP errors: phaxio-ruby ``Client#handle_response`` maps 401, 404, 422, 429, 503; 402 is handled
   defensively (see :func:`_error_for_response`).
 """
@@ -42,7 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
@@ -55,7 +55,7 @@ from workers.gateways.errors import (
 )
 from workers.gateways.http import HttpGateway, error_for_status, request
 from workers.gateways.registry import env_prefix
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ REFERENCE_TAG = "reference"  # sent as tag[reference]; Phaxio echoes tags in eve
 LOOKUP_WINDOW = timedelta(days=30)  # how far back find_by_reference searches
 LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_PAGES = 5  # bounded: the tag filter normally returns at most one fax
-MAX_WEBHOOK_BYTES = 32 * 1024 * 1024  # send webhooks carry no file; received-fax ones carry a PDF
 
 # Fax and recipient statuses (https://www.phaxio.com/docs/statuses) -> our vocabulary.
 STATUS_KINDS: dict[str, EventKind] = {
@@ -81,24 +80,26 @@ STATUS_KINDS: dict[str, EventKind] = {
     "partialsuccess": EventKind.FAILED,
 }
 
-# Failure of one attempt, by Phaxio error id (https://www.phaxio.com/docs/errorMessages).
-# "transient": the same number may work later (our engine retries with backoff, and turns repeated
-# no-answer / no-fax-tone into a permanent failure after N tries). "permanent": this number, or this
+# Failure of one attempt, by Phaxio error id: the ids of https://www.phaxio.com/docs/errorMessages and
+# no other (Sinch publishes its own list for its own API; sinch.py keeps that one). The copy of that
+# page we could read ends its faxError list at id 12; a later faxError id falls to the type below.
+# "transient": the same number may work later (RetryPolicy in dispatcher/domain/outcomes.py retries
+# the route, up to max_attempts and the campaign deadline). "permanent": this number, or this
 # document, will not work; move to the next route.
 ERROR_CLASSES: dict[int, ErrorClass] = {
     # documentConversionError: our document or its URL; sending it again changes nothing
-    4: "permanent",  # problem converting and merging files
-    54: "permanent",  # could not access the URL you provided
-    55: "permanent",  # string_data URL invalid
-    57: "transient",  # problem storing the file (Phaxio's storage)
-    69: "permanent",  # problem converting and merging files
-    122: "permanent",  # simulated document conversion error
-    128: "permanent",  # could not determine mimetype
+    4: "permanent",  # there was a problem in converting and merging files ... contact support
+    54: "permanent",  # could not access the url you provided
+    55: "permanent",  # the string_data URL you provided is invalid
+    57: "transient",  # there was a problem storing the file you provided (Phaxio's storage)
+    69: "permanent",  # "there was a problem in converting and merging files to the output file format"
+    122: "permanent",  # user simulated document conversion error
+    128: "permanent",  # could not determine mimetype for file
     129: "permanent",  # mimetype not supported
     130: "permanent",  # mimetype not supported: application/xml
     133: "permanent",  # failed to normalize PDF document
     # lineError: the call could not be placed
-    11: "transient",  # call dropped prematurely
+    11: "transient",  # the call dropped prematurely
     15: "transient",  # congestion
     16: "transient",  # ring timeout
     17: "transient",  # busy
@@ -117,26 +118,13 @@ ERROR_CLASSES: dict[int, ErrorClass] = {
     110: "transient",  # network error
     112: "transient",  # no answer
     115: "permanent",  # the phone number has been changed
-    121: "transient",  # simulated lineError
+    121: "transient",  # user requested simulated lineError
     # faxError: the fax session failed; mostly line quality, so worth another call
-    6: "transient",  # error communicating with the far side
+    6: "transient",  # there was an error communicating with the far side
     7: "permanent",  # far end cannot receive at the size of image
     8: "transient",  # no response after sending a page
     10: "transient",  # disconnected after permitted retries
-    12: "transient",  # no response to DCS or TCF
-    13: "transient",  # timed out waiting for the first message
-    14: "transient",  # timed out waiting for initial communication (no fax tone)
-    25: "permanent",  # far end cannot receive at the resolution of the image
-    31: "permanent",  # fax machine incompatibility
-    46: "transient",  # insufficient funds: the account, not the number
-    48: "transient",  # no answer (receiving machine may be out of paper)
-    68: "permanent",  # far end is not compatible
-    75: "permanent",  # manually canceled by a user: an operator decided, do not undo it
-    76: "transient",  # canceled automatically because the timeout was exceeded
-    113: "permanent",  # the file for this fax has been deleted
-    119: "transient",  # simulated faxError
-    132: "transient",  # no fax tone detected
-    # 133 is also faxError "phone number is not permitted" (Sinch's list): permanent as well, row above
+    12: "transient",  # received no response to DCS or TCF
 }
 
 # When an id is not in the table, its type decides.
@@ -170,33 +158,35 @@ def classify_error(error_type: str | None, error_id: int | None) -> ErrorClass:
 
 def signature(token: str, url: str, params: Iterable[tuple[str, str]], files: Iterable[tuple[str, bytes]] = ()) -> str:
     """The X-Phaxio-Signature Phaxio computes for a callback (algorithm of phaxio-ruby's Webhook)."""
-    text = url
-    text += "".join(name + value for name, value in sorted(params, key=lambda item: item[0]))
-    text += "".join(
+    signed = url
+    signed += "".join(name + value for name, value in sorted(params, key=lambda item: item[0]))
+    signed += "".join(
         name + hashlib.sha1(content).hexdigest()  # noqa: S324 - Phaxio's scheme, not our choice
         for name, content in sorted(files, key=lambda item: item[0])
     )
-    return hmac.new(token.encode(), text.encode(), hashlib.sha1).hexdigest()
+    return hmac.new(token.encode(), signed.encode(), hashlib.sha1).hexdigest()
 
 
 class PhaxioGateway(HttpGateway[PhaxioSettings]):
     provider: ClassVar[str] = "phaxio"
     channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = PhaxioSettings
+    # Send webhooks are form fields only -- the Fax object as JSON, event_type, page, retry_count -- and
+    # no file (phaxio.com/docs/api/v2.1/faxes/send_webhooks): a few KB. Received-fax webhooks carry the
+    # PDF but are none of ours.
+    max_webhook_bytes: ClassVar[int] = 256 * 1024
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
-        if not isinstance(message, FaxMessage):
-            raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
         response = request(
             self.client,
             "POST",
             self._url("/faxes"),
             provider=self.provider,
             auth=self._auth(),
-            data=self._send_fields(message),
-            files={"file": (f"{message.reference}.pdf", message.pdf, "application/pdf")},
+            data=self._send_fields(fax),
+            files={"file": (f"{fax.reference}.pdf", fax.pdf, "application/pdf")},
         )
         if not response.is_success:
             raise _error_for_response(response, env=env_prefix(self.name))
@@ -212,10 +202,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     def _receipt(self, response: httpx.Response) -> Receipt:
         body = _json(response)
-        try:
-            fax_id = str(int(body["data"]["id"])) if body.get("success") is True else None
-        except (KeyError, TypeError, ValueError):
-            fax_id = None
+        fax_id = _fax_id(body.get("data")) if body.get("success") is True else None
         if fax_id is None:
             # A 2xx we cannot read may still be an accepted fax: reconcile, never resend blindly.
             raise Unknown(f"{self.provider}: HTTP {response.status_code} without a fax id", code="unreadable", raw=body)
@@ -226,31 +213,42 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     # -- looking up ----------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         response = self._lookup("GET", f"/faxes/{provider_id}")
         fax = _json(response).get("data")
-        if not isinstance(fax, dict):
-            raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without data")
-        return self._event(fax, kind=None, event_type="fetch", received_at=datetime.now(UTC))
+        fax_id = _fax_id(fax)
+        if not isinstance(fax, dict) or fax_id is None:
+            raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without data or id")
+        return self._event(fax_id, fax, kind=None, event_type="fetch", received_at=datetime.now(UTC))
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
-        since = (datetime.now(UTC) - LOOKUP_WINDOW).isoformat(timespec="seconds")
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """By ``tag[reference]``, narrowed to ``phone_number`` = ``to`` and ``created_after`` = ``sent_after``."""
+        since = sent_after or datetime.now(UTC) - LOOKUP_WINDOW
         params = {
             f"tag[{REFERENCE_TAG}]": reference,
             "direction": "sent",
-            "created_after": since,
+            "created_after": since.astimezone(UTC).isoformat(timespec="seconds"),
             "per_page": str(LOOKUP_PAGE_SIZE),
         }
+        if to is not None:
+            params["phone_number"] = to
         for page in range(1, LOOKUP_MAX_PAGES + 1):
-            body = _json(self._lookup("GET", "/faxes", params={**params, "page": str(page)}))
-            faxes = body.get("data") or []
-            for fax in faxes:  # newest first; the filter is checked again in case it was ignored
-                if isinstance(fax, dict) and (fax.get("tags") or {}).get(REFERENCE_TAG) == reference:
-                    return self._event(fax, kind=None, event_type="lookup", received_at=datetime.now(UTC))
+            faxes = _json(self._lookup("GET", "/faxes", params={**params, "page": str(page)})).get("data")
+            if not isinstance(faxes, list):
+                raise StatusLookupError(f"{self.provider}: fax list without data")
+            for fax in objects(faxes):  # newest first; the filter is checked again in case it was ignored
+                if _reference(fax) == reference:
+                    return self._found(fax)
             if len(faxes) < LOOKUP_PAGE_SIZE:
                 return None  # every page read: the provider has no such fax
         # more pages than we read: "not found" would be a guess, and a guess may send a second fax
         raise StatusLookupError(f"{self.provider}: reference not in the first {LOOKUP_MAX_PAGES} pages; cannot tell")
+
+    def _found(self, fax: Mapping[str, Any]) -> StatusEvent:
+        fax_id = _fax_id(fax)
+        if fax_id is None:
+            raise StatusLookupError(f"{self.provider}: a listed fax carries our reference but no id")
+        return self._event(fax_id, fax, kind=None, event_type="lookup", received_at=datetime.now(UTC))
 
     def _lookup(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -260,13 +258,13 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
         except DeliveryError as err:
             raise StatusLookupError(f"{self.provider}: lookup failed: {err}") from err
         if not response.is_success:
-            message = _json(response).get("message", "")
+            message = text(_json(response).get("message")) or ""
             raise StatusLookupError(f"{self.provider}: lookup HTTP {response.status_code}: {message}")
         return response
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         fields, files = _read_form(request)
         self._verify(request, fields, files)
         values = dict(fields)
@@ -275,12 +273,14 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
             fax = json.loads(values["fax"])
         except (KeyError, ValueError) as err:
             raise WebhookFormatError(f"{self.provider}: webhook without a readable 'fax' field") from err
-        if not isinstance(fax, dict) or "id" not in fax or not event_type:
+        fax_id = _fax_id(fax)
+        if not isinstance(fax, dict) or fax_id is None or not event_type:
             raise WebhookFormatError(f"{self.provider}: webhook without a fax id or event_type")
         kind = WEBHOOK_KINDS.get(event_type)
         if event_type not in WEBHOOK_KINDS:
             return []  # e.g. events of received faxes: nothing of ours changes
-        return [self._event(fax, kind=kind, event_type=event_type, received_at=request.received_at, extra=values)]
+        received = request.received_at
+        return [self._event(fax_id, fax, kind=kind, event_type=event_type, received_at=received, extra=values)]
 
     def _verify(self, request: WebhookRequest, fields: list[tuple[str, str]], files: list[tuple[str, bytes]]) -> None:
         given = request.headers.get("x-phaxio-signature", "")
@@ -296,6 +296,7 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
 
     def _event(
         self,
+        fax_id: str,
         fax: Mapping[str, Any],
         *,
         kind: EventKind | None,
@@ -305,23 +306,23 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
     ) -> StatusEvent:
         """One StatusEvent from a Fax object; ``kind`` None means "from its status"."""
         recipient = _first_recipient(fax)
-        status = str(fax.get("status") or "")
+        status = text(fax.get("status")) or ""
         if kind is None:
-            kind = STATUS_KINDS.get(str(recipient.get("status") or status), STATUS_KINDS.get(status, EventKind.QUEUED))
+            kind = STATUS_KINDS.get(text(recipient.get("status")) or status, STATUS_KINDS.get(status, EventKind.QUEUED))
         error_type, error_id = _error_of(recipient, fax)
         failed = kind in (EventKind.FAILED, EventKind.DEFERRED)
         marker = (extra or {}).get("page") or (extra or {}).get("retry_count") or fax.get("completed_at")
         return StatusEvent(
             provider=self.provider,
-            provider_id=str(fax["id"]),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=parse_time(fax.get("completed_at")) or received_at,
-            reference=(fax.get("tags") or {}).get(REFERENCE_TAG),
+            reference=_reference(fax),
             error_class=classify_error(error_type, error_id) if failed else None,
             error_code=str(error_id) if failed and error_id is not None else None,
-            detail=_detail(error_type, recipient.get("error_message") or fax.get("error_message")),
-            pages=fax.get("num_pages"),
-            event_id=f"{fax['id']}:{event_type}:{status}:{marker or ''}",
+            detail=_detail(error_type, text(recipient.get("error_message")) or text(fax.get("error_message"))),
+            pages=integer(fax.get("num_pages")),
+            event_id=f"{fax_id}:{event_type}:{status}:{marker or ''}",
             raw=dict(fax),
         )
 
@@ -343,14 +344,14 @@ WEBHOOK_KINDS: dict[str, EventKind | None] = {
 def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     """Map a non-2xx answer to send; Phaxio's body is ``{"success": false, "message": ...}``."""
     body = _json(response)
-    message = str(body.get("message") or "")
+    message = text(body.get("message")) or ""
     status = response.status_code
     if status == 401:
         return Permanent(f"phaxio: authentication failed; check {env}API_KEY and {env}API_SECRET", code="401", raw=body)
     if status == 402:
         # Insufficient funds. Nothing was sent and the number is fine: a permanent error would move
         # a letter to a head of state on to a weaker route because of our billing. Retry later while
-        # an operator tops the account up; the engine's error-rate pause stops a retry storm.
+        # an operator tops the account up; RetryPolicy's backoff and max_attempts bound the retries.
         return Transient(f"phaxio: payment required: {message}", code="insufficient_funds", raw=body)
     if status == 422:  # invalid request, e.g. an invalid or unsupported number: this route is dead
         return Permanent(f"phaxio: request refused: {message}", code="422", raw=body)
@@ -365,6 +366,16 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _fax_id(fax: object) -> str | None:
+    """A Fax object's id (an integer), as text; None when it has none."""
+    fax_id = integer(obj(fax).get("id"))
+    return None if fax_id is None else str(fax_id)
+
+
+def _reference(fax: Mapping[str, Any]) -> str | None:
+    return text(obj(fax.get("tags")).get(REFERENCE_TAG))
+
+
 def _first_recipient(fax: Mapping[str, Any]) -> Mapping[str, Any]:
     recipients = fax.get("recipients")
     if isinstance(recipients, list) and recipients and isinstance(recipients[0], dict):
@@ -375,12 +386,7 @@ def _first_recipient(fax: Mapping[str, Any]) -> Mapping[str, Any]:
 def _error_of(recipient: Mapping[str, Any], fax: Mapping[str, Any]) -> tuple[str | None, int | None]:
     """The recipient's error if it has one (it is the more precise), else the fax's."""
     source = recipient if recipient.get("error_type") or recipient.get("error_id") else fax
-    error_id = source.get("error_id")
-    try:
-        number = int(error_id) if error_id is not None else None
-    except (TypeError, ValueError):
-        number = None
-    return source.get("error_type"), number
+    return text(source.get("error_type")), integer(source.get("error_id"))
 
 
 def _detail(error_type: str | None, message: str | None) -> str | None:
@@ -393,8 +399,6 @@ def _read_form(request: WebhookRequest) -> tuple[list[tuple[str, str]], list[tup
     """Fields and file parts of a multipart/form-data body, byte-exact (the signature covers them)."""
     if request.method.upper() != "POST":
         raise WebhookFormatError(f"phaxio: webhook must be a POST, not {request.method}")
-    if len(request.body) > MAX_WEBHOOK_BYTES:
-        raise WebhookFormatError("phaxio: webhook body too large")
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:

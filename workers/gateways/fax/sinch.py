@@ -24,7 +24,7 @@ Followed (checked against developers.sinch.com and the official sinch-sdk-node `
   HTTP Basic credentials (constant-time comparison).
 - Status ``QUEUED | IN_PROGRESS | COMPLETED | FAILURE``; ``errorType`` and ``errorCode`` from
   https://developers.sinch.com/docs/fax/api-reference/fax/tag/Error-Messages and the SDK's
-  ``models/v3/errors`` (the numbers are Phaxio's).
+  ``models/v3/errors`` (Sinch's own list; see :data:`ERROR_CLASSES`).
 - Error bodies: we read ``message`` and, where present, ``details[].fieldViolations[]``
   (``{field, description}``), and fall back to the HTTP status; the exact error body of the fax API is
   not fully published, so nothing depends on more than that.
@@ -46,7 +46,7 @@ import httpx
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EventKind, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     DeliveryError,
@@ -60,7 +60,7 @@ from workers.gateways.errors import (
 )
 from workers.gateways.http import HttpGateway, error_for_status, request
 from workers.gateways.registry import env_prefix
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 REFERENCE_LABEL = "reference"  # labels.reference = our idempotency key; echoed in every Fax object
 LOOKUP_PAGE_SIZE = 100
 LOOKUP_MAX_PAGES = 5  # bounded; the list covers the prior week unless told otherwise
-MAX_WEBHOOK_BYTES = 64 * 1024 * 1024  # JSON callbacks carry the fax content in base64
 
 STATUS_KINDS: dict[str, EventKind] = {
     "QUEUED": EventKind.QUEUED,
@@ -77,22 +76,28 @@ STATUS_KINDS: dict[str, EventKind] = {
     "FAILURE": EventKind.FAILED,
 }
 
-# Failure of one attempt, by errorCode (Sinch "Error Messages"; same numbers as Phaxio).
-# "transient": the same number may work later (the engine retries with backoff and gives up on
-# repeated no-answer / no-fax-tone after N tries); "permanent": move to the next route.
+# Failure of one attempt, by errorCode: the codes Sinch documents for Fax API v3, and no other --
+# https://developers.sinch.com/docs/fax/api-reference/fax/tag/Error-Messages and sinch-sdk-node
+# ``packages/fax/src/models/v3/errors/{document-conversion-error,call-error,fax-error}``. The numbers
+# came from Phaxio, but the list is Sinch's own: it is shorter (no CALL_ERROR 50, 52, 73, 87, ...),
+# and 69 means something else here (Phaxio: converting and merging files). Phaxio's table stays in
+# phaxio.py. "transient": the same number may work later (RetryPolicy in dispatcher/domain/outcomes.py
+# retries the route, up to max_attempts and the campaign deadline); "permanent": move to the next route.
 ERROR_CLASSES: dict[int, ErrorClass] = {
-    # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing
-    4: "permanent",
-    54: "permanent",
-    55: "permanent",
-    57: "transient",
-    69: "transient",  # 57/69: storage
-    122: "permanent",
-    128: "permanent",
-    129: "permanent",
-    130: "permanent",
-    # CALL_ERROR / LINE_ERROR: the call could not be placed
-    11: "transient",  # call dropped prematurely
+    # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing, but storage is Sinch's
+    4: "permanent",  # there was a problem in converting and merging files ... contact support
+    54: "permanent",  # could not access the url you provided
+    55: "permanent",  # the string_data URL you provided is invalid
+    57: "transient",  # there was a problem storing the file you provided
+    69: "transient",  # Sinch: "there was a problem storing the file you provided" (as 57)
+    122: "permanent",  # user simulated document conversion error
+    128: "permanent",  # could not determine mimetype for file
+    129: "permanent",  # mimetype not supported
+    130: "permanent",  # mimetype not supported: application/xml
+    # 133 is both DOCUMENT_CONVERSION_ERROR "failed to normalize PDF document" and FAX_ERROR "phone
+    # number is not permitted": permanent either way (row below)
+    # CALL_ERROR: the call could not be placed
+    11: "transient",  # the call dropped prematurely
     15: "transient",  # congestion
     16: "transient",  # ring timeout
     17: "transient",  # busy
@@ -102,39 +107,49 @@ ERROR_CLASSES: dict[int, ErrorClass] = {
     34: "permanent",  # phone number not operational
     43: "transient",  # problem establishing connection
     49: "permanent",  # the destination phone number is not active
-    # further Phaxio line-error numbers, should Sinch report them (not in the SDK's CallError enum)
-    50: "permanent",  # call rejected: the far end refuses the call
-    52: "permanent",  # no route available
-    73: "permanent",  # number changed
-    87: "transient",
-    88: "transient",
-    100: "transient",
-    110: "transient",
-    112: "transient",  # no answer, network
-    115: "permanent",  # the phone number has been changed
-    # FAX_ERROR: the fax session failed; mostly line quality
-    6: "transient",
-    8: "transient",
-    10: "transient",
-    12: "transient",
-    13: "transient",
-    14: "transient",  # timed out waiting for initial communication
+    # FAX_ERROR: the fax session failed; mostly line quality, so worth another call
+    6: "transient",  # there was an error communicating with the far side
     7: "permanent",  # far end cannot receive at the size of image
+    8: "transient",  # no response after sending a page
+    10: "transient",  # disconnected after permitted retries
+    12: "transient",  # received no response to DCS or TCF
+    13: "transient",  # timed out waiting for the first message
+    14: "transient",  # timed out waiting for initial communication
+    18: "transient",  # unexpected message received
+    20: "transient",  # the HDLC carrier did not stop in a timely manner
+    21: "transient",  # received a DCN from remote after sending a page
+    22: "transient",  # received bad response to DCS or training
     25: "permanent",  # far end cannot receive at the resolution of the image
+    26: "transient",  # the remote fax machine failed to respond
+    28: "transient",  # failed to train with any of the compatible modems
+    29: "transient",  # invalid response after sending a page
     31: "permanent",  # fax machine incompatibility
+    38: "transient",  # the remote fax machine hung up before receiving fax
+    40: "transient",  # telephony error
+    41: "transient",  # unexpected DCN while waiting for DCS or DIS
+    44: "transient",  # telephony error
     46: "transient",  # insufficient funds: the account, not the number
-    48: "transient",  # no answer (receiving machine may be out of paper)
+    48: "transient",  # no answer (the receiving machine may be out of paper)
+    53: "transient",  # unexpected DCN after EOM or MPS sequence
+    60: "transient",  # transmission error after page break
+    63: "transient",  # fax protocol error
     68: "permanent",  # far end is not compatible
-    75: "permanent",  # manually canceled by a user: an operator decided
-    76: "transient",  # canceled automatically because the timeout was exceeded
-    113: "permanent",  # the file for this fax was deleted
-    119: "transient",  # simulated faxError
+    75: "permanent",  # manually canceled by user: an operator decided, do not undo it
+    76: "transient",  # canceled automatically because timeout exceeded
+    77: "transient",  # timed out waiting for receiver ready (ECM mode)
+    79: "transient",  # can't cancel the fax, it's already complete (not a verdict on the number)
+    80: "transient",  # received a DCN while waiting for a DIS
+    82: "transient",  # there was an error communicating with the far side
+    84: "transient",  # unexpected command after page received
+    113: "permanent",  # the file for this fax has been deleted or is not accessible
+    117: "transient",  # no pages received
+    119: "transient",  # user requested simulated faxError
+    131: "transient",  # incomplete transmission
     132: "transient",  # no fax tone detected (a voice line answered)
-    133: "permanent",  # phone number is not permitted
+    133: "permanent",  # phone number is not permitted / failed to normalize PDF document
 }
 
-# errorType decides when the code is not in the table (document 133 shares its number with
-# FAX_ERROR 133 "not permitted": both are permanent, so the shared row is right for both).
+# errorType decides when the code is not in the table.
 ERROR_TYPE_CLASSES: dict[str, ErrorClass] = {
     "DOCUMENT_CONVERSION_ERROR": "permanent",
     "CALL_ERROR": "transient",
@@ -192,19 +207,21 @@ class SinchGateway(HttpGateway[SinchSettings]):
     provider: ClassVar[str] = "sinch"
     channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = SinchSettings
+    # An application/json FAX_COMPLETED callback carries the fax itself as base64 in ``file``
+    # (Notifications page); Sinch takes files up to 20 MB (developers.sinch.com/docs/functions/cli/
+    # commands/fax), so 4/3 of that plus the Fax object.
+    max_webhook_bytes: ClassVar[int] = 28 * 1024 * 1024
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
-        if not isinstance(message, FaxMessage):
-            raise TypeError(f"{self.provider}: can only send a FaxMessage, not {type(message).__name__}")
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
         response = request(
             self.client,
             "POST",
             self._url("/faxes"),
             provider=self.provider,
             auth=self._auth(),
-            json=self._send_body(message),
+            json=self._send_body(fax),
         )
         if not response.is_success:
             raise _error_for_response(response, env=env_prefix(self.name))
@@ -216,9 +233,10 @@ class SinchGateway(HttpGateway[SinchSettings]):
             "from": message.from_number,
             "files": [{"file": base64.b64encode(message.pdf).decode("ascii"), "fileType": "PDF"}],
             "labels": {REFERENCE_LABEL: message.reference},
-            # Our engine owns retries: it knows the campaign deadline, the one-call-per-line rule and
-            # the other routes. Provider-side retries would be invisible to it and could deliver a
-            # letter after we moved on to another route: a duplicate to the same office.
+            # Our engine owns retries: it knows the campaign deadline, the minimum gap between faxes to
+            # one number (DISPATCH_FAX_GAP_SECONDS) and the other routes. Provider-side retries would be
+            # invisible to it and could deliver a letter after we moved on to another route: a
+            # duplicate to the same office.
             "maxRetries": 0,
         }
         if message.header_text:
@@ -245,33 +263,47 @@ class SinchGateway(HttpGateway[SinchSettings]):
             provider=self.provider,
             provider_id=fax_id,
             accepted_at=datetime.now(UTC),
-            status=str(body.get("status") or "QUEUED"),
+            status=text(body.get("status")) or "QUEUED",
             raw=_without_file(body),
         )
 
     # -- looking up ----------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         fax = _json(self._lookup(f"/faxes/{quote(provider_id, safe='')}"))
-        if "id" not in fax:
+        fax_id = text(fax.get("id"))
+        if not fax_id:
             raise StatusLookupError(f"{self.provider}: fax {provider_id} came back without an id")
-        return self._event(fax, event="fetch", received_at=datetime.now(UTC))
+        return self._event(fax_id, fax, event="fetch", received_at=datetime.now(UTC))
 
-    def find_by_reference(self, reference: str) -> StatusEvent | None:
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
+        """By ``labels.reference``, narrowed to ``to``; the listing covers Sinch's default range (the prior
+        week), so ``sent_after`` narrows nothing here."""
         params = {
             "direction": "OUTBOUND",
             "labels": json.dumps({REFERENCE_LABEL: reference}),
             "pageSize": str(LOOKUP_PAGE_SIZE),
         }
+        if to is not None:
+            params["to"] = to
         for page in range(1, LOOKUP_MAX_PAGES + 1):
             body = _json(self._lookup("/faxes", params={**params, "page": str(page)}))
-            for fax in body.get("faxes") or []:
-                if isinstance(fax, dict) and (fax.get("labels") or {}).get(REFERENCE_LABEL) == reference:
-                    return self._event(fax, event="lookup", received_at=datetime.now(UTC))
-            if page >= int(body.get("totalPages") or 0):
+            faxes, total_pages = body.get("faxes"), integer(body.get("totalPages"))
+            if not isinstance(faxes, list) or total_pages is None:  # cannot tell what the listing holds
+                raise StatusLookupError(f"{self.provider}: fax list without faxes or totalPages")
+            for fax in objects(faxes):
+                if _reference(fax) == reference:
+                    return self._found(fax)
+            if page >= total_pages:
                 return None  # every page read: the provider has no such fax
         # more pages than we read: "not found" would be a guess, and a guess may send a second fax
         raise StatusLookupError(f"{self.provider}: reference not in the first {LOOKUP_MAX_PAGES} pages; cannot tell")
+
+    def _found(self, fax: Mapping[str, Any]) -> StatusEvent:
+        fax_id = text(fax.get("id"))
+        if not fax_id:
+            raise StatusLookupError(f"{self.provider}: a listed fax carries our reference but no id")
+        return self._event(fax_id, fax, event="lookup", received_at=datetime.now(UTC))
 
     def _lookup(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -286,17 +318,18 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     # -- webhooks ------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         self._authenticate(request)
         payload = _read_json(request)
         event = payload.get("event")
-        fax = payload.get("fax")
-        if not isinstance(event, str) or not isinstance(fax, dict) or not fax.get("id"):
+        fax = obj(payload.get("fax"))
+        fax_id = text(fax.get("id"))
+        if not isinstance(event, str) or not fax_id:
             raise WebhookFormatError(f"{self.provider}: callback without event or fax id")
         if event != "FAX_COMPLETED":
             return []  # INCOMING_FAX and future events change none of our deliveries
         occurred = parse_time(payload.get("eventTime")) or request.received_at
-        return [self._event(fax, event=event, received_at=occurred)]
+        return [self._event(fax_id, fax, event=event, received_at=occurred)]
 
     def _authenticate(self, request: WebhookRequest) -> None:
         username, password = self.config.callback_username, self.config.callback_password
@@ -315,22 +348,22 @@ class SinchGateway(HttpGateway[SinchSettings]):
 
     # -- mapping -------------------------------------------------------------------------------
 
-    def _event(self, fax: Mapping[str, Any], *, event: str, received_at: datetime) -> StatusEvent:
-        status = str(fax.get("status") or "")
+    def _event(self, fax_id: str, fax: Mapping[str, Any], *, event: str, received_at: datetime) -> StatusEvent:
+        status = text(fax.get("status")) or ""
         kind = STATUS_KINDS.get(status, EventKind.QUEUED)
-        error_type, error_code = fax.get("errorType"), _int(fax.get("errorCode"))
+        error_type, error_code = text(fax.get("errorType")), integer(fax.get("errorCode"))
         failed = kind is EventKind.FAILED
         return StatusEvent(
             provider=self.provider,
-            provider_id=str(fax["id"]),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=parse_time(fax.get("completedTime")) or received_at,
-            reference=(fax.get("labels") or {}).get(REFERENCE_LABEL),
+            reference=_reference(fax),
             error_class=classify_error(error_type, error_code) if failed else None,
             error_code=str(error_code) if failed and error_code is not None else None,
-            detail=_detail(error_type, fax.get("errorMessage")),
-            pages=_int(fax.get("pagesSentSuccessfully") if failed else fax.get("numberOfPages")),
-            event_id=f"{fax['id']}:{event}:{status}:{fax.get('completedTime') or ''}",
+            detail=_detail(error_type, text(fax.get("errorMessage"))),
+            pages=integer(fax.get("pagesSentSuccessfully") if failed else fax.get("numberOfPages")),
+            event_id=f"{fax_id}:{event}:{status}:{fax.get('completedTime') or ''}",
             raw=_without_file(fax),
         )
 
@@ -363,24 +396,18 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     return error_for_status(response, provider="sinch", detail=message)
 
 
+def _violations(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``details[].fieldViolations[]`` of an error body."""
+    return [v for detail in objects(body.get("details")) for v in objects(detail.get("fieldViolations"))]
+
+
 def _violated_fields(body: Mapping[str, Any]) -> set[str]:
-    fields: set[str] = set()
-    for detail in body.get("details") or []:
-        for violation in (detail.get("fieldViolations") or []) if isinstance(detail, dict) else []:
-            if isinstance(violation, dict) and violation.get("field"):
-                fields.add(str(violation["field"]))
-    return fields
+    return {field for v in _violations(body) if (field := text(v.get("field")))}
 
 
 def _error_message(body: Mapping[str, Any]) -> str:
-    message = str(body.get("message") or body.get("error") or "")
-    violations = [
-        f"{v.get('field')}: {v.get('description')}"
-        for d in body.get("details") or []
-        if isinstance(d, dict)
-        for v in d.get("fieldViolations") or []
-        if isinstance(v, dict)
-    ]
+    message = text(body.get("message")) or text(body.get("error")) or ""
+    violations = [f"{v.get('field')}: {v.get('description')}" for v in _violations(body)]
     return "; ".join([message, *violations]) if violations else message
 
 
@@ -403,8 +430,6 @@ def _read_json(request: WebhookRequest) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise WebhookFormatError(f"sinch: callback must be application/json, not {content_type or 'none'}")
-    if len(request.body) > MAX_WEBHOOK_BYTES:
-        raise WebhookFormatError("sinch: callback body too large")
     try:
         payload = json.loads(request.body)
     except ValueError as err:
@@ -427,14 +452,11 @@ def _without_file(data: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key != "file"}
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+def _reference(fax: Mapping[str, Any]) -> str | None:
+    return text(obj(fax.get("labels")).get(REFERENCE_LABEL))
 
 
-def _detail(error_type: Any, message: Any) -> str | None:
+def _detail(error_type: str | None, message: str | None) -> str | None:
     if not error_type and not message:
         return None
-    return f"{error_type}: {message}" if error_type else str(message)
+    return f"{error_type}: {message}" if error_type else message

@@ -41,7 +41,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import (
     EventKind,
     FaxMessage,
-    Message,
     Receipt,
     StatusEvent,
     WebhookRequest,
@@ -58,7 +57,7 @@ from workers.gateways.errors import (
 )
 from workers.gateways.http import HttpGateway, error_for_status, request
 from workers.gateways.registry import env_prefix
-from workers.gateways.values import ErrorClass, parse_time
+from workers.gateways.values import ErrorClass, integer, number, obj, parse_time, text
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +90,10 @@ STATUS_KINDS: dict[str, EventKind] = {
 # Every ``failure_reason`` documented on the Fax object (types/fax.py), classified for the router.
 # "transient": the same number may take the fax later (line busy, no answer, a call or carrier fault,
 # our own media server or a channel limit) -- retried with backoff until the campaign deadline.
-# "permanent": this number (or this document) will not work however often we try -- move to the
-# next route, or hold for an operator when the fault is ours (account, document, caller id).
-# ``fax_initial_communication_timeout`` (no fax tone) is transient per attempt: a fax machine may be
-# switched off or answered by a person; the ledger's dead-number policy escalates after N attempts.
+# "permanent": this number (or this document, or our account) will not work however often we try --
+# move to the next route. ``fax_initial_communication_timeout`` (no fax tone) is transient per
+# attempt: a fax machine may be switched off or answered by a person; RetryPolicy.max_attempts
+# (dispatcher/domain/outcomes.py) gives the route up after that many attempts.
 FAILURE_CLASSES: dict[str, ErrorClass] = {
     # the line or the call
     "user_busy": "transient",
@@ -198,6 +197,8 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
     channel: ClassVar[Channel] = Channel.FAX
     settings_class: ClassVar[type[BaseSettings]] = TelnyxSettings
     needs_media_url: ClassVar[bool] = True  # Telnyx downloads the PDF from media_url
+    # One JSON envelope per event, a few KB: ids, numbers, status and reason, no media (types/fax_*.py).
+    max_webhook_bytes: ClassVar[int] = 64 * 1024
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
@@ -217,21 +218,19 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> Receipt:
-        """``POST /v2/faxes``; Telnyx fetches the document from ``message.media_url`` itself."""
-        if not isinstance(message, FaxMessage):
-            raise Permanent(f"{PROVIDER}: only faxes can be sent through this gateway", code="channel")
-        if message.media_url is None:
+    def _send_fax(self, fax: FaxMessage) -> Receipt:
+        """``POST /v2/faxes``; Telnyx fetches the document from ``fax.media_url`` itself."""
+        if fax.media_url is None:
             raise Permanent(
                 f"{PROVIDER}: no media_url: Telnyx downloads the document from a URL, so the PDF must be "
                 "served (2xx, no redirect) and FaxMessage.media_url set",
                 code="media_url_missing",
             )
-        response = self._call("POST", "/v2/faxes", json=self._send_body(message))
+        response = self._call("POST", "/v2/faxes", json=self._send_body(fax))
         if not response.is_success:
             raise self._send_error(response)
         receipt = self._receipt(response)
-        log.info("telnyx accepted fax %s for reference %s", receipt.provider_id, message.reference)
+        log.info("telnyx accepted fax %s for reference %s", receipt.provider_id, fax.reference)
         return receipt
 
     def _send_body(self, message: FaxMessage) -> dict[str, Any]:
@@ -252,19 +251,21 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     def _receipt(self, response: httpx.Response) -> Receipt:
         try:
-            body = response.json()
-            data = body["data"]
-            fax_id = str(data["id"])
-        except (ValueError, KeyError, TypeError) as err:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        data = obj(obj(body).get("data"))
+        fax_id = text(data.get("id"))
+        if not fax_id:
             # 2xx means accepted, but without an id we cannot follow it: reconcile by reference.
             raise Unknown(
                 f"{PROVIDER}: HTTP {response.status_code} without a fax id", code="no_id", raw=response.text[:2000]
-            ) from err
+            )
         return Receipt(
             provider=PROVIDER,
             provider_id=fax_id,
             accepted_at=datetime.now(UTC),
-            status=str(data.get("status") or "queued"),
+            status=text(data.get("status")) or "queued",
             raw=body,
         )
 
@@ -297,7 +298,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
 
     # -- status lookups --------------------------------------------------------------------------
 
-    def fetch_status(self, provider_id: str) -> StatusEvent:
+    def _fetch_status(self, provider_id: str) -> StatusEvent:
         """``GET /v2/faxes/{id}``: the fax's current state."""
         response = self._lookup("GET", f"/v2/faxes/{provider_id}")
         if response.status_code == 404:
@@ -307,9 +308,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             raise StatusLookupError(f"{PROVIDER}: fax {provider_id}: answer without data")
         return self._fax_event(data)
 
-    def find_by_reference(
-        self, reference: str, *, to: str | None = None, sent_after: datetime | None = None
-    ) -> StatusEvent | None:
+    def _find_by_reference(self, reference: str, *, to: str | None, sent_after: datetime | None) -> StatusEvent | None:
         """Find our outbound fax by ``client_state``; ``to``/``sent_after`` narrow the listing.
 
         Returns None only after reading every matching page; a listing too long to read within
@@ -330,15 +329,19 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         }
         if to is not None:
             params["filter[to][eq]"] = to
-        for number in range(1, self.config.reconcile_max_pages + 1):
-            response = self._lookup("GET", "/v2/faxes", params={**params, "page[number]": number})
+        for page_number in range(1, self.config.reconcile_max_pages + 1):
+            response = self._lookup("GET", "/v2/faxes", params={**params, "page[number]": page_number})
             body = _json_or_lookup_error(response)
             page = body.get("data")
             if not isinstance(page, list):
                 raise StatusLookupError(f"{PROVIDER}: fax list without data")
             yield from (fax for fax in page if isinstance(fax, dict))
-            total_pages = (body.get("meta") or {}).get("total_pages")
-            if not page or not isinstance(total_pages, int) or number >= total_pages:
+            total_pages = integer(obj(body.get("meta")).get("total_pages"))
+            if not page:
+                return
+            if total_pages is None:  # a page of faxes, and no telling whether more follow
+                raise StatusLookupError(f"{PROVIDER}: fax list without meta.total_pages")
+            if page_number >= total_pages:
                 return
         raise StatusLookupError(
             f"{PROVIDER}: more than {self.config.reconcile_max_pages} pages of faxes; "
@@ -356,28 +359,27 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         return response
 
     def _fax_event(self, fax: Mapping[str, Any]) -> StatusEvent:
-        status = str(fax.get("status"))
-        try:
-            kind = STATUS_KINDS[status]
-        except KeyError:
-            raise StatusLookupError(f"{PROVIDER}: fax {fax.get('id')} has status {status!r}") from None
-        reason = fax.get("failure_reason") if kind is EventKind.FAILED else None
+        fax_id, status = text(fax.get("id")), text(fax.get("status"))
+        kind = STATUS_KINDS.get(status or "")
+        if not fax_id or kind is None:
+            raise StatusLookupError(f"{PROVIDER}: fax {fax_id!r} with status {fax.get('status')!r}")
+        reason = text(fax.get("failure_reason")) if kind is EventKind.FAILED else None
         when = parse_time(fax.get("updated_at") or fax.get("created_at")) or datetime.now(UTC)
         return StatusEvent(
             provider=PROVIDER,
-            provider_id=str(fax.get("id")),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=when,
             reference=decode_reference(fax.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
-            detail=fax.get("internal_failure_reason"),
+            detail=text(fax.get("internal_failure_reason")),
             raw=dict(fax),
         )
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    def parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
+    def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         """Verify Telnyx's Ed25519 signature, then decode one fax event (other event types: [])."""
         self._verify(request)
         envelope = _load_envelope(request.body)
@@ -410,26 +412,27 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             )
 
     def _webhook_event(self, kind: EventKind, data: Mapping[str, Any], envelope: Any) -> StatusEvent:
-        payload = data.get("payload") or {}
-        if not isinstance(payload, dict) or not payload.get("fax_id"):
+        payload = obj(data.get("payload"))
+        fax_id = text(payload.get("fax_id"))
+        if not fax_id:
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without payload.fax_id")
         occurred_at = parse_time(data.get("occurred_at"))
         if occurred_at is None:
             raise WebhookFormatError(f"{PROVIDER}: {data.get('event_type')} without a valid occurred_at")
-        reason = payload.get("failure_reason") if kind is EventKind.FAILED else None
+        reason = text(payload.get("failure_reason")) if kind is EventKind.FAILED else None
         return StatusEvent(
             provider=PROVIDER,
-            provider_id=str(payload["fax_id"]),
+            provider_id=fax_id,
             kind=kind,
             occurred_at=occurred_at,
             reference=decode_reference(payload.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
-            detail=payload.get("internal_failure_reason"),
-            pages=_int_or_none(payload.get("page_count")),
-            duration_secs=_float_or_none(payload.get("call_duration_secs")),
+            detail=text(payload.get("internal_failure_reason")),
+            pages=integer(payload.get("page_count")),
+            duration_secs=number(payload.get("call_duration_secs")),
             remote_station_id=None,  # Telnyx's fax payloads carry no remote CSID (types/fax_*.py)
-            event_id=str(data["id"]) if data.get("id") else None,
+            event_id=text(data.get("id")) or None,
             raw=envelope,
         )
 
@@ -451,8 +454,8 @@ def _telnyx_error(response: httpx.Response) -> tuple[str | None, str, Any]:
 
 def _error_text(error: Mapping[str, Any]) -> str:
     pointer = (error.get("source") or {}).get("pointer") if isinstance(error.get("source"), dict) else None
-    text = ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))
-    return f"{error.get('code', '')} {text}".strip() + (f" ({pointer})" if pointer else "")
+    message = ": ".join(str(error[k]) for k in ("title", "detail") if error.get(k))
+    return f"{error.get('code', '')} {message}".strip() + (f" ({pointer})" if pointer else "")
 
 
 def _json_or_lookup_error(response: httpx.Response) -> dict[str, Any]:
@@ -473,13 +476,3 @@ def _load_envelope(body: bytes) -> dict[str, Any]:
     if not isinstance(envelope, dict) or not isinstance(envelope.get("data"), dict):
         raise WebhookFormatError(f"{PROVIDER}: webhook body has no data object")
     return envelope
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float_or_none(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
