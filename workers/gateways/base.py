@@ -22,6 +22,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import ClassVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic_settings import BaseSettings
 
 from dispatcher.domain.messages import EmailMessage, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
@@ -132,7 +133,11 @@ def channel_mismatch(name: str, provider: str, channel: Channel, wanted: Channel
 
 
 class _Boundary:
-    """Lets errors of ours through and turns any other exception into ``error`` (with ``from``)."""
+    """Lets errors of ours through and turns any other exception into ``error`` (with ``from``).
+
+    Celery's soft time limit is let through too: the worker path records the send as unknown and ends
+    the task. Only the exception's class is kept in the error and the log: its text may hold a
+    recipient's address (a supporter's personal data)."""
 
     def __init__(self, gateway: Gateway, operation: str, error: Callable[[str], GatewayError]) -> None:
         self.gateway = gateway
@@ -145,9 +150,8 @@ class _Boundary:
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        if value is None or isinstance(value, GatewayError) or not isinstance(value, Exception):
+        if value is None or isinstance(value, GatewayError | SoftTimeLimitExceeded) or not isinstance(value, Exception):
             return
-        log.warning("%s: unexpected %s in %s", self.gateway.name, type(value).__name__, self.operation, exc_info=value)
-        raise self.error(
-            f"{self.gateway.name}: unexpected {type(value).__name__} in {self.operation}: {value}"
-        ) from value
+        name = type(value).__name__
+        log.warning("%s: unexpected %s in %s", self.gateway.name, name, self.operation)
+        raise self.error(f"{self.gateway.name}: unexpected {name} in {self.operation}") from value
