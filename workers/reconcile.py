@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import inspect
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,20 +44,15 @@ def reconcile(worker: WorkerContext, delivery_id: int) -> str:
         return _poll(worker, delivery_id, gateway, provider_id, key=key, destination=destination, started_at=started_at)
     try:
         found: StatusEvent | None = _find(gateway, key, destination, started_at)
-    except (GatewayError, NotImplementedError) as err:
+    except GatewayError as err:
         return _hold(worker, delivery_id, f"{gateway.name} cannot tell whether it has this message ({err})")
     return _apply(worker, delivery_id, found)
 
 
 def _find(gateway: Gateway, key: str, destination: str, started_at: datetime | None) -> StatusEvent | None:
     """Look the reference up, narrowed to this destination and attempt where the gateway can."""
-    accepted = inspect.signature(gateway.find_by_reference).parameters
-    narrowing: dict[str, Any] = {}
-    if "to" in accepted:
-        narrowing["to"] = destination
-    if "sent_after" in accepted and started_at is not None:
-        narrowing["sent_after"] = started_at - timedelta(minutes=5)  # clocks differ a little
-    return gateway.find_by_reference(key, **narrowing)
+    sent_after = started_at - timedelta(minutes=5) if started_at is not None else None  # clocks differ a little
+    return gateway.find_by_reference(key, to=destination, sent_after=sent_after)
 
 
 def _poll(
@@ -78,7 +71,7 @@ def _poll(
             if provider_id is not None
             else _find(gateway, key, destination, started_at)
         )
-    except (GatewayError, NotImplementedError):
+    except GatewayError:
         return "poll-failed"  # the webhook may still come; the next poll is scheduled already
     if event is None:
         return "poll-not-listed"
