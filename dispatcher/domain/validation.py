@@ -3,12 +3,14 @@
 Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country (:mod:`.numbers`), emails
 checked with ``email-validator`` (:mod:`.emails`; syntax only: no DNS lookups, which would make
 validation depend on the network), timezones against the IANA database, free text for control
-characters (:mod:`.characters`), and the letter template rendered once in the sandbox.
+characters (:mod:`.characters`) and for characters the fax's fonts cannot draw
+(:mod:`.rendering.fonts`), and the letter template rendered in the sandbox.
 """
 
 from __future__ import annotations
 
 import difflib
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import date
@@ -22,6 +24,7 @@ from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_i
 from dispatcher.domain.emails import check_email
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
 from dispatcher.domain.numbers import check_number, same_number
+from dispatcher.domain.rendering.fonts import CANNOT_DRAW, describe, undrawable
 from dispatcher.domain.shape import Sections
 from dispatcher.domain.supporters_csv import SupporterRow, read_supporters
 
@@ -75,19 +78,22 @@ def validate_sections(sections: Sections, *, file: Path) -> Report:
     """
     report = Report(file=str(file))
     base = file.parent
+    undrawn: set[str] = set()  # characters the fax cannot draw, already reported in a field
     for section, place in ((sections.campaign, "campaign"), (sections.sender, "sender"), (sections.letter, "letter")):
         if section is not None:
             _check_lines(section, place, report)
+            undrawn |= _check_glyphs(section, place, report)
     if sections.sender is not None:
         _check_sender(sections.sender, report)
     order = sections.campaign.route_order if sections.campaign is not None else "fax-first"
     for role, people in (("to", sections.to), ("cc", sections.cc)):
         for index, person in people.items():
             report.routes[(role, index)] = _check_addressee(person, role, index, order, report)
+            undrawn |= _check_glyphs(person, where(role, index, person), report)
     if sections.campaign is not None:
         _check_schedule(sections.campaign, report)
     if sections.letter is not None:
-        _check_template(sections.letter, sections.letter_spec(), base, report)
+        _check_template(sections.letter, sections.letter_spec(), base, report, undrawn=undrawn)
     if sections.supporters is not None:
         report.supporters, problems = read_supporters(base, sections.supporters.csv, campaign_file=report.file)
         report.problems.extend(problems)
@@ -127,6 +133,35 @@ def _check_lines(section: BaseModel, place: str, report: Report) -> None:
                 report.problems.append(
                     Problem(file=report.file, where=place, field=label, message=f"contains {what}: {IN_LINE}")
                 )
+
+
+# The fields the fax can print besides the one-line fields: the cover page shows the sender's addresses.
+_DRAWN_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
+    **_LINE_FIELDS,
+    Sender: (*_LINE_FIELDS[Sender], "email", "reply_to"),
+}
+
+
+def _check_glyphs(section: BaseModel, place: str, report: Report) -> set[str]:
+    """Refuse, in each field the fax can print, the first character its fonts cannot draw (control
+    characters aside: :func:`_check_lines` refuses them); return the characters refused."""
+    refused: set[str] = set()
+    for name in _DRAWN_FIELDS[type(section)]:
+        value = getattr(section, name)
+        items = [(name, value)] if isinstance(value, str) else [(f"{name}[{i}]", v) for i, v in enumerate(value or [])]
+        for label, text in items:
+            found = _first_undrawable(text)
+            if found is not None:
+                index, char = found
+                message = f"contains {describe(char)} at character {index + 1}, {CANNOT_DRAW}"
+                report.problems.append(Problem(file=report.file, where=place, field=label, message=message))
+                refused.add(char)
+    return refused
+
+
+def _first_undrawable(text: str) -> tuple[int, str] | None:
+    """The first character of ``text`` that the fax cannot draw, control characters aside, and its index."""
+    return next(((i, char) for i, char in undrawable(text) if unicodedata.category(char) != "Cc"), None)
 
 
 # What makes a From display name look like an address: "@", "<", ">" and their full-width and small forms.
@@ -265,8 +300,11 @@ def _check_schedule(campaign: Campaign, report: Report) -> None:
         )
 
 
-def _check_template(letter: LetterSpec, spec: CampaignSpec | None, base: Path, report: Report) -> None:
-    """Compile the letter template, and render it once with ``spec`` (None: a part it sees is unusable)."""
+def _check_template(
+    letter: LetterSpec, spec: CampaignSpec | None, base: Path, report: Report, *, undrawn: set[str]
+) -> None:
+    """Compile the letter template, and render it once with ``spec`` (None: a part it sees is unusable);
+    ``undrawn`` holds the characters the fax cannot draw that a field's problem already names."""
     from dispatcher.domain.templating import compile_letter, letter_context, render_letter
 
     try:
@@ -288,11 +326,31 @@ def _check_template(letter: LetterSpec, spec: CampaignSpec | None, base: Path, r
     try:
         template = compile_letter(source, name=name)
         if spec is not None:
-            render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
+            text = render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
+            _check_letter_glyphs(text, source, name, who=where("to", 0, spec.to[0]), undrawn=undrawn, report=report)
     except TemplateProblemError as err:
         line = f"line {err.line}" if err.line is not None else ""
         reason = str(err.args[0]).split(": ", 1)[-1]
         report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
+
+
+def _check_letter_glyphs(text: str, source: str, name: str, *, who: str, undrawn: set[str], report: Report) -> None:
+    """Refuse the first character of a rendered letter that the fax cannot draw and no field holds: by
+    its line where the template holds it, else as a character of the letter to ``who``."""
+    found = next(
+        (char for _, char in undrawable(text) if char not in undrawn and unicodedata.category(char) != "Cc"), None
+    )
+    if found is None:
+        return
+    undrawn.add(found)
+    at = source.find(found)
+    if at < 0:
+        message = f"the letter to {who} contains {describe(found)}, {CANNOT_DRAW}"
+        report.problems.append(Problem(file=name, where="letter template", message=message))
+        return
+    line, column = source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at)
+    message = f"contains {describe(found)} at character {column}, {CANNOT_DRAW}"
+    report.problems.append(Problem(file=name, where="letter template", field=f"line {line}", message=message))
 
 
 def _as_warning(problem: Problem) -> Problem:

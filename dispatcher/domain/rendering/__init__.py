@@ -2,6 +2,7 @@
 
 letter.py     the campaign's letter, once: text + escaped HTML, with the visible CC block
 fax.py        the fax PDF (cover page + letter, page count and SHA-256)
+fonts.py      the fax's fonts, one per script, and the characters none of them can draw
 email.py      the email to one addressee (stable Message-ID, SHA-256 of its content)
 copy.py       the copy emailed to a supporter
 preview.py    the fax and email written to files for a human to check

@@ -2,7 +2,7 @@
 
 templates/fax/cover.jsonl.j2 lays out the fax cover page this way. Each line is checked here (an unknown
 key, a wrong type or a malformed colour is an error) and drawn in order, across the width between the
-page margins, in one font: the fax's Noto Sans SC, so Chinese names render.
+page margins, in one font: the fax's Noto Sans SC, with the fallbacks the document set up for other scripts.
 """
 
 from __future__ import annotations

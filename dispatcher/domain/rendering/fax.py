@@ -1,10 +1,12 @@
 """The fax document: an A4 PDF with a cover page, then the letter, every page footed "page N of M".
 
 templates/fax/cover.jsonl.j2 lays out the cover page (drawn by drawing.py); the letter pages and the
-footers are drawn here. fpdf2 draws everything with Noto Sans SC (from pylopdf-fonts-zh-cn), so Chinese
-names such as 习近平 render with a real font and no system library is needed. The page count is read
-from the rendered PDF, and the creation date is fixed to the letter's date so the same inputs give the
-same bytes and SHA-256.
+footers are drawn here. fpdf2 draws in Noto Sans SC, falling back to the fonts of fonts.py for the
+scripts it lacks, and shapes the text with HarfBuzz (Arabic letters join; Arabic and Hebrew run right
+to left, and a paragraph that starts in one of them is set flush right). A character that no font has
+is refused before anything is drawn, never left out. Only the fonts a document uses are embedded. The
+page count is read from the rendered PDF, and the creation date is fixed to the letter's date so the
+same inputs give the same bytes and SHA-256.
 """
 
 from __future__ import annotations
@@ -12,25 +14,26 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from functools import cache
 from typing import Any
 
 import jinja2
-import pylopdf_fonts_zh_cn
 from fpdf import FPDF
-from fpdf.enums import XPos, YPos
+from fpdf.bidi import auto_detect_base_direction
+from fpdf.enums import TextDirection, XPos, YPos
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
-from dispatcher.domain.rendering.drawing import draw, parse_instructions
+from dispatcher.domain.rendering.drawing import Gap, Row, Text, draw, parse_instructions
+from dispatcher.domain.rendering.fonts import fonts_for, require_drawable
 from dispatcher.domain.rendering.letter import RenderedLetter, paragraphs_of
 from dispatcher.domain.rendering.templates import FAX_COVER, render
 from dispatcher.domain.templating import format_date
 
-FONT = "NotoSansSC"
+FONT = "NotoSansSC"  # the main font: fonts.fax_fonts()[0]
 # Replaced by the total page count when the PDF is written; unlikely to occur in a letter.
 PAGES_ALIAS = "{fax-pages}"
 _BODY_SIZE = 11
 _LINE = 5.5  # mm per body line
+_TAB = "    "  # fpdf2 has no tab stops and would leave a tab out: four spaces stand for it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +56,6 @@ class _FaxPDF(FPDF):
         self.cell(0, 5, f"page {self.page_no()} of {PAGES_ALIAS}", align="C")
 
 
-@cache
-def _font_path() -> str:
-    """Path of the bundled CJK-capable sans font."""
-    return str(pylopdf_fonts_zh_cn.sans_path())
-
-
 def render_fax(
     spec: CampaignSpec,
     letter: RenderedLetter,
@@ -67,18 +64,25 @@ def render_fax(
     fax_number: str,
     templates: jinja2.Environment | None = None,
 ) -> FaxDocument:
-    """Render the fax to one number of one addressee: cover page, then the letter."""
-    pdf = _new_pdf(spec, letter)
+    """Render the fax to one number of one addressee: cover page, then the letter.
+
+    Raise UndrawableTextError (a ValueError) if the cover or the letter holds a character no font has."""
     cover = render(FAX_COVER, _cover_context(spec, letter, to=to, fax_number=fax_number), templates=templates)
+    instructions = [_without_tabs(instruction) for instruction in parse_instructions(cover)]
+    paragraphs = [paragraph.replace("\t", _TAB) for paragraph in paragraphs_of(letter.text)]
+    cover_text = "\n".join(_texts(instructions))
+    require_drawable(cover_text, what="the fax cover page")
+    require_drawable("\n".join(paragraphs), what="the letter")
+    pdf = _new_pdf(spec, letter, text=cover_text + "\n".join(paragraphs))
     pdf.add_page()
-    draw(pdf, parse_instructions(cover), font=FONT)
-    _letter_pages(pdf, letter)
+    draw(pdf, instructions, font=FONT)
+    _letter_pages(pdf, paragraphs)
     data = bytes(pdf.output())
     return FaxDocument(pdf=data, page_count=pdf.pages_count, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _new_pdf(spec: CampaignSpec, letter: RenderedLetter) -> _FaxPDF:
-    """An A4 document with fixed metadata, the font and the page-count alias set up."""
+def _new_pdf(spec: CampaignSpec, letter: RenderedLetter, *, text: str) -> _FaxPDF:
+    """An A4 document with fixed metadata, the fonts ``text`` needs, shaping and the page-count alias."""
     pdf = _FaxPDF(format="A4", unit="mm")
     pdf.set_creation_date(datetime.combine(letter.date, time(), tzinfo=UTC))
     pdf.set_title(letter.subject)
@@ -86,8 +90,36 @@ def _new_pdf(spec: CampaignSpec, letter: RenderedLetter) -> _FaxPDF:
     pdf.set_margins(20, 18, 20)
     pdf.set_auto_page_break(auto=True, margin=18)
     pdf.alias_nb_pages(PAGES_ALIAS)
-    pdf.add_font(FONT, fname=_font_path())
+    fonts = fonts_for(text)
+    for font in fonts:
+        pdf.add_font(font.family, fname=str(font.path))
+    if len(fonts) > 1:
+        pdf.set_fallback_fonts([font.family for font in fonts[1:]])
+    pdf.set_text_shaping(True)
     return pdf
+
+
+def _without_tabs(instruction: Text | Row | Gap) -> Text | Row | Gap:
+    """The instruction with each tab in its text replaced by spaces."""
+    match instruction:
+        case Text():
+            return instruction.model_copy(update={"text": instruction.text.replace("\t", _TAB)})
+        case Row():
+            update = {"label": instruction.label.replace("\t", _TAB), "text": instruction.text.replace("\t", _TAB)}
+            return instruction.model_copy(update=update)
+    return instruction
+
+
+def _texts(instructions: list[Text | Row | Gap]) -> list[str]:
+    """Every text the instructions draw."""
+    texts: list[str] = []
+    for instruction in instructions:
+        match instruction:
+            case Text():
+                texts.append(instruction.text)
+            case Row():
+                texts += [instruction.label, instruction.text]
+    return texts
 
 
 def _cover_context(spec: CampaignSpec, letter: RenderedLetter, *, to: AddresseeSpec, fax_number: str) -> dict[str, Any]:
@@ -103,11 +135,13 @@ def _cover_context(spec: CampaignSpec, letter: RenderedLetter, *, to: AddresseeS
     }
 
 
-def _letter_pages(pdf: FPDF, letter: RenderedLetter) -> None:
-    """The letter itself in black, paragraph by paragraph, breaking pages as needed."""
+def _letter_pages(pdf: FPDF, paragraphs: list[str]) -> None:
+    """The letter itself in black, paragraph by paragraph, breaking pages as needed; a paragraph whose
+    first letter is of a right-to-left script is set flush right."""
     pdf.add_page()
     pdf.set_font(FONT, size=_BODY_SIZE)
     pdf.set_text_color(0)
-    for paragraph in paragraphs_of(letter.text):
-        pdf.multi_cell(0, _LINE, paragraph, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    for paragraph in paragraphs:
+        align = "R" if auto_detect_base_direction(paragraph) == TextDirection.RTL else "L"
+        pdf.multi_cell(0, _LINE, paragraph, align=align, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         pdf.ln(_LINE * 0.6)
