@@ -17,6 +17,7 @@ from datetime import UTC, datetime, time
 from typing import Any
 
 import jinja2
+import phonenumbers
 from fpdf import FPDF
 from fpdf.bidi import auto_detect_base_direction
 from fpdf.enums import TextDirection, XPos, YPos
@@ -123,16 +124,29 @@ def _texts(instructions: list[Text | Row | Gap]) -> list[str]:
 
 
 def _cover_context(spec: CampaignSpec, letter: RenderedLetter, *, to: AddresseeSpec, fax_number: str) -> dict[str, Any]:
-    """What the cover template sees; ``pages`` is the alias fpdf2 replaces with the page count."""
+    """What the cover template sees; ``pages`` is the alias fpdf2 replaces with the page count. Both
+    fax numbers are in international format, whichever way they were written."""
     return {
         "sender": spec.sender,
         "to": to,
-        "fax_number": fax_number,
+        "fax_number": international(fax_number, to.country),
+        "caller_id": international(spec.sender.fax_caller_id, spec.sender.country),
         "subject": letter.subject,
         "date": format_date(letter.date),
         "pages": PAGES_ALIAS,
         "urgent": spec.campaign.urgency == "urgent",
     }
+
+
+def international(number: str, country: str) -> str:
+    """A fax number in the international notation of ITU-T E.123, groups apart by spaces only:
+    "+86 10 6307 0900", "+1 212 555 0143" (read in ``country`` if it has no "+"); as given if it cannot
+    be read as a number."""
+    try:
+        parsed = phonenumbers.parse(number, country.upper())
+    except phonenumbers.NumberParseException:
+        return number
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL).replace("-", " ")
 
 
 def _letter_pages(pdf: FPDF, paragraphs: list[str]) -> None:

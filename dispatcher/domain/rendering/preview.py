@@ -1,4 +1,8 @@
-"""Preview: write the fax PDF and the email (.eml) a campaign would send, for a human to check."""
+"""Preview: write the fax PDF and the email (.eml) a campaign would send, for a human to check.
+
+The fax goes to the addressee's first valid number in E.164, as planning records it for a delivery, so
+the preview PDF is the very document a worker sends to that number (same bytes, same SHA-256).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from datetime import date as Date
 from pathlib import Path
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
+from dispatcher.domain.numbers import check_number
 from dispatcher.domain.rendering.email import EmailDocument, render_email
 from dispatcher.domain.rendering.fax import FaxDocument, render_fax
 from dispatcher.domain.rendering.letter import load_letter
@@ -49,12 +54,18 @@ def write_preview(
     fax = email = None
     if pdf_path is not None:
         to = spec.to[0]
-        fax = render_fax(spec, letter, to=to, fax_number=to.fax[0] if to.fax else PLACEHOLDER_FAX)
+        fax = render_fax(spec, letter, to=to, fax_number=_first_fax(to))
         pdf_path.write_bytes(fax.pdf)
     if eml_path is not None:
         email = render_email(spec, letter, to_email=_first_email(spec), reference=reference)
         eml_path.write_bytes(to_mime(email.message).as_bytes())
     return Preview(pdf_path=pdf_path, fax=fax, eml_path=eml_path, email=email)
+
+
+def _first_fax(to: AddresseeSpec) -> str:
+    """The addressee's first valid fax number in E.164 (what a delivery holds), or a placeholder."""
+    numbers = (check_number(raw, to.country, file="", where="", field="")[0] for raw in to.fax)
+    return next((number for number in numbers if number is not None), PLACEHOLDER_FAX)
 
 
 def _first_email(spec: CampaignSpec) -> str:
