@@ -12,7 +12,15 @@ from datetime import datetime, time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from dispatcher.domain.errors import CampaignFileError, Problem
 from dispatcher.domain.input_files import TEMPLATE_MAX_BYTES, read_campaign_text, read_named_file
@@ -44,6 +52,22 @@ class AddresseeSpec(_Strict):
     fax: list[str] = Field(default_factory=list)
     email: list[str] = Field(default_factory=list)
     phone: list[str] = Field(default_factory=list)  # contact details only, never a route
+
+
+class CcSpec(AddresseeSpec):
+    """A CC addressee: their copy is the letter written to the first "To" addressee, or to the one
+    ``letter_to`` names (validation refuses a name that is no "To" addressee's)."""
+
+    letter_to: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_letter_to(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``letter_to`` out when not given, so a campaign written before it existed dumps (and
+        hashes, see planning.content_hash) as it did."""
+        data: dict[str, Any] = handler(self)
+        if self.letter_to is None:
+            data.pop("letter_to", None)
+        return data
 
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -96,7 +120,7 @@ class CampaignSpec(_Strict):
     sender: Sender
     letter: LetterSpec
     to: list[AddresseeSpec] = Field(min_length=1)
-    cc: list[AddresseeSpec] = Field(default_factory=list)
+    cc: list[CcSpec] = Field(default_factory=list)
     supporters: Supporters | None = None
 
 

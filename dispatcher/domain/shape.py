@@ -16,7 +16,15 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpec, LetterSpec, Sender, Supporters
+from dispatcher.domain.campaign_file import (
+    AddresseeSpec,
+    Campaign,
+    CampaignSpec,
+    CcSpec,
+    LetterSpec,
+    Sender,
+    Supporters,
+)
 from dispatcher.domain.errors import Problem
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -32,7 +40,7 @@ class Sections:
     sender: Sender | None
     letter: LetterSpec | None
     to: dict[int, AddresseeSpec]  # by their index in the file, so problems name the right addressee
-    cc: dict[int, AddresseeSpec]
+    cc: dict[int, CcSpec]
     supporters: Supporters | None
     unread: frozenset[str] = frozenset()  # values left out for their shape, e.g. "to[0].fax"
 
@@ -70,16 +78,16 @@ def usable_sections(data: dict[str, Any]) -> Sections:
         campaign=_lenient(Campaign, data.get("campaign"), "campaign", unread),
         sender=_lenient(Sender, data.get("sender"), "sender", unread),
         letter=_lenient(LetterSpec, data.get("letter"), "letter", unread),
-        to=_addressees(people["to"], "to", unread),
-        cc=_addressees(people["cc"], "cc", unread),
+        to=_addressees(people["to"], "to", unread, model=AddresseeSpec),
+        cc=_addressees(people["cc"], "cc", unread, model=CcSpec),
         supporters=_lenient(Supporters, data.get("supporters"), "supporters", unread),
         unread=frozenset(unread),
     )
 
 
-def _addressees(value: object, role: str, unread: set[str]) -> dict[int, AddresseeSpec]:
+def _addressees(value: object, role: str, unread: set[str], *, model: type[Model]) -> dict[int, Model]:
     items = value if isinstance(value, list) else []
-    found = {i: _lenient(AddresseeSpec, item, f"{role}[{i}]", unread) for i, item in enumerate(items)}
+    found = {i: _lenient(model, item, f"{role}[{i}]", unread) for i, item in enumerate(items)}
     return {i: person for i, person in found.items() if person is not None}
 
 

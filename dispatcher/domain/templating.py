@@ -3,19 +3,24 @@
 A missing variable is an error (StrictUndefined), not a blank in a letter to a minister; the sandbox
 refuses attribute tricks such as ``{{ ''.__class__ }}``. Autoescape is off because the template
 renders plain text: the HTML part is made later by escaping that text (see :mod:`dispatcher.rendering`).
+
+A campaign's letter comes in variants: each "To" addressee gets the letter written to them (``to``),
+and each CC a copy of the letter to the first "To" or to the one its ``letter_to`` names; ``recipient``
+is whom a copy goes to (:class:`Variant`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date as Date
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 from jinja2.exceptions import SecurityError
 
-from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
+from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, CcSpec
 from dispatcher.domain.errors import TemplateProblemError
 from dispatcher.domain.template_sandbox import MAX_TEXT, LetterSandbox, TemplateLimitError, rendering_budget
 
@@ -118,10 +123,67 @@ def _describe(err: Exception) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def letter_context(spec: CampaignSpec, *, to: AddresseeSpec, date: Date) -> dict[str, Any]:
-    """What a letter template sees: to, cc, sender, campaign and the date as "27 November 2026"."""
+Role = Literal["to", "cc"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One letter of a campaign: the one written to ``spec.to[to]``, as the copy for the addressee
+    ``role``[``index``] (that "To" addressee itself, or a CC)."""
+
+    to: int
+    role: Role
+    index: int
+
+    def recipient(self, spec: CampaignSpec) -> AddresseeSpec:
+        """The addressee this copy goes to."""
+        return spec.to[self.index] if self.role == "to" else spec.cc[self.index]
+
+
+FIRST = Variant(to=0, role="to", index=0)  # the letter to the first "To" addressee: supporter copies show it
+
+
+def variant_for(spec: CampaignSpec, role: str, index: int) -> Variant:
+    """The letter the addressee ``role``[``index``] gets: a "To" addressee the one written to them, a CC
+    the one to the "To" addressee its ``letter_to`` names (the first if it names none)."""
+    if role == "to":
+        return Variant(to=index, role="to", index=index)
+    return Variant(to=written_to(spec, spec.cc[index]), role="cc", index=index)
+
+
+def written_to(spec: CampaignSpec, cc: CcSpec) -> int:
+    """The index of the "To" addressee whose letter ``cc`` gets; ValueError if ``letter_to`` is no
+    single "To" addressee's name (validation refuses such a campaign)."""
+    if cc.letter_to is None:
+        return 0
+    found = [i for i, to in enumerate(spec.to) if to.name == cc.letter_to]
+    if len(found) != 1:
+        raise ValueError(f'letter_to {cc.letter_to!r} of CC {cc.name!r} is not the name of one "To" addressee')
+    return found[0]
+
+
+def variants(spec: CampaignSpec) -> list[Variant]:
+    """Every letter the campaign sends: one per "To" addressee, then one per CC, in file order."""
+    return [variant_for(spec, "to", i) for i in range(len(spec.to))] + [
+        variant_for(spec, "cc", i) for i in range(len(spec.cc))
+    ]
+
+
+def variant_context(spec: CampaignSpec, variant: Variant, *, date: Date) -> dict[str, Any]:
+    """What the template sees for one variant of the letter."""
+    recipient = variant.recipient(spec)
+    return letter_context(spec, to=spec.to[variant.to], date=date, recipient=recipient, role=variant.role)
+
+
+def letter_context(
+    spec: CampaignSpec, *, to: AddresseeSpec, date: Date, recipient: AddresseeSpec | None = None, role: Role = "to"
+) -> dict[str, Any]:
+    """What a letter template sees: to (whom the letter is written to), recipient (whom this copy goes
+    to, ``to`` unless given, with its ``role``, "to" or "cc"), cc, sender, campaign and the date as
+    "27 November 2026"."""
     return {
         "to": person(to),
+        "recipient": {**person(recipient or to), "role": role},
         "cc": [person(a) for a in spec.cc],
         "sender": spec.sender.model_dump(
             include={

@@ -4,7 +4,9 @@ Numbers are parsed to E.164 with ``phonenumbers`` in the addressee's country (:m
 checked with ``email-validator`` (:mod:`.emails`; syntax only: no DNS lookups, which would make
 validation depend on the network), timezones against the IANA database, free text for control
 characters (:mod:`.characters`) and for characters the fax's fonts cannot draw
-(:mod:`.rendering.fonts`), and the letter template rendered in the sandbox.
+(:mod:`.rendering.fonts`), each CC's ``letter_to`` against the "To" addressees' names, and the letter
+template rendered in the sandbox for every letter the campaign sends (each "To" addressee's, each
+CC's copy).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from pathlib import Path
 import phonenumbers
 from pydantic import BaseModel
 
-from dispatcher.domain.campaign_file import AddresseeSpec, Campaign, CampaignSpec, LetterSpec, Sender, read_letter
+from dispatcher.domain.campaign_file import (
+    AddresseeSpec,
+    Campaign,
+    CampaignSpec,
+    CcSpec,
+    LetterSpec,
+    Sender,
+    read_letter,
+)
 from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_in_line, unsafe_in_text
 from dispatcher.domain.emails import check_email
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
@@ -27,6 +37,7 @@ from dispatcher.domain.numbers import check_number, same_number
 from dispatcher.domain.rendering.fonts import CANNOT_DRAW, describe, undrawable
 from dispatcher.domain.shape import Sections
 from dispatcher.domain.supporters_csv import SupporterRow, read_supporters
+from dispatcher.domain.templating import FIRST, Variant, compile_letter, render_letter, variant_context, variant_for
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,10 +101,11 @@ def validate_sections(sections: Sections, *, file: Path) -> Report:
         for index, person in people.items():
             report.routes[(role, index)] = _check_addressee(person, role, index, order, report)
             undrawn |= _check_glyphs(person, where(role, index, person), report)
+    _check_letter_to(sections, report)
     if sections.campaign is not None:
         _check_schedule(sections.campaign, report)
     if sections.letter is not None:
-        _check_template(sections.letter, sections.letter_spec(), base, report, undrawn=undrawn)
+        _check_template(sections.letter, sections, base, report, undrawn=undrawn)
     if sections.supporters is not None:
         report.supporters, problems = read_supporters(base, sections.supporters.csv, campaign_file=report.file)
         report.problems.extend(problems)
@@ -119,6 +131,7 @@ _LINE_FIELDS: dict[type[BaseModel], tuple[str, ...]] = {
     Sender: ("organisation", "signatory", "signatory_title", "address"),
     LetterSpec: ("subject",),
     AddresseeSpec: ("name", "title", "organisation", "salutation", "address"),
+    CcSpec: ("name", "title", "organisation", "salutation", "address"),
 }
 
 
@@ -258,6 +271,27 @@ def _meant_number(problem: Problem | None) -> str | None:
     return same_number(problem.suggestion) if problem is not None and problem.suggestion else None
 
 
+def _check_letter_to(sections: Sections, report: Report) -> None:
+    """Refuse a CC's ``letter_to`` that is not the name of exactly one "To" addressee (unless a "To"
+    entry was left out for its shape: the name may be its)."""
+    names = [person.name for _, person in sorted(sections.to.items())]
+    to_unread = any(gone.startswith("to[") for gone in sections.unread)
+    for index, cc in sorted(sections.cc.items()):
+        value = cc.letter_to
+        if value is None or names.count(value) == 1 or (to_unread and value not in names):
+            continue
+        if value in names:
+            message = f'{value!r} is the name of {names.count(value)} "To" addressees: it must name one'
+        else:
+            message = f'{value!r} is not the name of a "To" addressee ({", ".join(map(repr, names))})'
+        close = difflib.get_close_matches(value, names, n=1)
+        suggestion = close[0] if close and close[0] != value else None
+        place = where("cc", index, cc)
+        report.problems.append(
+            Problem(file=report.file, where=place, field="letter_to", message=message, suggestion=suggestion)
+        )
+
+
 def _check_timezone(name: str, place: str, report: Report) -> None:
     try:
         zoneinfo.ZoneInfo(name)
@@ -300,13 +334,10 @@ def _check_schedule(campaign: Campaign, report: Report) -> None:
         )
 
 
-def _check_template(
-    letter: LetterSpec, spec: CampaignSpec | None, base: Path, report: Report, *, undrawn: set[str]
-) -> None:
-    """Compile the letter template, and render it once with ``spec`` (None: a part it sees is unusable);
-    ``undrawn`` holds the characters the fax cannot draw that a field's problem already names."""
-    from dispatcher.domain.templating import compile_letter, letter_context, render_letter
-
+def _check_template(letter: LetterSpec, sections: Sections, base: Path, report: Report, *, undrawn: set[str]) -> None:
+    """Compile the letter template, and render every letter the campaign sends (if every part the
+    template sees is usable); ``undrawn`` holds the characters the fax cannot draw that a field's
+    problem already names."""
     try:
         name, source = read_letter(letter, base, file=report.file)
     except CampaignFileError as err:
@@ -325,18 +356,47 @@ def _check_template(
         )
     try:
         template = compile_letter(source, name=name)
-        if spec is not None:
-            text = render_letter(template, letter_context(spec, to=spec.to[0], date=date.today()))
-            _check_letter_glyphs(text, source, name, who=where("to", 0, spec.to[0]), undrawn=undrawn, report=report)
     except TemplateProblemError as err:
-        line = f"line {err.line}" if err.line is not None else ""
-        reason = str(err.args[0]).split(": ", 1)[-1]
-        report.problems.append(Problem(file=name, where="letter template", field=line, message=reason))
+        report.problems.append(_template_problem(err, name))
+        return
+    spec, today = sections.letter_spec(), date.today()
+    if spec is None:
+        return
+    for who, variant in _letter_variants(sections, spec):
+        try:
+            text = render_letter(template, variant_context(spec, variant, date=today))
+        except TemplateProblemError as err:  # the first that fails: the others likely fail alike
+            report.problems.append(_template_problem(err, name, who=None if variant == FIRST else who))
+            return
+        _check_letter_glyphs(text, source, name, who=who, undrawn=undrawn, report=report)
+
+
+def _letter_variants(sections: Sections, spec: CampaignSpec) -> list[tuple[str, Variant]]:
+    """Each letter the campaign sends, and how a problem names it by its addressee's index in the file.
+    A CC whose ``letter_to`` names no single "To" addressee is left out: _check_letter_to reports it."""
+    found = [
+        (f"the letter to {where('to', i, sections.to[i])}", variant_for(spec, "to", k))
+        for k, i in enumerate(sorted(sections.to))
+    ]
+    for k, i in enumerate(sorted(sections.cc)):
+        try:
+            found.append((f"the copy for {where('cc', i, sections.cc[i])}", variant_for(spec, "cc", k)))
+        except ValueError:
+            continue
+    return found
+
+
+def _template_problem(err: TemplateProblemError, name: str, *, who: str | None = None) -> Problem:
+    """The template's problem at its line; ``who`` names the letter it arose in, if not the first one."""
+    line = f"line {err.line}" if err.line is not None else ""
+    reason = str(err.args[0]).split(": ", 1)[-1]
+    message = f"{reason} (in {who})" if who else reason
+    return Problem(file=name, where="letter template", field=line, message=message)
 
 
 def _check_letter_glyphs(text: str, source: str, name: str, *, who: str, undrawn: set[str], report: Report) -> None:
     """Refuse the first character of a rendered letter that the fax cannot draw and no field holds: by
-    its line where the template holds it, else as a character of the letter to ``who``."""
+    its line where the template holds it, else as a character of the letter ``who`` names."""
     found = next(
         (char for _, char in undrawable(text) if char not in undrawn and unicodedata.category(char) != "Cc"), None
     )
@@ -345,7 +405,7 @@ def _check_letter_glyphs(text: str, source: str, name: str, *, who: str, undrawn
     undrawn.add(found)
     at = source.find(found)
     if at < 0:
-        message = f"the letter to {who} contains {describe(found)}, {CANNOT_DRAW}"
+        message = f"{who} contains {describe(found)}, {CANNOT_DRAW}"
         report.problems.append(Problem(file=name, where="letter template", message=message))
         return
     line, column = source.count("\n", 0, at) + 1, at - source.rfind("\n", 0, at)

@@ -78,10 +78,15 @@ def campaign_validate(file: FileArg) -> None:
 @campaign_app.command("preview")
 def campaign_preview(
     file: FileArg,
-    pdf: Annotated[Path | None, typer.Option(help="write the fax PDF here")] = None,
-    eml: Annotated[Path | None, typer.Option(help="write the email (.eml) here")] = None,
+    pdf: Annotated[
+        Path | None, typer.Option(help='write the fax PDF here (several "To": one each, e.g. out-2-Wang-Yi.pdf)')
+    ] = None,
+    eml: Annotated[
+        Path | None, typer.Option(help='write the email (.eml) here (several "To": one each, e.g. out-2-Wang-Yi.eml)')
+    ] = None,
 ) -> None:
-    """Write the exact fax PDF and email that would go out."""
+    """Write the exact fax PDF and email that would go out, for each "To" addressee's letter; print
+    every file written."""
     from dispatcher.domain.rendering.preview import write_preview
 
     spec, report = _read(file)

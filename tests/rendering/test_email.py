@@ -111,7 +111,7 @@ def test_supporter_copy_escapes_the_name(example_spec: CampaignSpec) -> None:
 
 def test_preview_writes_pdf_and_eml(example_spec: CampaignSpec, tmp_path: Path) -> None:
     pdf_path, eml_path = tmp_path / "letter.pdf", tmp_path / "letter.eml"
-    preview = write_preview(example_spec, EXAMPLE_DIR, pdf_path=pdf_path, eml_path=eml_path, date=LETTER_DATE)
+    [preview] = write_preview(example_spec, EXAMPLE_DIR, pdf_path=pdf_path, eml_path=eml_path, date=LETTER_DATE).letters
     assert preview.fax is not None
     assert preview.pdf_path == pdf_path
     assert pdf_pages(pdf_path.read_bytes()) == preview.fax.page_count
@@ -126,7 +126,7 @@ def test_preview_writes_pdf_and_eml(example_spec: CampaignSpec, tmp_path: Path) 
 
 def test_preview_without_any_email_uses_a_placeholder(example_spec: CampaignSpec, tmp_path: Path) -> None:
     spec = example_spec.model_copy(update={"cc": []})
-    preview = write_preview(spec, EXAMPLE_DIR, pdf_path=None, eml_path=tmp_path / "x.eml", date=LETTER_DATE)
+    [preview] = write_preview(spec, EXAMPLE_DIR, pdf_path=None, eml_path=tmp_path / "x.eml", date=LETTER_DATE).letters
     assert preview.fax is None
     assert preview.email is not None
     assert list(preview.email.message.to) == ["no-email@example.invalid"]

@@ -43,7 +43,9 @@ def test_preview_fax_is_byte_identical_to_the_sent_fax(factory: sessionmaker[Ses
         delivery = session.scalars(select(Delivery).where(Delivery.channel == "fax")).one()
         assert delivery.destination == "+861063070900"
         sent = DocumentCache().render(delivery)
-    preview = write_preview(load_spec(path), path.parent, pdf_path=tmp_path / "p.pdf", eml_path=None, date=LETTER_DATE)
+    [preview] = write_preview(
+        load_spec(path), path.parent, pdf_path=tmp_path / "p.pdf", eml_path=None, date=LETTER_DATE
+    ).letters
     assert preview.fax is not None
     assert preview.fax.sha256 == sent.sha256
     assert (tmp_path / "p.pdf").read_bytes() == sent.message.pdf  # type: ignore[union-attr]
@@ -51,7 +53,9 @@ def test_preview_fax_is_byte_identical_to_the_sent_fax(factory: sessionmaker[Ses
 
 def test_cover_prints_fax_numbers_in_international_format(tmp_path: Path) -> None:
     path = build_campaign(tmp_path / "campaign", to=[xi_jinping(fax=["010 6307 0900"])], cc=[])
-    preview = write_preview(load_spec(path), path.parent, pdf_path=tmp_path / "p.pdf", eml_path=None, date=LETTER_DATE)
+    [preview] = write_preview(
+        load_spec(path), path.parent, pdf_path=tmp_path / "p.pdf", eml_path=None, date=LETTER_DATE
+    ).letters
     assert preview.fax is not None
     cover = _cover_text(preview.fax.pdf)
     assert "Fax +86 10 6307 0900" in cover

@@ -1,15 +1,19 @@
 """What a worker sends for a delivery, rendered from the ledger with a per-campaign cache.
 
-The letter is rendered once per campaign version (keyed by the campaign's content hash); fax PDFs
-and emails are built per delivery from it. Rendering is deterministic, so the web process that
-serves a fax PDF to a provider produces the very bytes whose SHA-256 the worker recorded.
+Each variant of the letter (the letter to one "To" addressee, as the copy for one addressee: see
+templating.Variant) is rendered once per campaign version (keyed by the campaign's content hash and
+letter date); fax PDFs and emails are built per delivery from it. A supporter copy shows the letter to
+the first "To" addressee. Rendering is deterministic, so the web process that serves a fax PDF to a
+provider produces the very bytes whose SHA-256 the worker recorded.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+
+import jinja2
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.messages import EmailMessage, FaxMessage
@@ -19,7 +23,7 @@ from dispatcher.domain.rendering.email import render_email
 from dispatcher.domain.rendering.fax import FaxDocument, render_fax
 from dispatcher.domain.rendering.letter import RenderedLetter, build_letter
 from dispatcher.domain.states import Channel, DeliveryKind
-from dispatcher.domain.templating import compile_letter
+from dispatcher.domain.templating import FIRST, Variant, compile_letter, variant_for
 
 
 @dataclass(frozen=True)
@@ -29,35 +33,63 @@ class Rendered:
     page_count: int | None
 
 
+@dataclass
+class _CampaignLetters:
+    """One campaign version: its spec, compiled template, letter date and the variants rendered so far."""
+
+    spec: CampaignSpec
+    template: jinja2.Template
+    date: date
+    letters: dict[Variant, RenderedLetter] = field(default_factory=dict)
+
+
 class DocumentCache:
-    """Per-process cache of rendered letters, bounded to the most recent campaigns."""
+    """Per-process cache of rendered letters, per (campaign, variant), bounded to the most recent campaigns."""
 
     def __init__(self, *, max_campaigns: int = 16) -> None:
-        self._letters: dict[tuple[int, str], tuple[CampaignSpec, RenderedLetter]] = {}
+        self._campaigns: dict[tuple[int, str, date | None], _CampaignLetters] = {}
         self._lock = threading.Lock()
         self._max = max_campaigns
 
-    def letter(self, campaign: Campaign) -> tuple[CampaignSpec, RenderedLetter]:
-        key = (campaign.id, campaign.spec_sha256)
+    def letter(self, campaign: Campaign, variant: Variant = FIRST) -> tuple[CampaignSpec, RenderedLetter]:
+        """The campaign's spec and one variant of its letter (by default the letter to the first "To")."""
+        entry = self._campaign(campaign)
         with self._lock:
-            if key in self._letters:
-                return self._letters[key]
+            if variant in entry.letters:
+                return entry.spec, entry.letters[variant]
+        letter = build_letter(entry.spec, entry.template, date=entry.date, variant=variant)
+        with self._lock:
+            entry.letters[variant] = letter
+        return entry.spec, letter
+
+    def _campaign(self, campaign: Campaign) -> _CampaignLetters:
+        key = (campaign.id, campaign.spec_sha256, campaign.letter_date)
+        with self._lock:
+            if key in self._campaigns:
+                return self._campaigns[key]
         spec = CampaignSpec.model_validate(campaign.spec)
         template = compile_letter(campaign.letter.template_source, name=campaign.letter.template_name)
-        letter = build_letter(spec, template, date=campaign.letter_date or date.today())
+        entry = _CampaignLetters(spec=spec, template=template, date=campaign.letter_date or date.today())
         with self._lock:
-            if len(self._letters) >= self._max:
-                self._letters.pop(next(iter(self._letters)))
-            self._letters[key] = (spec, letter)
-        return spec, letter
+            if len(self._campaigns) >= self._max:
+                self._campaigns.pop(next(iter(self._campaigns)))
+            return self._campaigns.setdefault(key, entry)
 
     def fax_document(self, delivery: Delivery) -> FaxDocument:
-        spec, letter = self.letter(delivery.campaign)
+        spec, letter = self.letter(delivery.campaign, self.variant(delivery))
         return render_fax(spec, letter, to=addressee_spec(spec, delivery), fax_number=delivery.destination)
+
+    def variant(self, delivery: Delivery) -> Variant:
+        """The letter a delivery carries: its addressee's (see templating.variant_for); a supporter copy
+        shows the letter to the first "To" addressee."""
+        person = delivery.addressee
+        if delivery.kind == DeliveryKind.COPY or person is None:
+            return FIRST
+        return variant_for(self._campaign(delivery.campaign).spec, person.role, person.position)
 
     def render(self, delivery: Delivery, *, media_url: str | None = None) -> Rendered:
         """The message for one delivery, its content hash and page count."""
-        spec, letter = self.letter(delivery.campaign)
+        spec, letter = self.letter(delivery.campaign, self.variant(delivery))
         key = delivery.idempotency_key
         if delivery.kind == DeliveryKind.COPY:
             supporter = delivery.supporter

@@ -1,4 +1,5 @@
-"""The letter, rendered once per campaign: plain text plus an HTML twin, both ending in the CC block.
+"""The letter, rendered once per variant (see templating.Variant: the letter to each "To" addressee, as
+the copy for each addressee): plain text plus an HTML twin, both ending in the CC block.
 
 The campaign's template renders text (autoescape off); the HTML part puts that text's paragraphs into
 templates/email/letter.html.j2, which escapes every line, so no template value can inject markup.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
@@ -16,14 +18,14 @@ import jinja2
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec, letter_source
 from dispatcher.domain.rendering.templates import EMAIL_LETTER, render
-from dispatcher.domain.templating import compile_letter, letter_context, render_letter
+from dispatcher.domain.templating import FIRST, Variant, compile_letter, render_letter, variant_context
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n+")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RenderedLetter:
-    """One campaign's letter, rendered for its primary "To" addressee."""
+    """One variant of a campaign's letter: written to one "To" addressee, as the copy for one addressee."""
 
     subject: str
     text: str  # the letter, then the CC block
@@ -31,17 +33,28 @@ class RenderedLetter:
     date: Date
 
 
-def load_letter(spec: CampaignSpec, base_dir: Path, *, date: Date) -> RenderedLetter:
-    """Read the template named by the campaign (or its inline body), compile and render it."""
+def load_letter(spec: CampaignSpec, base_dir: Path, *, date: Date, variant: Variant = FIRST) -> RenderedLetter:
+    """Read the template named by the campaign (or its inline body), compile and render one variant."""
+    return build_letter(spec, load_template(spec, base_dir), date=date, variant=variant)
+
+
+def load_template(spec: CampaignSpec, base_dir: Path) -> jinja2.Template:
+    """The campaign's letter template (its file, or its inline body), compiled."""
     name, source = letter_source(spec, base_dir)
-    return build_letter(spec, compile_letter(source, name=name), date=date)
+    return compile_letter(source, name=name)
 
 
 def build_letter(
-    spec: CampaignSpec, template: jinja2.Template, *, date: Date, templates: jinja2.Environment | None = None
+    spec: CampaignSpec,
+    template: jinja2.Template,
+    *,
+    date: Date,
+    variant: Variant = FIRST,
+    templates: jinja2.Environment | None = None,
 ) -> RenderedLetter:
-    """Render a compiled template for the primary addressee; raise TemplateProblemError if it fails."""
-    body = render_letter(template, letter_context(spec, to=spec.to[0], date=date)).strip()
+    """Render one variant of a compiled template (by default the letter to the first "To" addressee);
+    raise TemplateProblemError if it fails."""
+    body = render_letter(template, variant_context(spec, variant, date=date)).strip()
     paragraphs = paragraphs_of(body)
     cc = addressee_lines(spec.cc)
     text = "\n\n".join([*paragraphs, "\n".join(["CC:", *cc])] if cc else paragraphs) + "\n"
@@ -55,7 +68,7 @@ def paragraphs_of(text: str) -> list[str]:
     return [p.strip("\n") for p in _BLANK_LINES.split(lines) if p.strip()]
 
 
-def addressee_lines(addressees: list[AddresseeSpec]) -> list[str]:
+def addressee_lines(addressees: Sequence[AddresseeSpec]) -> list[str]:
     """One line per addressee: name, title, organisation (blank parts left out)."""
     return [", ".join(part for part in (a.name, a.title, a.organisation) if part) for a in addressees]
 
