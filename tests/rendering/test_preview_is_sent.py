@@ -60,3 +60,14 @@ def test_cover_prints_fax_numbers_in_international_format(tmp_path: Path) -> Non
     cover = _cover_text(preview.fax.pdf)
     assert "Fax +86 10 6307 0900" in cover
     assert "Fax (caller id)+1 212 555 0143" in cover  # pypdf puts no space after a label that fills its column
+
+
+def test_the_page_count_takes_its_own_width_on_the_cover(tmp_path: Path) -> None:
+    """fpdf2 lays out shaped text holding the page-count alias with the alias's width kept free: a gap
+    opened between the count and the words after it."""
+    path = build_campaign(tmp_path / "campaign")
+    [preview] = write_preview(
+        load_spec(path), path.parent, pdf_path=tmp_path / "p.pdf", eml_path=None, date=LETTER_DATE
+    ).letters
+    assert preview.fax is not None
+    assert "\nPages 2 (including this cover page)\n" in _cover_text(preview.fax.pdf)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
+from pypdf.generic import ContentStream
 
 from dispatcher.domain.rendering import FaxDocument, load_letter, render_fax
 
@@ -27,6 +28,7 @@ SAMPLES = {
     "Hindi": "धन्यवाद, नमस्ते",
     "Thai": "ขอบคุณมาก",
 }
+ARABIC_SALUTATION = "معالي الوزير،"  # ends (so starts on the left) with an Arabic comma, drawn in the Arabic font
 BODY = "{{ to.salutation }}\n\n" + "\n\n".join(f"{language}: {text}" for language, text in SAMPLES.items()) + "\n"
 
 
@@ -127,3 +129,37 @@ def test_a_right_to_left_paragraph_is_set_flush_right(tmp_path: Path) -> None:
     latin = [x for text, x in placed if "D" in text]
     assert arabic and min(arabic) > 400
     assert latin and round(min(latin), 1) == 59.5
+
+
+def _text_without_font(pdf: bytes) -> list[str]:
+    """Each page's text-showing operators that run with no font set (a viewer then shows nothing for
+    them): the font is graphics state, saved by q and restored by Q."""
+    found = []
+    reader = PdfReader(io.BytesIO(pdf))
+    for number, page in enumerate(reader.pages, start=1):
+        font, saved = None, []
+        for operands, operator in ContentStream(page.get_contents(), reader).operations:
+            if operator == b"q":
+                saved.append(font)
+            elif operator == b"Q":
+                font = saved.pop()
+            elif operator == b"Tf":
+                font = operands[0]
+            elif operator in (b"Tj", b"TJ", b"'", b'"') and font is None:
+                found.append(f"page {number}: {operator.decode()} {operands!r}")
+    return found
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        BODY,
+        f"{ARABIC_SALUTATION}\n\n{SAMPLES['Arabic']}.\n\nDear Minister.\n",
+        "감사합니다\n\nDear Minister.\n",
+    ],
+    ids=["every script", "right to left first", "Hangul first"],
+)
+def test_every_text_is_shown_in_a_font(tmp_path: Path, body: str) -> None:
+    """fpdf2 2.8.9 sets the page's font inside a line it then wraps in q/Q when that line starts in a
+    fallback font: the lines after it ran with no font, and poppler drew nothing of them."""
+    assert _text_without_font(_fax(body, tmp_path).pdf) == []

@@ -7,6 +7,8 @@ page margins, in one font: the fax's Noto Sans SC, with the fallbacks the docume
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fpdf import FPDF
@@ -67,11 +69,31 @@ def draw(pdf: FPDF, instructions: list[Text | Row | Gap], *, font: str) -> None:
     for instruction in instructions:
         match instruction:
             case Text():
-                _text(pdf, instruction, font=font)
+                with unshaped_if_counting_pages(pdf, instruction.text):
+                    _text(pdf, instruction, font=font)
             case Row():
-                _row(pdf, instruction, font=font)
+                with unshaped_if_counting_pages(pdf, instruction.label + instruction.text):
+                    _row(pdf, instruction, font=font)
             case Gap():
                 pdf.ln(instruction.height)
+
+
+@contextmanager
+def unshaped_if_counting_pages(pdf: FPDF, text: str) -> Iterator[None]:
+    """Draw ``text`` without text shaping if it holds the page-count alias.
+
+    Shaped, fpdf2 places each piece of a line at a fixed position and keeps the alias's whole width
+    free for the number, so a gap opens after it; unshaped, the number and the words after it follow
+    each other. The texts that hold the alias are ours (the cover's page count, the footer)."""
+    alias = pdf.str_alias_nb_pages
+    if not alias or alias not in text or not pdf.text_shaping:
+        yield
+        return
+    pdf.set_text_shaping(False)
+    try:
+        yield
+    finally:
+        pdf.set_text_shaping(True)
 
 
 def _text(pdf: FPDF, text: Text, *, font: str) -> None:

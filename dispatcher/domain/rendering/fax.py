@@ -20,10 +20,10 @@ import jinja2
 import phonenumbers
 from fpdf import FPDF
 from fpdf.bidi import auto_detect_base_direction
-from fpdf.enums import TextDirection, XPos, YPos
+from fpdf.enums import TextDirection, TextEmphasis, XPos, YPos
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
-from dispatcher.domain.rendering.drawing import Gap, Row, Text, draw, parse_instructions
+from dispatcher.domain.rendering.drawing import Gap, Row, Text, draw, parse_instructions, unshaped_if_counting_pages
 from dispatcher.domain.rendering.fonts import fonts_for, require_drawable
 from dispatcher.domain.rendering.letter import RenderedLetter, paragraphs_of
 from dispatcher.domain.rendering.templates import FAX_COVER, render
@@ -47,14 +47,28 @@ class FaxDocument:
 
 
 class _FaxPDF(FPDF):
-    """FPDF with the "page N of M" footer on every page."""
+    """FPDF with the "page N of M" footer on every page, and the font set on the page as soon as it is
+    chosen."""
+
+    def set_font(self, family: str | None = None, style: str | TextEmphasis = "", size: float = 0) -> None:
+        """Choose the font, and set it on the current page at once.
+
+        fpdf2 (2.8.9) sets a page's font with its first line of text. When that line starts in a
+        fallback font, it sets the page's font inside the line, which it may wrap in q/Q: the font is
+        then lost at Q, and every later line starting in the main font runs with no font, which viewers
+        do not draw. Setting the font here, outside any line, keeps it for the page."""
+        super().set_font(family, style, size)
+        if self.page > 0 and not self.current_font_is_set_on_page and self.current_font is not None:
+            self._out(self._set_font_for_page(self.current_font, self.font_size_pt))
 
     def footer(self) -> None:
         """Draw the page footer, so a page separated from the rest can be placed again."""
         self.set_y(-12)
         self.set_font(FONT, size=8)
         self.set_text_color(0)
-        self.cell(0, 5, f"page {self.page_no()} of {PAGES_ALIAS}", align="C")
+        text = f"page {self.page_no()} of {PAGES_ALIAS}"
+        with unshaped_if_counting_pages(self, text):
+            self.cell(0, 5, text, align="C")
 
 
 def render_fax(
