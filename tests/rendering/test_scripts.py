@@ -15,6 +15,7 @@ from pypdf import PdfReader
 from pypdf.generic import ContentStream
 
 from dispatcher.domain.rendering import FaxDocument, load_letter, render_fax
+from dispatcher.domain.rendering.fonts import needs_shaping
 
 from .conftest import LETTER_DATE, make_spec, pdf_page_text
 
@@ -163,3 +164,18 @@ def test_every_text_is_shown_in_a_font(tmp_path: Path, body: str) -> None:
     """fpdf2 2.8.9 sets the page's font inside a line it then wraps in q/Q when that line starts in a
     fallback font: the lines after it ran with no font, and poppler drew nothing of them."""
     assert _text_without_font(_fax(body, tmp_path).pdf) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "shaped"),
+    [
+        ("Dear Minister, 习近平, 감사합니다, Спасибо, Ευχαριστούμε", False),
+        (SAMPLES["Thai"], True),  # U+0E38 THAI CHARACTER SARA U is a combining mark
+        (SAMPLES["Arabic"], True),
+        (SAMPLES["Hebrew"], True),
+        (SAMPLES["Hindi"], True),
+        ("Cafe\u0301", True),  # an accent written apart: U+0301 COMBINING ACUTE ACCENT
+    ],
+)
+def test_text_is_shaped_where_it_needs_it(text: str, shaped: bool) -> None:
+    assert needs_shaping(text) is shaped

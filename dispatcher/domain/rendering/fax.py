@@ -2,8 +2,8 @@
 
 templates/fax/cover.jsonl.j2 lays out the cover page (drawn by drawing.py); the letter pages and the
 footers are drawn here. fpdf2 draws in Noto Sans SC, falling back to the fonts of fonts.py for the
-scripts it lacks, and shapes the text with HarfBuzz (Arabic letters join; Arabic and Hebrew run right
-to left, and a paragraph that starts in one of them is set flush right). A character that no font has
+scripts it lacks, and shapes the text with HarfBuzz where it needs it (Arabic letters join; Arabic and
+Hebrew run right to left, and a paragraph that starts in one of them is set flush right). A character that no font has
 is refused before anything is drawn, never left out. Only the fonts a document uses are embedded. The
 page count is read from the rendered PDF, and the creation date is fixed to the letter's date so the
 same inputs give the same bytes and SHA-256.
@@ -24,7 +24,7 @@ from fpdf.enums import TextDirection, TextEmphasis, XPos, YPos
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.rendering.drawing import Gap, Row, Text, draw, parse_instructions, unshaped_if_counting_pages
-from dispatcher.domain.rendering.fonts import fonts_for, require_drawable
+from dispatcher.domain.rendering.fonts import fonts_for, needs_shaping, require_drawable
 from dispatcher.domain.rendering.letter import RenderedLetter, paragraphs_of
 from dispatcher.domain.rendering.templates import FAX_COVER, render
 from dispatcher.domain.templating import format_date
@@ -110,7 +110,8 @@ def _new_pdf(spec: CampaignSpec, letter: RenderedLetter, *, text: str) -> _FaxPD
         pdf.add_font(font.family, fname=str(font.path))
     if len(fonts) > 1:
         pdf.set_fallback_fonts([font.family for font in fonts[1:]])
-    pdf.set_text_shaping(True)
+    if needs_shaping(text):
+        pdf.set_text_shaping(True)
     return pdf
 
 

@@ -1,8 +1,9 @@
 """The fax's fonts: Noto Sans SC first, then a Noto font for every other script, each read once per process.
 
-fpdf2 draws a character in the first of these fonts that has it (``set_fallback_fonts``) and shapes the
-text with HarfBuzz (``set_text_shaping``), so Arabic letters join and Arabic and Hebrew run right to
-left. Every font comes from the package index:
+fpdf2 draws a character in the first of these fonts that has it (``set_fallback_fonts``) and, where the
+text needs it (:func:`needs_shaping`), shapes it with HarfBuzz (``set_text_shaping``), so Arabic letters
+join, Indic syllables form, and Arabic and Hebrew run right to left. Every font comes from the package
+index:
 
 - Noto Sans SC (pylopdf-fonts-zh-cn): Latin, Chinese, Japanese kana, basic Greek and Cyrillic;
 - Noto Sans (manimgx-fonts): the rest of Latin, Greek and Cyrillic;
@@ -55,6 +56,9 @@ _SCRIPT_FONTS = (
 )
 # Format characters (Unicode category Cf) that are drawn: the prepended concatenation marks.
 _VISIBLE_FORMAT = frozenset("\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd")
+_RIGHT_TO_LEFT = frozenset({"R", "AL", "AN"})  # bidirectional classes of right-to-left text
+_MARKS = frozenset({"Mn", "Mc", "Me"})
+_JOINERS = frozenset("\u200c\u200d")  # zero-width non-joiner and joiner
 _UNNAMED = {"Co": "a private-use character", "Cn": "an unassigned code point", "Cs": "a surrogate"}
 
 CANNOT_DRAW = "which the fax's fonts cannot draw"
@@ -103,6 +107,16 @@ def fonts_for(text: str) -> tuple[FaxFont, ...]:
     used = {font_for(char) for char in set(text)}
     main, *fallbacks = fax_fonts()
     return (main, *(font for font in fallbacks if font in used))
+
+
+def needs_shaping(text: str) -> bool:
+    """Whether ``text`` must be shaped to read right: it holds a right-to-left character (Arabic, Hebrew),
+    a combining mark (the vowel signs and viramas of Devanagari and other Indic scripts, Thai tone
+    marks, accents written apart) or a joiner. Shaping costs time, so other text is drawn as it is."""
+    return any(
+        unicodedata.bidirectional(char) in _RIGHT_TO_LEFT or unicodedata.category(char) in _MARKS or char in _JOINERS
+        for char in set(text)
+    )
 
 
 def needs_no_glyph(char: str) -> bool:
