@@ -14,7 +14,7 @@ import pytest
 from pypdf import PdfReader
 from pypdf.generic import ContentStream
 
-from dispatcher.domain.rendering import FaxDocument, load_letter, render_fax
+from dispatcher.domain.rendering import FaxDocument, fonts, load_letter, render_fax
 from dispatcher.domain.rendering.fonts import needs_shaping
 
 from .conftest import LETTER_DATE, make_spec, pdf_page_text
@@ -179,3 +179,11 @@ def test_every_text_is_shown_in_a_font(tmp_path: Path, body: str) -> None:
 )
 def test_text_is_shaped_where_it_needs_it(text: str, shaped: bool) -> None:
     assert needs_shaping(text) is shaped
+
+
+def test_a_character_fpdf2_leaves_out_is_refused_after_drawing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the check before drawing miss a character, fpdf2's own record of the glyphs it left out
+    still refuses the document."""
+    monkeypatch.setattr(fonts, "undrawable", lambda text: iter(()))
+    with pytest.raises(ValueError, match=r"U\+E000 \(a private-use character\)"):
+        _fax("Dear Minister,\n\nPlease act \ue000 now.\n", tmp_path)

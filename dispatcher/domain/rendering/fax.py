@@ -21,10 +21,19 @@ import phonenumbers
 from fpdf import FPDF
 from fpdf.bidi import auto_detect_base_direction
 from fpdf.enums import TextDirection, TextEmphasis, XPos, YPos
+from fpdf.fonts import TTFFont
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.rendering.drawing import Gap, Row, Text, draw, parse_instructions, unshaped_if_counting_pages
-from dispatcher.domain.rendering.fonts import fonts_for, needs_shaping, require_drawable
+from dispatcher.domain.rendering.fonts import (
+    CANNOT_DRAW,
+    UndrawableTextError,
+    describe,
+    fonts_for,
+    needs_no_glyph,
+    needs_shaping,
+    require_drawable,
+)
 from dispatcher.domain.rendering.letter import RenderedLetter, paragraphs_of
 from dispatcher.domain.rendering.templates import FAX_COVER, render
 from dispatcher.domain.templating import format_date
@@ -93,6 +102,7 @@ def render_fax(
     draw(pdf, instructions, font=FONT)
     _letter_pages(pdf, paragraphs)
     data = bytes(pdf.output())
+    _refuse_left_out(pdf)
     return FaxDocument(pdf=data, page_count=pdf.pages_count, sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -113,6 +123,16 @@ def _new_pdf(spec: CampaignSpec, letter: RenderedLetter, *, text: str) -> _FaxPD
     if needs_shaping(text):
         pdf.set_text_shaping(True)
     return pdf
+
+
+def _refuse_left_out(pdf: FPDF) -> None:
+    """Raise UndrawableTextError if fpdf2 recorded leaving a character out for want of a glyph (it keeps
+    that record for unshaped text): the check before drawing should have refused it already, and a fax
+    with a character missing is never sent."""
+    for font in pdf.fonts.values():
+        missing = font.missing_glyphs if isinstance(font, TTFFont) else []
+        for char in (chr(code) for code in missing if not needs_no_glyph(chr(code))):
+            raise UndrawableTextError(f"the fax contains {describe(char)}, {CANNOT_DRAW}")
 
 
 def _without_tabs(instruction: Text | Row | Gap) -> Text | Row | Gap:
