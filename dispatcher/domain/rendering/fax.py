@@ -2,11 +2,11 @@
 
 templates/fax/cover.jsonl.j2 lays out the cover page (drawn by drawing.py); the letter pages and the
 footers are drawn here. fpdf2 draws in Noto Sans SC, falling back to the fonts of fonts.py for the
-scripts it lacks, and shapes the text with HarfBuzz where it needs it (Arabic letters join; Arabic and
-Hebrew run right to left, and a paragraph that starts in one of them is set flush right). A character that no font has
-is refused before anything is drawn, never left out. Only the fonts a document uses are embedded. The
-page count is read from the rendered PDF, and the creation date is fixed to the letter's date so the
-same inputs give the same bytes and SHA-256.
+scripts it lacks, and shapes the text with HarfBuzz where it needs it (Arabic letters join; Arabic
+and Hebrew run right to left, and a paragraph that starts in one of them is set flush right). A
+character that no font has is refused before anything is drawn, never left out. Only the fonts a
+document uses are embedded. The page count is read from the rendered PDF, and the creation date is
+fixed to the letter's date so the same inputs give the same bytes and SHA-256.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def render_fax(
     cover_text = "\n".join(_texts(instructions))
     require_drawable(cover_text, what="the fax cover page")
     require_drawable("\n".join(paragraphs), what="the letter")
-    pdf = _new_pdf(spec, letter, text=cover_text + "\n".join(paragraphs))
+    pdf = _new_pdf(spec, letter, text="\n".join([cover_text, *paragraphs]))
     pdf.add_page()
     draw(pdf, instructions, font=FONT)
     _letter_pages(pdf, paragraphs)

@@ -121,7 +121,7 @@ def needs_shaping(text: str) -> bool:
 
 def needs_no_glyph(char: str) -> bool:
     """A line break, or a character that only affects its neighbours (zero-width joiner, direction
-    marks, variation selectors): HarfBuzz draws nothing for it."""
+    marks, variation selectors): nothing is drawn for it, shaped or not."""
     code = ord(char)
     if char == "\n" or 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF:
         return True
