@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,10 +56,15 @@ def content_hash(spec: CampaignSpec, report: Report) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def idempotency_key(campaign: str, *parts: object) -> str:
-    """A stable key per delivery: it goes to providers and into Message-IDs."""
-    digest = hashlib.sha256("|".join([campaign, *map(str, parts)]).encode()).hexdigest()
-    return f"d{digest[:31]}"
+def new_idempotency_key() -> str:
+    """A fresh random key for one delivery, stored with it: it goes to providers and into Message-IDs.
+
+    Random, not derived from the campaign (whose names, numbers and addresses are public): a status
+    webhook names a delivery by this key, so nobody outside the ledger may be able to compute it.
+    "d" and 31 hex digits (124 random bits) fit a Message-ID's left part and every provider's
+    reference field (Telnyx client_state as base64, Phaxio tags, Sinch labels, Postmark Metadata,
+    SendGrid custom_args, Mailgun variables)."""
+    return "d" + secrets.token_hex(16)[:31]
 
 
 def load_campaign(
@@ -239,7 +245,7 @@ def _route_delivery(
         "channel": check.channel,
         "destination": destination,
         "route_position": position,
-        "idempotency_key": idempotency_key(campaign.name, role, index, check.channel, destination),
+        "idempotency_key": new_idempotency_key(),
     }
     if check.problem is None:
         return Planned(values, State.PLANNED, "planned")
@@ -273,7 +279,7 @@ def _copy_delivery(campaign: Campaign, supporter_id: int, email: str, problem: P
         "channel": "email",
         "destination": email,
         "route_position": 0,
-        "idempotency_key": idempotency_key(campaign.name, "supporter", email.lower()),
+        "idempotency_key": new_idempotency_key(),
     }
     if problem is None:
         return Planned(values, State.PLANNED, "planned")
