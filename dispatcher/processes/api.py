@@ -15,11 +15,11 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import NotFound
+from dispatcher.domain.matching import find_delivery
 from dispatcher.domain.media import MediaTokenError, read_token
 from dispatcher.domain.messages import StatusEvent, WebhookRequest
 from dispatcher.domain.models import Delivery, utcnow
@@ -121,7 +121,7 @@ def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -
     counts: Counter[str] = Counter()
     for event in events:
         with transaction(ctx.factory) as session:
-            delivery = find_delivery(session, gateway.name, event)
+            delivery = find_delivery(session, gateway=gateway.name, event=event)
             if delivery is None:
                 counts["unmatched"] += 1
                 log.warning("%s webhook for an unknown message (%s)", gateway.name, event.kind)
@@ -132,16 +132,6 @@ def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -
                 )
             ] += 1
     return counts
-
-
-def find_delivery(session: Session, gateway_name: str, event: StatusEvent) -> Delivery | None:
-    """By the provider's id for this gateway, or by our reference echoed back by the provider."""
-    conditions: list[ColumnElement[bool]] = [
-        and_(Delivery.gateway == gateway_name, Delivery.provider_id == event.provider_id)
-    ]
-    if event.reference:
-        conditions.append(Delivery.idempotency_key == event.reference)
-    return session.scalars(select(Delivery).where(or_(*conditions)).with_for_update().limit(1)).first()
 
 
 def _fax_pdf(ctx: WebContext, delivery_id: int) -> bytes:
