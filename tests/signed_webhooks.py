@@ -164,12 +164,25 @@ def _bytes(document: Any) -> bytes:
     return document if isinstance(document, bytes) else json.dumps(document).encode()
 
 
+def _encodable(value: str) -> bool:
+    """Whether ``value`` can travel as UTF-8 (a lone surrogate cannot): else it is sent as JSON."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _field(name: object) -> str:
+    return str(name) if _encodable(str(name)) else json.dumps(str(name))
+
+
 def _phaxio(document: Any) -> tuple[bytes, dict[str, str]]:
     if isinstance(document, bytes):  # a raw body, signed as a webhook without parameters would be
         headers = {"content-type": "multipart/form-data; boundary=raw"}
         return document, {**headers, "x-phaxio-signature": phaxio_signature(PHAXIO_TOKEN, PHAXIO_URL, [])}
     items = document.items() if isinstance(document, dict) else [("fax", document)]
-    fields = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in items}
+    fields = {_field(k): v if isinstance(v, str) and _encodable(v) else json.dumps(v) for k, v in items}
     if not fields:
         return _phaxio(b"--raw--\r\n")  # a multipart body without parts
     request = httpx.Request("POST", PHAXIO_URL, files={k: (None, v) for k, v in fields.items()})

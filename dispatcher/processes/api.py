@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import NotFound
-from dispatcher.domain.matching import find_delivery
+from dispatcher.domain.matching import UnusableEvent, find_delivery, recordable
 from dispatcher.domain.media import MediaTokenError, read_token
 from dispatcher.domain.messages import StatusEvent, WebhookRequest
 from dispatcher.domain.models import Delivery, utcnow
@@ -63,10 +63,11 @@ def create_app(ctx: WebContext) -> FastAPI:
             headers={k.lower(): v for k, v in request.headers.items()},
         )
         try:
-            events = gateway.parse_webhook(raw)
-        except WebhookError as err:
+            events = [recordable(event) for event in gateway.parse_webhook(raw)]
+        except (WebhookError, UnusableEvent) as err:
             log.warning("webhook for %s refused: %s", name, type(err).__name__)
-            return JSONResponse({"error": str(err)}, status_code=err.status_code)
+            status = err.status_code if isinstance(err, WebhookError) else 400
+            return JSONResponse({"error": str(err)}, status_code=status)
         counts = apply_events(ctx, gateway, events)
         status = 404 if events and counts.get("unmatched") == len(events) else 200
         return JSONResponse(dict(counts), status_code=status)
