@@ -119,14 +119,14 @@ def campaign_load(
 @campaign_app.command("list")
 def campaign_list() -> None:
     """Every campaign in the ledger with delivery counts per state."""
-    with db.transaction(_factory()) as session:
+    with db.reading(_factory()) as session:
         console.print(views.campaign_table(session))
 
 
 @campaign_app.command("show")
 def campaign_show(name: str) -> None:
     """Addressees, routes and delivery states of one campaign."""
-    with db.transaction(_factory()) as session:
+    with db.reading(_factory()) as session:
         for renderable in views.campaign_detail(session, name):
             console.print(renderable)
 
@@ -223,7 +223,7 @@ def log(
     """The delivery events of a campaign, newest last."""
     factory = _factory()
     if not follow:
-        with db.transaction(factory) as session:
+        with db.reading(factory) as session:
             console.print(views.event_table(session, name))
         return
     from dispatcher.processes.live import follow_log

@@ -11,6 +11,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.domain.db import reading
 from dispatcher.domain.models import Delivery, DeliveryEvent
 from dispatcher.domain.queries import get_campaign
 from dispatcher.processes.views import event_table, styled
@@ -45,7 +46,7 @@ def follow_log(
     with Live(console=console, refresh_per_second=4) as live:
         try:
             while stop_at is None or time.monotonic() < stop_at:
-                with factory() as session:
+                with reading(factory) as session:
                     campaign = get_campaign(session, name)
                     last = (
                         session.scalar(
