@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from dispatcher.domain import db
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 
 from .builders import NAME, build_campaign
+from .spawn import base_env
 
 runner = CliRunner()
 
@@ -45,3 +49,43 @@ def test_views_read_while_another_process_holds_the_write_lock(ledger: Path, tmp
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+SUPPORTERS = [("ada.supporter@example.org", "Ada Lovelace"), ("grace.supporter@example.net", "Grace Hopper")]
+PERSONAL = ("ada.supporter", "Ada Lovelace", "grace.supporter", "Grace Hopper")
+
+
+def dispatch_command(*args: str, ledger: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m dispatcher ARGS`` as a user runs it: through main(), its errors printed by it."""
+    env = base_env(cwd, DISPATCH_DATABASE_URL=f"sqlite:///{ledger}", COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher", *args], capture_output=True, text=True, timeout=120, env=env, cwd=cwd
+    )
+
+
+def test_a_database_error_prints_a_short_message_without_the_statement_or_personal_data(
+    ledger: Path, tmp_path: Path
+) -> None:
+    """A ledger that refuses the load (its supporters table is gone) ends in one line naming the error's
+    kind: no traceback, no SQL, no parameters (they are supporters' names and addresses)."""
+    db.upgrade(f"sqlite:///{ledger}")
+    with sqlite3.connect(ledger) as connection:
+        connection.execute("DROP TABLE supporters")
+    path = build_campaign(tmp_path / "campaign", supporters=SUPPORTERS)
+    result = dispatch_command("campaign", "load", str(path), ledger=ledger, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: the ledger refused this command (OperationalError)" in result.stderr
+    assert "Traceback" not in result.stderr
+    for text in (*PERSONAL, "INSERT", "[SQL", "parameters"):
+        assert text not in result.stdout + result.stderr, text
+
+
+def test_load_skip_invalid_with_an_invalid_address_on_two_rows(ledger: Path, tmp_path: Path) -> None:
+    rows = [("not-an-email", "Ada Lovelace"), ("not-an-email", "Grace Hopper")]
+    path = build_campaign(tmp_path / "campaign", supporters=rows)
+    result = dispatch_command("campaign", "load", str(path), "--skip-invalid", ledger=ledger, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{NAME}: created (4 planned, 1 skipped)" in result.stdout
+    assert "Traceback" not in result.stderr
+    for text in PERSONAL:
+        assert text not in result.stdout + result.stderr, text

@@ -255,3 +255,23 @@ def test_many_supporters_load_in_bulk_one_row_key_and_event_each(
     with transaction(factory) as session:
         again = load_campaign(session, spec, report, source=path, skip_invalid=True)
     assert (again.status, again.planned, again.skipped) == ("unchanged", result.planned, result.skipped)
+
+
+def test_skip_invalid_keeps_one_skipped_copy_for_an_invalid_address_repeated(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    rows = [("not-an-email", "Ada Lovelace"), ("grace@example.net", "Grace Hopper"), ("not-an-email", "Alan Turing")]
+    result = load(factory, build_campaign(tmp_path, supporters=rows), skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 5, 1)
+    with factory() as session:
+        copies = session.execute(
+            select(Delivery.destination, Delivery.state, Delivery.last_error)
+            .where(Delivery.kind == "copy")
+            .order_by(Delivery.id)
+        ).all()
+        assert [(c.destination, c.state) for c in copies] == [
+            ("not-an-email", "skipped"),
+            ("grace@example.net", "planned"),
+        ]
+        assert copies[0].last_error == "skipped at load (--skip-invalid): line 2: invalid email"
+        assert session.scalar(select(func.count()).select_from(Supporter)) == 2

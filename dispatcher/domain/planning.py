@@ -23,6 +23,7 @@ from dispatcher.domain.ledger import Ledger, Planned
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Addressee, Campaign, Delivery, LetterTemplate, Route, Supporter
 from dispatcher.domain.states import CampaignStatus, DeliveryKind, State
+from dispatcher.domain.supporters_csv import SupporterRow
 from dispatcher.domain.validation import Report, RouteCheck
 
 ACTOR = "planner"
@@ -254,19 +255,24 @@ def _route_delivery(
 
 
 def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> list[Planned]:
-    """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each."""
-    if not report.supporters:
+    """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each.
+
+    An address on several rows is one supporter and one copy, from its first row: the CSV reader
+    drops a repeated valid address with a warning, and an invalid one repeated is skipped once."""
+    first: dict[str, SupporterRow] = {}
+    for row in report.supporters:
+        first.setdefault(row.email, row)
+    rows = list(first.values())
+    if not rows:
         return []
-    _insert_supporters(
-        session, [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in report.supporters]
-    )
+    _insert_supporters(session, [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in rows])
     supporter_ids = {
         email: id_
         for email, id_ in session.execute(
             select(Supporter.email, Supporter.id).where(Supporter.campaign_id == campaign.id)
         )
     }
-    return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in report.supporters]
+    return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in rows]
 
 
 def _copy_delivery(campaign: Campaign, supporter_id: int, email: str, problem: Problem | None) -> Planned:

@@ -132,6 +132,8 @@ def campaign_show(name: str) -> None:
 
 
 def main() -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from workers.gateways.errors import GatewayConfigError
 
     try:
@@ -139,6 +141,20 @@ def main() -> None:
     except (DispatchError, GatewayConfigError) as err:
         err_console.print(f"[red]error[/red]: {err}")
         raise SystemExit(1) from err
+    except SQLAlchemyError as err:
+        err_console.print(f"[red]error[/red]: {database_error(err)}")
+        raise SystemExit(1) from err
+
+
+def database_error(err: Exception) -> str:
+    """One line for an error from the ledger: its kind only. The database's own text, the statement
+    and its parameters are never shown: they may hold supporters' names and addresses."""
+    cause = getattr(err, "orig", None) or err
+    hint = " Another process holds the ledger's lock: try again." if "locked" in str(cause) else ""
+    return (
+        f"the ledger refused this command ({type(cause).__name__}); what it was writing was not kept. "
+        f"Its statement and values are not shown (they may hold personal data).{hint}"
+    )
 
 
 def _now() -> datetime:
