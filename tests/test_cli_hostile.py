@@ -15,7 +15,7 @@ from dispatcher.domain import db
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 
-from .builders import NAME, build_campaign
+from .builders import NAME, build_campaign, guo_shengkun, wang_yi
 from .spawn import base_env
 
 runner = CliRunner()
@@ -89,3 +89,29 @@ def test_load_skip_invalid_with_an_invalid_address_on_two_rows(ledger: Path, tmp
     assert "Traceback" not in result.stderr
     for text in PERSONAL:
         assert text not in result.stdout + result.stderr, text
+
+
+NO_ROUTE = "no usable electronic route"
+
+
+def test_load_skip_invalid_skips_an_addressee_without_a_route_and_says_so(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path / "campaign", cc=[guo_shengkun(), wang_yi(fax=["not a number"])])
+    code, output = run("campaign", "load", str(path), "--skip-invalid")
+    assert code == 0, output
+    assert f"{NAME}: created (5 planned, 1 skipped)" in output
+    assert "skipped cc[1] (Wang Yi): no usable electronic route" in output
+    assert output.count(NO_ROUTE) == 2  # the problem, once, and the line saying the addressee is skipped
+    assert output.count("'not a number'") == 1
+    code, output = run("campaign", "show", NAME)
+    assert code == 0 and "not a number" in output and "skipped" in output
+
+
+def test_a_refused_load_prints_each_problem_once(ledger: Path, tmp_path: Path) -> None:
+    path = build_campaign(tmp_path / "campaign", cc=[guo_shengkun(), wang_yi(fax=["not a number"])])
+    result = dispatch_command("campaign", "load", str(path), ledger=ledger, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count(NO_ROUTE) == 1, result.stderr
+    assert result.stderr.count("'not a number'") == 1, result.stderr
+    assert "2 error(s) in" in result.stderr and "nothing was loaded" in result.stderr
+    assert "--skip-invalid" in result.stderr
+    assert "Traceback" not in result.stderr

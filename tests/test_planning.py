@@ -15,12 +15,12 @@ from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import CampaignConflict, CampaignFileError, TransitionError
 from dispatcher.domain.ledger_sql import SqlLedger
-from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, Route, Supporter, utcnow
+from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter, utcnow
 from dispatcher.domain.planning import LoadResult, load_campaign
 from dispatcher.domain.states import State
 from dispatcher.domain.validation import Report, validate
 
-from .builders import build_campaign, guo_shengkun, wang_yi
+from .builders import build_campaign, guo_shengkun, official, wang_yi
 
 
 def load(factory: sessionmaker[Session], path: Path, *, skip_invalid: bool = False) -> LoadResult:
@@ -275,3 +275,39 @@ def test_skip_invalid_keeps_one_skipped_copy_for_an_invalid_address_repeated(
         ]
         assert copies[0].last_error == "skipped at load (--skip-invalid): line 2: invalid email"
         assert session.scalar(select(func.count()).select_from(Supporter)) == 2
+
+
+def test_skip_invalid_skips_an_addressee_whose_only_route_is_invalid(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(fax=["not a number"])])
+    with pytest.raises(CampaignFileError, match="no usable electronic route"):
+        load(factory, path)
+    result = load(factory, path, skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 5, 1)
+    assert result.skipped_addressees == ("cc[1] (Wang Yi)",)
+    with factory() as session:
+        skipped = session.scalars(select(Delivery).where(Delivery.state == "skipped")).one()
+        assert skipped.destination == "not a number"
+        assert (skipped.last_error or "").startswith(
+            "skipped at load (--skip-invalid): cc[1] (Wang Yi): fax[0]: 'not a number' is not a valid number"
+        )
+
+
+def test_skip_invalid_skips_an_addressee_without_any_route(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), official("Nobody Routeless")])
+    result = load(factory, path, skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 5, 0)
+    assert result.skipped_addressees == ("cc[1] (Nobody Routeless)",)
+    with factory() as session:
+        names = session.scalars(select(Addressee.name).order_by(Addressee.id)).all()
+        assert names == ["Xi Jinping", "Guo Shengkun", "Nobody Routeless"]  # kept: the letter lists it
+
+
+def test_skip_invalid_refuses_a_campaign_no_addressee_can_receive(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    path = build_campaign(tmp_path, to=[official("A. Minister", fax=["not a number"])], cc=[])
+    with pytest.raises(CampaignFileError, match="no usable electronic route"):
+        load(factory, path, skip_invalid=True)
+    assert count(factory, Campaign) == 0

@@ -24,11 +24,12 @@ from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Addressee, Campaign, Delivery, LetterTemplate, Route, Supporter
 from dispatcher.domain.states import CampaignStatus, DeliveryKind, State
 from dispatcher.domain.supporters_csv import SupporterRow
-from dispatcher.domain.validation import Report, RouteCheck
+from dispatcher.domain.validation import Report, RouteCheck, where
 
 ACTOR = "planner"
 CHUNK = 5000  # supporters per bulk INSERT (one executemany each)
 SKIPPED_AT_LOAD = "skipped at load (--skip-invalid)"
+NO_ROUTE_FIELD = "fax/email"  # the field of validation's "no usable electronic route" problem
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,40 @@ class LoadResult:
     campaign_id: int
     planned: int
     skipped: int
+    skipped_addressees: tuple[str, ...] = ()  # "cc[1] (Wang Yi)": no usable route, left out by --skip-invalid
 
 
-def fatal_problems(report: Report, *, skip_invalid: bool) -> list[Problem]:
-    """Errors that stop a load. With ``skip_invalid``, bad routes and CSV rows are recorded as skipped."""
+def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) -> list[Problem]:
+    """Errors that stop a load. With ``skip_invalid``, bad routes and CSV rows are recorded as skipped,
+    and an addressee without a usable route is left out, unless no addressee has one."""
     if not skip_invalid:
         return report.errors
-    skippable = {id(r.problem) for routes in report.routes.values() for r in routes if r.problem}
-    skippable |= {id(s.problem) for s in report.supporters if s.problem}
+    skippable = {id(p) for p in skippable_problems(spec, report)}
     return [p for p in report.errors if id(p) not in skippable]
+
+
+def skippable_problems(spec: CampaignSpec, report: Report) -> list[Problem]:
+    """The errors ``--skip-invalid`` turns into skipped routes, rows and addressees."""
+    found = [r.problem for routes in report.routes.values() for r in routes if r.problem]
+    found += [s.problem for s in report.supporters if s.problem]
+    unroutable = unroutable_addressees(spec, report)
+    if len(unroutable) < len(report.routes):  # someone can still receive the letter
+        found += [p for p in report.errors if p.field == NO_ROUTE_FIELD and p.where in unroutable]
+    return found
+
+
+def unroutable_addressees(spec: CampaignSpec, report: Report) -> list[str]:
+    """How problems name each addressee without a usable route ("cc[1] (Wang Yi)"), in file order."""
+    people = [
+        (role, index, person)
+        for role, group in (("to", spec.to), ("cc", spec.cc))
+        for index, person in enumerate(group)
+    ]
+    return [
+        where(role, index, person)
+        for role, index, person in people
+        if not any(route.value for route in report.routes.get((role, index), []))
+    ]
 
 
 def content_hash(spec: CampaignSpec, report: Report) -> str:
@@ -72,7 +98,7 @@ def load_campaign(
     session: Session, spec: CampaignSpec, report: Report, *, source: Path, skip_invalid: bool = False
 ) -> LoadResult:
     """Write the campaign and its planned deliveries (the caller owns the transaction)."""
-    fatal = fatal_problems(report, skip_invalid=skip_invalid)
+    fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
     if fatal:
         raise CampaignFileError(fatal)
     digest = content_hash(spec, report)
@@ -81,18 +107,19 @@ def load_campaign(
     status: Literal["created", "replaced"] = "created"
     if existing is not None:
         if existing.spec_sha256 == digest:
-            return _unchanged(session, existing)
+            return _unchanged(session, existing, spec, report)
         _refuse_unless_draft(session, existing)
         _purge_draft(session, ledger, existing)
         status = "replaced"
     campaign = _write_campaign(session, existing, spec, report, digest, source)
     planned, skipped = _plan(session, ledger, campaign, spec, report)
-    return LoadResult(status, campaign.id, planned, skipped)
+    return LoadResult(status, campaign.id, planned, skipped, tuple(unroutable_addressees(spec, report)))
 
 
-def _unchanged(session: Session, campaign: Campaign) -> LoadResult:
+def _unchanged(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> LoadResult:
     counts = _state_counts(session, campaign)
-    return LoadResult("unchanged", campaign.id, counts.get(State.PLANNED, 0), counts.get(State.SKIPPED, 0))
+    planned, skipped = counts.get(State.PLANNED, 0), counts.get(State.SKIPPED, 0)
+    return LoadResult("unchanged", campaign.id, planned, skipped, tuple(unroutable_addressees(spec, report)))
 
 
 def _state_counts(session: Session, campaign: Campaign) -> dict[str, int]:

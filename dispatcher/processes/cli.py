@@ -50,10 +50,12 @@ def _read(file: Path) -> tuple[CampaignSpec, Report]:
     return spec, validate(spec, file=file)
 
 
-def _print_problems(problems: list[Problem]) -> None:
+def _print_problems(problems: list[Problem], *, left_out: frozenset[int] = frozenset()) -> None:
+    """Each problem once; those in ``left_out`` (by id) are errors that --skip-invalid turns into skips."""
     for problem in problems:
-        style = "red" if problem.severity == "error" else "yellow"
-        err_console.print(f"[{style}]{problem.severity}[/{style}]: {problem}", highlight=False, markup=True)
+        label = "skipped" if id(problem) in left_out else problem.severity
+        style = "red" if label == "error" else "yellow"
+        err_console.print(f"[{style}]{label}[/{style}]: {problem}", highlight=False, markup=True)
 
 
 @db_app.command("upgrade")
@@ -107,13 +109,27 @@ def campaign_load(
     ] = False,
 ) -> None:
     """Validate, then write the campaign and all its planned deliveries in one transaction."""
-    from dispatcher.domain.planning import load_campaign
+    from dispatcher.domain.planning import fatal_problems, load_campaign, skippable_problems
 
     spec, report = _read(file)
-    _print_problems(report.problems)
+    skippable = frozenset(id(p) for p in skippable_problems(spec, report))
+    _print_problems(report.problems, left_out=skippable if skip_invalid else frozenset())
+    fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
+    if fatal:  # each problem is printed above, once
+        hint = "" if skip_invalid or not skippable else SKIP_INVALID_HINT
+        err_console.print(f"{len(fatal)} error(s) in {file}: nothing was loaded{hint}", highlight=False, markup=False)
+        raise typer.Exit(1)
     with db.transaction(_factory()) as session:
         result = load_campaign(session, spec, report, source=file.resolve(), skip_invalid=skip_invalid)
+    for place in result.skipped_addressees:
+        console.print(f"skipped {place}: no usable electronic route", highlight=False, markup=False)
     console.print(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
+
+
+SKIP_INVALID_HINT = (
+    "; with --skip-invalid, invalid routes and CSV rows, and addressees without a usable route, are left out "
+    "and recorded as skipped with the reason"
+)
 
 
 @campaign_app.command("list")
