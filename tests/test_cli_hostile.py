@@ -15,7 +15,7 @@ from dispatcher.domain import db
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 
-from .builders import NAME, build_campaign, guo_shengkun, wang_yi
+from .builders import NAME, build_campaign, guo_shengkun, wang_yi, xi_jinping
 from .spawn import base_env
 
 runner = CliRunner()
@@ -115,3 +115,63 @@ def test_a_refused_load_prints_each_problem_once(ledger: Path, tmp_path: Path) -
     assert "2 error(s) in" in result.stderr and "nothing was loaded" in result.stderr
     assert "--skip-invalid" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- user data is printed as text: markup shows literally, control characters visibly ------------------
+
+HOSTILE_NAME = "Xi [/bold] Jinping"
+ESC, RLO = "\x1b", "\u202e"
+
+
+def assert_printed_as_text(output: str) -> None:
+    assert ESC not in output and RLO not in output, repr(output)
+
+
+def test_validate_prints_markup_in_names_and_addresses_literally(tmp_path: Path) -> None:
+    path = build_campaign(
+        tmp_path / "campaign",
+        to=[xi_jinping(name=HOSTILE_NAME, fax=["+86 10 6307 0900", "not a number"])],
+        supporters=[("[/x]@example.org", "Ada Lovelace")],
+    )
+    code, output = run("campaign", "validate", str(path))
+    assert code == 1, output
+    assert f"to[0] ({HOSTILE_NAME}): fax[1]" in output
+    assert "'[/x]@example.org'" in output
+    assert "2 error(s) in" in output
+    assert_printed_as_text(output)
+
+
+def test_markup_and_control_characters_in_a_folder_name_are_printed_as_text(tmp_path: Path) -> None:
+    path = build_campaign(tmp_path / f"[/x] {ESC}[2J{RLO}", to=[xi_jinping(fax=["not a number"])])
+    for args in (("campaign", "validate", str(path)), ("campaign", "load", str(path))):
+        code, output = run(*args)
+        assert code == 1, output
+        assert "[/x] \\x1b[2J\\u202e" in output
+        assert_printed_as_text(output)
+
+
+def test_show_list_and_log_print_ledger_data_as_text(ledger: Path, tmp_path: Path) -> None:
+    """A ledger holding markup, ESC sequences and U+202E (written by an older version, or by hand)."""
+    code, output = run("campaign", "load", str(build_campaign(tmp_path / "campaign")))
+    assert code == 0, output
+    with sqlite3.connect(ledger) as connection:
+        connection.execute("UPDATE addressees SET name = ?, title = ?", (f"{HOSTILE_NAME} {ESC}[2J", f"[red]{RLO}x"))
+        connection.execute("UPDATE campaigns SET title = ?", (f"[/x] {ESC}]0;owned{ESC}\\",))
+        connection.execute("UPDATE deliveries SET last_error = ?", (f"[bold]{RLO}fail {ESC}[31m",))
+    outputs = {args: run(*args) for args in (("campaign", "list"), ("campaign", "show", NAME), ("log", NAME))}
+    for args, (code, output) in outputs.items():
+        assert code == 0, (args, output)
+        assert_printed_as_text(output)
+    assert "[/x] \\x1b]0;owned\\x1b\\" in outputs[("campaign", "list")][1]
+    show = outputs[("campaign", "show", NAME)][1]
+    assert f"{HOSTILE_NAME} \\x1b[2J" in show and "[red]\\u202ex" in show
+    assert f"{HOSTILE_NAME} \\x1b[2J" in outputs[("log", NAME)][1]
+
+
+def test_an_error_naming_a_campaign_prints_its_name_as_text(tmp_path: Path) -> None:
+    name = f"[/bold] {ESC}[2J{RLO}"
+    result = dispatch_command("campaign", "show", name, ledger=tmp_path / "ledger.db", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no campaign named '[/bold] \\x1b[2J\\u202e'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_printed_as_text(result.stdout + result.stderr)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import db
@@ -18,6 +19,7 @@ from dispatcher.domain.settings import get_settings, load_settings
 from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
 from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
+from dispatcher.processes.views import text
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
@@ -55,7 +57,12 @@ def _print_problems(problems: list[Problem], *, left_out: frozenset[int] = froze
     for problem in problems:
         label = "skipped" if id(problem) in left_out else problem.severity
         style = "red" if label == "error" else "yellow"
-        err_console.print(f"[{style}]{label}[/{style}]: {problem}", highlight=False, markup=True)
+        err_console.print(Text.assemble((label, style), ": ", text(problem)), highlight=False)
+
+
+def say(message: str, *, error: bool = False) -> None:
+    """One line that may hold user data (names, paths, values): printed as text, never as markup."""
+    (err_console if error else console).print(text(message, lines=True), highlight=False)
 
 
 @db_app.command("upgrade")
@@ -72,9 +79,9 @@ def campaign_validate(file: FileArg) -> None:
     spec, report = _read(file)
     _print_problems(report.problems)
     if not report.ok:
-        err_console.print(f"{len(report.errors)} error(s) in {file}")
+        say(f"{len(report.errors)} error(s) in {file}", error=True)
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green]: {spec.campaign.name} is valid")
+    console.print(Text.assemble(("ok", "green"), ": ", text(f"{spec.campaign.name} is valid")))
 
 
 @campaign_app.command("preview")
@@ -94,7 +101,7 @@ def campaign_preview(
         raise typer.Exit(1)
     written = write_preview(spec, file.parent, pdf_path=pdf, eml_path=eml)
     for line in written:
-        console.print(f"wrote {line}")
+        say(f"wrote {line}")
 
 
 @campaign_app.command("load")
@@ -117,13 +124,13 @@ def campaign_load(
     fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
     if fatal:  # each problem is printed above, once
         hint = "" if skip_invalid or not skippable else SKIP_INVALID_HINT
-        err_console.print(f"{len(fatal)} error(s) in {file}: nothing was loaded{hint}", highlight=False, markup=False)
+        say(f"{len(fatal)} error(s) in {file}: nothing was loaded{hint}", error=True)
         raise typer.Exit(1)
     with db.transaction(_factory()) as session:
         result = load_campaign(session, spec, report, source=file.resolve(), skip_invalid=skip_invalid)
     for place in result.skipped_addressees:
-        console.print(f"skipped {place}: no usable electronic route", highlight=False, markup=False)
-    console.print(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
+        say(f"skipped {place}: no usable electronic route")
+    say(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
 
 
 SKIP_INVALID_HINT = (
@@ -155,11 +162,15 @@ def main() -> None:
     try:
         app()
     except (DispatchError, GatewayConfigError) as err:
-        err_console.print(f"[red]error[/red]: {err}")
+        _print_error(str(err))
         raise SystemExit(1) from err
     except SQLAlchemyError as err:
-        err_console.print(f"[red]error[/red]: {database_error(err)}")
+        _print_error(database_error(err))
         raise SystemExit(1) from err
+
+
+def _print_error(message: str) -> None:
+    err_console.print(Text.assemble(("error", "red"), ": ", text(message, lines=True)), highlight=False)
 
 
 def database_error(err: Exception) -> str:
@@ -184,7 +195,7 @@ def campaign_schedule(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         campaign = control.schedule(session, name, now=_now())
-        console.print(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
+        say(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
 
 
 @campaign_app.command("pause")
@@ -194,7 +205,7 @@ def campaign_pause(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         handed_back = control.pause(session, name)
-    console.print(f"{name}: paused ({handed_back} queued deliveries handed back)")
+    say(f"{name}: paused ({handed_back} queued deliveries handed back)")
 
 
 @campaign_app.command("resume")
@@ -204,7 +215,7 @@ def campaign_resume(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         control.resume(session, name)
-    console.print(f"{name}: scheduled again")
+    say(f"{name}: scheduled again")
 
 
 @campaign_app.command("cancel")
@@ -214,7 +225,7 @@ def campaign_cancel(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         cancelled = control.cancel(session, name)
-    console.print(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+    say(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
 
 
 delivery_app = typer.Typer(help="Operator actions on one delivery.", no_args_is_help=True)
