@@ -152,6 +152,7 @@ def test_no_signed_webhook_body_gets_a_5xx(client: TestClient, in_flight: dict[s
         ("GET", "/api/campaigns/a%00b/deliveries"),
         ("GET", "/api/campaigns/%00/deliveries"),
         ("GET", "/api/campaigns/%ff%fe/deliveries"),
+        ("GET", "/api/campaigns/%ed%a0%80/deliveries"),
         ("GET", "/api/campaigns/" + "x" * 300 + "/deliveries"),
         ("GET", "/media/%00.pdf"),
         ("GET", "/media/" + "A" * 5000 + ".pdf"),
