@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,16 +10,17 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.domain import db
 from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import CampaignConflict, CampaignFileError, TransitionError
 from dispatcher.domain.ledger_sql import SqlLedger
-from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, Route, Supporter, utcnow
-from dispatcher.domain.planning import LoadResult, idempotency_key, load_campaign
+from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter, utcnow
+from dispatcher.domain.planning import LoadResult, load_campaign
 from dispatcher.domain.states import State
 from dispatcher.domain.validation import Report, validate
 
-from .builders import build_campaign, guo_shengkun, wang_yi
+from .builders import build_campaign, guo_shengkun, official, wang_yi
 
 
 def load(factory: sessionmaker[Session], path: Path, *, skip_invalid: bool = False) -> LoadResult:
@@ -51,6 +53,51 @@ def test_fixed_seed_loads_every_delivery(factory: sessionmaker[Session], tmp_pat
         assert len(set(keys)) == 6
         events = session.scalars(select(DeliveryEvent.to_state)).all()
         assert events == ["planned"] * 6
+
+
+KEY_FORM = re.compile(r"d[0-9a-f]{31}")  # fits a Message-ID's left part and every provider's reference field
+
+
+def keys(factory: sessionmaker[Session]) -> list[str]:
+    with factory() as session:
+        return list(session.scalars(select(Delivery.idempotency_key).order_by(Delivery.id)))
+
+
+def test_keys_come_from_no_public_data_the_same_file_in_two_ledgers_shares_none(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Anyone holding the campaign file (names, numbers, addresses are public) must not be able to compute
+    a delivery's reference: a webhook that names it would settle that delivery."""
+    path = build_campaign(tmp_path / "campaign")
+    load(factory, path)
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    db.upgrade(other_url)
+    other_engine = db.make_engine(other_url)
+    other = db.session_factory(other_engine)
+    try:
+        load(other, path)
+        assert len(keys(other)) == len(keys(factory)) == 6
+        assert set(keys(other)).isdisjoint(keys(factory))
+    finally:
+        other_engine.dispose()
+    assert all(KEY_FORM.fullmatch(key) for key in keys(factory)), keys(factory)
+
+
+def test_the_same_campaign_under_another_name_shares_no_key(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    load(factory, build_campaign(tmp_path / "first"))
+    first = keys(factory)
+    load(factory, build_campaign(tmp_path / "second", name="north-korean-refugees-2015-again"))
+    both = keys(factory)
+    assert len(both) == len(set(both)) == 12
+    assert set(both[6:]).isdisjoint(first)
+
+
+def test_a_reload_keeps_every_key(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    path = build_campaign(tmp_path)
+    load(factory, path)
+    before = keys(factory)
+    assert load(factory, path).status == "unchanged"
+    assert keys(factory) == before
 
 
 def test_reload_is_unchanged(factory: sessionmaker[Session], tmp_path: Path) -> None:
@@ -174,7 +221,6 @@ def test_many_supporters_load_in_bulk_one_row_key_and_event_each(
     with transaction(factory) as session:
         result = load_campaign(session, spec, report, source=path, skip_invalid=True)
     assert (result.status, result.planned, result.skipped) == ("created", 4 + MANY - len(INVALID), len(INVALID))
-    name = spec.campaign.name
     with factory() as session:
         copies = session.execute(
             select(Delivery.id, Delivery.idempotency_key, Delivery.destination, Delivery.state, Supporter.email)
@@ -182,11 +228,9 @@ def test_many_supporters_load_in_bulk_one_row_key_and_event_each(
             .where(Delivery.kind == "copy")
             .order_by(Delivery.id)
         ).all()
-        # one copy per CSV row, in CSV order, each tied to its own supporter row, with the stable key
+        # one copy per CSV row, in CSV order, each tied to its own supporter row, with a key of its own
         assert [c.destination for c in copies] == [c.email for c in copies] == [r.email for r in report.supporters]
-        assert [c.idempotency_key for c in copies] == [
-            idempotency_key(name, "supporter", r.email.lower()) for r in report.supporters
-        ]
+        assert all(KEY_FORM.fullmatch(c.idempotency_key) for c in copies)
         assert {c.destination for c in copies if c.state == "skipped"} == set(INVALID.values())
         keys = session.scalars(select(Delivery.idempotency_key)).all()
         assert len(keys) == len(set(keys)) == 4 + MANY
@@ -211,3 +255,59 @@ def test_many_supporters_load_in_bulk_one_row_key_and_event_each(
     with transaction(factory) as session:
         again = load_campaign(session, spec, report, source=path, skip_invalid=True)
     assert (again.status, again.planned, again.skipped) == ("unchanged", result.planned, result.skipped)
+
+
+def test_skip_invalid_keeps_one_skipped_copy_for_an_invalid_address_repeated(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    rows = [("not-an-email", "Ada Lovelace"), ("grace@example.net", "Grace Hopper"), ("not-an-email", "Alan Turing")]
+    result = load(factory, build_campaign(tmp_path, supporters=rows), skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 5, 1)
+    with factory() as session:
+        copies = session.execute(
+            select(Delivery.destination, Delivery.state, Delivery.last_error)
+            .where(Delivery.kind == "copy")
+            .order_by(Delivery.id)
+        ).all()
+        assert [(c.destination, c.state) for c in copies] == [
+            ("not-an-email", "skipped"),
+            ("grace@example.net", "planned"),
+        ]
+        assert copies[0].last_error == "skipped at load (--skip-invalid): line 2: invalid email"
+        assert session.scalar(select(func.count()).select_from(Supporter)) == 2
+
+
+def test_skip_invalid_skips_an_addressee_whose_only_route_is_invalid(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(fax=["not a number"])])
+    with pytest.raises(CampaignFileError, match="no usable electronic route"):
+        load(factory, path)
+    result = load(factory, path, skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 5, 1)
+    assert result.skipped_addressees == ("cc[1] (Wang Yi)",)
+    with factory() as session:
+        skipped = session.scalars(select(Delivery).where(Delivery.state == "skipped")).one()
+        assert skipped.destination == "not a number"
+        assert (skipped.last_error or "").startswith(
+            "skipped at load (--skip-invalid): cc[1] (Wang Yi): fax[0]: 'not a number' is not a valid number"
+        )
+
+
+def test_skip_invalid_skips_an_addressee_without_any_route(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), official("Nobody Routeless")])
+    result = load(factory, path, skip_invalid=True)
+    assert (result.status, result.planned, result.skipped) == ("created", 5, 0)
+    assert result.skipped_addressees == ("cc[1] (Nobody Routeless)",)
+    with factory() as session:
+        names = session.scalars(select(Addressee.name).order_by(Addressee.id)).all()
+        assert names == ["Xi Jinping", "Guo Shengkun", "Nobody Routeless"]  # kept: the letter lists it
+
+
+def test_skip_invalid_refuses_a_campaign_no_addressee_can_receive(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    path = build_campaign(tmp_path, to=[official("A. Minister", fax=["not a number"])], cc=[])
+    with pytest.raises(CampaignFileError, match="no usable electronic route"):
+        load(factory, path, skip_invalid=True)
+    assert count(factory, Campaign) == 0

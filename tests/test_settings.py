@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,22 @@ def test_a_process_refuses_to_start_on_misordered_limits(tmp_path: Path) -> None
     assert "DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS" in result.stderr
     assert "DISPATCH_TASK_TIME_LIMIT_SECONDS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key", ["tiny-key", "s3cr3t-but-only-31-characters-!"])
+def test_a_short_secret_key_is_refused_naming_the_variable_not_the_value(
+    key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISPATCH_SECRET_KEY", key)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "DISPATCH_SECRET_KEY" in str(caught.value)
+    assert "32" in str(caught.value)
+    assert key not in str(caught.value)
+    assert key not in "".join(traceback.format_exception(caught.value))  # nor in a chained error
+
+
+def test_a_secret_key_of_32_characters_is_accepted() -> None:
+    key = "k" * 32
+    settings = load_settings(secret_key=key)
+    assert settings.secret_key is not None and settings.secret_key.get_secret_value() == key

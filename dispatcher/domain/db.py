@@ -9,26 +9,38 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+READ_ONLY = "dispatch_read_only"  # execution option set by reading(): on SQLite, a deferred BEGIN
+
+
+def make_engine(url: str, *, sqlite_busy_seconds: float = 30.0, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    On SQLite a statement that meets a lock waits up to ``sqlite_busy_seconds`` before it fails with
+    "database is locked" (an OperationalError, which the web app answers 503)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": sqlite_busy_seconds}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        # SQLite's own BEGIN is deferred; take the write lock at BEGIN so a read-then-write
-        # transaction cannot interleave with another writer (the single-writer path).
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """SQLite's own BEGIN is deferred; take the write lock at BEGIN so a read-then-write transaction
+    cannot interleave with another writer (the single-writer path). A session opened by reading()
+    keeps the deferred BEGIN: under WAL it reads the last committed state, neither waiting for nor
+    holding the write lock."""
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -48,6 +60,15 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """Read-only work (views, the read API, the live log): never takes SQLite's write lock; rolled back
+    at the end, so it must not write."""
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY: True})
         yield session
 
 
@@ -73,6 +94,7 @@ def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as connection:
+        connection.execution_options(**{READ_ONLY: True})  # a read: no write lock on SQLite
         return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +23,13 @@ from dispatcher.domain.ledger import Ledger, Planned
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Addressee, Campaign, Delivery, LetterTemplate, Route, Supporter
 from dispatcher.domain.states import CampaignStatus, DeliveryKind, State
-from dispatcher.domain.validation import Report, RouteCheck
+from dispatcher.domain.supporters_csv import SupporterRow
+from dispatcher.domain.validation import Report, RouteCheck, where
 
 ACTOR = "planner"
 CHUNK = 5000  # supporters per bulk INSERT (one executemany each)
 SKIPPED_AT_LOAD = "skipped at load (--skip-invalid)"
+NO_ROUTE_FIELD = "fax/email"  # the field of validation's "no usable electronic route" problem
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,40 @@ class LoadResult:
     campaign_id: int
     planned: int
     skipped: int
+    skipped_addressees: tuple[str, ...] = ()  # "cc[1] (Wang Yi)": no usable route, left out by --skip-invalid
 
 
-def fatal_problems(report: Report, *, skip_invalid: bool) -> list[Problem]:
-    """Errors that stop a load. With ``skip_invalid``, bad routes and CSV rows are recorded as skipped."""
+def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) -> list[Problem]:
+    """Errors that stop a load. With ``skip_invalid``, bad routes and CSV rows are recorded as skipped,
+    and an addressee without a usable route is left out, unless no addressee has one."""
     if not skip_invalid:
         return report.errors
-    skippable = {id(r.problem) for routes in report.routes.values() for r in routes if r.problem}
-    skippable |= {id(s.problem) for s in report.supporters if s.problem}
+    skippable = {id(p) for p in skippable_problems(spec, report)}
     return [p for p in report.errors if id(p) not in skippable]
+
+
+def skippable_problems(spec: CampaignSpec, report: Report) -> list[Problem]:
+    """The errors ``--skip-invalid`` turns into skipped routes, rows and addressees."""
+    found = [r.problem for routes in report.routes.values() for r in routes if r.problem]
+    found += [s.problem for s in report.supporters if s.problem]
+    unroutable = unroutable_addressees(spec, report)
+    if len(unroutable) < len(report.routes):  # someone can still receive the letter
+        found += [p for p in report.errors if p.field == NO_ROUTE_FIELD and p.where in unroutable]
+    return found
+
+
+def unroutable_addressees(spec: CampaignSpec, report: Report) -> list[str]:
+    """How problems name each addressee without a usable route ("cc[1] (Wang Yi)"), in file order."""
+    people = [
+        (role, index, person)
+        for role, group in (("to", spec.to), ("cc", spec.cc))
+        for index, person in enumerate(group)
+    ]
+    return [
+        where(role, index, person)
+        for role, index, person in people
+        if not any(route.value for route in report.routes.get((role, index), []))
+    ]
 
 
 def content_hash(spec: CampaignSpec, report: Report) -> str:
@@ -55,17 +83,22 @@ def content_hash(spec: CampaignSpec, report: Report) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def idempotency_key(campaign: str, *parts: object) -> str:
-    """A stable key per delivery: it goes to providers and into Message-IDs."""
-    digest = hashlib.sha256("|".join([campaign, *map(str, parts)]).encode()).hexdigest()
-    return f"d{digest[:31]}"
+def new_idempotency_key() -> str:
+    """A fresh random key for one delivery, stored with it: it goes to providers and into Message-IDs.
+
+    Random, not derived from the campaign (whose names, numbers and addresses are public): a status
+    webhook names a delivery by this key, so nobody outside the ledger may be able to compute it.
+    "d" and 31 hex digits (124 random bits) fit a Message-ID's left part and every provider's
+    reference field (Telnyx client_state as base64, Phaxio tags, Sinch labels, Postmark Metadata,
+    SendGrid custom_args, Mailgun variables)."""
+    return "d" + secrets.token_hex(16)[:31]
 
 
 def load_campaign(
     session: Session, spec: CampaignSpec, report: Report, *, source: Path, skip_invalid: bool = False
 ) -> LoadResult:
     """Write the campaign and its planned deliveries (the caller owns the transaction)."""
-    fatal = fatal_problems(report, skip_invalid=skip_invalid)
+    fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
     if fatal:
         raise CampaignFileError(fatal)
     digest = content_hash(spec, report)
@@ -74,18 +107,19 @@ def load_campaign(
     status: Literal["created", "replaced"] = "created"
     if existing is not None:
         if existing.spec_sha256 == digest:
-            return _unchanged(session, existing)
+            return _unchanged(session, existing, spec, report)
         _refuse_unless_draft(session, existing)
         _purge_draft(session, ledger, existing)
         status = "replaced"
     campaign = _write_campaign(session, existing, spec, report, digest, source)
     planned, skipped = _plan(session, ledger, campaign, spec, report)
-    return LoadResult(status, campaign.id, planned, skipped)
+    return LoadResult(status, campaign.id, planned, skipped, tuple(unroutable_addressees(spec, report)))
 
 
-def _unchanged(session: Session, campaign: Campaign) -> LoadResult:
+def _unchanged(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> LoadResult:
     counts = _state_counts(session, campaign)
-    return LoadResult("unchanged", campaign.id, counts.get(State.PLANNED, 0), counts.get(State.SKIPPED, 0))
+    planned, skipped = counts.get(State.PLANNED, 0), counts.get(State.SKIPPED, 0)
+    return LoadResult("unchanged", campaign.id, planned, skipped, tuple(unroutable_addressees(spec, report)))
 
 
 def _state_counts(session: Session, campaign: Campaign) -> dict[str, int]:
@@ -239,7 +273,7 @@ def _route_delivery(
         "channel": check.channel,
         "destination": destination,
         "route_position": position,
-        "idempotency_key": idempotency_key(campaign.name, role, index, check.channel, destination),
+        "idempotency_key": new_idempotency_key(),
     }
     if check.problem is None:
         return Planned(values, State.PLANNED, "planned")
@@ -248,19 +282,24 @@ def _route_delivery(
 
 
 def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> list[Planned]:
-    """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each."""
-    if not report.supporters:
+    """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each.
+
+    An address on several rows is one supporter and one copy, from its first row: the CSV reader
+    drops a repeated valid address with a warning, and an invalid one repeated is skipped once."""
+    first: dict[str, SupporterRow] = {}
+    for row in report.supporters:
+        first.setdefault(row.email, row)
+    rows = list(first.values())
+    if not rows:
         return []
-    _insert_supporters(
-        session, [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in report.supporters]
-    )
+    _insert_supporters(session, [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in rows])
     supporter_ids = {
         email: id_
         for email, id_ in session.execute(
             select(Supporter.email, Supporter.id).where(Supporter.campaign_id == campaign.id)
         )
     }
-    return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in report.supporters]
+    return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in rows]
 
 
 def _copy_delivery(campaign: Campaign, supporter_id: int, email: str, problem: Problem | None) -> Planned:
@@ -273,7 +312,7 @@ def _copy_delivery(campaign: Campaign, supporter_id: int, email: str, problem: P
         "channel": "email",
         "destination": email,
         "route_position": 0,
-        "idempotency_key": idempotency_key(campaign.name, "supporter", email.lower()),
+        "idempotency_key": new_idempotency_key(),
     }
     if problem is None:
         return Planned(values, State.PLANNED, "planned")

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.errors import SettingsError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+SECRET_KEY_MIN_CHARS = 32  # DISPATCH_SECRET_KEY signs document URLs: a short key can be guessed
 
 # (what must stay below, what it must stay below, why); each name is a Settings field
 TIME_LIMIT_ORDER: tuple[tuple[tuple[str, ...], str, str], ...] = (
@@ -112,6 +113,16 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a short key; the message gives its length rule, never the value."""
+        if value is not None and len(value.get_secret_value()) < SECRET_KEY_MIN_CHARS:
+            raise PydanticCustomError(
+                "secret_key_short", f"must be at least {SECRET_KEY_MIN_CHARS} characters (it signs document URLs)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _time_limits_in_order(self) -> Settings:
         """Refuse time limits that would let a task outlive its message or its claim (all problems at once)."""
@@ -143,7 +154,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as err:
         problems = "; ".join(_problem(e) for e in err.errors())
-        raise SettingsError(f"invalid settings: {problems}") from err
+        # not chained: pydantic's error repeats every input value, DISPATCH_SECRET_KEY's too
+        raise SettingsError(f"invalid settings: {problems}") from None
 
 
 def _problem(error: ErrorDetails) -> str:

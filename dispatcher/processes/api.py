@@ -2,6 +2,10 @@
 
 Webhooks are verified on the raw body by the gateway (signature, timestamp tolerance) before
 anything is recorded; a refused webhook changes nothing and is logged without personal data.
+
+Blocking work (verifying, the ledger) runs in worker threads, never on the event loop: a locked ledger
+delays only the requests that need it. Reads take no write lock (``db.reading``); a request whose
+ledger stays locked past the busy timeout, or is unreachable, gets 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.domain.db import transaction
+from dispatcher.domain.db import reading, transaction
 from dispatcher.domain.errors import NotFound
+from dispatcher.domain.matching import UnusableEvent, find_delivery, recordable
 from dispatcher.domain.media import MediaTokenError, read_token
 from dispatcher.domain.messages import StatusEvent, WebhookRequest
 from dispatcher.domain.models import Delivery, utcnow
@@ -30,6 +36,8 @@ from workers.gateways.base import Gateway
 from workers.gateways.errors import WebhookError
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5  # what a 503 asks the caller to wait when the ledger is locked or unreachable
 
 
 @dataclass
@@ -45,8 +53,10 @@ class WebContext:
 def create_app(ctx: WebContext) -> FastAPI:
     app = FastAPI(title="campaign-dispatch", docs_url=None, redoc_url=None)
 
+    app.add_exception_handler(OperationalError, _ledger_unavailable)
+
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: it needs no worker thread, nor the ledger
         return {"status": "ok"}
 
     @app.post("/webhooks/{name}")
@@ -62,14 +72,8 @@ def create_app(ctx: WebContext) -> FastAPI:
             received_at=ctx.clock(),
             headers={k.lower(): v for k, v in request.headers.items()},
         )
-        try:
-            events = gateway.parse_webhook(raw)
-        except WebhookError as err:
-            log.warning("webhook for %s refused: %s", name, type(err).__name__)
-            return JSONResponse({"error": str(err)}, status_code=err.status_code)
-        counts = apply_events(ctx, gateway, events)
-        status = 404 if events and counts.get("unmatched") == len(events) else 200
-        return JSONResponse(dict(counts), status_code=status)
+        # verifying and recording block (signature checks, the ledger's locks): a worker thread does it
+        return await run_in_threadpool(handle_webhook, ctx, gateway, raw)
 
     @app.get("/media/{token}.pdf")
     def media(token: str) -> Response:
@@ -83,7 +87,7 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     @app.get("/api/campaigns/{name}/deliveries")
     def deliveries(name: str) -> list[dict[str, Any]]:
-        with ctx.factory() as session:
+        with reading(ctx.factory) as session:
             try:
                 campaign = get_campaign(session, name)
             except NotFound as err:  # a 404 (it was a 500), naming no other campaign
@@ -116,12 +120,37 @@ async def _bounded_body(request: Request, *, limit: int) -> bytes:
     return bytes(body)
 
 
+def handle_webhook(ctx: WebContext, gateway: Gateway, raw: WebhookRequest) -> JSONResponse:
+    """Verify and decode the webhook, then record its events: 4xx when refused or unmatched."""
+    try:
+        events = [recordable(event) for event in gateway.parse_webhook(raw)]
+    except (WebhookError, UnusableEvent) as err:
+        log.warning("webhook for %s refused: %s", gateway.name, type(err).__name__)
+        status = err.status_code if isinstance(err, WebhookError) else 400
+        return JSONResponse({"error": str(err)}, status_code=status)
+    counts = apply_events(ctx, gateway, events)
+    status = 404 if events and counts.get("unmatched") == len(events) else 200
+    return JSONResponse(dict(counts), status_code=status)
+
+
+async def _ledger_unavailable(request: Request, err: Exception) -> JSONResponse:
+    """503 with Retry-After when the ledger is locked or unreachable: the provider (or client) retries.
+    Only the error's class is logged: the statement and its parameters may hold personal data."""
+    cause = err.orig if isinstance(err, OperationalError) else err
+    log.warning("ledger unavailable for %s %s: %s", request.method, request.url.path, type(cause).__name__)
+    return JSONResponse(
+        {"error": "the ledger is busy or unavailable; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -> Counter[str]:
     """Each event in its own transaction: one unknown id does not undo the others."""
     counts: Counter[str] = Counter()
     for event in events:
         with transaction(ctx.factory) as session:
-            delivery = find_delivery(session, gateway.name, event)
+            delivery = find_delivery(session, gateway=gateway.name, event=event)
             if delivery is None:
                 counts["unmatched"] += 1
                 log.warning("%s webhook for an unknown message (%s)", gateway.name, event.kind)
@@ -134,18 +163,8 @@ def apply_events(ctx: WebContext, gateway: Gateway, events: list[StatusEvent]) -
     return counts
 
 
-def find_delivery(session: Session, gateway_name: str, event: StatusEvent) -> Delivery | None:
-    """By the provider's id for this gateway, or by our reference echoed back by the provider."""
-    conditions: list[ColumnElement[bool]] = [
-        and_(Delivery.gateway == gateway_name, Delivery.provider_id == event.provider_id)
-    ]
-    if event.reference:
-        conditions.append(Delivery.idempotency_key == event.reference)
-    return session.scalars(select(Delivery).where(or_(*conditions)).with_for_update().limit(1)).first()
-
-
 def _fax_pdf(ctx: WebContext, delivery_id: int) -> bytes:
-    with ctx.factory() as session:
+    with reading(ctx.factory) as session:
         delivery = session.get(Delivery, delivery_id)
         if delivery is None or delivery.channel != "fax":
             raise HTTPException(404, "no such document")

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import db
@@ -18,6 +19,7 @@ from dispatcher.domain.settings import get_settings, load_settings
 from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
 from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
+from dispatcher.processes.views import text
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
@@ -50,10 +52,17 @@ def _read(file: Path) -> tuple[CampaignSpec, Report]:
     return spec, validate(spec, file=file)
 
 
-def _print_problems(problems: list[Problem]) -> None:
+def _print_problems(problems: list[Problem], *, left_out: frozenset[int] = frozenset()) -> None:
+    """Each problem once; those in ``left_out`` (by id) are errors that --skip-invalid turns into skips."""
     for problem in problems:
-        style = "red" if problem.severity == "error" else "yellow"
-        err_console.print(f"[{style}]{problem.severity}[/{style}]: {problem}", highlight=False, markup=True)
+        label = "skipped" if id(problem) in left_out else problem.severity
+        style = "red" if label == "error" else "yellow"
+        err_console.print(Text.assemble((label, style), ": ", text(problem)), highlight=False)
+
+
+def say(message: str, *, error: bool = False) -> None:
+    """One line that may hold user data (names, paths, values): printed as text, never as markup."""
+    (err_console if error else console).print(text(message, lines=True), highlight=False)
 
 
 @db_app.command("upgrade")
@@ -70,9 +79,9 @@ def campaign_validate(file: FileArg) -> None:
     spec, report = _read(file)
     _print_problems(report.problems)
     if not report.ok:
-        err_console.print(f"{len(report.errors)} error(s) in {file}")
+        say(f"{len(report.errors)} error(s) in {file}", error=True)
         raise typer.Exit(1)
-    console.print(f"[green]ok[/green]: {spec.campaign.name} is valid")
+    console.print(Text.assemble(("ok", "green"), ": ", text(f"{spec.campaign.name} is valid")))
 
 
 @campaign_app.command("preview")
@@ -97,7 +106,7 @@ def campaign_preview(
         raise typer.Exit(1)
     written = write_preview(spec, file.parent, pdf_path=pdf, eml_path=eml)
     for line in written:
-        console.print(f"wrote {line}")
+        say(f"wrote {line}")
 
 
 @campaign_app.command("load")
@@ -112,38 +121,72 @@ def campaign_load(
     ] = False,
 ) -> None:
     """Validate, then write the campaign and all its planned deliveries in one transaction."""
-    from dispatcher.domain.planning import load_campaign
+    from dispatcher.domain.planning import fatal_problems, load_campaign, skippable_problems
 
     spec, report = _read(file)
-    _print_problems(report.problems)
+    skippable = frozenset(id(p) for p in skippable_problems(spec, report))
+    _print_problems(report.problems, left_out=skippable if skip_invalid else frozenset())
+    fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
+    if fatal:  # each problem is printed above, once
+        hint = "" if skip_invalid or not skippable else SKIP_INVALID_HINT
+        say(f"{len(fatal)} error(s) in {file}: nothing was loaded{hint}", error=True)
+        raise typer.Exit(1)
     with db.transaction(_factory()) as session:
         result = load_campaign(session, spec, report, source=file.resolve(), skip_invalid=skip_invalid)
-    console.print(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
+    for place in result.skipped_addressees:
+        say(f"skipped {place}: no usable electronic route")
+    say(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
+
+
+SKIP_INVALID_HINT = (
+    "; with --skip-invalid, invalid routes and CSV rows, and addressees without a usable route, are left out "
+    "and recorded as skipped with the reason"
+)
 
 
 @campaign_app.command("list")
 def campaign_list() -> None:
     """Every campaign in the ledger with delivery counts per state."""
-    with db.transaction(_factory()) as session:
+    with db.reading(_factory()) as session:
         console.print(views.campaign_table(session))
 
 
 @campaign_app.command("show")
 def campaign_show(name: str) -> None:
     """Addressees, routes and delivery states of one campaign."""
-    with db.transaction(_factory()) as session:
+    with db.reading(_factory()) as session:
         for renderable in views.campaign_detail(session, name):
             console.print(renderable)
 
 
 def main() -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from workers.gateways.errors import GatewayConfigError
 
     try:
         app()
     except (DispatchError, GatewayConfigError) as err:
-        err_console.print(f"[red]error[/red]: {err}")
+        _print_error(str(err))
         raise SystemExit(1) from err
+    except SQLAlchemyError as err:
+        _print_error(database_error(err))
+        raise SystemExit(1) from err
+
+
+def _print_error(message: str) -> None:
+    err_console.print(Text.assemble(("error", "red"), ": ", text(message, lines=True)), highlight=False)
+
+
+def database_error(err: Exception) -> str:
+    """One line for an error from the ledger: its kind only. The database's own text, the statement
+    and its parameters are never shown: they may hold supporters' names and addresses."""
+    cause = getattr(err, "orig", None) or err
+    hint = " Another process holds the ledger's lock: try again." if "locked" in str(cause) else ""
+    return (
+        f"the ledger refused this command ({type(cause).__name__}); what it was writing was not kept. "
+        f"Its statement and values are not shown (they may hold personal data).{hint}"
+    )
 
 
 def _now() -> datetime:
@@ -157,7 +200,7 @@ def campaign_schedule(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         campaign = control.schedule(session, name, now=_now())
-        console.print(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
+        say(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
 
 
 @campaign_app.command("pause")
@@ -167,7 +210,7 @@ def campaign_pause(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         handed_back = control.pause(session, name)
-    console.print(f"{name}: paused ({handed_back} queued deliveries handed back)")
+    say(f"{name}: paused ({handed_back} queued deliveries handed back)")
 
 
 @campaign_app.command("resume")
@@ -177,7 +220,7 @@ def campaign_resume(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         control.resume(session, name)
-    console.print(f"{name}: scheduled again")
+    say(f"{name}: scheduled again")
 
 
 @campaign_app.command("cancel")
@@ -187,7 +230,7 @@ def campaign_cancel(name: str) -> None:
 
     with db.transaction(_factory()) as session:
         cancelled = control.cancel(session, name)
-    console.print(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+    say(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
 
 
 delivery_app = typer.Typer(help="Operator actions on one delivery.", no_args_is_help=True)
@@ -228,7 +271,7 @@ def log(
     """The delivery events of a campaign, newest last."""
     factory = _factory()
     if not follow:
-        with db.transaction(factory) as session:
+        with db.reading(factory) as session:
             console.print(views.event_table(session, name))
         return
     from dispatcher.processes.live import follow_log

@@ -8,12 +8,14 @@ from collections import Counter
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.domain.db import reading
 from dispatcher.domain.models import Delivery, DeliveryEvent
 from dispatcher.domain.queries import get_campaign
-from dispatcher.processes.views import event_table, styled
+from dispatcher.processes.views import event_table, styled, text
 
 
 def state_summary(session: Session, name: str) -> Table:
@@ -26,8 +28,8 @@ def state_summary(session: Session, name: str) -> Table:
             )
         }
     )
-    table = Table(title=f"{campaign.name}: {campaign.status}", show_header=False)
-    table.add_row(*[f"{styled(state)} {n}" for state, n in sorted(counts.items())])
+    table = Table(title=text(f"{campaign.name}: {campaign.status}"), show_header=False)
+    table.add_row(*[Text.assemble(styled(state), f" {n}") for state, n in sorted(counts.items())])
     return table
 
 
@@ -45,7 +47,7 @@ def follow_log(
     with Live(console=console, refresh_per_second=4) as live:
         try:
             while stop_at is None or time.monotonic() < stop_at:
-                with factory() as session:
+                with reading(factory) as session:
                     campaign = get_campaign(session, name)
                     last = (
                         session.scalar(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from rich.console import RenderableType
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -27,9 +29,33 @@ STATE_STYLE: dict[str, str] = {
 }
 
 
-def styled(state: str) -> str:
-    style = STATE_STYLE.get(state, "white")
-    return f"[{style}]{state}[/{style}]"
+# What a terminal would obey rather than show: C0 and C1 controls (ESC starts a terminal command),
+# bidirectional controls and line separators (they make text read differently from what it holds),
+# and unpaired surrogates (no encoding can write them). User data never reaches the terminal raw.
+_UNSEEN = "\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSEEN_IN_CELL = re.compile(f"[{_UNSEEN}\t\n]")
+_UNSEEN_IN_MESSAGE = re.compile(f"[{_UNSEEN}\t]")  # a message may span lines
+
+
+def visible(value: object, *, lines: bool = False) -> str:
+    """``value`` as text with each character a terminal would act on written as an escape ("\\x1b",
+    "\\u202e"); line breaks are kept only when ``lines``."""
+    pattern = _UNSEEN_IN_MESSAGE if lines else _UNSEEN_IN_CELL
+    return pattern.sub(_escaped, str(value))
+
+
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def text(value: object, *, style: str = "", lines: bool = False) -> Text:
+    """User data as a rich Text: never parsed as markup, control characters made visible."""
+    return Text(visible(value, lines=lines), style=style)
+
+
+def styled(state: str) -> Text:
+    return text(state, style=STATE_STYLE.get(state, "white"))
 
 
 def campaign_table(session: Session) -> Table:
@@ -42,18 +68,20 @@ def campaign_table(session: Session) -> Table:
     ):
         counts.setdefault(campaign_id, Counter())[state] = n
     for campaign in session.scalars(select(Campaign).order_by(Campaign.id)):
-        summary = ", ".join(f"{styled(s)} {n}" for s, n in sorted(counts.get(campaign.id, Counter()).items()))
-        table.add_row(campaign.name, campaign.title, campaign.status, summary)
+        summary = Text(", ").join(
+            Text.assemble(styled(s), f" {n}") for s, n in sorted(counts.get(campaign.id, Counter()).items())
+        )
+        table.add_row(text(campaign.name), text(campaign.title), text(campaign.status), summary)
     return table
 
 
 def campaign_detail(session: Session, name: str) -> list[RenderableType]:
     campaign = get_campaign(session, name)
     head = Table.grid(padding=(0, 2))
-    head.add_row("campaign", f"{campaign.name}: {campaign.title}")
-    head.add_row("status", campaign.status)
-    head.add_row("policy", campaign.route_policy)
-    head.add_row("deadline", campaign.deadline.isoformat() if campaign.deadline else "none")
+    head.add_row("campaign", text(f"{campaign.name}: {campaign.title}"))
+    head.add_row("status", text(campaign.status))
+    head.add_row("policy", text(campaign.route_policy))
+    head.add_row("deadline", text(campaign.deadline.isoformat() if campaign.deadline else "none"))
     return [head, _letters_table(campaign), _copies_summary(campaign)]
 
 
@@ -73,14 +101,14 @@ def _letters_table(campaign: Campaign) -> Table:
         person = delivery.addressee
         route = delivery.route
         table.add_row(
-            str(delivery.id),
-            person.role if person else "",
-            f"{person.name}, {person.title}" if person else "",
-            f"{delivery.channel} {delivery.route_position + 1}",
-            route.raw_value if route and not route.valid else delivery.destination,
+            text(delivery.id),
+            text(person.role if person else ""),
+            text(f"{person.name}, {person.title}" if person else ""),
+            text(f"{delivery.channel} {delivery.route_position + 1}"),
+            text(route.raw_value if route and not route.valid else delivery.destination),
             styled(delivery.state),
-            str(delivery.attempt_count),
-            _note(delivery),
+            text(delivery.attempt_count),
+            text(_note(delivery)),
         )
     return table
 
@@ -97,7 +125,7 @@ def _copies_summary(campaign: Campaign) -> Table:
     table.add_column("state")
     table.add_column("count", justify="right")
     for state, n in sorted(Counter(d.state for d in campaign.deliveries if d.kind == DeliveryKind.COPY).items()):
-        table.add_row(styled(state), str(n))
+        table.add_row(styled(state), text(n))
     return table
 
 
@@ -111,22 +139,22 @@ def event_table(session: Session, name: str, *, after_id: int = 0, limit: int | 
     )
     if limit is not None:
         query = query.limit(limit)
-    table = Table(title=f"Delivery log: {campaign.name}")
+    table = Table(title=text(f"Delivery log: {campaign.name}"))
     for column in ("at (UTC)", "delivery", "target", "change", "actor", "reason"):
         table.add_column(column, overflow="fold")
     for event, delivery in session.execute(query):
         change = (
             styled(event.to_state)
             if event.from_state is None
-            else f"{styled(event.from_state)} -> {styled(event.to_state)}"
+            else Text.assemble(styled(event.from_state), " -> ", styled(event.to_state))
         )
         table.add_row(
-            event.at.strftime("%Y-%m-%d %H:%M:%S"),
-            str(delivery.id),
-            describe_target(delivery),
+            text(event.at.strftime("%Y-%m-%d %H:%M:%S")),
+            text(delivery.id),
+            text(describe_target(delivery)),
             change,
-            event.actor,
-            event.reason,
+            text(event.actor),
+            text(event.reason),
         )
     return table
 
