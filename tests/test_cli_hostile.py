@@ -175,3 +175,13 @@ def test_an_error_naming_a_campaign_prints_its_name_as_text(tmp_path: Path) -> N
     assert "no campaign named '[/bold] \\x1b[2J\\u202e'" in result.stderr
     assert "Traceback" not in result.stderr
     assert_printed_as_text(result.stdout + result.stderr)
+
+
+def test_preview_goes_on_past_an_addressee_that_load_skip_invalid_leaves_out(tmp_path: Path) -> None:
+    """Preview refuses what `campaign load --skip-invalid` refuses, and nothing more: a CC whose only
+    route is invalid is left out by such a load, so the preview of the others is written."""
+    path = build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(fax=["+86 10 1234"])])
+    result = runner.invoke(app, ["campaign", "preview", str(path), "--pdf", str(tmp_path / "out.pdf")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.pdf").is_file()
+    assert "no usable electronic route" in result.output

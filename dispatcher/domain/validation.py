@@ -67,13 +67,6 @@ class Report:
     def ok(self) -> bool:
         return not self.errors
 
-    def shared_errors(self) -> list[Problem]:
-        """The errors that no single route or supporter row carries: leaving routes and rows out (as
-        ``campaign load --skip-invalid`` does) does not remove them."""
-        carried = {id(r.problem) for routes in self.routes.values() for r in routes if r.problem}
-        carried |= {id(s.problem) for s in self.supporters if s.problem}
-        return [p for p in self.errors if id(p) not in carried]
-
 
 def validate(spec: CampaignSpec, *, file: Path) -> Report:
     """Validate everything in ``spec``; paths in it are relative to the campaign file's folder."""

@@ -96,13 +96,15 @@ def campaign_preview(
 ) -> None:
     """Write the exact fax PDF and email that would go out, for each "To" addressee's letter; print
     every file written."""
+    from dispatcher.domain.planning import fatal_problems
     from dispatcher.domain.rendering.preview import write_preview
 
     spec, report = _read(file)
     _print_problems(report.problems)
-    shared = report.shared_errors()  # an invalid route or CSV row is only left out, as in a load
-    if shared:
-        err_console.print(f"preview refused: {len(shared)} error(s) that `campaign load --skip-invalid` refuses too")
+    # what a load with --skip-invalid leaves out (a route, a CSV row, an addressee) is left out here too
+    fatal = fatal_problems(spec, report, skip_invalid=True)
+    if fatal:
+        err_console.print(f"preview refused: {len(fatal)} error(s) that `campaign load --skip-invalid` refuses too")
         raise typer.Exit(1)
     written = write_preview(spec, file.parent, pdf_path=pdf, eml_path=eml)
     for line in written:
