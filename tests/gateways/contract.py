@@ -112,13 +112,13 @@ def event_problems(event: object, provider: str) -> list[str]:
     """What is wrong with a StatusEvent, field by field: each must have the type the ledger stores."""
     if not isinstance(event, StatusEvent):
         return [f"not a StatusEvent: {event!r:.100}"]
-    texts = ("reference", "error_code", "detail", "remote_station_id", "event_id")
+    texts = ("reference", "error_code", "setting", "detail", "remote_station_id", "event_id")
     checks = {
         "provider": event.provider == provider,
         "provider_id": isinstance(event.provider_id, str),
         "kind": isinstance(event.kind, EventKind),
         "occurred_at": isinstance(event.occurred_at, datetime) and event.occurred_at.tzinfo is not None,
-        "error_class": event.error_class in (None, "transient", "permanent"),
+        "error_class": event.error_class in (None, "transient", "permanent", "configuration"),
         "pages": event.pages is None or (isinstance(event.pages, int) and not isinstance(event.pages, bool)),
         "duration_secs": event.duration_secs is None or isinstance(event.duration_secs, float),
         **{field: getattr(event, field) is None or isinstance(getattr(event, field), str) for field in texts},

@@ -32,6 +32,7 @@ from workers.gateways.email.sendgrid import (
     message_id_of,
 )
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     StatusLookupError,
@@ -230,10 +231,19 @@ def test_malformed_address_is_refused_by_validation(gateway: SendGridGateway) ->
     assert caught.value.code == "personalizations.0.to.0.email"
 
 
-def test_wrong_key_is_permanent_and_names_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
+def test_wrong_key_is_a_configuration_fault_naming_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
     gw = sendgrid_gateway(emulator.url, api_key="SG.wrong")
-    with pytest.raises(Permanent, match="DISPATCH_SENDGRID_API_KEY") as caught:
+    with pytest.raises(ConfigurationFault, match="DISPATCH_SENDGRID_API_KEY") as caught:
         gw.send(letter())
+    assert (caught.value.code, caught.value.setting) == ("401", "DISPATCH_SENDGRID_API_KEY")
+    assert state.oracle() == []
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(gateway: SendGridGateway, state: SandboxState) -> None:
+    to = new_address()
+    state.script(to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(letter(to))
     assert caught.value.code == "401"
     assert state.oracle() == []
 

@@ -17,6 +17,10 @@ Outcomes, consumed one per send attempt to a destination (then ``ok`` forever):
     bad_gateway     HTTP 502 after the message was accepted (ambiguous to the client)
     drop            accepted, then the connection is dropped before the answer
     bounce          email: accepted, then a bounce event
+    unauthorized    refused as with a wrong key (HTTP 401 in the provider's shape; SMTP 530 at RCPT),
+                    nothing accepted
+    media_fetch_failed  fax: accepted, then fails with the provider's "could not fetch the document"
+                    reason, as when our document URL (DISPATCH_PUBLIC_BASE_URL) is wrong
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ OUTCOMES = frozenset(
         "bad_gateway",
         "drop",
         "bounce",
+        "unauthorized",
+        "media_fetch_failed",
     }
 )
 

@@ -145,6 +145,8 @@ class MailgunEmulator:
             return None
         if outcome == "invalid_number":
             return MailgunError(400, "to parameter is not a valid address. please check documentation")
+        if outcome == "unauthorized":
+            return MailgunError(401, "Forbidden")
         if outcome == "rate_limited":
             after = format_datetime(datetime.now(UTC) + timedelta(seconds=self.state.retry_after), usegmt=True)
             return MailgunError(

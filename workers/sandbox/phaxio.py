@@ -42,6 +42,7 @@ FAILURES: dict[str, tuple[str, int, str]] = {
     "busy": ("lineError", 17, "Busy"),
     "no_answer": ("lineError", 112, "No answer"),
     "no_fax_tone": ("faxError", 14, "Timed out waiting for initial communication"),
+    "media_fetch_failed": ("documentConversionError", 54, "Could not access the url you provided."),
 }
 
 
@@ -121,6 +122,8 @@ class PhaxioEmulator:
             return _fail(429, "Rate limit exceeded", {"Retry-After": str(self.state.retry_after)})
         if outcome == "server_error":
             return _fail(500, "An internal server error occurred")
+        if outcome == "unauthorized":
+            return _fail(401, "The api key or secret you provided is invalid")
         if outcome == "invalid_number":
             return _fail(422, "Phone number is not formatted correctly or invalid")
         fax = self._accept(outcome, to, form, pdf)

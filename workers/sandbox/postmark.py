@@ -64,6 +64,23 @@ class PostmarkError(ProviderError):
         )
 
 
+def _token_refused(token: str | None) -> PostmarkError:
+    """Postmark's 401 (ErrorCode 10) for a missing or invalid server token."""
+    if not token:
+        return PostmarkError(
+            401,
+            10,
+            "No Account or Server API tokens were supplied in the HTTP headers. "
+            "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
+        )
+    return PostmarkError(
+        401,
+        10,
+        "The Server Token you provided in the X-Postmark-Server-Token request "
+        "header was invalid. Please verify that you are using a valid token.",
+    )
+
+
 def split_credentials(url: str | None) -> tuple[str | None, str | None]:
     """(URL without userinfo, ``Basic ...`` header) for a webhook URL like ``https://u:p@host/path``."""
     if not url:
@@ -125,20 +142,8 @@ class PostmarkEmulator:
 
     def authenticate(self, request: Request) -> None:
         token = request.headers.get("x-postmark-server-token")
-        if not token:
-            raise PostmarkError(
-                401,
-                10,
-                "No Account or Server API tokens were supplied in the HTTP headers. "
-                "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
-            )
-        if not hmac.compare_digest(token.encode(), self.server_token.encode()):
-            raise PostmarkError(
-                401,
-                10,
-                "The Server Token you provided in the X-Postmark-Server-Token request "
-                "header was invalid. Please verify that you are using a valid token.",
-            )
+        if not token or not hmac.compare_digest(token.encode(), self.server_token.encode()):
+            raise _token_refused(token)
 
     # -- POST /email -----------------------------------------------------------------------------
 
@@ -178,6 +183,8 @@ class PostmarkEmulator:
             return None
         if outcome == "invalid_number":
             return PostmarkError(422, 406, INACTIVE.format(addresses=first.lower()))
+        if outcome == "unauthorized":
+            return _token_refused("revoked")
         if outcome == "rate_limited":
             return PostmarkError(
                 429,

@@ -265,6 +265,8 @@ class SendGridEmulator:
             return SendGridError(
                 400, "Does not contain a valid address.", "personalizations.0.to.0.email", anchor="personalizations.to"
             )
+        if outcome == "unauthorized":
+            return SendGridError(401, "The provided authorization grant is invalid, expired, or revoked")
         if outcome == "rate_limited":
             reset = str(int(time.time()) + self.state.retry_after)
             return SendGridError(

@@ -42,6 +42,7 @@ FAILURES: dict[str, tuple[str, int, str]] = {
     "busy": ("CALL_ERROR", 17, "Busy"),
     "no_answer": ("CALL_ERROR", 30, "No answer from a fax machine."),
     "no_fax_tone": ("FAX_ERROR", 132, "No fax tone detected"),
+    "media_fetch_failed": ("DOCUMENT_CONVERSION_ERROR", 54, "Could not access the url you provided."),
 }
 
 
@@ -128,6 +129,8 @@ class SinchEmulator:
             )
         if outcome == "server_error":
             return _error(500, "INTERNAL", "Internal server error")
+        if outcome == "unauthorized":
+            return _error(401, "UNAUTHENTICATED", "Invalid authentication credentials")
         if outcome == "invalid_number":
             return _error(400, "INVALID_ARGUMENT", "The destination number is not valid", field="to")
         fax = self._accept(outcome, body)

@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, check_fresh, lookup_object, webhook_json
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayError,
     Permanent,
@@ -169,16 +170,20 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def _send_error(self, response: httpx.Response) -> DeliveryError:
         status, explanation = response.status_code, _message(response)
-        if status == 401:
-            return Permanent(
-                f"{PROVIDER}: HTTP 401 {explanation}: check {self.setting('api_key')}", code="401", raw=explanation
+        if status in (401, 403):
+            return ConfigurationFault(
+                f"{PROVIDER}: HTTP {status} {explanation}: check {self.setting('api_key')}",
+                code=str(status),
+                raw=explanation,
+                setting=self.setting("api_key"),
             )
         if status == 404:
-            return Permanent(
+            return ConfigurationFault(
                 f"{PROVIDER}: HTTP 404 {explanation}: check {self.setting('domain')} and "
                 f"{self.setting('base_url')} (US or EU region)",
                 code="404",
                 raw=explanation,
+                setting=self.setting("domain"),
             )
         if status == 429:
             return Transient(
@@ -188,7 +193,7 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
                 retry_after=retry_after_seconds(response.headers) or _try_again_after(explanation),
             )
         if 400 <= status < 500:
-            # 400 invalid address or parameter, 402/403 account, 413 too large: resending cannot help.
+            # 400 invalid address or parameter, 402 account, 413 too large: resending cannot help.
             code = "invalid_address" if "not a valid address" in explanation else str(status)
             return Permanent(f"{PROVIDER}: HTTP {status} {explanation}", code=code, raw=explanation)
         return error_for_status(response, provider=PROVIDER, detail=explanation)

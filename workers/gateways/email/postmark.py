@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -217,11 +218,12 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             if code is not None
             else f"{PROVIDER}: HTTP {status}: {explanation}"
         )
-        if code == BAD_TOKEN or status == 401:
-            return Permanent(
+        if code == BAD_TOKEN or status in (401, 403):
+            return ConfigurationFault(
                 f"{label} -- check {self.setting('server_token')} (a *server* token)",
                 code=str(code if code is not None else status),
                 raw=body,
+                setting=self.setting("server_token"),
             )
         if code in TRANSIENT_CODES or status == 429:
             return Transient(

@@ -53,6 +53,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, check_fresh, header, lookup_object, webhook_json
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -204,11 +205,12 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         status = response.status_code
         detail, field, body = _errors(response)
         if status in (401, 403):
-            return Permanent(
+            return ConfigurationFault(
                 f"{PROVIDER}: HTTP {status} {detail}: check {self.setting('api_key')} (and that "
                 "the key has Mail Send access)",
                 code=str(status),
                 raw=body,
+                setting=self.setting("api_key"),
             )
         if status == 429:
             return Transient(
