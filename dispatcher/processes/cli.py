@@ -125,9 +125,12 @@ def campaign_list() -> None:
 
 @campaign_app.command("show")
 def campaign_show(name: str) -> None:
-    """Addressees, routes and delivery states of one campaign."""
+    """Addressees, routes and delivery states of one campaign; above them, any paused gateway."""
     with db.transaction(_factory()) as session:
-        for renderable in views.campaign_detail(session, name):
+        renderables = views.campaign_detail(session, name)
+        for alert in views.gateway_alerts(session):
+            console.print(alert, style="bold red", soft_wrap=True, markup=False, highlight=False)
+        for renderable in renderables:
             console.print(renderable)
 
 
@@ -183,6 +186,37 @@ def campaign_cancel(name: str) -> None:
     with db.transaction(_factory()) as session:
         cancelled = control.cancel(session, name)
     console.print(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+
+
+gateway_app = typer.Typer(
+    help="Gateways: their state; resume one paused by a configuration fault or its circuit breaker.",
+    no_args_is_help=True,
+)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("list")
+def gateway_list() -> None:
+    """Each configured gateway (DISPATCH_FAX_GATEWAY, _EMAIL_GATEWAY, _COPIES_GATEWAY): sending or paused, and why."""
+    from workers.gateways.registry import provider_of, slots
+
+    by_name: dict[str, list[str]] = {}
+    for slot in slots(get_settings()):
+        by_name.setdefault(slot.name, []).append(slot.key)
+    configured = [(name, ", ".join(keys), provider_of(name)) for name, keys in by_name.items()]
+    with db.transaction(_factory()) as session:
+        console.print(views.gateway_table(session, configured, now=_now()))
+
+
+@gateway_app.command("resume")
+def gateway_resume(name: str) -> None:
+    """Send through a paused gateway again, once its setting is fixed; what waited on it goes next tick."""
+    from dispatcher.domain import gateway_pauses
+    from dispatcher.domain.ledger_sql import SqlLedger
+
+    with db.transaction(_factory()) as session:
+        resumed = gateway_pauses.resume(SqlLedger(session), name, at=_now())
+    console.print(f"gateway {name}: " + ("resumed" if resumed else "was not paused"))
 
 
 delivery_app = typer.Typer(help="Operator actions on one delivery.", no_args_is_help=True)

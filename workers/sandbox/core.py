@@ -1,7 +1,10 @@
 """What every provider emulator shares: scripted outcomes per destination and the oracle log.
 
 The oracle is append-only: one entry per message a provider *accepted* (including accept-then-drop,
-where the provider kept the message but the client never heard back). Tests and the demo judge
+where the provider kept the message but the client never heard back). An accepted send that later
+reached nobody before any call was made (the provider could not fetch our document) is *amended*:
+``oracle()`` shows its final outcome, and the file gets the amended entry appended (the last line for a
+provider id is its final outcome). Tests and the demo judge
 "never twice" by counting entries per reference. It lives in memory and, when ``oracle_path`` is
 set, is also appended to a JSON-lines file so other processes can read it.
 
@@ -29,7 +32,7 @@ import json
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,10 +101,21 @@ class SandboxState:
         entry = OracleEntry(self.provider, provider_id, reference, destination, outcome, datetime.now(UTC).isoformat())
         with self._lock:
             self._oracle.append(entry)
-            if self.oracle_path is not None:
-                with self.oracle_path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(asdict(entry)) + "\n")
+            self._append(entry)
         return entry
+
+    def amend(self, provider_id: str, outcome: str) -> None:
+        """The final outcome of an accepted send, learnt after its acceptance (see the module docstring)."""
+        with self._lock:
+            for index, entry in enumerate(self._oracle):
+                if entry.provider_id == provider_id:
+                    self._oracle[index] = replace(entry, outcome=outcome)
+                    self._append(self._oracle[index])
+
+    def _append(self, entry: OracleEntry) -> None:
+        if self.oracle_path is not None:
+            with self.oracle_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(asdict(entry)) + "\n")
 
     def oracle(self) -> list[OracleEntry]:
         with self._lock:

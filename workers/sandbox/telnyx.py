@@ -313,6 +313,8 @@ class TelnyxEmulator:
             pages, reason = 0, "file_download_failed"
         else:
             pages, reason = await self._fetch_media(self.faxes[fax_id]["media_url"])
+            if reason is not None:  # no call was made: this fax reached nobody
+                self.state.amend(fax_id, "media_fetch_failed" if reason == "file_download_failed" else reason)
         if reason is None:
             await self._advance(fax_id, "media.processed", "fax.media.processed", webhook_url)
             await self._advance(fax_id, "sending", "fax.sending.started", webhook_url)
