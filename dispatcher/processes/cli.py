@@ -277,9 +277,11 @@ def scheduler(
 
     from dispatcher.domain.scheduling import SchedulerConfig
     from dispatcher.processes.scheduler import run_forever
+    from dispatcher.processes.startup import check_configured_gateways
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
+    check_configured_gateways(settings)  # a refused key stops here, naming the variable
     interval = interval if interval is not None else settings.tick_seconds
     config = SchedulerConfig.from_settings(settings)
     stop = threading.Event()
@@ -300,6 +302,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker (prefork pool) on the broker at DISPATCH_BROKER_URL."""
+    from dispatcher.processes.startup import check_gateways
     from workers.celery_app import app as celery_app
     from workers.celery_app import queue_name
     from workers.runtime import worker_context
@@ -307,7 +310,8 @@ def worker(
     settings = get_settings() if loglevel is None else load_settings(log_level=loglevel)
     configure_logging(settings)
     leave_celery_logging_alone()
-    worker_context()  # build gateways now: a missing setting fails at start-up, naming the variable
+    # build gateways now: a missing setting fails at start-up, naming the variable, and so does a refused key
+    check_gateways(settings, worker_context().gateways.values())
     names = ",".join(queue_name(q.strip()) for q in queues.split(","))
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(
@@ -336,10 +340,14 @@ def web(
     """Serve status webhooks (/webhooks/<gateway>), fax documents for providers (/media) and the read API."""
     import uvicorn
 
-    from dispatcher.processes.web import build_web_app
+    from dispatcher.processes.startup import check_gateways
+    from dispatcher.processes.web import build_web_app, configured_gateways
 
+    settings = get_settings()
+    gateways = configured_gateways(settings)
+    check_gateways(settings, gateways.values())  # a refused key stops here, naming the variable
     # log_config=None: uvicorn's loggers keep the configuration every command sets (dispatcher/processes/logs.py)
-    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_config=None)
+    uvicorn.run(build_web_app(settings, gateways=gateways), host=host, port=port, log_config=None)
 
 
 @app.command("demo")

@@ -49,6 +49,7 @@ from dispatcher.domain.messages import (
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayError,
     Permanent,
@@ -151,6 +152,15 @@ class GatewayContract:
         assert isinstance(caught.value.__cause__, ConnectionRefusedError | httpx.ConnectError)  # raised from it
         assert any(isinstance(error, ConnectionRefusedError) for error in causes(caught.value))
 
+    def test_an_unreachable_provider_fails_the_credential_check_as_a_transport_failure(
+        self, make_gateway: MakeGateway, closed_address: str
+    ) -> None:
+        """Start-up warns and starts on a network failure: it must not look like refused credentials."""
+        with pytest.raises(DeliveryError) as caught:
+            make_gateway(closed_address).check_credentials()
+        assert not isinstance(caught.value, ConfigurationFault)
+        assert caught.value.code == "connect"
+
     def test_lookups_and_webhooks_of_an_unreachable_provider_end_in_our_errors(
         self, make_gateway: MakeGateway, closed_address: str
     ) -> None:
@@ -191,6 +201,11 @@ class HttpContract(GatewayContract):
         saved = (state.latency, state.retry_after)
         yield state
         state.latency, state.retry_after = saved
+
+    def test_credentials_the_emulator_accepts_pass_the_check(
+        self, make_gateway: MakeGateway, emulator_address: str
+    ) -> None:
+        assert make_gateway(emulator_address).check_credentials() is None
 
     def test_rate_limited_is_transient_with_retry_after(
         self, make_gateway: MakeGateway, emulator_address: str, sandbox: SandboxState, new_message: Any

@@ -267,6 +267,16 @@ def test_wrong_key_and_wrong_domain_are_configuration_faults_naming_their_settin
     assert (caught.value.code, caught.value.setting) == ("404", "DISPATCH_MAILGUN_DOMAIN")
 
 
+def test_a_refused_key_or_unknown_domain_fails_the_credential_check(emulator: ThreadedServer) -> None:
+    """GET /v3/domains/{domain} (mailgun/documentation api-domains.rst): sends nothing."""
+    with pytest.raises(ConfigurationFault) as caught:
+        mailgun_gateway(emulator.url, api_key="key-wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_MAILGUN_API_KEY was refused by mailgun (HTTP 401)"
+    with pytest.raises(ConfigurationFault) as caught:
+        mailgun_gateway(emulator.url, domain="other.example").check_credentials()
+    assert str(caught.value) == "DISPATCH_MAILGUN_DOMAIN was refused by mailgun (HTTP 404)"
+
+
 def test_scripted_unauthorized_is_a_configuration_fault(gateway: MailgunGateway, state: SandboxState) -> None:
     to = new_address()
     state.script(to, ["unauthorized"])

@@ -169,6 +169,18 @@ def test_wrong_credentials_are_a_configuration_fault_naming_the_setting(emulator
     assert caught.value.setting == "DISPATCH_PHAXIO_EU_API_KEY and DISPATCH_PHAXIO_EU_API_SECRET"
 
 
+def test_refused_keys_fail_the_credential_check_naming_the_settings(emulator: ThreadedServer) -> None:
+    """GET /v2.1/account/status (phaxio-ruby Account.get): the balance, sends nothing."""
+    settings = PhaxioSettings(
+        api_key="wrong", api_secret=SecretStr(SECRET), callback_token=SecretStr(TOKEN), base_url=emulator.url
+    )
+    with pytest.raises(ConfigurationFault) as caught:
+        PhaxioGateway(settings, name="phaxio").check_credentials()
+    assert (
+        str(caught.value) == "DISPATCH_PHAXIO_API_KEY and DISPATCH_PHAXIO_API_SECRET were refused by phaxio (HTTP 401)"
+    )
+
+
 def test_scripted_unauthorized_is_a_configuration_fault(gateway: PhaxioGateway, state: SandboxState) -> None:
     message = _message()
     state.script(message.to, ["unauthorized"])

@@ -268,6 +268,13 @@ def test_wrong_token_is_a_configuration_fault_naming_the_setting(emulator: Threa
     assert state.oracle() == []
 
 
+def test_a_refused_token_fails_the_credential_check_naming_the_setting(emulator: ThreadedServer) -> None:
+    """GET /server with the server token (Postmark's server API): sends nothing."""
+    with pytest.raises(ConfigurationFault) as caught:
+        postmark_gateway(emulator.url, server_token="wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_POSTMARK_SERVER_TOKEN was refused by postmark (HTTP 401)"
+
+
 def test_scripted_unauthorized_is_a_configuration_fault(gateway: PostmarkGateway, state: SandboxState) -> None:
     to = new_address()
     state.script(to, ["unauthorized"])

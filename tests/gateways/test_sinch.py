@@ -199,6 +199,17 @@ def test_wrong_credentials_are_a_configuration_fault_naming_the_setting(emulator
     assert "DISPATCH_SINCH_KEY_ID" in str(caught.value) and caught.value.code == "401"
 
 
+def test_refused_keys_fail_the_credential_check_naming_the_settings(emulator: ThreadedServer) -> None:
+    """GET /v3/projects/{projectId}/services?pageSize=1: project-scoped, sends nothing."""
+    with pytest.raises(ConfigurationFault) as caught:
+        SinchGateway(_settings(emulator.url, key_id="wrong"), name="sinch").check_credentials()
+    assert str(caught.value) == "DISPATCH_SINCH_KEY_ID and DISPATCH_SINCH_KEY_SECRET were refused by sinch (HTTP 401)"
+    settings = _settings(emulator.url).model_copy(update={"project_id": "another-project"})
+    with pytest.raises(ConfigurationFault) as caught:
+        SinchGateway(settings, name="sinch").check_credentials()
+    assert caught.value.setting == "DISPATCH_SINCH_PROJECT_ID"
+
+
 def test_scripted_unauthorized_is_a_configuration_fault(gateway: SinchGateway, state: SandboxState) -> None:
     message = _message()
     state.script(message.to, ["unauthorized"])

@@ -372,6 +372,25 @@ def auth_sink() -> Iterator[SmtpSink]:
         yield running
 
 
+def test_the_credential_check_logs_in_and_sends_nothing(auth_sink: SmtpSink) -> None:
+    gw = _make_gateway(auth_sink.port, username="dispatch", password="s3cret")
+    try:
+        assert gw.check_credentials() is None
+    finally:
+        gw.close()
+    assert auth_sink.sessions == 1 and auth_sink.messages() == []
+
+
+def test_refused_credentials_fail_the_credential_check_naming_the_settings(auth_sink: SmtpSink) -> None:
+    gw = _make_gateway(auth_sink.port, username="dispatch", password="wrong")
+    with pytest.raises(ConfigurationFault) as caught:
+        gw.check_credentials()
+    assert str(caught.value) == (
+        "DISPATCH_SMTP_USERNAME and DISPATCH_SMTP_PASSWORD were refused by smtp "
+        "(535 5.7.8 Authentication credentials invalid)"
+    )
+
+
 def test_auth_with_the_right_credentials_sends(auth_sink: SmtpSink) -> None:
     gw = _make_gateway(auth_sink.port, username="dispatch", password="s3cret")
     try:

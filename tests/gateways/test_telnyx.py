@@ -303,6 +303,16 @@ def test_wrong_api_key_is_a_configuration_fault_naming_the_setting(
     assert state.oracle() == []
 
 
+def test_a_refused_key_fails_the_credential_check_naming_the_setting(
+    emulator: ThreadedServer, signing_key: nacl.signing.SigningKey
+) -> None:
+    """GET /v2/faxes?page[size]=1 (the SDK's faxes.list): the cheapest call the key must be good for."""
+    with pytest.raises(ConfigurationFault) as caught:
+        telnyx_gateway(emulator.url, signing_key, api_key="KEY_wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_TELNYX_API_KEY was refused by telnyx (HTTP 401)"
+    assert caught.value.setting == "DISPATCH_TELNYX_API_KEY"
+
+
 def test_scripted_unauthorized_is_a_configuration_fault(
     gateway: TelnyxGateway, state: SandboxState, media_url: str
 ) -> None:

@@ -36,6 +36,7 @@ from workers.gateways.errors import (
     GatewayError,
     Permanent,
     StatusLookupError,
+    Transient,
     Unknown,
     WebhookFormatError,
 )
@@ -129,6 +130,12 @@ class Gateway:
         with _Boundary(self, "parse_webhook", WebhookFormatError):
             return self._parse_webhook(request)
 
+    def check_credentials(self) -> None:
+        """The provider's cheapest authenticated call, made at start-up: ConfigurationFault when the provider
+        refuses our credentials, another DeliveryError when it cannot be reached or cannot tell."""
+        with _Boundary(self, "check_credentials", lambda text: Transient(f"{text}: not checked", code="unexpected")):
+            self._check_credentials()
+
     def close(self) -> None:
         """Release pooled connections."""
 
@@ -141,6 +148,9 @@ class Gateway:
     def _send_email(self, email: EmailMessage) -> Receipt:
         """The provider's send, in a gateway whose channel is email."""
         raise NotImplementedError(f"{self.provider}: an email gateway implements _send_email")
+
+    def _check_credentials(self) -> None:
+        """The provider's cheapest authenticated call; nothing to check by default."""
 
     def _fetch_status(self, provider_id: str) -> StatusEvent:
         raise StatusLookupError(f"{self.name}: {self.provider} offers no status lookup")

@@ -74,6 +74,12 @@ class ConfigurationFault(DeliveryError):
         super().__init__(message, code=code, raw=raw)
         self.setting = setting  # e.g. "DISPATCH_TELNYX_API_KEY"; never its value
 
+    @classmethod
+    def refused(cls, setting: str, *, by: str, detail: str, code: str | None = None) -> ConfigurationFault:
+        """ "DISPATCH_X was refused by NAME (detail)": what a credential check at start-up says."""
+        verb = "were" if " and " in setting else "was"
+        return cls(f"{setting} {verb} refused by {by} ({detail})", setting=setting, code=code)
+
 
 class GatewayPaused(DeliveryError):
     """The gateway is paused (configuration fault or open circuit breaker): no call was made."""

@@ -117,6 +117,17 @@ def error_for_status(response: httpx.Response, *, provider: str, detail: str = "
     return Permanent(message, code=str(status), raw=body)
 
 
+def check_answer(response: httpx.Response, *, name: str, setting: str) -> None:
+    """A credential check's answer: 2xx passes; 401/403 says ``setting`` was refused; anything else is
+    mapped as for a send (a 5xx is Transient: the provider could not tell)."""
+    status = response.status_code
+    if response.is_success:
+        return
+    if status in (401, 403):
+        raise ConfigurationFault.refused(setting, by=name, detail=f"HTTP {status}", code=str(status))
+    raise error_for_status(response, provider=name, detail="credential check")
+
+
 def _body(response: httpx.Response) -> Any:
     try:
         return response.json()

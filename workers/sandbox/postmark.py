@@ -332,6 +332,22 @@ class PostmarkEmulator:
             raise PostmarkError(404, 701, "This message was not found.")
         return JSONResponse(message)
 
+    async def server(self, request: Request) -> Response:
+        """``GET /server`` (the credential check): this server's settings."""
+        self.authenticate(request)
+        return JSONResponse(
+            {
+                "ID": 1,
+                "Name": "Sandbox",
+                "Color": "blue",
+                "SmtpApiActivated": True,
+                "DeliveryHookUrl": self.webhook_url or "",
+                "BounceHookUrl": self.webhook_url or "",
+                "TrackOpens": False,
+                "TrackLinks": "None",
+            }
+        )
+
     async def bounce(self, request: Request, bounce_id: int) -> Response:
         self.authenticate(request)
         if bounce_id not in self.bounces:
@@ -358,4 +374,5 @@ def create_app(state: SandboxState, *, server_token: str, webhook_url: str | Non
     app.add_api_route("/messages/outbound", emulator.search, methods=["GET"])
     app.add_api_route("/messages/outbound/{message_id}/details", emulator.details, methods=["GET"])
     app.add_api_route("/bounces/{bounce_id}", emulator.bounce, methods=["GET"])
+    app.add_api_route("/server", emulator.server, methods=["GET"])
     return app

@@ -192,6 +192,15 @@ class SinchEmulator:
         fax = self.faxes.get(fax_id)
         return JSONResponse(fax) if fax else _error(404, "NOT_FOUND", "Fax not found")
 
+    def list_services(self, request: Request, project_id: str) -> Response:
+        """ListServices (the credential check): the project's one default service."""
+        refusal = self.refused(request, project_id)
+        if refusal is not None:
+            return refusal
+        service: dict[str, Any] = {"id": "01SANDBOXDEFAULTSERVICE000", "name": "Default service"}
+        service |= {"projectId": project_id, "defaultForProject": True, "webhookContentType": "application/json"}
+        return JSONResponse({"services": [service], "page": 1, "totalPages": 1, "pageSize": 1, "totalItems": 1})
+
     def list_faxes(self, request: Request, project_id: str) -> Response:
         refusal = self.refused(request, project_id)
         if refusal is not None:
@@ -310,5 +319,9 @@ def create_app(state: SandboxState, *, project_id: str, key_id: str, key_secret:
     @app.get(base)
     async def list_faxes(request: Request, project_id: str) -> Response:
         return emulator.list_faxes(request, project_id)
+
+    @app.get("/v3/projects/{project_id}/services")
+    async def list_services(request: Request, project_id: str) -> Response:
+        return emulator.list_services(request, project_id)
 
     return app

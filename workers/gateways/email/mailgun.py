@@ -55,7 +55,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.http import check_answer, error_for_status, retry_after_seconds
 from workers.gateways.values import ErrorClass, number, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,16 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def _domain_path(self, suffix: str) -> str:
         return f"/v3/{self.config.domain}/{suffix}"
+
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v3/domains/{domain}`` (``api-domains.rst``): the sending domain, nothing sent. A key that
+        may only send (a domain sending key) is refused here, and by the Events API our lookups use too."""
+        response = self.call("GET", f"/v3/domains/{self.config.domain}")
+        if response.status_code == 404:
+            raise ConfigurationFault.refused(self.setting("domain"), by=self.name, detail="HTTP 404", code="404")
+        check_answer(response, name=self.name, setting=self.setting("api_key"))
 
     # -- sending ---------------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.http import check_answer, error_for_status, retry_after_seconds
 from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,12 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
 
     def auth_headers(self) -> dict[str, str]:
         return {"X-Postmark-Server-Token": self.config.server_token.get_secret_value()}
+
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /server`` with the server token (Postmark's Server API): the server's settings, nothing sent."""
+        check_answer(self.call("GET", "/server"), name=self.name, setting=self.setting("server_token"))
 
     # -- sending ---------------------------------------------------------------------------------
 

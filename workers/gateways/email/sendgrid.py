@@ -62,7 +62,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.http import check_answer, error_for_status, retry_after_seconds
 from workers.gateways.values import ErrorClass, objects, parse_time, text
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,22 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"}
+
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v3/scopes`` ("Retrieve a list of scopes for which this user has access"): the key's own
+        scopes, nothing sent; without ``mail.send`` it could send nothing either."""
+        response = self.call("GET", "/v3/scopes")
+        check_answer(response, name=self.name, setting=self.setting("api_key"))
+        try:
+            scopes = response.json().get("scopes")
+        except (ValueError, AttributeError):
+            scopes = None
+        if isinstance(scopes, list) and "mail.send" not in scopes:
+            raise ConfigurationFault.refused(
+                self.setting("api_key"), by=self.name, detail="the key has no mail.send scope"
+            )
 
     # -- sending ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ How SMTP answers map to our errors (the phase matters: only the end of DATA can 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import logging
@@ -108,6 +109,21 @@ class SmtpGateway(Gateway):
         self._lock = threading.Lock()
         self._conn: smtplib.SMTP | None = None
         self._conn_pid = 0  # the process that opened _conn; a forked child never reuses it
+
+    # -- the credential check at start-up ----------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """Connect, EHLO, STARTTLS and AUTH (when credentials are set), then QUIT: nothing is sent."""
+        with self._lock:
+            try:
+                conn = self._connect()
+            except ConfigurationFault as err:
+                detail = err.raw if isinstance(err.raw, str) else str(err)
+                raise ConfigurationFault.refused(
+                    err.setting or self._credentials(), by=self.name, detail=detail
+                ) from err
+            with contextlib.suppress(*TRANSPORT_ERRORS):
+                conn.quit()
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -374,6 +390,7 @@ class SmtpGateway(Gateway):
                 f"{self._prefix}PASSWORD (and {self._prefix}SECURITY)",
                 code=str(code),
                 setting=self._credentials(),
+                raw=text,
             )
         if 400 <= code < 500:
             return Transient(f"{self.name}: {phase} deferred ({text})", code=str(code))

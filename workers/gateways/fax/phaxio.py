@@ -55,7 +55,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.http import HttpGateway, check_answer, error_for_status, request
 from workers.gateways.registry import env_prefix
 from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
@@ -177,6 +177,15 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
     # no file (phaxio.com/docs/api/v2.1/faxes/send_webhooks): a few KB. Received-fax webhooks carry the
     # PDF but are none of ours.
     max_webhook_bytes: ClassVar[int] = 256 * 1024
+
+    # -- the credential check at start-up -----------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v2.1/account/status`` (phaxio-ruby ``Account.get``, cassette ``account/get.yml``): the
+        account's balance, nothing sent."""
+        env = env_prefix(self.name)
+        response = request(self.client, "GET", self._url("/account/status"), provider=self.provider, auth=self._auth())
+        check_answer(response, name=self.name, setting=f"{env}API_KEY and {env}API_SECRET")
 
     # -- sending -------------------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.http import HttpGateway, check_answer, error_for_status, request
 from workers.gateways.registry import env_prefix
 from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
@@ -215,6 +215,24 @@ class SinchGateway(HttpGateway[SinchSettings]):
     # (Notifications page); Sinch takes files up to 20 MB (developers.sinch.com/docs/functions/cli/
     # commands/fax), so 4/3 of that plus the Fax object.
     max_webhook_bytes: ClassVar[int] = 28 * 1024 * 1024
+
+    # -- the credential check at start-up -----------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET .../services?pageSize=1`` (ListServices, sinch-sdk-node ``rest/v3/services``): project-scoped,
+        sends nothing; 404 names the project id."""
+        env = env_prefix(self.name)
+        response = request(
+            self.client,
+            "GET",
+            self._url("/services"),
+            provider=self.provider,
+            auth=self._auth(),
+            params={"pageSize": 1},
+        )
+        if response.status_code == 404:
+            raise ConfigurationFault.refused(f"{env}PROJECT_ID", by=self.name, detail="HTTP 404", code="404")
+        check_answer(response, name=self.name, setting=f"{env}KEY_ID and {env}KEY_SECRET")
 
     # -- sending -------------------------------------------------------------------------------
 

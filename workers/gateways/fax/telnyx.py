@@ -60,7 +60,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.http import HttpGateway, check_answer, error_for_status, request
 from workers.gateways.registry import env_prefix
 from workers.gateways.values import ErrorClass, integer, number, obj, parse_time, text
 
@@ -230,6 +230,13 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = self.config.base_url.rstrip("/") + path
         return request(self.client, method, url, provider=PROVIDER, headers=self._headers(), **kwargs)
+
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v2/faxes?page[size]=1`` (the SDK's ``faxes.list``): one page of one fax, nothing sent."""
+        response = self._call("GET", "/v2/faxes", params={"page[size]": 1})
+        check_answer(response, name=self.name, setting=f"{env_prefix(self.name)}API_KEY")
 
     # -- sending ---------------------------------------------------------------------------------
 
