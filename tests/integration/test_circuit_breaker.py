@@ -17,6 +17,7 @@ from dispatcher.domain import gateway_pauses
 from dispatcher.domain.gateway_pauses import BREAKER, BreakerConfig, Pause
 from dispatcher.domain.media import media_url
 from dispatcher.domain.models import Attempt, Delivery
+from dispatcher.processes.views import gateway_alerts
 from workers.delivery import WorkerContext
 from workers.gateways.guard import LedgerGuard, install_guard
 
@@ -83,6 +84,9 @@ def test_a_run_of_server_errors_opens_the_breaker_and_one_answered_trial_closes_
     assert opened is not None and opened.cause == BREAKER and "3 transport failures in a row" in opened.reason
     assert [a[2] for a in attempts(factory)] == ["transient"] * 3
     assert set(states(factory).values()) == {"retry_wait"}  # each waits on its route
+    with factory() as session:
+        [alert] = gateway_alerts(session)  # what `dispatch campaign show` prints above its tables
+    assert alert.startswith("gateway telnyx paused since ") and "one trial send at" in alert
     trial = next_in_line(factory)
     sandbox.fax.script(trial, ["server_error"])  # the first trial fails too
 

@@ -10,6 +10,7 @@ fixed, the fax goes once (the emulator's oracle).
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -122,15 +123,26 @@ def assert_waits_on_its_route(factory: sessionmaker[Session], sandbox: Sandbox, 
 
 
 def test_a_wrong_api_key_pauses_telnyx_and_the_fax_waits_until_resumed(
-    factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path, cli: Callable[..., tuple[int, str]]
+    factory: sessionmaker[Session],
+    sandbox: Sandbox,
+    tmp_path: Path,
+    cli: Callable[..., tuple[int, str]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     name = schedule_campaign(factory, one_fax_then_email(tmp_path))
     wrong = worker_on(factory, sandbox, telnyx(sandbox, api_key="KEY_wrong"))
-    drive(wrong, until=settled(factory, FAX))
-    drive(wrong, until=ticks(5))  # nothing moves on while the gateway is paused
+    with caplog.at_level(logging.ERROR):
+        drive(wrong, until=settled(factory, FAX))
+        drive(wrong, until=ticks(5))  # nothing moves on while the gateway is paused
 
     assert_waits_on_its_route(factory, sandbox, name)
     assert sandbox.fax.oracle() == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "paused" in r.getMessage()]
+    assert len(errors) == 1, errors  # said once, naming the gateway, the setting and the way out
+    assert errors[0].startswith("gateway telnyx paused: ") and "check DISPATCH_TELNYX_API_KEY" in errors[0]
+    assert errors[0].endswith("then run `dispatch gateway resume telnyx`") and "KEY_wrong" not in errors[0]
+    code, listed = cli("gateway", "list")
+    assert code == 0 and "paused: configuration" in " ".join(listed.split()), listed
     code, shown = cli("campaign", "show", name)
     assert code == 0, shown
     line = alert(shown)
@@ -144,7 +156,7 @@ def test_a_wrong_api_key_pauses_telnyx_and_the_fax_waits_until_resumed(
     assert states(factory)[FAX] in WAITING and sandbox.fax.oracle() == []  # still paused: an operator resumes
 
     code, said = cli("gateway", "resume", "telnyx")
-    assert code == 0, said
+    assert (code, said.strip()) == (0, "gateway telnyx: resumed")
     drive(fixed, until=lambda: campaign_status(factory, name) == "completed")
     assert states(factory) == {FAX: "delivered", EMAIL: "skipped"}
     assert [(e.destination, e.outcome) for e in sandbox.fax.oracle()] == [(FAX, "ok")]  # the fax went once
