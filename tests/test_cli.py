@@ -166,7 +166,12 @@ def test_follow_log_shows_new_events_live(tmp_path: Path, example_file: Path) ->
 
 
 def test_scheduler_ticks_every_tick_seconds_unless_told(tmp_path: Path) -> None:
-    env = base_env(tmp_path, DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}", DISPATCH_TICK_SECONDS="0.7")
+    env = base_env(
+        tmp_path,
+        DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        DISPATCH_TICK_SECONDS="0.7",
+        DISPATCH_CHECK_CREDENTIALS="false",  # no gateway settings here: the scheduler sends nothing itself
+    )
     for args, shown in ((["scheduler"], "0.7s"), (["scheduler", "--interval", "0.3"], "0.3s")):
         scheduler = dispatch(*args, env=env, cwd=tmp_path)
         try:

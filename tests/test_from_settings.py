@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.domain.gateway_pauses import BreakerConfig
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.scheduling import SchedulerConfig
 from dispatcher.domain.settings import load_settings
@@ -27,6 +28,11 @@ SETTINGS = load_settings(
     republish_after_seconds=13.0,
     reconcile_every_seconds=17.0,
     poll_after_seconds=19.0,
+    fax_gateway="phaxio",
+    email_gateway="postmark",
+    breaker_failures=3,
+    breaker_window_seconds=23.0,
+    breaker_cooldown_seconds=29.0,
 )
 
 
@@ -35,6 +41,7 @@ SETTINGS = load_settings(
     [
         (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts"}),
         (SchedulerConfig, {"batch_size", "claim_limit", "republish_after", "reconcile_every", "poll_after"}),
+        (BreakerConfig, {"failures", "window", "cooldown"}),
         (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "batch_budget"}),
     ],
 )
@@ -57,9 +64,17 @@ def test_scheduler_config_from_settings() -> None:
         republish_after=timedelta(seconds=13),
         reconcile_every=timedelta(seconds=17),
         poll_after=timedelta(seconds=19),
+        gateways={"fax": "phaxio", "email": "postmark", "copies": "postmark"},  # copies: email's gateway
     )
     quick = SchedulerConfig.from_settings(SETTINGS, poll_after=timedelta(seconds=1))
     assert (quick.poll_after, quick.batch_size) == (timedelta(seconds=1), 7)
+
+
+def test_breaker_config_from_settings() -> None:
+    assert BreakerConfig.from_settings(SETTINGS) == BreakerConfig(
+        failures=3, window=timedelta(seconds=23), cooldown=timedelta(seconds=29)
+    )
+    assert BreakerConfig.from_settings(SETTINGS, failures=1).failures == 1
 
 
 def test_worker_context_from_settings() -> None:

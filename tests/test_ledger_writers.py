@@ -1,4 +1,5 @@
-"""One ledger writer: only dispatcher/domain/ledger_sql.py writes deliveries, attempts and delivery_events.
+"""One ledger writer: only dispatcher/domain/ledger_sql.py writes deliveries, attempts, delivery_events and
+gateway_states.
 
 Checked on the syntax trees of dispatcher/ and workers/, and shown to catch each kind of write when
 it is injected into a copy of the tree, the way tests/test_layers.py breaks the import rules.
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITER = "dispatcher/domain/ledger_sql.py"
-MODELS = frozenset({"Delivery", "DeliveryEvent", "Attempt"})
+MODELS = frozenset({"Delivery", "DeliveryEvent", "Attempt", "GatewayState"})
 # columns of deliveries and attempts that only the ledger sets (the ORM writes them on flush)
 OWNED = frozenset(
     {
@@ -35,10 +36,17 @@ OWNED = frozenset(
         "error_code",
         "detail",
         "evidence",
+        # gateway_states
+        "paused_at",
+        "trial_after",
+        "trial_at",
+        "failing_since",
     }
 )
 WRITE_HELPER = re.compile(r"insert|update|delete|upsert|merge", re.I)
-SQL_WRITE = re.compile(r"\b(insert\s+into|update|delete\s+from)\s+[\"`]?(deliveries|delivery_events|attempts)\b", re.I)
+SQL_WRITE = re.compile(
+    r"\b(insert\s+into|update|delete\s+from)\s+[\"`]?(deliveries|delivery_events|attempts|gateway_states)\b", re.I
+)
 
 
 def _name(node: ast.expr) -> str | None:
@@ -123,7 +131,7 @@ def writers_outside_the_ledger(tree: Path) -> dict[str, list[tuple[int, str]]]:
     return found
 
 
-def test_only_the_ledger_writes_deliveries_attempts_and_events() -> None:
+def test_only_the_ledger_writes_deliveries_attempts_events_and_gateway_states() -> None:
     assert writers_outside_the_ledger(ROOT) == {}
 
 
@@ -168,6 +176,18 @@ def test_the_ledger_itself_is_seen_writing() -> None:
             "SQL 'insert into delivery_events'",
         ),
         ("dispatcher/domain/queries.py", "conn.execute(Delivery.__table__.update())", "Delivery.__table__.update()"),
+        (
+            "dispatcher/domain/gateway_pauses.py",
+            "session.execute(update(GatewayState).values(paused_at=None))",
+            "update(GatewayState)",
+        ),
+        ("workers/delivery.py", "session.add(GatewayState(name='telnyx'))", "constructs GatewayState"),
+        ("dispatcher/processes/cli.py", "row.paused_at = None", "assigns row.paused_at"),
+        (
+            "dispatcher/processes/cli.py",
+            'conn.exec_driver_sql("DELETE FROM gateway_states")',
+            "SQL 'DELETE FROM gateway_states'",
+        ),
     ],
 )
 def test_a_write_outside_the_ledger_is_caught(tmp_path: Path, module: str, snippet: str, what: str) -> None:
@@ -176,7 +196,7 @@ def test_a_write_outside_the_ledger_is_caught(tmp_path: Path, module: str, snipp
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     path = tree / module
     source = path.read_text(encoding="utf-8")
-    parameters = "session, conn, d, delivery, attempt, rows, now, reason, text"
+    parameters = "session, conn, d, delivery, attempt, rows, now, reason, text, row"
     path.write_text(f"{source}\n\ndef _injected({parameters}):\n    {snippet}\n")
     line = len(source.splitlines()) + 4
     found = writers_outside_the_ledger(tree)

@@ -27,10 +27,11 @@ PUBLIC_KEY = "a2W+JI9/H1Ysx7DDdx8+wtMj9CzHJ53Om+ZVbMjdseQ="  # any 32 bytes, bas
 
 
 def gateway_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    """A SQLite ledger in tmp and gateway settings that are never called."""
+    """A SQLite ledger in tmp and gateway settings that are never called (no credential check either)."""
     return base_env(
         tmp_path,
         DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        DISPATCH_CHECK_CREDENTIALS="false",
         DISPATCH_SECRET_KEY=SECRET,
         DISPATCH_TELNYX_API_KEY="KEYtest",
         DISPATCH_TELNYX_CONNECTION_ID="test-connection",

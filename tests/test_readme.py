@@ -23,6 +23,8 @@ def shown(default: object) -> str:
     """A default as the table writes it."""
     if default is None:
         return "none"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
     if default == "":
         return "empty"
     if isinstance(default, int | float):

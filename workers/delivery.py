@@ -8,6 +8,8 @@
    ``retry_wait`` (Transient), ``failed`` (Permanent: the next route may go), or ``unknown``
    (the provider may have the message: reconciled later, never resent blindly). Any other
    exception from a gateway's send, or the task's time limit mid-send, is recorded as ``unknown`` too.
+   A ConfigurationFault pauses the gateway (dispatcher/domain/gateway_pauses.py); with it, and with
+   GatewayPaused (no call made), the delivery waits on its route, the attempt not counted.
 A worker killed between 1 and 4 leaves a ``sending`` row whose lease expires into ``unknown``.
 """
 
@@ -27,7 +29,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.domain import rules
+from dispatcher.domain import gateway_pauses, rules
 from dispatcher.domain.db import transaction
 from dispatcher.domain.ledger import Finished, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
@@ -38,7 +40,7 @@ from dispatcher.domain.rendering.documents import DocumentCache, Rendered
 from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import Channel, DeliveryKind, State
 from workers.gateways.base import Gateway
-from workers.gateways.errors import DeliveryError, Permanent, Transient, Unknown
+from workers.gateways.errors import ConfigurationFault, DeliveryError, GatewayPaused, Permanent, Transient, Unknown
 from workers.limits import Limiter, LimitTimeout, NoLimits
 
 log = logging.getLogger(__name__)
@@ -352,6 +354,8 @@ def _error_outcome(delivery: Delivery, claim: Claim, err: DeliveryError) -> str:
     """What the attempt row says of an error: ``late`` when the delivery has moved on without it."""
     if not _still_ours(delivery, claim):
         return "late"
+    if isinstance(err, ConfigurationFault | GatewayPaused):
+        return "not-sent"  # our configuration or a paused gateway: not counted against the route
     if isinstance(err, Transient):
         # our own limiter, not the provider: not counted against the route
         return "not-sent" if err.code == "local-limit" else "transient"
@@ -394,6 +398,8 @@ def _record_error(
 ) -> str:
     if not _still_ours(delivery, claim):
         return f"error-after-{delivery.state}"
+    if isinstance(err, ConfigurationFault | GatewayPaused):
+        return _wait_for_gateway(worker, ledger, delivery, claim, err, now)
     if isinstance(err, Transient):
         retry_or_fail(
             session,
@@ -422,6 +428,22 @@ def _record_error(
             not_before=now + worker.reconcile_grace,  # let the provider's listing catch up first
         )
     return "unknown"
+
+
+def _wait_for_gateway(
+    worker: WorkerContext,
+    ledger: Ledger,
+    delivery: Delivery,
+    claim: Claim,
+    err: ConfigurationFault | GatewayPaused,
+    now: datetime,
+) -> str:
+    """Nothing was sent and the route is not at fault: a configuration fault pauses the gateway for every
+    process (in this transaction), and the delivery waits on its route until the gateway sends again."""
+    if isinstance(err, ConfigurationFault):
+        gateway_pauses.pause_for_configuration(ledger, claim.gateway.name, at=now, reason=str(err), setting=err.setting)
+    gateway_pauses.wait_on_route(ledger, delivery, actor=worker.actor, now=now, reason=str(err), error_code=err.code)
+    return "gateway-paused"
 
 
 def _record_render_failure(worker: WorkerContext, claim: Claim, err: Exception) -> str:

@@ -10,10 +10,12 @@ import redis
 
 from dispatcher.domain import db
 from dispatcher.domain.errors import SettingsError
+from dispatcher.domain.gateway_pauses import BreakerConfig
 from dispatcher.domain.media import media_url
 from dispatcher.domain.settings import Settings, get_settings
 from workers.delivery import WorkerContext
 from workers.gateways.base import Gateway
+from workers.gateways.guard import LedgerGuard, install_guard
 from workers.gateways.registry import build_for_slot, slots
 from workers.limits import Limiter, Limits, NoLimits, RedisLimiter
 
@@ -55,9 +57,12 @@ def build_worker_context(
     db.ensure_schema(sql)
     # Celery's prefork pool forks after this: a child must never use the parent's pooled connections
     os.register_at_fork(after_in_child=lambda: sql.dispose(close=False))
+    factory = db.session_factory(sql)
+    # pauses and the circuit breaker, shared by every worker through the ledger
+    install_guard(gateways.values(), LedgerGuard(factory, BreakerConfig.from_settings(settings)))
     return WorkerContext.from_settings(
         settings,
-        factory=db.session_factory(sql),
+        factory=factory,
         gateways=gateways,
         limiter=limiter if limiter is not None else _limiter(settings),
         media_url=_media_urls(settings),

@@ -1,7 +1,8 @@
 """The one writer of delivery state: what the domain rules and the worker path need from it.
 
 Everything that changes a delivery's state, its ``last_error``, its attempts or the append-only
-``delivery_events`` goes through a ``Ledger``. Its one implementation (``ledger_sql.SqlLedger``)
+``delivery_events`` goes through a ``Ledger``, and so does a gateway's pause and circuit-breaker state
+(``gateway_states``, see dispatcher/domain/gateway_pauses.py). Its one implementation (``ledger_sql.SqlLedger``)
 checks each move against the state machine and stores every reason through ``stored_text``, so a
 supporter's address never reaches the log, the read API or an operator's screen. Reads (which rows
 are due, which attempt came first) stay with the callers' own queries in the same transaction.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from dispatcher.domain.models import Delivery
@@ -21,6 +22,7 @@ from dispatcher.domain.states import DeliveryKind, State
 ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
 # a reason with one of these targets is also what the delivery shows as its last error
 KEEPS_LAST_ERROR = frozenset({State.FAILED, State.SKIPPED, State.RETRY_WAIT, State.UNKNOWN})
+CONFIGURATION_PAUSE = "configuration"  # gateway_states.cause of a pause only an operator lifts
 
 
 def redact_addresses(text: str) -> str:
@@ -131,3 +133,38 @@ class Ledger(Protocol):
 
     def attach(self, delivery: Delivery, provider_id: str) -> None:
         """The provider's id for the current attempt only, where it has none yet."""
+
+    def not_sent(self, delivery: Delivery, number: int, *, detail: str) -> None:
+        """Attempt ``number`` turned out to send nothing (the provider could not fetch our document):
+        it no longer counts against the route."""
+
+    # -- gateways (gateway_states) -----------------------------------------------------------------
+
+    def pause_gateway(
+        self,
+        name: str,
+        *,
+        cause: str,
+        at: datetime,
+        reason: str,
+        setting: str | None,
+        trial_after: datetime | None = None,
+    ) -> bool:
+        """Pause gateway ``name`` for ``cause`` ("configuration" or "breaker", with the time of its trial send).
+        A configuration pause is kept as it is (its first time and reason); a breaker pause gives way to a
+        configuration one, or is re-armed. True when anything changed."""
+
+    def resume_gateway(self, name: str, *, at: datetime, cause: str | None = None) -> bool:
+        """The gateway sends again (only if paused for ``cause``, when given) and its failure count is
+        cleared; True when it was paused."""
+
+    def count_gateway_failure(self, name: str, *, at: datetime, window: timedelta) -> int:
+        """One more transport failure in a row; the count restarts when the first of them is older than
+        ``window``. Returns the count."""
+
+    def clear_gateway_failures(self, name: str) -> None:
+        """The gateway answered: its run of transport failures is over."""
+
+    def take_gateway_trial(self, name: str, *, at: datetime, next_trial: datetime) -> bool:
+        """Compare-and-set: the caller sends the open breaker's one trial when it is due; the next trial is
+        due at ``next_trial`` should this one never report. False when it is not due or another caller took it."""

@@ -1,4 +1,4 @@
-"""The ledger on SQLAlchemy: the only code that writes deliveries, attempts and delivery_events.
+"""The ledger on SQLAlchemy: the only code that writes deliveries, attempts, delivery_events and gateway_states.
 
 Every move is checked against the state machine (states.check_transition), in bulk too, and every
 reason, last error and provider detail is stored through ``ledger.stored_text``.
@@ -7,15 +7,16 @@ reason, last error and provider detail is stored through ``ledger.stored_text``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.errors import TransitionError
-from dispatcher.domain.ledger import KEEPS_LAST_ERROR, Due, Finished, Planned, stored_text
-from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
+from dispatcher.domain.ledger import CONFIGURATION_PAUSE, KEEPS_LAST_ERROR, Due, Finished, Planned, stored_text
+from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, GatewayState
 from dispatcher.domain.states import State, check_transition
 
 CHUNK = 5000  # rows per bulk INSERT (one executemany each)
@@ -212,6 +213,90 @@ class SqlLedger:
         attempt = self._attempt(delivery.id, delivery.attempt_count)
         if attempt is not None and attempt.provider_id is None:
             attempt.provider_id = provider_id
+
+    def not_sent(self, delivery: Delivery, number: int, *, detail: str) -> None:
+        attempt = self._attempt(delivery.id, number)
+        if attempt is not None:
+            attempt.outcome = "not-sent"
+            attempt.detail = stored_text(delivery.kind, detail)
+
+    # -- gateways ------------------------------------------------------------------------------------
+
+    def pause_gateway(
+        self,
+        name: str,
+        *,
+        cause: str,
+        at: datetime,
+        reason: str,
+        setting: str | None,
+        trial_after: datetime | None = None,
+    ) -> bool:
+        row = self._gateway(name)
+        if row.paused_at is not None and row.cause == CONFIGURATION_PAUSE:
+            return False  # the first configuration fault stands until an operator resumes the gateway
+        if row.paused_at is None:
+            row.paused_at = at
+        row.cause, row.reason, row.setting = cause, reason, setting
+        row.trial_after, row.trial_at, row.updated_at = trial_after, None, at
+        return True
+
+    def resume_gateway(self, name: str, *, at: datetime, cause: str | None = None) -> bool:
+        query = update(GatewayState).where(GatewayState.name == name, GatewayState.paused_at.is_not(None))
+        if cause is not None:
+            query = query.where(GatewayState.cause == cause)
+        result = self.session.execute(
+            query.values(
+                paused_at=None,
+                cause=None,
+                reason="",
+                setting=None,
+                trial_after=None,
+                trial_at=None,
+                failures=0,
+                failing_since=None,
+                updated_at=at,
+            ).execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def count_gateway_failure(self, name: str, *, at: datetime, window: timedelta) -> int:
+        row = self._gateway(name)
+        if row.failures == 0 or row.failing_since is None or at - row.failing_since > window:
+            row.failures, row.failing_since = 1, at
+        else:
+            row.failures += 1
+        row.updated_at = at
+        return row.failures
+
+    def clear_gateway_failures(self, name: str) -> None:
+        self.session.execute(
+            update(GatewayState)
+            .where(GatewayState.name == name, GatewayState.failures > 0)
+            .values(failures=0, failing_since=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    def take_gateway_trial(self, name: str, *, at: datetime, next_trial: datetime) -> bool:
+        result = self.session.execute(
+            update(GatewayState)
+            .where(
+                GatewayState.name == name,
+                GatewayState.paused_at.is_not(None),
+                GatewayState.cause != CONFIGURATION_PAUSE,
+                GatewayState.trial_after <= at,
+            )
+            .values(trial_at=at, trial_after=next_trial, updated_at=at)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def _gateway(self, name: str) -> GatewayState:
+        """The gateway's row, created when missing, locked until the transaction ends."""
+        dialect = postgresql if self.session.get_bind().dialect.name == "postgresql" else sqlite
+        self.session.execute(dialect.insert(GatewayState).values(name=name).on_conflict_do_nothing())
+        query = select(GatewayState).where(GatewayState.name == name).with_for_update()
+        return self.session.scalars(query.execution_options(populate_existing=True)).one()
 
     def _attempt(self, delivery_id: int, number: int) -> Attempt | None:
         return self.session.scalar(select(Attempt).where(Attempt.delivery_id == delivery_id, Attempt.number == number))

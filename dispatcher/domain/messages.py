@@ -85,8 +85,10 @@ class StatusEvent:
     kind: EventKind
     occurred_at: datetime
     reference: str | None = None  # our idempotency key, where the provider echoes it
-    error_class: Literal["transient", "permanent"] | None = None
+    # "configuration": our settings are at fault, not the route (the provider could not fetch our document)
+    error_class: Literal["transient", "permanent", "configuration"] | None = None
     error_code: str | None = None
+    setting: str | None = None  # for a configuration fault: the variable an operator should check
     detail: str | None = None
     pages: int | None = None
     duration_secs: float | None = None

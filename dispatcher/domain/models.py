@@ -239,3 +239,22 @@ class DeliveryEvent(Base):
     provider_id: Mapped[str | None] = mapped_column(String(200))
     provider_event_id: Mapped[str | None] = mapped_column(String(200))
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class GatewayState(Base):
+    """A gateway's pause and circuit-breaker state, shared by every process (dispatcher/domain/gateway_pauses.py).
+
+    One row per gateway name once something happened to it; no row means "sending, nothing counted"."""
+
+    __tablename__ = "gateway_states"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: the gateway sends
+    cause: Mapped[str | None] = mapped_column(String(20))  # "configuration" | "breaker", while paused
+    reason: Mapped[str] = mapped_column(Text, default="")
+    setting: Mapped[str | None] = mapped_column(String(200))  # the variable to check, never its value
+    trial_after: Mapped[datetime | None] = mapped_column(UTCDateTime)  # breaker: one trial send from then on
+    trial_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # breaker: when that trial send was taken
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive transport failures
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the first of them
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from dispatcher.domain import gateway_pauses
 from dispatcher.domain.ledger import Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.messages import EventKind, StatusEvent
@@ -243,6 +244,8 @@ def _apply_failure(
     now: datetime,
     policy: RetryPolicy,
 ) -> Applied:
+    if event.error_class == "configuration":  # ours to fix, not the route's: the gateway pauses, it waits
+        return _hold_for_configuration(ledger, delivery, event, actor=actor, now=now)
     if delivery.state == State.SENDING:
         # the worker has not recorded its receipt yet; record the provider's id and let it finish
         ledger.move(
@@ -271,6 +274,26 @@ def _apply_failure(
         )
     else:
         fail(ledger, delivery, actor=actor, now=now, reason=reason, error_code=code, provider_event_id=event_id)
+    return "applied"
+
+
+def _hold_for_configuration(
+    ledger: Ledger, delivery: Delivery, event: StatusEvent, *, actor: str, now: datetime
+) -> Applied:
+    """The provider failed the send for our configuration (it could not fetch our document): see
+    dispatcher/domain/gateway_pauses.py."""
+    reason = f"{event.provider}: {event.kind}" + (f" ({event.error_code})" if event.error_code else "")
+    reason += f": our configuration, not this route: check {event.setting or 'the gateway settings'}"
+    gateway_pauses.hold_reported_fault(
+        ledger,
+        delivery,
+        actor=actor,
+        now=now,
+        reason=reason,
+        setting=event.setting,
+        error_code=event.error_code,
+        provider_event_id=event.event_id,
+    )
     return "applied"
 
 

@@ -5,20 +5,24 @@ Claiming is safe with several schedulers: on PostgreSQL rows are taken with ``FO
 LOCKED``, so two ticks never queue the same row; on SQLite every write transaction holds the
 database lock from its start (``BEGIN IMMEDIATE``), so ticks run one after another. Either way a
 delivery published twice is sent once: the worker's compare-and-set claim decides.
+
+Deliveries whose gateway is paused (dispatcher/domain/gateway_pauses.py) are not claimed; when its
+circuit breaker is due for a trial, one of them is.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, case, exists, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from dispatcher.domain import gateway_pauses
 from dispatcher.domain.db import transaction
 from dispatcher.domain.ledger import Due, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
@@ -43,17 +47,24 @@ class SchedulerConfig:
     republish_after: timedelta  # a queued row older than this lost its message
     reconcile_every: timedelta  # an unknown send is looked up at the provider this often
     poll_after: timedelta  # a submitted send with no status report by then is polled
+    gateways: Mapping[str, str]  # queue ("fax", "email", "copies") -> the name of the gateway that sends it
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SchedulerConfig:
-        """DISPATCH_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _REPUBLISH_AFTER_SECONDS, _RECONCILE_EVERY_SECONDS and
-        _POLL_AFTER_SECONDS, unless overridden."""
+        """DISPATCH_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _REPUBLISH_AFTER_SECONDS, _RECONCILE_EVERY_SECONDS,
+        _POLL_AFTER_SECONDS and the gateway slots (_FAX_GATEWAY, _EMAIL_GATEWAY, _COPIES_GATEWAY), unless
+        overridden."""
         config = cls(
             batch_size=settings.publish_batch_size,
             claim_limit=settings.claim_limit,
             republish_after=timedelta(seconds=settings.republish_after_seconds),
             reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
             poll_after=timedelta(seconds=settings.poll_after_seconds),
+            gateways={
+                "fax": settings.fax_gateway,
+                "email": settings.email_gateway,
+                "copies": settings.copies_gateway or settings.email_gateway,  # copies go by email's unless set
+            },
         )
         return replace(config, **overrides)
 
@@ -86,15 +97,22 @@ def tick(session: Session, *, now: datetime, config: SchedulerConfig) -> TickRes
     result = TickResult()
     ledger = SqlLedger(session)
     result.deadline_failed = fail_past_deadline(session, ledger, now=now)
-    for delivery in claim_due(session, now=now, limit=config.claim_limit):
+    gates = gateway_pauses.queue_gates(session, now=now, gateways=config.gateways)
+    for delivery in claim_due(session, now=now, limit=config.claim_limit, held=gates.keys()):
         result.queued[queue_for(delivery)].append(delivery.id)
+    for queue in (q for q, gate in gates.items() if gate is gateway_pauses.Gate.TRIAL):
+        for delivery in claim_due(session, now=now, limit=1, only=queue):  # the breaker's one trial send
+            result.queued[queue].append(delivery.id)
     sweep(session, ledger, now=now, config=config, result=result)
     result.completed = complete_campaigns(session)
     return result
 
 
-def claim_due(session: Session, *, now: datetime, limit: int) -> list[Claimed]:
-    """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached.
+def claim_due(
+    session: Session, *, now: datetime, limit: int, held: Collection[str] = (), only: str | None = None
+) -> list[Claimed]:
+    """Mark due deliveries queued: planned or waiting to retry, campaign scheduled, turn reached; none of
+    the ``held`` queues (their gateway is paused), or only those of queue ``only``.
 
     In bulk: the due rows are selected and locked (SKIP LOCKED), then the ledger moves them with one
     UPDATE and one multi-row INSERT of their events per chunk. The locked SELECT guarantees the states
@@ -123,6 +141,11 @@ def claim_due(session: Session, *, now: datetime, limit: int) -> list[Claimed]:
         .limit(limit)
         .with_for_update(skip_locked=True, of=Delivery)
     )
+    queue = case((Delivery.kind == DeliveryKind.COPY, literal("copies")), else_=Delivery.channel)
+    if held:
+        query = query.where(queue.not_in(list(held)))
+    if only is not None:
+        query = query.where(queue == only)
     due = session.execute(query).all()
     SqlLedger(session).queue(
         [

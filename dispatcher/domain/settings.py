@@ -108,6 +108,20 @@ class Settings(BaseSettings):
     limit_max_wait_seconds: float = Field(default=120.0, gt=0, description="longest wait for a limit before retrying")
     limit_slot_ttl_seconds: float = Field(default=300.0, gt=0, description="an in-flight slot of a dead worker expires")
 
+    # gateways: the circuit breaker, and the credential check at start-up
+    breaker_failures: int = Field(
+        default=5, ge=1, description="transport failures in a row (connect errors, 5xx) that pause a gateway"
+    )
+    breaker_window_seconds: float = Field(
+        default=120.0, gt=0, description="those failures open the breaker only when they fall within this long"
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=300.0, gt=0, description="an open breaker waits this long, then lets one trial send through"
+    )
+    check_credentials: bool = Field(
+        default=True, description="worker, scheduler and web check each gateway's credentials at start-up"
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

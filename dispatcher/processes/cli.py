@@ -155,9 +155,12 @@ def campaign_list() -> None:
 
 @campaign_app.command("show")
 def campaign_show(name: str) -> None:
-    """Addressees, routes and delivery states of one campaign."""
+    """Addressees, routes and delivery states of one campaign; above them, any paused gateway."""
     with db.reading(_factory()) as session:
-        for renderable in views.campaign_detail(session, name):
+        renderables = views.campaign_detail(session, name)
+        for alert in views.gateway_alerts(session):
+            console.print(alert, style="bold red", soft_wrap=True, markup=False, highlight=False)
+        for renderable in renderables:
             console.print(renderable)
 
 
@@ -235,6 +238,37 @@ def campaign_cancel(name: str) -> None:
     say(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
 
 
+gateway_app = typer.Typer(
+    help="Gateways: their state; resume one paused by a configuration fault or its circuit breaker.",
+    no_args_is_help=True,
+)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("list")
+def gateway_list() -> None:
+    """Each configured gateway (DISPATCH_FAX_GATEWAY, _EMAIL_GATEWAY, _COPIES_GATEWAY): sending or paused, and why."""
+    from workers.gateways.registry import provider_of, slots
+
+    by_name: dict[str, list[str]] = {}
+    for slot in slots(get_settings()):
+        by_name.setdefault(slot.name, []).append(slot.key)
+    configured = [(name, ", ".join(keys), provider_of(name)) for name, keys in by_name.items()]
+    with db.reading(_factory()) as session:
+        console.print(views.gateway_table(session, configured, now=_now()))
+
+
+@gateway_app.command("resume")
+def gateway_resume(name: str) -> None:
+    """Send through a paused gateway again, once its setting is fixed; what waited on it goes next tick."""
+    from dispatcher.domain import gateway_pauses
+    from dispatcher.domain.ledger_sql import SqlLedger
+
+    with db.transaction(_factory()) as session:
+        resumed = gateway_pauses.resume(SqlLedger(session), name, at=_now())
+    console.print(f"gateway {name}: " + ("resumed" if resumed else "was not paused"))
+
+
 delivery_app = typer.Typer(help="Operator actions on one delivery.", no_args_is_help=True)
 app.add_typer(delivery_app, name="delivery")
 
@@ -293,9 +327,11 @@ def scheduler(
 
     from dispatcher.domain.scheduling import SchedulerConfig
     from dispatcher.processes.scheduler import run_forever
+    from dispatcher.processes.startup import check_configured_gateways
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
+    check_configured_gateways(settings)  # a refused key stops here, naming the variable
     interval = interval if interval is not None else settings.tick_seconds
     config = SchedulerConfig.from_settings(settings)
     stop = threading.Event()
@@ -316,6 +352,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker (prefork pool) on the broker at DISPATCH_BROKER_URL."""
+    from dispatcher.processes.startup import check_gateways
     from workers.celery_app import app as celery_app
     from workers.celery_app import queue_name
     from workers.runtime import worker_context
@@ -323,7 +360,8 @@ def worker(
     settings = get_settings() if loglevel is None else load_settings(log_level=loglevel)
     configure_logging(settings)
     leave_celery_logging_alone()
-    worker_context()  # build gateways now: a missing setting fails at start-up, naming the variable
+    # build gateways now: a missing setting fails at start-up, naming the variable, and so does a refused key
+    check_gateways(settings, worker_context().gateways.values())
     names = ",".join(queue_name(q.strip()) for q in queues.split(","))
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(
@@ -352,10 +390,14 @@ def web(
     """Serve status webhooks (/webhooks/<gateway>), fax documents for providers (/media) and the read API."""
     import uvicorn
 
-    from dispatcher.processes.web import build_web_app
+    from dispatcher.processes.startup import check_gateways
+    from dispatcher.processes.web import build_web_app, configured_gateways
 
+    settings = get_settings()
+    gateways = configured_gateways(settings)
+    check_gateways(settings, gateways.values())  # a refused key stops here, naming the variable
     # log_config=None: uvicorn's loggers keep the configuration every command sets (dispatcher/processes/logs.py)
-    uvicorn.run(build_web_app(get_settings()), host=host, port=port, log_config=None)
+    uvicorn.run(build_web_app(settings, gateways=gateways), host=host, port=port, log_config=None)
 
 
 @app.command("demo")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
 
 from rich.console import RenderableType
 from rich.table import Table
@@ -11,7 +13,8 @@ from rich.text import Text
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
+from dispatcher.domain import gateway_pauses
+from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, GatewayState
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.states import DeliveryKind, State
 
@@ -73,6 +76,37 @@ def campaign_table(session: Session) -> Table:
         )
         table.add_row(text(campaign.name), text(campaign.title), text(campaign.status), summary)
     return table
+
+
+def gateway_alerts(session: Session) -> list[str]:
+    """One line per paused gateway, for the top of `dispatch campaign show`: what, since when, why, what to do."""
+    return [pause.alert() for pause in gateway_pauses.pauses(session).values()]
+
+
+def gateway_table(session: Session, configured: Sequence[tuple[str, str, str]], *, now: datetime) -> Table:
+    """Each gateway (name, slots, provider) configured here, and any other the ledger knows, with its state."""
+    table = Table(title="Gateways")
+    for column in ("gateway", "slots", "provider", "state", "since", "reason"):
+        table.add_column(column, overflow="fold")
+    known = gateway_pauses.states(session)
+    rows = [*configured, *((name, "", "") for name in known if name not in {c[0] for c in configured})]
+    for name, slots, provider in rows:
+        table.add_row(name, slots, provider, *_gateway_state(known.get(name), now=now))
+    return table
+
+
+def _gateway_state(row: GatewayState | None, *, now: datetime) -> tuple[str, str, str]:
+    """(state, since, reason) of one gateway."""
+    if row is None or row.paused_at is None:
+        failures = f"{row.failures} transport failure(s) in a row" if row is not None and row.failures else ""
+        return "[green]sending[/green]", "", failures
+    since = f"{row.paused_at:%Y-%m-%d %H:%M:%S} UTC"
+    reason = row.reason + (f" (check {row.setting})" if row.setting else "")
+    if row.cause == gateway_pauses.BREAKER:
+        half_open = row.trial_after is not None and now >= row.trial_after
+        trial = "trial send due" if half_open else f"trial send at {row.trial_after:%H:%M:%S} UTC"
+        return f"[yellow]paused: circuit breaker, {trial}[/yellow]", since, reason
+    return "[red]paused: configuration[/red]", since, reason
 
 
 def campaign_detail(session: Session, name: str) -> list[RenderableType]:

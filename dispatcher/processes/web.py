@@ -21,14 +21,15 @@ def configured_gateways(settings: Settings) -> dict[str, Gateway]:
     return gateways
 
 
-def build_web_app(settings: Settings) -> FastAPI:
+def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = None) -> FastAPI:
+    """The web app; ``gateways`` as built by :func:`configured_gateways` unless given."""
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
     secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
     return create_app(
         WebContext(
             factory=db.session_factory(engine),
-            gateways=configured_gateways(settings),
+            gateways=gateways if gateways is not None else configured_gateways(settings),
             secret=secret,
             retry=RetryPolicy.from_settings(settings),
             documents=DocumentCache(),

@@ -49,6 +49,7 @@ from dispatcher.domain.messages import (
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayError,
     Permanent,
@@ -112,13 +113,13 @@ def event_problems(event: object, provider: str) -> list[str]:
     """What is wrong with a StatusEvent, field by field: each must have the type the ledger stores."""
     if not isinstance(event, StatusEvent):
         return [f"not a StatusEvent: {event!r:.100}"]
-    texts = ("reference", "error_code", "detail", "remote_station_id", "event_id")
+    texts = ("reference", "error_code", "setting", "detail", "remote_station_id", "event_id")
     checks = {
         "provider": event.provider == provider,
         "provider_id": isinstance(event.provider_id, str),
         "kind": isinstance(event.kind, EventKind),
         "occurred_at": isinstance(event.occurred_at, datetime) and event.occurred_at.tzinfo is not None,
-        "error_class": event.error_class in (None, "transient", "permanent"),
+        "error_class": event.error_class in (None, "transient", "permanent", "configuration"),
         "pages": event.pages is None or (isinstance(event.pages, int) and not isinstance(event.pages, bool)),
         "duration_secs": event.duration_secs is None or isinstance(event.duration_secs, float),
         **{field: getattr(event, field) is None or isinstance(getattr(event, field), str) for field in texts},
@@ -150,6 +151,15 @@ class GatewayContract:
         assert caught.value.code == "connect"
         assert isinstance(caught.value.__cause__, ConnectionRefusedError | httpx.ConnectError)  # raised from it
         assert any(isinstance(error, ConnectionRefusedError) for error in causes(caught.value))
+
+    def test_an_unreachable_provider_fails_the_credential_check_as_a_transport_failure(
+        self, make_gateway: MakeGateway, closed_address: str
+    ) -> None:
+        """Start-up warns and starts on a network failure: it must not look like refused credentials."""
+        with pytest.raises(DeliveryError) as caught:
+            make_gateway(closed_address).check_credentials()
+        assert not isinstance(caught.value, ConfigurationFault)
+        assert caught.value.code == "connect"
 
     def test_lookups_and_webhooks_of_an_unreachable_provider_end_in_our_errors(
         self, make_gateway: MakeGateway, closed_address: str
@@ -191,6 +201,11 @@ class HttpContract(GatewayContract):
         saved = (state.latency, state.retry_after)
         yield state
         state.latency, state.retry_after = saved
+
+    def test_credentials_the_emulator_accepts_pass_the_check(
+        self, make_gateway: MakeGateway, emulator_address: str
+    ) -> None:
+        assert make_gateway(emulator_address).check_credentials() is None
 
     def test_rate_limited_is_transient_with_retry_after(
         self, make_gateway: MakeGateway, emulator_address: str, sandbox: SandboxState, new_message: Any

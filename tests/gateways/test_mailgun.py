@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, WebhookRequest
 from workers.gateways.email.mailgun import EVENT_KINDS, SEVERITIES, MailgunGateway, MailgunSettings
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     StatusLookupError,
@@ -257,13 +258,32 @@ def test_invalid_recipient_is_permanent_and_nothing_is_accepted(gateway: Mailgun
     assert state.oracle() == []
 
 
-def test_wrong_key_and_wrong_domain_name_their_settings(emulator: ThreadedServer) -> None:
-    with pytest.raises(Permanent, match="DISPATCH_MAILGUN_API_KEY") as caught:
+def test_wrong_key_and_wrong_domain_are_configuration_faults_naming_their_settings(emulator: ThreadedServer) -> None:
+    with pytest.raises(ConfigurationFault, match="DISPATCH_MAILGUN_API_KEY") as caught:
         mailgun_gateway(emulator.url, api_key="key-wrong").send(letter())
-    assert caught.value.code == "401"
-    with pytest.raises(Permanent, match="DISPATCH_MAILGUN_DOMAIN") as caught:
+    assert (caught.value.code, caught.value.setting) == ("401", "DISPATCH_MAILGUN_API_KEY")
+    with pytest.raises(ConfigurationFault, match="DISPATCH_MAILGUN_DOMAIN") as caught:
         mailgun_gateway(emulator.url, domain="other.example").send(letter())
-    assert caught.value.code == "404"
+    assert (caught.value.code, caught.value.setting) == ("404", "DISPATCH_MAILGUN_DOMAIN")
+
+
+def test_a_refused_key_or_unknown_domain_fails_the_credential_check(emulator: ThreadedServer) -> None:
+    """GET /v3/domains/{domain} (mailgun/documentation api-domains.rst): sends nothing."""
+    with pytest.raises(ConfigurationFault) as caught:
+        mailgun_gateway(emulator.url, api_key="key-wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_MAILGUN_API_KEY was refused by mailgun (HTTP 401)"
+    with pytest.raises(ConfigurationFault) as caught:
+        mailgun_gateway(emulator.url, domain="other.example").check_credentials()
+    assert str(caught.value) == "DISPATCH_MAILGUN_DOMAIN was refused by mailgun (HTTP 404)"
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(gateway: MailgunGateway, state: SandboxState) -> None:
+    to = new_address()
+    state.script(to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(letter(to))
+    assert caught.value.code == "401"
+    assert state.oracle() == []
 
 
 # -- Events API lookups ----------------------------------------------------------------------------

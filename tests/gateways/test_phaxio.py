@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from dispatcher.domain.messages import EventKind, FaxMessage, WebhookRequest
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     Transient,
@@ -158,13 +159,44 @@ def test_call_failures_arrive_as_signed_webhooks(
     assert event.reference == message.reference and event.provider_id == receipt.provider_id
 
 
-def test_wrong_credentials_name_the_setting(emulator: ThreadedServer) -> None:
+def test_wrong_credentials_are_a_configuration_fault_naming_the_setting(emulator: ThreadedServer) -> None:
     settings = PhaxioSettings(
         api_key="wrong", api_secret=SecretStr(SECRET), callback_token=SecretStr(TOKEN), base_url=emulator.url
     )
-    with pytest.raises(Permanent) as caught:
+    with pytest.raises(ConfigurationFault) as caught:
         PhaxioGateway(settings, name="phaxio-eu").send(_message())
     assert "DISPATCH_PHAXIO_EU_API_KEY" in str(caught.value) and caught.value.code == "401"
+    assert caught.value.setting == "DISPATCH_PHAXIO_EU_API_KEY and DISPATCH_PHAXIO_EU_API_SECRET"
+
+
+def test_refused_keys_fail_the_credential_check_naming_the_settings(emulator: ThreadedServer) -> None:
+    """GET /v2.1/account/status (phaxio-ruby Account.get): the balance, sends nothing."""
+    settings = PhaxioSettings(
+        api_key="wrong", api_secret=SecretStr(SECRET), callback_token=SecretStr(TOKEN), base_url=emulator.url
+    )
+    with pytest.raises(ConfigurationFault) as caught:
+        PhaxioGateway(settings, name="phaxio").check_credentials()
+    assert (
+        str(caught.value) == "DISPATCH_PHAXIO_API_KEY and DISPATCH_PHAXIO_API_SECRET were refused by phaxio (HTTP 401)"
+    )
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(gateway: PhaxioGateway, state: SandboxState) -> None:
+    message = _message()
+    state.script(message.to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(message)
+    assert caught.value.code == "401" and _oracle(state, message.reference) == []
+
+
+def test_scripted_media_fetch_failure_is_a_configuration_fault_by_webhook(
+    gateway: PhaxioGateway, state: SandboxState, receiver: tuple[Receiver, str]
+) -> None:
+    message = _message()
+    state.script(message.to, ["media_fetch_failed"])
+    receipt = gateway.send(message)
+    [event] = gateway.parse_webhook(_completed(receiver[0], receipt.provider_id))
+    assert (event.kind, event.error_code, event.error_class) == (EventKind.FAILED, "54", "configuration")
 
 
 def test_payment_required_is_transient() -> None:
@@ -414,7 +446,8 @@ class TestContract(HttpContract, WebhookContract):
 # The copy of the page that could be read ends its faxError list at id 12.
 DOCUMENTED_ERRORS: list[tuple[str, int, str, str]] = [
     ("documentConversionError", 4, "There was a problem in converting and merging files ...", "permanent"),
-    ("documentConversionError", 54, "Could not access the url you provided.", "permanent"),
+    # the provider could not fetch a document URL it was given: ours to fix, not the number's
+    ("documentConversionError", 54, "Could not access the url you provided.", "configuration"),
     ("documentConversionError", 55, "The string_data URL you provided is invalid", "permanent"),
     ("documentConversionError", 57, "There was a problem storing the file you provided.", "transient"),
     ("documentConversionError", 69, "There was a problem in converting and merging files ...", "permanent"),

@@ -23,6 +23,7 @@ from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, Webh
 from workers.gateways.email import postmark
 from workers.gateways.email.postmark import BOUNCE_TYPES, DEFAULT_BOUNCE, PostmarkGateway, PostmarkSettings
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     WebhookAuthError,
@@ -257,12 +258,29 @@ def test_invalid_address_is_permanent_error_300(gateway: PostmarkGateway, state:
     assert state.oracle() == []
 
 
-def test_wrong_token_is_permanent_and_names_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
+def test_wrong_token_is_a_configuration_fault_naming_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
     gw = postmark_gateway(emulator.url, server_token="wrong")
-    with pytest.raises(Permanent) as caught:
+    with pytest.raises(ConfigurationFault) as caught:
         gw.send(letter())
     assert caught.value.code == "10"
+    assert caught.value.setting == "DISPATCH_POSTMARK_SERVER_TOKEN"
     assert "DISPATCH_POSTMARK_SERVER_TOKEN" in str(caught.value)
+    assert state.oracle() == []
+
+
+def test_a_refused_token_fails_the_credential_check_naming_the_setting(emulator: ThreadedServer) -> None:
+    """GET /server with the server token (Postmark's server API): sends nothing."""
+    with pytest.raises(ConfigurationFault) as caught:
+        postmark_gateway(emulator.url, server_token="wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_POSTMARK_SERVER_TOKEN was refused by postmark (HTTP 401)"
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(gateway: PostmarkGateway, state: SandboxState) -> None:
+    to = new_address()
+    state.script(to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(letter(to))
+    assert caught.value.code == "10"
     assert state.oracle() == []
 
 

@@ -32,6 +32,7 @@ from workers.gateways.email.sendgrid import (
     message_id_of,
 )
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     StatusLookupError,
@@ -230,10 +231,37 @@ def test_malformed_address_is_refused_by_validation(gateway: SendGridGateway) ->
     assert caught.value.code == "personalizations.0.to.0.email"
 
 
-def test_wrong_key_is_permanent_and_names_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
+def test_wrong_key_is_a_configuration_fault_naming_the_setting(emulator: ThreadedServer, state: SandboxState) -> None:
     gw = sendgrid_gateway(emulator.url, api_key="SG.wrong")
-    with pytest.raises(Permanent, match="DISPATCH_SENDGRID_API_KEY") as caught:
+    with pytest.raises(ConfigurationFault, match="DISPATCH_SENDGRID_API_KEY") as caught:
         gw.send(letter())
+    assert (caught.value.code, caught.value.setting) == ("401", "DISPATCH_SENDGRID_API_KEY")
+    assert state.oracle() == []
+
+
+def test_a_refused_key_fails_the_credential_check_naming_the_setting(emulator: ThreadedServer) -> None:
+    """GET /v3/scopes: the scopes of the key itself; it must hold mail.send."""
+    with pytest.raises(ConfigurationFault) as caught:
+        sendgrid_gateway(emulator.url, api_key="SG.wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_SENDGRID_API_KEY was refused by sendgrid (HTTP 401)"
+
+
+def test_a_key_without_mail_send_fails_the_credential_check() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v3/scopes"
+        return httpx.Response(200, json={"scopes": ["messages.read", "stats.read"]})
+
+    gw = sendgrid_gateway("https://api.sendgrid.test", transport=httpx.MockTransport(answer))
+    with pytest.raises(ConfigurationFault) as caught:
+        gw.check_credentials()
+    assert str(caught.value) == "DISPATCH_SENDGRID_API_KEY was refused by sendgrid (the key has no mail.send scope)"
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(gateway: SendGridGateway, state: SandboxState) -> None:
+    to = new_address()
+    state.script(to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(letter(to))
     assert caught.value.code == "401"
     assert state.oracle() == []
 

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from dispatcher.domain.messages import EventKind, FaxMessage, WebhookRequest
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     Transient,
@@ -191,10 +192,56 @@ def test_call_failures_arrive_as_callbacks(
     assert event.reference == message.reference
 
 
-def test_wrong_credentials_name_the_setting(emulator: ThreadedServer) -> None:
-    with pytest.raises(Permanent) as caught:
+def test_wrong_credentials_are_a_configuration_fault_naming_the_setting(emulator: ThreadedServer) -> None:
+    with pytest.raises(ConfigurationFault) as caught:
         SinchGateway(_settings(emulator.url, key_id="wrong"), name="sinch").send(_message())
+    assert caught.value.setting == "DISPATCH_SINCH_KEY_ID and DISPATCH_SINCH_KEY_SECRET"
     assert "DISPATCH_SINCH_KEY_ID" in str(caught.value) and caught.value.code == "401"
+
+
+def test_refused_keys_fail_the_credential_check_naming_the_settings(emulator: ThreadedServer) -> None:
+    """GET /v3/projects/{projectId}/services?pageSize=1: project-scoped, sends nothing."""
+    with pytest.raises(ConfigurationFault) as caught:
+        SinchGateway(_settings(emulator.url, key_id="wrong"), name="sinch").check_credentials()
+    assert str(caught.value) == "DISPATCH_SINCH_KEY_ID and DISPATCH_SINCH_KEY_SECRET were refused by sinch (HTTP 401)"
+    settings = _settings(emulator.url).model_copy(update={"project_id": "another-project"})
+    with pytest.raises(ConfigurationFault) as caught:
+        SinchGateway(settings, name="sinch").check_credentials()
+    assert caught.value.setting == "DISPATCH_SINCH_PROJECT_ID"
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(gateway: SinchGateway, state: SandboxState) -> None:
+    message = _message()
+    state.script(message.to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(message)
+    assert caught.value.code == "401" and _oracle(state, message.reference) == []
+
+
+def test_a_project_sinch_does_not_know_is_a_configuration_fault(emulator: ThreadedServer) -> None:
+    settings = _settings(emulator.url).model_copy(update={"project_id": "another-project"})
+    with pytest.raises(ConfigurationFault) as caught:
+        SinchGateway(settings, name="sinch").send(_message())
+    assert (caught.value.code, caught.value.setting) == ("404", "DISPATCH_SINCH_PROJECT_ID")
+
+
+def test_forbidden_is_a_configuration_fault() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"code": 403, "message": "Permission denied", "status": "PERMISSION_DENIED"})
+
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client, pytest.raises(ConfigurationFault) as caught:
+        SinchGateway(_settings("https://fax.sinch.test"), client=client).send(_message())
+    assert caught.value.code == "403"
+
+
+def test_scripted_media_fetch_failure_is_a_configuration_fault_by_callback(
+    gateway: SinchGateway, state: SandboxState, receiver: tuple[Receiver, str]
+) -> None:
+    message = _message()
+    state.script(message.to, ["media_fetch_failed"])
+    receipt = gateway.send(message)
+    [event] = gateway.parse_webhook(_completed(receiver[0], receipt.provider_id))
+    assert (event.kind, event.error_code, event.error_class) == (EventKind.FAILED, "54", "configuration")
 
 
 def test_payment_required_is_transient() -> None:
@@ -389,7 +436,8 @@ class TestContract(HttpContract, WebhookContract):
 # decision for each. Written out by hand, not read from the module: changing the table must change this.
 DOCUMENTED_ERRORS: list[tuple[str, int, str, str]] = [
     ("DOCUMENT_CONVERSION_ERROR", 4, "There was a problem in converting and merging files ...", "permanent"),
-    ("DOCUMENT_CONVERSION_ERROR", 54, "Could not access the url you provided.", "permanent"),
+    # the provider could not fetch a document URL it was given: ours to fix, not the number's
+    ("DOCUMENT_CONVERSION_ERROR", 54, "Could not access the url you provided.", "configuration"),
     ("DOCUMENT_CONVERSION_ERROR", 55, "The string_data URL you provided is invalid", "permanent"),
     ("DOCUMENT_CONVERSION_ERROR", 57, "There was a problem storing the file you provided.", "transient"),
     ("DOCUMENT_CONVERSION_ERROR", 69, "There was a problem storing the file you provided.", "transient"),

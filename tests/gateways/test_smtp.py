@@ -14,6 +14,7 @@ from dispatcher.domain.messages import EmailMessage
 from workers.gateways import registry
 from workers.gateways.email.smtp import SmtpGateway, SmtpSettings
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayConfigError,
     Permanent,
@@ -230,6 +231,16 @@ def test_4xx_at_rcpt_is_transient_and_sends_nothing(sink: SmtpSink, gateway: Smt
     assert sink.state.oracle() == []
 
 
+def test_authentication_required_at_rcpt_is_a_configuration_fault(sink: SmtpSink, gateway: SmtpGateway) -> None:
+    """A relay that wants AUTH answers 530 (RFC 4954) where we sent none: our settings, not the address."""
+    sink.script(OFFICIAL, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(letter(cc=()))
+
+    assert caught.value.code == "530"
+    assert sink.messages() == []
+
+
 def test_5xx_at_rcpt_is_permanent(sink: SmtpSink, gateway: SmtpGateway) -> None:
     sink.script(OFFICIAL, ["invalid_number"])
     with pytest.raises(Permanent) as caught:
@@ -342,9 +353,9 @@ def test_garbage_replies_end_in_our_errors_only(replies: list[bytes]) -> None:
     assert error.code != "unexpected", error  # each phase maps its own failures
 
 
-def test_starttls_required_but_not_offered_is_permanent_never_plaintext(sink: SmtpSink) -> None:
+def test_starttls_required_but_not_offered_is_a_configuration_fault_never_plaintext(sink: SmtpSink) -> None:
     gw = _make_gateway(sink.port, security="starttls")
-    with pytest.raises(Permanent) as caught:
+    with pytest.raises(ConfigurationFault) as caught:
         gw.send(letter())
 
     assert caught.value.code == "starttls"
@@ -361,6 +372,25 @@ def auth_sink() -> Iterator[SmtpSink]:
         yield running
 
 
+def test_the_credential_check_logs_in_and_sends_nothing(auth_sink: SmtpSink) -> None:
+    gw = _make_gateway(auth_sink.port, username="dispatch", password="s3cret")
+    try:
+        assert gw.check_credentials() is None
+    finally:
+        gw.close()
+    assert auth_sink.sessions == 1 and auth_sink.messages() == []
+
+
+def test_refused_credentials_fail_the_credential_check_naming_the_settings(auth_sink: SmtpSink) -> None:
+    gw = _make_gateway(auth_sink.port, username="dispatch", password="wrong")
+    with pytest.raises(ConfigurationFault) as caught:
+        gw.check_credentials()
+    assert str(caught.value) == (
+        "DISPATCH_SMTP_USERNAME and DISPATCH_SMTP_PASSWORD were refused by smtp "
+        "(535 5.7.8 Authentication credentials invalid)"
+    )
+
+
 def test_auth_with_the_right_credentials_sends(auth_sink: SmtpSink) -> None:
     gw = _make_gateway(auth_sink.port, username="dispatch", password="s3cret")
     try:
@@ -370,12 +400,13 @@ def test_auth_with_the_right_credentials_sends(auth_sink: SmtpSink) -> None:
     assert len(auth_sink.messages()) == 1
 
 
-def test_auth_failure_is_permanent_and_names_the_settings(auth_sink: SmtpSink) -> None:
+def test_auth_failure_is_a_configuration_fault_naming_the_settings(auth_sink: SmtpSink) -> None:
     gw = _make_gateway(auth_sink.port, username="dispatch", password="wrong")
-    with pytest.raises(Permanent) as caught:
+    with pytest.raises(ConfigurationFault) as caught:
         gw.send(letter())
 
     assert caught.value.code == "535"
+    assert caught.value.setting == "DISPATCH_SMTP_USERNAME and DISPATCH_SMTP_PASSWORD"
     assert "DISPATCH_SMTP_USERNAME" in str(caught.value)
     assert "DISPATCH_SMTP_PASSWORD" in str(caught.value)
     assert "wrong" not in str(caught.value)

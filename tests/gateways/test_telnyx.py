@@ -27,6 +27,7 @@ from telnyx.types import Fax, FaxDelivered, FaxFailed
 
 from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.errors import (
+    ConfigurationFault,
     GatewayConfigError,
     Permanent,
     StatusLookupError,
@@ -290,31 +291,80 @@ def test_number_not_in_e164_is_refused_by_validation(gateway: TelnyxGateway, med
     assert "(/to)" in str(caught.value)
 
 
-def test_wrong_api_key_is_permanent_and_names_the_setting(
+def test_wrong_api_key_is_a_configuration_fault_naming_the_setting(
     emulator: ThreadedServer, signing_key: nacl.signing.SigningKey, media_url: str, state: SandboxState
 ) -> None:
     gw = telnyx_gateway(emulator.url, signing_key, api_key="KEY_wrong")
-    with pytest.raises(Permanent) as caught:
+    with pytest.raises(ConfigurationFault) as caught:
         gw.send(fax(new_number(), media_url))
     assert caught.value.code == "10009"
-    assert "DISPATCH_TELNYX_API_KEY" in str(caught.value)
+    assert caught.value.setting == "DISPATCH_TELNYX_API_KEY"
+    assert "DISPATCH_TELNYX_API_KEY" in str(caught.value) and "KEY_wrong" not in str(caught.value)
+    assert state.oracle() == []
+
+
+def test_a_refused_key_fails_the_credential_check_naming_the_setting(
+    emulator: ThreadedServer, signing_key: nacl.signing.SigningKey
+) -> None:
+    """GET /v2/faxes?page[size]=1 (the SDK's faxes.list): the cheapest call the key must be good for."""
+    with pytest.raises(ConfigurationFault) as caught:
+        telnyx_gateway(emulator.url, signing_key, api_key="KEY_wrong").check_credentials()
+    assert str(caught.value) == "DISPATCH_TELNYX_API_KEY was refused by telnyx (HTTP 401)"
+    assert caught.value.setting == "DISPATCH_TELNYX_API_KEY"
+
+
+def test_scripted_unauthorized_is_a_configuration_fault(
+    gateway: TelnyxGateway, state: SandboxState, media_url: str
+) -> None:
+    to = new_number()
+    state.script(to, ["unauthorized"])
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(fax(to, media_url))
+    assert (caught.value.code, caught.value.setting) == ("10009", "DISPATCH_TELNYX_API_KEY")
     assert state.oracle() == []
 
 
 def test_missing_media_url_is_refused_before_any_request(gateway: TelnyxGateway, state: SandboxState) -> None:
-    with pytest.raises(Permanent, match="media_url"):
+    with pytest.raises(ConfigurationFault, match="media_url") as caught:
         gateway.send(fax(new_number(), None))
+    assert caught.value.setting == "DISPATCH_SECRET_KEY"
     assert state.oracle() == []
 
 
-def test_unreachable_document_fails_with_file_download_failed(
+def test_a_media_url_telnyx_refuses_names_the_public_base_url(gateway: TelnyxGateway, state: SandboxState) -> None:
+    """10003 on /media_url: the URL we built from DISPATCH_PUBLIC_BASE_URL is not one Telnyx can use."""
+    with pytest.raises(ConfigurationFault) as caught:
+        gateway.send(fax(new_number(), "ftp://dispatch.example/media/x.pdf"))
+    assert (caught.value.code, caught.value.setting) == ("10003", "DISPATCH_PUBLIC_BASE_URL")
+    assert state.oracle() == []
+
+
+def test_unreachable_document_is_a_configuration_fault_naming_the_public_base_url(
     gateway: TelnyxGateway, media_url: str, sink: Sink
 ) -> None:
+    """Telnyx fetches the PDF itself and reports file_download_failed: our URL, not the number, is wrong."""
     receipt = gateway.send(fax(new_number(), media_url.replace("letter.pdf", "missing.pdf")))
     hooks = sink.wait_for_final(receipt.provider_id)
     events = [e for h, b in hooks for e in gateway.parse_webhook(as_request(h, b))]
     assert [e.kind for e in events] == [EventKind.QUEUED, EventKind.FAILED]
-    assert (events[-1].error_code, events[-1].error_class) == ("file_download_failed", "transient")
+    assert (events[-1].error_code, events[-1].error_class) == ("file_download_failed", "configuration")
+    assert events[-1].setting == "DISPATCH_PUBLIC_BASE_URL"
+    status = gateway.fetch_status(receipt.provider_id)
+    assert (status.error_class, status.setting) == ("configuration", "DISPATCH_PUBLIC_BASE_URL")
+
+
+def test_scripted_media_fetch_failure_arrives_as_file_download_failed(
+    gateway: TelnyxGateway, state: SandboxState, media_url: str, sink: Sink
+) -> None:
+    to = new_number()
+    state.script(to, ["media_fetch_failed"])
+    receipt = gateway.send(fax(to, media_url))
+    final = gateway.parse_webhook(as_request(*sink.wait_for_final(receipt.provider_id)[-1]))[0]
+    assert (final.kind, final.error_code, final.error_class) == (
+        EventKind.FAILED,
+        "file_download_failed",
+        "configuration",
+    )
 
 
 @pytest.mark.parametrize(
@@ -336,7 +386,7 @@ def test_unreachable_document_fails_with_file_download_failed(
         (
             403,
             {"errors": [{"code": "10010", "title": "Authorization failed", "detail": "No permission."}]},
-            Permanent,
+            ConfigurationFault,
             "10010",
         ),
         (202, {"data": {"status": "queued"}}, Unknown, "no_id"),
@@ -558,7 +608,7 @@ EXPECTED_FAILURE_CLASSES = {
     "outbound_profile_channel_limit_exceeded": "transient",
     "connection_channel_limit_exceeded": "transient",
     "outbound_profile_daily_spend_limit_exceeded": "transient",
-    "file_download_failed": "transient",
+    "file_download_failed": "configuration",  # our media URL (DISPATCH_PUBLIC_BASE_URL), not the number
     "media_processing_exception": "transient",
     "receiver_invalid_number_format": "permanent",
     "receiver_unallocated_number": "permanent",
@@ -570,8 +620,8 @@ EXPECTED_FAILURE_CLASSES = {
     "file_format_invalid": "permanent",
     "file_size_limit_exceeded": "permanent",
     "page_count_limit_exceeded": "permanent",
-    "account_disabled": "permanent",
-    "no_outbound_profile": "permanent",
+    "account_disabled": "configuration",
+    "no_outbound_profile": "configuration",
     "unverified_origination_number": "permanent",
     "sender_canceled": "permanent",
 }

@@ -8,10 +8,13 @@ provider supports:
   ``_parse_webhook(request)``; without them the base answers StatusLookupError / WebhookFormatError.
 
 The public methods are template methods. :meth:`Gateway.send` refuses a message of the other channel
-before any provider call (``Permanent``, code ``"channel"``). Every public method turns an exception that
-is not a :class:`~workers.gateways.errors.GatewayError` (httpx, smtplib, socket, json, a KeyError from an
-odd payload) into the error its caller handles: ``Unknown`` from send (the provider may have the
-message), ``StatusLookupError`` from lookups, ``WebhookFormatError`` from webhooks.
+before any provider call (``Permanent``, code ``"channel"``), and asks the gateway's :class:`SendGuard`,
+when one is installed (the worker installs workers/gateways/guard.py), whether it may send at all
+(``GatewayPaused`` when the gateway is paused) and tells it every outcome (its circuit breaker).
+Every public method turns an exception that is not a :class:`~workers.gateways.errors.GatewayError`
+(httpx, smtplib, socket, json, a KeyError from an odd payload) into the error its caller handles:
+``Unknown`` from send (the provider may have the message), ``StatusLookupError`` from lookups,
+``WebhookFormatError`` from webhooks.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic_settings import BaseSettings
@@ -29,14 +32,26 @@ from dispatcher.domain.messages import EmailMessage, FaxMessage, Message, Receip
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     CHANNEL_MISMATCH,
+    DeliveryError,
     GatewayError,
     Permanent,
     StatusLookupError,
+    Transient,
     Unknown,
     WebhookFormatError,
 )
 
 log = logging.getLogger(__name__)
+
+
+class SendGuard(Protocol):
+    """Whether a gateway may send now, and what each send said of the gateway itself."""
+
+    def before_send(self, gateway: Gateway) -> bool:
+        """Raise GatewayPaused when the gateway is paused; True when this send is its breaker's trial."""
+
+    def after_send(self, gateway: Gateway, outcome: Receipt | DeliveryError, *, trial: bool) -> None:
+        """Count the outcome: a transport failure, or an answer from the provider."""
 
 
 class Gateway:
@@ -56,15 +71,31 @@ class Gateway:
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:
         self.settings = settings
         self.name = name or self.provider
+        self.guard: SendGuard | None = None  # pauses and the circuit breaker; none outside the worker
 
     # -- the public contract ----------------------------------------------------------------------
 
     def send(self, message: Message) -> Receipt:
-        """Hand one message to the provider: a Receipt, or Transient, Permanent or Unknown.
+        """Hand one message to the provider: a Receipt, or Transient, Permanent, Unknown, ConfigurationFault,
+        or GatewayPaused (the guard's: no call made).
 
         A message of the other channel (a fax given to an email gateway) is refused before any provider
         call with ``Permanent`` code ``"channel"``.
         """
+        guard = self.guard
+        trial = guard.before_send(self) if guard is not None else False
+        try:
+            receipt = self._guarded_send(message)
+        except DeliveryError as err:
+            if guard is not None:
+                guard.after_send(self, err, trial=trial)
+            raise
+        if guard is not None:
+            guard.after_send(self, receipt, trial=trial)
+        return receipt
+
+    def _guarded_send(self, message: Message) -> Receipt:
+        """The send inside the error boundary, the channel checked first."""
         with _Boundary(self, "send", lambda text: Unknown(f"{text}; reconcile before any resend", code="unexpected")):
             if self.channel is Channel.FAX and isinstance(message, FaxMessage):
                 return self._send_fax(message)
@@ -99,6 +130,12 @@ class Gateway:
         with _Boundary(self, "parse_webhook", WebhookFormatError):
             return self._parse_webhook(request)
 
+    def check_credentials(self) -> None:
+        """The provider's cheapest authenticated call, made at start-up: ConfigurationFault when the provider
+        refuses our credentials, another DeliveryError when it cannot be reached or cannot tell."""
+        with _Boundary(self, "check_credentials", lambda text: Transient(f"{text}: not checked", code="unexpected")):
+            self._check_credentials()
+
     def close(self) -> None:
         """Release pooled connections."""
 
@@ -111,6 +148,9 @@ class Gateway:
     def _send_email(self, email: EmailMessage) -> Receipt:
         """The provider's send, in a gateway whose channel is email."""
         raise NotImplementedError(f"{self.provider}: an email gateway implements _send_email")
+
+    def _check_credentials(self) -> None:
+        """The provider's cheapest authenticated call; nothing to check by default."""
 
     def _fetch_status(self, provider_id: str) -> StatusEvent:
         raise StatusLookupError(f"{self.name}: {self.provider} offers no status lookup")

@@ -6,7 +6,12 @@
     │   ├── Transient           nothing was sent; retry the same route later (busy, 429, 5xx, connect timeout)
     │   ├── Permanent           this route will never work; move to the next route (invalid number, 4xx,
     │   │                       a message of the other channel: code "channel")
-    │   └── Unknown             the request may have been accepted: reconcile, never resend blindly
+    │   ├── Unknown             the request may have been accepted: reconcile, never resend blindly
+    │   ├── ConfigurationFault  our configuration is wrong (401/403, SMTP AUTH refused, the provider could
+    │   │                       not fetch our document): nothing was sent and the route is not at fault;
+    │   │                       the gateway is paused until an operator resumes it, the delivery waits
+    │   └── GatewayPaused       the gateway is paused (a ConfigurationFault, or its circuit breaker is
+    │                           open): the send was not attempted; the delivery waits on its route
     ├── StatusLookupError       fetch_status / find_by_reference could not tell (unknown id, provider down)
     └── WebhookError            an incoming status webhook is refused and changes nothing
         ├── WebhookAuthError    bad, missing or replayed signature / credentials (403)
@@ -58,6 +63,26 @@ class Permanent(DeliveryError):
 
 class Unknown(DeliveryError):
     """The provider may have accepted the message; reconcile by our reference before anything else."""
+
+
+class ConfigurationFault(DeliveryError):
+    """Our configuration is wrong, not the route: nothing was sent. ``setting`` names the variable to check."""
+
+    def __init__(
+        self, message: str, *, setting: str | None = None, code: str | None = None, raw: object = None
+    ) -> None:
+        super().__init__(message, code=code, raw=raw)
+        self.setting = setting  # e.g. "DISPATCH_TELNYX_API_KEY"; never its value
+
+    @classmethod
+    def refused(cls, setting: str, *, by: str, detail: str, code: str | None = None) -> ConfigurationFault:
+        """ "DISPATCH_X was refused by NAME (detail)": what a credential check at start-up says."""
+        verb = "were" if " and " in setting else "was"
+        return cls(f"{setting} {verb} refused by {by} ({detail})", setting=setting, code=code)
+
+
+class GatewayPaused(DeliveryError):
+    """The gateway is paused (configuration fault or open circuit breaker): no call was made."""
 
 
 class StatusLookupError(GatewayError):

@@ -2,11 +2,13 @@
 
 The mapping that every HTTP gateway shares:
 
-- an invalid URL or scheme (a base_url setting): the request never left -> ``Permanent`` code "url"
+- an invalid URL or scheme (a base_url setting): the request never left -> ``ConfigurationFault`` code "url"
 - connect errors and connect/pool timeouts: the request never left -> ``Transient``
 - read/write timeouts, a dropped connection after the request was written -> ``Unknown``
 - 429 and 503 -> ``Transient`` (with Retry-After), 500 -> ``Transient``
 - 502 and 504 -> ``Unknown``: a proxy lost its upstream, which may have accepted the message
+- 401 and 403 -> ``ConfigurationFault``: the provider refuses our credentials, not the route (provider
+  modules name the variable to check)
 - other 4xx -> ``Permanent`` unless the provider module maps a code more precisely
 """
 
@@ -24,7 +26,14 @@ import httpx
 from pydantic_settings import BaseSettings
 
 from workers.gateways.base import Gateway
-from workers.gateways.errors import DeliveryError, GatewayConfigError, Permanent, Transient, Unknown
+from workers.gateways.errors import (
+    ConfigurationFault,
+    DeliveryError,
+    GatewayConfigError,
+    Permanent,
+    Transient,
+    Unknown,
+)
 
 TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
 LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
@@ -75,7 +84,9 @@ def request(client: httpx.Client, method: str, url: str, *, provider: str, **kwa
     try:
         return client.request(method, url, **kwargs)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as err:  # nothing left: the URL is ours to fix
-        raise Permanent(f"{provider}: cannot request {url[:200]!r} ({err})", code="url") from err
+        raise ConfigurationFault(
+            f"{provider}: cannot request {url[:200]!r} ({err}); check the gateway's BASE_URL setting", code="url"
+        ) from err
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
         raise Transient(f"{provider}: could not connect ({type(err).__name__})", code="connect") from err
     except (httpx.ReadTimeout, httpx.WriteTimeout) as err:
@@ -101,7 +112,20 @@ def error_for_status(response: httpx.Response, *, provider: str, detail: str = "
         return Unknown(message, code=str(status), raw=body)
     if status >= 500:
         return Transient(message, code=str(status), raw=body, retry_after=retry_after_seconds(response.headers))
+    if status in (401, 403):
+        return ConfigurationFault(message, code=str(status), raw=body)
     return Permanent(message, code=str(status), raw=body)
+
+
+def check_answer(response: httpx.Response, *, name: str, setting: str) -> None:
+    """A credential check's answer: 2xx passes; 401/403 says ``setting`` was refused; anything else is
+    mapped as for a send (a 5xx is Transient: the provider could not tell)."""
+    status = response.status_code
+    if response.is_success:
+        return
+    if status in (401, 403):
+        raise ConfigurationFault.refused(setting, by=name, detail=f"HTTP {status}", code=str(status))
+    raise error_for_status(response, provider=name, detail="credential check")
 
 
 def _body(response: httpx.Response) -> Any:

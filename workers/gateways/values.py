@@ -10,7 +10,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-ErrorClass = Literal["transient", "permanent"]  # how a provider's failure code is classed in its table
+# how a provider's failure code is classed in its table; "configuration": ours to fix, not the route's
+ErrorClass = Literal["transient", "permanent", "configuration"]
 
 
 def parse_time(value: object) -> datetime | None:

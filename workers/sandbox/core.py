@@ -1,7 +1,10 @@
 """What every provider emulator shares: scripted outcomes per destination and the oracle log.
 
 The oracle is append-only: one entry per message a provider *accepted* (including accept-then-drop,
-where the provider kept the message but the client never heard back). Tests and the demo judge
+where the provider kept the message but the client never heard back). An accepted send that later
+reached nobody before any call was made (the provider could not fetch our document) is *amended*:
+``oracle()`` shows its final outcome, and the file gets the amended entry appended (the last line for a
+provider id is its final outcome). Tests and the demo judge
 "never twice" by counting entries per reference. It lives in memory and, when ``oracle_path`` is
 set, is also appended to a JSON-lines file so other processes can read it.
 
@@ -17,6 +20,10 @@ Outcomes, consumed one per send attempt to a destination (then ``ok`` forever):
     bad_gateway     HTTP 502 after the message was accepted (ambiguous to the client)
     drop            accepted, then the connection is dropped before the answer
     bounce          email: accepted, then a bounce event
+    unauthorized    refused as with a wrong key (HTTP 401 in the provider's shape; SMTP 530 at RCPT),
+                    nothing accepted
+    media_fetch_failed  fax: accepted, then fails with the provider's "could not fetch the document"
+                    reason, as when our document URL (DISPATCH_PUBLIC_BASE_URL) is wrong
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import json
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +48,8 @@ OUTCOMES = frozenset(
         "bad_gateway",
         "drop",
         "bounce",
+        "unauthorized",
+        "media_fetch_failed",
     }
 )
 
@@ -92,10 +101,21 @@ class SandboxState:
         entry = OracleEntry(self.provider, provider_id, reference, destination, outcome, datetime.now(UTC).isoformat())
         with self._lock:
             self._oracle.append(entry)
-            if self.oracle_path is not None:
-                with self.oracle_path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(asdict(entry)) + "\n")
+            self._append(entry)
         return entry
+
+    def amend(self, provider_id: str, outcome: str) -> None:
+        """The final outcome of an accepted send, learnt after its acceptance (see the module docstring)."""
+        with self._lock:
+            for index, entry in enumerate(self._oracle):
+                if entry.provider_id == provider_id:
+                    self._oracle[index] = replace(entry, outcome=outcome)
+                    self._append(self._oracle[index])
+
+    def _append(self, entry: OracleEntry) -> None:
+        if self.oracle_path is not None:
+            with self.oracle_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(asdict(entry)) + "\n")
 
     def oracle(self) -> list[OracleEntry]:
         with self._lock:

@@ -18,8 +18,8 @@ from workers.sandbox.core import SandboxState
 log = logging.getLogger(__name__)
 
 # Fax-only outcomes make no sense for email: the message is simply delivered.
-EMAIL_OUTCOMES: dict[str, str] = {"busy": "ok", "no_answer": "ok", "no_fax_tone": "ok"}
-REFUSED = frozenset({"invalid_number", "rate_limited", "server_error"})  # nothing accepted
+EMAIL_OUTCOMES: dict[str, str] = {"busy": "ok", "no_answer": "ok", "no_fax_tone": "ok", "media_fetch_failed": "ok"}
+REFUSED = frozenset({"invalid_number", "rate_limited", "server_error", "unauthorized"})  # nothing accepted
 
 
 def email_outcome(outcome: str) -> str:

@@ -121,6 +121,12 @@ class MailgunEmulator:
         if domain != self.domain:
             raise MailgunError(404, f"Domain not found: {domain}")
 
+    async def domain_info(self, request: Request, domain: str) -> Response:
+        """``GET /v3/domains/{domain}`` (the credential check): the sending domain."""
+        self.authenticate(request, domain)
+        info = {"name": domain, "state": "active", "type": "custom", "spam_action": "disabled", "wildcard": False}
+        return JSONResponse({"domain": info, "receiving_dns_records": [], "sending_dns_records": []})
+
     # -- POST /v3/{domain}/messages --------------------------------------------------------------
 
     async def send(self, request: Request, domain: str) -> Response:
@@ -145,6 +151,8 @@ class MailgunEmulator:
             return None
         if outcome == "invalid_number":
             return MailgunError(400, "to parameter is not a valid address. please check documentation")
+        if outcome == "unauthorized":
+            return MailgunError(401, "Forbidden")
         if outcome == "rate_limited":
             after = format_datetime(datetime.now(UTC) + timedelta(seconds=self.state.retry_after), usegmt=True)
             return MailgunError(
@@ -310,6 +318,7 @@ def create_app(
         state, api_key=api_key, domain=domain, signing_key=webhook_signing_key, webhook_url=webhook_url
     )
     app = emulator_app("Mailgun sandbox", state, emulator, MailgunError)
+    app.add_api_route("/v3/domains/{domain}", emulator.domain_info, methods=["GET"])
     app.add_api_route("/v3/{domain}/messages", emulator.send, methods=["POST"])
     app.add_api_route("/v3/{domain}/events", emulator.list_events, methods=["GET"])
     app.add_api_route("/v3/{domain}/events/{token}", emulator.next_page, methods=["GET"])

@@ -42,6 +42,7 @@ FAILURES: dict[str, tuple[str, int, str]] = {
     "busy": ("lineError", 17, "Busy"),
     "no_answer": ("lineError", 112, "No answer"),
     "no_fax_tone": ("faxError", 14, "Timed out waiting for initial communication"),
+    "media_fetch_failed": ("documentConversionError", 54, "Could not access the url you provided."),
 }
 
 
@@ -121,6 +122,8 @@ class PhaxioEmulator:
             return _fail(429, "Rate limit exceeded", {"Retry-After": str(self.state.retry_after)})
         if outcome == "server_error":
             return _fail(500, "An internal server error occurred")
+        if outcome == "unauthorized":
+            return _fail(401, "The api key or secret you provided is invalid")
         if outcome == "invalid_number":
             return _fail(422, "Phone number is not formatted correctly or invalid")
         fax = self._accept(outcome, to, form, pdf)
@@ -189,6 +192,15 @@ class PhaxioEmulator:
         if fax is None:
             return _fail(404, "Fax not found")
         return JSONResponse({"success": True, "message": "Metadata for fax", "data": fax})
+
+    def account_status(self, request: Request) -> Response:
+        """``GET /v2.1/account/status`` (the credential check), as in phaxio-ruby's ``account/get.yml``."""
+        if not self.authorized(request):
+            return _fail(401, "The api key or secret you provided is invalid")
+        sent = len(self.faxes)
+        data = {"balance": 1076, "faxes_today": {"sent": sent, "received": 0}}
+        data["faxes_this_month"] = {"sent": sent, "received": 0}
+        return JSONResponse({"success": True, "message": "Account status retrieved successfully", "data": data})
 
     def list_faxes(self, request: Request) -> Response:
         if not self.authorized(request):
@@ -289,5 +301,9 @@ def create_app(state: SandboxState, *, api_key: str, api_secret: str, callback_t
     @app.get(f"{API}/faxes")
     async def list_faxes(request: Request) -> Response:
         return emulator.list_faxes(request)
+
+    @app.get(f"{API}/account/status")
+    async def account_status(request: Request) -> Response:
+        return emulator.account_status(request)
 
     return app

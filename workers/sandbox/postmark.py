@@ -64,6 +64,23 @@ class PostmarkError(ProviderError):
         )
 
 
+def _token_refused(token: str | None) -> PostmarkError:
+    """Postmark's 401 (ErrorCode 10) for a missing or invalid server token."""
+    if not token:
+        return PostmarkError(
+            401,
+            10,
+            "No Account or Server API tokens were supplied in the HTTP headers. "
+            "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
+        )
+    return PostmarkError(
+        401,
+        10,
+        "The Server Token you provided in the X-Postmark-Server-Token request "
+        "header was invalid. Please verify that you are using a valid token.",
+    )
+
+
 def split_credentials(url: str | None) -> tuple[str | None, str | None]:
     """(URL without userinfo, ``Basic ...`` header) for a webhook URL like ``https://u:p@host/path``."""
     if not url:
@@ -125,20 +142,8 @@ class PostmarkEmulator:
 
     def authenticate(self, request: Request) -> None:
         token = request.headers.get("x-postmark-server-token")
-        if not token:
-            raise PostmarkError(
-                401,
-                10,
-                "No Account or Server API tokens were supplied in the HTTP headers. "
-                "Please add a header for either X-Postmark-Server-Token or X-Postmark-Account-Token.",
-            )
-        if not hmac.compare_digest(token.encode(), self.server_token.encode()):
-            raise PostmarkError(
-                401,
-                10,
-                "The Server Token you provided in the X-Postmark-Server-Token request "
-                "header was invalid. Please verify that you are using a valid token.",
-            )
+        if not token or not hmac.compare_digest(token.encode(), self.server_token.encode()):
+            raise _token_refused(token)
 
     # -- POST /email -----------------------------------------------------------------------------
 
@@ -178,6 +183,8 @@ class PostmarkEmulator:
             return None
         if outcome == "invalid_number":
             return PostmarkError(422, 406, INACTIVE.format(addresses=first.lower()))
+        if outcome == "unauthorized":
+            return _token_refused("revoked")
         if outcome == "rate_limited":
             return PostmarkError(
                 429,
@@ -325,6 +332,22 @@ class PostmarkEmulator:
             raise PostmarkError(404, 701, "This message was not found.")
         return JSONResponse(message)
 
+    async def server(self, request: Request) -> Response:
+        """``GET /server`` (the credential check): this server's settings."""
+        self.authenticate(request)
+        return JSONResponse(
+            {
+                "ID": 1,
+                "Name": "Sandbox",
+                "Color": "blue",
+                "SmtpApiActivated": True,
+                "DeliveryHookUrl": self.webhook_url or "",
+                "BounceHookUrl": self.webhook_url or "",
+                "TrackOpens": False,
+                "TrackLinks": "None",
+            }
+        )
+
     async def bounce(self, request: Request, bounce_id: int) -> Response:
         self.authenticate(request)
         if bounce_id not in self.bounces:
@@ -351,4 +374,5 @@ def create_app(state: SandboxState, *, server_token: str, webhook_url: str | Non
     app.add_api_route("/messages/outbound", emulator.search, methods=["GET"])
     app.add_api_route("/messages/outbound/{message_id}/details", emulator.details, methods=["GET"])
     app.add_api_route("/bounces/{bounce_id}", emulator.bounce, methods=["GET"])
+    app.add_api_route("/server", emulator.server, methods=["GET"])
     return app

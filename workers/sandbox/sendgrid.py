@@ -265,6 +265,8 @@ class SendGridEmulator:
             return SendGridError(
                 400, "Does not contain a valid address.", "personalizations.0.to.0.email", anchor="personalizations.to"
             )
+        if outcome == "unauthorized":
+            return SendGridError(401, "The provided authorization grant is invalid, expired, or revoked")
         if outcome == "rate_limited":
             reset = str(int(time.time()) + self.state.retry_after)
             return SendGridError(
@@ -378,6 +380,11 @@ class SendGridEmulator:
             self.webhook_url, lambda: (body, sign(self.signing_key, body)), delay=self.state.webhook_delay
         )
 
+    async def scopes(self, request: Request) -> Response:
+        """``GET /v3/scopes`` (the credential check): the key's scopes; the Email Activity one with the add-on."""
+        self.authenticate(request)
+        return JSONResponse({"scopes": ["mail.send", *(["messages.read"] if self.activity_api else [])]})
+
     # -- Email Activity --------------------------------------------------------------------------
 
     def _activity_allowed(self, request: Request) -> None:
@@ -454,4 +461,5 @@ def create_app(
     app.add_api_route("/v3/mail/send", emulator.send, methods=["POST"])
     app.add_api_route("/v3/messages", emulator.list_messages, methods=["GET"])
     app.add_api_route("/v3/messages/{msg_id}", emulator.get_message, methods=["GET"])
+    app.add_api_route("/v3/scopes", emulator.scopes, methods=["GET"])
     return app

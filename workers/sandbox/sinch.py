@@ -42,6 +42,7 @@ FAILURES: dict[str, tuple[str, int, str]] = {
     "busy": ("CALL_ERROR", 17, "Busy"),
     "no_answer": ("CALL_ERROR", 30, "No answer from a fax machine."),
     "no_fax_tone": ("FAX_ERROR", 132, "No fax tone detected"),
+    "media_fetch_failed": ("DOCUMENT_CONVERSION_ERROR", 54, "Could not access the url you provided."),
 }
 
 
@@ -128,6 +129,8 @@ class SinchEmulator:
             )
         if outcome == "server_error":
             return _error(500, "INTERNAL", "Internal server error")
+        if outcome == "unauthorized":
+            return _error(401, "UNAUTHENTICATED", "Invalid authentication credentials")
         if outcome == "invalid_number":
             return _error(400, "INVALID_ARGUMENT", "The destination number is not valid", field="to")
         fax = self._accept(outcome, body)
@@ -188,6 +191,15 @@ class SinchEmulator:
             return refusal
         fax = self.faxes.get(fax_id)
         return JSONResponse(fax) if fax else _error(404, "NOT_FOUND", "Fax not found")
+
+    def list_services(self, request: Request, project_id: str) -> Response:
+        """ListServices (the credential check): the project's one default service."""
+        refusal = self.refused(request, project_id)
+        if refusal is not None:
+            return refusal
+        service: dict[str, Any] = {"id": "01SANDBOXDEFAULTSERVICE000", "name": "Default service"}
+        service |= {"projectId": project_id, "defaultForProject": True, "webhookContentType": "application/json"}
+        return JSONResponse({"services": [service], "page": 1, "totalPages": 1, "pageSize": 1, "totalItems": 1})
 
     def list_faxes(self, request: Request, project_id: str) -> Response:
         refusal = self.refused(request, project_id)
@@ -307,5 +319,9 @@ def create_app(state: SandboxState, *, project_id: str, key_id: str, key_secret:
     @app.get(base)
     async def list_faxes(request: Request, project_id: str) -> Response:
         return emulator.list_faxes(request, project_id)
+
+    @app.get("/v3/projects/{project_id}/services")
+    async def list_services(request: Request, project_id: str) -> Response:
+        return emulator.list_services(request, project_id)
 
     return app

@@ -9,6 +9,8 @@ provider_id = the Message-ID. Outcomes are scripted per recipient address and co
     rate_limited, server_error,      451 at RCPT: nothing accepted for that recipient
     busy, no_answer, no_fax_tone     (the fax-only ones act as the nearest SMTP analog, "try later")
     invalid_number                   550 at RCPT, "no such mailbox"
+    unauthorized                     530 at RCPT, "authentication required" (RFC 4954), as a relay
+                                     that wants AUTH answers a client that sent none
     drop, bad_gateway                250 at RCPT; after DATA the message is recorded as accepted and the
                                      connection is closed without the final reply
 
@@ -45,6 +47,7 @@ RCPT_REPLIES: dict[str, str] = {
     "no_answer": "451 4.4.1 No answer from host, try again later",
     "no_fax_tone": "451 4.4.1 No answer from host, try again later",
     "invalid_number": "550 5.1.1 No such mailbox",
+    "unauthorized": "530 5.7.0 Authentication required",
 }
 DROP_OUTCOMES = frozenset({"drop", "bad_gateway"})
 

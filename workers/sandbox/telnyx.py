@@ -12,6 +12,8 @@ Endpoints (under the ``https://api.telnyx.com/v2`` layout, Bearer auth):
 Scripted outcomes (``SandboxState.next_outcome(to)``) and what the client sees:
 ok -> 202, delivered; busy / no_answer / no_fax_tone -> 202, failed with ``user_busy`` /
 ``receiver_no_answer`` / ``fax_initial_communication_timeout``; invalid_number -> 422 (10002);
+unauthorized -> 401 (10009, as for a wrong key); media_fetch_failed -> 202, failed with
+``file_download_failed`` without fetching (a real unreachable ``media_url`` fails the same way);
 rate_limited -> 429 + Retry-After; server_error -> 500; bad_gateway -> accepted, then 502;
 drop -> accepted, then the connection closes mid-answer. Every accepted fax is in the oracle.
 """
@@ -252,6 +254,8 @@ class TelnyxEmulator:
         """Outcomes where Telnyx refuses the fax: nothing is accepted, nothing reaches the oracle."""
         if outcome == "invalid_number":
             return TelnyxAPIError(422, [api_error("10002", "/to")])
+        if outcome == "unauthorized":
+            return TelnyxAPIError(401, [api_error("10009")])
         if outcome == "rate_limited":
             retry_after = {"Retry-After": str(self.state.retry_after)}
             return TelnyxAPIError(429, [api_error("10011")], headers=retry_after)
@@ -303,7 +307,14 @@ class TelnyxEmulator:
 
     async def _lifecycle(self, fax_id: str, outcome: str, webhook_url: str | None) -> None:
         await self._advance(fax_id, "queued", "fax.queued", webhook_url)
-        pages, reason = await self._fetch_media(self.faxes[fax_id]["media_url"])
+        pages: int
+        reason: str | None
+        if outcome == "media_fetch_failed":
+            pages, reason = 0, "file_download_failed"
+        else:
+            pages, reason = await self._fetch_media(self.faxes[fax_id]["media_url"])
+            if reason is not None:  # no call was made: this fax reached nobody
+                self.state.amend(fax_id, "media_fetch_failed" if reason == "file_download_failed" else reason)
         if reason is None:
             await self._advance(fax_id, "media.processed", "fax.media.processed", webhook_url)
             await self._advance(fax_id, "sending", "fax.sending.started", webhook_url)

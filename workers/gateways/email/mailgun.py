@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, check_fresh, lookup_object, webhook_json
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayError,
     Permanent,
@@ -54,7 +55,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.http import check_answer, error_for_status, retry_after_seconds
 from workers.gateways.values import ErrorClass, number, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,16 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
     def _domain_path(self, suffix: str) -> str:
         return f"/v3/{self.config.domain}/{suffix}"
 
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v3/domains/{domain}`` (``api-domains.rst``): the sending domain, nothing sent. A key that
+        may only send (a domain sending key) is refused here, and by the Events API our lookups use too."""
+        response = self.call("GET", f"/v3/domains/{self.config.domain}")
+        if response.status_code == 404:
+            raise ConfigurationFault.refused(self.setting("domain"), by=self.name, detail="HTTP 404", code="404")
+        check_answer(response, name=self.name, setting=self.setting("api_key"))
+
     # -- sending ---------------------------------------------------------------------------------
 
     def _send_email(self, email: EmailMessage) -> Receipt:
@@ -169,16 +180,20 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
 
     def _send_error(self, response: httpx.Response) -> DeliveryError:
         status, explanation = response.status_code, _message(response)
-        if status == 401:
-            return Permanent(
-                f"{PROVIDER}: HTTP 401 {explanation}: check {self.setting('api_key')}", code="401", raw=explanation
+        if status in (401, 403):
+            return ConfigurationFault(
+                f"{PROVIDER}: HTTP {status} {explanation}: check {self.setting('api_key')}",
+                code=str(status),
+                raw=explanation,
+                setting=self.setting("api_key"),
             )
         if status == 404:
-            return Permanent(
+            return ConfigurationFault(
                 f"{PROVIDER}: HTTP 404 {explanation}: check {self.setting('domain')} and "
                 f"{self.setting('base_url')} (US or EU region)",
                 code="404",
                 raw=explanation,
+                setting=self.setting("domain"),
             )
         if status == 429:
             return Transient(
@@ -188,7 +203,7 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
                 retry_after=retry_after_seconds(response.headers) or _try_again_after(explanation),
             )
         if 400 <= status < 500:
-            # 400 invalid address or parameter, 402/403 account, 413 too large: resending cannot help.
+            # 400 invalid address or parameter, 402 account, 413 too large: resending cannot help.
             code = "invalid_address" if "not a valid address" in explanation else str(status)
             return Permanent(f"{PROVIDER}: HTTP {status} {explanation}", code=code, raw=explanation)
         return error_for_status(response, provider=PROVIDER, detail=explanation)

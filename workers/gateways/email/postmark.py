@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -53,7 +54,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.http import check_answer, error_for_status, retry_after_seconds
 from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,12 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
     def auth_headers(self) -> dict[str, str]:
         return {"X-Postmark-Server-Token": self.config.server_token.get_secret_value()}
 
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /server`` with the server token (Postmark's Server API): the server's settings, nothing sent."""
+        check_answer(self.call("GET", "/server"), name=self.name, setting=self.setting("server_token"))
+
     # -- sending ---------------------------------------------------------------------------------
 
     def _send_email(self, email: EmailMessage) -> Receipt:
@@ -217,11 +224,12 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             if code is not None
             else f"{PROVIDER}: HTTP {status}: {explanation}"
         )
-        if code == BAD_TOKEN or status == 401:
-            return Permanent(
+        if code == BAD_TOKEN or status in (401, 403):
+            return ConfigurationFault(
                 f"{label} -- check {self.setting('server_token')} (a *server* token)",
                 code=str(code if code is not None else status),
                 raw=body,
+                setting=self.setting("server_token"),
             )
         if code in TRANSIENT_CODES or status == 429:
             return Transient(

@@ -53,6 +53,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, check_fresh, header, lookup_object, webhook_json
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -61,7 +62,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import error_for_status, retry_after_seconds
+from workers.gateways.http import check_answer, error_for_status, retry_after_seconds
 from workers.gateways.values import ErrorClass, objects, parse_time, text
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,22 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key.get_secret_value()}"}
 
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v3/scopes`` ("Retrieve a list of scopes for which this user has access"): the key's own
+        scopes, nothing sent; without ``mail.send`` it could send nothing either."""
+        response = self.call("GET", "/v3/scopes")
+        check_answer(response, name=self.name, setting=self.setting("api_key"))
+        try:
+            scopes = response.json().get("scopes")
+        except (ValueError, AttributeError):
+            scopes = None
+        if isinstance(scopes, list) and "mail.send" not in scopes:
+            raise ConfigurationFault.refused(
+                self.setting("api_key"), by=self.name, detail="the key has no mail.send scope"
+            )
+
     # -- sending ---------------------------------------------------------------------------------
 
     def _send_email(self, email: EmailMessage) -> Receipt:
@@ -204,11 +221,12 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
         status = response.status_code
         detail, field, body = _errors(response)
         if status in (401, 403):
-            return Permanent(
+            return ConfigurationFault(
                 f"{PROVIDER}: HTTP {status} {detail}: check {self.setting('api_key')} (and that "
                 "the key has Mail Send access)",
                 code=str(status),
                 raw=body,
+                setting=self.setting("api_key"),
             )
         if status == 429:
             return Transient(

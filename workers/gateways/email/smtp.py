@@ -3,7 +3,9 @@
 How SMTP answers map to our errors (the phase matters: only the end of DATA can deliver anything):
 
 - connect: refused, timed out, dropped, 4xx greeting (421 busy) -> ``Transient``; 5xx greeting ->
-  ``Permanent``; TLS or AUTH refused -> ``Permanent`` naming the ``DISPATCH_<NAME>_*`` setting to check
+  ``Permanent``; TLS, STARTTLS or AUTH refused, and an authentication reply (530, 534, 535, 538: RFC 4954)
+  in any phase -> ``ConfigurationFault`` naming the ``DISPATCH_<NAME>_*`` settings to check: the relay
+  refuses us, not the address, so the gateway is paused and the letter waits
 - MAIL / RCPT / the DATA command: 4xx -> ``Transient``, 5xx -> ``Permanent`` (reply code kept in
   ``code``); a connection lost before DATA -> ``Transient`` (the server holds no message yet)
 - after DATA was sent, a connection dropped or timed out before the final reply -> ``Unknown``: the
@@ -13,6 +15,7 @@ How SMTP answers map to our errors (the phase matters: only the end of DATA can 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import logging
@@ -33,6 +36,7 @@ from dispatcher.domain.rendering.mime import to_mime
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayConfigError,
     Permanent,
@@ -105,6 +109,21 @@ class SmtpGateway(Gateway):
         self._lock = threading.Lock()
         self._conn: smtplib.SMTP | None = None
         self._conn_pid = 0  # the process that opened _conn; a forked child never reuses it
+
+    # -- the credential check at start-up ----------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """Connect, EHLO, STARTTLS and AUTH (when credentials are set), then QUIT: nothing is sent."""
+        with self._lock:
+            try:
+                conn = self._connect()
+            except ConfigurationFault as err:
+                detail = err.raw if isinstance(err.raw, str) else str(err)
+                raise ConfigurationFault.refused(
+                    err.setting or self._credentials(), by=self.name, detail=detail
+                ) from err
+            with contextlib.suppress(*TRANSPORT_ERRORS):
+                conn.quit()
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -208,10 +227,11 @@ class SmtpGateway(Gateway):
         try:
             code, reply = conn.starttls(context=ssl.create_default_context())
         except smtplib.SMTPNotSupportedError as err:
-            raise Permanent(
+            raise ConfigurationFault(
                 f"{self.name}: {self.settings.host} does not offer STARTTLS; check "
                 f"{self._prefix}SECURITY and {self._prefix}PORT",
                 code="starttls",
+                setting=f"{self._prefix}SECURITY",
             ) from err
         except ssl.SSLError as err:
             raise self._tls_error(err) from err
@@ -231,10 +251,11 @@ class SmtpGateway(Gateway):
         except smtplib.SMTPServerDisconnected as err:
             raise Transient(f"{self.name}: connection lost at AUTH ({_describe(err)})", code="dropped") from err
         except smtplib.SMTPException as err:  # AUTH not offered, or no mechanism in common
-            raise Permanent(
+            raise ConfigurationFault(
                 f"{self.name}: cannot authenticate to {s.host} ({err}); check "
                 f"{self._prefix}SECURITY, {self._prefix}USERNAME and {self._prefix}PASSWORD",
                 code="auth",
+                setting=self._credentials(),
             ) from err
         except TRANSPORT_ERRORS as err:
             raise Transient(f"{self.name}: connection lost at AUTH ({_describe(err)})", code="dropped") from err
@@ -307,6 +328,9 @@ class SmtpGateway(Gateway):
         if blocking:
             summary = "; ".join(f"{code} {reply}" for code, reply in blocking.values())
             codes = [code for code, _ in blocking.values()]
+            auth = next(((c, r) for c, r in blocking.values() if c in AUTH_REPLY_CODES), None)
+            if auth is not None:  # the relay wants other credentials: ours to fix, not the address
+                raise self._reply_error("RCPT", *auth)
             cls = Transient if any(400 <= c < 500 for c in codes) else Permanent
             raise cls(
                 f"{self.name}: {len(blocking)} addressee(s) refused at RCPT: {summary}",
@@ -361,10 +385,12 @@ class SmtpGateway(Gateway):
         """Map an SMTP reply: 4xx Transient, 5xx Permanent (auth codes name the settings)."""
         text = f"{code} {_text(reply)}".strip()
         if code in AUTH_REPLY_CODES:
-            return Permanent(
+            return ConfigurationFault(
                 f"{self.name}: {phase} refused ({text}); check {self._prefix}USERNAME and "
                 f"{self._prefix}PASSWORD (and {self._prefix}SECURITY)",
                 code=str(code),
+                setting=self._credentials(),
+                raw=text,
             )
         if 400 <= code < 500:
             return Transient(f"{self.name}: {phase} deferred ({text})", code=str(code))
@@ -378,12 +404,17 @@ class SmtpGateway(Gateway):
         """A peer that closes during the handshake may be busy; any other TLS failure is configuration."""
         if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return Transient(f"{self.name}: connection closed during the TLS handshake", code="tls")
-        return Permanent(
+        return ConfigurationFault(
             f"{self.name}: TLS with {self.settings.host} failed ({err}); check "
             f"{self._prefix}HOST, {self._prefix}PORT, {self._prefix}SECURITY and the "
             "server's certificate",
             code="tls",
+            setting=f"{self._prefix}SECURITY",
         )
+
+    def _credentials(self) -> str:
+        """The settings an authentication refusal points at."""
+        return f"{self._prefix}USERNAME and {self._prefix}PASSWORD"
 
     # -- status -------------------------------------------------------------------------------------
 

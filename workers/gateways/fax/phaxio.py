@@ -23,7 +23,8 @@ Followed (checked against the provider's own pages and its official Ruby library
 - Error types and ids: https://www.phaxio.com/docs/errorMessages (the copy we could read lists the
   faxError ids up to 12; see :data:`ERROR_CLASSES`).
 - HTTP errors: phaxio-ruby ``Client#handle_response`` maps 401, 404, 422, 429, 503; 402 is handled
-  defensively (see :func:`_error_for_response`).
+  defensively (see :func:`_error_for_response`). 401/403 (the API key and secret) and error id 54
+  "Could not access the url you provided" are our configuration, not the route: ``ConfigurationFault``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -53,7 +55,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.http import HttpGateway, check_answer, error_for_status, request
 from workers.gateways.registry import env_prefix
 from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
@@ -89,7 +91,7 @@ STATUS_KINDS: dict[str, EventKind] = {
 ERROR_CLASSES: dict[int, ErrorClass] = {
     # documentConversionError: our document or its URL; sending it again changes nothing
     4: "permanent",  # there was a problem in converting and merging files ... contact support
-    54: "permanent",  # could not access the url you provided
+    54: "configuration",  # could not access the url you provided: a document URL, ours to fix
     55: "permanent",  # the string_data URL you provided is invalid
     57: "transient",  # there was a problem storing the file you provided (Phaxio's storage)
     69: "permanent",  # "there was a problem in converting and merging files to the output file format"
@@ -175,6 +177,15 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
     # no file (phaxio.com/docs/api/v2.1/faxes/send_webhooks): a few KB. Received-fax webhooks carry the
     # PDF but are none of ours.
     max_webhook_bytes: ClassVar[int] = 256 * 1024
+
+    # -- the credential check at start-up -----------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v2.1/account/status`` (phaxio-ruby ``Account.get``, cassette ``account/get.yml``): the
+        account's balance, nothing sent."""
+        env = env_prefix(self.name)
+        response = request(self.client, "GET", self._url("/account/status"), provider=self.provider, auth=self._auth())
+        check_answer(response, name=self.name, setting=f"{env}API_KEY and {env}API_SECRET")
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -346,8 +357,11 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     body = _json(response)
     message = text(body.get("message")) or ""
     status = response.status_code
-    if status == 401:
-        return Permanent(f"phaxio: authentication failed; check {env}API_KEY and {env}API_SECRET", code="401", raw=body)
+    if status in (401, 403):
+        keys = f"{env}API_KEY and {env}API_SECRET"
+        return ConfigurationFault(
+            f"phaxio: HTTP {status}, authentication failed; check {keys}", code=str(status), raw=body, setting=keys
+        )
     if status == 402:
         # Insufficient funds. Nothing was sent and the number is fine: a permanent error would move
         # a letter to a head of state on to a weaker route because of our billing. Retry later while

@@ -25,6 +25,9 @@ Followed (checked against developers.sinch.com and the official sinch-sdk-node `
 - Status ``QUEUED | IN_PROGRESS | COMPLETED | FAILURE``; ``errorType`` and ``errorCode`` from
   https://developers.sinch.com/docs/fax/api-reference/fax/tag/Error-Messages and the SDK's
   ``models/v3/errors`` (Sinch's own list; see :data:`ERROR_CLASSES`).
+- Our configuration, not the route (``ConfigurationFault``, the gateway is paused): 401/403 (the key id
+  and secret, or the key's access to the project), 404 on the project path (the project id), and
+  errorCode 54 "Could not access the url you provided" (the provider could not fetch a document).
 - Error bodies: we read ``message`` and, where present, ``details[].fieldViolations[]``
   (``{field, description}``), and fall back to the HTTP status; the exact error body of the fax API is
   not fully published, so nothing depends on more than that.
@@ -49,6 +52,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.domain.messages import EventKind, FaxMessage, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     GatewayConfigError,
     Permanent,
@@ -58,7 +62,7 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.http import HttpGateway, check_answer, error_for_status, request
 from workers.gateways.registry import env_prefix
 from workers.gateways.values import ErrorClass, integer, obj, objects, parse_time, text
 
@@ -86,7 +90,7 @@ STATUS_KINDS: dict[str, EventKind] = {
 ERROR_CLASSES: dict[int, ErrorClass] = {
     # DOCUMENT_CONVERSION_ERROR: our document; sending it again changes nothing, but storage is Sinch's
     4: "permanent",  # there was a problem in converting and merging files ... contact support
-    54: "permanent",  # could not access the url you provided
+    54: "configuration",  # could not access the url you provided: a document URL, ours to fix
     55: "permanent",  # the string_data URL you provided is invalid
     57: "transient",  # there was a problem storing the file you provided
     69: "transient",  # Sinch: "there was a problem storing the file you provided" (as 57)
@@ -211,6 +215,24 @@ class SinchGateway(HttpGateway[SinchSettings]):
     # (Notifications page); Sinch takes files up to 20 MB (developers.sinch.com/docs/functions/cli/
     # commands/fax), so 4/3 of that plus the Fax object.
     max_webhook_bytes: ClassVar[int] = 28 * 1024 * 1024
+
+    # -- the credential check at start-up -----------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET .../services?pageSize=1`` (ListServices, sinch-sdk-node ``rest/v3/services``): project-scoped,
+        sends nothing; 404 names the project id."""
+        env = env_prefix(self.name)
+        response = request(
+            self.client,
+            "GET",
+            self._url("/services"),
+            provider=self.provider,
+            auth=self._auth(),
+            params={"pageSize": 1},
+        )
+        if response.status_code == 404:
+            raise ConfigurationFault.refused(f"{env}PROJECT_ID", by=self.name, detail="HTTP 404", code="404")
+        check_answer(response, name=self.name, setting=f"{env}KEY_ID and {env}KEY_SECRET")
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -380,15 +402,26 @@ def _error_for_response(response: httpx.Response, *, env: str) -> DeliveryError:
     body = _json(response)
     message = _error_message(body)
     status = response.status_code
-    if status == 401:
-        return Permanent(f"sinch: authentication failed; check {env}KEY_ID and {env}KEY_SECRET", code="401", raw=body)
+    if status in (401, 403):
+        keys = f"{env}KEY_ID and {env}KEY_SECRET"
+        return ConfigurationFault(
+            f"sinch: HTTP {status} {message}; check {keys} (and the key's access to the project)".replace("  ", " "),
+            code=str(status),
+            raw=body,
+            setting=keys,
+        )
     if status == 402:
         # Insufficient funds: nothing was sent and the number is fine. A permanent error would move a
         # letter on to a weaker route because of our billing; retry later while an operator tops up.
         return Transient(f"sinch: payment required: {message}", code="insufficient_funds", raw=body)
     if status == 404:
-        return Permanent(f"sinch: not found; check {env}PROJECT_ID and {env}BASE_URL: {message}", code="404", raw=body)
-    if status in (400, 403, 422):
+        return ConfigurationFault(
+            f"sinch: not found; check {env}PROJECT_ID and {env}BASE_URL: {message}",
+            code="404",
+            raw=body,
+            setting=f"{env}PROJECT_ID",
+        )
+    if status in (400, 422):
         invalid_number = "to" in _violated_fields(body)
         return Permanent(
             f"sinch: request refused: {message}", raw=body, code="invalid_number" if invalid_number else str(status)

@@ -14,8 +14,12 @@ Followed, field by field:
 - developers.telnyx.com: "Send a Fax via API" and "Sending Commands" (202 on acceptance; 403, 404, 422;
   429 past 2000 faxes in progress), "Receiving Webhooks for Programmable Fax" (out-of-order and
   duplicate deliveries happen), "API error codes" (``errors[].code/title/detail/source``: 10009
-  authentication failed, 10016 not +E.164, 10002 invalid phone number, 10005 not found).
-- support.telnyx.com "Fax API - Error List" (meaning of each outbound ``failure_reason``).
+  authentication failed, 10003 invalid URL, 10016 not +E.164, 10002 invalid phone number, 10005 not found).
+- support.telnyx.com "Fax API - Error List" (meaning of each outbound ``failure_reason``;
+  ``file_download_failed``: "The non-telephony service responsible for downloading the customer's PDF
+  prior to initiating the fax was unable to download the file ... only 2XX HTTP responses will ensure we
+  download your file"). That failure, 401/403 and a ``media_url`` refused with 10003 are our
+  configuration (the key, or the URL built from DISPATCH_PUBLIC_BASE_URL): ``ConfigurationFault``.
 
 Telnyx has no idempotency key for faxes and never retries a failed fax: our reference travels in
 ``client_state`` (base64), comes back in every webhook and fax object, and is how an Unknown outcome
@@ -47,6 +51,7 @@ from dispatcher.domain.messages import (
 )
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
+    ConfigurationFault,
     DeliveryError,
     Permanent,
     StatusLookupError,
@@ -55,13 +60,14 @@ from workers.gateways.errors import (
     WebhookAuthError,
     WebhookFormatError,
 )
-from workers.gateways.http import HttpGateway, error_for_status, request
+from workers.gateways.http import HttpGateway, check_answer, error_for_status, request
 from workers.gateways.registry import env_prefix
 from workers.gateways.values import ErrorClass, integer, number, obj, parse_time, text
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "telnyx"
+PUBLIC_BASE_URL = "DISPATCH_PUBLIC_BASE_URL"  # the media URLs Telnyx fetches are built on it
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 
@@ -93,7 +99,8 @@ STATUS_KINDS: dict[str, EventKind] = {
 # "permanent": this number (or this document, or our account) will not work however often we try --
 # move to the next route. ``fax_initial_communication_timeout`` (no fax tone) is transient per
 # attempt: a fax machine may be switched off or answered by a person; RetryPolicy.max_attempts
-# (dispatcher/domain/outcomes.py) gives the route up after that many attempts.
+# (dispatcher/domain/outcomes.py) gives the route up after that many attempts. "configuration": our
+# settings or account, not the number: the gateway is paused and the delivery waits on its route.
 FAILURE_CLASSES: dict[str, ErrorClass] = {
     # the line or the call
     "user_busy": "transient",
@@ -116,8 +123,10 @@ FAILURE_CLASSES: dict[str, ErrorClass] = {
     "outbound_profile_channel_limit_exceeded": "transient",
     "connection_channel_limit_exceeded": "transient",
     "outbound_profile_daily_spend_limit_exceeded": "transient",  # resets daily
-    # our document server or Telnyx's converter hiccuped: the number is fine
-    "file_download_failed": "transient",
+    # Telnyx could not download our document: our media URL (DISPATCH_PUBLIC_BASE_URL) is wrong or
+    # `dispatch web` is not reachable there; the number is fine
+    "file_download_failed": "configuration",
+    # Telnyx's converter hiccuped: the number is fine
     "media_processing_exception": "transient",
     # the number itself
     "receiver_invalid_number_format": "permanent",
@@ -131,9 +140,10 @@ FAILURE_CLASSES: dict[str, ErrorClass] = {
     "file_format_invalid": "permanent",
     "file_size_limit_exceeded": "permanent",
     "page_count_limit_exceeded": "permanent",
-    # our account or configuration: retrying cannot help until an operator acts
-    "account_disabled": "permanent",
-    "no_outbound_profile": "permanent",
+    # our account or configuration: retrying cannot help until an operator acts, and no number is at fault
+    "account_disabled": "configuration",
+    "no_outbound_profile": "configuration",
+    # the campaign's caller id (its sender's fax_caller_id), not the gateway: this route gives up
     "unverified_origination_number": "permanent",
     "sender_canceled": "permanent",  # someone cancelled it on purpose: never resend automatically
 }
@@ -143,8 +153,13 @@ DEFAULT_FAILURE_CLASS: ErrorClass = "transient"
 
 
 def failure_class(reason: str | None) -> ErrorClass:
-    """Transient or permanent, for a Telnyx ``failure_reason`` (see :data:`FAILURE_CLASSES`)."""
+    """Transient, permanent or configuration, for a Telnyx ``failure_reason`` (see :data:`FAILURE_CLASSES`)."""
     return FAILURE_CLASSES.get(reason or "", DEFAULT_FAILURE_CLASS)
+
+
+def failure_setting(reason: str | None, *, prefix: str) -> str | None:
+    """The variable to check for a configuration ``failure_reason``; None where it is the account itself."""
+    return {"file_download_failed": PUBLIC_BASE_URL, "no_outbound_profile": f"{prefix}CONNECTION_ID"}.get(reason or "")
 
 
 class TelnyxSettings(BaseSettings):
@@ -216,15 +231,23 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         url = self.config.base_url.rstrip("/") + path
         return request(self.client, method, url, provider=PROVIDER, headers=self._headers(), **kwargs)
 
+    # -- the credential check at start-up -------------------------------------------------------
+
+    def _check_credentials(self) -> None:
+        """``GET /v2/faxes?page[size]=1`` (the SDK's ``faxes.list``): one page of one fax, nothing sent."""
+        response = self._call("GET", "/v2/faxes", params={"page[size]": 1})
+        check_answer(response, name=self.name, setting=f"{env_prefix(self.name)}API_KEY")
+
     # -- sending ---------------------------------------------------------------------------------
 
     def _send_fax(self, fax: FaxMessage) -> Receipt:
         """``POST /v2/faxes``; Telnyx fetches the document from ``fax.media_url`` itself."""
         if fax.media_url is None:
-            raise Permanent(
+            raise ConfigurationFault(
                 f"{PROVIDER}: no media_url: Telnyx downloads the document from a URL, so the PDF must be "
-                "served (2xx, no redirect) and FaxMessage.media_url set",
+                "served (2xx, no redirect) by `dispatch web` and signed with DISPATCH_SECRET_KEY",
                 code="media_url_missing",
+                setting="DISPATCH_SECRET_KEY",
             )
         response = self._call("POST", "/v2/faxes", json=self._send_body(fax))
         if not response.is_success:
@@ -275,11 +298,20 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
         code, detail, body = _telnyx_error(response)
         if status in (401, 403):
             variable = f"{env_prefix(self.name)}API_KEY"
-            return Permanent(
+            return ConfigurationFault(
                 f"{PROVIDER}: HTTP {status} {detail}: check {variable} (and that the key "
                 "may send faxes on this connection)",
                 code=code or str(status),
                 raw=body,
+                setting=variable,
+            )
+        if status == 422 and "/media_url" in _pointers(body):
+            # our media URL, built on DISPATCH_PUBLIC_BASE_URL, is not one Telnyx can use (10003)
+            return ConfigurationFault(
+                f"{PROVIDER}: HTTP 422 {detail}: check {PUBLIC_BASE_URL}",
+                code=code or "422",
+                raw=body,
+                setting=PUBLIC_BASE_URL,
             )
         if status == 402:
             # Nothing was sent and the number is fine: the account needs money. Retry the same route
@@ -373,6 +405,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             reference=decode_reference(fax.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
+            setting=failure_setting(reason, prefix=env_prefix(self.name)),
             detail=text(fax.get("internal_failure_reason")),
             raw=dict(fax),
         )
@@ -428,6 +461,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             reference=decode_reference(payload.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
+            setting=failure_setting(reason, prefix=env_prefix(self.name)),
             detail=text(payload.get("internal_failure_reason")),
             pages=integer(payload.get("page_count")),
             duration_secs=number(payload.get("call_duration_secs")),
@@ -450,6 +484,16 @@ def _telnyx_error(response: httpx.Response) -> tuple[str | None, str, Any]:
     first = errors[0] if isinstance(errors[0], dict) else {}
     code = str(first["code"]) if first.get("code") is not None else None
     return code, "; ".join(p for p in parts if p), body
+
+
+def _pointers(body: Any) -> set[str]:
+    """The ``errors[].source.pointer`` values of a Telnyx error answer."""
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return {
+        pointer
+        for error in (errors if isinstance(errors, list) else [])
+        if isinstance(error, dict) and isinstance(pointer := obj(error.get("source")).get("pointer"), str)
+    }
 
 
 def _error_text(error: Mapping[str, Any]) -> str:
