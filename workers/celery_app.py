@@ -12,7 +12,8 @@ Each setting below is chosen for "never twice, never lose one" (see ARCHITECTURE
   strands ready messages behind it in another worker's buffer.
 - ``visibility_timeout`` (Redis) above every time limit: Redis redelivers an unacked message after
   this long, so it must exceed the longest task (hard limit) and any wait inside it.
-- soft and hard time limits: a stuck gateway call is ended; the lease then turns the row ``unknown``.
+- soft and hard time limits: a stuck gateway call is ended; a task killed by the hard limit stops
+  renewing its claim's lease, which then turns the row ``unknown``.
 - no Celery retries and no ETA tasks: retries and schedules live in the database (``retry_wait``
   with ``not_before``), because Redis re-runs ETA tasks after the visibility timeout.
 """
@@ -26,10 +27,12 @@ from dispatcher.domain.settings import Settings, get_settings
 
 CHANNEL_QUEUES = ("fax", "email", "copies")
 # A task carries a batch of ids. It starts no new delivery after DISPATCH_BATCH_BUDGET_SECONDS (240 s by
-# default); one delivery takes at most the limiter's wait (DISPATCH_LIMIT_MAX_WAIT_SECONDS, 120 s) +
+# default); one delivery takes at most the limiter's wait (DISPATCH_LIMIT_MAX_WAIT_SECONDS, 30 s) +
 # rendering + one HTTP call (65 s), so the soft limit (600 s) is never reached in a healthy worker. The
-# hard limit (660 s) is below the lease (900 s) and the visibility timeout (3600 s); the settings refuse
-# any other order at start-up. The worker path keeps to the budget (WorkerContext.batch_budget).
+# hard limit (660 s) is below the visibility timeout (3600 s); the settings refuse any other order at
+# start-up. The worker path keeps to the budget (WorkerContext.batch_budget). The claim's lease (60 s)
+# need not outlast the task: the worker renews it while it works on a send (workers/lease.py), and a
+# task killed by the hard limit stops renewing it like a killed worker.
 
 
 def queue_name(queue: str) -> str:

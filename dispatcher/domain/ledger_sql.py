@@ -191,6 +191,21 @@ class SqlLedger:
         self.session.expire(delivery)  # the UPDATE bypassed the ORM: read the row afresh when asked
         return number
 
+    def renew(self, delivery_id: int, attempt: int, *, at: datetime, until: datetime) -> bool:
+        """One UPDATE whose WHERE is the whole check: the row's state, its attempt and its lease."""
+        result = self.session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.state == State.SENDING,
+                Delivery.attempt_count == attempt,
+                Delivery.lease_expires_at > at,
+            )
+            .values(lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
     def finish_attempt(self, delivery: Delivery, number: int, *, at: datetime, finished: Finished) -> None:
         attempt = self._attempt(delivery.id, number)
         assert attempt is not None, f"delivery #{delivery.id} has no attempt {number}"

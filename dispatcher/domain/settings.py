@@ -1,8 +1,8 @@
 """One settings object. Lookup order: keyword arguments, then ``DISPATCH_*`` environment variables,
 then a ``.env`` file in the working directory, then the defaults below.
 
-A malformed value, or time limits in an order that would let a task outlive its claim or its broker
-message, fail here, at start-up, naming the variables to fix.
+A malformed value, or time limits in an order that would let a task outlive its broker message or a
+send wait longer than its claim's lease, fail here, at start-up, naming the variables to fix.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ TIME_LIMIT_ORDER: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "else Redis hands a running task's message to a second worker",
     ),
     (
-        ("task_time_limit_seconds",),
+        ("limit_max_wait_seconds",),
         "lease_seconds",
-        "else a claimed send is declared unknown while its task may still be sending it",
+        "the longest wait before a send must fit in one lease, or a worker whose renewal is late finds its "
+        "claim expired at the send (the check before the send then refuses it, and the letter waits)",
     ),
 )
 
@@ -92,7 +93,11 @@ class Settings(BaseSettings):
     reconcile_every_seconds: float = Field(default=30.0, gt=0, description="look up unknown sends this often")
 
     # the worker
-    lease_seconds: float = Field(default=900.0, gt=0, description="a claimed send not recorded by then becomes unknown")
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a claimed send whose worker stopped renewing it (every third of this) becomes unknown after this",
+    )
     batch_budget_seconds: float = Field(default=240.0, gt=0, description="no new send starts in a task after this long")
     task_soft_time_limit_seconds: float = Field(default=600.0, gt=0, description="Celery soft time limit of a task")
     task_time_limit_seconds: float = Field(default=660.0, gt=0, description="Celery hard time limit of a task")
@@ -104,8 +109,9 @@ class Settings(BaseSettings):
     gateway_per_second: int = Field(default=10, ge=1, description="sends per second through one gateway")
     gateway_in_flight: int = Field(default=4, ge=1, description="calls in progress at once through one gateway")
     campaign_per_minute: int = Field(default=600, ge=1, description="sends per minute for one campaign")
-    limit_max_wait_seconds: float = Field(default=120.0, gt=0, description="longest wait for a limit before retrying")
-    limit_slot_ttl_seconds: float = Field(default=300.0, gt=0, description="an in-flight slot of a dead worker expires")
+    limit_max_wait_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait for a limit before retrying; below the lease"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -87,8 +88,9 @@ def processes(db_url: str, sandbox: Sandbox, tmp_path: Path) -> Iterator[Process
         "DISPATCH_RETRY_BASE_SECONDS": "0.2",
         "DISPATCH_RETRY_CAP_SECONDS": "1",
         "DISPATCH_FAX_GAP_SECONDS": "0",
-        "DISPATCH_LEASE_SECONDS": "8",
-        # time limits below the short lease, in the order the settings require
+        # a lease of a few seconds, renewed every second while a send is worked on: longer than the wait for
+        # a limit, shorter than the task's time limits (the settings require no more)
+        "DISPATCH_LEASE_SECONDS": "3",
         "DISPATCH_BATCH_BUDGET_SECONDS": "2",
         "DISPATCH_LIMIT_MAX_WAIT_SECONDS": "1",
         "DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS": "6",
@@ -274,3 +276,69 @@ def test_pause_resume_and_cancel_through_real_workers(
     for destination, state in states(factory).items():
         assert (state == "cancelled") == (destination not in sent), (destination, state)
     assert sandbox.duplicates() == {}
+
+
+def lose_webhooks(processes: Processes) -> None:
+    """The workers ask the provider to post status webhooks to a closed port: only the worker's own
+    record, the status poll and reconciliation move a fax on."""
+    from workers.sandbox.server import free_port
+
+    processes.env["DISPATCH_TELNYX_WEBHOOK_URL"] = f"http://127.0.0.1:{free_port()}/webhooks/telnyx"
+    processes.env["DISPATCH_POLL_AFTER_SECONDS"] = "2"
+
+
+def broker(db: int = 0) -> redis.Redis:
+    return redis.Redis.from_url(BROKER.rsplit("/", 1)[0] + f"/{db}", socket_timeout=5)
+
+
+def went_unknown(factory: sessionmaker[Session], delivery_id: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with factory() as session:
+            found = session.scalar(
+                select(DeliveryEvent.id).where(
+                    DeliveryEvent.delivery_id == delivery_id, DeliveryEvent.to_state == "unknown"
+                )
+            )
+            return found is not None
+
+    return check
+
+
+def sending_to(factory: sessionmaker[Session], destination: str) -> int:
+    with factory() as session:
+        return session.scalars(
+            select(Delivery.id).where(Delivery.destination == destination, Delivery.state == "sending")
+        ).one()
+
+
+def test_a_killed_workers_claim_and_slot_are_freed_about_one_lease_later(
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
+) -> None:
+    """One call at a time through the fax gateway. A worker SIGKILLed while the provider holds its fax
+    renews neither its claim nor its in-flight slot: about one lease (3 s here) later the row is unknown
+    and the slot is free, so the other fax goes out; the killed one is reconciled with no second send."""
+    from workers import keys
+
+    lose_webhooks(processes)
+    processes.env["DISPATCH_GATEWAY_IN_FLIGHT"] = "1"
+    sandbox.fax.latency = 30.0  # the provider takes the fax and answers long after the kill
+    name = schedule_campaign(factory, build_campaign(tmp_path))
+    worker = processes.start("worker", "--concurrency", "1", "--queues", "fax")
+    processes.start("scheduler", "--interval", "0.3")
+    wait_for(lambda: len(sandbox.fax.oracle()) == 1, what="a fax at the provider, its answer still to come")
+    killed = sending_to(factory, sandbox.fax.oracle()[0].destination)
+    processes.kill(worker)
+    sandbox.fax.latency = 0.0
+    wait_for(went_unknown(factory, killed), timeout=30, what="the sweeper to notice the dead worker")
+    client = broker()
+    slots = keys.gateway_slots("telnyx", namespace=processes.env["DISPATCH_QUEUE_PREFIX"])
+    wait_for(
+        lambda: client.zcount(slots, time.time(), "+inf") == 0, timeout=10, what="the dead worker's slot to expire"
+    )
+    processes.start("worker", "--concurrency", "1")
+    wait_for(all_settled(factory, name), timeout=90, what="the campaign to complete", explain=lambda: explain(factory))
+    assert sandbox.duplicates() == {}
+    with factory() as session:
+        row = session.get(Delivery, killed)
+        assert row is not None and (row.state, row.attempt_count) == ("delivered", 1), history(factory, row.destination)
+    client.close()
