@@ -259,7 +259,9 @@ def scheduler(
 
 @app.command("worker")
 def worker(
-    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "fax,email,copies",
+    queues: Annotated[
+        str, typer.Option(help="comma-separated queues; a worker on `reconcile` alone never waits behind sends")
+    ] = "fax,email,copies,reconcile",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
     loglevel: Annotated[
         str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.domain.db import transaction
 from dispatcher.domain.models import Delivery, DeliveryEvent, utcnow
 from dispatcher.domain.scheduling import claim_due
+from dispatcher.domain.settings import load_settings
+from workers.delivery import WorkerContext
 
 from ..builders import build_campaign, xi_jinping
 from .conftest import RETRY, Sandbox, campaign_status, history, schedule_campaign, states
@@ -28,6 +30,7 @@ from .conftest import RETRY, Sandbox, campaign_status, history, schedule_campaig
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 WANG = "+861065591516"
+XI_1 = "+861063070900"
 BROKER = os.environ.get("DISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -170,12 +173,12 @@ def test_same_ids_published_twice_to_two_workers_send_once(
 
 def _publish_twice(ids: list[int], *, prefix: str) -> None:
     """Publish every id twice to each queue, as redelivered or re-published messages would."""
-    from workers.celery_app import make_app
+    from workers.celery_app import CHANNEL_QUEUES, make_app
 
-    app = make_app(BROKER)
+    app = make_app(BROKER, settings=load_settings(queue_prefix=prefix))  # its keys under the workers' prefix
     for _ in range(2):
-        for queue in ("fax", "email", "copies"):
-            app.send_task("dispatch.deliver", args=[ids], queue=f"{prefix}{queue}")
+        for queue in CHANNEL_QUEUES:
+            app.send_task("dispatch.deliver", args=[ids], queue=queue)
     app.close()
 
 
@@ -342,3 +345,57 @@ def test_a_killed_workers_claim_and_slot_are_freed_about_one_lease_later(
         row = session.get(Delivery, killed)
         assert row is not None and (row.state, row.attempt_count) == ("delivered", 1), history(factory, row.destination)
     client.close()
+
+
+def test_reconciliation_runs_while_the_send_worker_waits_on_a_slow_fax(
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, worker: WorkerContext, tmp_path: Path
+) -> None:
+    """The fax gateway's one in-flight slot is held by a slow send (the provider answers after 30 s), and
+    the send worker's one pool process is on it. Reconciliation has a queue and a worker of its own:
+    meanwhile Wang's unknown fax is looked up, found missing twice, and planned again."""
+    from .test_review_fixes import unknown_without_a_send
+
+    lose_webhooks(processes)
+    processes.env["DISPATCH_GATEWAY_IN_FLIGHT"] = "1"
+    sandbox.fax.latency = 30.0
+    schedule_campaign(factory, build_campaign(tmp_path))
+    wang = unknown_without_a_send(worker, factory, WANG)  # queues the rest too: the sweeper re-publishes it
+    sender = processes.start("worker", "--concurrency", "1", "--queues", "fax,email,copies")
+    processes.start("worker", "--concurrency", "1", "--queues", "reconcile")
+    processes.start("scheduler", "--interval", "0.3")
+    wait_for(lambda: XI_1 in [e.destination for e in sandbox.fax.oracle()], what="Xi Jinping's fax at the provider")
+    try:
+        wait_for(lambda: states(factory)[WANG] != "unknown", timeout=25, what="Wang's fax to be reconciled")
+        assert any("twice listed no message" in reason for _, _, reason in history(factory, WANG))
+        assert states(factory)[XI_1] == "sending"  # the slow send still holds the slot and the pool process
+    finally:
+        processes.kill(sender)  # SIGKILL: a warm shutdown would wait for the slow send
+    assert [e.destination for e in sandbox.fax.oracle()] == [XI_1]
+    assert wang
+
+
+def test_every_redis_key_of_a_deployment_starts_with_its_prefix(
+    factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, tmp_path: Path
+) -> None:
+    """Listed while a real worker holds an unacknowledged message: kombu's queues, bindings, ``unacked``
+    and ``unacked_index``, and the shared limits, all under DISPATCH_QUEUE_PREFIX."""
+    db = 11  # a Redis database no other test uses: every key in it is this deployment's
+    prefix = processes.env["DISPATCH_QUEUE_PREFIX"]
+    processes.env["DISPATCH_BROKER_URL"] = BROKER.rsplit("/", 1)[0] + f"/{db}"
+    lose_webhooks(processes)
+    client = broker(db)
+    before = set(client.keys("*"))
+    sandbox.fax.latency = 15.0  # the worker stays inside its task, the message unacknowledged
+    schedule_campaign(factory, build_campaign(tmp_path))
+    worker = processes.start("worker", "--concurrency", "1")
+    processes.start("scheduler", "--interval", "0.3")
+    try:
+        wait_for(lambda: len(sandbox.fax.oracle()) >= 1, what="a fax in flight inside a task")
+        written = sorted(k.decode() for k in set(client.keys("*")) - before)
+        assert {f"{prefix}unacked", f"{prefix}unacked_index"} <= set(written), written
+        assert [key for key in written if not key.startswith(prefix)] == [], written
+    finally:
+        processes.kill(worker)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
