@@ -1,0 +1,159 @@
+"""Every path ends: an operator's word settles a delivery for good, and the attempt records are
+completed when reconciliation, a poll, a webhook or an operator settles the delivery.
+
+The operator acts through the real command line (`dispatch delivery resolve`), on the same ledger the
+in-process worker and scheduler drive against the sandbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from dispatcher.domain import control
+from dispatcher.domain.db import transaction
+from dispatcher.domain.errors import CampaignConflict
+from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, utcnow
+from dispatcher.domain.scheduling import SchedulerConfig
+from dispatcher.domain.settings import get_settings
+from dispatcher.processes.cli import app
+from workers.delivery import WorkerContext
+
+from ..builders import build_campaign, guo_shengkun, wang_yi
+from .conftest import SETTINGS, Sandbox, campaign_status, drive, history, schedule_campaign, states
+from .test_review_fixes import unknown_without_a_send
+
+pytestmark = pytest.mark.timeout(120)
+
+WANG = "+861065591516"
+WANG_EMAIL = "wang@example.gov.cn"
+# unknown_without_a_send queues every due delivery and publishes none: the sweeper re-publishes them
+QUICK_REPUBLISH = SchedulerConfig.from_settings(SETTINGS, republish_after=timedelta(seconds=0.5))
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """`dispatch` on the test's ledger."""
+    monkeypatch.setenv("DISPATCH_DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    yield CliRunner()
+    get_settings.cache_clear()
+
+
+def run(cli: CliRunner, *args: str) -> tuple[int, str]:
+    result = cli.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def fax_and_email_for_wang(tmp_path: Path) -> Path:
+    """Wang Yi (CC) with a fax, then an email as his second route; first-success."""
+    return build_campaign(tmp_path, cc=[guo_shengkun(), wang_yi(email=[WANG_EMAIL])])
+
+
+def attempt_records(factory: sessionmaker[Session], destination: str) -> list[tuple[int, str | None, bool]]:
+    """(number, outcome, finished) of every attempt to ``destination``."""
+    with factory() as session:
+        rows = session.execute(
+            select(Attempt.number, Attempt.outcome, Attempt.finished_at)
+            .join(Delivery, Delivery.id == Attempt.delivery_id)
+            .where(Delivery.destination == destination)
+            .order_by(Attempt.number)
+        ).all()
+        return [(r.number, r.outcome, r.finished_at is not None) for r in rows]
+
+
+def test_resolve_sent_ends_the_delivery_skips_the_later_routes_and_completes_the_campaign(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, cli: CliRunner, tmp_path: Path
+) -> None:
+    name = schedule_campaign(factory, fax_and_email_for_wang(tmp_path))
+    wang = unknown_without_a_send(worker, factory, WANG)
+    code, output = run(
+        cli, "delivery", "resolve", str(wang), "--sent", "--reason", "Telnyx portal: delivered 14:02", "--by", "alice"
+    )
+    assert code == 0, output
+    assert f"delivery #{wang}: delivered" in output
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed", config=QUICK_REPUBLISH)
+    assert (states(factory)[WANG], states(factory)[WANG_EMAIL]) == ("delivered", "skipped")
+    with factory() as session:
+        event = session.scalars(
+            select(DeliveryEvent).where(DeliveryEvent.delivery_id == wang, DeliveryEvent.to_state == "delivered")
+        ).one()
+    assert event.actor == "operator:alice"
+    assert "Telnyx portal: delivered 14:02" in event.reason and "operator" in event.reason
+    assert event.data == {"resolved": "sent", "by": "alice", "reason": "Telnyx portal: delivered 14:02"}
+    assert attempt_records(factory, WANG) == [(1, "delivered", True)]
+    assert WANG not in [e.destination for e in sandbox.fax.oracle()]  # nothing sent again
+    assert [m.destination for m in sandbox.mail.oracle()].count(WANG_EMAIL) == 0
+
+
+def test_resolve_not_sent_sends_it_once_more_and_the_campaign_completes(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, cli: CliRunner, tmp_path: Path
+) -> None:
+    name = schedule_campaign(factory, fax_and_email_for_wang(tmp_path))
+    wang = unknown_without_a_send(worker, factory, WANG)
+    code, output = run(cli, "delivery", "resolve", str(wang), "--not-sent", "--reason", "not in Telnyx's list")
+    assert code == 0, output
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed", config=QUICK_REPUBLISH)
+    assert (states(factory)[WANG], states(factory)[WANG_EMAIL]) == ("delivered", "skipped"), history(factory, WANG)
+    assert [e.destination for e in sandbox.fax.oracle()].count(WANG) == 1
+    assert attempt_records(factory, WANG) == [(1, "transient", True), (2, "delivered", True)]
+    with factory() as session:
+        actors = session.scalars(
+            select(DeliveryEvent.actor).where(DeliveryEvent.delivery_id == wang, DeliveryEvent.to_state == "retry_wait")
+        ).all()
+    assert len(actors) == 1 and actors[0].startswith("operator:")  # --by defaults to the OS user
+
+
+def test_resolve_requires_a_reason(
+    factory: sessionmaker[Session], worker: WorkerContext, cli: CliRunner, tmp_path: Path
+) -> None:
+    schedule_campaign(factory, fax_and_email_for_wang(tmp_path))
+    wang = unknown_without_a_send(worker, factory, WANG)
+    code, output = run(cli, "delivery", "resolve", str(wang), "--sent")
+    assert code == 2 and "--reason" in output
+    with pytest.raises(CampaignConflict, match="reason"), transaction(factory) as session:
+        control.resolve(session, wang, sent=True, now=utcnow(), reason="  ", by="alice")
+    assert states(factory)[WANG] == "unknown"
+
+
+def test_every_attempt_record_is_complete_once_the_campaign_is(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A dropped connection after the provider took the fax (reconciled: found), a busy line (retried),
+    and plain sends (the worker's receipt, then the delivery webhook): no attempt stays without an
+    outcome, a finish time, or with a provisional "unknown"."""
+    sandbox.fax.script(WANG, ["drop"])
+    sandbox.fax.script("+861063070900", ["busy"])
+    name = schedule_campaign(factory, build_campaign(tmp_path))
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed")
+    assert attempt_records(factory, WANG) == [(1, "delivered", True)], history(factory, WANG)
+    assert attempt_records(factory, "+861063070900") == [(1, "transient", True), (2, "delivered", True)]
+    with factory() as session:
+        incomplete = session.execute(
+            select(Attempt.delivery_id, Attempt.number, Attempt.outcome).where(
+                (Attempt.finished_at.is_(None)) | (Attempt.outcome.is_(None)) | (Attempt.outcome == "unknown")
+            )
+        ).all()
+    assert incomplete == []
+
+
+def test_resolve_not_sent_in_a_cancelled_campaign_cancels_the_delivery(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, cli: CliRunner, tmp_path: Path
+) -> None:
+    """Cancelling left the unknown fax alone (it may have gone out); once an operator says it did not,
+    it is cancelled like every other waiting delivery of the campaign, not left waiting for a resend."""
+    name = schedule_campaign(factory, fax_and_email_for_wang(tmp_path))
+    wang = unknown_without_a_send(worker, factory, WANG)
+    with transaction(factory) as session:
+        control.cancel(session, name)
+    assert states(factory)[WANG] == "unknown"
+    code, output = run(cli, "delivery", "resolve", str(wang), "--not-sent", "--reason", "not listed", "--by", "bob")
+    assert code == 0 and f"delivery #{wang}: cancelled" in output, output
+    assert states(factory)[WANG] == "cancelled"
+    assert attempt_records(factory, WANG) == [(1, "transient", True)]
