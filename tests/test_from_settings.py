@@ -21,6 +21,7 @@ SETTINGS = load_settings(
     lease_seconds=720.0,  # above the longest wait for a limit (30 s), as the settings require
     fax_gap_seconds=45.0,
     reconcile_grace_seconds=12.0,
+    report_wait_seconds=23.0,
     batch_budget_seconds=100.0,
     publish_batch_size=7,
     claim_limit=11,
@@ -35,7 +36,7 @@ SETTINGS = load_settings(
     [
         (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts"}),
         (SchedulerConfig, {"batch_size", "claim_limit", "republish_after", "reconcile_every", "poll_after"}),
-        (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "batch_budget"}),
+        (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "report_wait", "batch_budget"}),
     ],
 )
 def test_no_interval_or_limit_has_a_default_of_its_own(cls: type, names: set[str]) -> None:
@@ -65,10 +66,11 @@ def test_scheduler_config_from_settings() -> None:
 def test_worker_context_from_settings() -> None:
     worker = WorkerContext.from_settings(SETTINGS, factory=None, gateways={})  # type: ignore[arg-type]
     assert worker.retry == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5)
-    assert (worker.lease, worker.fax_gap, worker.reconcile_grace, worker.batch_budget) == (
+    assert (worker.lease, worker.fax_gap, worker.reconcile_grace, worker.report_wait, worker.batch_budget) == (
         timedelta(seconds=720),
         timedelta(seconds=45),
         timedelta(seconds=12),
+        timedelta(seconds=23),
         timedelta(seconds=100),
     )
     quick = WorkerContext.from_settings(SETTINGS, factory=None, gateways={}, fax_gap=timedelta(0))  # type: ignore[arg-type]

@@ -53,6 +53,10 @@ def test_defaults_and_a_consistent_short_set_load() -> None:
             {"lease_seconds": 1.0},  # equal to the longest wait for a limit, before the send
             ["DISPATCH_LIMIT_MAX_WAIT_SECONDS", "DISPATCH_LEASE_SECONDS"],
         ),
+        (
+            {"poll_after_seconds": 40.0, "report_wait_seconds": 30.0},  # held before its first poll
+            ["DISPATCH_POLL_AFTER_SECONDS", "DISPATCH_REPORT_WAIT_SECONDS"],
+        ),
     ],
 )
 def test_misordered_time_limits_name_the_variables(change: dict[str, float], named: list[str]) -> None:

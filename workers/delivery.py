@@ -74,6 +74,7 @@ class WorkerContext:
     lease: timedelta  # renewed every third of it while the worker lives; else the sweeper turns the row unknown
     fax_gap: timedelta  # minimum time between two faxes to one number
     reconcile_grace: timedelta  # before trusting a provider's "not found"
+    report_wait: timedelta  # a submitted send with no final status this long after its acceptance is held
     batch_budget: timedelta  # no new send starts in a batch after this long
     documents: DocumentCache = field(default_factory=DocumentCache)
     limiter: Limiter = field(default_factory=NoLimits)
@@ -86,8 +87,8 @@ class WorkerContext:
     def from_settings(
         cls, settings: Settings, *, factory: sessionmaker[Session], gateways: dict[str, Gateway], **overrides: Any
     ) -> WorkerContext:
-        """DISPATCH_LEASE_SECONDS, _FAX_GAP_SECONDS, _RECONCILE_GRACE_SECONDS, _BATCH_BUDGET_SECONDS and the
-        retry policy's settings, unless overridden."""
+        """DISPATCH_LEASE_SECONDS, _FAX_GAP_SECONDS, _RECONCILE_GRACE_SECONDS, _REPORT_WAIT_SECONDS,
+        _BATCH_BUDGET_SECONDS and the retry policy's settings, unless overridden."""
         context = cls(
             factory=factory,
             gateways=gateways,
@@ -95,6 +96,7 @@ class WorkerContext:
             lease=timedelta(seconds=settings.lease_seconds),
             fax_gap=timedelta(seconds=settings.fax_gap_seconds),
             reconcile_grace=timedelta(seconds=settings.reconcile_grace_seconds),
+            report_wait=timedelta(seconds=settings.report_wait_seconds),
             batch_budget=timedelta(seconds=settings.batch_budget_seconds),
         )
         return replace(context, **overrides)

@@ -42,6 +42,11 @@ TIME_LIMIT_ORDER: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "the longest wait before a send must fit in one lease, or a worker whose renewal is late finds its "
         "claim expired at the send (the check before the send then refuses it, and the letter waits)",
     ),
+    (
+        ("poll_after_seconds",),
+        "report_wait_seconds",
+        "a submitted send is asked for at the provider at least once before it is held for an operator",
+    ),
 )
 
 
@@ -86,6 +91,11 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(default=60.0, gt=0, description="re-publish a queued row after this long")
     poll_after_seconds: float = Field(
         default=900.0, gt=0, description="poll a submitted send with no report after this"
+    )
+    report_wait_seconds: float = Field(
+        default=7200.0,
+        gt=0,
+        description="a submitted send with no final status this long after it was accepted is held for an operator",
     )
     reconcile_grace_seconds: float = Field(
         default=60.0, ge=0, description="wait before trusting a provider's 'not found'"

@@ -157,3 +157,51 @@ def test_resolve_not_sent_in_a_cancelled_campaign_cancels_the_delivery(
     assert code == 0 and f"delivery #{wang}: cancelled" in output, output
     assert states(factory)[WANG] == "cancelled"
     assert attempt_records(factory, WANG) == [(1, "transient", True)]
+
+
+def test_a_submitted_fax_with_no_final_report_is_held_after_the_report_wait(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, cli: CliRunner, tmp_path: Path
+) -> None:
+    """The provider accepts the faxes and then never gets further (its status stays "queued", no
+    webhook): the status poll keeps looking, and once DISPATCH_REPORT_WAIT_SECONDS (1 s here) has passed
+    since the provider accepted it, the fax is held for an operator, once, with the reason; the
+    operator's resolve then ends it."""
+    sandbox.fax.webhook_delay = 3600.0  # the provider's lifecycle never moves past "queued" in this test
+    patient = WorkerContext.from_settings(
+        SETTINGS,
+        factory=factory,
+        gateways=worker.gateways,
+        retry=worker.retry,
+        media_url=worker.media_url,
+        report_wait=timedelta(seconds=1),
+    )
+    config = SchedulerConfig.from_settings(
+        SETTINGS, poll_after=timedelta(seconds=0.2), reconcile_every=timedelta(seconds=0.2)
+    )
+    schedule_campaign(factory, build_campaign(tmp_path))
+    drive(patient, until=lambda: bool(holds(factory, WANG)), config=config)
+    drive(patient, until=lambda: polls(factory, WANG) >= 3, config=config)  # polled on, held only once
+    assert states(factory)[WANG] == "submitted"
+    [hold] = holds(factory, WANG)
+    assert "no final status" in hold and "dispatch delivery resolve" in hold
+    with factory() as session:
+        wang = session.scalars(select(Delivery.id).where(Delivery.destination == WANG)).one()
+    code, output = run(cli, "delivery", "resolve", str(wang), "--sent", "--reason", "Telnyx support: delivered")
+    assert code == 0, output
+    assert states(factory)[WANG] == "delivered"
+    assert [e.destination for e in sandbox.fax.oracle()].count(WANG) == 1
+
+
+def holds(factory: sessionmaker[Session], destination: str) -> list[str]:
+    return [reason for _, _, reason in history(factory, destination) if reason.startswith("held for an operator")]
+
+
+def polls(factory: sessionmaker[Session], destination: str) -> int:
+    with factory() as session:
+        return len(
+            session.scalars(
+                select(DeliveryEvent.id)
+                .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
+                .where(Delivery.destination == destination, DeliveryEvent.actor.startswith("poll:"))
+            ).all()
+        )
