@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.console import RenderableType
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dispatcher.domain.control import resolvable
+from dispatcher.domain.holds import held_because
 from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.states import DeliveryKind, State
@@ -54,10 +57,15 @@ def campaign_detail(session: Session, name: str) -> list[RenderableType]:
     head.add_row("status", campaign.status)
     head.add_row("policy", campaign.route_policy)
     head.add_row("deadline", campaign.deadline.isoformat() if campaign.deadline else "none")
-    return [head, _letters_table(campaign), _copies_summary(campaign)]
+    held = {d.id: why for d in campaign.deliveries if resolvable(d) and (why := held_because(session, d))}
+    shown: list[RenderableType] = [head, _letters_table(campaign, held), _copies_summary(campaign)]
+    copies = [d for d in campaign.deliveries if d.kind == DeliveryKind.COPY and d.id in held]
+    if copies:
+        shown.append(_held_copies(copies, held))
+    return shown
 
 
-def _letters_table(campaign: Campaign) -> Table:
+def _letters_table(campaign: Campaign, held: dict[int, str]) -> Table:
     table = Table(title="Letters: addressees and routes")
     for column in ("#", "role", "addressee", "route", "destination", "state", "attempts", "note"):
         table.add_column(column, overflow="fold")
@@ -80,16 +88,28 @@ def _letters_table(campaign: Campaign) -> Table:
             route.raw_value if route and not route.valid else delivery.destination,
             styled(delivery.state),
             str(delivery.attempt_count),
-            _note(delivery),
+            _note(delivery, held.get(delivery.id)),
         )
     return table
 
 
-def _note(delivery: Delivery) -> str:
-    """Why a delivery is where it is; a success needs no note (its earlier failures are in the log)."""
+def _note(delivery: Delivery, held: str | None) -> str:
+    """Why a delivery is where it is: first a hold for an operator, with the command that settles it
+    (in its reason); a success needs no note (its earlier failures are in the log)."""
+    if held is not None:
+        return escape(held)
     if delivery.state in ("delivered", "submitted"):
         return ""
-    return delivery.last_error or ""
+    return escape(delivery.last_error or "")
+
+
+def _held_copies(copies: list[Delivery], held: dict[int, str]) -> Table:
+    table = Table(title="Supporter copies held for an operator")
+    for column in ("#", "copy", "state", "note"):
+        table.add_column(column, overflow="fold")
+    for delivery in copies:
+        table.add_row(str(delivery.id), describe_target(delivery), styled(delivery.state), escape(held[delivery.id]))
+    return table
 
 
 def _copies_summary(campaign: Campaign) -> Table:

@@ -25,7 +25,7 @@ from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 from workers.delivery import WorkerContext
 
-from ..builders import build_campaign, guo_shengkun, wang_yi
+from ..builders import NAME, build_campaign, guo_shengkun, wang_yi
 from .conftest import SETTINGS, Sandbox, campaign_status, drive, history, schedule_campaign, states
 from .test_review_fixes import unknown_without_a_send
 
@@ -48,6 +48,12 @@ def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
 
 def run(cli: CliRunner, *args: str) -> tuple[int, str]:
     result = cli.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def wide(cli: CliRunner, *args: str) -> tuple[int, str]:
+    """A terminal wide enough that no table cell is folded onto a second line."""
+    result = cli.invoke(app, list(args), env={"COLUMNS": "1000"})
     return result.exit_code, result.output
 
 
@@ -186,6 +192,11 @@ def test_a_submitted_fax_with_no_final_report_is_held_after_the_report_wait(
     assert "no final status" in hold and "dispatch delivery resolve" in hold
     with factory() as session:
         wang = session.scalars(select(Delivery.id).where(Delivery.destination == WANG)).one()
+    code, output = wide(cli, "campaign", "show", NAME)
+    assert code == 0, output
+    [line] = [line for line in output.splitlines() if f"│ {wang} " in line]  # Wang's row of the letters table
+    assert "held for an operator: no final status" in line
+    assert f"dispatch delivery resolve {wang} --sent|--not-sent --reason ..." in line
     code, output = run(cli, "delivery", "resolve", str(wang), "--sent", "--reason", "Telnyx support: delivered")
     assert code == 0, output
     assert states(factory)[WANG] == "delivered"
@@ -205,3 +216,20 @@ def polls(factory: sessionmaker[Session], destination: str) -> int:
                 .where(Delivery.destination == destination, DeliveryEvent.actor.startswith("poll:"))
             ).all()
         )
+
+
+def test_campaign_show_lists_a_held_supporter_copy_without_the_supporters_address(
+    factory: sessionmaker[Session], worker: WorkerContext, cli: CliRunner, tmp_path: Path
+) -> None:
+    """SMTP cannot be asked whether it took a message: an unknown copy is held at once."""
+    from workers.reconcile import reconcile
+
+    schedule_campaign(factory, build_campaign(tmp_path))
+    copy = unknown_without_a_send(worker, factory, "ada.supporter@example.org")
+    assert reconcile(worker, copy) == "held"
+    code, output = wide(cli, "campaign", "show", NAME)
+    assert code == 0, output
+    [line] = [line for line in output.splitlines() if f"│ {copy} " in line]
+    assert "supporter copy #" in line and "held for an operator" in line
+    assert f"dispatch delivery resolve {copy} --sent|--not-sent --reason ..." in line
+    assert "ada.supporter@example.org" not in output
