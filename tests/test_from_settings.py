@@ -18,6 +18,7 @@ SETTINGS = load_settings(
     retry_base_seconds=3.0,
     retry_cap_seconds=30.0,
     max_attempts=5,
+    no_fax_tone_limit=3,
     lease_seconds=720.0,  # above the longest wait for a limit (30 s), as the settings require
     fax_gap_seconds=45.0,
     reconcile_grace_seconds=12.0,
@@ -34,7 +35,7 @@ SETTINGS = load_settings(
 @pytest.mark.parametrize(
     ("cls", "names"),
     [
-        (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts"}),
+        (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts", "no_fax_tone_limit"}),
         (SchedulerConfig, {"batch_size", "claim_limit", "republish_after", "reconcile_every", "poll_after"}),
         (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "report_wait", "batch_budget"}),
     ],
@@ -47,7 +48,9 @@ def test_no_interval_or_limit_has_a_default_of_its_own(cls: type, names: set[str
 
 
 def test_retry_policy_from_settings() -> None:
-    assert RetryPolicy.from_settings(SETTINGS) == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5)
+    assert RetryPolicy.from_settings(SETTINGS) == RetryPolicy(
+        base_seconds=3.0, cap_seconds=30.0, max_attempts=5, no_fax_tone_limit=3
+    )
     assert RetryPolicy.from_settings(SETTINGS, max_attempts=2).max_attempts == 2
 
 
@@ -65,7 +68,7 @@ def test_scheduler_config_from_settings() -> None:
 
 def test_worker_context_from_settings() -> None:
     worker = WorkerContext.from_settings(SETTINGS, factory=None, gateways={})  # type: ignore[arg-type]
-    assert worker.retry == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5)
+    assert worker.retry == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5, no_fax_tone_limit=3)
     assert (worker.lease, worker.fax_gap, worker.reconcile_grace, worker.report_wait, worker.batch_budget) == (
         timedelta(seconds=720),
         timedelta(seconds=45),

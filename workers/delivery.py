@@ -38,7 +38,7 @@ from dispatcher.domain.ledger import Finished, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.messages import Message, Receipt
 from dispatcher.domain.models import Attempt, Delivery, utcnow
-from dispatcher.domain.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
+from dispatcher.domain.outcomes import NOT_SENT_CODES, RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
 from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import Channel, DeliveryKind, State
@@ -49,10 +49,7 @@ from workers.limits import Limiter, LimitTimeout, NoLimits
 
 log = logging.getLogger(__name__)
 
-# Transient.code of a send our own side held back: nothing reached the provider, so the attempt is
-# recorded "not-sent" and does not count against the route (outcomes.attempts_on_route)
-NOT_SENT_CODES = frozenset({"local-limit", "lease-expired"})
-LEASE_EXPIRED = "lease-expired"
+LEASE_EXPIRED = "lease-expired"  # one of outcomes.NOT_SENT_CODES
 LEASE_LOST = (
     "the claim's lease had run out, or the row had moved on, right before the send: nothing was sent; "
     "it will be sent again"

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=1800.0, gt=0, description="longest backoff")
     max_attempts: int = Field(default=8, ge=1, description="attempts per route before it is given up")
     fax_gap_seconds: float = Field(default=60.0, ge=0, description="minimum time between two faxes to one number")
+    no_fax_tone_limit: int = Field(
+        default=2, ge=1, description="'no fax tone' answers in a row from a number before its route is given up"
+    )
 
     # the scheduler
     tick_seconds: float = Field(default=1.0, gt=0, description="time between two scheduler ticks")

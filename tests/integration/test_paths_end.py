@@ -25,7 +25,7 @@ from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 from workers.delivery import WorkerContext
 
-from ..builders import NAME, build_campaign, guo_shengkun, wang_yi
+from ..builders import NAME, build_campaign, guo_shengkun, wang_yi, xi_jinping
 from .conftest import SETTINGS, Sandbox, campaign_status, drive, history, schedule_campaign, states
 from .test_review_fixes import unknown_without_a_send
 
@@ -233,3 +233,42 @@ def test_campaign_show_lists_a_held_supporter_copy_without_the_supporters_addres
     assert "supporter copy #" in line and "held for an operator" in line
     assert f"dispatch delivery resolve {copy} --sent|--not-sent --reason ..." in line
     assert "ada.supporter@example.org" not in output
+
+
+XI_FAX, XI_EMAIL = "+861063070900", "president@example.gov.cn"
+
+
+def xi_by_fax_then_email(tmp_path: Path) -> Path:
+    return build_campaign(tmp_path, to=[xi_jinping(fax=["+86 10 6307 0900"], email=[XI_EMAIL])], cc=[])
+
+
+def test_no_fax_tone_twice_gives_the_route_up_and_the_email_goes(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The number answers, but never as a fax machine: after DISPATCH_NO_FAX_TONE_LIMIT (2) such answers
+    in a row the fax route fails as permanent, well before its attempts (4 here) run out."""
+    sandbox.fax.script(XI_FAX, ["no_fax_tone"] * 10)
+    name = schedule_campaign(factory, xi_by_fax_then_email(tmp_path))
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed")
+    assert [e.outcome for e in sandbox.fax.oracle() if e.destination == XI_FAX] == ["no_fax_tone", "no_fax_tone"]
+    assert (states(factory)[XI_FAX], states(factory)[XI_EMAIL]) == ("failed", "submitted")
+    with factory() as session:
+        error = session.scalars(select(Delivery.last_error).where(Delivery.destination == XI_FAX)).one()
+    assert error is not None and "no fax tone 2 times in a row" in error
+    assert [m.destination for m in sandbox.mail.oracle()].count(XI_EMAIL) == 1
+
+
+def test_a_busy_line_between_two_no_fax_tones_breaks_the_streak(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A busy signal is another kind of answer: the two "no fax tone" answers were not consecutive."""
+    sandbox.fax.script(XI_FAX, ["no_fax_tone", "busy", "no_fax_tone", "ok"])
+    name = schedule_campaign(factory, xi_by_fax_then_email(tmp_path))
+    drive(worker, until=lambda: campaign_status(factory, name) == "completed")
+    assert [e.outcome for e in sandbox.fax.oracle() if e.destination == XI_FAX] == [
+        "no_fax_tone",
+        "busy",
+        "no_fax_tone",
+        "ok",
+    ]
+    assert (states(factory)[XI_FAX], states(factory)[XI_EMAIL]) == ("delivered", "skipped")

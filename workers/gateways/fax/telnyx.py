@@ -92,8 +92,8 @@ STATUS_KINDS: dict[str, EventKind] = {
 # our own media server or a channel limit) -- retried with backoff until the campaign deadline.
 # "permanent": this number (or this document, or our account) will not work however often we try --
 # move to the next route. ``fax_initial_communication_timeout`` (no fax tone) is transient per
-# attempt: a fax machine may be switched off or answered by a person; RetryPolicy.max_attempts
-# (dispatcher/domain/outcomes.py) gives the route up after that many attempts.
+# attempt: a fax machine may be switched off or answered by a person; it is marked ``no_fax_tone``, and
+# DISPATCH_NO_FAX_TONE_LIMIT such answers in a row give the route up (dispatcher/domain/outcomes.py).
 FAILURE_CLASSES: dict[str, ErrorClass] = {
     # the line or the call
     "user_busy": "transient",
@@ -137,6 +137,9 @@ FAILURE_CLASSES: dict[str, ErrorClass] = {
     "unverified_origination_number": "permanent",
     "sender_canceled": "permanent",  # someone cancelled it on purpose: never resend automatically
 }
+# "the call did not connect to a valid fax machine/the destination is not sending fax tones" (Telnyx
+# support, "Fax API - Error List")
+NO_FAX_TONE_REASONS = frozenset({"fax_initial_communication_timeout"})
 # A reason Telnyx adds later is treated as transient: nothing was delivered, and the campaign
 # deadline bounds the retries; the reason itself is kept in ``error_code`` for the operator.
 DEFAULT_FAILURE_CLASS: ErrorClass = "transient"
@@ -373,6 +376,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             reference=decode_reference(fax.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
+            no_fax_tone=reason in NO_FAX_TONE_REASONS,
             detail=text(fax.get("internal_failure_reason")),
             raw=dict(fax),
         )
@@ -428,6 +432,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             reference=decode_reference(payload.get("client_state")),
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
+            no_fax_tone=reason in NO_FAX_TONE_REASONS,
             detail=text(payload.get("internal_failure_reason")),
             pages=integer(payload.get("page_count")),
             duration_secs=number(payload.get("call_duration_secs")),
