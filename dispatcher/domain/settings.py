@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     email_gateway: str = Field(default="smtp", description="gateway name for letters by email")
     copies_gateway: str | None = Field(default=None, description="gateway for supporter copies; email's if unset")
     queue_prefix: str = Field(
-        default="", description="prefix for queue names and Redis keys (several services, one Redis)"
+        default="", description="prefix of every Redis key, Celery's included (several services, one Redis)"
     )
     var_dir: Path = Field(
         default=Path("var"), description="runtime files: the demo's under demo/, the sandbox's oracles under sandbox/"
