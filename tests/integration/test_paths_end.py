@@ -20,10 +20,10 @@ from dispatcher.domain import control
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import CampaignConflict
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, utcnow
-from dispatcher.domain.scheduling import SchedulerConfig
+from dispatcher.domain.scheduling import SchedulerConfig, claim_due
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
-from workers.delivery import WorkerContext
+from workers.delivery import WorkerContext, deliver
 
 from ..builders import NAME, build_campaign, guo_shengkun, wang_yi, xi_jinping
 from .conftest import SETTINGS, Sandbox, campaign_status, drive, history, schedule_campaign, states
@@ -272,3 +272,32 @@ def test_a_busy_line_between_two_no_fax_tones_breaks_the_streak(
         "ok",
     ]
     assert (states(factory)[XI_FAX], states(factory)[XI_EMAIL]) == ("delivered", "skipped")
+
+
+def test_a_delivery_back_to_waiting_after_its_campaign_was_cancelled_is_cancelled(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Cancelling leaves a fax already with the provider alone. When the provider later reports a busy
+    line, the delivery goes back to wait for a retry that a cancelled campaign never makes: the
+    scheduler cancels it like the campaign's other waiting deliveries."""
+    sandbox.fax.script(WANG, ["busy"])
+    name = schedule_campaign(factory, build_campaign(tmp_path))
+
+    def cancel_mid_send(_delivery_id: int) -> None:
+        with transaction(factory) as session:
+            control.cancel(session, name)
+
+    worker.hooks["after_claim"] = cancel_mid_send
+    with transaction(factory) as session:
+        wang = {c.destination: c.id for c in claim_due(session, now=utcnow(), limit=100)}[WANG]
+    deliver(worker, wang)
+    worker.hooks.clear()
+    drive(worker, until=lambda: states(factory)[WANG] not in ("sending", "submitted"))
+    assert states(factory)[WANG] == "retry_wait"  # the busy report came after the cancel
+    drive(worker, until=lambda: states(factory)[WANG] == "cancelled", timeout=10)
+    assert [e.destination for e in sandbox.fax.oracle()].count(WANG) == 1
+    with factory() as session:
+        path = session.scalars(
+            select(DeliveryEvent.to_state).where(DeliveryEvent.delivery_id == wang).order_by(DeliveryEvent.id)
+        ).all()
+    assert path[-2:] == ["retry_wait", "cancelled"], path

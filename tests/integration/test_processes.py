@@ -351,14 +351,17 @@ def test_a_killed_workers_claim_and_slot_are_freed_about_one_lease_later(
 def test_reconciliation_runs_while_the_send_worker_waits_on_a_slow_fax(
     factory: sessionmaker[Session], sandbox: Sandbox, processes: Processes, worker: WorkerContext, tmp_path: Path
 ) -> None:
-    """The fax gateway's one in-flight slot is held by a slow send (the provider answers after 30 s), and
-    the send worker's one pool process is on it. Reconciliation has a queue and a worker of its own:
-    meanwhile Wang's unknown fax is looked up, found missing twice, and planned again."""
+    """The fax gateway's one in-flight slot is held by a slow send (the provider answers after 25 s, within
+    the task's time limits and the HTTP read timeout), and the send worker's one pool process is on it.
+    Reconciliation has a queue and a worker of its own: meanwhile Wang's unknown fax is looked up, found
+    missing twice, and planned again."""
     from .test_review_fixes import unknown_without_a_send
 
     lose_webhooks(processes)
     processes.env["DISPATCH_GATEWAY_IN_FLIGHT"] = "1"
-    sandbox.fax.latency = 30.0
+    processes.env["DISPATCH_TASK_SOFT_TIME_LIMIT_SECONDS"] = "40"
+    processes.env["DISPATCH_TASK_TIME_LIMIT_SECONDS"] = "45"
+    sandbox.fax.latency = 25.0
     schedule_campaign(factory, build_campaign(tmp_path))
     wang = unknown_without_a_send(worker, factory, WANG)  # queues the rest too: the sweeper re-publishes it
     sender = processes.start("worker", "--concurrency", "1", "--queues", "fax,email,copies")
@@ -366,7 +369,7 @@ def test_reconciliation_runs_while_the_send_worker_waits_on_a_slow_fax(
     processes.start("scheduler", "--interval", "0.3")
     wait_for(lambda: XI_1 in [e.destination for e in sandbox.fax.oracle()], what="Xi Jinping's fax at the provider")
     try:
-        wait_for(lambda: states(factory)[WANG] != "unknown", timeout=25, what="Wang's fax to be reconciled")
+        wait_for(lambda: states(factory)[WANG] != "unknown", timeout=20, what="Wang's fax to be reconciled")
         assert any("twice listed no message" in reason for _, _, reason in history(factory, WANG))
         assert states(factory)[XI_1] == "sending"  # the slow send still holds the slot and the pool process
     finally:
