@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 
 from dispatcher.domain.settings import Settings, load_settings
 from dispatcher.processes.cli import app
-from workers.celery_app import CHANNEL_QUEUES
+from workers.celery_app import QUEUES
 from workers.sandbox.server import free_port
 
 from .spawn import ROOT, base_env
@@ -66,7 +66,8 @@ def parse(args: list[str]) -> tuple[str, dict[str, object]]:
 @pytest.fixture(scope="module")
 def commands() -> list[list[str]]:
     found = [dispatch_args(c) for c in procfile_commands() + unit_commands()]
-    assert len(UNITS) == 3 and len(found) == 4 + 4  # release, web, scheduler, worker; web (and its upgrade), ...
+    # release, web, scheduler, worker, reconciler; web (and its upgrade), scheduler, worker
+    assert len(UNITS) == 3 and len(found) == 5 + 4
     return found
 
 
@@ -76,7 +77,15 @@ def test_every_command_parses_as_a_dispatch_subcommand(commands: list[list[str]]
     for args in commands:
         name, params = parse(args)
         if name == "worker":
-            assert set(str(params["queues"]).split(",")) <= set(CHANNEL_QUEUES), args
+            assert set(str(params["queues"]).split(",")) <= set(QUEUES), args
+
+
+def test_the_procfile_serves_every_queue_and_reconciliation_on_its_own() -> None:
+    """Look-ups at the provider have a worker of their own: they never wait for a pool process that sends."""
+    workers = [params for name, params in (parse(dispatch_args(c)) for c in procfile_commands()) if name == "worker"]
+    queues = [str(params["queues"]).split(",") for params in workers]
+    assert sorted(q for names in queues for q in names) == sorted(QUEUES)
+    assert ["reconcile"] in queues
 
 
 def test_every_command_is_accepted_by_the_real_dispatch(commands: list[list[str]], tmp_path: Path) -> None:

@@ -19,9 +19,11 @@ SETTINGS = load_settings(
     retry_base_seconds=3.0,
     retry_cap_seconds=30.0,
     max_attempts=5,
-    lease_seconds=720.0,  # above the task time limit (660 s), as the settings require
+    no_fax_tone_limit=3,
+    lease_seconds=720.0,  # above the longest wait for a limit (30 s), as the settings require
     fax_gap_seconds=45.0,
     reconcile_grace_seconds=12.0,
+    report_wait_seconds=23.0,
     batch_budget_seconds=100.0,
     publish_batch_size=7,
     claim_limit=11,
@@ -39,10 +41,10 @@ SETTINGS = load_settings(
 @pytest.mark.parametrize(
     ("cls", "names"),
     [
-        (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts"}),
+        (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts", "no_fax_tone_limit"}),
         (SchedulerConfig, {"batch_size", "claim_limit", "republish_after", "reconcile_every", "poll_after"}),
         (BreakerConfig, {"failures", "window", "cooldown"}),
-        (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "batch_budget"}),
+        (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "report_wait", "batch_budget"}),
     ],
 )
 def test_no_interval_or_limit_has_a_default_of_its_own(cls: type, names: set[str]) -> None:
@@ -53,7 +55,9 @@ def test_no_interval_or_limit_has_a_default_of_its_own(cls: type, names: set[str
 
 
 def test_retry_policy_from_settings() -> None:
-    assert RetryPolicy.from_settings(SETTINGS) == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5)
+    assert RetryPolicy.from_settings(SETTINGS) == RetryPolicy(
+        base_seconds=3.0, cap_seconds=30.0, max_attempts=5, no_fax_tone_limit=3
+    )
     assert RetryPolicy.from_settings(SETTINGS, max_attempts=2).max_attempts == 2
 
 
@@ -79,20 +83,21 @@ def test_breaker_config_from_settings() -> None:
 
 def test_worker_context_from_settings() -> None:
     worker = WorkerContext.from_settings(SETTINGS, factory=None, gateways={})  # type: ignore[arg-type]
-    assert worker.retry == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5)
-    assert (worker.lease, worker.fax_gap, worker.reconcile_grace, worker.batch_budget) == (
+    assert worker.retry == RetryPolicy(base_seconds=3.0, cap_seconds=30.0, max_attempts=5, no_fax_tone_limit=3)
+    assert (worker.lease, worker.fax_gap, worker.reconcile_grace, worker.report_wait, worker.batch_budget) == (
         timedelta(seconds=720),
         timedelta(seconds=45),
         timedelta(seconds=12),
+        timedelta(seconds=23),
         timedelta(seconds=100),
     )
     quick = WorkerContext.from_settings(SETTINGS, factory=None, gateways={}, fax_gap=timedelta(0))  # type: ignore[arg-type]
     assert (quick.fax_gap, quick.lease) == (timedelta(0), timedelta(seconds=720))
 
 
-def test_the_lease_is_the_settings_fifteen_minutes_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The worker's lease once defaulted to 10 minutes of its own while the settings said 900 s."""
+def test_the_lease_is_the_settings_one_minute_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The worker's lease once defaulted to 10 minutes of its own while the settings said otherwise."""
     monkeypatch.delenv("DISPATCH_LEASE_SECONDS", raising=False)
     monkeypatch.chdir(tmp_path)  # no .env file here
     worker = WorkerContext.from_settings(load_settings(), factory=None, gateways={})  # type: ignore[arg-type]
-    assert worker.lease == timedelta(seconds=900)
+    assert worker.lease == timedelta(seconds=60)

@@ -191,6 +191,44 @@ def test_slot_of_a_killed_holder_frees_itself_after_its_ttl(client: redis.Redis,
     del abandoned
 
 
+def test_a_renewed_slot_outlives_its_ttl_and_frees_itself_once_renewals_stop(
+    client: redis.Redis, names: tuple[str, str]
+) -> None:
+    """The slot's life follows the claim's lease: the worker's heartbeat renews both; a killed worker
+    renews neither, and its slot is free one lease later."""
+    gateway, campaign = names
+    holder = RedisLimiter(client, limits(gateway_in_flight=1, slot_ttl=0.6))
+    waiter = RedisLimiter(client, limits(gateway_in_flight=1, slot_ttl=0.6, max_wait=0.05))
+    abandoned = holder.sending(gateway, campaign=campaign)  # entered and never left, as in a killed worker
+    slot = abandoned.__enter__()
+    for _ in range(6):  # 1.2 s: twice the ttl, renewed every 0.2 s
+        time.sleep(0.2)
+        assert slot.renew() is True
+    with pytest.raises(LimitTimeout, match="in flight"), waiter.sending(gateway, campaign=campaign):
+        pass  # renewed: still held
+    patient = RedisLimiter(client, limits(gateway_in_flight=1, slot_ttl=0.6, max_wait=5.0))
+    with patient.sending(gateway, campaign=campaign):  # no more renewals: free once the ttl ran out
+        assert client.zcard(keys.gateway_slots(gateway)) == 1
+        assert slot.renew() is False  # the lost slot is not taken back: that would exceed the limit
+        assert client.zcard(keys.gateway_slots(gateway)) == 1
+    del abandoned
+
+
+def test_keys_start_with_the_namespace(client: redis.Redis, names: tuple[str, str]) -> None:
+    """DISPATCH_QUEUE_PREFIX leads every key, so one deployment's keys are found (and kept apart) by it."""
+    gateway, campaign = names
+    namespace = f"test-ns-{gateway}-"
+    limiter = RedisLimiter(client, limits(), namespace=namespace)
+    try:
+        with limiter.sending(gateway, campaign=campaign):
+            found = sorted(k.decode() for k in client.scan_iter(match=f"*{gateway}*", count=1000))
+        assert found and all(key.startswith(namespace) for key in found), found
+        assert keys.gateway_slots(gateway, namespace=namespace) in found
+    finally:
+        for key in client.scan_iter(match=f"{namespace}*", count=1000):
+            client.delete(key)
+
+
 def test_limits_have_no_defaults_of_their_own() -> None:
     """Every value comes from the settings (DISPATCH_GATEWAY_PER_SECOND and the rest)."""
     with pytest.raises(TypeError):
@@ -208,13 +246,13 @@ def test_the_worker_limiter_follows_the_settings(client: redis.Redis, names: tup
         gateway_in_flight=1,
         campaign_per_minute=7,
         limit_max_wait_seconds=0.2,
-        limit_slot_ttl_seconds=7.0,
+        lease_seconds=7.0,
     )
     holder, waiter = _limiter(settings), _limiter(settings)
     assert isinstance(holder, RedisLimiter)
     assert holder.limits == Limits(
         gateway_per_second=3, gateway_in_flight=1, campaign_per_minute=7, max_wait=0.2, slot_ttl=7.0
-    )
+    )  # a slot lives as long as the lease: renewed with it, freed with it
     with holder.sending(gateway, campaign=campaign):
         assert 0 < client.pttl(keys.gateway_slots(gateway)) <= 14_000  # twice the slot ttl, in ms
         with pytest.raises(LimitTimeout, match="in flight"), waiter.sending(gateway, campaign=campaign):

@@ -32,7 +32,7 @@ def client(factory: sessionmaker[Session]) -> TestClient:
         factory=factory,
         gateways={},
         secret=None,
-        retry=RetryPolicy(base_seconds=1.0, cap_seconds=2.0, max_attempts=2),
+        retry=RetryPolicy(base_seconds=1.0, cap_seconds=2.0, max_attempts=2, no_fax_tone_limit=2),
         documents=DocumentCache(),
     )
     return TestClient(create_app(ctx))

@@ -51,8 +51,12 @@ def test_defaults_and_a_consistent_short_set_load() -> None:
             ["DISPATCH_TASK_TIME_LIMIT_SECONDS", "DISPATCH_VISIBILITY_TIMEOUT_SECONDS"],
         ),
         (
-            {"lease_seconds": 4.5},
-            ["DISPATCH_TASK_TIME_LIMIT_SECONDS", "DISPATCH_LEASE_SECONDS"],
+            {"lease_seconds": 1.0},  # equal to the longest wait for a limit, before the send
+            ["DISPATCH_LIMIT_MAX_WAIT_SECONDS", "DISPATCH_LEASE_SECONDS"],
+        ),
+        (
+            {"poll_after_seconds": 40.0, "report_wait_seconds": 30.0},  # held before its first poll
+            ["DISPATCH_POLL_AFTER_SECONDS", "DISPATCH_REPORT_WAIT_SECONDS"],
         ),
     ],
 )
@@ -64,16 +68,29 @@ def test_misordered_time_limits_name_the_variables(change: dict[str, float], nam
 
 
 def test_misordered_time_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DISPATCH_LEASE_SECONDS", "8")  # below the default hard limit of 660 s
+    monkeypatch.setenv("DISPATCH_LEASE_SECONDS", "20")  # below the default wait for a limit of 30 s
     with pytest.raises(SettingsError, match="DISPATCH_LEASE_SECONDS"):
         load_settings()
 
 
 def test_every_ordering_problem_is_reported_at_once() -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings(**{**SHORT, "task_time_limit_seconds": 40.0})  # above the visibility timeout and the lease
+        # the hard limit above the visibility timeout, and the lease below the wait for a limit
+        load_settings(**{**SHORT, "task_time_limit_seconds": 40.0, "lease_seconds": 0.5})
     assert "DISPATCH_VISIBILITY_TIMEOUT_SECONDS" in str(caught.value)
     assert "DISPATCH_LEASE_SECONDS" in str(caught.value)
+
+
+def test_a_renewed_lease_may_be_shorter_than_the_task() -> None:
+    """The worker renews its lease while it works on a send: a lease of a few seconds suits a long task."""
+    settings = load_settings(**{**SHORT, "lease_seconds": 3.0})
+    assert (settings.lease_seconds, settings.task_time_limit_seconds) == (3.0, 5.0)
+
+
+def test_the_lease_is_a_minute_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DISPATCH_LEASE_SECONDS", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env file here
+    assert load_settings().lease_seconds == 60.0
 
 
 def test_log_level_is_case_insensitive_and_checked() -> None:

@@ -2,15 +2,20 @@
 
 1. Claim by compare-and-set ``queued -> sending`` with a lease, committed before anything leaves:
    no row, no send. A second copy of the message, or a second worker, finds nothing to claim.
+   From here until 5, a heartbeat renews the lease every third of its length (workers/lease.py).
 2. Render from the per-campaign cache.
-3. Call the gateway with the delivery's idempotency key.
-4. Record the attempt and the new state in one transaction: ``submitted`` (receipt),
+3. Take the shared limits (an in-flight slot, renewed with the lease, and the rates).
+4. Check the lease once more, by compare-and-set, immediately before the gateway call: if the row is no
+   longer ``sending`` for this attempt, or the lease ran out, nothing is sent (recorded as not sent).
+   Then call the gateway with the delivery's idempotency key.
+5. Record the attempt and the new state in one transaction: ``submitted`` (receipt),
    ``retry_wait`` (Transient), ``failed`` (Permanent: the next route may go), or ``unknown``
    (the provider may have the message: reconciled later, never resent blindly). Any other
    exception from a gateway's send, or the task's time limit mid-send, is recorded as ``unknown`` too.
    A ConfigurationFault pauses the gateway (dispatcher/domain/gateway_pauses.py); with it, and with
    GatewayPaused (no call made), the delivery waits on its route, the attempt not counted.
-A worker killed between 1 and 4 leaves a ``sending`` row whose lease expires into ``unknown``.
+A worker killed between 1 and 5 stops renewing: about one lease later its ``sending`` row is swept into
+``unknown``, and its in-flight slot has expired.
 """
 
 from __future__ import annotations
@@ -35,15 +40,22 @@ from dispatcher.domain.ledger import Finished, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.messages import Message, Receipt
 from dispatcher.domain.models import Attempt, Delivery, utcnow
-from dispatcher.domain.outcomes import RetryPolicy, fail, retry_or_fail, skip_other_routes
+from dispatcher.domain.outcomes import NOT_SENT_CODES, RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
 from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import Channel, DeliveryKind, State
 from workers.gateways.base import Gateway
 from workers.gateways.errors import ConfigurationFault, DeliveryError, GatewayPaused, Permanent, Transient, Unknown
+from workers.lease import Lease
 from workers.limits import Limiter, LimitTimeout, NoLimits
 
 log = logging.getLogger(__name__)
+
+LEASE_EXPIRED = "lease-expired"  # one of outcomes.NOT_SENT_CODES
+LEASE_LOST = (
+    "the claim's lease had run out, or the row had moved on, right before the send: nothing was sent; "
+    "it will be sent again"
+)
 
 
 def worker_actor() -> str:
@@ -58,9 +70,10 @@ class WorkerContext:
     factory: sessionmaker[Session]
     gateways: dict[str, Gateway]  # by channel "fax", "email", and optionally "copies"
     retry: RetryPolicy
-    lease: timedelta  # a claimed send not recorded by then is turned unknown by the sweeper
+    lease: timedelta  # renewed every third of it while the worker lives; else the sweeper turns the row unknown
     fax_gap: timedelta  # minimum time between two faxes to one number
     reconcile_grace: timedelta  # before trusting a provider's "not found"
+    report_wait: timedelta  # a submitted send with no final status this long after its acceptance is held
     batch_budget: timedelta  # no new send starts in a batch after this long
     documents: DocumentCache = field(default_factory=DocumentCache)
     limiter: Limiter = field(default_factory=NoLimits)
@@ -73,8 +86,8 @@ class WorkerContext:
     def from_settings(
         cls, settings: Settings, *, factory: sessionmaker[Session], gateways: dict[str, Gateway], **overrides: Any
     ) -> WorkerContext:
-        """DISPATCH_LEASE_SECONDS, _FAX_GAP_SECONDS, _RECONCILE_GRACE_SECONDS, _BATCH_BUDGET_SECONDS and the
-        retry policy's settings, unless overridden."""
+        """DISPATCH_LEASE_SECONDS, _FAX_GAP_SECONDS, _RECONCILE_GRACE_SECONDS, _REPORT_WAIT_SECONDS,
+        _BATCH_BUDGET_SECONDS and the retry policy's settings, unless overridden."""
         context = cls(
             factory=factory,
             gateways=gateways,
@@ -82,6 +95,7 @@ class WorkerContext:
             lease=timedelta(seconds=settings.lease_seconds),
             fax_gap=timedelta(seconds=settings.fax_gap_seconds),
             reconcile_grace=timedelta(seconds=settings.reconcile_grace_seconds),
+            report_wait=timedelta(seconds=settings.report_wait_seconds),
             batch_budget=timedelta(seconds=settings.batch_budget_seconds),
         )
         return replace(context, **overrides)
@@ -106,28 +120,36 @@ def deliver(worker: WorkerContext, delivery_id: int) -> str:
     claim = claim_delivery(worker, delivery_id)
     if isinstance(claim, str):
         return claim
-    _hook(worker, "after_claim", delivery_id)
-    try:
-        rendered = _render(worker, claim)
-    except SoftTimeLimitExceeded:
-        raise  # the task ran out of time: not the document's fault; the lease settles this row
-    except Exception as err:  # any rendering failure ends this delivery: nothing was sent
-        return _record_render_failure(worker, claim, err)
-    try:
-        outcome = _send(worker, claim, rendered)
-    except SoftTimeLimitExceeded:
-        # the task's time limit cut the call short: whether the provider has it is unknown; record
-        # that now (reconciled by reference), then let the task end
-        _record_with_retries(worker, claim, rendered, Unknown("the task's time limit ended the send", code="timeout"))
-        raise
-    return _record_with_retries(worker, claim, rendered, outcome)
+    lease = Lease(
+        factory=worker.factory, delivery_id=delivery_id, attempt=claim.attempt, length=worker.lease, clock=worker.clock
+    )
+    with lease:  # the heartbeat renews the claim until its outcome is recorded
+        _hook(worker, "after_claim", delivery_id)
+        try:
+            rendered = _render(worker, claim)
+        except SoftTimeLimitExceeded:
+            raise  # the task ran out of time: not the document's fault; the lease settles this row
+        except Exception as err:  # any rendering failure ends this delivery: nothing was sent
+            return _record_render_failure(worker, claim, err)
+        try:
+            outcome = _send(worker, claim, rendered, lease)
+        except SoftTimeLimitExceeded:
+            # the task's time limit cut the call short: whether the provider has it is unknown; record
+            # that now (reconciled by reference), then let the task end
+            timeout = Unknown("the task's time limit ended the send", code="timeout")
+            _record_with_retries(worker, claim, rendered, timeout)
+            raise
+        return _record_with_retries(worker, claim, rendered, outcome)
 
 
-def _send(worker: WorkerContext, claim: Claim, rendered: Rendered) -> Receipt | DeliveryError:
-    """Take the shared limits, then call the gateway; every outcome comes back as a value."""
+def _send(worker: WorkerContext, claim: Claim, rendered: Rendered, lease: Lease) -> Receipt | DeliveryError:
+    """Take the shared limits, check the lease, then call the gateway; every outcome comes back as a value."""
     outcome: Receipt | DeliveryError | None = None
     try:
-        with worker.limiter.sending(claim.gateway.name, campaign=_campaign_key(worker, claim)):
+        with worker.limiter.sending(claim.gateway.name, campaign=_campaign_key(worker, claim)) as slot:
+            lease.hold(slot)
+            if not _lease_confirmed(lease, claim):  # immediately before the call: no send on a lost claim
+                return Transient(LEASE_LOST, code=LEASE_EXPIRED)
             outcome = _call_gateway(claim.gateway, rendered.message, claim.delivery_id)
     except LimitTimeout as err:  # raised before the send: nothing left
         return Transient(f"local limit: {err}", code="local-limit")
@@ -140,8 +162,24 @@ def _send(worker: WorkerContext, claim: Claim, rendered: Rendered) -> Receipt | 
         # the limiter failed before the call: nothing left, and it is our side, not the route's
         log.error("taking the limits for delivery %s failed: %s", claim.delivery_id, type(err).__name__)
         return Transient(f"local limit unavailable ({type(err).__name__})", code="local-limit")
+    finally:
+        lease.hold(None)
     assert outcome is not None
     return outcome
+
+
+def _lease_confirmed(lease: Lease, claim: Claim) -> bool:
+    """The check before the send: the claim's lease renewed by compare-and-set, or no send."""
+    try:
+        confirmed = lease.renew()
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as err:  # the ledger cannot confirm the claim: do not send on it
+        log.error("checking the lease of delivery %s before its send failed: %s", claim.delivery_id, type(err).__name__)
+        return False
+    if not confirmed:
+        log.warning("delivery %s: the lease was lost before the send; nothing sent", claim.delivery_id)
+    return confirmed
 
 
 def _call_gateway(gateway: Gateway, message: Message, delivery_id: int) -> Receipt | DeliveryError:
@@ -358,7 +396,7 @@ def _error_outcome(delivery: Delivery, claim: Claim, err: DeliveryError) -> str:
         return "not-sent"  # our configuration or a paused gateway: not counted against the route
     if isinstance(err, Transient):
         # our own limiter, not the provider: not counted against the route
-        return "not-sent" if err.code == "local-limit" else "transient"
+        return "not-sent" if err.code in NOT_SENT_CODES else "transient"
     return "permanent" if isinstance(err, Permanent) else "unknown"
 
 

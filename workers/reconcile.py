@@ -8,6 +8,10 @@
 - The provider lists only an earlier attempt's message, or cannot tell (no lookup for this gateway,
   the lookup failed, the listing is too long to read): the delivery stays ``unknown``, held for an
   operator, and the log says so once per attempt.
+
+Polling a ``submitted`` send whose status report never came: the provider's status is applied; when it
+still has no final status (delivered or failed) ``report_wait`` after the provider accepted it, or the
+poll cannot tell, the send is held for an operator (once), and polled on meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.db import transaction
+from dispatcher.domain.holds import entered_state_at, hold
 from dispatcher.domain.ledger import Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.messages import StatusEvent
@@ -27,8 +32,6 @@ from dispatcher.domain.states import State
 from workers.delivery import WorkerContext, gateway_for
 from workers.gateways.base import Gateway
 from workers.gateways.errors import GatewayError
-
-HOLD_REASON = "held for an operator"
 
 
 def reconcile(worker: WorkerContext, delivery_id: int) -> str:
@@ -65,23 +68,35 @@ def _poll(
     destination: str,
     started_at: datetime | None,
 ) -> str:
+    event: StatusEvent | None = None
     try:
         event = (
             gateway.fetch_status(provider_id)
             if provider_id is not None
             else _find(gateway, key, destination, started_at)
         )
-    except GatewayError:
-        return "poll-failed"  # the webhook may still come; the next poll is scheduled already
-    if event is None:
-        return "poll-not-listed"
+        found = f"the provider does not list it ({gateway.name})" if event is None else f"last status {event.kind}"
+        result = "poll-not-listed" if event is None else ""
+    except GatewayError as err:  # the webhook may still come; the next poll is scheduled already
+        found, result = f"the status lookup failed ({err})", "poll-failed"
     now = worker.clock()
     with transaction(worker.factory) as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None or delivery.state != State.SUBMITTED:
             return "nothing-to-do"
-        applied = apply_status(session, delivery, event, actor=f"poll:{worker.actor}", now=now, policy=worker.retry)
-        return f"polled:{applied}"
+        if event is not None:
+            applied = apply_status(session, delivery, event, actor=f"poll:{worker.actor}", now=now, policy=worker.retry)
+            result = f"polled:{applied}"
+        if delivery.state == State.SUBMITTED and _report_overdue(worker, session, delivery, now):
+            waited = worker.report_wait.total_seconds()
+            why = f"no final status from the provider {waited:.0f}s after it accepted the send ({found})"
+            if hold(session, SqlLedger(session), delivery, actor=f"poll:{worker.actor}", at=now, why=why):
+                result += ", held"
+        return result
+
+
+def _report_overdue(worker: WorkerContext, session: Session, delivery: Delivery, now: datetime) -> bool:
+    return now - entered_state_at(session, delivery) >= worker.report_wait
 
 
 def _apply(worker: WorkerContext, delivery_id: int, found: StatusEvent | None) -> str:
@@ -129,7 +144,7 @@ def _not_found(
     worker: WorkerContext, session: Session, ledger: Ledger, delivery: Delivery, *, actor: str, now: datetime
 ) -> str:
     """Believe "never sent" only the second time, at least ``reconcile_grace`` after the first."""
-    since = _became_unknown_at(session, delivery)
+    since = entered_state_at(session, delivery)
     first = session.scalar(
         select(DeliveryEvent.at)
         .where(
@@ -164,20 +179,6 @@ def _not_found(
     return "not-sent"
 
 
-def _became_unknown_at(session: Session, delivery: Delivery) -> datetime:
-    at = session.scalar(
-        select(DeliveryEvent.at)
-        .where(
-            DeliveryEvent.delivery_id == delivery.id,
-            DeliveryEvent.to_state == State.UNKNOWN,
-            DeliveryEvent.from_state != State.UNKNOWN,
-        )
-        .order_by(DeliveryEvent.id.desc())
-        .limit(1)
-    )
-    return at or delivery.updated_at
-
-
 def _current_attempt_start(session: Session, delivery: Delivery) -> datetime | None:
     return session.scalar(
         select(Attempt.started_at).where(Attempt.delivery_id == delivery.id, Attempt.number == delivery.attempt_count)
@@ -194,20 +195,5 @@ def _hold(worker: WorkerContext, delivery_id: int, why: str) -> str:
 
 def _hold_in(session: Session, ledger: Ledger, worker: WorkerContext, delivery: Delivery, why: str) -> str:
     """Log the hold once per attempt; later passes stay quiet until an operator acts."""
-    already = session.scalar(
-        select(DeliveryEvent.id).where(
-            DeliveryEvent.delivery_id == delivery.id,
-            DeliveryEvent.reason.like(f"{HOLD_REASON}%"),
-            DeliveryEvent.at >= _became_unknown_at(session, delivery),
-        )
-    )
-    if already is None:
-        ledger.note(
-            delivery,
-            actor=f"reconcile:{worker.actor}",
-            at=worker.clock(),
-            error_class="unknown",
-            reason=f"{HOLD_REASON}: {why}; check with the provider, then retry or mark it with "
-            "`dispatch delivery resolve`",
-        )
+    hold(session, ledger, delivery, actor=f"reconcile:{worker.actor}", at=worker.clock(), why=why)
     return "held"

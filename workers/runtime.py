@@ -83,7 +83,7 @@ def shared_limits(settings: Settings) -> Limits:
         gateway_in_flight=settings.gateway_in_flight,
         campaign_per_minute=settings.campaign_per_minute,
         max_wait=settings.limit_max_wait_seconds,
-        slot_ttl=settings.limit_slot_ttl_seconds,
+        slot_ttl=settings.lease_seconds,  # a slot is freed with its claim's lease, renewed with it
     )
 
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from workers.celery_app import app, queue_name
+from workers.celery_app import RECONCILE_QUEUE, app, queue_name
 from workers.delivery import deliver_many
 from workers.reconcile import reconcile
 from workers.runtime import worker_context
@@ -35,4 +35,5 @@ def publisher(queue: str, ids: Sequence[int]) -> None:
 
 
 def reconcile_publisher(queue: str, ids: Sequence[int]) -> None:
-    reconcile_task.apply_async(args=[list(ids)], queue=queue_name(queue))
+    """Look-ups go to the reconcile queue, whatever the delivery's channel: never behind its sends."""
+    reconcile_task.apply_async(args=[list(ids)], queue=queue_name(RECONCILE_QUEUE))

@@ -132,34 +132,44 @@ def _deliveries(session: Session, campaign: Campaign, states: tuple[State, ...])
     return list(session.scalars(query))
 
 
-__all__ = ["cancel", "pause", "resume", "retry", "schedule"]
+__all__ = ["cancel", "pause", "resolvable", "resolve", "resume", "retry", "schedule"]
 
 
-def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, actor: str = "operator") -> State:
-    """An operator settles an ``unknown`` delivery from the provider's own records."""
+def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, reason: str, by: str) -> State:
+    """An operator settles a delivery whose outcome the system cannot establish, from the provider's own
+    records: an ``unknown`` one, or a ``submitted`` one still waiting for its provider's report.
+
+    "Sent" makes it ``delivered``: final, so the state machine lets nothing move it again (no poll, no
+    late or missing report, no resend), and the routes after it are settled by the campaign's policy
+    (first-success: skipped), so the campaign can complete. ``submitted`` would not end it: a send that
+    expects a report stays open to polls, and a late failure report could still turn it into a resend
+    after its other routes were skipped. The event says that an operator confirmed it, who, and why.
+    "Not sent" puts it back to ``retry_wait`` for a resend on the same route, with the same key; in a
+    cancelled campaign it is cancelled instead, as every waiting delivery of it was."""
+    reason, by = reason.strip(), by.strip()
+    if not reason or not by:
+        raise CampaignConflict("resolving a delivery needs a reason (what the provider's records show) and who")
     delivery = _locked(session, delivery_id)
-    if delivery.state != State.UNKNOWN:
-        raise CampaignConflict(f"delivery #{delivery_id} is {delivery.state}; only an unknown delivery is resolved")
-    ledger = SqlLedger(session)
-    if sent:
-        # with a report to come, the status poll looks it up now (by our reference, if it has no id)
-        ledger.move(
-            delivery,
-            State.SUBMITTED,
-            actor=actor,
-            at=now,
-            reason="an operator confirmed with the provider that it was accepted",
-            not_before=now if delivery.expects_report else None,
+    if not resolvable(delivery):
+        raise CampaignConflict(
+            f"delivery #{delivery_id} is {delivery.state}; only an unknown delivery, or a submitted one still "
+            "waiting for its provider's report, is resolved"
         )
-        if not delivery.expects_report:
-            skip_other_routes(session, ledger, delivery, actor=actor, now=now)
-        return State.SUBMITTED
-    ledger.move(
-        delivery,
-        State.RETRY_WAIT,
-        actor=actor,
-        at=now,
-        reason="an operator confirmed with the provider that it was never accepted; it will be sent again",
-        not_before=now,
-    )
+    ledger, actor = SqlLedger(session), f"operator:{by}"[:100]
+    data = {"resolved": "sent" if sent else "not-sent", "by": by, "reason": reason}
+    if sent:
+        why = f"confirmed sent by an operator ({by}) from the provider's records: {reason}"
+        ledger.move(delivery, State.DELIVERED, actor=actor, at=now, reason=why, data=data)
+        skip_other_routes(session, ledger, delivery, actor=actor, now=now)
+        return State.DELIVERED
+    why = f"confirmed not sent by an operator ({by}) from the provider's records: {reason}; it will be sent again"
+    ledger.move(delivery, State.RETRY_WAIT, actor=actor, at=now, reason=why, data=data, not_before=now)
+    if delivery.campaign.status == CampaignStatus.CANCELLED:
+        ledger.move(delivery, State.CANCELLED, actor=actor, at=now, reason="campaign cancelled")
+        return State.CANCELLED
     return State.RETRY_WAIT
+
+
+def resolvable(delivery: Delivery) -> bool:
+    """Whether an operator may settle ``delivery`` (``resolve``): its outcome is not known otherwise."""
+    return delivery.state == State.UNKNOWN or (delivery.state == State.SUBMITTED and delivery.expects_report)

@@ -125,6 +125,11 @@ class Ledger(Protocol):
         """Compare-and-set ``queued -> sending`` with a lease, its event and a new attempt row.
         Returns the attempt's number, or None when another process got there first."""
 
+    def renew(self, delivery_id: int, attempt: int, *, at: datetime, until: datetime) -> bool:
+        """Compare-and-set the lease of attempt ``attempt`` to ``until``, only while the delivery is still
+        ``sending`` for that attempt and its lease has not run out at ``at``. False: the claim is lost
+        (expired, swept to ``unknown``, recorded, or claimed again), and nothing may be sent for it."""
+
     def finish_attempt(self, delivery: Delivery, number: int, *, at: datetime, finished: Finished) -> None:
         """Record how attempt ``number`` ended, and the document the delivery sent."""
 

@@ -22,6 +22,17 @@ from dispatcher.domain.states import State, check_transition
 CHUNK = 5000  # rows per bulk INSERT (one executemany each)
 QUEUE_CHUNK = 500  # ids per bulk UPDATE ... WHERE id IN (...), well within every database's bound parameters
 FIRST_STATES = frozenset({State.PLANNED, State.SKIPPED})  # a delivery is loaded planned, or skipped with why
+# The current attempt is open while its delivery is in one of these states. When the delivery leaves one
+# for a settled state (the worker's record, a webhook, a poll, reconciliation or an operator), the
+# attempt's record is completed with the outcome that state means, unless it already has a final one.
+OPEN_ATTEMPT = frozenset({State.SENDING, State.SUBMITTED, State.UNKNOWN})
+ATTEMPT_OUTCOME = {
+    State.SUBMITTED: "submitted",
+    State.DELIVERED: "delivered",
+    State.FAILED: "permanent",
+    State.RETRY_WAIT: "transient",
+}
+PROVISIONAL = frozenset({"unknown", "submitted"})  # attempt outcomes that a later settlement replaces
 
 
 def last_error(target: State, reason: str) -> str | None:
@@ -88,6 +99,7 @@ class SqlLedger:
     ) -> None:
         check_transition(delivery.state, target)
         reason = stored_text(delivery.kind, reason)
+        self._complete_attempt(delivery, target, at=at, provider_id=provider_id)
         self._event(
             delivery,
             to_state=target,
@@ -192,10 +204,30 @@ class SqlLedger:
         self.session.expire(delivery)  # the UPDATE bypassed the ORM: read the row afresh when asked
         return number
 
+    def renew(self, delivery_id: int, attempt: int, *, at: datetime, until: datetime) -> bool:
+        """One UPDATE whose WHERE is the whole check: the row's state, its attempt and its lease."""
+        result = self.session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.state == State.SENDING,
+                Delivery.attempt_count == attempt,
+                Delivery.lease_expires_at > at,
+            )
+            .values(lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
     def finish_attempt(self, delivery: Delivery, number: int, *, at: datetime, finished: Finished) -> None:
+        """The worker's record of its call. A receipt, or a late error, recorded after a status report
+        already settled the attempt (delivered, failed, retried) keeps that outcome."""
         attempt = self._attempt(delivery.id, number)
         assert attempt is not None, f"delivery #{delivery.id} has no attempt {number}"
-        attempt.finished_at, attempt.outcome = at, finished.outcome
+        settled = attempt.outcome is not None and attempt.outcome not in PROVISIONAL
+        if not (settled and finished.outcome in ("submitted", "late")):
+            attempt.outcome = finished.outcome
+        attempt.finished_at = at
         attempt.document_sha256 = finished.document_sha256
         attempt.error_code, attempt.evidence = finished.error_code, finished.evidence
         attempt.detail = stored_text(delivery.kind, finished.detail) if finished.detail is not None else None
@@ -297,6 +329,19 @@ class SqlLedger:
         self.session.execute(dialect.insert(GatewayState).values(name=name).on_conflict_do_nothing())
         query = select(GatewayState).where(GatewayState.name == name).with_for_update()
         return self.session.scalars(query.execution_options(populate_existing=True)).one()
+
+    def _complete_attempt(self, delivery: Delivery, target: State, *, at: datetime, provider_id: str | None) -> None:
+        """A delivery leaving an open attempt's state for a settled one completes that attempt's record."""
+        outcome = ATTEMPT_OUTCOME.get(target)
+        if outcome is None or delivery.state not in OPEN_ATTEMPT or delivery.attempt_count == 0:
+            return
+        attempt = self._attempt(delivery.id, delivery.attempt_count)
+        if attempt is None or (attempt.outcome is not None and attempt.outcome not in PROVISIONAL):
+            return
+        attempt.outcome = outcome
+        attempt.finished_at = attempt.finished_at or at
+        if attempt.provider_id is None and provider_id is not None:
+            attempt.provider_id = provider_id
 
     def _attempt(self, delivery_id: int, number: int) -> Attempt | None:
         return self.session.scalar(select(Attempt).where(Attempt.delivery_id == delivery_id, Attempt.number == number))

@@ -93,6 +93,7 @@ class StatusEvent:
     pages: int | None = None
     duration_secs: float | None = None
     remote_station_id: str | None = None
+    no_fax_tone: bool = False  # a fax call answered, but not by a fax machine (the gateway's mapping says)
     event_id: str | None = None  # the provider's id for this event, for de-duplication
     raw: Any = None
 

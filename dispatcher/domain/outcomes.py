@@ -25,6 +25,9 @@ from dispatcher.domain.states import DeliveryKind, RoutePolicy, State
 from dispatcher.domain.timing import backoff
 
 Applied = Literal["applied", "duplicate", "stale", "noted"]
+# Transient.code of a send our own side held back (a shared limit, a lost lease): nothing reached the
+# provider, so the attempt is "not-sent", not counted against the route, and it is no answer from the number
+NOT_SENT_CODES = frozenset({"local-limit", "lease-expired"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,14 +35,17 @@ class RetryPolicy:
     base_seconds: float
     cap_seconds: float  # below the broker's visibility timeout (see workers/celery_app.py)
     max_attempts: int  # per route; then the route is given up and the next one goes
+    no_fax_tone_limit: int  # "no fax tone" answers in a row from a number; then its route is given up
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RetryPolicy:
-        """DISPATCH_RETRY_BASE_SECONDS, DISPATCH_RETRY_CAP_SECONDS and DISPATCH_MAX_ATTEMPTS, unless overridden."""
+        """DISPATCH_RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS, _MAX_ATTEMPTS and _NO_FAX_TONE_LIMIT, unless
+        overridden."""
         policy = cls(
             base_seconds=settings.retry_base_seconds,
             cap_seconds=settings.retry_cap_seconds,
             max_attempts=settings.max_attempts,
+            no_fax_tone_limit=settings.no_fax_tone_limit,
         )
         return replace(policy, **overrides)
 
@@ -84,15 +90,20 @@ def retry_or_fail(
     retry_after: float | None = None,
     error_code: str | None = None,
     provider_event_id: str | None = None,
+    no_fax_tone: bool = False,
 ) -> State:
-    """A transient failure: wait and retry the same route, unless attempts or the deadline ran out."""
+    """A transient failure: wait and retry the same route, unless the number answered "no fax tone" too
+    often in a row, or attempts or the deadline ran out."""
     attempts = attempts_on_route(session, delivery)
     delay = timedelta(
         seconds=backoff(attempts, base=policy.base_seconds, cap=policy.cap_seconds, retry_after=retry_after)
     )
     deadline = delivery.campaign.deadline
     why = None
-    if attempts >= policy.max_attempts:
+    answers = no_fax_tone_streak(session, delivery) + 1 if no_fax_tone else 0
+    if answers >= policy.no_fax_tone_limit:
+        why = f"{reason}; no fax tone {answers} times in a row: not a fax line, so this route is given up"
+    elif attempts >= policy.max_attempts:
         why = f"{reason}; gave up after {attempts} attempts on this route"
     elif deadline is not None and now + delay > deadline:
         why = f"{reason}; the next attempt would fall after the deadline {deadline.isoformat()}"
@@ -114,16 +125,43 @@ def retry_or_fail(
         error_class="transient",
         reason=f"{reason}; retry in {delay.total_seconds():.0f}s",
         provider_event_id=provider_event_id,
-        data={"error_code": error_code} if error_code else None,
+        data=_failure_data(error_code, no_fax_tone=no_fax_tone),
         not_before=now + delay,
     )
     return State.RETRY_WAIT
 
 
-def attempts_on_route(session: Session, delivery: Delivery) -> int:
-    """Attempts that reached the provider since the route was last (re)planned by an operator;
-    a wait on our own limiter ("not-sent") does not count."""
-    since = session.scalar(
+def _failure_data(error_code: str | None, *, no_fax_tone: bool) -> dict[str, Any] | None:
+    data: dict[str, Any] = {"error_code": error_code} if error_code else {}
+    if no_fax_tone:
+        data["no_fax_tone"] = True
+    return data or None
+
+
+def no_fax_tone_streak(session: Session, delivery: Delivery) -> int:
+    """How many of the route's latest answers in a row were "no fax tone", since an operator last
+    planned it. Waits that were no answer from the number (our own limits, an unknown send found never
+    sent) neither count nor break the streak; any other failure breaks it."""
+    query = select(DeliveryEvent.data).where(
+        DeliveryEvent.delivery_id == delivery.id,
+        DeliveryEvent.to_state == State.RETRY_WAIT,
+        DeliveryEvent.from_state != State.RETRY_WAIT,
+    )
+    since = _replanned_at(session, delivery)
+    if since is not None:
+        query = query.where(DeliveryEvent.at >= since)
+    streak = 0
+    for data in session.scalars(query.order_by(DeliveryEvent.id.desc())):
+        if data and data.get("no_fax_tone"):
+            streak += 1
+        elif data and data.get("error_code") and data["error_code"] not in NOT_SENT_CODES:
+            break
+    return streak
+
+
+def _replanned_at(session: Session, delivery: Delivery) -> datetime | None:
+    """When an operator last planned the route again (``delivery retry``), if ever."""
+    return session.scalar(
         select(DeliveryEvent.at)
         .where(
             DeliveryEvent.delivery_id == delivery.id,
@@ -133,6 +171,12 @@ def attempts_on_route(session: Session, delivery: Delivery) -> int:
         .order_by(DeliveryEvent.id.desc())
         .limit(1)
     )
+
+
+def attempts_on_route(session: Session, delivery: Delivery) -> int:
+    """Attempts that reached the provider since the route was last (re)planned by an operator;
+    a wait on our own limiter ("not-sent") does not count."""
+    since = _replanned_at(session, delivery)
     query = (
         select(func.count())
         .select_from(Attempt)
@@ -271,6 +315,7 @@ def _apply_failure(
             policy=policy,
             error_code=code,
             provider_event_id=event_id,
+            no_fax_tone=event.no_fax_tone,
         )
     else:
         fail(ledger, delivery, actor=actor, now=now, reason=reason, error_code=code, provider_event_id=event_id)

@@ -75,6 +75,7 @@ class TickResult:
     republished: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     expired: list[int] = field(default_factory=list)
     deadline_failed: int = 0
+    cancelled: int = 0
     completed: list[str] = field(default_factory=list)
 
 
@@ -97,6 +98,7 @@ def tick(session: Session, *, now: datetime, config: SchedulerConfig) -> TickRes
     result = TickResult()
     ledger = SqlLedger(session)
     result.deadline_failed = fail_past_deadline(session, ledger, now=now)
+    result.cancelled = cancel_left_waiting(session, ledger, now=now)
     gates = gateway_pauses.queue_gates(session, now=now, gateways=config.gateways)
     for delivery in claim_due(session, now=now, limit=config.claim_limit, held=gates.keys()):
         result.queued[queue_for(delivery)].append(delivery.id)
@@ -182,6 +184,21 @@ def fail_past_deadline(session: Session, ledger: Ledger, *, now: datetime) -> in
             at=now,
             reason=f"campaign deadline {over[delivery.campaign_id].isoformat()} passed before it could be sent",
         )
+    return len(rows)
+
+
+def cancel_left_waiting(session: Session, ledger: Ledger, *, now: datetime) -> int:
+    """Deliveries of a cancelled campaign that went back to wait after the cancel (a failure the provider
+    reported later, an unknown send found never sent) are cancelled too: nothing claims them any more."""
+    query = (
+        select(Delivery)
+        .join(Campaign, Campaign.id == Delivery.campaign_id)
+        .where(Campaign.status == CampaignStatus.CANCELLED, Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]))
+        .with_for_update(skip_locked=True, of=Delivery)
+    )
+    rows = list(session.scalars(query))
+    for delivery in rows:
+        ledger.move(delivery, State.CANCELLED, actor=ACTOR, at=now, reason="campaign cancelled")
     return len(rows)
 
 

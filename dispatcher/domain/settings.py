@@ -1,8 +1,8 @@
 """One settings object. Lookup order: keyword arguments, then ``DISPATCH_*`` environment variables,
 then a ``.env`` file in the working directory, then the defaults below.
 
-A malformed value, or time limits in an order that would let a task outlive its claim or its broker
-message, fail here, at start-up, naming the variables to fix.
+A malformed value, or time limits in an order that would let a task outlive its broker message or a
+send wait longer than its claim's lease, fail here, at start-up, naming the variables to fix.
 """
 
 from __future__ import annotations
@@ -38,9 +38,15 @@ TIME_LIMIT_ORDER: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "else Redis hands a running task's message to a second worker",
     ),
     (
-        ("task_time_limit_seconds",),
+        ("limit_max_wait_seconds",),
         "lease_seconds",
-        "else a claimed send is declared unknown while its task may still be sending it",
+        "the longest wait before a send must fit in one lease, or a worker whose renewal is late finds its "
+        "claim expired at the send (the check before the send then refuses it, and the letter waits)",
+    ),
+    (
+        ("poll_after_seconds",),
+        "report_wait_seconds",
+        "a submitted send is asked for at the provider at least once before it is held for an operator",
     ),
 )
 
@@ -61,7 +67,7 @@ class Settings(BaseSettings):
     email_gateway: str = Field(default="smtp", description="gateway name for letters by email")
     copies_gateway: str | None = Field(default=None, description="gateway for supporter copies; email's if unset")
     queue_prefix: str = Field(
-        default="", description="prefix for queue names and Redis keys (several services, one Redis)"
+        default="", description="prefix of every Redis key, Celery's included (several services, one Redis)"
     )
     var_dir: Path = Field(
         default=Path("var"), description="runtime files: the demo's under demo/, the sandbox's oracles under sandbox/"
@@ -78,6 +84,9 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=1800.0, gt=0, description="longest backoff")
     max_attempts: int = Field(default=8, ge=1, description="attempts per route before it is given up")
     fax_gap_seconds: float = Field(default=60.0, ge=0, description="minimum time between two faxes to one number")
+    no_fax_tone_limit: int = Field(
+        default=2, ge=1, description="'no fax tone' answers in a row from a number before its route is given up"
+    )
 
     # the scheduler
     tick_seconds: float = Field(default=1.0, gt=0, description="time between two scheduler ticks")
@@ -87,13 +96,22 @@ class Settings(BaseSettings):
     poll_after_seconds: float = Field(
         default=900.0, gt=0, description="poll a submitted send with no report after this"
     )
+    report_wait_seconds: float = Field(
+        default=7200.0,
+        gt=0,
+        description="a submitted send with no final status this long after it was accepted is held for an operator",
+    )
     reconcile_grace_seconds: float = Field(
         default=60.0, ge=0, description="wait before trusting a provider's 'not found'"
     )
     reconcile_every_seconds: float = Field(default=30.0, gt=0, description="look up unknown sends this often")
 
     # the worker
-    lease_seconds: float = Field(default=900.0, gt=0, description="a claimed send not recorded by then becomes unknown")
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="a claimed send whose worker stopped renewing it (every third of this) becomes unknown after this",
+    )
     batch_budget_seconds: float = Field(default=240.0, gt=0, description="no new send starts in a task after this long")
     task_soft_time_limit_seconds: float = Field(default=600.0, gt=0, description="Celery soft time limit of a task")
     task_time_limit_seconds: float = Field(default=660.0, gt=0, description="Celery hard time limit of a task")
@@ -105,8 +123,9 @@ class Settings(BaseSettings):
     gateway_per_second: int = Field(default=10, ge=1, description="sends per second through one gateway")
     gateway_in_flight: int = Field(default=4, ge=1, description="calls in progress at once through one gateway")
     campaign_per_minute: int = Field(default=600, ge=1, description="sends per minute for one campaign")
-    limit_max_wait_seconds: float = Field(default=120.0, gt=0, description="longest wait for a limit before retrying")
-    limit_slot_ttl_seconds: float = Field(default=300.0, gt=0, description="an in-flight slot of a dead worker expires")
+    limit_max_wait_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait for a limit before retrying; below the lease"
+    )
 
     # gateways: the circuit breaker, and the credential check at start-up
     breaker_failures: int = Field(

@@ -290,13 +290,28 @@ def delivery_retry(
 def delivery_resolve(
     delivery_id: int,
     sent: Annotated[bool, typer.Option("--sent/--not-sent", help="what the provider's records show")],
+    reason: Annotated[str, typer.Option("--reason", help="what you checked and found; kept in the delivery's log")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="who settles it  [default: the OS user]", show_default=False)
+    ] = None,
 ) -> None:
-    """Settle an `unknown` delivery after checking with the provider by hand."""
+    """Settle a delivery held for an operator (`unknown`, or `submitted` with no final report) after checking
+    with the provider by hand: --sent ends it as delivered (the addressee's later routes are settled by the
+    policy), --not-sent sends it again on the same route."""
     from dispatcher.domain import control
 
     with db.transaction(_factory()) as session:
-        state = control.resolve(session, delivery_id, sent=sent, now=_now())
+        state = control.resolve(session, delivery_id, sent=sent, now=_now(), reason=reason, by=by or _os_user())
     console.print(f"delivery #{delivery_id}: {state}")
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment or the password database
+        return "operator"
 
 
 @app.command("log")
@@ -345,7 +360,9 @@ def scheduler(
 
 @app.command("worker")
 def worker(
-    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "fax,email,copies",
+    queues: Annotated[
+        str, typer.Option(help="comma-separated queues; a worker on `reconcile` alone never waits behind sends")
+    ] = "fax,email,copies,reconcile",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
     loglevel: Annotated[
         str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)

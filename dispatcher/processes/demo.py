@@ -51,7 +51,8 @@ from workers.sandbox.smtp_sink import SmtpSink
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
 BUSY_NUMBER = "+861065591516"  # Wang Yi's fax: busy on the first call
-RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, max_attempts=5)  # quicker than a deployment's
+# quicker than a deployment's
+RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, max_attempts=5, no_fax_tone_limit=2)
 
 
 def now() -> datetime:

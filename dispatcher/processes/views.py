@@ -14,6 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain import gateway_pauses
+from dispatcher.domain.control import resolvable
+from dispatcher.domain.holds import held_because
 from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, GatewayState
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.states import DeliveryKind, State
@@ -116,10 +118,15 @@ def campaign_detail(session: Session, name: str) -> list[RenderableType]:
     head.add_row("status", text(campaign.status))
     head.add_row("policy", text(campaign.route_policy))
     head.add_row("deadline", text(campaign.deadline.isoformat() if campaign.deadline else "none"))
-    return [head, _letters_table(campaign), _copies_summary(campaign)]
+    held = {d.id: why for d in campaign.deliveries if resolvable(d) and (why := held_because(session, d))}
+    shown: list[RenderableType] = [head, _letters_table(campaign, held), _copies_summary(campaign)]
+    copies = [d for d in campaign.deliveries if d.kind == DeliveryKind.COPY and d.id in held]
+    if copies:
+        shown.append(_held_copies(copies, held))
+    return shown
 
 
-def _letters_table(campaign: Campaign) -> Table:
+def _letters_table(campaign: Campaign, held: dict[int, str]) -> Table:
     table = Table(title="Letters: addressees and routes")
     for column in ("#", "role", "addressee", "route", "destination", "state", "attempts", "note"):
         table.add_column(column, overflow="fold")
@@ -142,16 +149,30 @@ def _letters_table(campaign: Campaign) -> Table:
             text(route.raw_value if route and not route.valid else delivery.destination),
             styled(delivery.state),
             text(delivery.attempt_count),
-            text(_note(delivery)),
+            text(_note(delivery, held.get(delivery.id))),
         )
     return table
 
 
-def _note(delivery: Delivery) -> str:
-    """Why a delivery is where it is; a success needs no note (its earlier failures are in the log)."""
+def _note(delivery: Delivery, held: str | None) -> str:
+    """Why a delivery is where it is: first a hold for an operator, with the command that settles it
+    (in its reason); a success needs no note (its earlier failures are in the log)."""
+    if held is not None:
+        return held
     if delivery.state in ("delivered", "submitted"):
         return ""
     return delivery.last_error or ""
+
+
+def _held_copies(copies: list[Delivery], held: dict[int, str]) -> Table:
+    table = Table(title="Supporter copies held for an operator")
+    for column in ("#", "copy", "state", "note"):
+        table.add_column(column, overflow="fold")
+    for delivery in copies:
+        table.add_row(
+            text(delivery.id), text(describe_target(delivery)), styled(delivery.state), text(held[delivery.id])
+        )
+    return table
 
 
 def _copies_summary(campaign: Campaign) -> Table:

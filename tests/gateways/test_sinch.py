@@ -169,11 +169,11 @@ def test_malformed_number_is_permanent(gateway: SinchGateway, state: SandboxStat
 
 
 @pytest.mark.parametrize(
-    ("outcome", "code", "error_class"),
+    ("outcome", "code", "error_class", "no_fax_tone"),
     [
-        ("busy", "17", "transient"),
-        ("no_answer", "30", "transient"),
-        ("no_fax_tone", "132", "transient"),
+        ("busy", "17", "transient", False),
+        ("no_answer", "30", "transient", False),
+        ("no_fax_tone", "132", "transient", True),
     ],
 )
 def test_call_failures_arrive_as_callbacks(
@@ -183,12 +183,14 @@ def test_call_failures_arrive_as_callbacks(
     outcome: str,
     code: str,
     error_class: str,
+    no_fax_tone: bool,
 ) -> None:
     message = _message()
     state.script(message.to, [outcome])
     receipt = gateway.send(message)
     [event] = gateway.parse_webhook(_completed(receiver[0], receipt.provider_id))
     assert (event.kind, event.error_code, event.error_class) == (EventKind.FAILED, code, error_class)
+    assert event.no_fax_tone is no_fax_tone
     assert event.reference == message.reference
 
 

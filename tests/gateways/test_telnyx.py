@@ -252,15 +252,21 @@ def test_send_success_then_signed_webhooks_tell_the_story(
 
 
 @pytest.mark.parametrize(
-    ("outcome", "reason"),
+    ("outcome", "reason", "no_fax_tone"),
     [
-        ("busy", "user_busy"),
-        ("no_answer", "receiver_no_answer"),
-        ("no_fax_tone", "fax_initial_communication_timeout"),
+        ("busy", "user_busy", False),
+        ("no_answer", "receiver_no_answer", False),
+        ("no_fax_tone", "fax_initial_communication_timeout", True),
     ],
 )
 def test_failed_calls_are_accepted_then_fail_transiently(
-    gateway: TelnyxGateway, state: SandboxState, media_url: str, sink: Sink, outcome: str, reason: str
+    gateway: TelnyxGateway,
+    state: SandboxState,
+    media_url: str,
+    sink: Sink,
+    outcome: str,
+    reason: str,
+    no_fax_tone: bool,
 ) -> None:
     to = new_number()
     state.script(to, [outcome])
@@ -268,8 +274,10 @@ def test_failed_calls_are_accepted_then_fail_transiently(
 
     final = gateway.parse_webhook(as_request(*sink.wait_for_final(receipt.provider_id)[-1]))[0]
     assert (final.kind, final.error_code, final.error_class) == (EventKind.FAILED, reason, "transient")
+    assert final.no_fax_tone is no_fax_tone  # the call was answered, but not by a fax machine
     status = gateway.fetch_status(receipt.provider_id)
     assert (status.kind, status.error_code, status.error_class) == (EventKind.FAILED, reason, "transient")
+    assert status.no_fax_tone is no_fax_tone
 
 
 def test_invalid_number_is_permanent_and_nothing_is_accepted(

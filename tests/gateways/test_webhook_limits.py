@@ -46,7 +46,7 @@ def web() -> Iterator[tuple[ThreadedServer, dict[str, Gateway]]]:
         factory=db.session_factory(engine),
         gateways=gateways,
         secret=None,
-        retry=RetryPolicy(base_seconds=1, cap_seconds=1, max_attempts=1),
+        retry=RetryPolicy(base_seconds=1, cap_seconds=1, max_attempts=1, no_fax_tone_limit=1),
         documents=DocumentCache(),
     )
     with serve(create_app(context)) as server:

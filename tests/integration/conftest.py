@@ -36,7 +36,7 @@ from workers.sandbox.core import SandboxState
 from workers.sandbox.server import ThreadedServer, free_port
 from workers.sandbox.smtp_sink import SmtpSink
 
-RETRY = RetryPolicy(base_seconds=0.05, cap_seconds=0.2, max_attempts=4)
+RETRY = RetryPolicy(base_seconds=0.05, cap_seconds=0.2, max_attempts=4, no_fax_tone_limit=2)
 SETTINGS = Settings()  # the defaults (and any DISPATCH_* variable), as a deployed process reads them
 
 

@@ -82,5 +82,5 @@ def test_resolve_only_settles_unknown(
     with factory() as session:
         delivered = session.scalars(select(Delivery.id).where(Delivery.destination == WANG)).one()
     with pytest.raises(CampaignConflict, match="only an unknown delivery"), transaction(factory) as session:
-        control.resolve(session, delivered, sent=False, now=utcnow())
+        control.resolve(session, delivered, sent=False, now=utcnow(), reason="checked the portal", by="alice")
     assert states(factory)[WANG] == "delivered"

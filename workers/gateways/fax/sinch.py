@@ -153,6 +153,8 @@ ERROR_CLASSES: dict[int, ErrorClass] = {
     133: "permanent",  # phone number is not permitted / failed to normalize PDF document
 }
 
+NO_FAX_TONE_CODES = frozenset({132})  # "no fax tone detected": counted by DISPATCH_NO_FAX_TONE_LIMIT
+
 # errorType decides when the code is not in the table.
 ERROR_TYPE_CLASSES: dict[str, ErrorClass] = {
     "DOCUMENT_CONVERSION_ERROR": "permanent",
@@ -383,6 +385,7 @@ class SinchGateway(HttpGateway[SinchSettings]):
             reference=_reference(fax),
             error_class=classify_error(error_type, error_code) if failed else None,
             error_code=str(error_code) if failed and error_code is not None else None,
+            no_fax_tone=failed and error_code in NO_FAX_TONE_CODES,
             detail=_detail(error_type, text(fax.get("errorMessage"))),
             pages=integer(fax.get("pagesSentSuccessfully") if failed else fax.get("numberOfPages")),
             event_id=f"{fax_id}:{event}:{status}:{fax.get('completedTime') or ''}",

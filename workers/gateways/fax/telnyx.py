@@ -98,9 +98,10 @@ STATUS_KINDS: dict[str, EventKind] = {
 # our own media server or a channel limit) -- retried with backoff until the campaign deadline.
 # "permanent": this number (or this document, or our account) will not work however often we try --
 # move to the next route. ``fax_initial_communication_timeout`` (no fax tone) is transient per
-# attempt: a fax machine may be switched off or answered by a person; RetryPolicy.max_attempts
-# (dispatcher/domain/outcomes.py) gives the route up after that many attempts. "configuration": our
-# settings or account, not the number: the gateway is paused and the delivery waits on its route.
+# attempt: a fax machine may be switched off or answered by a person; it is marked ``no_fax_tone``, and
+# DISPATCH_NO_FAX_TONE_LIMIT such answers in a row give the route up (dispatcher/domain/outcomes.py).
+# "configuration": our settings or account, not the number: the gateway is paused and the delivery
+# waits on its route.
 FAILURE_CLASSES: dict[str, ErrorClass] = {
     # the line or the call
     "user_busy": "transient",
@@ -147,6 +148,9 @@ FAILURE_CLASSES: dict[str, ErrorClass] = {
     "unverified_origination_number": "permanent",
     "sender_canceled": "permanent",  # someone cancelled it on purpose: never resend automatically
 }
+# "the call did not connect to a valid fax machine/the destination is not sending fax tones" (Telnyx
+# support, "Fax API - Error List")
+NO_FAX_TONE_REASONS = frozenset({"fax_initial_communication_timeout"})
 # A reason Telnyx adds later is treated as transient: nothing was delivered, and the campaign
 # deadline bounds the retries; the reason itself is kept in ``error_code`` for the operator.
 DEFAULT_FAILURE_CLASS: ErrorClass = "transient"
@@ -406,6 +410,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
             setting=failure_setting(reason, prefix=env_prefix(self.name)),
+            no_fax_tone=reason in NO_FAX_TONE_REASONS,
             detail=text(fax.get("internal_failure_reason")),
             raw=dict(fax),
         )
@@ -462,6 +467,7 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
             error_class=failure_class(reason) if kind is EventKind.FAILED else None,
             error_code=reason,
             setting=failure_setting(reason, prefix=env_prefix(self.name)),
+            no_fax_tone=reason in NO_FAX_TONE_REASONS,
             detail=text(payload.get("internal_failure_reason")),
             pages=integer(payload.get("page_count")),
             duration_secs=number(payload.get("call_duration_secs")),

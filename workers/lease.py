@@ -1,0 +1,104 @@
+"""A claim's lease: renewed while its worker is working on the send, and checked right before the send.
+
+The claim (workers/delivery.py) gives a ``sending`` delivery a lease of DISPATCH_LEASE_SECONDS. From
+the claim until the outcome is recorded, a heartbeat thread renews it every third of its length, by
+compare-and-set on the row still being ``sending`` for this very attempt (``SqlLedger.renew``), and
+renews the in-flight slot the send holds in Redis with it. A worker that dies renews neither: about one
+lease later the scheduler's sweep turns the row ``unknown`` (reconciled, never resent blindly) and the
+slot has expired, so other sends may take it.
+
+Immediately before the gateway call the same compare-and-set runs once more (:meth:`Lease.renew`, from
+``workers.delivery._send``): when the row is no longer ``sending`` for this attempt, or its lease has
+already run out, the send does not start. So nothing leaves after the sweeper, reconciliation or
+another worker may have acted on an expired claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from types import TracebackType
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dispatcher.domain.db import transaction
+from dispatcher.domain.ledger_sql import SqlLedger
+from workers.limits import Slot
+
+log = logging.getLogger(__name__)
+
+BEATS_PER_LEASE = 3  # renewals per lease length: two may be late or fail before the lease runs out
+
+
+class Lease:
+    """The lease of one claimed attempt, and the heartbeat that keeps it (a context manager)."""
+
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        delivery_id: int,
+        attempt: int,
+        length: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.factory = factory
+        self.delivery_id = delivery_id
+        self.attempt = attempt
+        self.length = length
+        self.clock = clock
+        self._slot: Slot | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{delivery_id}", daemon=True)
+
+    def renew(self) -> bool:
+        """A full lease from now, by compare-and-set in the ledger; False when the claim is lost."""
+        now = self.clock()
+        with transaction(self.factory) as session:
+            return SqlLedger(session).renew(self.delivery_id, self.attempt, at=now, until=now + self.length)
+
+    def hold(self, slot: Slot | None) -> None:
+        """The in-flight slot taken for the send, renewed with the lease; None once it is given back."""
+        self._slot = slot
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.length.total_seconds())
+
+    def _beat(self) -> None:
+        every = self.length.total_seconds() / BEATS_PER_LEASE
+        while not self._stop.wait(every):
+            self._renew_claim()
+            self._renew_slot()
+
+    def _renew_claim(self) -> None:
+        try:
+            kept = self.renew()
+        except Exception as err:  # the next beat tries again; the check before the send decides
+            log.warning("renewing the lease of delivery %s failed: %s", self.delivery_id, type(err).__name__)
+            return
+        if not kept and not self._stop.is_set():
+            log.warning(
+                "delivery %s: the lease of attempt %s was lost while the worker was still on it; "
+                "no send starts for it, and one in progress is reconciled",
+                self.delivery_id,
+                self.attempt,
+            )
+
+    def _renew_slot(self) -> None:
+        """The slot is renewed while the call holds it, whatever became of the claim: the call is real."""
+        slot = self._slot
+        if slot is None:
+            return
+        try:
+            slot.renew()
+        except Exception as err:
+            log.warning("renewing the in-flight slot of delivery %s failed: %s", self.delivery_id, type(err).__name__)
