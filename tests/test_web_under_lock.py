@@ -52,7 +52,7 @@ def web(factory: sessionmaker[Session], *, clock: Callable[[], datetime] = utcno
         factory=factory,
         gateways=gateways(),
         secret=None,
-        retry=RetryPolicy(base_seconds=1, cap_seconds=1, max_attempts=1),
+        retry=RetryPolicy(base_seconds=1, cap_seconds=1, max_attempts=1, no_fax_tone_limit=2),
         documents=DocumentCache(),
         clock=clock,
     )

@@ -118,7 +118,7 @@ def client(factory: sessionmaker[Session]) -> Iterator[TestClient]:
         factory=factory,
         gateways=gateways(),
         secret=b"s" * 32,
-        retry=RetryPolicy(base_seconds=1, cap_seconds=1, max_attempts=1),
+        retry=RetryPolicy(base_seconds=1, cap_seconds=1, max_attempts=1, no_fax_tone_limit=2),
         documents=DocumentCache(),
     )
     with TestClient(create_app(context), raise_server_exceptions=False) as test_client:
