@@ -41,13 +41,19 @@ sys.path.insert(0, str(ROOT))
 
 from dispatcher.domain import db  # noqa: E402
 from dispatcher.domain.campaign_file import (  # noqa: E402
-    AddresseeSpec,
     CampaignSpec,
     load_spec,
 )
 from dispatcher.domain.errors import Problem  # noqa: E402
 from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
-from dispatcher.domain.planning import ACTOR, _write_campaign, content_hash, load_campaign, new_idempotency_key  # noqa: E402
+from dispatcher.domain.planning import (  # noqa: E402
+    ACTOR,
+    _write_campaign,
+    addressee_row,
+    content_hash,
+    load_campaign,
+    new_idempotency_key,
+)
 from dispatcher.domain.scheduling import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
 from dispatcher.domain.settings import Settings  # noqa: E402
 from dispatcher.domain.states import State  # noqa: E402
@@ -86,7 +92,7 @@ def _baseline_plan(session: Session, campaign: Campaign, spec: CampaignSpec, rep
     deliveries: list[tuple[Delivery, str]] = []
     for role, people in (("to", spec.to), ("cc", spec.cc)):
         for index, person in enumerate(people):
-            addressee = _baseline_addressee(campaign, role, index, person)
+            addressee = addressee_row(campaign, role, index, person)
             session.add(addressee)
             session.flush()
             for position, check in enumerate(report.routes[(role, index)]):
@@ -99,22 +105,6 @@ def _baseline_plan(session: Session, campaign: Campaign, spec: CampaignSpec, rep
         record_initial(session, delivery, actor=ACTOR, reason=reason)
     skipped = sum(1 for d, _ in deliveries if d.state == State.SKIPPED)
     return len(deliveries) - skipped, skipped
-
-
-def _baseline_addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
-    return Addressee(
-        campaign_id=campaign.id,
-        role=role,
-        position=index,
-        name=person.name,
-        title=person.title,
-        organisation=person.organisation,
-        salutation=person.salutation,
-        address=list(person.address),
-        country=person.country.upper(),
-        timezone=person.timezone,
-        phones=list(person.phone),
-    )
 
 
 def _baseline_route_delivery(

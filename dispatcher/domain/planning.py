@@ -221,7 +221,7 @@ def _letter_deliveries(session: Session, campaign: Campaign, spec: CampaignSpec,
         for role, group in (("to", spec.to), ("cc", spec.cc))
         for index, person in enumerate(group)
     ]
-    addressees = [_addressee(campaign, role, index, person) for role, index, person in people]
+    addressees = [addressee_row(campaign, role, index, person) for role, index, person in people]
     session.add_all(addressees)
     session.flush()
     routes: list[tuple[Route, str, int, int, RouteCheck]] = []
@@ -244,7 +244,8 @@ def _letter_deliveries(session: Session, campaign: Campaign, spec: CampaignSpec,
     ]
 
 
-def _addressee(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
+def addressee_row(campaign: Campaign, role: str, index: int, person: AddresseeSpec) -> Addressee:
+    """The ledger row of one addressee of the campaign file (the bench's row-by-row baseline builds it too)."""
     return Addressee(
         campaign_id=campaign.id,
         role=role,
