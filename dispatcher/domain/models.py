@@ -76,6 +76,8 @@ class Campaign(Base):
     source_path: Mapped[str] = mapped_column(Text, default="")
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when an operator scheduled it
     letter_date: Mapped[date | None] = mapped_column(Date)  # the date printed on the letter, fixed at scheduling
+    # a CopiesWhen: when the supporter copies go
+    copies: Mapped[str] = mapped_column(String(20), default="after-delivery", server_default="after-delivery")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -85,7 +87,6 @@ class Campaign(Base):
     addressees: Mapped[list[Addressee]] = relationship(
         back_populates="campaign", order_by="Addressee.position", cascade="all, delete-orphan"
     )
-    supporters: Mapped[list[Supporter]] = relationship(back_populates="campaign", cascade="all, delete-orphan")
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="campaign", cascade="all, delete-orphan")
 
 
@@ -141,16 +142,66 @@ class Route(Base):
     addressee: Mapped[Addressee] = relationship(back_populates="routes")
 
 
-class Supporter(Base):
-    __tablename__ = "supporters"
-    __table_args__ = (UniqueConstraint("campaign_id", "email"),)
+class SupporterList(Base):
+    """A named list of supporters, apart from any campaign; campaigns name the lists they copy."""
+
+    __tablename__ = "supporter_lists"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
-    email: Mapped[str] = mapped_column(String(320))
-    name: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
-    campaign: Mapped[Campaign] = relationship(back_populates="supporters")
+    members: Mapped[list[Supporter]] = relationship(back_populates="list", cascade="all, delete-orphan")
+
+
+class Supporter(Base):
+    """One person on one list, with their consent as recorded. Personal data: never logged.
+
+    ``email`` is normalised (domain in IDNA ASCII, lower case; see supporter_import.normalise_email).
+    Only a member with ``consent`` true receives anything."""
+
+    __tablename__ = "supporters"
+    __table_args__ = (UniqueConstraint("list_id", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("supporter_lists.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    consent: Mapped[bool] = mapped_column(Boolean, default=False)
+    consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    consent_source: Mapped[str | None] = mapped_column(String(300))
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # custom columns, kept as data
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    list: Mapped[SupporterList] = relationship(back_populates="members")
+
+
+class CampaignList(Base):
+    """A supporter list a campaign copies."""
+
+    __tablename__ = "campaign_lists"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("supporter_lists.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Suppression(Base):
+    """The organisation-wide suppression list: an address that receives no copy, whatever list it is on.
+
+    Keyed by the SHA-256 of the normalised address (suppressions.address_hash), so that the entry
+    survives the person's erasure without keeping their address."""
+
+    __tablename__ = "suppressions"
+
+    email_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(20))  # "unsubscribed" | "hard-bounce" | "complaint"
+    source: Mapped[str] = mapped_column(String(100))  # "unsubscribe-page", "one-click", "webhook:postmark", ...
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Delivery(Base):
@@ -169,7 +220,8 @@ class Delivery(Base):
     kind: Mapped[str] = mapped_column(String(10))  # a DeliveryKind
     addressee_id: Mapped[int | None] = mapped_column(ForeignKey("addressees.id", ondelete="CASCADE"))
     route_id: Mapped[int | None] = mapped_column(ForeignKey("routes.id", ondelete="CASCADE"))
-    supporter_id: Mapped[int | None] = mapped_column(ForeignKey("supporters.id", ondelete="CASCADE"))
+    # NULL once the supporter is erased: the delivery stays, counted, without the person
+    supporter_id: Mapped[int | None] = mapped_column(ForeignKey("supporters.id", ondelete="SET NULL"))
     channel: Mapped[str] = mapped_column(String(5))
     destination: Mapped[str] = mapped_column(String(320))
     route_position: Mapped[int] = mapped_column(Integer, default=0)

@@ -48,6 +48,13 @@ class Channel(enum.StrEnum):
     EMAIL = "email"
 
 
+class CopiesWhen(enum.StrEnum):
+    """When a campaign's supporter copies go (campaign file ``[supporters] copies``)."""
+
+    AT_DISPATCH = "at-dispatch"  # "this letter is being sent to ...": when the letters start going out
+    AFTER_DELIVERY = "after-delivery"  # once every official's delivery is final, with each outcome
+
+
 class RoutePolicy(enum.StrEnum):
     FIRST_SUCCESS = "first-success"  # stop at the first route of an addressee that succeeds
     ALL_ROUTES = "all-routes"  # send over every route

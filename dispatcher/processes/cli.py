@@ -19,6 +19,7 @@ from dispatcher.domain.settings import get_settings, load_settings
 from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
 from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
+from dispatcher.processes.supporters_cli import supporters_app
 from dispatcher.processes.views import text
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
@@ -26,6 +27,7 @@ campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns."
 db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(db_app, name="db")
+app.add_typer(supporters_app, name="supporters")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,0 +1,68 @@
+"""The organisation-wide suppression list: addresses that receive no supporter copy, from any list.
+
+Fed by unsubscribes (the link and the one-click POST in every copy), by hard bounces and by complaints
+reported by the email gateways' webhooks; a soft bounce does not suppress. Checked when copies are
+planned and again when a copy is claimed for sending.
+
+An entry is the SHA-256 of the normalised address, never the address: it outlives the person's erasure
+(erasing someone must not resubscribe them) without keeping their data.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.models import Suppression
+
+
+class SuppressionReason(enum.StrEnum):
+    UNSUBSCRIBED = "unsubscribed"
+    HARD_BOUNCE = "hard-bounce"
+    COMPLAINT = "complaint"
+
+
+def address_hash(email: str) -> str:
+    """The suppression key of a (normalised) address: SHA-256 of it, lower-cased, as hex."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def suppress(
+    session: Session,
+    email: str,
+    *,
+    reason: SuppressionReason,
+    source: str,
+    at: datetime,
+    campaign_id: int | None = None,
+) -> bool:
+    """Add ``email`` to the suppression list; False if it was already there (the first entry stays)."""
+    key = address_hash(email)
+    if session.get(Suppression, key) is not None:
+        return False
+    session.add(Suppression(email_sha256=key, reason=str(reason), source=source, campaign_id=campaign_id, at=at))
+    session.flush()
+    return True
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    return session.get(Suppression, address_hash(email)) is not None
+
+
+def suppressed_among(session: Session, emails: Iterable[str]) -> set[str]:
+    """Which of ``emails`` are suppressed (queried in chunks, for planning many copies at once)."""
+    by_hash = {address_hash(e): e for e in emails}
+    keys = list(by_hash)
+    found: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        found.update(
+            by_hash[k]
+            for k in session.scalars(select(Suppression.email_sha256).where(Suppression.email_sha256.in_(chunk)))
+        )
+    return found
