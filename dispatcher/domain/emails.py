@@ -50,3 +50,21 @@ def mixed_script_label(domain: str) -> str | None:
             names = " and ".join(sorted(scripts.script_name(code) for code in found))
             return f"the domain label {label!r} mixes {names} letters (a look-alike of another domain?)"
     return None
+
+
+def normalise_email(raw: str) -> str | None:
+    """A supporter's address in the one form the ledger keeps, or None if it is not a valid address.
+
+    The local part is lower-cased (case-folded for non-ASCII) and the domain written in IDNA ASCII,
+    lower-cased: ``Ada.Lovelace@Bücher.Example`` is ``ada.lovelace@xn--bcher-kva.example``. Two rows
+    that differ only so are one person; the suppression list hashes this form."""
+    if unsafe_in_line(raw):
+        return None
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    if mixed_script_label(result.domain):
+        return None
+    local = result.local_part.lower() if result.local_part.isascii() else result.local_part.casefold()
+    return f"{local}@{(result.ascii_domain or result.domain).lower()}"
