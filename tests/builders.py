@@ -157,27 +157,28 @@ def campaign_data(
     return _without_none(data)
 
 
-def supporters_csv(rows: Sequence[tuple[str, str | None]]) -> str:
-    """The supporters CSV: a header ``email,name``, then one line per (email, name) row."""
+def supporters_csv(rows: Sequence[tuple[str, str | None] | tuple[str, str | None, str]]) -> str:
+    """The supporters CSV: a header ``email,name,consent``, then one line per (email, name[, consent]) row;
+    consent is "yes" unless a row gives it."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["email", "name"])
-    writer.writerows((email, name or "") for email, name in rows)
+    writer.writerow(["email", "name", "consent"])
+    writer.writerows((row[0], row[1] or "", row[2] if len(row) > 2 else "yes") for row in rows)
     return out.getvalue()
 
 
 def build_campaign(
     folder: Path,
     *,
-    supporters: Sequence[tuple[str, str | None]] = SUPPORTERS,
+    supporters: Sequence[tuple[str, str | None] | tuple[str, str | None, str]] = SUPPORTERS,
     csv_text: str | None = None,
     template: str | None = None,
     **fields: Any,
 ) -> Path:
     """Write a campaign into ``folder`` and return its ``campaign.toml``.
 
-    ``fields`` are :func:`campaign_data`'s keywords. ``supporters`` are (email, name) rows written as
-    the CSV (the example's two by default); ``csv_text`` is written verbatim instead, for malformed
+    ``fields`` are :func:`campaign_data`'s keywords. ``supporters`` are (email, name[, consent]) rows
+    written as the CSV (the example's two, with consent, by default); ``csv_text`` is written verbatim instead, for malformed
     CSVs. ``template`` is the letter template's source (the example's letter.txt.j2 by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = campaign_data(**fields)
@@ -185,7 +186,7 @@ def build_campaign(
     if template_name is not None:
         source = template if template is not None else (EXAMPLE_DIR / "letter.txt.j2").read_text(encoding="utf-8")
         (folder / template_name).write_text(source, encoding="utf-8")
-    if "supporters" in data:
+    if "csv" in data.get("supporters", {}):
         text = csv_text if csv_text is not None else supporters_csv(supporters)
         (folder / data["supporters"]["csv"]).write_text(text, encoding="utf-8")
     path = folder / "campaign.toml"

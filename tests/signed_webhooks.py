@@ -203,10 +203,15 @@ class Submitted:
     reference: str
 
 
+# the campaign's supporter copies go with the letters, so that every delivery is due at once
+AT_DISPATCH = {"supporters": {"copies": "at-dispatch"}}
+
+
 def submit_one_per_gateway(
     factory: sessionmaker[Session], campaign_file: Path, *, state: State = State.SUBMITTED
 ) -> dict[str, Submitted]:
-    """Load and schedule ``campaign_file`` (three faxes and three emails, all routes due at once) and
+    """Load and schedule ``campaign_file`` (three faxes and three emails, all routes due at once: all-routes,
+    copies at dispatch, see AT_DISPATCH) and
     claim every delivery for its own gateway: faxes for Phaxio, Sinch and Telnyx, emails for Mailgun,
     Postmark and SendGrid. Then leave it in ``state``: ``sending`` (no receipt yet) or ``unknown`` (no
     provider id: the outcome is to be reconciled), or ``submitted`` with a provider id in its

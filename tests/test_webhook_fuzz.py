@@ -29,7 +29,7 @@ from dispatcher.domain.states import State
 from dispatcher.processes.api import WebContext, create_app
 
 from .builders import build_campaign
-from .signed_webhooks import WEBHOOK_GATEWAYS, Submitted, gateways, sample, signed, submit_one_per_gateway
+from .signed_webhooks import AT_DISPATCH, WEBHOOK_GATEWAYS, Submitted, gateways, sample, signed, submit_one_per_gateway
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -128,7 +128,9 @@ def client(factory: sessionmaker[Session]) -> Iterator[TestClient]:
 @pytest.fixture
 def in_flight(factory: sessionmaker[Session], tmp_path: Path) -> dict[str, Submitted]:
     """One delivery per gateway, mid-send: a report about it is applied, so the ledger writes too."""
-    return submit_one_per_gateway(factory, build_campaign(tmp_path, route_policy="all-routes"), state=State.SENDING)
+    return submit_one_per_gateway(
+        factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH), state=State.SENDING
+    )
 
 
 @pytest.mark.parametrize("name", WEBHOOK_GATEWAYS)

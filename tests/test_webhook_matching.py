@@ -25,6 +25,7 @@ from dispatcher.processes.api import WebContext, create_app
 
 from .builders import build_campaign
 from .signed_webhooks import (
+    AT_DISPATCH,
     WEBHOOK_GATEWAYS,
     Submitted,
     gateways,
@@ -53,7 +54,9 @@ def client(factory: sessionmaker[Session]) -> Iterator[TestClient]:
 @pytest.fixture(params=[State.SENDING, State.UNKNOWN, State.SUBMITTED])
 def submitted(factory: sessionmaker[Session], tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Submitted]:
     """One delivery per gateway: mid-send (no receipt yet), unknown (to be reconciled), or submitted."""
-    return submit_one_per_gateway(factory, build_campaign(tmp_path, route_policy="all-routes"), state=request.param)
+    return submit_one_per_gateway(
+        factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH), state=request.param
+    )
 
 
 def ledger_state(factory: sessionmaker[Session]) -> tuple[dict[int, str], int]:
@@ -91,7 +94,7 @@ def test_a_signed_webhook_never_settles_another_gateways_delivery(
 def test_another_gateways_provider_id_matches_nothing_either(
     factory: sessionmaker[Session], client: TestClient, tmp_path: Path, attacker: str
 ) -> None:
-    submitted = submit_one_per_gateway(factory, build_campaign(tmp_path, route_policy="all-routes"))
+    submitted = submit_one_per_gateway(factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH))
     before = ledger_state(factory)
     for victim in (s for name, s in submitted.items() if name != attacker):
         if attacker == "phaxio" and not victim.provider_id.isdigit():

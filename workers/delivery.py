@@ -43,7 +43,8 @@ from dispatcher.domain.models import Attempt, Delivery, utcnow
 from dispatcher.domain.outcomes import NOT_SENT_CODES, RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
 from dispatcher.domain.settings import Settings
-from dispatcher.domain.states import Channel, DeliveryKind, State
+from dispatcher.domain.copies import copy_blocker, official_outcomes
+from dispatcher.domain.states import Channel, CopiesWhen, DeliveryKind, State
 from workers.gateways.base import Gateway
 from workers.gateways.errors import ConfigurationFault, DeliveryError, GatewayPaused, Permanent, Transient, Unknown
 from workers.lease import Lease
@@ -78,6 +79,7 @@ class WorkerContext:
     documents: DocumentCache = field(default_factory=DocumentCache)
     limiter: Limiter = field(default_factory=NoLimits)
     media_url: Callable[[int, datetime], str] | None = None
+    unsubscribe_url: Callable[[int], str] | None = None  # a supporter copy's signed link, by delivery id
     clock: Callable[[], datetime] = utcnow
     actor: str = field(default_factory=worker_actor)
     hooks: dict[str, Callable[[int], None]] = field(default_factory=dict)  # fault tests: "after_claim", ...
@@ -251,7 +253,7 @@ def _hold_back(
     """Deadline passed, campaign paused or cancelled, or the fax line busy with our own call: do not claim.
     The same rules (dispatcher.domain.rules) as the scheduler's, checked again under the claim's lock."""
     campaign = delivery.campaign
-    if rules.deadline_passed(campaign.deadline, now=now):
+    if delivery.kind == DeliveryKind.LETTER and rules.deadline_passed(campaign.deadline, now=now):
         assert campaign.deadline is not None
         ledger.move(
             delivery,
@@ -269,6 +271,11 @@ def _hold_back(
     if gate is rules.Gate.HOLD:
         ledger.move(delivery, State.PLANNED, actor=worker.actor, at=now, reason=f"campaign {campaign.status}")
         return f"held:{campaign.status}"
+    if delivery.kind == DeliveryKind.COPY:
+        withheld = copy_blocker(session, delivery)  # unsubscribed, consent withdrawn or erased since planning
+        if withheld:
+            ledger.move(delivery, State.CANCELLED, actor=worker.actor, at=now, reason=withheld)
+            return "copy-withheld"
     if delivery.channel == Channel.FAX:
         wait = _fax_line_wait(worker, session, delivery, now)
         if wait is not None:
@@ -318,6 +325,14 @@ def _render(worker: WorkerContext, claim: Claim) -> Rendered:
     with worker.factory() as session:
         delivery = session.get(Delivery, claim.delivery_id)
         assert delivery is not None
+        if delivery.kind == DeliveryKind.COPY:
+            return worker.documents.render(
+                delivery,
+                unsubscribe_url=worker.unsubscribe_url(delivery.id) if worker.unsubscribe_url else None,
+                outcomes=official_outcomes(session, delivery.campaign_id)
+                if delivery.campaign.copies == CopiesWhen.AFTER_DELIVERY
+                else None,
+            )
         url = (
             worker.media_url(delivery.id, worker.clock())
             if worker.media_url and delivery.channel == Channel.FAX

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from datetime import datetime, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -101,8 +101,29 @@ class LetterSpec(_Strict):
         return self
 
 
+LIST_NAME = r"^[a-z0-9][a-z0-9-]{1,80}$"
+# a BCP 47 language tag as supporters' locales are written: "fr", "fr-CA", "zh-Hant"
+LOCALE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+
+
 class Supporters(_Strict):
-    csv: str  # path relative to the campaign file; columns: email, name (optional)
+    """Who receives a copy, and when: the named supporter lists, and/or a CSV beside the campaign file
+    (imported as a list named after the campaign, or ``list_name``); only members with consent are copied."""
+
+    csv: str | None = None  # path relative to the campaign file; columns as `dispatch supporters import`
+    list_name: str | None = Field(default=None, pattern=LIST_NAME)  # the list the CSV becomes
+    lists: list[Annotated[str, Field(pattern=LIST_NAME)]] = Field(default_factory=list)
+    copies: Literal["after-delivery", "at-dispatch"] = "after-delivery"
+    # per locale ("fr", "fr-CA"), the copy's wording in that language: phrase name -> text
+    translations: dict[Annotated[str, Field(pattern=LOCALE)], dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some_supporters(self) -> Supporters:
+        if self.csv is None and not self.lists:
+            raise ValueError("name the supporter lists to copy ('lists'), or a 'csv' file, or both")
+        if self.list_name is not None and self.csv is None:
+            raise ValueError("'list_name' names the list a 'csv' file becomes; give the 'csv' too")
+        return self
 
 
 class Campaign(_Strict):

@@ -12,12 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.copies import plan_copies
 from dispatcher.domain.errors import CampaignConflict, NotFound
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Campaign, Delivery, utcnow
 from dispatcher.domain.outcomes import skip_other_routes
 from dispatcher.domain.queries import get_campaign
-from dispatcher.domain.states import CampaignStatus, DeliveryKind, RoutePolicy, State
+from dispatcher.domain.states import CampaignStatus, CopiesWhen, DeliveryKind, RoutePolicy, State
 from dispatcher.domain.timing import first_send_time
 
 WAITING = (State.PLANNED, State.QUEUED, State.RETRY_WAIT)
@@ -31,9 +32,20 @@ def schedule(session: Session, name: str, *, now: datetime, actor: str = "operat
     spec = CampaignSpec.model_validate(campaign.spec)
     zones = {a.id: a.timezone for a in campaign.addressees}
     ledger = SqlLedger(session)
-    for delivery in _deliveries(session, campaign, (State.PLANNED,)):
+    if campaign.status == CampaignStatus.DRAFT:
+        plan_copies(session, campaign)  # members who joined the lists, or consented, since the campaign was loaded
+    waiting = _deliveries(session, campaign, (State.PLANNED,))
+    letters = [d for d in waiting if d.kind == DeliveryKind.LETTER]
+    for delivery in letters:
         zone = zones.get(delivery.addressee_id or -1, "UTC")
         ledger.wait(delivery, until=first_send_time(spec.campaign.schedule, timezone=zone, now=now))
+    # copies keep no office hours: at dispatch they go with the first letter that may go; after delivery, they
+    # wait for the letters' outcomes (copies.letters_open), not for a time
+    first_letter = min((d.not_before for d in letters if d.not_before is not None), default=now)
+    for delivery in waiting:
+        if delivery.kind == DeliveryKind.COPY:
+            at_dispatch = campaign.copies == CopiesWhen.AT_DISPATCH
+            ledger.wait(delivery, until=max(first_letter, now) if at_dispatch else now)
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = now
     campaign.letter_date = campaign.letter_date or now.date()

@@ -11,6 +11,7 @@ are due, which attempt came first) stay with the callers' own queries in the sam
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -173,3 +174,14 @@ class Ledger(Protocol):
     def take_gateway_trial(self, name: str, *, at: datetime, next_trial: datetime) -> bool:
         """Compare-and-set: the caller sends the open breaker's one trial when it is due; the next trial is
         due at ``next_trial`` should this one never report. False when it is not due or another caller took it."""
+
+
+def new_idempotency_key() -> str:
+    """A fresh random key for one delivery, stored with it: it goes to providers and into Message-IDs.
+
+    Random, not derived from the campaign (whose names, numbers and addresses are public): a status
+    webhook names a delivery by this key, so nobody outside the ledger may be able to compute it.
+    "d" and 31 hex digits (124 random bits) fit a Message-ID's left part and every provider's
+    reference field (Telnyx client_state as base64, Phaxio tags, Sinch labels, Postmark Metadata,
+    SendGrid custom_args, Mailgun variables)."""
+    return "d" + secrets.token_hex(16)[:31]

@@ -3,31 +3,45 @@
 Loading is idempotent. The campaign is identified by its name and its content hash (the file, the
 template and the supporters CSV): the same content again is "unchanged"; changed content replaces an
 unsent draft and is refused for a campaign that was scheduled or has started.
+
+Supporters: the campaign's own CSV, if it has one, becomes the list it names (its members made exactly the
+file's rows with consent); the lists the campaign copies are recorded, and a copy is planned for each
+consenting, unsuppressed address on them (dispatcher/domain/copies.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
+from dispatcher.domain.copies import CopyPlan, link_lists, plan_copies
 from dispatcher.domain.errors import CampaignConflict, CampaignFileError, Problem
-from dispatcher.domain.ledger import Ledger, Planned
+from dispatcher.domain.ledger import Ledger, Planned, new_idempotency_key
 from dispatcher.domain.ledger_sql import SqlLedger
-from dispatcher.domain.models import Addressee, Campaign, Delivery, LetterTemplate, Route, Supporter
-from dispatcher.domain.states import CampaignStatus, DeliveryKind, State
-from dispatcher.domain.supporters_csv import SupporterRow
+from dispatcher.domain.models import (
+    Addressee,
+    Campaign,
+    CampaignList,
+    Delivery,
+    LetterTemplate,
+    Route,
+    Supporter,
+    SupporterList,
+    utcnow,
+)
+from dispatcher.domain.states import CampaignStatus, CopiesWhen, DeliveryKind, State
+from dispatcher.domain.supporter_import import import_rows
 from dispatcher.domain.validation import Report, RouteCheck, where
 
 ACTOR = "planner"
-CHUNK = 5000  # supporters per bulk INSERT (one executemany each)
 SKIPPED_AT_LOAD = "skipped at load (--skip-invalid)"
 NO_ROUTE_FIELD = "fax/email"  # the field of validation's "no usable electronic route" problem
 
@@ -39,6 +53,7 @@ class LoadResult:
     planned: int
     skipped: int
     skipped_addressees: tuple[str, ...] = ()  # "cc[1] (Wang Yi)": no usable route, left out by --skip-invalid
+    copies: CopyPlan | None = None  # supporter copies planned, and addresses left out (no consent, suppressed)
 
 
 def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) -> list[Problem]:
@@ -53,7 +68,7 @@ def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) ->
 def skippable_problems(spec: CampaignSpec, report: Report) -> list[Problem]:
     """The errors ``--skip-invalid`` turns into skipped routes, rows and addressees."""
     found = [r.problem for routes in report.routes.values() for r in routes if r.problem]
-    found += [s.problem for s in report.supporters if s.problem]
+    found += [p for p in report.errors if p.file == report.supporters_file and p.where.startswith("line ")]
     unroutable = unroutable_addressees(spec, report)
     if len(unroutable) < len(report.routes):  # someone can still receive the letter
         found += [p for p in report.errors if p.field == NO_ROUTE_FIELD and p.where in unroutable]
@@ -78,24 +93,23 @@ def content_hash(spec: CampaignSpec, report: Report) -> str:
     payload = {
         "spec": spec.model_dump(mode="json"),
         "template": report.template_source,
-        "supporters": [(s.line, s.email, s.name) for s in report.supporters],
+        "supporters": [
+            (s.line, s.email, s.name, s.locale, s.consent_at.isoformat() if s.consent_at else None, s.consent_source)
+            for s in report.supporters
+        ],
+        "refused": [(r.line, r.kind, r.email) for r in report.supporter_rejects],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def new_idempotency_key() -> str:
-    """A fresh random key for one delivery, stored with it: it goes to providers and into Message-IDs.
-
-    Random, not derived from the campaign (whose names, numbers and addresses are public): a status
-    webhook names a delivery by this key, so nobody outside the ledger may be able to compute it.
-    "d" and 31 hex digits (124 random bits) fit a Message-ID's left part and every provider's
-    reference field (Telnyx client_state as base64, Phaxio tags, Sinch labels, Postmark Metadata,
-    SendGrid custom_args, Mailgun variables)."""
-    return "d" + secrets.token_hex(16)[:31]
-
-
 def load_campaign(
-    session: Session, spec: CampaignSpec, report: Report, *, source: Path, skip_invalid: bool = False
+    session: Session,
+    spec: CampaignSpec,
+    report: Report,
+    *,
+    source: Path,
+    skip_invalid: bool = False,
+    now: datetime | None = None,
 ) -> LoadResult:
     """Write the campaign and its planned deliveries (the caller owns the transaction)."""
     fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
@@ -113,7 +127,10 @@ def load_campaign(
         status = "replaced"
     campaign = _write_campaign(session, existing, spec, report, digest, source)
     planned, skipped = _plan(session, ledger, campaign, spec, report)
-    return LoadResult(status, campaign.id, planned, skipped, tuple(unroutable_addressees(spec, report)))
+    copies = _copies(session, campaign, spec, report, now=now or utcnow())
+    return LoadResult(
+        status, campaign.id, planned + copies.planned, skipped, tuple(unroutable_addressees(spec, report)), copies
+    )
 
 
 def _unchanged(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> LoadResult:
@@ -150,11 +167,11 @@ def _purge_draft(session: Session, ledger: Ledger, campaign: Campaign) -> None:
     session.flush()
     addressee_ids = list(session.scalars(select(Addressee.id).where(Addressee.campaign_id == campaign.id)))
     ledger.discard_draft(campaign.id)
-    session.execute(delete(Supporter).where(Supporter.campaign_id == campaign.id))
+    session.execute(delete(CampaignList).where(CampaignList.campaign_id == campaign.id))
     if addressee_ids:
         session.execute(delete(Route).where(Route.addressee_id.in_(addressee_ids)))
         session.execute(delete(Addressee).where(Addressee.id.in_(addressee_ids)))
-    session.expire(campaign, ["deliveries", "addressees", "supporters"])
+    session.expire(campaign, ["deliveries", "addressees"])
 
 
 def _write_campaign(
@@ -173,6 +190,7 @@ def _write_campaign(
         spec=spec.model_dump(mode="json"),
         spec_sha256=digest,
         source_path=str(source),
+        copies=spec.supporters.copies if spec.supporters else CopiesWhen.AFTER_DELIVERY,
     )
     if campaign is None:
         campaign = Campaign(**values)
@@ -198,20 +216,11 @@ def _write_campaign(
 
 
 def _plan(session: Session, ledger: Ledger, campaign: Campaign, spec: CampaignSpec, report: Report) -> tuple[int, int]:
-    """Every delivery and its initial event, inserted in bulk by the ledger.
-
-    Letters come first, then supporter copies, so delivery ids follow the campaign file and then the CSV."""
+    """Every letter delivery and its initial event, inserted in bulk by the ledger (copies follow)."""
     planned = _letter_deliveries(session, campaign, spec, report)
-    planned += _copy_deliveries(session, campaign, report)
     ledger.plan(campaign.id, planned, actor=ACTOR)
     skipped = sum(1 for row in planned if row.state == State.SKIPPED)
     return len(planned) - skipped, skipped
-
-
-def _insert_supporters(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Bulk INSERT in chunks, one executemany each, without RETURNING (see SqlLedger.plan)."""
-    for start in range(0, len(rows), CHUNK):
-        session.execute(insert(Supporter), rows[start : start + CHUNK])
 
 
 def _letter_deliveries(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report) -> list[Planned]:
@@ -282,40 +291,41 @@ def _route_delivery(
     return Planned(values, State.SKIPPED, f"{SKIPPED_AT_LOAD}: {check.problem.where}: {check.problem.brief()}")
 
 
-def _copy_deliveries(session: Session, campaign: Campaign, report: Report) -> list[Planned]:
-    """Supporters in bulk, their ids read back by (campaign, email), which is UNIQUE; then one copy each.
-
-    An address on several rows is one supporter and one copy, from its first row: the CSV reader
-    drops a repeated valid address with a warning, and an invalid one repeated is skipped once."""
-    first: dict[str, SupporterRow] = {}
-    for row in report.supporters:
-        first.setdefault(row.email, row)
-    rows = list(first.values())
-    if not rows:
-        return []
-    _insert_supporters(session, [{"campaign_id": campaign.id, "email": row.email, "name": row.name} for row in rows])
-    supporter_ids = {
-        email: id_
-        for email, id_ in session.execute(
-            select(Supporter.email, Supporter.id).where(Supporter.campaign_id == campaign.id)
+def _copies(session: Session, campaign: Campaign, spec: CampaignSpec, report: Report, *, now: datetime) -> CopyPlan:
+    """The campaign CSV's list made the file's rows, the lists recorded, and the copies planned."""
+    if spec.supporters is None:
+        return CopyPlan(0, 0, 0, 0)
+    names = list(spec.supporters.lists)
+    if spec.supporters.csv is not None:
+        own = spec.supporters.list_name or spec.campaign.name
+        _sync_campaign_list(session, own, report, now=now)
+        names = [own, *(n for n in names if n != own)]
+    missing = link_lists(session, campaign, names)
+    if missing:
+        raise CampaignFileError(
+            [
+                Problem(
+                    file=str(campaign.source_path),
+                    where="supporters",
+                    field="lists",
+                    message=f"no supporter list is named {name!r}: import it first "
+                    f"(dispatch supporters import FILE --list {name})",
+                )
+                for name in missing
+            ]
         )
-    }
-    return [_copy_delivery(campaign, supporter_ids[row.email], row.email, row.problem) for row in rows]
+    return plan_copies(session, campaign)
 
 
-def _copy_delivery(campaign: Campaign, supporter_id: int, email: str, problem: Problem | None) -> Planned:
-    values = {
-        "campaign_id": campaign.id,
-        "kind": DeliveryKind.COPY,
-        "addressee_id": None,
-        "route_id": None,
-        "supporter_id": supporter_id,
-        "channel": "email",
-        "destination": email,
-        "route_position": 0,
-        "idempotency_key": new_idempotency_key(),
-    }
-    if problem is None:
-        return Planned(values, State.PLANNED, "planned")
-    # the CSV line, never the supporter's address (personal data stays out of logs) nor the CSV's path
-    return Planned(values, State.SKIPPED, f"{SKIPPED_AT_LOAD}: {problem.where}: invalid email")
+def _sync_campaign_list(session: Session, name: str, report: Report, *, now: datetime) -> None:
+    """The campaign CSV's list holds exactly the file's members with consent: rows imported (a refusal
+    withdraws consent), members no longer in the file removed."""
+    rows = sorted([*report.supporters, *report.supporter_rejects], key=lambda r: r.line)
+    import_rows(session, name, rows, now=now)
+    keep = {m.email for m in report.supporters}
+    members = session.execute(
+        select(Supporter.id, Supporter.email).join(SupporterList).where(SupporterList.name == name)
+    )
+    stale = [supporter_id for supporter_id, email in members if email not in keep]
+    for start in range(0, len(stale), 500):
+        session.execute(delete(Supporter).where(Supporter.id.in_(stale[start : start + 500])))

@@ -29,7 +29,8 @@ from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Campaign, Delivery
 from dispatcher.domain.rules import SENDING_STATUSES, deadline_passed
 from dispatcher.domain.settings import Settings
-from dispatcher.domain.states import TERMINAL, CampaignStatus, DeliveryKind, RoutePolicy, State
+from dispatcher.domain.copies import letters_open
+from dispatcher.domain.states import TERMINAL, CampaignStatus, CopiesWhen, DeliveryKind, RoutePolicy, State
 
 ACTOR = "scheduler"
 log = logging.getLogger(__name__)
@@ -134,9 +135,15 @@ def claim_due(
             Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
             or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
             or_(
-                Delivery.kind == DeliveryKind.COPY,
-                Campaign.route_policy == RoutePolicy.ALL_ROUTES,
-                ~blocked_by_earlier_route,
+                and_(
+                    Delivery.kind == DeliveryKind.COPY,
+                    # an after-delivery copy reports the officials' outcomes: none may still be open
+                    or_(Campaign.copies == CopiesWhen.AT_DISPATCH, ~letters_open(Delivery.campaign_id)),
+                ),
+                and_(
+                    Delivery.kind == DeliveryKind.LETTER,
+                    or_(Campaign.route_policy == RoutePolicy.ALL_ROUTES, ~blocked_by_earlier_route),
+                ),
             ),
         )
         .order_by(Delivery.not_before, Delivery.id)
@@ -161,7 +168,7 @@ def claim_due(
 
 
 def fail_past_deadline(session: Session, ledger: Ledger, *, now: datetime) -> int:
-    """Deliveries still waiting when their campaign's deadline passed fail, with that reason.
+    """Letters still waiting when their campaign's deadline passed fail, with that reason.
 
     Campaigns are few: the rule (rules.deadline_passed) is applied to each, then their waiting rows fail."""
     campaigns = session.execute(
@@ -172,7 +179,11 @@ def fail_past_deadline(session: Session, ledger: Ledger, *, now: datetime) -> in
         return 0
     query = (
         select(Delivery)
-        .where(Delivery.campaign_id.in_(over), Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]))
+        .where(
+            Delivery.campaign_id.in_(over),
+            Delivery.kind == DeliveryKind.LETTER,  # the deadline is the officials'; copies still go after it
+            Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
+        )
         .with_for_update(skip_locked=True)
     )
     rows = list(session.scalars(query))

@@ -28,15 +28,18 @@ from dispatcher.domain.campaign_file import (
     CcSpec,
     LetterSpec,
     Sender,
+    Supporters,
     read_letter,
 )
 from dispatcher.domain.characters import IN_LETTER, IN_LINE, printable, unsafe_in_line, unsafe_in_text
 from dispatcher.domain.emails import check_email
 from dispatcher.domain.errors import CampaignFileError, Problem, TemplateProblemError
 from dispatcher.domain.numbers import check_number, same_number
+from dispatcher.domain.rendering.copy import phrase_names
 from dispatcher.domain.rendering.fonts import CANNOT_DRAW, describe, undrawable
 from dispatcher.domain.shape import Sections
-from dispatcher.domain.supporters_csv import SupporterRow, read_supporters
+from dispatcher.domain.supporter_import import MemberRow, Rejected
+from dispatcher.domain.supporters_csv import read_supporters
 from dispatcher.domain.templating import FIRST, Variant, compile_letter, render_letter, variant_context, variant_for
 
 
@@ -55,7 +58,9 @@ class Report:
     file: str
     problems: list[Problem] = field(default_factory=list)
     routes: dict[tuple[str, int], list[RouteCheck]] = field(default_factory=dict)  # (role, index) -> routes
-    supporters: list[SupporterRow] = field(default_factory=list)
+    supporters: list[MemberRow] = field(default_factory=list)  # the campaign CSV's rows with consent
+    supporter_rejects: list[Rejected] = field(default_factory=list)  # its other rows (also in problems)
+    supporters_file: str | None = None  # that CSV's path, as its problems name it
     template_source: str = ""
     template_name: str = ""
 
@@ -100,10 +105,29 @@ def validate_sections(sections: Sections, *, file: Path) -> Report:
     if sections.letter is not None:
         _check_template(sections.letter, sections, base, report, undrawn=undrawn)
     if sections.supporters is not None:
-        report.supporters, problems = read_supporters(base, sections.supporters.csv, campaign_file=report.file)
-        report.problems.extend(problems)
+        _check_supporters(sections.supporters, base, report)
     report.problems = [p for p in report.problems if not _about_unread(p, sections.unread)]
     return report
+
+
+def _check_supporters(supporters: Supporters, base: Path, report: Report) -> None:
+    """The campaign's own CSV, read as an import reads a list; the translations' phrase names."""
+    if supporters.csv is not None:
+        found = read_supporters(base, supporters.csv, campaign_file=report.file)
+        report.supporters_file = str(base / supporters.csv)
+        report.supporters, report.supporter_rejects = found.members, found.rejected
+        report.problems.extend(found.problems)
+    known = phrase_names()
+    for locale, words in supporters.translations.items():
+        for name in sorted(set(words) - known):
+            report.problems.append(
+                Problem(
+                    file=report.file,
+                    where=f"supporters.translations.{locale}",
+                    field=name,
+                    message=f"no phrase of the copy is named {name!r}; the names are: {', '.join(sorted(known))}",
+                )
+            )
 
 
 def _about_unread(problem: Problem, unread: frozenset[str]) -> bool:

@@ -95,7 +95,7 @@ def _prepare(console: Console, file: Path, url: str, workdir: Path) -> str:
     report = validate(spec, file=file)
     console.rule("[bold]1. validate")
     for problem in report.problems:
-        console.print(f"[red]{problem.severity}[/red]: {problem}", highlight=False)
+        console.print(views.text(f"{problem.severity}: {problem}"), highlight=False)
     console.rule("[bold]2. preview")
     for line in write_preview(spec, file.parent, pdf_path=workdir / "preview.pdf", eml_path=workdir / "preview.eml"):
         console.print(f"wrote {line}")
@@ -105,6 +105,12 @@ def _prepare(console: Console, file: Path, url: str, workdir: Path) -> str:
     with db.transaction(factory) as session:
         result = load_campaign(session, spec, report, source=file, skip_invalid=True)
     console.print(f"{spec.campaign.name}: {result.status}, {result.planned} planned, {result.skipped} skipped")
+    if result.copies is not None:
+        console.print(
+            f"supporter copies: {result.copies.planned} planned, for the supporters with consent "
+            f"(sent {spec.supporters.copies if spec.supporters else 'after-delivery'}: once every official's "
+            "letter has its final outcome, which each copy reports)"
+        )
     return spec.campaign.name
 
 
@@ -189,6 +195,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
             reconcile_grace=timedelta(seconds=2),
             fax_gap=timedelta(0),  # the busy line is called again after its backoff, not a minute later
             media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
+            unsubscribe_url=lambda delivery_id: f"{sandbox.web_url}/unsubscribe/copy-{delivery_id}",
         )
     )
     stop = threading.Event()
@@ -232,6 +239,26 @@ def _run_until_done(console: Console, factory, name: str, timeout: float) -> boo
     return False
 
 
+def _show_a_copy(console: Console, sandbox: Sandbox) -> None:
+    """The first supporter copy the SMTP sink accepted: its unsubscribe headers and the officials' outcomes."""
+    assert sandbox.smtp is not None
+    copies = [m for m in sandbox.smtp.messages() if m.message["List-Unsubscribe"]]
+    if not copies:
+        console.print("no supporter copy was sent")
+        return
+    message = copies[0].message
+    body = message.get_body(preferencelist=("plain",))
+    text = str(body.get_content()).replace("\r\n", "\n") if body is not None else ""  # type: ignore[attr-defined]
+    lines = [f"{h}: {message[h]}" for h in ("Subject", "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post")]
+    report = [text.split("Addressed to:")[0].strip()]  # the greeting, and each official's outcome
+    console.print(
+        Panel(
+            views.text("\n".join(lines) + "\n\n" + "\n\n".join(report), lines=True),
+            title=f"a supporter's copy, as the SMTP server received it ({len(copies)} copies sent)",
+        )
+    )
+
+
 def _report(console: Console, factory, name: str, sandbox: Sandbox, finished: bool) -> bool:  # type: ignore[no-untyped-def]
     console.rule("[bold]5. result")
     with factory() as session:
@@ -242,6 +269,7 @@ def _report(console: Console, factory, name: str, sandbox: Sandbox, finished: bo
     failed_calls = sum(1 for e in faxes if e.outcome not in REACHING)
     references = {e.reference for e in faxes + mails}
     twice = {**sandbox.fax.duplicates(), **sandbox.mail.duplicates()}
+    _show_a_copy(console, sandbox)
     console.print(
         Panel(
             f"sandbox oracle: {len(faxes)} fax sends accepted ({failed_calls} of them failed on the line and were "

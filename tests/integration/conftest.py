@@ -64,6 +64,7 @@ class Sandbox:
     signing_key: nacl.signing.SigningKey
     secret: bytes
     env: dict[str, str] = field(default_factory=dict)
+    sink: SmtpSink | None = None  # the SMTP server's accepted messages, headers and bodies
 
     def gateways(self) -> dict[str, Gateway]:
         public_key = base64.b64encode(bytes(self.signing_key.verify_key)).decode()
@@ -121,6 +122,7 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
         api_key=api_key,
         signing_key=signing_key,
         secret=secret,
+        sink=sink,
     )
     web = ThreadedServer(
         create_app(
@@ -149,6 +151,7 @@ def worker(factory: sessionmaker[Session], sandbox: Sandbox) -> WorkerContext:
         sandbox.gateways(),
         reconcile_grace=timedelta(seconds=0.3),
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
+        unsubscribe_url=lambda delivery_id: f"{sandbox.web_url}/unsubscribe/copy-{delivery_id}",
     )
 
 

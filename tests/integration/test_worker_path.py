@@ -162,13 +162,15 @@ def test_paused_campaign_sends_nothing_then_each_letter_once_on_resume(
     name = schedule_campaign(factory, build_campaign(tmp_path))
     with transaction(factory) as session:  # a tick's claim, published just before the operator pauses
         published = [d.id for d in claim_due(session, now=utcnow(), limit=100)]
-    assert len(published) == 5  # Xi's first fax, Guo's email, Wang's fax, two copies; Xi's second fax waits
+    # Xi's first fax, Guo's email, Wang's fax; Xi's second fax waits for the first, and the two supporter
+    # copies (after-delivery, the default) for every letter's outcome
+    assert len(published) == 3
     with transaction(factory) as session:
-        assert control.pause(session, name) == 5  # the queued ones go back to planned
-    assert event_count(factory) == 16  # 6 planned, 5 queued, 5 back to planned
+        assert control.pause(session, name) == 3  # the queued ones go back to planned
+    assert event_count(factory) == 12  # 6 planned, 3 queued, 3 back to planned
 
     # paused: the message published before the pause arrives, and the scheduler and worker keep running
-    assert deliver_many(worker, published) == {"not-claimable:planned": 5}
+    assert deliver_many(worker, published) == {"not-claimable:planned": 3}
     assert drive(worker, until=ticks(PAUSED_TICKS)) == PAUSED_TICKS
     assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
     assert states(factory) == {
@@ -179,7 +181,7 @@ def test_paused_campaign_sends_nothing_then_each_letter_once_on_resume(
         ADA: "planned",
         GRACE: "planned",
     }
-    assert event_count(factory) == 16  # nothing was claimed, not even to be handed back
+    assert event_count(factory) == 12  # nothing was claimed, not even to be handed back
     assert campaign_status(factory, name) == "paused"
 
     with transaction(factory) as session:
@@ -216,11 +218,11 @@ def test_worker_holds_what_a_tick_claimed_while_a_pause_committed(
         assert control.pause(session, name) == 0  # the claimed rows are still planned as far as it can see
     tick.commit()
     tick.close()
-    assert len(published) == 5
+    assert len(published) == 3  # the copies wait for the letters' outcomes
     assert campaign_status(factory, name) == "paused"
     assert set(states(factory).values()) == {"queued", "planned"}  # paused, with queued rows: the race's result
 
-    assert deliver_many(worker, published) == {"held:paused": 5}
+    assert deliver_many(worker, published) == {"held:paused": 3}
     assert drive(worker, until=ticks(PAUSED_TICKS)) == PAUSED_TICKS
     assert sandbox.fax.oracle() == [] and sandbox.mail.oracle() == []
     assert states(factory) == {
@@ -269,9 +271,13 @@ def test_deadline_fails_what_is_left_with_a_reason(
     name = schedule_campaign(factory, path)
     drive(worker, until=lambda: campaign_status(factory, name) == "completed")
     with factory() as session:
-        errors = set(session.scalars(select(Delivery.last_error)))
-    assert all(e and "deadline" in e for e in errors)
+        letters = session.execute(select(Delivery.state, Delivery.last_error).where(Delivery.kind == "letter")).all()
+    assert {state for state, _ in letters} == {"failed"}
+    assert all(e and "deadline" in e for _, e in letters)
     assert sandbox.fax.oracle() == []
+    # the deadline is the officials': the supporters still learn that the letter could not be delivered
+    copies = [m for m in sandbox.mail.oracle()]
+    assert sorted(m.destination for m in copies) == [ADA, GRACE]
 
 
 def test_submitted_without_webhook_is_polled(factory: sessionmaker[Session], sandbox: Sandbox, tmp_path: Path) -> None:

@@ -85,12 +85,20 @@ def test_eml_parses_back(cjk_spec: CampaignSpec, tmp_path: Path) -> None:
 def test_supporter_copy(example_spec: CampaignSpec, name: str | None, greeting: str) -> None:
     letter = load_letter(example_spec, EXAMPLE_DIR, date=LETTER_DATE)
     copy = render_supporter_copy(
-        example_spec, letter, supporter_email="grace.supporter@example.net", supporter_name=name, reference="copy-7"
+        example_spec,
+        letter,
+        supporter_email="grace.supporter@example.net",
+        supporter_name=name,
+        reference="copy-7",
+        unsubscribe_url="https://dispatch.example.org/unsubscribe/t0ken",
+        outcomes=[],
     )
     message = copy.message
     assert list(message.to) == ["grace.supporter@example.net"]
     assert message.text.startswith(greeting + "\n\n")
-    assert "Here is the letter Human Rights Watch sent on your behalf to Xi Jinping." in message.text
+    assert "Here is the letter Human Rights Watch sent on your behalf to Xi Jinping, and what became of it." in (
+        message.text
+    )
     assert "To: Xi Jinping, President, General Secretary Office" in message.text
     assert "CC: Wang Yi, Foreign Minister, Ministry of Foreign Affairs" in message.text
     assert letter.text.strip() in message.text
@@ -102,7 +110,13 @@ def test_supporter_copy(example_spec: CampaignSpec, name: str | None, greeting: 
 def test_supporter_copy_escapes_the_name(example_spec: CampaignSpec) -> None:
     letter = load_letter(example_spec, EXAMPLE_DIR, date=LETTER_DATE)
     copy = render_supporter_copy(
-        example_spec, letter, supporter_email="x@example.net", supporter_name="<b>Eve</b>", reference="c"
+        example_spec,
+        letter,
+        supporter_email="x@example.net",
+        supporter_name="<b>Eve</b>",
+        reference="c",
+        unsubscribe_url="https://dispatch.example.org/unsubscribe/t0ken",
+        outcomes=[],
     )
     assert copy.message.html is not None
     assert "&lt;b&gt;Eve&lt;/b&gt;" in copy.message.html

@@ -11,6 +11,7 @@ import pytest
 
 from dispatcher.domain.campaign_file import CampaignSpec
 from dispatcher.domain.rendering import RenderedLetter, build_letter, render_fax, render_supporter_copy
+from dispatcher.domain.rendering.copy import unsubscribe_headers
 from dispatcher.domain.rendering.templates import default_environment, environment
 from dispatcher.domain.templating import compile_letter
 
@@ -18,6 +19,8 @@ from .conftest import LETTER_DATE, make_spec, pdf_text, spec_data
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 MARKUP_NAME = "<script>x</script>"
+
+UNSUBSCRIBE = "https://dispatch.example.org/unsubscribe/t0ken"
 
 
 def _edited(tmp_path: Path, name: str, old: str, new: str) -> jinja2.Environment:
@@ -106,10 +109,11 @@ def test_letter_html_escapes_names_and_letter_text() -> None:
 @pytest.mark.parametrize(
     ("name", "old", "new", "part", "expected"),
     [
-        ("copy/supporter.txt.j2", "on your behalf", "for you", "text", "Example Rights sent for you to"),
-        ("copy/supporter.html.j2", "on your behalf", "for you", "html", "Example Rights sent for you to"),
+        ("copy/supporter.txt.j2", "{{ intro }}", "Sent: {{ intro }}", "text", "Sent: Here is the letter Example"),
+        ("copy/supporter.html.j2", "<p>{{ intro }}</p>", "<h1>{{ intro }}</h1>", "html", "<h1>Here is the letter"),
         ("copy/supporter.html.j2", "<hr>", '<hr class="letter">', "html", '<hr class="letter">'),
-        ("copy/subject.txt.j2", "Copy:", "Sent:", "subject", "Sent: Nine refugees"),
+        ("copy/phrases.toml", "Copy: {subject}", "Sent: {subject}", "subject", "Sent: Nine refugees"),
+        ("copy/phrases.toml", "on your behalf", "for you", "text", "Example Rights sent for you to"),
     ],
 )
 def test_supporter_copy_comes_from_its_templates(
@@ -118,7 +122,14 @@ def test_supporter_copy_comes_from_its_templates(
     spec = make_spec()
     templates = _edited(tmp_path, name, old, new)
     copy = render_supporter_copy(
-        spec, _letter(spec), supporter_email="s@example.net", supporter_name="Grace", reference="c", templates=templates
+        spec,
+        _letter(spec),
+        supporter_email="s@example.net",
+        supporter_name="Grace",
+        reference="c",
+        unsubscribe_url=UNSUBSCRIBE,
+        outcomes=[],
+        templates=templates,
     )
     message = copy.message
     parts = {"text": message.text, "html": message.html or "", "subject": message.subject}
@@ -130,17 +141,23 @@ def test_supporter_copy_escapes_html_only() -> None:
     spec = _markup_spec()
     spec = spec.model_copy(update={"sender": spec.sender.model_copy(update={"organisation": "Rights & <Co>"})})
     copy = render_supporter_copy(
-        spec, _letter(spec), supporter_email="s@example.net", supporter_name="Eve & <b>Bob</b>", reference="c"
+        spec,
+        _letter(spec),
+        supporter_email="s@example.net",
+        supporter_name="Eve & <b>Bob</b>",
+        reference="c",
+        unsubscribe_url=UNSUBSCRIBE,
+        outcomes=[],
     )
     html, text = copy.message.html or "", copy.message.text
     assert "<script>" not in html
     assert "<b>" not in html
     assert "<p>Dear Eve &amp; &lt;b&gt;Bob&lt;/b&gt;,</p>" in html
-    assert "Rights &amp; &lt;Co&gt; sent on your behalf to &lt;script&gt;x&lt;/script&gt;." in html
+    assert "Rights &amp; &lt;Co&gt; sent on your behalf to &lt;script&gt;x&lt;/script&gt;, and" in html
     assert "To: &lt;script&gt;x&lt;/script&gt;, President, General Office<br>" in html
     assert "CC: Wang Yi, Foreign Minister, Xi &amp; Co</p>" in html
     assert text.startswith("Dear Eve & <b>Bob</b>,\n\n")
-    assert "Rights & <Co> sent on your behalf to <script>x</script>." in text
+    assert "Rights & <Co> sent on your behalf to <script>x</script>, and" in text
     assert "To: <script>x</script>, President, General Office\nCC: Wang Yi, Foreign Minister, Xi & Co\n" in text
 
 
@@ -148,12 +165,67 @@ def test_supporter_copy_names_every_to_addressee() -> None:
     data = spec_data()
     data["to"] = [data["to"][0] | {"name": name} for name in ("A", "B", "C")]
     spec = CampaignSpec.model_validate(data)
-    copy = render_supporter_copy(spec, _letter(spec), supporter_email="s@e.net", supporter_name=None, reference="c")
-    assert "sent on your behalf to A, B and C." in copy.message.text
-    assert "sent on your behalf to A, B and C." in (copy.message.html or "")
+    copy = render_supporter_copy(
+        spec,
+        _letter(spec),
+        supporter_email="s@e.net",
+        supporter_name=None,
+        reference="c",
+        unsubscribe_url=UNSUBSCRIBE,
+        outcomes=[],
+    )
+    assert "sent on your behalf to A, B and C, and what became of it." in copy.message.text
+    assert "sent on your behalf to A, B and C, and what became of it." in (copy.message.html or "")
 
 
 def test_default_environment_reads_this_checkouts_templates() -> None:
     template = default_environment().get_template("email/letter.html.j2")
     assert template.filename is not None
     assert Path(template.filename).resolve() == TEMPLATES_DIR / "email" / "letter.html.j2"
+
+
+def test_a_copy_carries_one_click_unsubscribe_and_list_id_headers() -> None:
+    spec = make_spec()
+    copy = render_supporter_copy(
+        spec,
+        _letter(spec),
+        supporter_email="s@e.net",
+        supporter_name=None,
+        reference="c",
+        unsubscribe_url=UNSUBSCRIBE,
+        outcomes=[],
+    )
+    assert dict(copy.message.headers) == {
+        "List-Unsubscribe": "<https://dispatch.example.org/unsubscribe/t0ken>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "List-Id": f'"{spec.campaign.title}" <{spec.campaign.name}.example.org>',
+    }
+    assert "unsubscribe: https://dispatch.example.org/unsubscribe/t0ken" in copy.message.text
+    assert '<a href="https://dispatch.example.org/unsubscribe/t0ken">Unsubscribe</a>' in (copy.message.html or "")
+
+
+def test_a_title_that_is_not_plain_ascii_leaves_the_list_id_without_a_phrase() -> None:
+    spec = make_spec()
+    spec = spec.model_copy(update={"campaign": spec.campaign.model_copy(update={"title": 'Réfugiés "nord"'})})
+    headers = unsubscribe_headers(spec, UNSUBSCRIBE)
+    assert headers["List-Id"] == f"<{spec.campaign.name}.example.org>"
+
+
+def test_a_translation_is_text_never_a_format_string() -> None:
+    data = spec_data()
+    data["supporters"] = {
+        "lists": ["petition"],
+        "translations": {"fr": {"greeting_named": "Bonjour {name} {name.__class__} {0} {{name}},"}},
+    }
+    spec = CampaignSpec.model_validate(data)
+    copy = render_supporter_copy(
+        spec,
+        _letter(spec),
+        supporter_email="s@e.net",
+        supporter_name="Grace",
+        reference="c",
+        unsubscribe_url=UNSUBSCRIBE,
+        outcomes=[],
+        locale="fr-BE",
+    )
+    assert copy.message.text.startswith("Bonjour Grace {name.__class__} {0} {Grace},\n")

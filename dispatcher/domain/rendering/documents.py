@@ -10,6 +10,7 @@ provider produces the very bytes whose SHA-256 the worker recorded.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -18,7 +19,7 @@ import jinja2
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
 from dispatcher.domain.messages import EmailMessage, FaxMessage
 from dispatcher.domain.models import Campaign, Delivery
-from dispatcher.domain.rendering.copy import render_supporter_copy
+from dispatcher.domain.rendering.copy import OfficialOutcome, render_supporter_copy
 from dispatcher.domain.rendering.email import render_email
 from dispatcher.domain.rendering.fax import FaxDocument, render_fax
 from dispatcher.domain.rendering.letter import RenderedLetter, build_letter
@@ -87,18 +88,31 @@ class DocumentCache:
             return FIRST
         return variant_for(self._campaign(delivery.campaign).spec, person.role, person.position)
 
-    def render(self, delivery: Delivery, *, media_url: str | None = None) -> Rendered:
-        """The message for one delivery, its content hash and page count."""
+    def render(
+        self,
+        delivery: Delivery,
+        *,
+        media_url: str | None = None,
+        unsubscribe_url: str | None = None,
+        outcomes: Sequence[OfficialOutcome] | None = None,
+    ) -> Rendered:
+        """The message for one delivery, its content hash and page count. A supporter copy needs its
+        ``unsubscribe_url``, and, sent after delivery, the officials' ``outcomes``."""
         spec, letter = self.letter(delivery.campaign, self.variant(delivery))
         key = delivery.idempotency_key
         if delivery.kind == DeliveryKind.COPY:
+            if unsubscribe_url is None:
+                raise ValueError(f"supporter copy #{delivery.id} has no unsubscribe link")
             supporter = delivery.supporter
             doc = render_supporter_copy(
                 spec,
                 letter,
                 supporter_email=delivery.destination,
                 supporter_name=supporter.name if supporter else None,
+                locale=supporter.locale if supporter else None,
                 reference=key,
+                unsubscribe_url=unsubscribe_url,
+                outcomes=outcomes,
             )
             return Rendered(doc.message, doc.sha256, None)
         if delivery.channel == Channel.EMAIL:

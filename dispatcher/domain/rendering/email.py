@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dispatcher.domain.campaign_file import CampaignSpec
@@ -30,7 +31,14 @@ def render_email(spec: CampaignSpec, letter: RenderedLetter, *, to_email: str, r
 
 
 def build_email(
-    spec: CampaignSpec, *, to_email: str, reference: str, subject: str, text: str, html: str
+    spec: CampaignSpec,
+    *,
+    to_email: str,
+    reference: str,
+    subject: str,
+    text: str,
+    html: str,
+    headers: Mapping[str, str] | None = None,
 ) -> EmailDocument:
     """An EmailMessage from the campaign's sender, with its content hash; shared with supporter copies."""
     message = EmailMessage(
@@ -42,6 +50,7 @@ def build_email(
         reply_to=spec.sender.reply_to,
         reference=reference,
         message_id=message_id(reference, spec.sender.email),
+        headers=dict(headers or {}),
     )
     return EmailDocument(message=message, sha256=sha256_text(subject, text, html))
 
