@@ -22,10 +22,12 @@ def test_default_is_the_example_with_its_malformed_fax_corrected(tmp_path: Path,
     assert expected["to"][0]["fax"] == ["+86 10 6307 0900", "+011 10 6238 1025"]
     expected["to"][0]["fax"] = ["+86 10 6307 0900", "+86 10 6238 1025"]
     assert read(path) == expected
-    for name in ("letter.txt.j2", "supporters.csv"):
-        assert (tmp_path / name).read_text(encoding="utf-8") == (example_file.parent / name).read_text(
-            encoding="utf-8"
-        ), name
+    letter = "letter.txt.j2"
+    assert (tmp_path / letter).read_text(encoding="utf-8") == (example_file.parent / letter).read_text(encoding="utf-8")
+    # the example's two supporters who consented (its third refused: tests that need him add him)
+    assert (tmp_path / "supporters.csv").read_text(encoding="utf-8") == (
+        "email,name,consent\nada.supporter@example.org,Ada Lovelace,yes\ngrace.supporter@example.net,Grace Hopper,yes\n"
+    )
 
 
 def test_overrides_land_where_the_schema_puts_them(tmp_path: Path) -> None:
@@ -56,6 +58,8 @@ def test_overrides_land_where_the_schema_puts_them(tmp_path: Path) -> None:
     assert [(a["name"], a["timezone"], a["fax"]) for a in data["cc"]] == [
         ("Wang Yi", "America/New_York", ["+86 10 6559 1516"])
     ]
-    assert (tmp_path / "supporters.csv").read_text() == "email,name\none@example.org,One\ntwo@example.org,\n"
+    assert (tmp_path / "supporters.csv").read_text() == (
+        "email,name,consent\none@example.org,One,yes\ntwo@example.org,,yes\n"
+    )
     spec = load_spec(path)  # and the schema accepts it
     assert spec.cc[0].timezone == "America/New_York"

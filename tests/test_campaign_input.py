@@ -274,7 +274,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_keys(tmp_path: Path) 
     [problem] = shape_and_content(path)
     assert (problem.where, problem.message, problem.suggestion) == (
         "supporters.zzz",
-        "unknown key 'zzz' in table 'supporters' (its keys: csv)",
+        "unknown key 'zzz' in table 'supporters' (its keys: copies, csv, list_name, lists, translations)",
         None,
     )
 

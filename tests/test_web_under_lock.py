@@ -32,7 +32,7 @@ from dispatcher.processes.api import WebContext, create_app
 from workers.sandbox.server import ThreadedServer
 
 from .builders import NAME, build_campaign
-from .signed_webhooks import Submitted, gateways, sample, signed, submit_one_per_gateway
+from .signed_webhooks import AT_DISPATCH, Submitted, gateways, sample, signed, submit_one_per_gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,7 +99,7 @@ def test_a_webhook_waiting_for_the_lock_stalls_neither_health_nor_reads(ledger: 
     engine = db.make_engine(ledger)  # the default busy timeout: the webhook waits for the lock
     factory = db.session_factory(engine)
     in_flight = submit_one_per_gateway(
-        factory, build_campaign(tmp_path, route_policy="all-routes"), state=State.SENDING
+        factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH), state=State.SENDING
     )
     received = threading.Event()
 
@@ -130,7 +130,7 @@ def test_a_write_that_cannot_get_the_lock_is_a_503_with_retry_after(ledger: str,
     engine = db.make_engine(ledger, sqlite_busy_seconds=0.5)
     factory = db.session_factory(engine)
     in_flight = submit_one_per_gateway(
-        factory, build_campaign(tmp_path, route_policy="all-routes"), state=State.SENDING
+        factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH), state=State.SENDING
     )
     before = event_count(factory)
     try:

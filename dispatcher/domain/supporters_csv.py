@@ -6,8 +6,10 @@ values and normalisation as an import. On loading, its rows become the list the 
 (``list_name``, by default the campaign's own name).
 
 For validation, each rejected row is a problem on its line: an invalid address or field is an error (left
-out by ``--skip-invalid``), a row without consent, or repeating an earlier address, is a warning (no copy
-for it). A problem never quotes the address or the name: the line number says which row.
+out by ``--skip-invalid``), a row that says nothing about consent, or repeats an earlier address, is a
+warning (no copy for it). A supporter who refused consent is no problem of the file: the row is counted
+(``rejected``) and gets nothing. A problem never quotes the address or the name: the line number says which
+row.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_f
 from dispatcher.domain.supporter_import import MemberRow, Rejected, SupporterFileError, read_rows
 
 ERROR_KINDS = frozenset({"invalid-email", "invalid-field"})  # the rest are warnings: that row is not copied
+NOT_A_PROBLEM = frozenset({"consent-refused"})  # the supporter's answer, not a fault in the file
 
 
 @dataclass
@@ -55,6 +58,8 @@ def read_supporters(base: Path, name: str, *, campaign_file: str) -> CampaignCsv
                 out.members.append(row)
                 continue
             out.rejected.append(row)
+            if row.kind in NOT_A_PROBLEM:
+                continue
             severity = "error" if row.kind in ERROR_KINDS else "warning"
             message = row.reason if severity == "error" else f"{row.reason}: no copy for this row"
             out.problems.append(Problem(file=path, where=f"line {row.line}", severity=severity, message=message))
