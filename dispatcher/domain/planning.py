@@ -54,6 +54,22 @@ class LoadResult:
     skipped: int
     skipped_addressees: tuple[str, ...] = ()  # "cc[1] (Wang Yi)": no usable route, left out by --skip-invalid
     copies: CopyPlan | None = None  # supporter copies planned, and addresses left out (no consent, suppressed)
+    no_consent_rows: int = 0  # rows of the campaign's CSV that refused consent or gave none: no copy
+
+    def copies_line(self, when: str) -> str | None:
+        """One line for the terminal on the supporter copies: counts only, never an address."""
+        if self.copies is None:
+            return None
+        left_out = [
+            f"{n} {what}"
+            for n, what in (
+                (self.no_consent_rows + self.copies.without_consent, "without consent"),
+                (self.copies.suppressed, "on the suppression list"),
+            )
+            if n
+        ]
+        tail = f"; left out: {', '.join(left_out)}" if left_out else ""
+        return f"supporter copies: {self.copies.planned} planned, sent {when}{tail}"
 
 
 def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) -> list[Problem]:
@@ -128,8 +144,15 @@ def load_campaign(
     campaign = _write_campaign(session, existing, spec, report, digest, source)
     planned, skipped = _plan(session, ledger, campaign, spec, report)
     copies = _copies(session, campaign, spec, report, now=now or utcnow())
+    no_consent = sum(1 for r in report.supporter_rejects if r.kind in ("consent-refused", "consent-missing"))
     return LoadResult(
-        status, campaign.id, planned + copies.planned, skipped, tuple(unroutable_addressees(spec, report)), copies
+        status,
+        campaign.id,
+        planned + copies.planned,
+        skipped,
+        tuple(unroutable_addressees(spec, report)),
+        copies,
+        no_consent,
     )
 
 

@@ -105,12 +105,9 @@ def _prepare(console: Console, file: Path, url: str, workdir: Path) -> str:
     with db.transaction(factory) as session:
         result = load_campaign(session, spec, report, source=file, skip_invalid=True)
     console.print(f"{spec.campaign.name}: {result.status}, {result.planned} planned, {result.skipped} skipped")
-    if result.copies is not None:
-        console.print(
-            f"supporter copies: {result.copies.planned} planned, for the supporters with consent "
-            f"(sent {spec.supporters.copies if spec.supporters else 'after-delivery'}: once every official's "
-            "letter has its final outcome, which each copy reports)"
-        )
+    copies = result.copies_line(spec.supporters.copies if spec.supporters else "after-delivery")
+    if copies is not None:
+        console.print(copies)
     return spec.campaign.name
 
 
