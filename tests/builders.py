@@ -178,7 +178,8 @@ def build_campaign(
     """Write a campaign into ``folder`` and return its ``campaign.toml``.
 
     ``fields`` are :func:`campaign_data`'s keywords. ``supporters`` are (email, name[, consent]) rows
-    written as the CSV (the example's two, with consent, by default); ``csv_text`` is written verbatim instead, for malformed
+    written as the CSV (the example's two, with consent, by default); ``csv_text`` is written verbatim
+    instead, for malformed
     CSVs. ``template`` is the letter template's source (the example's letter.txt.j2 by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = campaign_data(**fields)

@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import gateway_pauses, rules
+from dispatcher.domain.copies import copy_blocker, official_outcomes
 from dispatcher.domain.db import transaction
 from dispatcher.domain.ledger import Finished, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
@@ -43,7 +44,6 @@ from dispatcher.domain.models import Attempt, Delivery, utcnow
 from dispatcher.domain.outcomes import NOT_SENT_CODES, RetryPolicy, fail, retry_or_fail, skip_other_routes
 from dispatcher.domain.rendering.documents import DocumentCache, Rendered
 from dispatcher.domain.settings import Settings
-from dispatcher.domain.copies import copy_blocker, official_outcomes
 from dispatcher.domain.states import Channel, CopiesWhen, DeliveryKind, State
 from workers.gateways.base import Gateway
 from workers.gateways.errors import ConfigurationFault, DeliveryError, GatewayPaused, Permanent, Transient, Unknown

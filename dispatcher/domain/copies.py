@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.orm import Session, aliased
@@ -112,7 +113,7 @@ def copy_blocker(session: Session, delivery: Delivery) -> str | None:
     return None
 
 
-def letter_is_open(letter: type[Delivery] | Delivery = Delivery) -> ColumnElement[bool]:
+def letter_is_open(letter: Any = Delivery) -> ColumnElement[bool]:
     """A letter whose outcome is not final yet: not in a terminal state, and not an SMTP send (final once
     the server accepted it)."""
     return and_(
@@ -122,10 +123,10 @@ def letter_is_open(letter: type[Delivery] | Delivery = Delivery) -> ColumnElemen
     )
 
 
-def letters_open(campaign_id: ColumnElement[int] | int) -> ColumnElement[bool]:
+def letters_open(campaign_id: Any) -> ColumnElement[bool]:
     """SQL: the campaign still has a letter whose outcome is open (an after-delivery copy waits)."""
     letter = aliased(Delivery)
-    return exists().where(letter.campaign_id == campaign_id, letter_is_open(letter))  # type: ignore[arg-type]
+    return exists().where(letter.campaign_id == campaign_id, letter_is_open(letter))
 
 
 def official_outcomes(session: Session, campaign_id: int) -> list[OfficialOutcome]:
@@ -146,7 +147,7 @@ def official_outcomes(session: Session, campaign_id: int) -> list[OfficialOutcom
         by_addressee.setdefault(letter.addressee_id or 0, []).append(letter)
     outcomes: list[OfficialOutcome] = []
     for person in addressees:
-        role = "To" if person.role == "to" else "CC"
+        role: Literal["To", "CC"] = "To" if person.role == "to" else "CC"
         routes = by_addressee.get(person.id, [])
         reached = [d for d in routes if d.state == State.DELIVERED or d.state == State.SUBMITTED]
         for d in reached:

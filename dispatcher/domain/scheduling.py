@@ -23,13 +23,13 @@ from sqlalchemy import and_, case, exists, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dispatcher.domain import gateway_pauses
+from dispatcher.domain.copies import letters_open
 from dispatcher.domain.db import transaction
 from dispatcher.domain.ledger import Due, Ledger
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Campaign, Delivery
 from dispatcher.domain.rules import SENDING_STATUSES, deadline_passed
 from dispatcher.domain.settings import Settings
-from dispatcher.domain.copies import letters_open
 from dispatcher.domain.states import TERMINAL, CampaignStatus, CopiesWhen, DeliveryKind, RoutePolicy, State
 
 ACTOR = "scheduler"

@@ -84,7 +84,11 @@ def import_rows(
         existing = session.scalar(select(Supporter).where(Supporter.list_id == lst.id, Supporter.email == row.email))
         if isinstance(row, MemberRow):
             if existing is None:
-                session.add(Supporter(list_id=lst.id, email=row.email, name=row.name, locale=row.locale, consent=True, fields={}))
+                session.add(
+                    Supporter(
+                        list_id=lst.id, email=row.email, name=row.name, locale=row.locale, consent=True, fields={}
+                    )
+                )
             else:
                 existing.name, existing.consent = row.name, True
         elif row.kind == "consent-refused" and existing is not None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.domain import control
 from dispatcher.domain.db import transaction
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, Supporter
 from dispatcher.domain.suppression import SuppressionReason, suppress
