@@ -29,7 +29,7 @@ from dispatcher.domain.ledger import Finished
 from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Attempt, Campaign, Delivery, DeliveryEvent, Supporter, SupporterList
 from dispatcher.domain.planning import load_campaign
-from dispatcher.domain.privacy import AddressError, erase_person, export_person
+from dispatcher.domain.privacy import AddressError, erase_person, export_person, settle_files
 from dispatcher.domain.settings import get_settings
 from dispatcher.domain.states import State
 from dispatcher.domain.suppression import SuppressionReason, is_suppressed, suppress
@@ -299,6 +299,7 @@ def test_erase_takes_the_person_out_of_the_ledger_and_keeps_the_counts_states_an
     caplog.set_level("DEBUG")
     with transaction(factory) as session:
         result = erase_person(session, "Ada.Supporter@example.org", now=at(10), actor="operator")
+    settle_files(factory.kw["bind"])  # after the commit, as `dispatch supporters erase` does
     assert (result.memberships, result.copies, result.cancelled, result.events, result.attempts) == (2, 3, 1, 9, 1)
     assert result.summary() == "erased: 2 list memberships, 3 copies (1 cancelled), 9 events"
 
@@ -325,9 +326,9 @@ def test_erase_takes_the_person_out_of_the_ledger_and_keeps_the_counts_states_an
         data = session.execute(
             select(Delivery.destination, DeliveryEvent.data)
             .join(Delivery, Delivery.id == DeliveryEvent.delivery_id)
-            .where(Delivery.kind == "copy", DeliveryEvent.data.is_not(None))
+            .where(Delivery.kind == "copy")
         ).all()
-        assert [tuple(d) for d in data] == [(GRACE, {"to": GRACE})]
+        assert [tuple(d) for d in data if d.data is not None] == [(GRACE, {"to": GRACE})]
         cancel = session.scalars(select(DeliveryEvent).order_by(DeliveryEvent.id.desc())).first()
         assert cancel is not None
         assert (cancel.at, cancel.actor, cancel.from_state, cancel.to_state, cancel.reason) == (
