@@ -24,7 +24,7 @@ def _valid_address(email: str) -> str:
     return email
 
 
-EmailArg = Annotated[str, typer.Argument(help="the person's email address, in any case", callback=_valid_address)]
+EmailArg = Annotated[str, typer.Argument(metavar="EMAIL", help="the person's email address, in any case", callback=_valid_address)]
 
 
 @supporters_app.command("export")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select as io_select
 import subprocess
 import sys
@@ -370,7 +371,7 @@ def test_a_copy_sent_through_the_worker_and_smtp_is_erased_to_its_counts(
     path = build_campaign(tmp_path, supporters=people, extra={"supporters": {"copies": "at-dispatch"}})
     schedule_campaign(factory, path)
     assert sandbox.sink is not None
-    drive(worker, until=lambda: any(m.rcpt_tos == [ADA] for m in sandbox.sink.messages()))  # type: ignore[union-attr]
+    drive(worker, until=lambda: any(ADA in m.rcpt_tos for m in sandbox.sink.messages()))  # type: ignore[union-attr]
     with factory() as session:
         sent = session.scalars(select(Delivery).where(Delivery.kind == "copy")).one()
         assert (sent.state, sent.attempt_count) == ("submitted", 1)
@@ -401,34 +402,46 @@ def cli_ledger(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     get_settings.cache_clear()
 
 
-def dispatch(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
-    return result.exit_code, result.stdout, result.stderr
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT[\d:]+[+-]\d{4} [A-Z]+ (\S+): (.*)$")
+
+
+def dispatch(*args: str) -> tuple[int, str, str, list[str]]:
+    """Exit code, standard output, standard error without log lines, and the log lines' "logger: message"."""
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200", "DISPATCH_LOG_LEVEL": "DEBUG"})
+    said, logged = [], []
+    for line in result.stderr.splitlines(keepends=True):
+        match = LOG_LINE.match(line)
+        if match:
+            logged.append(f"{match[1]}: {match[2]}")
+        else:
+            said.append(line)
+    return result.exit_code, result.stdout, "".join(said), logged
 
 
 def test_cli_export_prints_json_or_writes_a_private_file(
     factory: sessionmaker[Session], tmp_path: Path, cli_ledger: str
 ) -> None:
     ada_and_grace(factory, tmp_path)
-    code, out, err = dispatch("supporters", "export", ADA)
+    code, out, err, logged = dispatch("supporters", "export", ADA)
     assert (code, err) == (0, "")
     assert json.loads(out) == ADA_EXPORT
+    assert "dispatcher.domain.privacy: exported a person's data: 2 list memberships, 3 copies, suppressed" in logged
 
     target = tmp_path / "ada.json"
-    code, out, err = dispatch("supporters", "export", ADA, "--out", str(target))
+    code, out, err, logged = dispatch("supporters", "export", ADA, "--out", str(target))
     assert (code, out, err) == (0, f"wrote {target}: 2 list memberships, 3 copies\n", "")
     assert json.loads(target.read_text(encoding="utf-8")) == ADA_EXPORT
     assert target.stat().st_mode & 0o777 == 0o600  # personal data: readable by its owner only
 
-    code, out, err = dispatch("supporters", "export", "nobody@example.org")
+    code, out, err, logged = dispatch("supporters", "export", "nobody@example.org")
     assert (code, json.loads(out), err) == (0, NOTHING, "nothing found for this address\n")
 
-    code, out, err = dispatch("supporters", "export", "not an address")
+    code, out, err, logged = dispatch("supporters", "export", "not an address")
     assert code == 2
     assert "Invalid value for 'EMAIL': the address given is not a valid email address" in err
     assert "not an address" not in out + err
 
-    code, out, err = dispatch("supporters", "export", ADA, "--out", str(tmp_path / "no-such-folder" / "ada.json"))
+    code, out, err, logged = dispatch("supporters", "export", ADA, "--out", str(tmp_path / "no-such-folder" / "ada.json"))
     assert code == 1
     assert err.startswith(f"error: cannot write {tmp_path / 'no-such-folder' / 'ada.json'}: ")
     assert "Traceback" not in err
@@ -438,16 +451,21 @@ def test_cli_erase_prints_counts_only_and_refuses_without_a_terminal_or_yes(
     factory: sessionmaker[Session], tmp_path: Path, cli_ledger: str
 ) -> None:
     ada_and_grace(factory, tmp_path)
-    code, out, err = dispatch("supporters", "erase", ADA)
+    code, out, err, logged = dispatch("supporters", "erase", ADA)
     assert (code, out) == (1, "")
     assert err == "error: not a terminal, so nothing was asked and nothing erased: add --yes to erase\n"
     with factory() as session:
         assert session.scalar(select(func.count()).where(Supporter.email == ADA)) == 2
 
-    code, out, err = dispatch("supporters", "erase", ADA, "--yes")
+    code, out, err, logged = dispatch("supporters", "erase", ADA, "--yes")
     assert (code, out, err) == (0, "erased: 2 list memberships, 3 copies (1 cancelled), 9 events\n", "")
+    assert "dispatcher.domain.privacy: erased a person's data: 2 list memberships, 3 copies (1 cancelled), 9 events" in (
+        logged
+    )
+    # at DEBUG, every logger: nothing about her but counts
+    assert [line for line in logged if any(trace in line.lower() for trace in ADA_TRACES)] == []
 
-    code, out, err = dispatch("supporters", "erase", ADA, "--yes")
+    code, out, err, logged = dispatch("supporters", "erase", ADA, "--yes")
     assert (code, out, err) == (
         0,
         "nothing found: no list membership or copy holds this address\n",
