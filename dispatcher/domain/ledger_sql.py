@@ -277,9 +277,8 @@ class SqlLedger:
                 if attempt.detail is not None:
                     attempt.detail = redact(attempt.detail, personal, marker)
             self.session.flush()
-            events += self.session.scalar(
-                select(func.count()).select_from(DeliveryEvent).where(DeliveryEvent.delivery_id.in_(chunk))
-            ) or 0
+            count = select(func.count()).select_from(DeliveryEvent).where(DeliveryEvent.delivery_id.in_(chunk))
+            events += self.session.scalar(count) or 0
             self.session.execute(
                 update(DeliveryEvent)
                 .where(DeliveryEvent.delivery_id.in_(chunk), DeliveryEvent.data.is_not(None))

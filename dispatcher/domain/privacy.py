@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, delete, func, or_, select
+from sqlalchemy import Connection, Engine, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.control import WAITING
@@ -53,6 +53,10 @@ class Held:
     memberships: int
     copies: int
     waiting: int  # copies not yet sent, which erasure cancels
+
+    @property
+    def found(self) -> bool:
+        return bool(self.memberships or self.copies)
 
     def question(self) -> str:
         return (
@@ -92,18 +96,19 @@ def export_person(session: Session, email: str) -> dict[str, Any]:
     copies = _copies(session, address, [m.id for m, _ in members])
     events = _events(session, [d.id for d, _ in copies])
     suppression = session.get(Suppression, address_hash(address))
-    log.info(
-        "exported a person's data: %s, %s, %s",
-        _count(len(members), "list membership"),
-        _count(len(copies), "copy", "copies"),
-        "suppressed" if suppression else "not suppressed",
-    )
-    return {
+    exported = {
         "email": address,
         "lists": [_membership(member, list_name) for member, list_name in members],
         "copies": [_copy(copy, campaign, events.get(copy.id, [])) for copy, campaign in copies],
         "suppressed": _suppression(session, suppression),
     }
+    log.info("exported a person's data: %s, %s", counted(exported), "suppressed" if suppression else "not suppressed")
+    return exported
+
+
+def counted(exported: dict[str, Any]) -> str:
+    """What an export holds, in counts: "2 list memberships, 3 copies"."""
+    return f"{_count(len(exported['lists']), 'list membership')}, {_count(len(exported['copies']), 'copy', 'copies')}"
 
 
 def held(session: Session, email: str) -> Held:
@@ -134,10 +139,11 @@ def erase_person(session: Session, email: str, *, now: datetime, actor: str) -> 
     return result
 
 
-def settle_files(engine: Engine) -> None:
+def settle_files(bind: Engine | Connection) -> None:
     """After an erasure is committed, on SQLite: write the write-ahead log into the database file and empty it,
     so that no page image in it still holds what was erased (deleted and overwritten content in the file
     itself is zeroed: ``secure_delete``, dispatcher/domain/db.py). Nothing to do on PostgreSQL (see README)."""
+    engine = bind.engine if isinstance(bind, Connection) else bind
     if engine.dialect.name != "sqlite":
         return
     connection = engine.raw_connection()
@@ -176,9 +182,7 @@ def _members(session: Session, address: str) -> list[tuple[Supporter, str]]:
     return [(member, name) for member, name in rows]
 
 
-def _copies(
-    session: Session, address: str, member_ids: list[int], *, lock: bool = False
-) -> list[tuple[Delivery, str]]:
+def _copies(session: Session, address: str, member_ids: list[int], *, lock: bool = False) -> list[tuple[Delivery, str]]:
     """The person's copies with their campaign's name, oldest first: linked to a membership, or addressed to them."""
     query = (
         select(Delivery, Campaign.name)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy import Engine
 
 supporters_app = typer.Typer(help="Supporter lists, consent, and a person's data.", no_args_is_help=True)
 
@@ -24,7 +22,9 @@ def _valid_address(email: str) -> str:
     return email
 
 
-EmailArg = Annotated[str, typer.Argument(metavar="EMAIL", help="the person's email address, in any case", callback=_valid_address)]
+EmailArg = Annotated[
+    str, typer.Argument(metavar="EMAIL", help="the person's email address, in any case", callback=_valid_address)
+]
 
 
 @supporters_app.command("export")
@@ -36,6 +36,8 @@ def supporters_export(
 ) -> None:
     """Everything held about one address, as JSON: list memberships with consent, copies with their events, and
     whether it is suppressed."""
+    import json
+
     from dispatcher.domain import db, privacy
     from dispatcher.processes.cli import _factory, say
 
@@ -50,8 +52,7 @@ def supporters_export(
         except OSError as err:
             say(f"error: cannot write {out}: {err.strerror or err}", error=True)
             raise typer.Exit(1) from None
-        lists, copies = len(data["lists"]), len(data["copies"])
-        say(f"wrote {out}: {lists} list membership{'' if lists == 1 else 's'}, {copies} cop{'y' if copies == 1 else 'ies'}")
+        say(f"wrote {out}: {privacy.counted(data)}")
     if not data["lists"] and not data["copies"] and data["suppressed"] is None:
         say("nothing found for this address", error=True)
 
@@ -74,7 +75,9 @@ def _write_private(path: Path, text: str) -> None:
 @supporters_app.command("erase")
 def supporters_erase(
     email: EmailArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="erase without asking (needed when not on a terminal)")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="erase without asking (needed when not on a terminal)")
+    ] = False,
 ) -> None:
     """Take one person out of the ledger: their list memberships are deleted, their copies still waiting are
     cancelled, and every copy stays, counted, without their address or data. Prints counts only."""
@@ -91,13 +94,12 @@ def supporters_erase(
             raise typer.Exit(1)
         with db.reading(factory) as session:
             held = privacy.held(session, email)
-        if held.memberships or held.copies:
-            if not typer.confirm(held.question(), default=False):
-                say("nothing erased")
-                raise typer.Exit(1)
+        if held.found and not typer.confirm(held.question(), default=False):
+            say("nothing erased")
+            raise typer.Exit(1)
     with db.transaction(factory) as session:
         result = privacy.erase_person(session, email, now=datetime.now(UTC), actor="operator")
-        engine = session.get_bind()
-    if result.found and isinstance(engine, Engine):
-        privacy.settle_files(engine)
+        bind = session.get_bind()
+    if result.found:
+        privacy.settle_files(bind)
     say(result.summary())

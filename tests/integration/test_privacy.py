@@ -86,7 +86,10 @@ def ada_and_grace(factory: sessionmaker[Session], tmp_path: Path) -> None:
         load(
             factory,
             build_campaign(
-                tmp_path / "b", name="petition-campaign", supporters_file=None, extra={"supporters": {"lists": ["petition"]}}
+                tmp_path / "b",
+                name="petition-campaign",
+                supporters_file=None,
+                extra={"supporters": {"lists": ["petition"]}},
             ),
         )
         load(
@@ -118,13 +121,20 @@ def ada_and_grace(factory: sessionmaker[Session], tmp_path: Path) -> None:
             ledger.finish_attempt(ada, 1, at=at(2), finished=finished)
             ledger.move(ada, State.SUBMITTED, actor="worker:test", at=at(2), provider_id="pm-1", data={"to": ADA})
             detail = {"kind": "delivered", "detail": f"delivered to Ada Lovelace <{ADA}>"}
-            ledger.move(ada, State.DELIVERED, actor="webhook:postmark", at=at(3), reason="postmark: delivered", data=detail)
+            ledger.move(
+                ada, State.DELIVERED, actor="webhook:postmark", at=at(3), reason="postmark: delivered", data=detail
+            )
             grace = _copy(session, "north-korean-refugees-2015", GRACE)
             ledger.move(grace, State.QUEUED, actor="scheduler", at=at(1))
             ledger.note(grace, actor="webhook:postmark", at=at(4), reason="postmark: opened", data={"to": GRACE})
             campaign_a = _campaign_id(session, "north-korean-refugees-2015")
             suppress(
-                session, ADA, reason=SuppressionReason.UNSUBSCRIBED, source="one-click", at=at(5), campaign_id=campaign_a
+                session,
+                ADA,
+                reason=SuppressionReason.UNSUBSCRIBED,
+                source="one-click",
+                at=at(5),
+                campaign_id=campaign_a,
             )
 
 
@@ -134,7 +144,9 @@ def _campaign_id(session: Session, name: str) -> int:
 
 def _copy(session: Session, campaign: str, address: str) -> Delivery:
     query = select(Delivery).where(
-        Delivery.kind == "copy", Delivery.destination == address, Delivery.campaign_id == _campaign_id(session, campaign)
+        Delivery.kind == "copy",
+        Delivery.destination == address,
+        Delivery.campaign_id == _campaign_id(session, campaign),
     )
     return session.scalars(query).one()
 
@@ -307,9 +319,12 @@ def test_erase_takes_the_person_out_of_the_ledger_and_keeps_the_counts_states_an
     with factory() as session:
         assert session.scalars(select(Supporter.email).order_by(Supporter.email)).all() == [GRACE]
         # every delivery stays, counted: Ada's copies with their states, the waiting one cancelled
-        assert session.execute(
-            select(Delivery.campaign_id, func.count()).group_by(Delivery.campaign_id).order_by(Delivery.campaign_id)
-        ).all() == deliveries_before
+        assert (
+            session.execute(
+                select(Delivery.campaign_id, func.count()).group_by(Delivery.campaign_id).order_by(Delivery.campaign_id)
+            ).all()
+            == deliveries_before
+        )
         copies = session.execute(
             select(Delivery.destination, Delivery.supporter_id, Delivery.state)
             .where(Delivery.kind == "copy")
@@ -361,7 +376,12 @@ def test_erase_takes_the_person_out_of_the_ledger_and_keeps_the_counts_states_an
         again = erase_person(session, ADA, now=at(11), actor="operator")
     assert again.summary() == "nothing found: no list membership or copy holds this address"
     with factory() as session:
-        assert export_person(session, ADA) == {"email": ADA, "lists": [], "copies": [], "suppressed": ADA_EXPORT["suppressed"]}
+        assert export_person(session, ADA) == {
+            "email": ADA,
+            "lists": [],
+            "copies": [],
+            "suppressed": ADA_EXPORT["suppressed"],
+        }
 
 
 def test_a_copy_sent_through_the_worker_and_smtp_is_erased_to_its_counts(
@@ -369,7 +389,9 @@ def test_a_copy_sent_through_the_worker_and_smtp_is_erased_to_its_counts(
 ) -> None:
     people = [(ADA, "Ada Lovelace", "yes")]
     minister = official("A. Minister", email=["minister@example.gov.cn"])  # no fax: nothing slow to render
-    path = build_campaign(tmp_path, to=[minister], cc=[], supporters=people, extra={"supporters": {"copies": "at-dispatch"}})
+    path = build_campaign(
+        tmp_path, to=[minister], cc=[], supporters=people, extra={"supporters": {"copies": "at-dispatch"}}
+    )
     schedule_campaign(factory, path)
     assert sandbox.sink is not None
     drive(worker, until=lambda: any(ADA in m.rcpt_tos for m in sandbox.sink.messages()))  # type: ignore[union-attr]
@@ -442,7 +464,9 @@ def test_cli_export_prints_json_or_writes_a_private_file(
     assert "Invalid value for 'EMAIL': the address given is not a valid email address" in err
     assert "not an address" not in out + err
 
-    code, out, err, logged = dispatch("supporters", "export", ADA, "--out", str(tmp_path / "no-such-folder" / "ada.json"))
+    code, out, err, logged = dispatch(
+        "supporters", "export", ADA, "--out", str(tmp_path / "no-such-folder" / "ada.json")
+    )
     assert code == 1
     assert err.startswith(f"error: cannot write {tmp_path / 'no-such-folder' / 'ada.json'}: ")
     assert "Traceback" not in err
@@ -460,8 +484,9 @@ def test_cli_erase_prints_counts_only_and_refuses_without_a_terminal_or_yes(
 
     code, out, err, logged = dispatch("supporters", "erase", ADA, "--yes")
     assert (code, out, err) == (0, "erased: 2 list memberships, 3 copies (1 cancelled), 9 events\n", "")
-    assert "dispatcher.domain.privacy: erased a person's data: 2 list memberships, 3 copies (1 cancelled), 9 events" in (
-        logged
+    assert (
+        "dispatcher.domain.privacy: erased a person's data: 2 list memberships, 3 copies (1 cancelled), 9 events"
+        in (logged)
     )
     # at DEBUG, every logger: nothing about her but counts
     assert [line for line in logged if any(trace in line.lower() for trace in ADA_TRACES)] == []
@@ -481,7 +506,9 @@ def test_cli_erase_asks_on_a_terminal(factory: sessionmaker[Session], tmp_path: 
     ada_and_grace(factory, tmp_path)
     command = [sys.executable, "-m", "dispatcher", "supporters", "erase", ADA]
     env = base_env(tmp_path, DISPATCH_DATABASE_URL=db_url)
-    question = "Erase 2 list memberships and 3 copies (1 still waiting, to be cancelled)? This cannot be undone. [y/N]: "
+    question = (
+        "Erase 2 list memberships and 3 copies (1 still waiting, to be cancelled)? This cannot be undone. [y/N]: "
+    )
     for answer, last_line, left in (
         ("n", "nothing erased", 2),
         ("y", "erased: 2 list memberships, 3 copies (1 cancelled), 9 events", 0),
