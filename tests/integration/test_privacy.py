@@ -117,7 +117,13 @@ def ada_and_grace(factory: sessionmaker[Session], tmp_path: Path) -> None:
             session.flush()
             ledger.claim(ada, actor="worker:test", at=at(2), lease_until=at(7), gateway="postmark", reports=True)
             evidence = {"status": "queued", "to": f"Ada Lovelace <{ADA}>"}
-            finished = Finished("submitted", document_sha256="ab" * 32, provider_id="pm-1", evidence=evidence)
+            finished = Finished(
+                "submitted",
+                document_sha256="ab" * 32,
+                provider_id="pm-1",
+                evidence=evidence,
+                detail=f"accepted for Ada Lovelace <{ADA}>",  # stored without the address, with the name
+            )
             ledger.finish_attempt(ada, 1, at=at(2), finished=finished)
             ledger.move(ada, State.SUBMITTED, actor="worker:test", at=at(2), provider_id="pm-1", data={"to": ADA})
             detail = {"kind": "delivered", "detail": f"delivered to Ada Lovelace <{ADA}>"}
@@ -355,7 +361,12 @@ def test_erase_takes_the_person_out_of_the_ledger_and_keeps_the_counts_states_an
             "the supporter's data was erased",
         )
         attempt = session.scalars(select(Attempt).join(Delivery).where(Delivery.kind == "copy")).one()
-        assert (attempt.outcome, attempt.provider_id, attempt.evidence) == ("delivered", "pm-1", {"erased": True})
+        assert (attempt.outcome, attempt.provider_id, attempt.evidence, attempt.detail) == (
+            "delivered",
+            "pm-1",
+            {"erased": True},
+            "accepted for erased <<address>>",
+        )
         # erasure is not an unsubscribe: the suppression entry (a hash) stays, so she is not copied again
         assert is_suppressed(session, ADA)
 
