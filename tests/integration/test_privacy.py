@@ -533,27 +533,32 @@ def test_cli_erase_asks_on_a_terminal(factory: sessionmaker[Session], tmp_path: 
 
 
 def on_a_terminal(command: list[str], answer: str, *, env: dict[str, str], timeout: float = 60.0) -> str:
-    """Run ``command`` on a pseudo-terminal, type ``answer`` at its first question; everything it printed."""
+    """Run ``command`` on a pseudo-terminal, type ``answer`` at its first question; everything it printed.
+
+    Read until the terminal reports its end (EIO once the process has exited and its output is drained)."""
     leader, follower = pty.openpty()
     process = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=ROOT)
     os.close(follower)
     output, answered = b"", False
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = io_select.select([leader], [], [], 0.1)
-        if ready:
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = io_select.select([leader], [], [], 0.1)
+            if not ready:
+                continue
             try:
                 chunk = os.read(leader, 4096)
-            except OSError:  # the process ended and closed the terminal
+            except OSError:  # EIO: the process ended and everything it wrote was read
                 break
             if not chunk:
                 break
             output += chunk
-        if not answered and b"[y/N]" in output:
-            os.write(leader, answer.encode() + b"\n")
-            answered = True
-        if process.poll() is not None and not ready:
-            break
-    process.wait(timeout=5)
-    os.close(leader)
+            if not answered and output.endswith(b"[y/N]: "):  # asked, and waiting for the answer
+                os.write(leader, answer.encode() + b"\n")
+                answered = True
+        process.wait(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
     return output.decode(errors="replace").replace("\r\n", "\n")
