@@ -49,6 +49,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # deleted and overwritten rows are zeroed in the file, not left in free space: an erased supporter's
+    # address and name must not stay readable in the ledger's file (dispatcher/domain/privacy.py)
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

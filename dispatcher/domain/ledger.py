@@ -31,6 +31,13 @@ def redact_addresses(text: str) -> str:
     return ADDRESS.sub("<address>", text)
 
 
+def redact(text: str, words: Sequence[str], marker: str) -> str:
+    """``text`` with every occurrence of each of ``words`` (any case; the longest first) replaced by ``marker``."""
+    for word in sorted({w for w in words if w.strip()}, key=len, reverse=True):
+        text = re.sub(re.escape(word), marker, text, flags=re.IGNORECASE)
+    return text
+
+
 def stored_text(kind: str, text: str) -> str:
     """The form in which a reason or a provider's detail is stored for a delivery of ``kind``.
 
@@ -69,6 +76,14 @@ class Finished:
     error_code: str | None = None
     detail: str | None = None
     evidence: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What erasing a person from their copies touched: the copies' events and attempts (rows kept)."""
+
+    events: int
+    attempts: int
 
 
 class Ledger(Protocol):
@@ -143,6 +158,13 @@ class Ledger(Protocol):
     def not_sent(self, delivery: Delivery, number: int, *, detail: str) -> None:
         """Attempt ``number`` turned out to send nothing (the provider could not fetch our document):
         it no longer counts against the route."""
+
+    def erase(self, delivery_ids: Sequence[int], *, marker: str, personal: Sequence[str]) -> Erased:
+        """Take a person out of these supporter copies, whose rows, states, times and attempts stay: the
+        destination becomes ``marker`` and the link to the supporter goes; the attempts' provider evidence
+        is replaced by ``{marker: True}``; ``personal`` (their address and name) is replaced by ``marker``
+        in the last error and the attempts' details; the events' ``data`` is cleared (NULL), the one change
+        the event log's append-only trigger allows."""
 
     # -- gateways (gateway_states) -----------------------------------------------------------------
 

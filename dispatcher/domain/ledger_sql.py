@@ -10,12 +10,21 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, null, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.errors import TransitionError
-from dispatcher.domain.ledger import CONFIGURATION_PAUSE, KEEPS_LAST_ERROR, Due, Finished, Planned, stored_text
+from dispatcher.domain.ledger import (
+    CONFIGURATION_PAUSE,
+    KEEPS_LAST_ERROR,
+    Due,
+    Erased,
+    Finished,
+    Planned,
+    redact,
+    stored_text,
+)
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, GatewayState
 from dispatcher.domain.states import State, check_transition
 
@@ -251,6 +260,31 @@ class SqlLedger:
         if attempt is not None:
             attempt.outcome = "not-sent"
             attempt.detail = stored_text(delivery.kind, detail)
+
+    def erase(self, delivery_ids: Sequence[int], *, marker: str, personal: Sequence[str]) -> Erased:
+        """Row by row for deliveries and attempts (a person has few copies), one UPDATE for the events' data."""
+        events = attempts = 0
+        for start in range(0, len(delivery_ids), QUEUE_CHUNK):
+            chunk = list(delivery_ids[start : start + QUEUE_CHUNK])
+            for delivery in self.session.scalars(select(Delivery).where(Delivery.id.in_(chunk))):
+                delivery.destination, delivery.supporter_id = marker, None
+                if delivery.last_error is not None:
+                    delivery.last_error = redact(delivery.last_error, personal, marker)
+            for attempt in self.session.scalars(select(Attempt).where(Attempt.delivery_id.in_(chunk))):
+                attempts += 1
+                if attempt.evidence is not None:
+                    attempt.evidence = {marker: True}
+                if attempt.detail is not None:
+                    attempt.detail = redact(attempt.detail, personal, marker)
+            self.session.flush()
+            count = select(func.count()).select_from(DeliveryEvent).where(DeliveryEvent.delivery_id.in_(chunk))
+            events += self.session.scalar(count) or 0
+            self.session.execute(
+                update(DeliveryEvent)
+                .where(DeliveryEvent.delivery_id.in_(chunk), DeliveryEvent.data.is_not(None))
+                .values(data=null())
+            )
+        return Erased(events=events, attempts=attempts)
 
     # -- gateways ------------------------------------------------------------------------------------
 
