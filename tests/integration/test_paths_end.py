@@ -26,6 +26,7 @@ from dispatcher.processes.cli import app
 from workers.delivery import WorkerContext, deliver
 
 from ..builders import NAME, build_campaign, guo_shengkun, wang_yi, xi_jinping
+from ..signed_webhooks import AT_DISPATCH
 from .conftest import SETTINGS, Sandbox, campaign_status, drive, history, schedule_campaign, states
 from .test_review_fixes import unknown_without_a_send
 
@@ -224,7 +225,7 @@ def test_campaign_show_lists_a_held_supporter_copy_without_the_supporters_addres
     """SMTP cannot be asked whether it took a message: an unknown copy is held at once."""
     from workers.reconcile import reconcile
 
-    schedule_campaign(factory, build_campaign(tmp_path))
+    schedule_campaign(factory, build_campaign(tmp_path, extra=AT_DISPATCH))
     copy = unknown_without_a_send(worker, factory, "ada.supporter@example.org")
     assert reconcile(worker, copy) == "held"
     code, output = wide(cli, "campaign", "show", NAME)

@@ -210,7 +210,7 @@ def test_worker_killed_mid_send_is_reconciled_without_a_second_send(
         ).all()
     assert unknown_paths, "the killed send should have become unknown before it was reconciled"
     assert sandbox.duplicates() == {}
-    assert all(state in ("delivered", "submitted", "skipped") for state in states(factory).values())
+    assert all(state in ("delivered", "submitted", "skipped") for state in states(factory).values()), explain(factory)
 
 
 def test_lost_broker_message_is_republished_by_the_sweeper(
