@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.models import Suppression
@@ -41,13 +42,20 @@ def suppress(
     at: datetime,
     campaign_id: int | None = None,
 ) -> bool:
-    """Add ``email`` to the suppression list; False if it was already there (the first entry stays)."""
+    """Add ``email`` to the suppression list; False if it was already there (the first entry stays).
+
+    One INSERT ... ON CONFLICT DO NOTHING: two requests at once (a mail client's one-click POST and the
+    person's own click, two webhooks) add one entry, and neither fails."""
     key = address_hash(email)
-    if session.get(Suppression, key) is not None:
-        return False
-    session.add(Suppression(email_sha256=key, reason=str(reason), source=source, campaign_id=campaign_id, at=at))
-    session.flush()
-    return True
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(Suppression)
+        .values(email_sha256=key, reason=str(reason), source=source, campaign_id=campaign_id, at=at)
+        .on_conflict_do_nothing(index_elements=["email_sha256"])
+        .returning(Suppression.email_sha256)
+    )
+    return session.execute(statement).scalar_one_or_none() is not None
 
 
 def is_suppressed(session: Session, email: str) -> bool:
