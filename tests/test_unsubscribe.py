@@ -7,6 +7,8 @@ tests/integration/test_unsubscribe.py."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,11 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.campaign_file import load_spec
 from dispatcher.domain.db import transaction
+from dispatcher.domain.errors import SettingsError
 from dispatcher.domain.media import make_token
 from dispatcher.domain.models import Delivery, DeliveryEvent, Suppression
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.planning import load_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
+from dispatcher.domain.settings import load_settings
 from dispatcher.domain.unsubscribe import (
     Outcome,
     copy_link,
@@ -33,8 +37,11 @@ from dispatcher.domain.unsubscribe import (
 from dispatcher.domain.validation import validate
 from dispatcher.processes.api import WebContext, create_app
 from dispatcher.processes.logs import RedactMediaTokens
+from workers.limits import NoLimits
+from workers.runtime import build_worker_context
 
 from .builders import build_campaign, official
+from .spawn import base_env
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 # HMAC-SHA256 under SECRET of b"campaign-dispatch/unsubscribe/v1:42", base64url without padding: worked out
@@ -47,6 +54,8 @@ ADA, GRACE = "ada.supporter@example.org", "grace.supporter@example.net"
 ADA_SHA256 = "0033f2f0fb340d867feac06d964706aae31cf79561121cd8fed7f3f74164d5c1"
 MINISTER = "minister@gov.example"
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+# HTTP behaviour alone: the ledger's part (unsubscribe, copy_link) runs on both databases in the other tests
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 # -- the token ---------------------------------------------------------------------------------------
@@ -186,6 +195,7 @@ def token_for(delivery_id: int) -> str:
     return unsubscribe_url("http://testserver", SECRET, delivery_id).rsplit("/", 1)[1]
 
 
+@SQLITE_ONLY
 def test_get_shows_a_button_and_unsubscribes_nobody(
     factory: sessionmaker[Session], tmp_path: Path, client: TestClient
 ) -> None:
@@ -234,6 +244,7 @@ def test_the_page_button_and_the_one_click_post_unsubscribe_and_say_so_twice(
 BAD_TOKENS = ["42.Ura2Kj9YSz6LFWKBRBEtNPca3QCeN2KpH77ow6oixtG", "nonsense", "%00%ff", "9" * 5000]
 
 
+@SQLITE_ONLY
 def test_a_bad_token_gets_a_clear_page_never_a_5xx(factory: sessionmaker[Session], client: TestClient) -> None:
     for token in BAD_TOKENS:
         for response in (
@@ -265,6 +276,7 @@ NOT_ONE_CLICK: list[tuple[bytes, str | None]] = [
 ]
 
 
+@SQLITE_ONLY
 def test_a_post_without_the_one_click_field_or_the_button_changes_nothing(
     factory: sessionmaker[Session], tmp_path: Path, client: TestClient
 ) -> None:
@@ -277,6 +289,7 @@ def test_a_post_without_the_one_click_field_or_the_button_changes_nothing(
     assert suppressions(factory) == []
 
 
+@SQLITE_ONLY
 def test_an_oversize_post_is_refused(factory: sessionmaker[Session], tmp_path: Path, client: TestClient) -> None:
     ids = load(factory, tmp_path)
     body = b"List-Unsubscribe=One-Click&pad=" + b"x" * 20_000
@@ -289,6 +302,7 @@ def test_an_oversize_post_is_refused(factory: sessionmaker[Session], tmp_path: P
     assert suppressions(factory) == []
 
 
+@SQLITE_ONLY
 def test_without_a_secret_key_the_page_says_unsubscribing_is_unavailable(
     factory: sessionmaker[Session], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -310,6 +324,7 @@ def test_without_a_secret_key_the_page_says_unsubscribing_is_unavailable(
     assert suppressions(factory) == []
 
 
+@SQLITE_ONLY
 def test_unsubscribing_writes_no_address_or_name_to_the_log_or_the_delivery_log(
     factory: sessionmaker[Session], tmp_path: Path, client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -324,3 +339,48 @@ def test_unsubscribing_writes_no_address_or_name_to_the_log_or_the_delivery_log(
     with factory() as session:
         reasons = session.scalars(select(DeliveryEvent.reason)).all()
     assert all(ADA not in reason for reason in reasons)
+
+
+# -- the worker's links and its start-up check -----------------------------------------------------------
+
+
+def test_the_worker_signs_each_copy_link_under_the_public_base_url(tmp_path: Path) -> None:
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        fax_gateway="",
+        secret_key=SECRET.decode(),
+        public_base_url="https://dispatch.example.org",
+    )
+    context = build_worker_context(settings, gateways={}, limiter=NoLimits())
+    assert context.unsubscribe_url is not None
+    assert context.unsubscribe_url(42) == f"https://dispatch.example.org/unsubscribe/{TOKEN_42}"
+
+
+def test_a_worker_sending_copies_needs_the_secret_key_and_one_without_the_copies_queue_does_not(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(database_url=f"sqlite:///{tmp_path / 'w.db'}", fax_gateway="")
+    for queues in (None, ["copies"], ["email", "copies", "reconcile"]):
+        with pytest.raises(SettingsError, match=r"^DISPATCH_SECRET_KEY: .*unsubscribe link"):
+            build_worker_context(settings, gateways={}, limiter=NoLimits(), queues=queues)
+    context = build_worker_context(settings, gateways={}, limiter=NoLimits(), queues=["fax", "email", "reconcile"])
+    assert context.unsubscribe_url is None
+
+
+def test_dispatch_worker_refuses_to_start_without_the_secret_key_naming_it(tmp_path: Path) -> None:
+    env = base_env(
+        tmp_path,
+        DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}",
+        DISPATCH_FAX_GATEWAY="",
+        DISPATCH_SMTP_HOST="127.0.0.1",
+        DISPATCH_CHECK_CREDENTIALS="false",
+    )
+    command = [sys.executable, "-m", "dispatcher", "worker"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    printed = " ".join(result.stderr.split())  # the console wraps long lines
+    assert printed.endswith(
+        "error: DISPATCH_SECRET_KEY: must be set (32+ characters): every supporter copy carries a signed "
+        "unsubscribe link that `dispatch web` checks (or leave the `copies` queue to another worker)"
+    )
+    assert "Traceback" not in result.stderr
