@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -19,7 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.models import Suppression
+from dispatcher.domain.messages import StatusEvent
+from dispatcher.domain.models import Delivery, Suppression
+from dispatcher.domain.states import DeliveryKind
+
+log = logging.getLogger(__name__)
 
 
 class SuppressionReason(enum.StrEnum):
@@ -56,6 +61,28 @@ def suppress(
         .returning(Suppression.email_sha256)
     )
     return session.execute(statement).scalar_one_or_none() is not None
+
+
+def suppress_reported(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, at: datetime) -> bool:
+    """A provider reported a hard bounce or a complaint (``event.suppress``, set by the gateway's mapping):
+    a supporter copy's address goes on the suppression list, whatever state the copy is in (a complaint
+    comes after the delivery). An official's letter never suppresses anything. True if an entry was added.
+
+    The source is the webhook (``webhook:postmark``), or the provider when a status look-up reported it."""
+    if event.suppress is None or delivery.kind != DeliveryKind.COPY:
+        return False
+    source = actor if actor.startswith("webhook:") else f"lookup:{event.provider}"
+    added = suppress(
+        session,
+        delivery.destination,
+        reason=SuppressionReason(event.suppress),
+        source=source,
+        at=at,
+        campaign_id=delivery.campaign_id,
+    )
+    if added:  # the copy by its number: never the address
+        log.info("copy %s: address suppressed (%s reported by %s)", delivery.id, event.suppress, event.provider)
+    return added
 
 
 def is_suppressed(session: Session, email: str) -> bool:
