@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -159,6 +161,29 @@ def test_unsubscribing_suppresses_the_address_once_and_keeps_the_member(
         ada = session.get(Delivery, ids[ADA])
         assert ada is not None and ada.state == "planned"  # withheld at claim time, not cancelled here
         assert ada.supporter is not None and ada.supporter.consent is True  # the member stays as recorded
+
+
+def test_two_unsubscribes_at_once_add_one_entry_and_neither_fails(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The person's click and their mail client's one-click POST, in two transactions at once."""
+    ids = load(factory, tmp_path)
+    inserted, outcomes = threading.Event(), []
+
+    def first() -> None:
+        with transaction(factory) as session:
+            outcomes.append(unsubscribe(session, ids[ADA], now=NOW, source="unsubscribe-page"))
+            inserted.set()
+            time.sleep(0.3)  # not committed yet when the second one writes
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inserted.wait(10)
+    with transaction(factory) as session:  # waits for the first to commit, then finds its entry
+        outcomes.append(unsubscribe(session, ids[ADA], now=NOW, source="one-click"))
+    thread.join()
+    assert outcomes == [Outcome.UNSUBSCRIBED, Outcome.ALREADY]
+    assert suppressions(factory) == [(ADA_SHA256, "unsubscribed", "unsubscribe-page", True)]
 
 
 def test_a_letter_to_an_official_cannot_be_unsubscribed(factory: sessionmaker[Session], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.messages import StatusEvent
@@ -49,18 +49,25 @@ def suppress(
 ) -> bool:
     """Add ``email`` to the suppression list; False if it was already there (the first entry stays).
 
-    One INSERT ... ON CONFLICT DO NOTHING: two requests at once (a mail client's one-click POST and the
-    person's own click, two webhooks) add one entry, and neither fails."""
+    Two requests at once (a mail client's one-click POST and the person's own click, two webhooks) add one
+    entry, and neither fails: on PostgreSQL by INSERT ... ON CONFLICT DO NOTHING; on SQLite every writing
+    transaction holds the write lock from its BEGIN IMMEDIATE (dispatcher/domain/db.py), so nobody inserts
+    between the look-up and the insert."""
     key = address_hash(email)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(Suppression)
-        .values(email_sha256=key, reason=str(reason), source=source, campaign_id=campaign_id, at=at)
-        .on_conflict_do_nothing(index_elements=["email_sha256"])
-        .returning(Suppression.email_sha256)
-    )
-    return session.execute(statement).scalar_one_or_none() is not None
+    values = {"email_sha256": key, "reason": str(reason), "source": source, "campaign_id": campaign_id, "at": at}
+    if session.get_bind().dialect.name == "postgresql":
+        statement = (
+            postgresql.insert(Suppression)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["email_sha256"])
+            .returning(Suppression.email_sha256)
+        )
+        return session.execute(statement).scalar_one_or_none() is not None
+    if session.get(Suppression, key) is not None:
+        return False
+    session.add(Suppression(**values))
+    session.flush()
+    return True
 
 
 def suppress_reported(session: Session, delivery: Delivery, event: StatusEvent, *, actor: str, at: datetime) -> bool:
