@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 import redis
@@ -13,6 +14,7 @@ from dispatcher.domain.errors import SettingsError
 from dispatcher.domain.gateway_pauses import BreakerConfig
 from dispatcher.domain.media import media_url
 from dispatcher.domain.settings import Settings, get_settings
+from dispatcher.domain.unsubscribe import unsubscribe_url
 from workers.delivery import WorkerContext
 from workers.gateways.base import Gateway
 from workers.gateways.guard import LedgerGuard, install_guard
@@ -21,13 +23,16 @@ from workers.limits import Limiter, Limits, NoLimits, RedisLimiter
 
 _lock = threading.Lock()
 _context: WorkerContext | None = None
+COPIES_QUEUE = "copies"  # the queue supporter copies are published on (scheduling.queue_for)
 
 
-def worker_context() -> WorkerContext:
+def worker_context(queues: Collection[str] | None = None) -> WorkerContext:
+    """This process's context, built on first use; ``queues`` (the worker's, first call only) say whether
+    it sends supporter copies: by default it does."""
     global _context
     with _lock:
         if _context is None:
-            _context = build_worker_context(get_settings())
+            _context = build_worker_context(get_settings(), queues=queues)
         return _context
 
 
@@ -45,13 +50,25 @@ def build_gateways(settings: Settings) -> dict[str, Gateway]:
 
 
 def build_worker_context(
-    settings: Settings, *, gateways: dict[str, Gateway] | None = None, limiter: Limiter | None = None
+    settings: Settings,
+    *,
+    gateways: dict[str, Gateway] | None = None,
+    limiter: Limiter | None = None,
+    queues: Collection[str] | None = None,
 ) -> WorkerContext:
+    """The context of a worker on ``queues`` (every queue when None). DISPATCH_SECRET_KEY signs the fax
+    documents' URLs and the unsubscribe link of every supporter copy: a worker that needs either refuses
+    to start without it, naming the variable."""
     gateways = gateways if gateways is not None else build_gateways(settings)
     if settings.secret_key is None and any(g.needs_media_url for g in gateways.values()):
         raise SettingsError(
             "DISPATCH_SECRET_KEY: must be set (32+ characters): the fax gateway fetches documents "
             "from signed URLs served by `dispatch web`"
+        )
+    if settings.secret_key is None and (queues is None or COPIES_QUEUE in queues):
+        raise SettingsError(
+            "DISPATCH_SECRET_KEY: must be set (32+ characters): every supporter copy carries a signed "
+            "unsubscribe link that `dispatch web` checks (or leave the `copies` queue to another worker)"
         )
     sql = db.make_engine(settings.database_url)
     db.ensure_schema(sql)
@@ -66,6 +83,7 @@ def build_worker_context(
         gateways=gateways,
         limiter=limiter if limiter is not None else _limiter(settings),
         media_url=_media_urls(settings),
+        unsubscribe_url=_unsubscribe_urls(settings),
     )
 
 
@@ -94,5 +112,17 @@ def _media_urls(settings: Settings):  # type: ignore[no-untyped-def]
 
     def url(delivery_id: int, now: datetime) -> str:
         return media_url(settings.public_base_url, delivery_id, secret=secret, now=now)
+
+    return url
+
+
+def _unsubscribe_urls(settings: Settings) -> Callable[[int], str] | None:
+    """A copy's unsubscribe link under DISPATCH_PUBLIC_BASE_URL, signed with DISPATCH_SECRET_KEY."""
+    if settings.secret_key is None:
+        return None
+    secret = settings.secret_key.get_secret_value().encode()
+
+    def url(delivery_id: int) -> str:
+        return unsubscribe_url(settings.public_base_url, secret, delivery_id)
 
     return url

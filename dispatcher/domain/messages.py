@@ -66,6 +66,11 @@ class Receipt:
     raw: Any  # the decoded response body, kept as evidence
 
 
+# What a provider's report says of the address itself, for the suppression list (dispatcher/domain/suppression.py):
+# it refused for good (a hard bounce), or the person marked the message as spam (a complaint).
+Suppress = Literal["hard-bounce", "complaint"]
+
+
 class EventKind(enum.StrEnum):
     """The shared status vocabulary; each provider maps its own names onto it with a dict table."""
 
@@ -94,6 +99,8 @@ class StatusEvent:
     duration_secs: float | None = None
     remote_station_id: str | None = None
     no_fax_tone: bool = False  # a fax call answered, but not by a fax machine (the gateway's mapping says)
+    # email: the address is to be suppressed (the gateway's mapping says); acted on for supporter copies only
+    suppress: Suppress | None = None
     event_id: str | None = None  # the provider's id for this event, for de-duplication
     raw: Any = None
 

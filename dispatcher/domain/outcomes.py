@@ -22,6 +22,7 @@ from dispatcher.domain.messages import EventKind, StatusEvent
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent
 from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import DeliveryKind, RoutePolicy, State
+from dispatcher.domain.suppression import suppress_reported
 from dispatcher.domain.timing import backoff
 
 Applied = Literal["applied", "duplicate", "stale", "noted"]
@@ -223,6 +224,8 @@ def apply_status(
         )
     ):
         return "duplicate"
+    # before any state rule: a complaint arrives after the copy was delivered, and the address is the point
+    suppress_reported(session, delivery, event, actor=actor, at=now)
     if delivery.state in (
         State.DELIVERED,
         State.FAILED,

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the ledger; SQLite file under var/ by default",
     )
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker")
-    secret_key: SecretStr | None = Field(default=None, description="signs document URLs for fax providers")
+    secret_key: SecretStr | None = Field(default=None, description="signs document URLs and unsubscribe links")
     public_base_url: str = Field(default="http://127.0.0.1:8000", description="where `dispatch web` is reached")
     fax_gateway: str = Field(default="telnyx", description="gateway name for faxes (settings DISPATCH_<NAME>_*)")
     email_gateway: str = Field(default="smtp", description="gateway name for letters by email")

@@ -1,4 +1,4 @@
-"""`dispatch web`: status webhooks, fax documents for providers, and a small read API.
+"""`dispatch web`: status webhooks, fax documents for providers, the unsubscribe page, and a small read API.
 
 Webhooks are verified on the raw body by the gateway (signature, timestamp tolerance) before
 anything is recorded; a refused webhook changes nothing and is logged without personal data.
@@ -32,6 +32,7 @@ from dispatcher.domain.models import Delivery, utcnow
 from dispatcher.domain.outcomes import RetryPolicy, apply_status
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
+from dispatcher.processes.unsubscribe_web import unsubscribe_router
 from workers.gateways.base import Gateway
 from workers.gateways.errors import WebhookError
 
@@ -54,6 +55,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app = FastAPI(title="campaign-dispatch", docs_url=None, redoc_url=None)
 
     app.add_exception_handler(OperationalError, _ledger_unavailable)
+    app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
 
     @app.get("/health")
     async def health() -> dict[str, str]:  # on the event loop: it needs no worker thread, nor the ledger

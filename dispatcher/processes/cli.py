@@ -383,8 +383,9 @@ def worker(
     configure_logging(settings)
     leave_celery_logging_alone()
     # build gateways now: a missing setting fails at start-up, naming the variable, and so does a refused key
-    check_gateways(settings, worker_context().gateways.values())
-    names = ",".join(queue_name(q.strip()) for q in queues.split(","))
+    served = [q.strip() for q in queues.split(",")]
+    check_gateways(settings, worker_context(served).gateways.values())  # copies need DISPATCH_SECRET_KEY too
+    names = ",".join(queue_name(q) for q in served)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(
         [

@@ -36,6 +36,7 @@ from dispatcher.domain.rendering.preview import write_preview
 from dispatcher.domain.scheduling import SchedulerConfig
 from dispatcher.domain.settings import Settings, get_settings
 from dispatcher.domain.states import CampaignStatus
+from dispatcher.domain.unsubscribe import unsubscribe_url
 from dispatcher.domain.validation import validate
 from dispatcher.processes import views
 from dispatcher.processes.api import WebContext, create_app
@@ -192,7 +193,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
             reconcile_grace=timedelta(seconds=2),
             fax_gap=timedelta(0),  # the busy line is called again after its backoff, not a minute later
             media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
-            unsubscribe_url=lambda delivery_id: f"{sandbox.web_url}/unsubscribe/copy-{delivery_id}",
+            unsubscribe_url=lambda delivery_id: unsubscribe_url(sandbox.web_url, sandbox.secret, delivery_id),
         )
     )
     stop = threading.Event()

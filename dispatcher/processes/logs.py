@@ -3,7 +3,8 @@
 Every record, ours, Celery's, Alembic's and uvicorn's alike, reaches the root logger's one handler:
 plain text lines by default, or one JSON object a line (python-json-logger) with ``time``, ``level``,
 ``logger`` and ``message``. The handler redacts the token of signed document URLs
-(``/media/<token>.pdf``): whoever holds one may fetch the letter until the token expires.
+(``/media/<token>.pdf``): whoever holds one may fetch the letter until the token expires; and of
+unsubscribe links (``/unsubscribe/<token>``): whoever holds one may unsubscribe that supporter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 JSON_NAMES = {"asctime": "time", "levelname": "level", "name": "logger"}
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 MEDIA_TOKEN = re.compile(r"(/media/)[^/\s?#\"']+?(\.pdf)")
+UNSUBSCRIBE_TOKEN = re.compile(r"(/unsubscribe/)[^/\s?#\"']+")
 
 # loggers held at WARNING whatever the level: what they say below it is noise or personal data
 QUIETER = {
@@ -35,11 +37,12 @@ UVICORN = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
 class RedactMediaTokens(logging.Filter):
-    """Replace the token of every ``/media/<token>.pdf`` in a record's message with ``<redacted>``."""
+    """Replace the token of every ``/media/<token>.pdf`` and ``/unsubscribe/<token>`` in a record's message
+    with ``<redacted>``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = MEDIA_TOKEN.sub(r"\1<redacted>\2", message)
+        redacted = UNSUBSCRIBE_TOKEN.sub(r"\1<redacted>", MEDIA_TOKEN.sub(r"\1<redacted>\2", message))
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

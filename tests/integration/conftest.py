@@ -25,6 +25,7 @@ from dispatcher.domain.planning import load_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.scheduling import SchedulerConfig, run_once
 from dispatcher.domain.settings import Settings
+from dispatcher.domain.unsubscribe import unsubscribe_url
 from dispatcher.domain.validation import validate
 from dispatcher.processes.api import WebContext, create_app
 from workers.delivery import WorkerContext, deliver_many
@@ -151,7 +152,7 @@ def worker(factory: sessionmaker[Session], sandbox: Sandbox) -> WorkerContext:
         sandbox.gateways(),
         reconcile_grace=timedelta(seconds=0.3),
         media_url=lambda delivery_id, at: media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=at),
-        unsubscribe_url=lambda delivery_id: f"{sandbox.web_url}/unsubscribe/copy-{delivery_id}",
+        unsubscribe_url=lambda delivery_id: unsubscribe_url(sandbox.web_url, sandbox.secret, delivery_id),
     )
 
 

@@ -19,7 +19,9 @@ Outcomes, consumed one per send attempt to a destination (then ``ok`` forever):
     server_error    HTTP 500, nothing accepted
     bad_gateway     HTTP 502 after the message was accepted (ambiguous to the client)
     drop            accepted, then the connection is dropped before the answer
-    bounce          email: accepted, then a bounce event
+    bounce          email: accepted, then a hard bounce (the provider's permanent "no such mailbox")
+    soft_bounce     email: accepted, then a soft bounce (mailbox full: the provider's temporary failure)
+    complaint       email: accepted and delivered, then the person marks it as spam (a complaint event)
     unauthorized    refused as with a wrong key (HTTP 401 in the provider's shape; SMTP 530 at RCPT),
                     nothing accepted
     media_fetch_failed  fax: accepted, then fails with the provider's "could not fetch the document"
@@ -48,6 +50,8 @@ OUTCOMES = frozenset(
         "bad_gateway",
         "drop",
         "bounce",
+        "soft_bounce",
+        "complaint",
         "unauthorized",
         "media_fetch_failed",
     }
@@ -57,7 +61,7 @@ OUTCOMES = frozenset(
 # Accepted sends that reach (or may reach) the recipient. Two of these for one reference is a
 # duplicate letter. A send accepted and then failed (busy, no answer...) reached nobody: its retry
 # is not a duplicate.
-REACHING = frozenset({"ok", "drop", "bad_gateway", "bounce"})
+REACHING = frozenset({"ok", "drop", "bad_gateway", "bounce", "complaint"})
 
 
 @dataclass(frozen=True)

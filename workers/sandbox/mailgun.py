@@ -11,9 +11,10 @@ Endpoints (Basic auth ``api:<key>``; shapes of mailgun/documentation ``api-sendi
 - ``/_sandbox/*`` control endpoints.
 
 Scripted outcomes (``SandboxState.next_outcome(first "to" address)``): ok -> delivered; bounce -> failed
-(permanent, 550); invalid_number -> 400 "to parameter is not a valid address"; rate_limited -> 429 "try
-again after <date>"; server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted, then the
-connection closes.
+(severity permanent, reason bounce, 550); soft_bounce -> failed (severity temporary, 452 mailbox full), then
+delivered when Mailgun's own retry gets through; complaint -> delivered, then complained; invalid_number -> 400
+"to parameter is not a valid address"; rate_limited -> 429 "try again after <date>"; server_error -> 500;
+bad_gateway -> accepted, then 502; drop -> accepted, then the connection closes.
 """
 
 from __future__ import annotations
@@ -219,6 +220,9 @@ class MailgunEmulator:
         for event in accepted:
             await self._emit(event)
         await asyncio.sleep(self.state.webhook_delay)
+        if outcome == "soft_bounce":  # Mailgun retries a temporary failure itself
+            await self._emit(self._temporary_failure(recipients[0], base))
+            await asyncio.sleep(self.state.webhook_delay)
         for i, recipient in enumerate(recipients):
             if outcome == "bounce" and i == 0:
                 final = self._event(
@@ -253,6 +257,29 @@ class MailgunEmulator:
                     },
                 )
             await self._emit(final)
+
+        if outcome == "complaint":  # the first recipient marks the delivered message as spam
+            await asyncio.sleep(self.state.webhook_delay)
+            await self._emit(self._event("complained", recipients[0], base))
+
+    def _temporary_failure(self, recipient: str, base: Mapping[str, Any]) -> dict[str, Any]:
+        return self._event(
+            "failed",
+            recipient,
+            base,
+            severity="temporary",
+            reason="generic",
+            **{
+                "log-level": "warning",
+                "delivery-status": {
+                    "attempt-no": 1,
+                    "code": 452,
+                    "description": "",
+                    "message": "4.2.2 The email account that you tried to reach is over quota.",
+                    "retry-seconds": 600,
+                },
+            },
+        )
 
     async def _emit(self, event: Mapping[str, Any]) -> None:
         if not self.webhook_url:

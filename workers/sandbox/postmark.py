@@ -9,9 +9,11 @@ Endpoints (``X-Postmark-Server-Token`` auth, JSON, PascalCase fields as on postm
   ``GET /messages/outbound/{id}/details`` (with ``MessageEvents``), ``GET /bounces/{id}``.
 - ``/_sandbox/*`` control endpoints.
 
-Scripted outcomes (``SandboxState.next_outcome(first To address)``): ok -> delivered; bounce -> HardBounce;
-invalid_number -> 422 ErrorCode 406 (inactive recipient); rate_limited -> 429 ErrorCode 429 + Retry-After;
-server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted, then the connection closes.
+Scripted outcomes (``SandboxState.next_outcome(first To address)``): ok -> delivered; bounce -> a Bounce of Type
+HardBounce; soft_bounce -> a Bounce of Type SoftBounce; complaint -> delivered, then a SpamComplaint record
+(Type SpamComplaint, TypeCode 512); invalid_number -> 422 ErrorCode 406 (inactive recipient); rate_limited ->
+429 ErrorCode 429 + Retry-After; server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted, then
+the connection closes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,39 @@ INACTIVE = (
     "{addresses}.\nInactive recipients are ones that have generated a hard bounce, a spam complaint, "
     "or a manual suppression."
 )
+
+
+# The Bounce webhook's fields that differ by Type (postmarkapp.com/developer/webhooks/bounce-webhook and the
+# bounce-api Type list: HardBounce TypeCode 1, SoftBounce 4096, SpamComplaint 512).
+BOUNCES: dict[str, dict[str, Any]] = {
+    "bounce": {
+        "Type": "HardBounce",
+        "TypeCode": 1,
+        "Name": "Hard bounce",
+        "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+        "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+        "Inactive": True,
+        "CanActivate": True,
+    },
+    "soft_bounce": {
+        "Type": "SoftBounce",
+        "TypeCode": 4096,
+        "Name": "Soft bounce",
+        "Description": "Unable to temporarily deliver this email.",
+        "Details": "smtp;452 4.2.2 The email account that you tried to reach is over quota.",
+        "Inactive": False,
+        "CanActivate": True,
+    },
+    "complaint": {
+        "Type": "SpamComplaint",
+        "TypeCode": 512,
+        "Name": "Spam complaint",
+        "Description": "The subscriber explicitly marked this message as spam.",
+        "Details": "",
+        "Inactive": True,
+        "CanActivate": False,
+    },
+}
 
 
 class PostmarkError(ProviderError):
@@ -239,7 +274,13 @@ class PostmarkEmulator:
     async def _lifecycle(self, message_id: str, outcome: str) -> None:
         await asyncio.sleep(self.state.webhook_delay)
         message = self.messages[message_id]
-        payload = self._bounce(message) if outcome == "bounce" else self._delivery(message)
+        bounced = outcome in ("bounce", "soft_bounce")
+        await self._post(self._bounce(message, outcome) if bounced else self._delivery(message))
+        if outcome == "complaint":  # the person marks the delivered message as spam
+            await asyncio.sleep(self.state.webhook_delay)
+            await self._post(self._complaint(message))
+
+    async def _post(self, payload: Mapping[str, Any]) -> None:
         if self.webhook_url:
             await post_webhook(self.webhook_url, lambda: self._signed(payload), delay=self.state.webhook_delay)
 
@@ -269,28 +310,37 @@ class PostmarkEmulator:
             "Metadata": message["Metadata"],
         }
 
-    def _bounce(self, message: dict[str, Any]) -> dict[str, Any]:
-        bounce_id, now, recipient = next(self._bounce_ids), iso_now(), message["Recipients"][0]
+    def _bounce_record(self, message: dict[str, Any], outcome: str) -> dict[str, Any]:
+        """A bounce as the Bounce API keeps it (spam complaints are bounces of Type SpamComplaint there)."""
+        bounce_id = next(self._bounce_ids)
         bounce = {
             "ID": bounce_id,
-            "Type": "HardBounce",
-            "TypeCode": 1,
-            "Name": "Hard bounce",
+            **{k: BOUNCES[outcome][k] for k in ("Type", "TypeCode", "Name")},
             "MessageID": message["MessageID"],
             "ServerID": SERVER_ID,
             "MessageStream": message["MessageStream"],
-            "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
-            "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
-            "Email": recipient,
+            "Description": BOUNCES[outcome]["Description"],
+            "Details": BOUNCES[outcome]["Details"],
+            "Email": message["Recipients"][0],
             "From": message["From"],
-            "BouncedAt": now,
+            "BouncedAt": iso_now(),
             "DumpAvailable": True,
-            "Inactive": True,
-            "CanActivate": True,
+            "Inactive": BOUNCES[outcome]["Inactive"],
+            "CanActivate": BOUNCES[outcome]["CanActivate"],
             "Subject": message["Subject"],
             "Tag": message["Tag"],
         }
         self.bounces[bounce_id] = bounce
+        return bounce
+
+    def _complaint(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The SpamComplaint webhook (postmarkapp.com/developer/webhooks/spam-complaint-webhook)."""
+        complaint = self._bounce_record(message, "complaint")
+        return {"RecordType": "SpamComplaint", **complaint, "Content": "", "Metadata": message["Metadata"]}
+
+    def _bounce(self, message: dict[str, Any], outcome: str) -> dict[str, Any]:
+        bounce = self._bounce_record(message, outcome)
+        bounce_id, now, recipient = bounce["ID"], bounce["BouncedAt"], bounce["Email"]
         message["MessageEvents"].append(
             {
                 "Recipient": recipient,

@@ -10,10 +10,11 @@ Endpoints (Bearer auth, JSON; shapes of twilio.com/docs/sendgrid and twilio/send
   answer 403 when the emulated account lacks the Email Activity add-on (``activity_api=False``).
 - ``/_sandbox/*`` control endpoints.
 
-Scripted outcomes (``SandboxState.next_outcome(first "to" address)``): ok -> delivered; bounce -> bounce
-(type "bounce"); invalid_number -> 400 "Does not contain a valid address."; rate_limited -> 429 with
-``X-RateLimit-Reset``; server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted, then the
-connection closes.
+Scripted outcomes (``SandboxState.next_outcome(first "to" address)``): ok -> delivered; bounce -> bounce (type
+"bounce", a 5.1.1); soft_bounce -> bounce (type "blocked", a 4.2.2 mailbox full that SendGrid gave up on);
+complaint -> delivered, then spamreport; invalid_number -> 400 "Does not contain a valid address."; rate_limited
+-> 429 with ``X-RateLimit-Reset``; server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted,
+then the connection closes.
 """
 
 from __future__ import annotations
@@ -54,6 +55,26 @@ QUERY_TERM = re.compile(
     r"""^\s*(?:(?P<field>msg_id|to_email|from_email|subject|status)\s*(?P<op>=|LIKE)\s*"""
     r"""|unique_args\['(?P<arg>[^']+)'\]\s*(?P<argop>=)\s*)"(?P<value>(?:[^"\\]|\\.)*)"\s*$"""
 )
+
+
+# The bounce event's fields by outcome (twilio.com/docs/sendgrid/for-developers/tracking-events/event: ``type``
+# "bounce" for a hard bounce, "blocked" for a block; ``status``, ``reason``, ``bounce_classification``), and
+# the Email Activity event's ``bounce_type``.
+BOUNCES: dict[str, dict[str, str]] = {
+    "bounce": {
+        "type": "bounce",
+        "status": "5.1.1",
+        "bounce_classification": "Invalid Address",
+        "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+    },
+    "soft_bounce": {
+        "type": "blocked",
+        "status": "4.2.2",
+        "bounce_classification": "Mailbox Unavailable",
+        "reason": "452 4.2.2 The email account that you tried to reach is over quota.",
+    },
+}
+ACTIVITY_BOUNCE_TYPES = {"bounce": "hard", "blocked": "soft"}
 
 
 class SendGridError(ProviderError):
@@ -322,18 +343,25 @@ class SendGridEmulator:
         await asyncio.sleep(self.state.webhook_delay)
         await self._emit([self._advance(m, "processed", "processed", args) for m in msg_ids])
         await asyncio.sleep(self.state.webhook_delay)
+        bounced = outcome in BOUNCES
         finals = [
             self._advance(
                 m,
-                "bounce" if outcome == "bounce" and i == 0 else "delivered",
-                "not_delivered" if outcome == "bounce" and i == 0 else "delivered",
+                "bounce" if bounced and i == 0 else "delivered",
+                "not_delivered" if bounced and i == 0 else "delivered",
                 args,
+                bounce=BOUNCES.get(outcome),
             )
             for i, m in enumerate(msg_ids)
         ]
         await self._emit(finals)
+        if outcome == "complaint":  # the first recipient marks the delivered message as spam
+            await asyncio.sleep(self.state.webhook_delay)
+            await self._emit([self._advance(msg_ids[0], "spamreport", "delivered", args)])
 
-    def _advance(self, msg_id: str, event: str, status: str, args: Mapping[str, str]) -> dict[str, Any]:
+    def _advance(
+        self, msg_id: str, event: str, status: str, args: Mapping[str, str], *, bounce: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         entry, now = self.activity[msg_id], int(time.time())
         entry.update(status=status, last_event_time=iso_now())
         payload: dict[str, Any] = {
@@ -349,18 +377,13 @@ class SendGridEmulator:
         if event == "delivered":
             payload.update(response="250 2.0.0 OK", ip="192.0.2.20", tls=1)
         if event == "bounce":
-            payload.update(
-                type="bounce",
-                status="5.1.1",
-                bounce_classification="Invalid Address",
-                reason="550 5.1.1 The email account that you tried to reach does not exist.",
-            )
+            payload.update(bounce or BOUNCES["bounce"])
         entry["events"].append(self._activity_event(event, payload))
         return payload
 
     @staticmethod
     def _activity_event(event: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        name = {"bounce": "bounced"}.get(event, event)
+        name = {"bounce": "bounced", "spamreport": "spam_report"}.get(event, event)
         activity = {
             "event_name": name,
             "processed": iso_now(),
@@ -369,7 +392,7 @@ class SendGridEmulator:
             "mx_server": "mx.sandbox.invalid",
         }
         if event == "bounce":
-            activity.update(bounce_type="hard", reason=payload["reason"])
+            activity.update(bounce_type=ACTIVITY_BOUNCE_TYPES[payload["type"]], reason=payload["reason"])
         return activity
 
     async def _emit(self, events: list[dict[str, Any]]) -> None:

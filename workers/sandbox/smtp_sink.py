@@ -4,8 +4,8 @@ Every accepted message is kept (envelope, Message-ID, parsed message) and record
 :class:`SandboxState`: one entry per accepted recipient, reference = the Message-ID's left part,
 provider_id = the Message-ID. Outcomes are scripted per recipient address and consumed at RCPT:
 
-    ok, bounce                       250 at RCPT; the message is accepted (SMTP sends no status back,
-                                     so a bounce is only marked in the oracle)
+    ok, bounce, soft_bounce,         250 at RCPT; the message is accepted (SMTP sends no status back,
+    complaint                        so a bounce or a complaint is only marked in the oracle)
     rate_limited, server_error,      451 at RCPT: nothing accepted for that recipient
     busy, no_answer, no_fax_tone     (the fax-only ones act as the nearest SMTP analog, "try later")
     invalid_number                   550 at RCPT, "no such mailbox"

@@ -1,4 +1,5 @@
-"""Our documents' own Jinja2 templates (templates/ at the repository root): cover page, email HTML, copy.
+"""Our documents' own Jinja2 templates (templates/ at the repository root): cover page, email HTML, copy,
+the unsubscribe page.
 
 These are not campaign authors' letters (those go through the sandbox in dispatcher.domain.templating,
 with autoescape off): they are part of the program, so a plain Environment reads them. Templates named
@@ -24,8 +25,9 @@ EMAIL_LETTER = "email/letter.html.j2"
 COPY_SUBJECT = "copy/subject.txt.j2"
 COPY_TEXT = "copy/supporter.txt.j2"
 COPY_HTML = "copy/supporter.html.j2"
+UNSUBSCRIBE_PAGE = "web/unsubscribe.html.j2"  # served by `dispatch web` (dispatcher/processes/unsubscribe_web.py)
 # Every template the code renders by name; the ones they extend or import are found through these.
-TEMPLATE_NAMES = (FAX_COVER, EMAIL_LETTER, COPY_SUBJECT, COPY_TEXT, COPY_HTML)
+TEMPLATE_NAMES = (FAX_COVER, EMAIL_LETTER, COPY_SUBJECT, COPY_TEXT, COPY_HTML, UNSUBSCRIBE_PAGE)
 
 _CHECKOUT = Path(__file__).resolve().parents[3]
 

@@ -42,7 +42,7 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, Suppress, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, check_fresh, lookup_object, webhook_json
 from workers.gateways.errors import (
     ConfigurationFault,
@@ -78,6 +78,17 @@ SEVERITIES: dict[str, tuple[EventKind, ErrorClass]] = {
     "permanent": (EventKind.BOUNCED, "permanent"),
 }
 TRACKED = frozenset(EVENT_KINDS)
+# What an event says of the address, for our suppression list (supporter copies only): ``complained`` (the
+# person marked it as spam), and a permanent ``failed`` by its ``reason``: "bounce" and "delayed-bounce" (the
+# receiving server's final no) and "suppress-bounce" (on Mailgun's bounce list already) are hard bounces,
+# "suppress-complaint" (on its complaint list) a complaint. A temporary failure, and a permanent one for
+# "old" (gave up retrying), "espblock", "generic" or "suppress-unsubscribe", say nothing about the address.
+FAILED_SUPPRESS: dict[str, Suppress] = {
+    "bounce": "hard-bounce",
+    "delayed-bounce": "hard-bounce",
+    "suppress-bounce": "hard-bounce",
+    "suppress-complaint": "complaint",
+}
 
 
 class MailgunSettings(BaseSettings):
@@ -345,6 +356,15 @@ def event_kind(data: Mapping[str, Any]) -> tuple[EventKind, ErrorClass | None] |
     return mapped
 
 
+def event_suppress(data: Mapping[str, Any]) -> Suppress | None:
+    """The suppression one event-data object calls for (see :data:`FAILED_SUPPRESS`), or None."""
+    if data.get("event") == "complained":
+        return "complaint"
+    if data.get("event") == "failed" and data.get("severity") == "permanent":
+        return FAILED_SUPPRESS.get(str(data.get("reason")))
+    return None
+
+
 def _event_from_data(
     data: Mapping[str, Any], *, raw: Any = None, unreadable: type[GatewayError] = WebhookFormatError
 ) -> StatusEvent | None:
@@ -372,6 +392,7 @@ def _event_from_data(
         error_code=code,
         detail=detail or None,
         event_id=text(data.get("id")),
+        suppress=event_suppress(data),
         raw=raw if raw is not None else dict(data),
     )
 

@@ -42,7 +42,7 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, Suppress, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     ConfigurationFault,
@@ -99,6 +99,17 @@ BOUNCE_TYPES: dict[str, tuple[EventKind, ErrorClass] | None] = {
 }
 # A type Postmark adds later: nothing was delivered; retry until the campaign deadline decides.
 DEFAULT_BOUNCE: tuple[EventKind, ErrorClass] = (EventKind.BOUNCED, "transient")
+
+# Bounce ``Type`` -> what it says of the address, for our suppression list (supporter copies only): the mailbox
+# does not exist or the address is malformed (HardBounce, TypeCode 1; BadEmailAddress, 100000), or the person
+# marked the message as spam (the SpamComplaint record, Type SpamComplaint, 512). A SoftBounce (4096), a
+# Transient or DnsError, a Blocked (ISP policy), a DMARCPolicy or a SpamNotification (a filter's verdict,
+# not the person's) says nothing about the address.
+SUPPRESSING_TYPES: dict[str, Suppress] = {
+    "HardBounce": "hard-bounce",
+    "BadEmailAddress": "hard-bounce",
+    "SpamComplaint": "complaint",
+}
 
 # ``Status`` of an outbound message (postmark-python models/outbound/enums.py MessageStatus).
 STATUS_KINDS: dict[str, EventKind] = {
@@ -319,6 +330,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             error_class=error_class,
             error_code=code,
             detail=text(event_details.get("Summary")) or text(event_details.get("DeliveryMessage")),
+            suppress=SUPPRESSING_TYPES.get(code or ""),
             raw=dict(details),
         )
 
@@ -381,6 +393,7 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             error_code=code,
             detail=text(payload.get("Description")) or text(payload.get("Details")),
             event_id=_event_id(payload),
+            suppress=SUPPRESSING_TYPES.get(code or ""),
             raw=dict(payload),
         )
 

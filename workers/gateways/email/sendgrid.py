@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, WebhookRequest
+from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, Suppress, WebhookRequest
 from workers.gateways.email.common import HttpEmailGateway, b64, check_fresh, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     ConfigurationFault,
@@ -87,6 +87,18 @@ EVENT_KINDS: dict[str, tuple[EventKind, ErrorClass | None]] = {
 # delivery (reputation, content, rate) that SendGrid does not retry but a later send may pass.
 BOUNCE_CLASSES: dict[str, ErrorClass] = {"bounce": "permanent", "blocked": "transient"}
 
+# What an event says of the address, for our suppression list (supporter copies only): a ``bounce`` of type
+# "bounce" (the receiving server's final no: a hard bounce; "blocked" is not), a ``spamreport`` (the person
+# marked it as spam), and a ``dropped`` whose ``reason`` names SendGrid's own lists: "Bounced Address" and
+# "Invalid" (its bounce and invalid-email lists), "Spam Reporting Address" (its spam-report list). Other drops
+# ("Unsubscribed Address", "Spam Content", "Invalid SMTPAPI header") say nothing about the address for us.
+BOUNCE_SUPPRESS: dict[str, Suppress] = {"bounce": "hard-bounce"}
+DROPPED_SUPPRESS: dict[str, Suppress] = {
+    "Bounced Address": "hard-bounce",
+    "Invalid": "hard-bounce",
+    "Spam Reporting Address": "complaint",
+}
+
 # Email Activity: message ``status`` and ``events[].event_name`` (tsg_email_activity_v3.yaml).
 ACTIVITY_STATUS: dict[str, EventKind] = {
     "processed": EventKind.QUEUED,
@@ -102,6 +114,7 @@ ACTIVITY_EVENTS: dict[str, tuple[EventKind, ErrorClass | None]] = {
     "spam_report": (EventKind.COMPLAINED, "permanent"),
 }
 ACTIVITY_BOUNCES: dict[str, ErrorClass] = {"hard": "permanent", "soft": "transient"}
+ACTIVITY_SUPPRESS: dict[str, Suppress] = {"spam_report": "complaint"}  # and a bounced one of bounce_type "hard"
 
 
 class SendGridSettings(BaseSettings):
@@ -277,8 +290,9 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
             raise StatusLookupError(f"{PROVIDER}: message {msg_id} has status {summary.get('status')!r}")
         error_class: ErrorClass | None = None
         code = detail = None
+        suppress: Suppress | None = None
         if kind is EventKind.FAILED:
-            kind, error_class, code, detail = self._failure(msg_id)
+            kind, error_class, code, detail, suppress = self._failure(msg_id)
         return StatusEvent(
             provider=PROVIDER,
             provider_id=provider_id or message_id_of(msg_id),
@@ -288,21 +302,27 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
             error_class=error_class,
             error_code=code,
             detail=detail,
+            suppress=suppress,
             raw=dict(summary),
         )
 
-    def _failure(self, msg_id: str) -> tuple[EventKind, ErrorClass, str | None, str | None]:
-        """Why a not_delivered message failed, from its last failure event."""
+    def _failure(self, msg_id: str) -> tuple[EventKind, ErrorClass, str | None, str | None, Suppress | None]:
+        """Why a not_delivered message failed, from its last failure event, and what that says of the address."""
         response = self.lookup("GET", f"/v3/messages/{msg_id}")
         events = lookup_object(response, provider=PROVIDER).get("events") if response.is_success else None
         failures = [e for e in objects(events) if ACTIVITY_EVENTS.get(str(e.get("event_name")), (None, None))[1]]
         if not failures:
-            return EventKind.FAILED, "permanent", "not_delivered", None
+            return EventKind.FAILED, "permanent", "not_delivered", None, None
         last = failures[-1]
-        kind, error_class = ACTIVITY_EVENTS[str(last["event_name"])]
-        if last["event_name"] == "bounced":
+        name, reason = str(last["event_name"]), text(last.get("reason"))
+        kind, error_class = ACTIVITY_EVENTS[name]
+        suppress = ACTIVITY_SUPPRESS.get(name)
+        if name == "bounced":
             error_class = ACTIVITY_BOUNCES.get(str(last.get("bounce_type")), "permanent")
-        return kind, error_class or "permanent", str(last["event_name"]), text(last.get("reason"))
+            suppress = "hard-bounce" if last.get("bounce_type") == "hard" else None
+        elif name == "dropped":
+            suppress = DROPPED_SUPPRESS.get(reason or "")
+        return kind, error_class or "permanent", name, reason, suppress
 
     # -- the Signed Event Webhook ----------------------------------------------------------------
 
@@ -353,11 +373,15 @@ def _event(raw: object) -> StatusEvent | None:
     if when is None or not sg_message_id:
         raise WebhookFormatError(f"{PROVIDER}: {raw['event']} event without timestamp or sg_message_id")
     code = None
+    suppress: Suppress | None = "complaint" if raw["event"] == "spamreport" else None
     if raw["event"] == "bounce":
         code = str(raw.get("type") or "bounce")
         error_class = BOUNCE_CLASSES.get(code, "permanent")
+        suppress = BOUNCE_SUPPRESS.get(code)
     elif error_class is not None:
         code = raw["event"]
+    if raw["event"] == "dropped":
+        suppress = DROPPED_SUPPRESS.get(text(raw.get("reason")) or "")
     return StatusEvent(
         provider=PROVIDER,
         provider_id=message_id_of(sg_message_id),
@@ -368,6 +392,7 @@ def _event(raw: object) -> StatusEvent | None:
         error_code=code,
         detail=text(raw.get("reason")) or text(raw.get("response")),
         event_id=text(raw.get("sg_event_id")),
+        suppress=suppress,
         raw=raw,
     )
 
