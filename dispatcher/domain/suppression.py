@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from dispatcher.domain.emails import normalise_email
 from dispatcher.domain.messages import StatusEvent
 from dispatcher.domain.models import Delivery, Suppression
 from dispatcher.domain.states import DeliveryKind
@@ -52,7 +53,11 @@ def suppress(
     Two requests at once (a mail client's one-click POST and the person's own click, two webhooks) add one
     entry, and neither fails: on PostgreSQL by INSERT ... ON CONFLICT DO NOTHING; on SQLite every writing
     transaction holds the write lock from its BEGIN IMMEDIATE (dispatcher/domain/db.py), so nobody inserts
-    between the look-up and the insert."""
+    between the look-up and the insert.
+
+    What is no address (an erased copy's ``erased``) suppresses nothing: False."""
+    if normalise_email(email) is None:
+        return False
     key = address_hash(email)
     values = {"email_sha256": key, "reason": str(reason), "source": source, "campaign_id": campaign_id, "at": at}
     if session.get_bind().dialect.name == "postgresql":

@@ -27,6 +27,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from dispatcher.domain.emails import normalise_email
 from dispatcher.domain.models import Delivery
 from dispatcher.domain.states import DeliveryKind
 from dispatcher.domain.suppression import SuppressionReason, is_suppressed, suppress
@@ -86,8 +87,11 @@ def masked(email: str) -> str:
 
 
 def _copy(session: Session, delivery_id: int) -> Delivery | None:
+    """The supporter copy ``delivery_id``, if it still has an address (an erased copy has none)."""
     delivery = session.get(Delivery, delivery_id)
-    return delivery if delivery is not None and delivery.kind == DeliveryKind.COPY else None
+    if delivery is None or delivery.kind != DeliveryKind.COPY or normalise_email(delivery.destination) is None:
+        return None
+    return delivery
 
 
 def copy_link(session: Session, delivery_id: int) -> CopyLink | None:

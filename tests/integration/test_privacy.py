@@ -562,3 +562,28 @@ def on_a_terminal(command: list[str], answer: str, *, env: dict[str, str], timeo
             process.kill()
         os.close(leader)
     return output.decode(errors="replace").replace("\r\n", "\n")
+
+
+def test_an_erased_copy_can_no_longer_unsubscribe_or_be_suppressed(
+    factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Its address is gone: a late click on its link, or a late bounce, must not suppress the word
+    "erased" (or anything): nothing is added to the suppression list."""
+    from dispatcher.domain.models import Suppression
+    from dispatcher.domain.unsubscribe import Outcome, unsubscribe
+
+    ada_and_grace(factory, tmp_path)
+    with transaction(factory) as session:
+        erase_person(session, ADA, now=at(10), actor="operator")
+    with factory() as session:
+        erased = session.scalars(select(Delivery.id).where(Delivery.destination == "erased")).all()
+        before = session.scalar(select(func.count()).select_from(Suppression))
+    assert len(erased) == 3
+    with transaction(factory) as session:
+        assert [unsubscribe(session, i, now=at(11), source="one-click") for i in erased] == [Outcome.NOT_A_COPY] * 3
+        assert (
+            suppress(session, "erased", reason=SuppressionReason.HARD_BOUNCE, source="webhook:postmark", at=at(11))
+            is False
+        )
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(Suppression)) == before
