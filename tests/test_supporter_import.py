@@ -258,6 +258,7 @@ def test_import_writes_members_with_consent_and_reports_exactly(factory: session
     result = run_import(factory, HOSTILE)
     assert result == ImportResult(
         list_name="petition",
+        created=True,
         added=3,
         rejected=Counter(
             {

@@ -53,6 +53,7 @@ REJECTS = (
 @pytest.fixture(autouse=True)
 def ledger(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("DISPATCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("DISPATCH_LOG_LEVEL", "WARNING")  # no migration chatter between the report's lines
     get_settings.cache_clear()
     yield db_url
     get_settings.cache_clear()

@@ -87,10 +87,11 @@ class ImportResult:
     unchanged: int = 0
     withdrawn: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    created: bool = False  # the list was new
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.updated or self.withdrawn)
+        return bool(self.created or self.added or self.updated or self.withdrawn)
 
     def summary(self) -> str:
         rejected = sum(self.rejected.values())
@@ -299,27 +300,28 @@ def import_rows(
     member's ``consent_at`` is the file's consent_date, or, without one, the time of the import that
     recorded the consent. Reads and writes 1,000 rows per statement; flushes, never commits."""
     result = ImportResult(list_name=list_name)
-    list_id = _list_id(session, list_name, now=now)
+    list_id, result.created = _list_id(session, list_name, now=now)
     it = iter(rows)
     while batch := list(islice(it, BATCH)):
         _write_batch(session, list_id, batch, now=now, result=result, on_rejected=on_rejected)
-    if result.changed:
+    if result.added or result.updated or result.withdrawn:
         session.execute(update(SupporterList).where(SupporterList.id == list_id).values(updated_at=now))
     return result
 
 
-def _list_id(session: Session, name: str, *, now: datetime) -> int:
+def _list_id(session: Session, name: str, *, now: datetime) -> tuple[int, bool]:
+    """The list's id, and whether it was created now."""
     problem = unsafe_in_line(name)
     if not name.strip() or problem or len(name) > LIST_NAME_MAX:
         why = f"contains {problem}" if problem else f"must be 1 to {LIST_NAME_MAX} characters"
         raise SupporterFileError(f"the list name {name!r} {why}")
     found = session.scalar(select(SupporterList.id).where(SupporterList.name == name))
     if found is not None:
-        return found
+        return found, False
     created = SupporterList(name=name, created_at=now, updated_at=now)
     session.add(created)
     session.flush()
-    return created.id
+    return created.id, True
 
 
 _CURRENT = (
