@@ -367,23 +367,31 @@ def test_import_in_batches_adds_and_finds_members_across_batches(factory: sessio
 
 
 MEMORY_SCRIPT = """
-import io, json, sys, time, tracemalloc
+import json, re, sys, time
 from datetime import UTC, datetime
+from pathlib import Path
 from dispatcher.domain import db
 from dispatcher.domain.supporter_import import import_rows, read_rows
+
+def status(field):  # kB, from Linux's /proc/self/status
+    return int(re.search(field + r":\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
 url, path = sys.argv[1], sys.argv[2]
 factory = db.session_factory(db.make_engine(url))
-tracemalloc.start()
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the present size
+before = status("VmRSS")
 start = time.perf_counter()
 with open(path, "rb") as stream, db.transaction(factory) as session:
     result = import_rows(session, "big", read_rows(stream, source=path), now=datetime.now(UTC))
 seconds = time.perf_counter() - start
-print(json.dumps({"added": result.added, "peak": tracemalloc.get_traced_memory()[1], "seconds": seconds}))
+print(json.dumps({"added": result.added, "grown": (status("VmHWM") - before) * 1024, "seconds": seconds}))
 """
 
 
 def test_twenty_thousand_rows_import_in_bounded_memory(db_url: str, tmp_path: Path) -> None:
-    """A small version of bench/supporter_import.py (200,000 rows): Python's allocations stay bounded."""
+    """A small version of bench/supporter_import.py (200,000 rows): the process's peak resident memory grows
+    by a bounded amount during the import (Linux's VmHWM, reset before it; tracemalloc would count Python's
+    allocations alone, and makes this import several times slower)."""
     path = tmp_path / "big.csv"
     with path.open("w", encoding="utf-8") as out:
         out.write("email,first_name,last_name,consent,consent_date,locale,postcode\n")
@@ -398,9 +406,9 @@ def test_twenty_thousand_rows_import_in_bounded_memory(db_url: str, tmp_path: Pa
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     measured = json.loads(done.stdout)
-    print(f"20,000 rows: {measured['seconds']:.1f} s, peak {measured['peak'] / 2**20:.1f} MiB")
+    print(f"20,000 rows: {measured['seconds']:.1f} s, peak RSS grew {measured['grown'] / 2**20:.1f} MiB")
     assert measured["added"] == 20_000
-    assert measured["peak"] < 30 * 2**20
+    assert measured["grown"] < 60 * 2**20
 
 
 # --- the one CSV writer --------------------------------------------------------------------------------

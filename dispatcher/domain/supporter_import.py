@@ -30,7 +30,7 @@ from dispatcher.domain.csv_in import Record, UndecodableByte, Utf16Bom, records
 from dispatcher.domain.emails import normalise_email
 from dispatcher.domain.errors import DispatchError
 from dispatcher.domain.models import Supporter, SupporterList
-from dispatcher.domain.supporter_columns import ColumnError, Columns, read_header
+from dispatcher.domain.supporter_columns import ROLES, ColumnError, Columns, read_header
 
 # The kinds of rejected row.
 INVALID_EMAIL = "invalid-email"
@@ -169,42 +169,42 @@ class SupporterRows(Iterator[MemberRow | Rejected]):
     def _row(self, record: Record) -> MemberRow | Rejected:
         line, cells = record.line, record.cells
         names = self.columns.names
-        given = {name: cells[i] if i < len(cells) else "" for i, name in enumerate(names)}
-        given.update((f"column {i + 1}", cells[i]) for i in range(len(names), len(cells)))
 
         def rejected(kind: str, reason: str, email: str | None = None) -> Rejected:
+            given = {name: cells[i] if i < len(cells) else "" for i, name in enumerate(names)}
+            given.update((f"column {i + 1}", cells[i]) for i in range(len(names), len(cells)))
             return Rejected(line=line, kind=kind, reason=reason, email=email, cells=given)
 
         if record.error:
             return rejected(MALFORMED_ROW, record.error)
-        if any(cell.strip() for cell in cells[len(names) :]):
+        if len(cells) > len(names) and any(cell.strip() for cell in cells[len(names) :]):
             return rejected(MALFORMED_ROW, f"{len(cells)} cells, but the header has {len(names)} columns")
-        cell = self._cells(cells)
-        raw = cell("email")
+        cell = dict.fromkeys(ROLES, "")
+        cell.update((role, cells[i].strip()) for role, i in self.columns.roles.items() if i < len(cells))
+        raw = cell["email"]
         email = normalise_email(raw) if raw else None
         if email is None:
             return rejected(INVALID_EMAIL, "not a valid email address" if raw else "no email address")
         first = self._seen.setdefault(hash(email), line)
         if first != line:
             return rejected(DUPLICATE, f"duplicate of line {first}", email)
-        consent = self._consent(cell("consent"))
+        consent = self._consent(cell["consent"])
         if consent is False:
             return rejected(CONSENT_REFUSED, "consent refused", email)
         if isinstance(consent, str):
             return rejected(CONSENT_MISSING, consent, email)
-        consent_at = _consent_at(cell("consent_date"))
+        consent_at = _consent_at(cell["consent_date"])
         if consent_at is False:
             return rejected(
                 INVALID_CONSENT_DATE,
                 "consent_date is not an ISO date or date-time (2026-11-02, 2026-11-02T10:30:00+01:00)",
                 email,
             )
-        locale = _locale(cell("locale"))
+        locale = _locale(cell["locale"])
         if locale is False:
             return rejected(INVALID_LOCALE, "locale is not a language tag like en, fr or pt-BR", email)
-        name = cell("name") or " ".join(p for p in (cell("first_name"), cell("last_name")) if p)
-        texts = {"name": name, "consent_source": cell("consent_source")}
-        for what, text in texts.items():
+        name = cell["name"] or " ".join(p for p in (cell["first_name"], cell["last_name"]) if p)
+        for what, text in (("name", name), ("consent_source", cell["consent_source"])):
             problem = _text_problem(what, text)
             if problem:
                 return rejected(INVALID_FIELD, problem, email)
@@ -214,16 +214,9 @@ class SupporterRows(Iterator[MemberRow | Rejected]):
             name=name or None,
             locale=locale,
             consent_at=consent_at,
-            consent_source=texts["consent_source"] or None,
+            consent_source=cell["consent_source"] or None,
             fields={names[i]: cells[i].strip() for i in self.columns.custom if i < len(cells) and cells[i].strip()},
         )
-
-    def _cells(self, cells: list[str]) -> Callable[[str], str]:
-        def cell(role: str) -> str:
-            i = self.columns.index(role)
-            return cells[i].strip() if i is not None and i < len(cells) else ""
-
-        return cell
 
     def _consent(self, raw: str) -> bool | str:
         """True, False, or why there is no answer."""
