@@ -83,7 +83,11 @@ HOSTILE_REJECTED = [
     (7, "consent-missing", "no consent given (the consent cell is empty)"),
     (8, "consent-missing", "consent is not yes/no, true/false, 1/0 or y/n"),
     (10, "invalid-email", "not a valid email address"),
-    (11, "invalid-consent-date", "consent_date is not an ISO date or date-time (2026-11-02, 2026-11-02T10:30:00+01:00)"),
+    (
+        11,
+        "invalid-consent-date",
+        "consent_date is not an ISO date or date-time (2026-11-02, 2026-11-02T10:30:00+01:00)",
+    ),
     (12, "invalid-locale", "locale is not a language tag like en, fr or pt-BR"),
     (13, "malformed-row", "9 cells, but the header has 7 columns"),
 ]
@@ -331,7 +335,9 @@ def test_consent_no_withdraws_an_existing_member_and_a_refusal_never_adds(factor
     # consent given again, without a date: recorded at this import
     later = datetime(2026, 12, 2, tzinfo=UTC)
     with transaction(factory) as session:
-        back = import_rows(session, "petition", read_rows(io.BytesIO(b"email,consent\nada@example.org,yes\n"), source="x"), now=later)
+        back = import_rows(
+            session, "petition", read_rows(io.BytesIO(b"email,consent\nada@example.org,yes\n"), source="x"), now=later
+        )
     assert (back.updated, back.withdrawn) == (1, 0)
     assert members(factory, "petition")[0][3:5] == (True, later)
 
@@ -427,9 +433,7 @@ def test_write_csv_writes_inert_cells_atomically_and_privately(tmp_path: Path) -
         writer.writerow(["line", "cell"])
         writer.writerow([8, '=HYPERLINK("http://x","y")'])
         writer.writerow([-1, "-1"])
-    assert path.read_bytes() == (
-        b'\xef\xbb\xbfline,cell\r\n8,"\'=HYPERLINK(""http://x"",""y"")"\r\n-1,\'-1\r\n'
-    )
+    assert path.read_bytes() == (b'\xef\xbb\xbfline,cell\r\n8,"\'=HYPERLINK(""http://x"",""y"")"\r\n-1,\'-1\r\n')
     assert path.stat().st_mode & 0o777 == 0o600
     with pytest.raises(RuntimeError), write_csv(tmp_path / "broken.csv") as writer:
         writer.writerow(["a"])

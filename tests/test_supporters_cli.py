@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select as sql_select
+from sqlalchemy import create_engine
+from sqlalchemy import select as sql_select
 from typer.testing import CliRunner
 
 from dispatcher.domain.models import Supporter, SupporterList
@@ -145,7 +146,9 @@ def test_a_latin1_file_is_refused_with_nothing_written_then_imported_with_its_en
     assert "no supporter lists yet" in run("supporters", "lists")[1]
     code, output = run("supporters", "import", str(source), "--list", "members", "--encoding", "latin-1")
     assert code == 0, output
-    assert output.splitlines() == ["list 'members': 2 added, 0 updated, 0 unchanged, 0 consent withdrawn, 0 rows rejected"]
+    assert output.splitlines() == [
+        "list 'members': 2 added, 0 updated, 0 unchanged, 0 consent withdrawn, 0 rows rejected"
+    ]
     assert stored(get_settings().database_url) == [
         ("members", "ann@example.org", "Ann", True),
         ("members", "jose@example.org", "José", True),
@@ -214,7 +217,9 @@ def test_a_real_process_shows_the_refusal_without_a_traceback_and_a_bar_only_on_
     assert "Traceback" not in done.stderr + done.stdout
     assert " ".join(done.stderr.split()) == f"error: {source}: {LATIN1_REFUSED}"
     # stderr a terminal: a progress bar by bytes read; not a terminal (above): none
-    good = write(tmp_path / "good.csv", b"email,consent\n" + b"".join(b"p%d@example.org,yes\n" % i for i in range(5000)))
+    good = write(
+        tmp_path / "good.csv", b"email,consent\n" + b"".join(b"p%d@example.org,yes\n" % i for i in range(5000))
+    )
     main, secondary = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "dispatcher", "supporters", "import", str(good), "--list", "x"],

@@ -38,7 +38,7 @@ from dispatcher.domain.models import (
     utcnow,
 )
 from dispatcher.domain.states import CampaignStatus, CopiesWhen, DeliveryKind, State
-from dispatcher.domain.supporter_import import import_rows
+from dispatcher.domain.supporter_import import MemberRow, Rejected, import_rows
 from dispatcher.domain.validation import Report, RouteCheck, where
 
 ACTOR = "planner"
@@ -320,7 +320,7 @@ def _copies(session: Session, campaign: Campaign, spec: CampaignSpec, report: Re
 def _sync_campaign_list(session: Session, name: str, report: Report, *, now: datetime) -> None:
     """The campaign CSV's list holds exactly the file's members with consent: rows imported (a refusal
     withdraws consent), members no longer in the file removed."""
-    rows = sorted([*report.supporters, *report.supporter_rejects], key=lambda r: r.line)
+    rows: list[MemberRow | Rejected] = sorted([*report.supporters, *report.supporter_rejects], key=lambda r: r.line)
     import_rows(session, name, rows, now=now)
     keep = {m.email for m in report.supporters}
     members = session.execute(

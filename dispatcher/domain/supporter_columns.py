@@ -79,7 +79,8 @@ def read_header(cells: Sequence[str], mapping: Mapping[str, str] | None = None) 
     seen: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k in seen:
-            raise ColumnError(f"columns {seen[k] + 1} ({names[seen[k]]!r}) and {i + 1} ({names[i]!r}) have the same name")
+            first = seen[k]
+            raise ColumnError(f"columns {first + 1} ({names[first]!r}) and {i + 1} ({names[i]!r}) have the same name")
         seen[k] = i
         role = wanted.get(k) or ALIASES.get(k)
         if role is None:

@@ -193,15 +193,17 @@ class SupporterRows(Iterator[MemberRow | Rejected]):
             return rejected(CONSENT_REFUSED, "consent refused", email)
         if isinstance(consent, str):
             return rejected(CONSENT_MISSING, consent, email)
-        consent_at = _consent_at(cell["consent_date"])
-        if consent_at is False:
+        try:
+            consent_at = _consent_at(cell["consent_date"])
+        except ValueError:
             return rejected(
                 INVALID_CONSENT_DATE,
                 "consent_date is not an ISO date or date-time (2026-11-02, 2026-11-02T10:30:00+01:00)",
                 email,
             )
-        locale = _locale(cell["locale"])
-        if locale is False:
+        try:
+            locale = _locale(cell["locale"])
+        except ValueError:
             return rejected(INVALID_LOCALE, "locale is not a language tag like en, fr or pt-BR", email)
         name = cell["name"] or " ".join(p for p in (cell["first_name"], cell["last_name"]) if p)
         for what, text in (("name", name), ("consent_source", cell["consent_source"])):
@@ -243,25 +245,23 @@ def _no_email_column(header: Record, columns: Columns) -> str:
     )
 
 
-def _consent_at(raw: str) -> datetime | None | bool:
+def _consent_at(raw: str) -> datetime | None:
     """The consent date as an aware UTC datetime (a date is its midnight, UTC; a time without an offset is
-    UTC), None if empty, False if it is not ISO 8601."""
+    UTC), None if empty; ValueError if it is not ISO 8601."""
     if not raw:
         return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        return False
+    value = datetime.fromisoformat(raw)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _locale(raw: str) -> str | None | bool:
-    """The locale written "pt-BR" (language, optional script and region), None if empty, False if malformed."""
+def _locale(raw: str) -> str | None:
+    """The locale written "pt-BR" (language, optional script and region), None if empty; ValueError if
+    it is not such a tag."""
     if not raw:
         return None
     found = _LOCALE.fullmatch(raw)
     if found is None:
-        return False
+        raise ValueError("not a language tag")
     language, script, region = found.groups()
     return "-".join(p for p in (language.lower(), script and script.title(), region and region.upper()) if p)
 
@@ -395,10 +395,8 @@ def _new_member(list_id: int, row: MemberRow, *, now: datetime) -> dict[str, Any
 
 def _changed_member(member: Any, row: MemberRow, *, now: datetime) -> dict[str, Any] | None:
     """The values of a member updated by ``row``, or None if it changes nothing."""
-    if row.consent_at is not None:
-        consent_at = row.consent_at
-    else:
-        consent_at = member.consent_at if member.consent else now
+    kept = member.consent_at if member.consent else now  # without a date: consent recorded at this import
+    consent_at = row.consent_at if row.consent_at is not None else kept
     values = {
         "name": row.name if row.name is not None else member.name,
         "locale": row.locale or member.locale,

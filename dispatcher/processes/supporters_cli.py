@@ -24,7 +24,9 @@ def supporters_import(
     list_name: Annotated[str, typer.Option("--list", help="the list to import into (created if needed)")],
     encoding: Annotated[
         str | None,
-        typer.Option(help="the file's encoding, e.g. latin-1  [default: UTF-8, with or without BOM]", show_default=False),
+        typer.Option(
+            help="the file's encoding, e.g. latin-1  [default: UTF-8, with or without BOM]", show_default=False
+        ),
     ] = None,
     mapping: Annotated[
         str | None,
@@ -66,7 +68,9 @@ def supporters_import(
     _report(result, shown, rejects)
 
 
-def _with_progress(rows: Iterable[MemberRow | Rejected], stream: IO[bytes], file: Path) -> Iterator[MemberRow | Rejected]:
+def _with_progress(
+    rows: Iterable[MemberRow | Rejected], stream: IO[bytes], file: Path
+) -> Iterator[MemberRow | Rejected]:
     """``rows``, with a progress bar by bytes read on stderr when it is a terminal."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
