@@ -20,7 +20,9 @@ from dispatcher.domain.errors import CampaignFileError, Problem
 from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
 from dispatcher.domain.supporter_import import MemberRow, Rejected, SupporterFileError, read_rows
 
-ERROR_KINDS = frozenset({"invalid-email", "invalid-field"})  # the rest are warnings: that row is not copied
+# a row whose data is wrong is an error (left out by --skip-invalid); the rest (no consent, a refusal, a
+# repeated address) are warnings: that row is not copied
+ERROR_KINDS = frozenset({"invalid-email", "invalid-field", "invalid-consent-date", "invalid-locale", "malformed-row"})
 
 
 @dataclass
