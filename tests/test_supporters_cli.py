@@ -51,6 +51,10 @@ REJECTS = (
 )
 
 
+# what does not depend on the database runs on SQLite alone; what writes members runs on both
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(autouse=True)
 def ledger(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("DISPATCH_DATABASE_URL", db_url)
@@ -155,6 +159,7 @@ def test_a_latin1_file_is_refused_with_nothing_written_then_imported_with_its_en
     ]
 
 
+@sqlite_only
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
@@ -174,6 +179,16 @@ def test_file_level_refusals_exit_2_with_the_message(
     assert stored(get_settings().database_url) == []
 
 
+@sqlite_only
+def test_a_rejects_file_that_cannot_be_written_refuses_the_import(tmp_path: Path) -> None:
+    source, rejects = write(tmp_path / "list.csv", HOSTILE), tmp_path / "missing" / "rejects.csv"
+    code, output = run("supporters", "import", str(source), "--list", "x", "--rejects", str(rejects))
+    assert code == 2
+    assert " ".join(output.split()) == f"error: {rejects}: No such file or directory; nothing was imported"
+    assert stored(get_settings().database_url) == []
+
+
+@sqlite_only
 def test_map_names_the_columns_of_another_language(tmp_path: Path) -> None:
     content = "E-Mail Adresse,Vorname,Nachname,Einwilligung\nx@example.de,José,Müller,ja\n".encode()
     source = write(tmp_path / "de.csv", content.replace(b",ja\n", b",yes\n"))
@@ -183,6 +198,7 @@ def test_map_names_the_columns_of_another_language(tmp_path: Path) -> None:
     assert stored(get_settings().database_url) == [("de", "x@example.de", "José Müller", True)]
 
 
+@sqlite_only
 def test_ten_thousand_invalid_rows_are_reported_quickly(tmp_path: Path) -> None:
     source = write(tmp_path / "bad.csv", b"email,consent\n" + b"".join(b"bad%d,yes\n" % i for i in range(10_000)))
     rejects = tmp_path / "rejects.csv"
@@ -203,7 +219,7 @@ def test_ten_thousand_invalid_rows_are_reported_quickly(tmp_path: Path) -> None:
     assert len(rejects.read_text(encoding="utf-8-sig").splitlines()) == 10_001
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@sqlite_only
 def test_a_real_process_shows_the_refusal_without_a_traceback_and_a_bar_only_on_a_terminal(
     tmp_path: Path, db_url: str
 ) -> None:

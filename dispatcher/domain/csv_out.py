@@ -43,7 +43,10 @@ class CsvOut:
 def write_csv(path: Path) -> Iterator[CsvOut]:
     """A CSV file at ``path``, there once the block ends without an error (replacing any file there)."""
     path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    except OSError as err:  # named by the file asked for, not the temporary one
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as stream:
             yield CsvOut(stream)

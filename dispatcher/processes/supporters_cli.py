@@ -65,6 +65,9 @@ def supporters_import(
     except SupporterFileError as err:
         _print_error(str(err))
         raise typer.Exit(2) from None
+    except OSError as err:  # the file cannot be read, or --rejects cannot be written: nothing was imported
+        _print_error(f"{err.filename or file}: {err.strerror or err}; nothing was imported")
+        raise typer.Exit(2) from None
     _report(result, shown, rejects)
 
 
