@@ -221,6 +221,7 @@ def test_a_byte_that_is_not_utf8_refuses_the_file_naming_line_and_offset_then_de
     found, _ = read(content, encoding="latin-1")
     assert [(r.line, r.name) for r in found] == [(2, "Ann"), (3, "José")]
     assert refused(b"email\n", encoding="no-such-codec") == "list.csv: unknown encoding 'no-such-codec'"
+    assert refused(b"email\n", encoding="base64") == "list.csv: unknown encoding 'base64'"
     utf16 = "email,consent\na@example.org,yes\n".encode("utf-16")
     assert refused(utf16) == (
         "list.csv: the file starts with a UTF-16 byte-order mark: save it as UTF-8, or name the encoding: "

@@ -74,6 +74,15 @@ class RecordTooLong(Exception):
     pass
 
 
+def text_encoding(encoding: str | None) -> str:
+    """Python's name for ``encoding`` (None: UTF-8); LookupError if it is unknown or not a text encoding
+    ("base64", "rot13")."""
+    info = codecs.lookup(encoding or "utf-8")
+    if not getattr(info, "_is_text_encoding", True):
+        raise LookupError(f"{encoding!r} is not a text encoding")
+    return info.name
+
+
 class PhysicalLines:
     """The decoded lines of a byte stream, each with its line end, for ``csv.reader``; counts them.
 
@@ -82,7 +91,7 @@ class PhysicalLines:
     quotes seen since the record started are even, the line end is not in a quoted cell."""
 
     def __init__(self, stream: BinaryIO, encoding: str | None) -> None:
-        name = codecs.lookup(encoding or "utf-8").name
+        name = text_encoding(encoding)
         self._stream = stream
         self._encoding = name
         self._shown = "UTF-8" if name == "utf-8" else name
