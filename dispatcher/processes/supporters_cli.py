@@ -24,9 +24,7 @@ def supporters_import(
     list_name: Annotated[str, typer.Option("--list", help="the list to import into (created if needed)")],
     encoding: Annotated[
         str | None,
-        typer.Option(
-            help="the file's encoding, e.g. latin-1  [default: UTF-8, with or without BOM]", show_default=False
-        ),
+        typer.Option(help="the file's encoding, e.g. latin-1 (default: UTF-8, with or without a byte-order mark)"),
     ] = None,
     mapping: Annotated[
         str | None,
