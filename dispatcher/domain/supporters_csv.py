@@ -22,8 +22,10 @@ from dispatcher.domain.errors import CampaignFileError, Problem
 from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
 from dispatcher.domain.supporter_import import MemberRow, Rejected, SupporterFileError, read_rows
 
-ERROR_KINDS = frozenset({"invalid-email", "invalid-field"})  # the rest are warnings: that row is not copied
-NOT_A_PROBLEM = frozenset({"consent-refused"})  # the supporter's answer, not a fault in the file
+# a row whose data is wrong is an error (left out by --skip-invalid); no consent value or a repeated address
+# is a warning (that row is not copied); a refusal is the supporter's answer, not a fault in the file
+ERROR_KINDS = frozenset({"invalid-email", "invalid-field", "invalid-consent-date", "invalid-locale", "malformed-row"})
+NOT_A_PROBLEM = frozenset({"consent-refused"})
 
 
 @dataclass
