@@ -231,7 +231,7 @@ def test_utf16_supporters_csv(tmp_path: Path) -> None:
 
 
 def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
-    path = campaign(tmp_path / "c", supporters="\ufeffemail,name\na@example.org,A\n")
+    path = campaign(tmp_path / "c", supporters="\ufeffemail,name,consent\na@example.org,A,yes\n")
     path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
     report = check(path)
     assert report.ok, [str(p) for p in report.problems]
@@ -504,14 +504,12 @@ def test_template_file_with_a_bidi_override_names_its_line(tmp_path: Path) -> No
 
 
 def test_supporter_name_with_a_line_break_is_refused_on_its_row(tmp_path: Path) -> None:
-    csv_text = 'email,name\nada@example.org,"Ada\nBcc: x@example.org"\ngrace@example.org,Grace\n'
+    csv_text = 'email,name,consent\nada@example.org,"Ada\nBcc: x@example.org",yes\ngrace@example.org,Grace,yes\n'
     report = check(campaign(tmp_path / "c", supporters=csv_text))
-    assert [(p.where, p.field) for p in report.errors] == [("line 3", "name")]
-    assert report.errors[0].message.startswith("contains U+000A (LINE FEED) at character 4:")
-    assert [(row.email, row.problem is not None) for row in report.supporters] == [
-        ("ada@example.org", True),
-        ("grace@example.org", False),
-    ]
+    assert [(p.where, p.field) for p in report.errors] == [("line 2", "name")]  # the line its record starts on
+    assert report.errors[0].message.startswith("name contains U+000A (LINE FEED) at character 4:")
+    assert [row.email for row in report.supporters] == ["grace@example.org"]
+    assert [(row.line, row.kind) for row in report.supporter_rejects] == [(2, "invalid-field")]
 
 
 # --- 1. exit prefixes: never fixed silently, always a suggestion, and a duplicate when spelled twice ---
@@ -757,7 +755,7 @@ def test_preview_goes_on_past_an_invalid_route_and_says_so(tmp_path: Path) -> No
 
 
 def test_csv_field_over_the_csv_module_limit_is_a_problem_on_its_line(tmp_path: Path) -> None:
-    csv_text = "email,name\nada@example.org,Ada\ngrace@example.org," + "G" * 200_000 + "\n"
+    csv_text = "email,name,consent\nada@example.org,Ada,yes\ngrace@example.org," + "G" * 200_000 + ",yes\n"
     report = check(campaign(tmp_path / "c", supporters=csv_text))
     assert [(p.where, p.field) for p in report.errors] == [("line 3", "")]
     assert report.errors[0].message == "not valid CSV: field larger than field limit (131072)"

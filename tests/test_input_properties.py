@@ -177,9 +177,11 @@ csv_ish = st.lists(
 @given(content=st.binary(max_size=300) | csv_ish.map(lambda s: s.encode("utf-8")))
 def test_supporters_csv_reader_returns_rows_and_problems(folder: Path, content: bytes) -> None:
     (folder / "random.csv").write_bytes(content)
-    rows, problems = read_supporters(folder, "random.csv", campaign_file="campaign.toml")
-    assert all(isinstance(p, Problem) for p in problems)
-    assert all(row.problem is None or row.problem in problems for row in rows)
+    found = read_supporters(folder, "random.csv", campaign_file="campaign.toml")
+    assert all(isinstance(p, Problem) for p in found.problems)
+    # every row is a member or left out, never both; a file-level problem leaves none of either
+    assert not {r.line for r in found.members} & {r.line for r in found.rejected}
+    assert all(p.where.startswith("line ") or (p.where, p.field) == ("supporters", "csv") for p in found.problems)
 
 
 JINJA_BITS = [

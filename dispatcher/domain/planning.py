@@ -55,6 +55,7 @@ class LoadResult:
     skipped_addressees: tuple[str, ...] = ()  # "cc[1] (Wang Yi)": no usable route, left out by --skip-invalid
     copies: CopyPlan | None = None  # supporter copies planned, and addresses left out (no consent, suppressed)
     no_consent_rows: int = 0  # rows of the campaign's CSV that refused consent or gave none: no copy
+    invalid_rows: int = 0  # its other rows left out: invalid, or repeating an address
 
     def copies_line(self, when: str) -> str | None:
         """One line for the terminal on the supporter copies: counts only, never an address."""
@@ -64,6 +65,7 @@ class LoadResult:
             f"{n} {what}"
             for n, what in (
                 (self.no_consent_rows + self.copies.without_consent, "without consent"),
+                (self.invalid_rows, "invalid or repeated rows" if self.invalid_rows > 1 else "invalid or repeated row"),
                 (self.copies.suppressed, "on the suppression list"),
             )
             if n
@@ -73,7 +75,7 @@ class LoadResult:
 
 
 def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) -> list[Problem]:
-    """Errors that stop a load. With ``skip_invalid``, bad routes and CSV rows are recorded as skipped,
+    """Errors that stop a load. With ``skip_invalid``, bad routes are recorded as skipped and bad CSV rows left out,
     and an addressee without a usable route is left out, unless no addressee has one."""
     if not skip_invalid:
         return report.errors
@@ -145,6 +147,7 @@ def load_campaign(
     planned, skipped = _plan(session, ledger, campaign, spec, report)
     copies = _copies(session, campaign, spec, report, now=now or utcnow())
     no_consent = sum(1 for r in report.supporter_rejects if r.kind in ("consent-refused", "consent-missing"))
+    invalid = len(report.supporter_rejects) - no_consent
     return LoadResult(
         status,
         campaign.id,
@@ -153,6 +156,7 @@ def load_campaign(
         tuple(unroutable_addressees(spec, report)),
         copies,
         no_consent,
+        invalid,
     )
 
 

@@ -77,6 +77,7 @@ class Rejected:
     reason: str
     email: str | None
     cells: dict[str, str]
+    column: str = ""  # the column at fault ("email", "consent", "name", ...), "" for the row as a whole
 
 
 @dataclass
@@ -174,10 +175,10 @@ class SupporterRows(Iterator[MemberRow | Rejected]):
         line, cells = record.line, record.cells
         names = self.columns.names
 
-        def rejected(kind: str, reason: str, email: str | None = None) -> Rejected:
+        def rejected(kind: str, reason: str, email: str | None = None, column: str = "") -> Rejected:
             given = {name: cells[i] if i < len(cells) else "" for i, name in enumerate(names)}
             given.update((f"column {i + 1}", cells[i]) for i in range(len(names), len(cells)))
-            return Rejected(line=line, kind=kind, reason=reason, email=email, cells=given)
+            return Rejected(line=line, kind=kind, reason=reason, email=email, cells=given, column=column)
 
         if record.error:
             return rejected(MALFORMED_ROW, record.error)
@@ -188,15 +189,15 @@ class SupporterRows(Iterator[MemberRow | Rejected]):
         raw = cell["email"]
         email = normalise_email(raw) if raw else None
         if email is None:
-            return rejected(INVALID_EMAIL, "not a valid email address" if raw else "no email address")
+            return rejected(INVALID_EMAIL, "not a valid email address" if raw else "no email address", column="email")
         first = self._seen.setdefault(hash(email), line)
         if first != line:
-            return rejected(DUPLICATE, f"duplicate of line {first}", email)
+            return rejected(DUPLICATE, f"duplicate of line {first}", email, "email")
         consent = self._consent(cell["consent"])
         if consent is False:
-            return rejected(CONSENT_REFUSED, "consent refused", email)
+            return rejected(CONSENT_REFUSED, "consent refused", email, "consent")
         if isinstance(consent, str):
-            return rejected(CONSENT_MISSING, consent, email)
+            return rejected(CONSENT_MISSING, consent, email, "consent")
         try:
             consent_at = _consent_at(cell["consent_date"])
         except ValueError:
@@ -204,16 +205,17 @@ class SupporterRows(Iterator[MemberRow | Rejected]):
                 INVALID_CONSENT_DATE,
                 "consent_date is not an ISO date or date-time (2026-11-02, 2026-11-02T10:30:00+01:00)",
                 email,
+                "consent_date",
             )
         try:
             locale = _locale(cell["locale"])
         except ValueError:
-            return rejected(INVALID_LOCALE, "locale is not a language tag like en, fr or pt-BR", email)
+            return rejected(INVALID_LOCALE, "locale is not a language tag like en, fr or pt-BR", email, "locale")
         name = cell["name"] or " ".join(p for p in (cell["first_name"], cell["last_name"]) if p)
         for what, text in (("name", name), ("consent_source", cell["consent_source"])):
             problem = _text_problem(what, text)
             if problem:
-                return rejected(INVALID_FIELD, problem, email)
+                return rejected(INVALID_FIELD, problem, email, what)
         return MemberRow(
             line=line,
             email=email,

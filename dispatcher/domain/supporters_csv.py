@@ -64,7 +64,9 @@ def read_supporters(base: Path, name: str, *, campaign_file: str) -> CampaignCsv
                 continue
             severity = "error" if row.kind in ERROR_KINDS else "warning"
             message = row.reason if severity == "error" else f"{row.reason}: no copy for this row"
-            out.problems.append(Problem(file=path, where=f"line {row.line}", severity=severity, message=message))
+            out.problems.append(
+                Problem(file=path, where=f"line {row.line}", field=row.column, severity=severity, message=message)
+            )
     except SupporterFileError as err:
         out.members, out.rejected = [], []
         out.problems.append(Problem(file=path, where="supporters", field="csv", message=str(err)))

@@ -120,7 +120,7 @@ def campaign_load(
         bool,
         typer.Option(
             "--skip-invalid",
-            help="leave out invalid routes and CSV rows, recording each as skipped with its reason",
+            help="leave out invalid routes (recorded as skipped with the reason) and invalid supporter rows",
         ),
     ] = False,
 ) -> None:
@@ -146,8 +146,8 @@ def campaign_load(
 
 
 SKIP_INVALID_HINT = (
-    "; with --skip-invalid, invalid routes and CSV rows, and addressees without a usable route, are left out "
-    "and recorded as skipped with the reason"
+    "; with --skip-invalid, invalid routes and addressees without a usable route are left out and recorded as "
+    "skipped with the reason, and invalid supporter rows are left out"
 )
 
 
