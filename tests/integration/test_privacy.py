@@ -169,7 +169,7 @@ ADA_EXPORT: dict[str, Any] = {
             "name": "Ada Lovelace",
             "locale": None,
             "consent": True,
-            "consent_at": None,
+            "consent_at": AT_NOW,  # the CSV gives no date: the import that recorded the consent
             "consent_source": None,
             "fields": {},
             "created_at": AT_NOW,
