@@ -189,6 +189,16 @@ def test_a_rejects_file_that_cannot_be_written_refuses_the_import(tmp_path: Path
 
 
 @sqlite_only
+def test_a_list_name_must_be_one_line_of_at_most_100_characters(tmp_path: Path) -> None:
+    source = write(tmp_path / "list.csv", HOSTILE)
+    for name, why in (("", "must be 1 to 100 characters"), ("a\x1bb", "contains U+001B (ESCAPE) at character 2")):
+        code, output = run("supporters", "import", str(source), "--list", name)
+        assert code == 2
+        assert output == f"error: the list name {name!r} {why}\n"  # repr() writes the ESC as \\x1b
+    assert stored(get_settings().database_url) == []
+
+
+@sqlite_only
 def test_map_names_the_columns_of_another_language(tmp_path: Path) -> None:
     content = "E-Mail Adresse,Vorname,Nachname,Einwilligung\nx@example.de,José,Müller,ja\n".encode()
     source = write(tmp_path / "de.csv", content.replace(b",ja\n", b",yes\n"))

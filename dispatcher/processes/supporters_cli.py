@@ -43,9 +43,9 @@ def supporters_import(
 
     shown: list[Rejected] = []
     try:
-        columns = parse_mapping(mapping) if mapping else None
+        header_map = parse_mapping(mapping) if mapping else None
         with file.open("rb") as stream:
-            rows = read_rows(stream, source=str(file), encoding=encoding, mapping=columns)
+            rows = read_rows(stream, source=str(file), encoding=encoding, mapping=header_map)
             out = write_csv(rejects) if rejects is not None else contextlib.nullcontext(None)
             with out as writer, db.transaction(_factory()) as session:
                 if writer is not None:
