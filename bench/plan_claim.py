@@ -3,12 +3,15 @@
     python bench/plan_claim.py [--supporters N] [--database sqlite|postgres|both] [--repeats R]
                                [--baseline-supporters N] [--baseline-repeats R] [--claim-supporters N]
 
-- plan: ``load_campaign`` (bulk INSERTs) vs the old row-by-row planner (an ORM object and a flush per
-  supporter, then one Delivery and one DeliveryEvent object each), copied below as the baseline. The
-  baseline is slow, so by default it plans 5,000 supporters (its cost per row does not depend on N) and
-  the ratio compares rows per second; both planners must write the same ledger for the same campaign.
+- plan: ``load_campaign`` (bulk INSERTs: the campaign CSV's rows imported as its supporter list, then the
+  copies planned from the list) vs the old row-by-row planner brought to the supporter lists, copied below
+  as the baseline (the list created, then per supporter an ORM member and a flush, the campaign's link to
+  the list, then one Delivery and one DeliveryEvent object each). The baseline is slow, so by default it
+  plans 5,000 supporters (its cost per row does not depend on N) and the ratio compares rows per second;
+  both planners must write the same ledger for the same campaign.
 - claim+publish: ``claim_due`` in ticks of ``SchedulerConfig.claim_limit`` rows, then ``publish`` with
-  200 ids per message vs one message per id, to a publisher that only counts.
+  200 ids per message vs one message per id, to a publisher that only counts. The generated campaign sends
+  its copies ``at-dispatch``, so they are due at once (``after-delivery`` copies wait for the letters).
 
 Every measurement gets a fresh, migrated, empty ledger (a SQLite file in a temp dir, or a throw-away
 PostgreSQL database, dropped at the end); the median of ``--repeats`` runs is printed.
@@ -33,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import and_, create_engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +47,18 @@ from dispatcher.domain.campaign_file import (  # noqa: E402
     CampaignSpec,
     load_spec,
 )
-from dispatcher.domain.errors import Problem  # noqa: E402
-from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent, Route, Supporter  # noqa: E402
+from dispatcher.domain.copies import letters_open  # noqa: E402
+from dispatcher.domain.models import (  # noqa: E402
+    Addressee,
+    Campaign,
+    CampaignList,
+    Delivery,
+    DeliveryEvent,
+    Route,
+    Supporter,
+    SupporterList,
+    utcnow,
+)
 from dispatcher.domain.planning import (  # noqa: E402
     ACTOR,
     _write_campaign,
@@ -56,8 +69,9 @@ from dispatcher.domain.planning import (  # noqa: E402
 )
 from dispatcher.domain.scheduling import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
 from dispatcher.domain.settings import Settings  # noqa: E402
-from dispatcher.domain.states import State  # noqa: E402
-from dispatcher.domain.validation import Report, RouteCheck, SupporterRow, validate  # noqa: E402
+from dispatcher.domain.states import CopiesWhen, State  # noqa: E402
+from dispatcher.domain.supporter_import import MemberRow  # noqa: E402
+from dispatcher.domain.validation import Report, RouteCheck, validate  # noqa: E402
 from tests.builders import build_campaign  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("DISPATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -66,7 +80,7 @@ BATCH = SCHEDULER.batch_size  # DISPATCH_PUBLISH_BATCH_SIZE, 200 ids per broker 
 CLAIM_LIMIT = SCHEDULER.claim_limit  # DISPATCH_CLAIM_LIMIT, rows claimed per tick
 
 
-# --- the baseline: the planner as it was before the bulk path (one flush per row) ----------------------
+# --- the baseline: the planner as it was before the bulk path (one flush per row), on supporter lists ----
 
 
 def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: str) -> DeliveryEvent:
@@ -84,6 +98,7 @@ def record_initial(session: Session, delivery: Delivery, *, actor: str, reason: 
 
 
 def baseline_load(session: Session, spec: CampaignSpec, report: Report, *, source: Path) -> tuple[int, int]:
+    """A new campaign whose CSV becomes the list named after it (the bench's campaigns name no other list)."""
     campaign = _write_campaign(session, None, spec, report, content_hash(spec, report), source)
     return _baseline_plan(session, campaign, spec, report)
 
@@ -97,8 +112,12 @@ def _baseline_plan(session: Session, campaign: Campaign, spec: CampaignSpec, rep
             session.flush()
             for position, check in enumerate(report.routes[(role, index)]):
                 deliveries.append(_baseline_route_delivery(session, campaign, addressee, role, index, position, check))
+    supporters = SupporterList(name=campaign.name, created_at=utcnow(), updated_at=utcnow())
+    session.add(supporters)
+    session.flush()
+    session.add(CampaignList(campaign_id=campaign.id, list_id=supporters.id, position=0))
     for row in report.supporters:
-        deliveries.append(_baseline_copy_delivery(session, campaign, row.email, row.name, row.problem))
+        deliveries.append(_baseline_copy_delivery(session, campaign, supporters, row))
     session.add_all([d for d, _ in deliveries])
     session.flush()
     for delivery, reason in deliveries:
@@ -139,9 +158,25 @@ def _baseline_route_delivery(
 
 
 def _baseline_copy_delivery(
-    session: Session, campaign: Campaign, email: str, name: str | None, problem: Problem | None
+    session: Session, campaign: Campaign, supporters: SupporterList, row: MemberRow
 ) -> tuple[Delivery, str]:
-    supporter = Supporter(campaign_id=campaign.id, email=email, name=name)
+    """One member of the campaign's list (a flush: one INSERT round trip) and its copy, planned.
+
+    Rows the CSV left out (invalid, repeated, no consent) are not in ``report.supporters``: no copy, as
+    in the bulk path; the bench's suppression list is empty, so no address is checked against it."""
+    now = utcnow()
+    supporter = Supporter(
+        list_id=supporters.id,
+        email=row.email,
+        name=row.name,
+        locale=row.locale,
+        consent=True,
+        consent_at=row.consent_at or now,
+        consent_source=row.consent_source,
+        fields=row.fields,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(supporter)
     session.flush()
     delivery = Delivery(
@@ -149,13 +184,13 @@ def _baseline_copy_delivery(
         kind="copy",
         supporter_id=supporter.id,
         channel="email",
-        destination=email,
-        state=State.SKIPPED if problem else State.PLANNED,
+        destination=row.email,
+        route_position=0,
+        state=State.PLANNED,
         idempotency_key=new_idempotency_key(),
-        last_error=str(problem) if problem else None,
+        last_error=None,
     )
-    reason = f"skipped at load (--skip-invalid): {problem.where}: invalid email" if problem else "planned"
-    return delivery, reason
+    return delivery, "planned"
 
 
 # --- ledgers --------------------------------------------------------------------------------------------
@@ -218,23 +253,28 @@ class Ledgers:
 
 
 def campaign_with(supporters: int, workdir: Path) -> tuple[CampaignSpec, Report, Path]:
-    """The example campaign (4 letter routes) with ``supporters`` generated, already valid CSV rows.
+    """The example campaign (4 letter routes), its copies sent at dispatch, with ``supporters`` generated
+    CSV rows already read: members with a valid address and consent (no consent date, as a CSV without one).
 
-    The rows are built directly rather than validated from a CSV, so the figures measure planning only."""
-    path = build_campaign(workdir / f"campaign-{supporters}")  # the example, its malformed fax number fixed
+    The rows are built directly rather than read from a CSV, so the figures measure planning only."""
+    path = build_campaign(  # the example, its malformed fax number fixed; copies due with the letters
+        workdir / f"campaign-{supporters}", extra={"supporters": {"copies": CopiesWhen.AT_DISPATCH.value}}
+    )
     spec = load_spec(path)
     report = validate(spec, file=path)
     assert report.ok, [str(p) for p in report.errors]
     report.supporters = [
-        SupporterRow(line=i + 2, email=f"supporter{i}@example.org", name=f"Supporter {i}") for i in range(supporters)
+        MemberRow(line=i + 2, email=f"supporter{i}@example.org", name=f"Supporter {i}") for i in range(supporters)
     ]
+    report.supporter_rejects = []
     return spec, report, path
 
 
 def content(factory: sessionmaker[Session]) -> tuple[int, str]:
-    """(deliveries, digest of every delivery, its supporter or addressee and route, and its events):
-    the bulk planner must write exactly what the row-by-row one wrote, ids, timestamps and the random
-    idempotency keys aside (keys are compared by their length)."""
+    """(deliveries, digest of every delivery, its addressee and route or its list member (with the member's
+    list and that list's link to the campaign), and its events): the bulk planner must write exactly what
+    the row-by-row one wrote, ids, timestamps and the random idempotency keys aside (keys are compared by
+    their length, a member's consent time by whether it is set)."""
     with factory() as session:
         rows = session.execute(
             select(
@@ -247,6 +287,13 @@ def content(factory: sessionmaker[Session]) -> tuple[int, str]:
                 Delivery.route_position,
                 Supporter.email,
                 Supporter.name,
+                Supporter.locale,
+                Supporter.consent,
+                Supporter.consent_at.is_not(None),
+                Supporter.consent_source,
+                Supporter.fields,
+                SupporterList.name,
+                CampaignList.position,
                 Addressee.role,
                 Addressee.position,
                 Route.position,
@@ -258,6 +305,11 @@ def content(factory: sessionmaker[Session]) -> tuple[int, str]:
             )
             .join(DeliveryEvent, DeliveryEvent.delivery_id == Delivery.id)
             .outerjoin(Supporter, Supporter.id == Delivery.supporter_id)
+            .outerjoin(SupporterList, SupporterList.id == Supporter.list_id)
+            .outerjoin(
+                CampaignList,
+                and_(CampaignList.list_id == Supporter.list_id, CampaignList.campaign_id == Delivery.campaign_id),
+            )
             .outerjoin(Addressee, Addressee.id == Delivery.addressee_id)
             .outerjoin(Route, Route.id == Delivery.route_id)
         ).all()
@@ -290,8 +342,8 @@ class Counter:
 
 
 def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[Delivery]:
-    """The scheduler's former claim, for comparison: the same locked SELECT, then each row moved
-    through the ORM with its own event (the ledger's move, one row at a time)."""
+    """The scheduler's former claim, for comparison: the same locked SELECT (copies' turn included), then
+    each row moved through the ORM with its own event (the ledger's move, one row at a time)."""
     from sqlalchemy import exists, or_
     from sqlalchemy.orm import aliased
 
@@ -311,7 +363,13 @@ def baseline_claim_due(session: Session, *, now: datetime, limit: int) -> list[D
             Campaign.status == "scheduled",
             Delivery.state.in_([State.PLANNED, State.RETRY_WAIT]),
             or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
-            or_(Delivery.kind == "copy", Campaign.route_policy == "all-routes", ~blocked),
+            or_(
+                and_(
+                    Delivery.kind == "copy",
+                    or_(Campaign.copies == CopiesWhen.AT_DISPATCH, ~letters_open(Delivery.campaign_id)),
+                ),
+                and_(Delivery.kind == "letter", or_(Campaign.route_policy == "all-routes", ~blocked)),
+            ),
         )
         .order_by(Delivery.not_before, Delivery.id)
         .limit(limit)
