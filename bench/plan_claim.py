@@ -48,6 +48,7 @@ from dispatcher.domain.campaign_file import (  # noqa: E402
     load_spec,
 )
 from dispatcher.domain.copies import letters_open  # noqa: E402
+from dispatcher.domain.ledger import new_idempotency_key  # noqa: E402
 from dispatcher.domain.models import (  # noqa: E402
     Addressee,
     Campaign,
@@ -65,7 +66,6 @@ from dispatcher.domain.planning import (  # noqa: E402
     addressee_row,
     content_hash,
     load_campaign,
-    new_idempotency_key,
 )
 from dispatcher.domain.scheduling import SchedulerConfig, TickResult, claim_due, publish, queue_for  # noqa: E402
 from dispatcher.domain.settings import Settings  # noqa: E402
@@ -523,8 +523,8 @@ def print_table(rows: list[Row]) -> None:
         base = row.baseline
         if row.messages and base is not None and base.messages and row.messages != base.messages:
             print(
-                f"{row.database}: {row.baseline.messages / row.messages:.0f}x fewer broker messages "
-                f"({row.messages} vs {row.baseline.messages}) for the same {row.rows} ids"
+                f"{row.database}: {base.messages / row.messages:.0f}x fewer broker messages "
+                f"({row.messages} vs {base.messages}) for the same {row.rows} ids"
             )
 
 
