@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from workers import keys
-from workers.limits import Limits, LimitTimeout, RedisLimiter
+from workers.limits import GatewayRate, Limits, LimitTimeout, RedisLimiter
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
@@ -44,7 +45,7 @@ def names(client: redis.Redis) -> Iterator[tuple[str, str]]:
         client.delete(key)
 
 
-def limits(**changes: float) -> Limits:
+def limits(**changes: object) -> Limits:
     values = {
         "gateway_per_second": GENEROUS.gateway_per_second,
         "gateway_in_flight": GENEROUS.gateway_in_flight,
@@ -257,3 +258,87 @@ def test_the_worker_limiter_follows_the_settings(client: redis.Redis, names: tup
         assert 0 < client.pttl(keys.gateway_slots(gateway)) <= 14_000  # twice the slot ttl, in ms
         with pytest.raises(LimitTimeout, match="in flight"), waiter.sending(gateway, campaign=campaign):
             pass  # one call in flight already: the second waits 0.2 s, then gives up
+
+
+def test_each_gateway_is_held_to_its_own_rate(client: redis.Redis, names: tuple[str, str]) -> None:
+    """Two gateways sending at once, one allowed 2 a second, the other 5: counted per one-second window,
+    neither goes over its own rate, and the faster one does reach 5 (it is not held to the other's 2)."""
+    gateway, campaign = names
+    slow, fast = f"{gateway}-slow", f"{gateway}-fast"
+    shared = limits(gateways={slow: GatewayRate(per_second=2, in_flight=100), fast: GatewayRate(5, 100)})
+    admitted: dict[str, list[int]] = {slow: [], fast: []}
+    errors: list[BaseException] = []
+
+    def sender(name: str, calls: int) -> None:
+        limiter = RedisLimiter(client, shared)  # one limiter per "worker process"
+        try:
+            for _ in range(calls):
+                with limiter.sending(name, campaign=campaign):
+                    admitted[name].append(int(time.time()))
+        except BaseException as err:  # surfaced below, never lost in the thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=sender, args=(slow, 6)), threading.Thread(target=sender, args=(fast, 12))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert errors == []
+    per_window = {name: Counter(windows) for name, windows in admitted.items()}
+    assert sum(per_window[slow].values()) == 6 and sum(per_window[fast].values()) == 12
+    assert max(per_window[slow].values()) == 2, per_window  # 6 calls need 3 windows at least
+    assert max(per_window[fast].values()) == 5, per_window  # 12 calls fill a whole window between two others
+
+
+def test_a_gateway_without_limits_of_its_own_has_the_common_ones() -> None:
+    shared = limits(gateway_per_second=7, gateway_in_flight=3, gateways={"telnyx": GatewayRate(1, 1)})
+    assert shared.of("telnyx") == GatewayRate(per_second=1, in_flight=1)
+    assert shared.of("another") == GatewayRate(per_second=7, in_flight=3)
+
+
+def test_an_override_from_the_environment_reaches_the_limiter(
+    client: redis.Redis, names: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatcher.domain.settings import load_settings
+    from workers.gateways.registry import build_gateway, env_prefix
+    from workers.runtime import _limiter
+
+    gateway, campaign = names
+    monkeypatch.setenv("DISPATCH_EMAIL_GATEWAY", gateway)
+    monkeypatch.setenv(f"{env_prefix(gateway)}PROVIDER", "smtp")
+    monkeypatch.setenv(f"{env_prefix(gateway)}HOST", "127.0.0.1")
+    monkeypatch.setenv("DISPATCH_GATEWAY_LIMITS", f"{gateway}=3/s:1")
+    settings = load_settings(broker_url="redis://127.0.0.1:6379/0", limit_max_wait_seconds=0.2)
+    relay = build_gateway(gateway)
+    holder, waiter = _limiter(settings, [relay]), _limiter(settings, [relay])
+    assert isinstance(holder, RedisLimiter) and isinstance(waiter, RedisLimiter)
+    assert holder.limits.of(gateway) == GatewayRate(per_second=3, in_flight=1)  # not smtp's 100/s, 10
+    with holder.sending(gateway, campaign=campaign):
+        with pytest.raises(LimitTimeout, match="in flight"), waiter.sending(gateway, campaign=campaign):
+            pass  # one call in flight already: the second waits 0.2 s, then gives up
+
+
+def test_documented_defaults_unless_the_operator_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's own limits (SMTP: 100/s, 10 in flight) unless DISPATCH_GATEWAY_PER_SECOND /
+    DISPATCH_GATEWAY_IN_FLIGHT set every gateway's; DISPATCH_GATEWAY_LIMITS wins for the gateways it names."""
+    from dispatcher.domain.settings import load_settings
+    from workers.gateways.registry import build_gateway
+    from workers.runtime import shared_limits
+
+    for name in ("smtp", "relay"):
+        monkeypatch.setenv(f"DISPATCH_{name.upper()}_PROVIDER", "smtp")
+        monkeypatch.setenv(f"DISPATCH_{name.upper()}_HOST", "127.0.0.1")
+    relays = [build_gateway("smtp"), build_gateway("relay")]
+    slots = {"email_gateway": "smtp", "copies_gateway": "relay"}
+
+    documented = shared_limits(load_settings(**slots), relays)
+    assert documented.of("smtp") == documented.of("relay") == GatewayRate(per_second=100, in_flight=10)
+
+    every = shared_limits(load_settings(**slots, gateway_per_second=10), relays)
+    assert every.of("smtp") == GatewayRate(per_second=10, in_flight=10)  # as before for the rate
+
+    named = shared_limits(
+        load_settings(**slots, gateway_per_second=10, gateway_in_flight=4, gateway_limits="relay=40/s"), relays
+    )
+    assert named.of("smtp") == GatewayRate(per_second=10, in_flight=4)
+    assert named.of("relay") == GatewayRate(per_second=40, in_flight=4)  # its rate, the common calls in flight

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
@@ -72,15 +72,29 @@ class NoLimits:
         yield NoSlot()
 
 
+@dataclass(frozen=True)
+class GatewayRate:
+    """One gateway's own limits: sends per second and calls in flight, all workers together."""
+
+    per_second: int
+    in_flight: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """The shared limits; workers/runtime.py builds them from DISPATCH_GATEWAY_PER_SECOND and the rest."""
+    """The shared limits; workers/runtime.py builds them from each gateway's documented defaults,
+    DISPATCH_GATEWAY_LIMITS and the rest."""
 
-    gateway_per_second: int
+    gateway_per_second: int  # a gateway not in ``gateways``
     gateway_in_flight: int
     campaign_per_minute: int
     max_wait: float  # seconds a send may wait for a limit before LimitTimeout
     slot_ttl: float  # seconds a slot lives unless renewed: the claim's lease (DISPATCH_LEASE_SECONDS)
+    gateways: Mapping[str, GatewayRate] = field(default_factory=dict)  # by gateway name
+
+    def of(self, gateway: str) -> GatewayRate:
+        """The limits of gateway ``gateway``: its own, else the ones above."""
+        return self.gateways.get(gateway) or GatewayRate(self.gateway_per_second, self.gateway_in_flight)
 
 
 @dataclass(frozen=True)
@@ -110,11 +124,12 @@ class RedisLimiter:
     @contextmanager
     def sending(self, gateway: str, *, campaign: str) -> Iterator[Slot]:
         deadline = time.monotonic() + self.limits.max_wait
+        rate = self.limits.of(gateway)
         # the slot first, then the rates: a call counted against a second also sends in that second
-        slot = self._take_slot(gateway, deadline)
+        slot = self._take_slot(gateway, rate.in_flight, deadline)
         try:
             self._wait_rate(keys.campaign_rate, campaign, 60, self.limits.campaign_per_minute, deadline)
-            self._wait_rate(keys.gateway_rate, gateway, 1, self.limits.gateway_per_second, deadline)
+            self._wait_rate(keys.gateway_rate, gateway, 1, rate.per_second, deadline)
             yield slot
         finally:
             self.redis.zrem(slot.key, slot.token)
@@ -130,7 +145,7 @@ class RedisLimiter:
                 return
             self._sleep_until((bucket + 1) * window - time.time(), deadline, f"rate limit for {name}")
 
-    def _take_slot(self, gateway: str, deadline: float) -> RedisSlot:
+    def _take_slot(self, gateway: str, in_flight: int, deadline: float) -> RedisSlot:
         slot = RedisSlot(self, keys.gateway_slots(gateway, namespace=self.namespace), uuid.uuid4().hex)
         while True:
             now = time.time()
@@ -139,7 +154,7 @@ class RedisLimiter:
                 args=[
                     now,
                     now + self.limits.slot_ttl,
-                    self.limits.gateway_in_flight,
+                    in_flight,
                     slot.token,
                     int(self.limits.slot_ttl * 2000),
                 ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 
 import redis
@@ -19,10 +19,13 @@ from workers.delivery import WorkerContext
 from workers.gateways.base import Gateway
 from workers.gateways.guard import LedgerGuard, install_guard
 from workers.gateways.registry import build_for_slot, slots
-from workers.limits import Limiter, Limits, NoLimits, RedisLimiter
+from workers.limits import GatewayRate, Limiter, Limits, NoLimits, RedisLimiter
 
 _lock = threading.Lock()
 _context: WorkerContext | None = None
+# the limits of a gateway the worker was not built with (none in a deployment: every slot's gateway is
+# built at start-up): the old defaults of every gateway
+UNKNOWN_GATEWAY = GatewayRate(per_second=10, in_flight=4)
 COPIES_QUEUE = "copies"  # the queue supporter copies are published on (scheduling.queue_for)
 
 
@@ -81,27 +84,39 @@ def build_worker_context(
         settings,
         factory=factory,
         gateways=gateways,
-        limiter=limiter if limiter is not None else _limiter(settings),
+        limiter=limiter if limiter is not None else _limiter(settings, gateways.values()),
         media_url=_media_urls(settings),
         unsubscribe_url=_unsubscribe_urls(settings),
     )
 
 
-def _limiter(settings: Settings) -> Limiter:
+def _limiter(settings: Settings, gateways: Iterable[Gateway] = ()) -> Limiter:
     """Limits shared through the Redis broker; none for another broker (the demo's in-memory one)."""
     if settings.broker_url.startswith(("redis://", "rediss://")):
         client = redis.Redis.from_url(settings.broker_url)
-        return RedisLimiter(client, shared_limits(settings), namespace=settings.queue_prefix)
+        return RedisLimiter(client, shared_limits(settings, gateways), namespace=settings.queue_prefix)
     return NoLimits()
 
 
-def shared_limits(settings: Settings) -> Limits:
+def shared_limits(settings: Settings, gateways: Iterable[Gateway] = ()) -> Limits:
+    """Each gateway's limits: DISPATCH_GATEWAY_LIMITS for the gateways it names, else
+    DISPATCH_GATEWAY_PER_SECOND / DISPATCH_GATEWAY_IN_FLIGHT when set, else what its provider documents
+    (the gateway class's ``per_second`` and ``in_flight``)."""
+    overrides = settings.gateway_limit_overrides
+    every_per_second, every_in_flight = settings.gateway_per_second, settings.gateway_in_flight
+    rates: dict[str, GatewayRate] = {}
+    for gateway in gateways:
+        override = overrides.get(gateway.name)
+        per_second = override.per_second if override else every_per_second or gateway.per_second
+        in_flight = (override.in_flight if override else None) or every_in_flight or gateway.in_flight
+        rates[gateway.name] = GatewayRate(per_second, in_flight)
     return Limits(
-        gateway_per_second=settings.gateway_per_second,
-        gateway_in_flight=settings.gateway_in_flight,
+        gateway_per_second=every_per_second or UNKNOWN_GATEWAY.per_second,
+        gateway_in_flight=every_in_flight or UNKNOWN_GATEWAY.in_flight,
         campaign_per_minute=settings.campaign_per_minute,
         max_wait=settings.limit_max_wait_seconds,
         slot_ttl=settings.lease_seconds,  # a slot is freed with its claim's lease, renewed with it
+        gateways=rates,
     )
 
 

@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.errors import SettingsError
+from dispatcher.domain.gateway_limits import GatewayLimit, GatewayLimitsError, parse_gateway_limits
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 SECRET_KEY_MIN_CHARS = 32  # DISPATCH_SECRET_KEY signs document URLs: a short key can be guessed
@@ -120,8 +121,15 @@ class Settings(BaseSettings):
     )
 
     # shared limits (Redis), per gateway and per campaign
-    gateway_per_second: int = Field(default=10, ge=1, description="sends per second through one gateway")
-    gateway_in_flight: int = Field(default=4, ge=1, description="calls in progress at once through one gateway")
+    gateway_limits: str = Field(
+        default="", description="per gateway: NAME=N/s or NAME=N/s:M, comma-separated, over the documented defaults"
+    )
+    gateway_per_second: int | None = Field(
+        default=None, ge=1, description="sends per second through every gateway not in gateway_limits; unset: its own"
+    )
+    gateway_in_flight: int | None = Field(
+        default=None, ge=1, description="calls in progress at once through every gateway not in gateway_limits"
+    )
     campaign_per_minute: int = Field(default=600, ge=1, description="sends per minute for one campaign")
     limit_max_wait_seconds: float = Field(
         default=30.0, gt=0, description="longest wait for a limit before retrying; below the lease"
@@ -155,6 +163,34 @@ class Settings(BaseSettings):
                 "secret_key_short", f"must be at least {SECRET_KEY_MIN_CHARS} characters (it signs document URLs)"
             )
         return value
+
+    @field_validator("gateway_limits")
+    @classmethod
+    def _gateway_limits_well_formed(cls, value: str) -> str:
+        try:
+            parse_gateway_limits(value)
+        except GatewayLimitsError as err:
+            raise PydanticCustomError("gateway_limits", str(err)) from None
+        return value
+
+    @property
+    def gateway_limit_overrides(self) -> dict[str, GatewayLimit]:
+        """DISPATCH_GATEWAY_LIMITS by gateway name (checked when the settings were read)."""
+        return parse_gateway_limits(self.gateway_limits)
+
+    @model_validator(mode="after")
+    def _gateway_limits_name_known_gateways(self) -> Settings:
+        """Refuse limits for a gateway no channel slot names: a typo would leave the real one unlimited."""
+        known = {name for name in (self.fax_gateway, self.email_gateway, self.copies_gateway) if name}
+        unknown = sorted(set(self.gateway_limit_overrides) - known)
+        if unknown:
+            raise PydanticCustomError(
+                "gateway_limits_unknown",
+                f"DISPATCH_GATEWAY_LIMITS: no channel slot names gateway {', '.join(map(repr, unknown))} "
+                f"(configured: {', '.join(sorted(known))}; see DISPATCH_FAX_GATEWAY, DISPATCH_EMAIL_GATEWAY, "
+                "DISPATCH_COPIES_GATEWAY)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _time_limits_in_order(self) -> Settings:
@@ -194,7 +230,8 @@ def load_settings(**overrides: object) -> Settings:
 def _problem(error: ErrorDetails) -> str:
     """One field's error prefixed with its variable; a cross-field error already names its variables."""
     if error["loc"]:
-        return f"{_variable(str(error['loc'][0]))}: {error['msg'].lower()}"
+        message = error["msg"]
+        return f"{_variable(str(error['loc'][0]))}: {message[:1].lower()}{message[1:]}"
     return error["msg"]
 
 

@@ -63,6 +63,11 @@ class Gateway:
     # The largest status webhook body this provider sends, in bytes, stated by each provider with the
     # reason: the web app answers a larger one 413 before reading on, and parse_webhook refuses it.
     max_webhook_bytes: ClassVar[int]
+    # The default send rate and calls in flight through this gateway, all workers together, from what
+    # the provider documents (stated by each provider with its source, "not documented" where it states
+    # none); DISPATCH_GATEWAY_LIMITS overrides them (workers/runtime.py, workers/limits.py).
+    per_second: ClassVar[int]
+    in_flight: ClassVar[int]
     # False for gateways that never report delivery (SMTP): their acceptance is the final word
     reports_delivery: ClassVar[bool] = True
     # True for providers that fetch the document from a URL we serve (Telnyx): needs DISPATCH_SECRET_KEY

@@ -115,6 +115,10 @@ class MailgunGateway(HttpEmailGateway[MailgunSettings]):
     # One signature block and one event-data object per POST, a few KB: headers and delivery status,
     # never the message body (user_manual.rst "Webhooks", api-events.rst).
     max_webhook_bytes: ClassVar[int] = 64 * 1024
+    # Not documented: no request rate for the messages endpoint in Mailgun's documentation
+    # (documentation.mailgun.com) that we found, only sending limits per plan; conservative.
+    per_second: ClassVar[int] = 50
+    in_flight: ClassVar[int] = 10
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)

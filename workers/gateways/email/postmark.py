@@ -155,6 +155,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
     # includes bounce content, and that may quote our message, which Postmark caps at 10 MB
     # (postmarkapp.com/developer: "Maximum email size is 10 MB").
     max_webhook_bytes: ClassVar[int] = 12 * 1024 * 1024
+    # Not documented: Postmark states that the API answers 429 when a client sends too fast, but
+    # publishes no number (postmarkapp.com/developer/api/overview, "API error codes"); conservative.
+    per_second: ClassVar[int] = 50
+    in_flight: ClassVar[int] = 10
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)

@@ -155,6 +155,12 @@ class SendGridGateway(HttpEmailGateway[SendGridSettings]):
     # Events come in batches, posted "within approximately 30 seconds or when the batch size reaches
     # 768 kilobytes" (twilio.com/docs/sendgrid, Event Webhook overview); room for the event that tips it.
     max_webhook_bytes: ClassVar[int] = 1024 * 1024
+    # Not documented for mail/send: the v3 rate limits are per endpoint, told only in the
+    # X-RateLimit-* headers (twilio.com/docs/sendgrid/api-reference/how-to-use-the-sendgrid-v3-api/rate-limits),
+    # and the 600 requests/minute default excludes mail/send
+    # (twilio.com/en-us/changelog/imposing-rate-limits-on-some-sendgrid-v2-api-endpoints); conservative.
+    per_second: ClassVar[int] = 50
+    in_flight: ClassVar[int] = 10
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)

@@ -95,6 +95,11 @@ class SmtpGateway(Gateway):
     settings_class: ClassVar[type[BaseSettings]] = SmtpSettings
     reports_delivery: ClassVar[bool] = False  # no webhooks, no lookup: the relay's 250 is the last word
     max_webhook_bytes: ClassVar[int] = 0  # SMTP reports nothing by webhook: no body is expected
+    # The operator's own relay: no provider limit to honour, so a generous default; the relay's own
+    # limits (Postfix's smtpd_client_message_rate_limit and the like) are the operator's to mirror in
+    # DISPATCH_GATEWAY_LIMITS. Sends share one connection, so more calls in flight only queue.
+    per_second: ClassVar[int] = 100
+    in_flight: ClassVar[int] = 10
     settings: SmtpSettings
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:

@@ -177,6 +177,10 @@ class PhaxioGateway(HttpGateway[PhaxioSettings]):
     # no file (phaxio.com/docs/api/v2.1/faxes/send_webhooks): a few KB. Received-fax webhooks carry the
     # PDF but are none of ours.
     max_webhook_bytes: ClassVar[int] = 256 * 1024
+    # Not documented: no request rate in the v2.1 API documentation (phaxio.com/docs) that we found;
+    # conservative.
+    per_second: ClassVar[int] = 5
+    in_flight: ClassVar[int] = 4
 
     # -- the credential check at start-up -----------------------------------------------------
 

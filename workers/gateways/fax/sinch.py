@@ -217,6 +217,10 @@ class SinchGateway(HttpGateway[SinchSettings]):
     # (Notifications page); Sinch takes files up to 20 MB (developers.sinch.com/docs/functions/cli/
     # commands/fax), so 4/3 of that plus the Fax object.
     max_webhook_bytes: ClassVar[int] = 28 * 1024 * 1024
+    # Not documented as a number: the Fax API answers 429 "Rate limit exceeded, please back off"
+    # (developers.sinch.com/docs/fax/api-reference, errors); conservative.
+    per_second: ClassVar[int] = 5
+    in_flight: ClassVar[int] = 4
 
     # -- the credential check at start-up -----------------------------------------------------
 

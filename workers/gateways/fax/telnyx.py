@@ -218,6 +218,14 @@ class TelnyxGateway(HttpGateway[TelnyxSettings]):
     needs_media_url: ClassVar[bool] = True  # Telnyx downloads the PDF from media_url
     # One JSON envelope per event, a few KB: ids, numbers, status and reason, no media (types/fax_*.py).
     max_webhook_bytes: ClassVar[int] = 64 * 1024
+    # Not documented as a number: api.telnyx.com limits are told in x-ratelimit-* headers and a 429
+    # (developers.telnyx.com/development/api-fundamentals/reliability/rate-limiting); Programmable Fax
+    # answers 429 once an account has 2,000 faxes in progress (/work/shared/research/fax-providers.md),
+    # and Telnyx dials at most 30 calls a second per account by default
+    # (developers.telnyx.com/docs/voice/programmable-voice/dials-per-second-limit). Conservative: a
+    # third of that dial rate.
+    per_second: ClassVar[int] = 10
+    in_flight: ClassVar[int] = 8
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
