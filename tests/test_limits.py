@@ -313,9 +313,12 @@ def test_an_override_from_the_environment_reaches_the_limiter(
     holder, waiter = _limiter(settings, [relay]), _limiter(settings, [relay])
     assert isinstance(holder, RedisLimiter) and isinstance(waiter, RedisLimiter)
     assert holder.limits.of(gateway) == GatewayRate(per_second=3, in_flight=1)  # not smtp's 100/s, 10
-    with holder.sending(gateway, campaign=campaign):
-        with pytest.raises(LimitTimeout, match="in flight"), waiter.sending(gateway, campaign=campaign):
-            pass  # one call in flight already: the second waits 0.2 s, then gives up
+    with (
+        holder.sending(gateway, campaign=campaign),
+        pytest.raises(LimitTimeout, match="in flight"),
+        waiter.sending(gateway, campaign=campaign),
+    ):
+        pass  # one call in flight already: the second waits 0.2 s, then gives up
 
 
 def test_documented_defaults_unless_the_operator_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -144,3 +144,63 @@ def test_a_secret_key_of_32_characters_is_accepted() -> None:
     key = "k" * 32
     settings = load_settings(secret_key=key)
     assert settings.secret_key is not None and settings.secret_key.get_secret_value() == key
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("smtp=fast", "entry 1 ('smtp=fast')"),
+        ("telnyx=5/s,smtp=0/s", "entry 2 ('smtp=0/s')"),
+        ("smtp=5/m", "entry 1 ('smtp=5/m')"),
+        ("smtp=5/s:", "entry 1 ('smtp=5/s:')"),
+        ("smtp=5/s,smtp=6/s", "entry 2 names gateway 'smtp' a second time"),
+    ],
+)
+def test_a_malformed_gateway_limit_is_refused_naming_the_variable(
+    value: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISPATCH_GATEWAY_LIMITS", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "DISPATCH_GATEWAY_LIMITS" in str(caught.value)
+    assert said in str(caught.value)
+
+
+def test_a_limit_for_a_gateway_no_slot_names_is_refused() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(fax_gateway="telnyx", email_gateway="smtp", gateway_limits="smtp=50/s,postmrk=5/s")
+    assert "DISPATCH_GATEWAY_LIMITS" in str(caught.value)
+    assert "'postmrk'" in str(caught.value)
+    assert "configured: smtp, telnyx" in str(caught.value)
+
+
+def test_gateway_limits_for_the_configured_gateways_are_read() -> None:
+    settings = load_settings(copies_gateway="postmark", gateway_limits=" smtp=200/s:20 , postmark=50/s")
+    overrides = settings.gateway_limit_overrides
+    assert {name: (limit.per_second, limit.in_flight) for name, limit in overrides.items()} == {
+        "smtp": (200, 20),
+        "postmark": (50, None),
+    }
+
+
+def test_a_process_refuses_to_start_on_malformed_gateway_limits(tmp_path: Path) -> None:
+    """Through the real entry point: a message naming the variable, not a traceback."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "DISPATCH_GATEWAY_LIMITS": "smtp=lots",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "DISPATCH_GATEWAY_LIMITS" in result.stderr
+    assert "entry 1 ('smtp=lots')" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""Limits shared by every worker, kept in Redis: per gateway (sends per second, calls in flight)
+"""Limits shared by every worker, kept in Redis: per gateway (sends per second, calls in flight: each
+gateway's own, from its provider's documentation or DISPATCH_GATEWAY_LIMITS, see workers/runtime.py)
 and per campaign (sends per minute).
 
 Per destination limits (one fax call at a time to a number, a gap between faxes) live in the
