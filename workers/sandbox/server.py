@@ -43,8 +43,13 @@ class ThreadedServer:
         return self
 
     def stop(self) -> None:
+        """Shut down gracefully; connections still open after a second (a killed client's keep-alive, a
+        request that waits on a lock) are closed rather than waited for."""
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=1)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout=10)
 
 
 @contextmanager
