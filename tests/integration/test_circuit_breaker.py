@@ -29,7 +29,7 @@ NUMBERS = {  # E.164 -> as written in the campaign file
     "+861065591516": "+86 10 6559 1516",
     "+861062381025": "+86 10 6238 1025",
 }
-COOL_DOWN = timedelta(seconds=5)
+COOL_DOWN = timedelta(seconds=2)
 CONFIG = BreakerConfig(failures=3, window=timedelta(seconds=60), cooldown=COOL_DOWN)
 
 
