@@ -409,3 +409,25 @@ def test_dispatch_worker_refuses_to_start_without_the_secret_key_naming_it(tmp_p
         "unsubscribe link that `dispatch web` checks (or leave the `copies` queue to another worker)"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_web_app_without_the_secret_key_says_at_start_that_unsubscribe_links_cannot_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a refusal (a deployment that sends no copies serves its webhooks without a key), but said once at
+    start, naming the variable, rather than only on the first supporter's click."""
+    from dispatcher.processes.web import build_web_app
+
+    caplog.set_level(logging.WARNING)
+    build_web_app(load_settings(database_url=f"sqlite:///{tmp_path / 'w.db'}", fax_gateway=""), gateways={})
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "DISPATCH_SECRET_KEY is not set: fax documents (404) and the unsubscribe links of supporter copies "
+        "(503) are refused until it is"
+    ]
+    caplog.clear()
+    build_web_app(
+        load_settings(database_url=f"sqlite:///{tmp_path / 'w.db'}", fax_gateway="", secret_key=SECRET.decode()),
+        gateways={},
+    )
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

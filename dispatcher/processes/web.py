@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 
 from dispatcher.domain import db
@@ -11,6 +13,8 @@ from dispatcher.domain.settings import Settings
 from dispatcher.processes.api import WebContext, create_app
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_for_slot, slots
+
+log = logging.getLogger(__name__)
 
 
 def configured_gateways(settings: Settings) -> dict[str, Gateway]:
@@ -26,6 +30,11 @@ def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = N
     engine = db.make_engine(settings.database_url)
     db.ensure_schema(engine)
     secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
+    if secret is None:  # no refusal: a deployment without copies or faxes serves its webhooks without a key
+        log.warning(
+            "DISPATCH_SECRET_KEY is not set: fax documents (404) and the unsubscribe links of supporter copies "
+            "(503) are refused until it is"
+        )
     return create_app(
         WebContext(
             factory=db.session_factory(engine),
