@@ -34,18 +34,17 @@ def schedule(session: Session, name: str, *, now: datetime, actor: str = "operat
     ledger = SqlLedger(session)
     if campaign.status == CampaignStatus.DRAFT:
         plan_copies(session, campaign)  # members who joined the lists, or consented, since the campaign was loaded
-    waiting = _deliveries(session, campaign, (State.PLANNED,))
-    letters = [d for d in waiting if d.kind == DeliveryKind.LETTER]
+    letters = _deliveries(session, campaign, (State.PLANNED,), kind=DeliveryKind.LETTER)
     for delivery in letters:
         zone = zones.get(delivery.addressee_id or -1, "UTC")
         ledger.wait(delivery, until=first_send_time(spec.campaign.schedule, timezone=zone, now=now))
     # copies keep no office hours: at dispatch they go with the first letter that may go; after delivery, they
-    # wait for the letters' outcomes (copies.letters_open), not for a time
+    # wait for the letters' outcomes (copies.letters_open), not for a time. One statement for all of them: a
+    # campaign may copy hundreds of thousands of supporters
     first_letter = min((d.not_before for d in letters if d.not_before is not None), default=now)
-    for delivery in waiting:
-        if delivery.kind == DeliveryKind.COPY:
-            at_dispatch = campaign.copies == CopiesWhen.AT_DISPATCH
-            ledger.wait(delivery, until=max(first_letter, now) if at_dispatch else now)
+    at_dispatch = campaign.copies == CopiesWhen.AT_DISPATCH
+    until = max(first_letter, now) if at_dispatch else now
+    ledger.wait_all(campaign.id, kind=DeliveryKind.COPY, state=State.PLANNED, until=until)
     campaign.status = CampaignStatus.SCHEDULED
     campaign.scheduled_at = now
     campaign.letter_date = campaign.letter_date or now.date()
@@ -134,13 +133,17 @@ def _in_status(session: Session, name: str, allowed: tuple[str, ...], verb: str)
     return campaign
 
 
-def _deliveries(session: Session, campaign: Campaign, states: tuple[State, ...]) -> list[Delivery]:
+def _deliveries(
+    session: Session, campaign: Campaign, states: tuple[State, ...], *, kind: DeliveryKind | None = None
+) -> list[Delivery]:
     query = (
         select(Delivery)
         .where(Delivery.campaign_id == campaign.id, Delivery.state.in_([str(s) for s in states]))
         .order_by(Delivery.id)
         .with_for_update()
     )
+    if kind is not None:
+        query = query.where(Delivery.kind == kind)
     return list(session.scalars(query))
 
 

@@ -135,6 +135,10 @@ class Ledger(Protocol):
     def wait(self, delivery: Delivery, *, until: datetime) -> None:
         """The scheduler takes ``delivery`` up again no sooner than ``until``."""
 
+    def wait_all(self, campaign_id: int, *, kind: str, state: str, until: datetime) -> int:
+        """Every delivery of ``kind`` in ``state`` in the campaign waits until ``until``, in one statement;
+        returns how many."""
+
     def claim(
         self, delivery: Delivery, *, actor: str, at: datetime, lease_until: datetime, gateway: str, reports: bool
     ) -> int | None:

@@ -184,6 +184,15 @@ class SqlLedger:
     def wait(self, delivery: Delivery, *, until: datetime) -> None:
         delivery.not_before = until
 
+    def wait_all(self, campaign_id: int, *, kind: str, state: str, until: datetime) -> int:
+        result = self.session.execute(
+            update(Delivery)
+            .where(Delivery.campaign_id == campaign_id, Delivery.kind == kind, Delivery.state == state)
+            .values(not_before=until)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
     def claim(
         self, delivery: Delivery, *, actor: str, at: datetime, lease_until: datetime, gateway: str, reports: bool
     ) -> int | None:
