@@ -140,3 +140,31 @@ def test_the_campaign_csv_becomes_its_list_holding_exactly_the_files_consenting_
         held = session.execute(select(Supporter.email, Supporter.consent).order_by(Supporter.email)).all()
     assert [tuple(r) for r in held] == [("grace@example.net", True)]
     assert copies(factory) == [("grace@example.net", "planned")]
+
+
+def test_scheduling_times_only_this_campaigns_planned_copies(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    """The copies get their send time in one statement: those of this campaign still planned, and no other
+    campaign's (its copies stay untimed until it is scheduled)."""
+    members(factory, "petition", [("ada@example.org", True), ("bob@example.org", True)])
+    load(factory, lists_campaign(tmp_path / "a", "petition"))
+    load(
+        factory,
+        build_campaign(
+            tmp_path / "b", name="other-campaign", supporters_file=None, extra={"supporters": {"lists": ["petition"]}}
+        ),
+    )
+    with transaction(factory) as session:
+        control.schedule(session, "north-korean-refugees-2015", now=NOW)
+    with factory() as session:
+        rows = session.execute(
+            select(Delivery.campaign_id, Delivery.destination, Delivery.not_before)
+            .where(Delivery.kind == "copy")
+            .order_by(Delivery.campaign_id, Delivery.destination)
+        ).all()
+    first, second = sorted({r.campaign_id for r in rows})
+    assert [(r.campaign_id, r.destination, r.not_before) for r in rows] == [
+        (first, "ada@example.org", NOW),  # after-delivery: due now, held by the letters' outcome, not a time
+        (first, "bob@example.org", NOW),
+        (second, "ada@example.org", None),
+        (second, "bob@example.org", None),
+    ]
