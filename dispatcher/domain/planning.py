@@ -38,7 +38,7 @@ from dispatcher.domain.models import (
     utcnow,
 )
 from dispatcher.domain.states import CampaignStatus, CopiesWhen, DeliveryKind, State
-from dispatcher.domain.supporter_import import MemberRow, Rejected, import_rows
+from dispatcher.domain.supporter_import import CONSENT_MISSING, CONSENT_REFUSED, MemberRow, Rejected, import_rows
 from dispatcher.domain.validation import Report, RouteCheck, where
 
 ACTOR = "planner"
@@ -56,8 +56,9 @@ class LoadResult:
     copies: CopyPlan | None = None  # supporter copies planned, and addresses left out (no consent, suppressed)
     no_consent_rows: int = 0  # rows of the campaign's CSV that refused consent or gave none: no copy
     invalid_rows: int = 0  # its other rows left out: invalid, or repeating an address
+    copies_when: str = CopiesWhen.AFTER_DELIVERY  # the campaign's `copies`
 
-    def copies_line(self, when: str) -> str | None:
+    def copies_line(self) -> str | None:
         """One line for the terminal on the supporter copies: counts only, never an address."""
         if self.copies is None:
             return None
@@ -71,7 +72,7 @@ class LoadResult:
             if n
         ]
         tail = f"; left out: {', '.join(left_out)}" if left_out else ""
-        return f"supporter copies: {self.copies.planned} planned, sent {when}{tail}"
+        return f"supporter copies: {self.copies.planned} planned, sent {self.copies_when}{tail}"
 
 
 def fatal_problems(spec: CampaignSpec, report: Report, *, skip_invalid: bool) -> list[Problem]:
@@ -146,7 +147,7 @@ def load_campaign(
     campaign = _write_campaign(session, existing, spec, report, digest, source)
     planned, skipped = _plan(session, ledger, campaign, spec, report)
     copies = _copies(session, campaign, spec, report, now=now or utcnow())
-    no_consent = sum(1 for r in report.supporter_rejects if r.kind in ("consent-refused", "consent-missing"))
+    no_consent = sum(1 for r in report.supporter_rejects if r.kind in (CONSENT_REFUSED, CONSENT_MISSING))
     invalid = len(report.supporter_rejects) - no_consent
     return LoadResult(
         status,
@@ -157,6 +158,7 @@ def load_campaign(
         copies,
         no_consent,
         invalid,
+        campaign.copies,
     )
 
 

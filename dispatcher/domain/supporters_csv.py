@@ -20,12 +20,23 @@ from pathlib import Path
 
 from dispatcher.domain.errors import CampaignFileError, Problem
 from dispatcher.domain.input_files import SUPPORTERS_CSV_MAX_BYTES, read_named_file
-from dispatcher.domain.supporter_import import MemberRow, Rejected, SupporterFileError, read_rows
+from dispatcher.domain.supporter_import import (
+    CONSENT_REFUSED,
+    INVALID_CONSENT_DATE,
+    INVALID_EMAIL,
+    INVALID_FIELD,
+    INVALID_LOCALE,
+    MALFORMED_ROW,
+    MemberRow,
+    Rejected,
+    SupporterFileError,
+    read_rows,
+)
 
 # a row whose data is wrong is an error (left out by --skip-invalid); no consent value or a repeated address
 # is a warning (that row is not copied); a refusal is the supporter's answer, not a fault in the file
-ERROR_KINDS = frozenset({"invalid-email", "invalid-field", "invalid-consent-date", "invalid-locale", "malformed-row"})
-NOT_A_PROBLEM = frozenset({"consent-refused"})
+ERROR_KINDS = frozenset({INVALID_EMAIL, INVALID_FIELD, INVALID_CONSENT_DATE, INVALID_LOCALE, MALFORMED_ROW})
+NOT_A_PROBLEM = frozenset({CONSENT_REFUSED})
 
 
 @dataclass

@@ -140,7 +140,7 @@ def campaign_load(
     for place in result.skipped_addressees:
         say(f"skipped {place}: no usable electronic route")
     say(f"{spec.campaign.name}: {result.status} ({result.planned} planned, {result.skipped} skipped)")
-    copies = result.copies_line(spec.supporters.copies if spec.supporters else "after-delivery")
+    copies = result.copies_line()
     if copies is not None:
         say(copies)
 

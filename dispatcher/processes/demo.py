@@ -106,7 +106,7 @@ def _prepare(console: Console, file: Path, url: str, workdir: Path) -> str:
     with db.transaction(factory) as session:
         result = load_campaign(session, spec, report, source=file, skip_invalid=True)
     console.print(f"{spec.campaign.name}: {result.status}, {result.planned} planned, {result.skipped} skipped")
-    copies = result.copies_line(spec.supporters.copies if spec.supporters else "after-delivery")
+    copies = result.copies_line()
     if copies is not None:
         console.print(copies)
     return spec.campaign.name
