@@ -12,6 +12,7 @@ import pytest
 from dispatcher.domain.campaign_file import CampaignSpec
 from dispatcher.domain.rendering import RenderedLetter, build_letter, render_fax, render_supporter_copy
 from dispatcher.domain.rendering.copy import unsubscribe_headers
+from dispatcher.domain.rendering.email import EmailDocument
 from dispatcher.domain.rendering.templates import default_environment, environment
 from dispatcher.domain.templating import compile_letter
 
@@ -36,6 +37,20 @@ def _edited(tmp_path: Path, name: str, old: str, new: str) -> jinja2.Environment
 
 def _letter(spec: CampaignSpec, **options: Any) -> RenderedLetter:
     return build_letter(spec, compile_letter(spec.letter.body or "", name="t"), date=LETTER_DATE, **options)
+
+
+def _copy(spec: CampaignSpec, *, email: str = "s@e.net", name: str | None = None, **options: Any) -> EmailDocument:
+    """The supporter copy of ``spec``'s letter to ``email``, with the test unsubscribe link and no outcomes."""
+    return render_supporter_copy(
+        spec,
+        _letter(spec),
+        supporter_email=email,
+        supporter_name=name,
+        reference="c",
+        unsubscribe_url=UNSUBSCRIBE,
+        outcomes=[],
+        **options,
+    )
 
 
 def _markup_spec() -> CampaignSpec:
@@ -121,16 +136,7 @@ def test_supporter_copy_comes_from_its_templates(
 ) -> None:
     spec = make_spec()
     templates = _edited(tmp_path, name, old, new)
-    copy = render_supporter_copy(
-        spec,
-        _letter(spec),
-        supporter_email="s@example.net",
-        supporter_name="Grace",
-        reference="c",
-        unsubscribe_url=UNSUBSCRIBE,
-        outcomes=[],
-        templates=templates,
-    )
+    copy = _copy(spec, email="s@example.net", name="Grace", templates=templates)
     message = copy.message
     parts = {"text": message.text, "html": message.html or "", "subject": message.subject}
     assert expected in parts[part]
@@ -140,15 +146,7 @@ def test_supporter_copy_comes_from_its_templates(
 def test_supporter_copy_escapes_html_only() -> None:
     spec = _markup_spec()
     spec = spec.model_copy(update={"sender": spec.sender.model_copy(update={"organisation": "Rights & <Co>"})})
-    copy = render_supporter_copy(
-        spec,
-        _letter(spec),
-        supporter_email="s@example.net",
-        supporter_name="Eve & <b>Bob</b>",
-        reference="c",
-        unsubscribe_url=UNSUBSCRIBE,
-        outcomes=[],
-    )
+    copy = _copy(spec, email="s@example.net", name="Eve & <b>Bob</b>")
     html, text = copy.message.html or "", copy.message.text
     assert "<script>" not in html
     assert "<b>" not in html
@@ -165,15 +163,7 @@ def test_supporter_copy_names_every_to_addressee() -> None:
     data = spec_data()
     data["to"] = [data["to"][0] | {"name": name} for name in ("A", "B", "C")]
     spec = CampaignSpec.model_validate(data)
-    copy = render_supporter_copy(
-        spec,
-        _letter(spec),
-        supporter_email="s@e.net",
-        supporter_name=None,
-        reference="c",
-        unsubscribe_url=UNSUBSCRIBE,
-        outcomes=[],
-    )
+    copy = _copy(spec)
     assert "sent on your behalf to A, B and C, and what became of it." in copy.message.text
     assert "sent on your behalf to A, B and C, and what became of it." in (copy.message.html or "")
 
@@ -186,15 +176,7 @@ def test_default_environment_reads_this_checkouts_templates() -> None:
 
 def test_a_copy_carries_one_click_unsubscribe_and_list_id_headers() -> None:
     spec = make_spec()
-    copy = render_supporter_copy(
-        spec,
-        _letter(spec),
-        supporter_email="s@e.net",
-        supporter_name=None,
-        reference="c",
-        unsubscribe_url=UNSUBSCRIBE,
-        outcomes=[],
-    )
+    copy = _copy(spec)
     assert dict(copy.message.headers) == {
         "List-Unsubscribe": "<https://dispatch.example.org/unsubscribe/t0ken>",
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
@@ -218,14 +200,5 @@ def test_a_translation_is_text_never_a_format_string() -> None:
         "translations": {"fr": {"greeting_named": "Bonjour {name} {name.__class__} {0} {{name}},"}},
     }
     spec = CampaignSpec.model_validate(data)
-    copy = render_supporter_copy(
-        spec,
-        _letter(spec),
-        supporter_email="s@e.net",
-        supporter_name="Grace",
-        reference="c",
-        unsubscribe_url=UNSUBSCRIBE,
-        outcomes=[],
-        locale="fr-BE",
-    )
+    copy = _copy(spec, name="Grace", locale="fr-BE")
     assert copy.message.text.startswith("Bonjour Grace {name.__class__} {0} {Grace},\n")
