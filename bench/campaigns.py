@@ -46,7 +46,5 @@ def copies_campaign(folder: Path, name: str, supporters: int) -> Path:
 
 def fax_campaign(folder: Path, name: str, addressees: int, *, first: int = 0) -> Path:
     """``addressees`` officials, each with one fax number of their own, no supporters: that many faxes."""
-    people = [
-        official(f"Official {i}", title="Director", fax=[fax_number(first + i)]) for i in range(addressees)
-    ]
+    people = [official(f"Official {i}", title="Director", fax=[fax_number(first + i)]) for i in range(addressees)]
     return build_campaign(folder, name=name, to=people, cc=[], supporters_file=None)

@@ -36,7 +36,9 @@ class Deployment:
     emulator_settings: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, workdir: Path, group: Group, *, database_url: str, prefix: str, extra: dict[str, str]) -> Deployment:
+    def create(
+        cls, workdir: Path, group: Group, *, database_url: str, prefix: str, extra: dict[str, str]
+    ) -> Deployment:
         from workers.sandbox.server import free_port
 
         web_port = free_port()
@@ -104,9 +106,7 @@ class Deployment:
         while time.monotonic() < deadline:
             for line in process.log.read_text(errors="replace").splitlines():
                 if line.startswith("{"):
-                    self.emulator_settings = {
-                        k: v for k, v in json.loads(line).items() if not k.startswith("DISPATCH_SMTP_")
-                    }
+                    self.emulator_settings = json.loads(line)  # this deployment's own settings win
                     return process
             if process.popen.poll() is not None:
                 raise RuntimeError(f"the emulators ended at start: {process.tail()}")

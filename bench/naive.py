@@ -21,7 +21,6 @@ from sqlalchemy import create_engine, text
 QUEUE = "naive"
 
 
-
 def make_app(broker_url: str, prefix: str) -> Celery:
     celery = Celery("bench_naive", broker=broker_url)
     celery.conf.update(
@@ -82,8 +81,10 @@ def create_table(url: str, rows: int) -> None:
             )
         )
         conn.execute(
-            text("INSERT INTO naive_copies (id, email) SELECT i, 'supporter' || i || '@example.org' "
-                 "FROM generate_series(1, :n) AS i"),
+            text(
+                "INSERT INTO naive_copies (id, email) SELECT i, 'supporter' || i || '@example.org' "
+                "FROM generate_series(1, :n) AS i"
+            ),
             {"n": rows},
         )
     engine.dispose()

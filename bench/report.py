@@ -62,7 +62,9 @@ def _number(value: float) -> str:
 
 def table(result: Result) -> str:
     header = ["figure", "median", "unit", "runs", "ratio", "bounded by"]
-    lines = [[r.what, _number(r.median), r.unit, " ".join(_number(v) for v in r.runs), r.ratio, r.bound] for r in result.rows]
+    lines = [
+        [r.what, _number(r.median), r.unit, " ".join(_number(v) for v in r.runs), r.ratio, r.bound] for r in result.rows
+    ]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     out = [f"## {result.scenario}: {result.title} (N = {result.count:,})", ""]
     out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())

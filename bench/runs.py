@@ -115,11 +115,14 @@ def wait_until(check: Callable[[], bool], *, timeout: float, every: float = 0.5)
 # -- what bounds a figure: the configured limits, as the workers read them -----------------------------
 
 
-def bounds(settings: dict[str, str], gateway: str, *, latency: float, concurrency: int) -> list[tuple[str, float]]:
+def bounds(
+    settings: dict[str, str], gateway: str, *, latency: float, concurrency: int, count: int
+) -> list[tuple[str, float]]:
     """Known ceilings (name, sends per second) for one campaign through ``gateway``: the campaign limit,
     the gateway's rate and its calls in flight over the latency, the worker processes over the latency.
-    Read from the settings and the gateway's documented defaults; a part that cannot be read is left out
-    (the workers may change how they are limited)."""
+    The campaign limit counts sends per minute: a campaign of ``count`` sends within one minute's allowance
+    is not held by it, so it is left out then. Read from the settings and the gateway's documented
+    defaults; a part that cannot be read is left out (the workers may change how they are limited)."""
     found: list[tuple[str, float]] = []
     try:
         from dispatcher.domain.settings import load_settings
@@ -129,7 +132,7 @@ def bounds(settings: dict[str, str], gateway: str, *, latency: float, concurrenc
     except Exception:
         return found
     per_minute = getattr(configured, "campaign_per_minute", None)
-    if per_minute:
+    if per_minute and count > per_minute:
         found.append((f"campaign limit {per_minute}/min", per_minute / 60))
     try:
         from workers.gateways.registry import gateway_class

@@ -69,14 +69,14 @@ def send_campaign(
     expected: int,
     received: Callable[[], int],
     what: str,
-) -> tuple[float, float]:
-    """`dispatch campaign schedule NAME`, then wait until ``received()`` reaches ``expected``:
-    (wall time at the schedule call, seconds from that call until the last one was received)."""
+) -> tuple[float, float, float]:
+    """`dispatch campaign schedule NAME`, then wait until ``received()`` reaches ``expected``: (wall time
+    at the schedule call, seconds from that call until the last one was received, the command's seconds)."""
     wall = time.time()
     started = time.perf_counter()
-    deployed.run("campaign", "schedule", name)
+    command, _ = deployed.run("campaign", "schedule", name)
     done = wait_for_count(received, expected, group=deployed.group, stall_seconds=options.stall_seconds, what=what)
-    return wall, done - started
+    return wall, done - started, command
 
 
 def settle(ledger: Ledger, names: list[str], *, timeout: float = 120.0) -> None:
@@ -110,7 +110,7 @@ def copies_smtp(options: Options) -> Result:
                 figures["naive"].append(_naive(deployed, options, folder, n, size, result, run))
         except RunFailed as err:
             verdict_into(result, run, [str(err)])
-    known = bounds({**extra, **options.settings}, "smtp", latency=0.0, concurrency=options.concurrency)
+    known = bounds({**extra, **options.settings}, "smtp", latency=0.0, concurrency=options.concurrency, count=n)
     dispatch = result.add("dispatch (scheduler + worker)", "copies/s", figures["dispatch"])
     naive_row = result.add("naive Celery baseline", "emails/s", figures["naive"], ratio="baseline")
     source = result.add(f"smtp-source, {SMTP_SESSIONS} sessions", "emails/s", figures["smtp-source"], ratio="limit")
@@ -138,7 +138,9 @@ def _dispatch_copies_smtp(
         path = campaigns.copies_campaign(folder / "campaign", name, n)
         deployed.run("campaign", "load", str(path))
         started = start_processes(deployed, options, web=False)
-        _, seconds = send_campaign(deployed, options, name=name, expected=n + 1, received=sink.dump.read, what="smtp-sink")
+        _, seconds, _ = send_campaign(
+            deployed, options, name=name, expected=n + 1, received=sink.dump.read, what="smtp-sink"
+        )
         for key in ("scheduler", "worker"):
             deployed.group.stop(started[key])  # type: ignore[arg-type]
         ledger = Ledger(deployed.settings["DISPATCH_DATABASE_URL"])
@@ -204,3 +206,269 @@ def _naive(deployed: Deployment, options: Options, folder: Path, n: int, size: i
     finally:
         deployed.group.stop(sink.process)
         sink.remove_dump()
+
+
+# -- 2. copies over an HTTP email API ---------------------------------------------------------------
+
+
+def copies_api(options: Options) -> Result:
+    n = count_for("copies-api", options)
+    title = f"supporter copies through the Postmark emulator answering in {API_LATENCY * 1000:.0f} ms"
+    result = Result("copies-api", title, n)
+    rates: list[float] = []
+    extra = {"DISPATCH_EMAIL_GATEWAY": "postmark"}
+    for run in range(1, options.runs + 1):
+        folder = options.workdir / f"copies-api-{run}"
+        log(f"copies-api run {run}/{options.runs}: {n} copies")
+        try:
+            with deployment(options, folder, extra=extra, latency=API_LATENCY) as deployed:
+                oracle = Oracle(folder / "oracle" / "oracle-postmark.jsonl")
+                name = f"bench-api-{run}"
+                deployed.run("campaign", "load", str(campaigns.copies_campaign(folder / "campaign", name, n)))
+                start_processes(deployed, options, web=True)
+                _, seconds, _ = send_campaign(
+                    deployed, options, name=name, expected=n + 1, received=oracle.count, what="the Postmark emulator"
+                )
+                rates.append(n / seconds)
+                log(f"  dispatch: {n / seconds:.1f} copies/s")
+                verdict_into(result, run, _oracle_verdict(deployed, [name], oracle, where="the Postmark emulator"))
+        except RunFailed as err:
+            verdict_into(result, run, [str(err)])
+    ideal = options.concurrency / API_LATENCY
+    known = bounds(
+        {**extra, **options.settings}, "postmark", latency=API_LATENCY, concurrency=options.concurrency, count=n
+    )
+    row = result.add("dispatch (scheduler + worker)", "copies/s", rates)
+    ideal_row = result.add(
+        f"ideal: {options.concurrency} worker processes / {API_LATENCY * 1000:.0f} ms",
+        "copies/s",
+        [ideal] * len(rates),
+        ratio="ideal",
+    )
+    row.ratio = ratio(row, ideal_row, label="ideal")
+    row.bound = bound_text(known, row.median if rates else None)
+    result.notes.append(
+        "from the `campaign schedule` call until the emulator accepted every copy (and the letter); "
+        "the ideal is the worker's concurrency over the emulator's latency, one email per call"
+    )
+    return result
+
+
+def _oracle_verdict(deployed: Deployment, names: list[str], oracle: Oracle, *, where: str) -> list[str]:
+    ledger = Ledger(deployed.settings["DISPATCH_DATABASE_URL"])
+    try:
+        settle(ledger, names)
+        return check(ledger.references(names), reaching_per_reference(oracle.read()), where=where).problems
+    finally:
+        ledger.close()
+
+
+# -- 3. faxes at provider latency ---------------------------------------------------------------------
+
+
+def faxes(options: Options) -> Result:
+    n = count_for("faxes", options)
+    result = Result("faxes", f"faxes through the Telnyx emulator answering in {FAX_LATENCY * 1000:.0f} ms", n)
+    rates: list[float] = []
+    bare: list[float] = []
+    for run in range(1, options.runs + 1):
+        folder = options.workdir / f"faxes-{run}"
+        log(f"faxes run {run}/{options.runs}: {n} faxes")
+        try:
+            with deployment(options, folder, extra={}, latency=FAX_LATENCY) as deployed:
+                oracle = Oracle(folder / "oracle" / "oracle-telnyx.jsonl")
+                name = f"bench-faxes-{run}"
+                deployed.run("campaign", "load", str(campaigns.fax_campaign(folder / "campaign", name, n)))
+                started = start_processes(deployed, options, web=True)
+                wall, _, _ = send_campaign(
+                    deployed, options, name=name, expected=n, received=oracle.count, what="the Telnyx emulator"
+                )
+                last = max(a.at.timestamp() for a in oracle.read())
+                rates.append(n / (last - wall))
+                log(f"  dispatch: {n / (last - wall):.2f} faxes/s")
+                verdict_into(result, run, _oracle_verdict(deployed, [name], oracle, where="the Telnyx emulator"))
+                for key in ("scheduler", "worker"):
+                    deployed.group.stop(started[key])  # type: ignore[arg-type]
+                bare.append(_bare_loop(deployed, options, n, result, run))
+                log(f"  bare httpx loop: {bare[-1]:.2f} faxes/s")
+        except RunFailed as err:
+            verdict_into(result, run, [str(err)])
+    ideal = options.concurrency / FAX_LATENCY
+    known = bounds({**options.settings}, "telnyx", latency=FAX_LATENCY, concurrency=options.concurrency, count=n)
+    row = result.add("dispatch (scheduler + worker + web)", "faxes/s", rates)
+    ideal_row = result.add(
+        f"ideal: {options.concurrency} worker processes / {FAX_LATENCY * 1000:.0f} ms",
+        "faxes/s",
+        [ideal] * len(rates),
+        ratio="ideal",
+    )
+    bare_row = result.add(f"bare httpx loop, {options.concurrency} at a time", "faxes/s", bare, ratio="baseline")
+    row.ratio = " ".join(filter(None, [ratio(row, ideal_row, label="ideal"), ratio(row, bare_row, label="bare loop")]))
+    row.bound = bound_text(known, row.median if rates else None)
+    bare_row.bound = "the emulator's latency"
+    result.notes.append(
+        "from the `campaign schedule` call until the emulator accepted the last fax (its own receive time); "
+        "the bare loop posts the same number of faxes to the same emulator, no ledger and no rendering"
+    )
+    return result
+
+
+def _bare_loop(deployed: Deployment, options: Options, n: int, result: Result, run: int) -> float:
+    settings = deployed.emulator_settings
+    numbers = [campaigns.fax_number(n + i).replace(" ", "") for i in range(n)]
+    with fax_loop.document_server() as docs:
+        seconds, accepted = fax_loop.send_all(
+            base_url=settings["DISPATCH_TELNYX_BASE_URL"],
+            api_key=settings["DISPATCH_TELNYX_API_KEY"],
+            numbers=numbers,
+            concurrency=options.concurrency,
+            docs_url=docs,
+        )
+    if accepted != n:
+        verdict_into(result, run, [f"bare loop: the emulator accepted {accepted} of {n}"])
+    return n / seconds
+
+
+# -- 4. urgent letter latency -------------------------------------------------------------------------
+
+
+def urgent(options: Options) -> Result:
+    k = count_for("urgent", options)
+    result = Result("urgent", "single-letter campaigns scheduled now: schedule call to fax accepted", k)
+    p50s: list[float] = []
+    p95s: list[float] = []
+    commands: list[float] = []
+    for run in range(1, options.runs + 1):
+        folder = options.workdir / f"urgent-{run}"
+        log(f"urgent run {run}/{options.runs}: {k} campaigns")
+        try:
+            with deployment(options, folder, extra={}, latency=FAX_LATENCY) as deployed:
+                oracle = Oracle(folder / "oracle" / "oracle-telnyx.jsonl")
+                names = [f"bench-urgent-{run}-{i}" for i in range(k)]
+                for i, name in enumerate(names):
+                    path = campaigns.fax_campaign(folder / name, name, 1, first=i)
+                    deployed.run("campaign", "load", str(path))
+                start_processes(deployed, options, web=True)
+                ledger = Ledger(deployed.settings["DISPATCH_DATABASE_URL"])
+                latencies: list[float] = []
+                try:
+                    for i, name in enumerate(names):
+                        wall, _, command = send_campaign(
+                            deployed, options, name=name, expected=i + 1, received=oracle.count, what=name
+                        )
+                        commands.append(command)
+                        accepted = max(oracle.read(), key=lambda a: a.at)
+                        latencies.append(accepted.at.timestamp() - wall)
+                        settle(ledger, [name], timeout=30)  # idle again before the next one
+                        time.sleep(0.5)
+                finally:
+                    ledger.close()
+                p50s.append(statistics.median(latencies))
+                p95s.append(_percentile(latencies, 95))
+                log(f"  p50 {p50s[-1]:.2f}s p95 {p95s[-1]:.2f}s")
+                verdict_into(result, run, _oracle_verdict(deployed, names, oracle, where="the Telnyx emulator"))
+        except RunFailed as err:
+            verdict_into(result, run, [str(err)])
+    result.add("p50, schedule call to fax accepted", "s", p50s)
+    result.add("p95, schedule call to fax accepted", "s", p95s, bound="command start-up + a scheduler tick + rendering")
+    result.add("the `campaign schedule` command alone (median)", "s", [statistics.median(commands)] if commands else [])
+    result.notes.append(
+        "each campaign is loaded beforehand, then scheduled with `dispatch campaign schedule` on an idle system "
+        "(scheduler, worker and web running); the time ends at the emulator's own receive time of the fax"
+    )
+    return result
+
+
+def _percentile(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+# -- 5. scale -------------------------------------------------------------------------------------------
+
+
+def scale(options: Options) -> Result:
+    big = count_for("scale", options)
+    sizes = sorted({max(big // 10, 1), big})
+    result = Result("scale", "copies over SMTP at two sizes: planning, end to end, peak RSS", big)
+    figures: dict[str, list[float]] = {}
+    extra = {"DISPATCH_EMAIL_GATEWAY": "smtp", "DISPATCH_SMTP_SECURITY": "plain"}
+
+    def add(what: str, value: float) -> None:
+        figures.setdefault(what, []).append(value)
+
+    for run in range(1, options.runs + 1):
+        for n in sizes:
+            folder = options.workdir / f"scale-{n}-{run}"
+            log(f"scale run {run}/{options.runs}: {n} copies")
+            try:
+                with deployment(options, folder, extra=extra, latency=0.0) as deployed:
+                    _scale_run(deployed, options, folder, n, add, result, run)
+            except RunFailed as err:
+                verdict_into(result, run, [f"N={n}: {err}"])
+    for what, runs in figures.items():
+        result.add(what, "MiB" if "RSS" in what else ("copies/s" if "/s" in what else "s"), runs)
+    result.notes.append(
+        "plan: the `dispatch campaign load` command (validation, CSV import, planning; process start-up "
+        "included); end to end: from the `campaign schedule` call until smtp-sink held every copy; peak RSS: "
+        "the highest VmHWM seen for each process, sampled every 0.5 s"
+    )
+    return result
+
+
+def _scale_run(
+    deployed: Deployment,
+    options: Options,
+    folder: Path,
+    n: int,
+    add: Callable[[str, float], None],
+    result: Result,
+    run: int,
+) -> None:
+    sink = start_smtp_sink(deployed.group, folder, name="smtp-sink")
+    try:
+        deployed.settings.update({"DISPATCH_SMTP_HOST": "127.0.0.1", "DISPATCH_SMTP_PORT": str(sink.port)})
+        name = f"bench-scale-{run}"
+        plan_seconds, _ = deployed.run("campaign", "load", str(campaigns.copies_campaign(folder / "campaign", name, n)))
+        add(f"plan {n:,}", plan_seconds)
+        started = start_processes(deployed, options, web=False)
+        watch = MemoryWatch()
+        for key in ("scheduler", "worker"):
+            watch.watch(started[key])  # type: ignore[arg-type]
+        watch.start()
+        try:
+            _, seconds, _ = send_campaign(
+                deployed, options, name=name, expected=n + 1, received=sink.dump.read, what="smtp-sink"
+            )
+        finally:
+            watch.stop()
+        add(f"end to end {n:,}", seconds)
+        add(f"copies/s {n:,}", n / seconds)
+        children: dict[str, int] = {}
+        for process, _pid, role, mib in sorted(watch.by_process(), key=lambda item: (item[0], item[1])):
+            if role == "main":
+                add(f"peak RSS {process} {n:,}", mib)
+            else:
+                children[process] = children.get(process, 0) + 1
+                add(f"peak RSS {process} child {children[process]} {n:,}", mib)
+        ledger = Ledger(deployed.settings["DISPATCH_DATABASE_URL"])
+        try:
+            settle(ledger, [name], timeout=30)
+            verdict_into(
+                result, run, check(ledger.references([name]), sink.dump.references, where="smtp-sink").problems
+            )
+        finally:
+            ledger.close()
+    finally:
+        deployed.group.stop(sink.process)
+        sink.remove_dump()
+
+
+SCENARIOS: dict[str, Callable[[Options], Result]] = {
+    "copies-smtp": copies_smtp,
+    "copies-api": copies_api,
+    "faxes": faxes,
+    "urgent": urgent,
+    "scale": scale,
+}
