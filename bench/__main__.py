@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         for name in names:
-            result = SCENARIOS[name](options)
+            try:
+                result = SCENARIOS[name](options)
+            except Exception as err:  # reported with the others; the next scenario still runs
+                result = Result(name, "did not run to its end", 0, problems=[f"{type(err).__name__}: {err}"])
             results.append(result)
             print(table(result), flush=True)
             print(flush=True)

@@ -55,7 +55,7 @@ class Deployment:
 
     @property
     def env(self) -> dict[str, str]:
-        return base_env(**self.emulator_settings, **self.settings)
+        return base_env(**{**self.emulator_settings, **self.settings})
 
     def dispatch_argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "dispatcher", *args]

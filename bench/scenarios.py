@@ -407,8 +407,11 @@ def scale(options: Options) -> Result:
                     _scale_run(deployed, options, folder, n, add, result, run)
             except RunFailed as err:
                 verdict_into(result, run, [f"N={n}: {err}"])
+    small = f" {sizes[0]:,}"
     for what, runs in figures.items():
-        result.add(what, "MiB" if "RSS" in what else ("copies/s" if "/s" in what else "s"), runs)
+        row = result.add(what, "MiB" if "RSS" in what else ("copies/s" if "/s" in what else "s"), runs)
+        if len(sizes) > 1 and what.endswith(f" {big:,}"):
+            row.ratio = ratio(row, result.row(what.removesuffix(f" {big:,}") + small), label=f"N={sizes[0]:,}")
     result.notes.append(
         "plan: the `dispatch campaign load` command (validation, CSV import, planning; process start-up "
         "included); end to end: from the `campaign schedule` call until smtp-sink held every copy; peak RSS: "
@@ -448,7 +451,7 @@ def _scale_run(
         children: dict[str, int] = {}
         for process, _pid, role, mib in sorted(watch.by_process(), key=lambda item: (item[0], item[1])):
             if role == "main":
-                add(f"peak RSS {process} {n:,}", mib)
+                add(f"peak RSS {process}{' main' if process == 'worker' else ''} {n:,}", mib)
             else:
                 children[process] = children.get(process, 0) + 1
                 add(f"peak RSS {process} child {children[process]} {n:,}", mib)
