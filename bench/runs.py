@@ -155,6 +155,7 @@ def bound_text(known: list[tuple[str, float]], measured: float | None = None) ->
     """The lowest known ceiling, and the share of it that was reached."""
     if not known:
         return ""
-    name, rate = min(known, key=lambda item: item[1])
+    rate = min(r for _, r in known)
+    names = " and ".join(name for name, r in known if r == rate)
     share = f", {measured / rate:.0%} of it" if measured else ""
-    return f"{name} = {rate:,.1f}/s{share}"
+    return f"{names} = {rate:,.1f}/s{share}"

@@ -88,6 +88,7 @@ def service_versions() -> dict[str, str]:
 # -- smtp-sink's dump: one message after another, each starting with the sink's own X-Client-Addr line --
 
 MESSAGE_START = b"X-Client-Addr: "
+CHUNK = 8 << 20  # bytes parsed at a time: a dump grows by gigabytes at 200,000 copies
 MESSAGE_ID = re.compile(rb"^message-id:\s*<([^@>]*)@?[^>]*>", re.IGNORECASE)
 
 
@@ -108,9 +109,13 @@ class Dump:
         try:
             with self.path.open("rb") as fh:
                 fh.seek(self._offset)
-                chunk = fh.read()
+                while chunk := fh.read(CHUNK):
+                    self._parse(chunk)
         except FileNotFoundError:
-            return self.messages
+            pass
+        return self.messages
+
+    def _parse(self, chunk: bytes) -> None:
         self._offset += len(chunk)
         self.size += len(chunk)
         lines = (self._partial + chunk).split(b"\n")
@@ -126,7 +131,6 @@ class Dump:
                 found = MESSAGE_ID.match(line)
                 if found:
                     self.references[found.group(1).decode(errors="replace")] += 1
-        return self.messages
 
 
 @dataclass
