@@ -17,7 +17,6 @@ from bench.processes import MemoryWatch
 from bench.report import Result, Row, ratio
 from bench.runs import (
     Options,
-    RunFailed,
     bound_text,
     bounds,
     deployment,
@@ -108,7 +107,7 @@ def copies_smtp(options: Options) -> Result:
                 log(f"  dispatch: {rate:.1f} copies/s; smtp-source with {size} bytes")
                 figures["smtp-source"].append(_smtp_source(deployed, folder, n, size, result, run))
                 figures["naive"].append(_naive(deployed, options, folder, n, size, result, run))
-        except RunFailed as err:
+        except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
             verdict_into(result, run, [str(err)])
     known = bounds({**extra, **options.settings}, "smtp", latency=0.0, concurrency=options.concurrency, count=n)
     dispatch = result.add("dispatch (scheduler + worker)", "copies/s", figures["dispatch"])
@@ -233,7 +232,7 @@ def copies_api(options: Options) -> Result:
                 rates.append(n / seconds)
                 log(f"  dispatch: {n / seconds:.1f} copies/s")
                 verdict_into(result, run, _oracle_verdict(deployed, [name], oracle, where="the Postmark emulator"))
-        except RunFailed as err:
+        except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
             verdict_into(result, run, [str(err)])
     ideal = options.concurrency / API_LATENCY
     known = bounds(
@@ -292,7 +291,7 @@ def faxes(options: Options) -> Result:
                     deployed.group.stop(started[key])  # type: ignore[arg-type]
                 bare.append(_bare_loop(deployed, options, n, result, run))
                 log(f"  bare httpx loop: {bare[-1]:.2f} faxes/s")
-        except RunFailed as err:
+        except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
             verdict_into(result, run, [str(err)])
     ideal = options.concurrency / FAX_LATENCY
     known = bounds({**options.settings}, "telnyx", latency=FAX_LATENCY, concurrency=options.concurrency, count=n)
@@ -368,7 +367,7 @@ def urgent(options: Options) -> Result:
                 p95s.append(_percentile(latencies, 95))
                 log(f"  p50 {p50s[-1]:.2f}s p95 {p95s[-1]:.2f}s")
                 verdict_into(result, run, _oracle_verdict(deployed, names, oracle, where="the Telnyx emulator"))
-        except RunFailed as err:
+        except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
             verdict_into(result, run, [str(err)])
     command_row = result.add(
         "the `campaign schedule` command alone (median)", "s", [statistics.median(commands)] if commands else []
@@ -419,7 +418,7 @@ def scale(options: Options) -> Result:
             try:
                 with deployment(options, folder, extra=extra, latency=0.0) as deployed:
                     _scale_run(deployed, options, folder, n, add, result, run)
-            except RunFailed as err:
+            except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
                 verdict_into(result, run, [f"N={n}: {err}"])
     small = f" {sizes[0]:,}"
     for what, runs in figures.items():
