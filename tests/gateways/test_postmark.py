@@ -549,3 +549,62 @@ def test_postmarker_sees_postmark_errors(sdk: PostmarkClient, emulator: Threaded
     with pytest.raises(ClientError) as caught:
         wrong.emails.send(From="desk@advocacy.example", To=new_address(), Subject="x", TextBody="y")
     assert caught.value.error_code == 10
+
+
+# -- the emulator's /email/batch, driven by postmarker and by plain HTTP ------------------------------
+
+
+def test_postmarker_sends_a_batch_and_each_message_lives_as_from_email(
+    sdk: PostmarkClient, state: SandboxState, sink: Sink, app: FastAPI
+) -> None:
+    to = [new_address() for _ in range(3)]
+    state.script(to[1], ["invalid_number"])
+    answers = sdk.emails.send_batch(
+        *(
+            {
+                "From": "desk@advocacy.example",
+                "To": address,
+                "Subject": "Copy",
+                "TextBody": "Dear supporter",
+                "Metadata": {"reference": f"dlv-batch-{n}"},
+                "MessageStream": "outbound",
+            }
+            for n, address in enumerate(to)
+        ),
+        {"From": "desk@advocacy.example", "To": "not-an-address", "Subject": "Copy", "TextBody": "x"},
+    )
+    assert [a["ErrorCode"] for a in answers] == [0, 406, 0, 300]
+    assert [a.get("To") for a in answers] == [to[0], None, to[2], None]
+    assert "inactive" in answers[1]["Message"] and "Invalid 'To' address" in answers[3]["Message"]
+    assert state.sends_per_reference() == {"dlv-batch-0": 1, "dlv-batch-2": 1}
+    for answer, reference in ((answers[0], "dlv-batch-0"), (answers[2], "dlv-batch-2")):
+        assert app.state.emulator.messages[answer["MessageID"]]["Metadata"] == {"reference": reference}
+        [(_, body)] = sink.for_message(answer["MessageID"])
+        assert json.loads(body)["RecordType"] == "Delivery"
+
+
+def post_batch(emulator: ThreadedServer, messages: Any) -> httpx.Response:
+    headers = {"X-Postmark-Server-Token": TOKEN, "Accept": "application/json"}
+    return httpx.post(emulator.url + "/email/batch", json=messages, headers=headers, timeout=10)
+
+
+def test_the_emulator_refuses_a_batch_of_501_and_accepts_none(emulator: ThreadedServer, state: SandboxState) -> None:
+    message = {"From": "desk@advocacy.example", "To": new_address(), "Subject": "Copy", "TextBody": "x"}
+    response = post_batch(emulator, [message] * 501)
+    assert response.status_code == 422 and response.json()["ErrorCode"] == 410
+    assert state.oracle() == []
+    assert post_batch(emulator, {"not": "an array"}).json()["ErrorCode"] == 403
+    assert post_batch(emulator, []).json() == []
+
+
+@pytest.mark.parametrize(("outcome", "status", "code"), [("rate_limited", 429, 429), ("unauthorized", 401, 10)])
+def test_a_request_wide_refusal_in_a_batch_refuses_it_all(
+    emulator: ThreadedServer, state: SandboxState, outcome: str, status: int, code: int
+) -> None:
+    to = [new_address(), new_address()]
+    state.script(to[1], [outcome])
+    response = post_batch(
+        emulator, [{"From": "desk@advocacy.example", "To": a, "Subject": "Copy", "TextBody": "x"} for a in to]
+    )
+    assert (response.status_code, response.json()["ErrorCode"]) == (status, code)
+    assert state.oracle() == []
