@@ -878,3 +878,14 @@ def test_a_failed_batch_is_one_transport_failure_for_the_breaker(factory: sessio
     assert pause is not None and pause.cause == gateway_pauses.BREAKER
     paused = gateway.send_many([copy_to(), copy_to()])
     assert all(isinstance(o, GatewayPaused) for o in paused)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'quotes " and \\ backslashes', "controls \x00\x01\x1f\t\n", "习近平 王毅 😀", "", "A" * 100 + "=="],
+)
+def test_a_batch_message_counts_its_encoded_body_and_a_comma(text: str) -> None:
+    gateway = postmark_gateway("https://api.postmark.test")
+    message = replace(letter(), text=text, subject=text or "s", html=f"<p>{text}</p>")
+    request = httpx.Request("POST", "https://api.postmark.test/email/batch", json=[gateway.send_body(message)])
+    assert gateway._batch_bytes(message) == len(request.read()) - 2 + 1  # without [ ], with a comma
