@@ -109,7 +109,9 @@ class Gateway:
 
     def send_many(self, messages: Sequence[Message]) -> list[Receipt | DeliveryError]:
         """Hand many messages to the provider: one outcome per message, in their order; a message's own
-        failure is its outcome, never raised (Celery's soft time limit still propagates, as from send).
+        failure is its outcome, never raised. Celery's soft time limit still propagates, as from send: the
+        caller then knows none of the outcomes, not even of requests already answered, and holds every
+        message of the call as unknown (reconciled by its reference, never resent blindly).
 
         With ``max_batch`` 1 each message goes through :meth:`send`. Otherwise the messages go in
         requests of at most ``max_batch`` messages (and ``max_batch_bytes``), split here, each request
