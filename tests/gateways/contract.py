@@ -535,6 +535,9 @@ class Recorder(httpx.BaseTransport):
         self.exchanges.append(exchange)
         return exchange.response()
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 class Replay(httpx.BaseTransport):
     """Answers each request with the next recorded exchange of the same method and path."""

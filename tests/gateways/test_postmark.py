@@ -625,6 +625,20 @@ def test_a_request_wide_refusal_in_a_batch_refuses_it_all(
 # -- send_many: POST /email/batch -------------------------------------------------------------------
 
 
+@pytest.fixture
+def new_gateway() -> Iterator[Callable[..., PostmarkGateway]]:
+    """postmark_gateway, each gateway made closed after the test (its connections with it)."""
+    made: list[PostmarkGateway] = []
+
+    def make(base_url: str, **options: Any) -> PostmarkGateway:
+        made.append(postmark_gateway(base_url, **options))
+        return made[-1]
+
+    yield make
+    for gateway in made:
+        gateway.close()
+
+
 def copy_to(address: str | None = None, *, reference: str | None = None) -> EmailMessage:
     """A supporter copy: no attachment, its own unsubscribe headers (as the worker renders it)."""
     reference = reference or f"dlv-{time.monotonic_ns()}"
@@ -659,12 +673,15 @@ class Bodies(httpx.BaseTransport):
         self.requests.append((request.url.path, json.loads(request.read() or b"null")))
         return self.inner.handle_request(request)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 def test_a_batch_with_mixed_outcomes_goes_in_one_request_with_one_outcome_per_message(
-    emulator: ThreadedServer, state: SandboxState, sink: Sink
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState, sink: Sink
 ) -> None:
     bodies = Bodies()
-    gateway = postmark_gateway(emulator.url, transport=bodies)
+    gateway = new_gateway(emulator.url, transport=bodies)
     messages = [copy_to() for _ in range(4)] + [copy_to("not-an-address"), contract.A_FAX, copy_to()]
     state.script(messages[1].to[0], ["invalid_number"])
     state.script(messages[2].to[0], ["bounce"])
@@ -690,9 +707,9 @@ def test_a_batch_with_mixed_outcomes_goes_in_one_request_with_one_outcome_per_me
 
 
 def test_a_refused_token_is_a_configuration_fault_for_every_message(
-    emulator: ThreadedServer, state: SandboxState
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState
 ) -> None:
-    outcomes = postmark_gateway(emulator.url, server_token="wrong").send_many([copy_to(), copy_to()])
+    outcomes = new_gateway(emulator.url, server_token="wrong").send_many([copy_to(), copy_to()])
     assert all(isinstance(o, ConfigurationFault) for o in outcomes)
     assert [(o.code, o.setting) for o in outcomes if isinstance(o, ConfigurationFault)] == [
         ("10", "DISPATCH_POSTMARK_SERVER_TOKEN")
@@ -701,17 +718,17 @@ def test_a_refused_token_is_a_configuration_fault_for_every_message(
 
 
 def test_a_timeout_is_unknown_for_every_message_and_each_is_found_by_reference(
-    emulator: ThreadedServer, state: SandboxState
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState
 ) -> None:
     messages = [copy_to() for _ in range(3)]
     state.latency = 1.0
     try:
-        outcomes = postmark_gateway(emulator.url, read_timeout=0.3).send_many(messages)
+        outcomes = new_gateway(emulator.url, read_timeout=0.3).send_many(messages)
     finally:
         state.latency = 0.0
     assert [(type(o), getattr(o, "code", None)) for o in outcomes] == [(Unknown, "timeout")] * 3
     entries = wait_until(lambda: len(state.oracle()) == 3 and state.oracle())  # accepted before the answer
-    gateway = postmark_gateway(emulator.url)
+    gateway = new_gateway(emulator.url)
     for message in messages:
         found = gateway.find_by_reference(message.reference, to=message.to[0])
         [entry] = [e for e in entries if e.reference == message.reference]
@@ -719,10 +736,10 @@ def test_a_timeout_is_unknown_for_every_message_and_each_is_found_by_reference(
 
 
 def test_send_many_splits_501_messages_into_requests_of_500_and_1(
-    emulator: ThreadedServer, state: SandboxState
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState
 ) -> None:
     recorder = Recorder()
-    gateway = postmark_gateway(emulator.url, transport=recorder)
+    gateway = new_gateway(emulator.url, transport=recorder)
     messages = [copy_to() for _ in range(501)]
     outcomes = gateway.send_many(messages)
     assert batch_requests(recorder) == [500, 1]
@@ -730,7 +747,7 @@ def test_send_many_splits_501_messages_into_requests_of_500_and_1(
     assert state.sends_per_reference() == {m.reference: 1 for m in messages}
 
 
-def test_a_request_body_over_50_mb_is_split_before_the_call() -> None:
+def test_a_request_body_over_50_mb_is_split_before_the_call(new_gateway: Callable[..., PostmarkGateway]) -> None:
     """Postmark: "up to 500 messages per API call, and up to 50 MB payload size, including attachments"."""
     sizes: list[int] = []
 
@@ -741,7 +758,7 @@ def test_a_request_body_over_50_mb_is_split_before_the_call() -> None:
             200, json=[{**SDK_BATCH_ANSWER[0], "MessageID": f"id-{i}"} for i in range(len(json.loads(body)))]
         )
 
-    gateway = postmark_gateway("https://api.postmark.test", transport=httpx.MockTransport(answer))
+    gateway = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(answer))
     big = Attachment(filename="dossier.pdf", content=b"%PDF" + b"x" * 9_000_000)  # 12 MB once base64-encoded
     messages = [replace(letter(), attachments=[big]) for _ in range(9)]
     outcomes = gateway.send_many(messages)
@@ -762,14 +779,14 @@ SDK_BATCH_ANSWER = [
 ]  # fmt: skip
 
 
-def test_the_batch_request_is_what_the_official_sdks_send() -> None:
+def test_the_batch_request_is_what_the_official_sdks_send(new_gateway: Callable[..., PostmarkGateway]) -> None:
     requests: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         requests.append(request)
         return httpx.Response(200, json=SDK_BATCH_ANSWER)
 
-    gateway = postmark_gateway("https://api.postmark.test", transport=httpx.MockTransport(answer))
+    gateway = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(answer))
     messages = [letter(cc=("copy@supporters.example",)), copy_to()]
     outcomes = gateway.send_many(messages)
 
@@ -790,12 +807,14 @@ ENTRY_CODES = [10, 100, 300, 400, 401, 405, 406, 411, 412, 413, 429]
 
 
 @pytest.mark.parametrize("code", ENTRY_CODES)
-def test_an_entrys_error_code_maps_as_the_single_send_maps_it(code: int) -> None:
+def test_an_entrys_error_code_maps_as_the_single_send_maps_it(
+    new_gateway: Callable[..., PostmarkGateway], code: int
+) -> None:
     entry = {"ErrorCode": code, "Message": f"refused with {code}"}
-    single = postmark_gateway(
+    single = new_gateway(
         "https://api.postmark.test", transport=httpx.MockTransport(lambda _: httpx.Response(422, json=entry))
     )
-    batch = postmark_gateway(
+    batch = new_gateway(
         "https://api.postmark.test",
         transport=httpx.MockTransport(lambda _: httpx.Response(200, json=[SDK_BATCH_ANSWER[0], entry])),
     )
@@ -823,17 +842,17 @@ def test_an_entrys_error_code_maps_as_the_single_send_maps_it(code: int) -> None
     ],
 )
 def test_a_whole_request_answer_is_each_messages_outcome_as_a_single_send_would_have_it(
-    status: int, body: Any, headers: dict[str, str]
+    new_gateway: Callable[..., PostmarkGateway], status: int, body: Any, headers: dict[str, str]
 ) -> None:
     def respond(_: httpx.Request) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return httpx.Response(status, content=content, headers=headers)
 
-    single = postmark_gateway("https://api.postmark.test", transport=httpx.MockTransport(respond))
+    single = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(respond))
     with pytest.raises(DeliveryError) as caught:
         single.send(copy_to())
     expected = caught.value
-    outcomes = postmark_gateway("https://api.postmark.test", transport=httpx.MockTransport(respond)).send_many(
+    outcomes = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(respond)).send_many(
         [copy_to(), copy_to()]
     )
     for outcome in outcomes:
@@ -844,16 +863,18 @@ def test_a_whole_request_answer_is_each_messages_outcome_as_a_single_send_would_
         assert getattr(outcome, "retry_after", None) == getattr(expected, "retry_after", None)
 
 
-def test_garbage_batch_answers_end_in_our_errors_only(emulator: ThreadedServer) -> None:
+def test_garbage_batch_answers_end_in_our_errors_only(
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer
+) -> None:
     """Every answer the emulator gave to a batch, mutated or replaced by garbage: each message's outcome
     is a DeliveryError the Postmark module chose (never the base's last resort) or a well-formed Receipt."""
     recorder = Recorder()
     messages = [copy_to(), copy_to()]
-    postmark_gateway(emulator.url, transport=recorder).send_many(messages)
+    new_gateway(emulator.url, transport=recorder).send_many(messages)
     [exchange] = recorder.exchanges
     failures = []
     for variant in exchange.variants():
-        outcomes = postmark_gateway("http://provider.test", transport=Replay([variant])).send_many(messages)
+        outcomes = new_gateway("http://provider.test", transport=Replay([variant])).send_many(messages)
         for outcome in outcomes:
             if isinstance(outcome, DeliveryError):
                 if "unexpected" in str(outcome):
@@ -863,10 +884,12 @@ def test_garbage_batch_answers_end_in_our_errors_only(emulator: ThreadedServer) 
     assert failures == [], "\n".join(failures[:50])
 
 
-def test_a_failed_batch_is_one_transport_failure_for_the_breaker(factory: sessionmaker[Session]) -> None:
+def test_a_failed_batch_is_one_transport_failure_for_the_breaker(
+    new_gateway: Callable[..., PostmarkGateway], factory: sessionmaker[Session]
+) -> None:
     """The circuit breaker counts calls: a batch of five that found no server is one failure, not five."""
     config = BreakerConfig(failures=2, window=timedelta(minutes=1), cooldown=timedelta(minutes=1))
-    gateway = postmark_gateway(f"http://127.0.0.1:{free_port()}")
+    gateway = new_gateway(f"http://127.0.0.1:{free_port()}")
     install_guard([gateway], LedgerGuard(factory, config))
     first = gateway.send_many([copy_to() for _ in range(5)])
     assert [(type(o), getattr(o, "code", None)) for o in first] == [(Transient, "connect")] * 5
@@ -884,8 +907,10 @@ def test_a_failed_batch_is_one_transport_failure_for_the_breaker(factory: sessio
     "text",
     ["plain", 'quotes " and \\ backslashes', "controls \x00\x01\x1f\t\n", "习近平 王毅 😀", "", "A" * 100 + "=="],
 )
-def test_a_batch_message_counts_at_least_its_encoded_body_and_a_comma(text: str) -> None:
-    gateway = postmark_gateway("https://api.postmark.test")
+def test_a_batch_message_counts_at_least_its_encoded_body_and_a_comma(
+    new_gateway: Callable[..., PostmarkGateway], text: str
+) -> None:
+    gateway = new_gateway("https://api.postmark.test")
     message = replace(letter(), text=text, subject=text or "s", html=f"<p>{text}</p>")
     request = httpx.Request("POST", "https://api.postmark.test/email/batch", json=[gateway.send_body(message)])
     encoded = len(request.read()) - 2 + 1  # without [ ], with a comma

@@ -51,7 +51,6 @@ from workers.sandbox.email_common import (
     Background,
     DroppedResponse,
     ProviderError,
-    WebhookClient,
     email_outcome,
     emulator_app,
     iso_now,
@@ -204,7 +203,6 @@ class PostmarkEmulator:
         self.bounces: dict[int, dict[str, Any]] = {}
         self._bounce_ids = itertools.count(901542550)
         self.background = Background()
-        self.webhook_client = WebhookClient()
 
     def authenticate(self, request: Request) -> None:
         token = request.headers.get("x-postmark-server-token")
@@ -365,12 +363,7 @@ class PostmarkEmulator:
 
     async def _post(self, payload: Mapping[str, Any]) -> None:
         if self.webhook_url:
-            await post_webhook(
-                self.webhook_url,
-                lambda: self._signed(payload),
-                delay=self.state.webhook_delay,
-                client=self.webhook_client.get(),
-            )
+            await post_webhook(self.webhook_url, lambda: self._signed(payload), delay=self.state.webhook_delay)
 
     def _delivery(self, message: dict[str, Any]) -> dict[str, Any]:
         now, recipient = iso_now(), message["Recipients"][0]
