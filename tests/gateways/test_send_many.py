@@ -190,6 +190,15 @@ def test_an_answered_request_is_told_as_its_first_receipt_else_its_first_refusal
     assert second is refused
 
 
+def test_an_answer_without_receipts_is_told_as_a_refusal_before_an_unreadable_entry() -> None:
+    unreadable = Unknown("batchy: an entry without its id", code="no_id")
+    refused = Permanent("batchy: inactive recipient", code="406")
+    gateway = Batchy(lambda emails: [unreadable, refused])
+    gateway.guard = guard = Guard()
+    assert gateway.send_many([email(0), email(1)]) == [unreadable, refused]
+    assert guard.told == [(refused, False)]
+
+
 def test_an_unexpected_error_is_unknown_for_every_message_without_its_text(caplog: pytest.LogCaptureFixture) -> None:
     def broken(emails: Sequence[EmailMessage]) -> Sequence[Receipt | DeliveryError]:
         raise KeyError(f"odd answer for {ADDRESS}")

@@ -277,9 +277,13 @@ class Gateway:
 
 
 def _request_outcome(results: Sequence[Receipt | DeliveryError]) -> Receipt | DeliveryError:
-    """What one batch request says of the gateway: its first receipt, else its first refusal (the same
-    error for every message when the whole request failed)."""
-    return next((result for result in results if isinstance(result, Receipt)), results[0])
+    """What one batch request says of the gateway: its first receipt, else its first refusal, else its
+    first outcome (an Unknown entry of an answer says less than a refusal; a failure of the whole request
+    is the same error for every message)."""
+    return next(
+        (r for r in results if isinstance(r, Receipt)),
+        next((r for r in results if not isinstance(r, Unknown)), results[0]),
+    )
 
 
 def channel_of(message: Message) -> Channel:

@@ -10,7 +10,8 @@ Endpoints (``X-Postmark-Server-Token`` auth, JSON, PascalCase fields as on postm
   200 with one entry per message in order, ``{To, SubmittedAt, MessageID, ErrorCode: 0, Message: "OK"}``
   for an accepted one and ``{ErrorCode, Message}`` (the body ``/email`` would refuse it with) for a
   refused one; each accepted message is kept, recorded in the oracle and followed by its webhooks as
-  from ``/email``; the latency is waited once per request.
+  from ``/email``; the latency is waited once per request. Postmark's 50 MB cap on a batch body is not
+  enforced here: its answer to a larger body is not documented.
 - ``GET /messages/outbound`` (``count``, ``offset``, ``recipient``, ``status``, ``metadata_<key>``),
   ``GET /messages/outbound/{id}/details`` (with ``MessageEvents``), ``GET /bounces/{id}``.
 - ``/_sandbox/*`` control endpoints.

@@ -231,12 +231,13 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
             for index, outcome in zip(sending, self._batch_outcomes(response, len(sending)), strict=True):
                 outcomes[index] = outcome
         results = [outcome for outcome in outcomes if outcome is not None]
-        accepted = [r for r in results if isinstance(r, Receipt)]
-        # Addresses are personal data: the log names counts and references, never the recipients.
-        log.info("postmark accepted %d of %d messages in one batch", len(accepted), len(emails))
-        for email, result in zip(emails, results, strict=True):
-            if isinstance(result, Receipt):
-                log.debug("postmark accepted %s for reference %s", result.provider_id, email.reference)
+        if sending:
+            # Addresses are personal data: the log names counts and references, never the recipients.
+            accepted = sum(isinstance(r, Receipt) for r in results)
+            log.info("postmark accepted %d of %d messages in one batch", accepted, len(sending))
+            for email, result in zip(emails, results, strict=True):
+                if isinstance(result, Receipt):
+                    log.debug("postmark accepted %s for reference %s", result.provider_id, email.reference)
         return results
 
     def _batch_outcomes(self, response: httpx.Response, count: int) -> list[Receipt | DeliveryError]:
