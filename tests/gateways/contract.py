@@ -2,7 +2,9 @@
 
 - :class:`GatewayContract` (every gateway): a message of the other channel is refused before any call;
   a closed port is ``Transient``; lookups and webhooks of any kind end in our errors only.
-- :class:`HttpContract` (the HTTP gateways, against their emulators on real localhost ports): 429 with
+- :class:`HttpContract` (the HTTP gateways, against their emulators on real localhost ports): send_many
+  answers each message in order (a message of the other channel refused, the others accepted once), a
+  closed port is ``Transient`` for each, a paused gateway calls nothing; 429 with
   Retry-After, 500 ``Transient``; 502, a dropped connection and a read timeout ``Unknown`` with the
   oracle showing the acceptance and ``find_by_reference`` finding it; a never-sent reference ``None``;
   504 and an unreadable 2xx ``Unknown`` (httpx.MockTransport); every recorded answer of the emulator,
@@ -52,6 +54,7 @@ from workers.gateways.errors import (
     ConfigurationFault,
     DeliveryError,
     GatewayError,
+    GatewayPaused,
     Permanent,
     StatusLookupError,
     Transient,
@@ -206,6 +209,43 @@ class HttpContract(GatewayContract):
         self, make_gateway: MakeGateway, emulator_address: str
     ) -> None:
         assert make_gateway(emulator_address).check_credentials() is None
+
+    def test_send_many_answers_each_message_in_its_order(
+        self, make_gateway: MakeGateway, emulator_address: str, sandbox: SandboxState, new_message: Any
+    ) -> None:
+        gateway = make_gateway(emulator_address)
+        other = AN_EMAIL if gateway.channel is Channel.FAX else A_FAX
+        messages = [new_message(), other, new_message()]
+        first, refused, last = gateway.send_many(messages)
+        assert isinstance(refused, Permanent) and refused.code == "channel"
+        for message, outcome in ((messages[0], first), (messages[2], last)):
+            assert receipt_problems(outcome, gateway.provider) == []
+            [entry] = accepted(sandbox, message)
+            assert isinstance(outcome, Receipt) and entry.provider_id == outcome.provider_id
+
+    def test_send_many_to_a_closed_port_is_transient_for_each(
+        self, make_gateway: MakeGateway, closed_address: str, new_message: Any
+    ) -> None:
+        outcomes = make_gateway(closed_address).send_many([new_message(), new_message()])
+        assert [(type(o), getattr(o, "code", None)) for o in outcomes] == [(Transient, "connect")] * 2
+
+    def test_send_many_through_a_paused_gateway_calls_nothing(
+        self, make_gateway: MakeGateway, emulator_address: str, sandbox: SandboxState, new_message: Any
+    ) -> None:
+        paused = GatewayPaused("paused (circuit breaker open); nothing sent", code="paused-breaker")
+
+        class Paused:
+            def before_send(self, gateway: Gateway) -> bool:
+                raise paused
+
+            def after_send(self, gateway: Gateway, outcome: Receipt | DeliveryError, *, trial: bool) -> None:
+                raise AssertionError("no call, nothing to count")
+
+        gateway = make_gateway(emulator_address)
+        gateway.guard = Paused()
+        messages = [new_message(), new_message()]
+        assert gateway.send_many(messages) == [paused, paused]
+        assert [accepted(sandbox, m) for m in messages] == [[], []]
 
     def test_rate_limited_is_transient_with_retry_after(
         self, make_gateway: MakeGateway, emulator_address: str, sandbox: SandboxState, new_message: Any
@@ -494,6 +534,9 @@ class Recorder(httpx.BaseTransport):
         exchange = Exchange(request.method, request.url.path, response.status_code, headers, body)
         self.exchanges.append(exchange)
         return exchange.response()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class Replay(httpx.BaseTransport):

@@ -6,11 +6,13 @@ Destinations are unique per test, so scripted outcomes and oracle entries never 
 from __future__ import annotations
 
 import base64
+import inspect
 import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,23 +20,33 @@ import pytest
 from fastapi import FastAPI
 from postmarker.core import PostmarkClient
 from postmarker.exceptions import ClientError
+from postmarker.models.emails import EmailManager
+from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, WebhookRequest
+from dispatcher.domain import gateway_pauses
+from dispatcher.domain.gateway_pauses import BreakerConfig
+from dispatcher.domain.messages import Attachment, EmailMessage, EventKind, Receipt, WebhookRequest
 from workers.gateways.email import postmark
 from workers.gateways.email.postmark import BOUNCE_TYPES, DEFAULT_BOUNCE, PostmarkGateway, PostmarkSettings
 from workers.gateways.errors import (
     ConfigurationFault,
+    DeliveryError,
     GatewayConfigError,
+    GatewayPaused,
     Permanent,
+    Transient,
+    Unknown,
     WebhookAuthError,
     WebhookFormatError,
 )
+from workers.gateways.guard import LedgerGuard, install_guard
 from workers.gateways.registry import build_gateway
 from workers.sandbox.core import SandboxState
 from workers.sandbox.postmark import create_app
-from workers.sandbox.server import ThreadedServer, serve
+from workers.sandbox.server import ThreadedServer, free_port, serve
 
-from .contract import HttpContract, WebhookContract
+from . import contract
+from .contract import HttpContract, Recorder, Replay, WebhookContract
 from .receivers import RawSink, serving, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -549,3 +561,360 @@ def test_postmarker_sees_postmark_errors(sdk: PostmarkClient, emulator: Threaded
     with pytest.raises(ClientError) as caught:
         wrong.emails.send(From="desk@advocacy.example", To=new_address(), Subject="x", TextBody="y")
     assert caught.value.error_code == 10
+
+
+# -- the emulator's /email/batch, driven by postmarker and by plain HTTP ------------------------------
+
+
+def test_postmarker_sends_a_batch_and_each_message_lives_as_from_email(
+    sdk: PostmarkClient, state: SandboxState, sink: Sink, app: FastAPI
+) -> None:
+    to = [new_address() for _ in range(3)]
+    state.script(to[1], ["invalid_number"])
+    answers = sdk.emails.send_batch(
+        *(
+            {
+                "From": "desk@advocacy.example",
+                "To": address,
+                "Subject": "Copy",
+                "TextBody": "Dear supporter",
+                "Metadata": {"reference": f"dlv-batch-{n}"},
+                "MessageStream": "outbound",
+            }
+            for n, address in enumerate(to)
+        ),
+        {"From": "desk@advocacy.example", "To": "not-an-address", "Subject": "Copy", "TextBody": "x"},
+    )
+    assert [a["ErrorCode"] for a in answers] == [0, 406, 0, 300]
+    assert [a.get("To") for a in answers] == [to[0], None, to[2], None]
+    assert "inactive" in answers[1]["Message"] and "Invalid 'To' address" in answers[3]["Message"]
+    assert state.sends_per_reference() == {"dlv-batch-0": 1, "dlv-batch-2": 1}
+    for answer, reference in ((answers[0], "dlv-batch-0"), (answers[2], "dlv-batch-2")):
+        assert app.state.emulator.messages[answer["MessageID"]]["Metadata"] == {"reference": reference}
+        [(_, body)] = sink.for_message(answer["MessageID"])
+        assert json.loads(body)["RecordType"] == "Delivery"
+
+
+def post_batch(emulator: ThreadedServer, messages: Any) -> httpx.Response:
+    headers = {"X-Postmark-Server-Token": TOKEN, "Accept": "application/json"}
+    return httpx.post(emulator.url + "/email/batch", json=messages, headers=headers, timeout=10)
+
+
+def test_the_emulator_refuses_a_batch_of_501_and_accepts_none(emulator: ThreadedServer, state: SandboxState) -> None:
+    message = {"From": "desk@advocacy.example", "To": new_address(), "Subject": "Copy", "TextBody": "x"}
+    response = post_batch(emulator, [message] * 501)
+    assert response.status_code == 422 and response.json()["ErrorCode"] == 410
+    assert state.oracle() == []
+    assert post_batch(emulator, {"not": "an array"}).json()["ErrorCode"] == 403
+    assert post_batch(emulator, []).json() == []
+
+
+@pytest.mark.parametrize(("outcome", "status", "code"), [("rate_limited", 429, 429), ("unauthorized", 401, 10)])
+def test_a_request_wide_refusal_in_a_batch_refuses_it_all(
+    emulator: ThreadedServer, state: SandboxState, outcome: str, status: int, code: int
+) -> None:
+    to = [new_address(), new_address()]
+    state.script(to[1], [outcome])
+    response = post_batch(
+        emulator, [{"From": "desk@advocacy.example", "To": a, "Subject": "Copy", "TextBody": "x"} for a in to]
+    )
+    assert (response.status_code, response.json()["ErrorCode"]) == (status, code)
+    assert state.oracle() == []
+
+
+# -- send_many: POST /email/batch -------------------------------------------------------------------
+
+
+@pytest.fixture
+def new_gateway() -> Iterator[Callable[..., PostmarkGateway]]:
+    """postmark_gateway, each gateway made closed after the test (its connections with it)."""
+    made: list[PostmarkGateway] = []
+
+    def make(base_url: str, **options: Any) -> PostmarkGateway:
+        made.append(postmark_gateway(base_url, **options))
+        return made[-1]
+
+    yield make
+    for gateway in made:
+        gateway.close()
+
+
+def copy_to(address: str | None = None, *, reference: str | None = None) -> EmailMessage:
+    """A supporter copy: no attachment, its own unsubscribe headers (as the worker renders it)."""
+    reference = reference or f"dlv-{time.monotonic_ns()}"
+    return EmailMessage(
+        sender="Campaign Desk <desk@advocacy.example>",
+        to=[address or new_address()],
+        subject="Your copy: release of detained journalists",
+        text="Dear supporter,\n...",
+        html="<p>Dear supporter,</p>",
+        reference=reference,
+        message_id=f"<{reference}@advocacy.example>",
+        headers={
+            "List-Unsubscribe": f"<https://dispatch.example/unsubscribe/{reference}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+    )
+
+
+def batch_requests(recorder: Recorder) -> list[int]:
+    """The number of messages in each POST /email/batch the gateway made."""
+    return [len(json.loads(e.body)) for e in recorder.exchanges if e.path == "/email/batch" and e.method == "POST"]
+
+
+class Bodies(httpx.BaseTransport):
+    """Keeps each request body and passes it to the emulator."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.requests: list[tuple[str, Any]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((request.url.path, json.loads(request.read() or b"null")))
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_batch_with_mixed_outcomes_goes_in_one_request_with_one_outcome_per_message(
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState, sink: Sink
+) -> None:
+    bodies = Bodies()
+    gateway = new_gateway(emulator.url, transport=bodies)
+    messages = [copy_to() for _ in range(4)] + [copy_to("not-an-address"), contract.A_FAX, copy_to()]
+    state.script(messages[1].to[0], ["invalid_number"])
+    state.script(messages[2].to[0], ["bounce"])
+    state.script(messages[3].to[0], ["complaint"])
+    outcomes = gateway.send_many(messages)
+
+    assert [p for p, _ in bodies.requests] == ["/email/batch"]
+    assert [m["Metadata"]["reference"] for m in bodies.requests[0][1]] == [
+        m.reference for m in messages if isinstance(m, EmailMessage)
+    ]
+    assert [type(o).__name__ for o in outcomes] == [
+        "Receipt", "Permanent", "Receipt", "Receipt", "Permanent", "Permanent", "Receipt"
+    ]  # fmt: skip
+    assert [getattr(o, "code", None) for o in outcomes] == [None, "406", None, None, "300", "channel", None]
+    assert "inactive" in str(outcomes[1]) and "Invalid 'To' address" in str(outcomes[4])
+    accepted = {e.reference: e.provider_id for e in state.oracle()}
+    receipts = {m.reference: o.provider_id for m, o in zip(messages, outcomes, strict=True) if isinstance(o, Receipt)}
+    assert accepted == receipts and state.duplicates() == {}
+    bounced = outcomes[2]
+    assert isinstance(bounced, Receipt)
+    [event] = gateway.parse_webhook(as_request(*sink.for_message(bounced.provider_id)[0]))
+    assert (event.kind, event.reference) == (EventKind.BOUNCED, messages[2].reference)
+
+
+def test_a_refused_token_is_a_configuration_fault_for_every_message(
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState
+) -> None:
+    outcomes = new_gateway(emulator.url, server_token="wrong").send_many([copy_to(), copy_to()])
+    assert all(isinstance(o, ConfigurationFault) for o in outcomes)
+    assert [(o.code, o.setting) for o in outcomes if isinstance(o, ConfigurationFault)] == [
+        ("10", "DISPATCH_POSTMARK_SERVER_TOKEN")
+    ] * 2
+    assert state.oracle() == []
+
+
+def test_a_timeout_is_unknown_for_every_message_and_each_is_found_by_reference(
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState
+) -> None:
+    messages = [copy_to() for _ in range(3)]
+    state.latency = 1.0
+    try:
+        outcomes = new_gateway(emulator.url, read_timeout=0.3).send_many(messages)
+    finally:
+        state.latency = 0.0
+    assert [(type(o), getattr(o, "code", None)) for o in outcomes] == [(Unknown, "timeout")] * 3
+    entries = wait_until(lambda: len(state.oracle()) == 3 and state.oracle())  # accepted before the answer
+    gateway = new_gateway(emulator.url)
+    for message in messages:
+        found = gateway.find_by_reference(message.reference, to=message.to[0])
+        [entry] = [e for e in entries if e.reference == message.reference]
+        assert found is not None and (found.provider_id, found.reference) == (entry.provider_id, message.reference)
+
+
+def test_send_many_splits_501_messages_into_requests_of_500_and_1(
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer, state: SandboxState
+) -> None:
+    recorder = Recorder()
+    gateway = new_gateway(emulator.url, transport=recorder)
+    messages = [copy_to() for _ in range(501)]
+    outcomes = gateway.send_many(messages)
+    assert batch_requests(recorder) == [500, 1]
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    assert state.sends_per_reference() == {m.reference: 1 for m in messages}
+
+
+def test_a_request_body_over_50_mb_is_split_before_the_call(new_gateway: Callable[..., PostmarkGateway]) -> None:
+    """Postmark: "up to 500 messages per API call, and up to 50 MB payload size, including attachments"."""
+    sizes: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        sizes.append(len(body))
+        return httpx.Response(
+            200, json=[{**SDK_BATCH_ANSWER[0], "MessageID": f"id-{i}"} for i in range(len(json.loads(body)))]
+        )
+
+    gateway = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(answer))
+    big = Attachment(filename="dossier.pdf", content=b"%PDF" + b"x" * 9_000_000)  # 12 MB once base64-encoded
+    messages = [replace(letter(), attachments=[big]) for _ in range(9)]
+    outcomes = gateway.send_many(messages)
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    assert len(sizes) == 3 and all(size <= PostmarkGateway.max_batch_bytes for size in sizes)  # type: ignore[operator]
+
+
+# The official SDK's send body and batch answer: ActiveCampaign/postmark-python postmark/models/outbound/
+# schemas.py (Email, its aliases) and tests/test_send_messages.py (test_send_batch's answer).
+SDK_EMAIL_FIELDS = {
+    "From", "To", "Cc", "Bcc", "Subject", "Tag", "HtmlBody", "TextBody", "ReplyTo", "Headers", "TrackOpens",
+    "TrackLinks", "Attachments", "Metadata", "MessageStream",
+}  # fmt: skip
+SDK_BATCH_ANSWER = [
+    {"To": f"user{n}@example.com", "SubmittedAt": "2024-01-01T00:00:00", "MessageID": f"id-{n}", "ErrorCode": 0,
+     "Message": "OK"}
+    for n in (1, 2)
+]  # fmt: skip
+
+
+def test_the_batch_request_is_what_the_official_sdks_send(new_gateway: Callable[..., PostmarkGateway]) -> None:
+    requests: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, json=SDK_BATCH_ANSWER)
+
+    gateway = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(answer))
+    messages = [letter(cc=("copy@supporters.example",)), copy_to()]
+    outcomes = gateway.send_many(messages)
+
+    [request] = requests
+    assert (request.method, request.url.path) == ("POST", "/email/batch")
+    assert request.headers["X-Postmark-Server-Token"] == TOKEN
+    assert request.headers["Content-Type"] == "application/json"
+    body = json.loads(request.read())
+    assert body == [gateway.send_body(m) for m in messages]  # a bare array of /email bodies
+    for element in body:
+        assert set(element) <= SDK_EMAIL_FIELDS
+        assert set(element) <= set(inspect.signature(EmailManager.send).parameters)  # postmarker's names
+    assert [o.provider_id for o in outcomes if isinstance(o, Receipt)] == ["id-1", "id-2"]
+
+
+# Per message, each ErrorCode of Postmark's API error list that a send can meet.
+ENTRY_CODES = [10, 100, 300, 400, 401, 405, 406, 411, 412, 413, 429]
+
+
+@pytest.mark.parametrize("code", ENTRY_CODES)
+def test_an_entrys_error_code_maps_as_the_single_send_maps_it(
+    new_gateway: Callable[..., PostmarkGateway], code: int
+) -> None:
+    entry = {"ErrorCode": code, "Message": f"refused with {code}"}
+    single = new_gateway(
+        "https://api.postmark.test", transport=httpx.MockTransport(lambda _: httpx.Response(422, json=entry))
+    )
+    batch = new_gateway(
+        "https://api.postmark.test",
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, json=[SDK_BATCH_ANSWER[0], entry])),
+    )
+    with pytest.raises(DeliveryError) as caught:
+        single.send(copy_to())
+    ok, refused = batch.send_many([copy_to(), copy_to()])
+    assert isinstance(ok, Receipt) and ok.provider_id == "id-1"
+    assert (type(refused), refused.code) == (type(caught.value), caught.value.code)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (401, {"ErrorCode": 10, "Message": "bad token"}, {}),
+        (403, b"Forbidden", {}),
+        (422, {"ErrorCode": 410, "Message": "Too many batch messages"}, {}),
+        (422, {"ErrorCode": 402, "Message": "Received invalid JSON input."}, {}),
+        (429, {"ErrorCode": 429, "Message": "Rate limit exceeded"}, {"Retry-After": "7"}),
+        (500, {"ErrorCode": 0, "Message": "Internal server error."}, {}),
+        (502, b"Bad Gateway", {}),
+        (503, b"Service Unavailable", {"Retry-After": "3"}),
+        (504, b"Gateway Timeout", {}),
+        (200, b"<html>maintenance</html>", {}),
+        (200, [SDK_BATCH_ANSWER[0]], {}),  # one entry for two messages: cannot be paired
+    ],
+)
+def test_a_whole_request_answer_is_each_messages_outcome_as_a_single_send_would_have_it(
+    new_gateway: Callable[..., PostmarkGateway], status: int, body: Any, headers: dict[str, str]
+) -> None:
+    def respond(_: httpx.Request) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.Response(status, content=content, headers=headers)
+
+    single = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(respond))
+    with pytest.raises(DeliveryError) as caught:
+        single.send(copy_to())
+    expected = caught.value
+    outcomes = new_gateway("https://api.postmark.test", transport=httpx.MockTransport(respond)).send_many(
+        [copy_to(), copy_to()]
+    )
+    for outcome in outcomes:
+        assert isinstance(outcome, DeliveryError)
+        assert type(outcome) is type(expected)
+        if status != 200:  # an unreadable acceptance is Unknown either way, its code says how
+            assert outcome.code == expected.code
+        assert getattr(outcome, "retry_after", None) == getattr(expected, "retry_after", None)
+
+
+def test_garbage_batch_answers_end_in_our_errors_only(
+    new_gateway: Callable[..., PostmarkGateway], emulator: ThreadedServer
+) -> None:
+    """Every answer the emulator gave to a batch, mutated or replaced by garbage: each message's outcome
+    is a DeliveryError the Postmark module chose (never the base's last resort) or a well-formed Receipt."""
+    recorder = Recorder()
+    messages = [copy_to(), copy_to()]
+    new_gateway(emulator.url, transport=recorder).send_many(messages)
+    [exchange] = recorder.exchanges
+    failures = []
+    for variant in exchange.variants():
+        outcomes = new_gateway("http://provider.test", transport=Replay([variant])).send_many(messages)
+        for outcome in outcomes:
+            if isinstance(outcome, DeliveryError):
+                if "unexpected" in str(outcome):
+                    failures.append(f"[{variant}]: reached the base boundary: {outcome}")
+            elif problems := contract.receipt_problems(outcome, "postmark"):
+                failures.append(f"[{variant}]: {problems}")
+    assert failures == [], "\n".join(failures[:50])
+
+
+def test_a_failed_batch_is_one_transport_failure_for_the_breaker(
+    new_gateway: Callable[..., PostmarkGateway], factory: sessionmaker[Session]
+) -> None:
+    """The circuit breaker counts calls: a batch of five that found no server is one failure, not five."""
+    config = BreakerConfig(failures=2, window=timedelta(minutes=1), cooldown=timedelta(minutes=1))
+    gateway = new_gateway(f"http://127.0.0.1:{free_port()}")
+    install_guard([gateway], LedgerGuard(factory, config))
+    first = gateway.send_many([copy_to() for _ in range(5)])
+    assert [(type(o), getattr(o, "code", None)) for o in first] == [(Transient, "connect")] * 5
+    with factory() as session:
+        assert gateway_pauses.pause_of(session, "postmark") is None
+    gateway.send_many([copy_to() for _ in range(5)])  # the second failed call opens it
+    with factory() as session:
+        pause = gateway_pauses.pause_of(session, "postmark")
+    assert pause is not None and pause.cause == gateway_pauses.BREAKER
+    paused = gateway.send_many([copy_to(), copy_to()])
+    assert all(isinstance(o, GatewayPaused) for o in paused)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'quotes " and \\ backslashes', "controls \x00\x01\x1f\t\n", "习近平 王毅 😀", "", "A" * 100 + "=="],
+)
+def test_a_batch_message_counts_at_least_its_encoded_body_and_a_comma(
+    new_gateway: Callable[..., PostmarkGateway], text: str
+) -> None:
+    gateway = new_gateway("https://api.postmark.test")
+    message = replace(letter(), text=text, subject=text or "s", html=f"<p>{text}</p>")
+    request = httpx.Request("POST", "https://api.postmark.test/email/batch", json=[gateway.send_body(message)])
+    encoded = len(request.read()) - 2 + 1  # without [ ], with a comma
+    assert gateway._batch_bytes(message) >= encoded
+    big = replace(message, text=text * 20_000 or "x" * 200_000)  # over 100 KB a message: counted exactly
+    request = httpx.Request("POST", "https://api.postmark.test/email/batch", json=[gateway.send_body(big)])
+    assert gateway._batch_bytes(big) == len(request.read()) - 2 + 1

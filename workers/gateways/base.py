@@ -11,6 +11,9 @@ The public methods are template methods. :meth:`Gateway.send` refuses a message 
 before any provider call (``Permanent``, code ``"channel"``), and asks the gateway's :class:`SendGuard`,
 when one is installed (the worker installs workers/gateways/guard.py), whether it may send at all
 (``GatewayPaused`` when the gateway is paused) and tells it every outcome (its circuit breaker).
+A provider with a batch endpoint also sets ``max_batch`` (messages per request) and implements
+``_send_email_batch(emails)``; :meth:`Gateway.send_many` is the template method over it (see there).
+
 Every public method turns an exception that is not a :class:`~workers.gateways.errors.GatewayError`
 (httpx, smtplib, socket, json, a KeyError from an odd payload) into the error its caller handles:
 ``Unknown`` from send (the provider may have the message), ``StatusLookupError`` from lookups,
@@ -20,10 +23,10 @@ Every public method turns an exception that is not a :class:`~workers.gateways.e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, cast
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic_settings import BaseSettings
@@ -72,6 +75,11 @@ class Gateway:
     reports_delivery: ClassVar[bool] = True
     # True for providers that fetch the document from a URL we serve (Telnyx): needs DISPATCH_SECRET_KEY
     needs_media_url: ClassVar[bool] = False
+    # Messages in one provider request of send_many: 1 sends each alone through send; more than 1 needs the
+    # provider's batch hook (_send_email_batch). max_batch_bytes (None: no cap) bounds one request's body,
+    # each message counted by _batch_bytes.
+    max_batch: ClassVar[int] = 1
+    max_batch_bytes: ClassVar[int | None] = None
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None) -> None:
         self.settings = settings
@@ -99,6 +107,101 @@ class Gateway:
             guard.after_send(self, receipt, trial=trial)
         return receipt
 
+    def send_many(self, messages: Sequence[Message]) -> list[Receipt | DeliveryError]:
+        """Hand many messages to the provider: one outcome per message, in their order; a message's own
+        failure is its outcome, never raised. Celery's soft time limit still propagates, as from send: the
+        caller then knows none of the outcomes, not even of requests already answered, and holds every
+        message of the call as unknown (reconciled by its reference, never resent blindly).
+
+        With ``max_batch`` 1 each message goes through :meth:`send`. Otherwise the messages go in
+        requests of at most ``max_batch`` messages (and ``max_batch_bytes``), split here, each request
+        keeping what :meth:`send` does for one message:
+
+        - a message of the other channel is refused (``Permanent`` code ``"channel"``) and left out;
+        - the guard is asked once before each request: when it raises ``GatewayPaused`` every message of
+          the request gets it and no call is made; when it grants the breaker's trial, the trial request
+          carries the first message alone, and the others wait for the guard's next answer;
+        - a failure of the whole request (a transport failure, an HTTP error the provider module raises)
+          is the outcome of each of its messages, and an exception that is not a GatewayError is
+          ``Unknown`` for each (code ``"unexpected"``): the provider may have them all;
+        - the guard is told once per request (``after_send``): its circuit breaker counts calls to the
+          provider, not messages. A request that failed without an answer is one transport failure (told
+          500 times, one timed-out batch would open the breaker at once); a request the provider answered
+          is one answer, told as its first receipt, or its first refusal when it accepted none. One
+          ledger write per request, not per message, is also what batching is for.
+        """
+        if self.max_batch <= 1:
+            return [self._outcome_of_send(message) for message in messages]
+        outcomes: list[Receipt | DeliveryError] = []
+        for chunk in self._chunks(messages):
+            outcomes += self._send_chunk(chunk)
+        return outcomes
+
+    def _outcome_of_send(self, message: Message) -> Receipt | DeliveryError:
+        try:
+            return self.send(message)
+        except DeliveryError as err:
+            return err
+
+    def _chunks(self, messages: Sequence[Message]) -> list[list[Message]]:
+        """Requests of at most ``max_batch`` messages and ``max_batch_bytes`` (a larger message goes alone)."""
+        chunks: list[list[Message]] = []
+        size = 0
+        for message in messages:
+            weight = self._batch_bytes(message) if self.max_batch_bytes is not None else 0
+            cap = self.max_batch_bytes
+            if not chunks or len(chunks[-1]) >= self.max_batch or (cap is not None and size + weight > cap):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(message)
+            size += weight
+        return chunks
+
+    def _send_chunk(self, chunk: Sequence[Message]) -> list[Receipt | DeliveryError]:
+        """One chunk: channel refusals first, then requests as the guard allows (see send_many)."""
+        outcomes: list[Receipt | DeliveryError | None] = [
+            None if channel_of(message) is self.channel else self._channel_refusal(message) for message in chunk
+        ]
+        pending = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        guard = self.guard
+        while pending:
+            try:
+                trial = guard.before_send(self) if guard is not None else False
+            except DeliveryError as err:  # GatewayPaused: no call for any of them
+                for index in pending:
+                    outcomes[index] = err
+                break
+            batch, pending = (pending[:1], pending[1:]) if trial else (pending, [])
+            results = self._guarded_batch([chunk[index] for index in batch])
+            if guard is not None:
+                guard.after_send(self, _request_outcome(results), trial=trial)
+            for index, result in zip(batch, results, strict=True):
+                outcomes[index] = result
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _guarded_batch(self, messages: Sequence[Message]) -> list[Receipt | DeliveryError]:
+        """One provider request inside the error boundary: a failure of the whole request, or an answer
+        that does not pair with the messages, is the outcome of every message."""
+        try:
+            with _Boundary(
+                self, "send_many", lambda text: Unknown(f"{text}; reconcile before any resend", code="unexpected")
+            ):
+                results = self._send_email_batch(cast(Sequence[EmailMessage], messages))  # channel checked
+                if len(results) != len(messages):
+                    raise Unknown(
+                        f"{self.name}: {len(results)} outcomes for {len(messages)} messages; reconcile them",
+                        code="unexpected",
+                    )
+                return list(results)
+        except DeliveryError as err:
+            return [err] * len(messages)
+
+    def _channel_refusal(self, message: Message) -> Permanent:
+        return Permanent(
+            f"{self.name}: {channel_mismatch(self.name, self.provider, self.channel, channel_of(message))}",
+            code=CHANNEL_MISMATCH,
+        )
+
     def _guarded_send(self, message: Message) -> Receipt:
         """The send inside the error boundary, the channel checked first."""
         with _Boundary(self, "send", lambda text: Unknown(f"{text}; reconcile before any resend", code="unexpected")):
@@ -106,10 +209,7 @@ class Gateway:
                 return self._send_fax(message)
             if self.channel is Channel.EMAIL and isinstance(message, EmailMessage):
                 return self._send_email(message)
-        raise Permanent(
-            f"{self.name}: {channel_mismatch(self.name, self.provider, self.channel, channel_of(message))}",
-            code=CHANNEL_MISMATCH,
-        )
+        raise self._channel_refusal(message)
 
     def fetch_status(self, provider_id: str) -> StatusEvent:
         """The provider's current state of one message; StatusLookupError when it cannot tell."""
@@ -154,6 +254,15 @@ class Gateway:
         """The provider's send, in a gateway whose channel is email."""
         raise NotImplementedError(f"{self.provider}: an email gateway implements _send_email")
 
+    def _send_email_batch(self, emails: Sequence[EmailMessage]) -> Sequence[Receipt | DeliveryError]:
+        """The provider's batch send (``max_batch`` > 1): one outcome per email, in order. Raise a
+        DeliveryError for a failure of the whole request; return each email's own failure."""
+        raise NotImplementedError(f"{self.provider}: a gateway with max_batch > 1 implements _send_email_batch")
+
+    def _batch_bytes(self, message: Message) -> int:
+        """What one message adds to a batch request's body, for ``max_batch_bytes``."""
+        return 0
+
     def _check_credentials(self) -> None:
         """The provider's cheapest authenticated call; nothing to check by default."""
 
@@ -165,6 +274,16 @@ class Gateway:
 
     def _parse_webhook(self, request: WebhookRequest) -> list[StatusEvent]:
         raise WebhookFormatError(f"{self.name}: {self.provider} sends no status webhooks")
+
+
+def _request_outcome(results: Sequence[Receipt | DeliveryError]) -> Receipt | DeliveryError:
+    """What one batch request says of the gateway: its first receipt, else its first refusal, else its
+    first outcome (an Unknown entry of an answer says less than a refusal; a failure of the whole request
+    is the same error for every message)."""
+    return next(
+        (r for r in results if isinstance(r, Receipt)),
+        next((r for r in results if not isinstance(r, Unknown)), results[0]),
+    )
 
 
 def channel_of(message: Message) -> Channel:

@@ -5,6 +5,13 @@ Endpoints (``X-Postmark-Server-Token`` auth, JSON, PascalCase fields as on postm
 - ``POST /email``: validates like Postmark (401 ErrorCode 10; 422 with ErrorCode 300 / 402 / 406 / 409),
   answers ``{To, SubmittedAt, MessageID, ErrorCode: 0, Message: "OK"}``, then posts a ``Delivery`` or
   ``Bounce`` webhook with the Basic-auth credentials embedded in the webhook URL.
+- ``POST /email/batch``: a JSON array of up to 500 ``/email`` bodies (more: 422 ErrorCode 410, "Too many
+  batch messages"; not an array: 422 ErrorCode 403, incompatible JSON), each validated like ``/email``;
+  200 with one entry per message in order, ``{To, SubmittedAt, MessageID, ErrorCode: 0, Message: "OK"}``
+  for an accepted one and ``{ErrorCode, Message}`` (the body ``/email`` would refuse it with) for a
+  refused one; each accepted message is kept, recorded in the oracle and followed by its webhooks as
+  from ``/email``; the latency is waited once per request. Postmark's 50 MB cap on a batch body is not
+  enforced here: its answer to a larger body is not documented.
 - ``GET /messages/outbound`` (``count``, ``offset``, ``recipient``, ``status``, ``metadata_<key>``),
   ``GET /messages/outbound/{id}/details`` (with ``MessageEvents``), ``GET /bounces/{id}``.
 - ``/_sandbox/*`` control endpoints.
@@ -14,6 +21,12 @@ HardBounce; soft_bounce -> a Bounce of Type SoftBounce; complaint -> delivered, 
 (Type SpamComplaint, TypeCode 512); invalid_number -> 422 ErrorCode 406 (inactive recipient); rate_limited ->
 429 ErrorCode 429 + Retry-After; server_error -> 500; bad_gateway -> accepted, then 502; drop -> accepted, then
 the connection closes.
+
+In a batch each message consumes its own first address's outcome (a request is an attempt for each of its
+destinations). Postmark answers 401, 429 and 500 for a request, not a message: a message scripted
+unauthorized, rate_limited or server_error refuses the whole request that way (nothing accepted); one
+scripted bad_gateway or drop makes the request accept every valid message, then answer 502 or drop the
+connection; invalid_number refuses its own message (ErrorCode 406).
 """
 
 from __future__ import annotations
@@ -46,6 +59,9 @@ from workers.sandbox.email_common import (
 )
 
 SERVER_ID = 23
+MAX_BATCH = 500  # messages per /email/batch (postmarkapp.com/developer/api/email-api#send-batch-emails)
+REQUEST_REFUSALS = ("unauthorized", "rate_limited", "server_error")  # answered for a whole batch
+AMBIGUOUS = ("bad_gateway", "drop")
 INACTIVE = (
     "You tried to send to recipient(s) that have been marked as inactive.\nFound inactive addresses: "
     "{addresses}.\nInactive recipients are ones that have generated a hard bounce, a spam complaint, "
@@ -135,6 +151,20 @@ def _addresses(value: object) -> list[str]:
     return [addr for _, addr in getaddresses([str(value)])]
 
 
+def _first_address(body: Mapping[str, Any]) -> str:
+    """The address a message's scripted outcome is looked up by: its first To, else its first Cc."""
+    return _addresses(body.get("To"))[0] if body.get("To") else _addresses(body.get("Cc"))[0]
+
+
+def _checked(body: Any) -> PostmarkError | None:
+    """The refusal ``POST /email`` would give this body, or None."""
+    try:
+        validate_email(body)
+    except PostmarkError as err:
+        return err
+    return None
+
+
 def _valid(address: str) -> bool:
     local, at, domain = address.rpartition("@")
     return bool(local and at and "." in domain and " " not in address)
@@ -182,16 +212,19 @@ class PostmarkEmulator:
 
     # -- POST /email -----------------------------------------------------------------------------
 
-    async def send(self, request: Request) -> Response:
+    async def _json_body(self, request: Request) -> Any:
         self.authenticate(request)
         if "json" not in request.headers.get("content-type", ""):
             raise PostmarkError(422, 409, "JSON required. Please provide the Content-Type: application/json header.")
         try:
-            body = json.loads(await request.body())
+            return json.loads(await request.body())
         except ValueError:
             raise PostmarkError(422, 402, "Received invalid JSON input.") from None
+
+    async def send(self, request: Request) -> Response:
+        body = await self._json_body(request)
         validate_email(body)
-        first = _addresses(body.get("To"))[0] if body.get("To") else _addresses(body.get("Cc"))[0]
+        first = _first_address(body)
         outcome = email_outcome(self.state.next_outcome(first))
         refusal = self._refusal(outcome, first)
         message = None if refusal is not None else self._accept(body, outcome)
@@ -212,6 +245,55 @@ class PostmarkEmulator:
                 "Message": "OK",
             }
         )
+
+    # -- POST /email/batch ------------------------------------------------------------------------
+
+    async def send_batch(self, request: Request) -> Response:
+        body = await self._json_body(request)
+        if not isinstance(body, list):
+            raise PostmarkError(
+                422,
+                403,
+                "The JSON input you provided is syntactically correct, but still not the one we expect.",
+            )
+        if len(body) > MAX_BATCH:
+            raise PostmarkError(422, 410, f"Too many batch messages: you may send up to {MAX_BATCH} in one call.")
+        checked = [_checked(entry) for entry in body]
+        outcomes = [
+            None if error else email_outcome(self.state.next_outcome(_first_address(entry)))
+            for entry, error in zip(body, checked, strict=True)
+        ]
+        refused = next((o for o in outcomes if o in REQUEST_REFUSALS), None)
+        answers = (
+            [] if refused else [self._batch_entry(e, c, o) for e, c, o in zip(body, checked, outcomes, strict=True)]
+        )
+        await asyncio.sleep(self.state.latency)
+        if refused is not None:
+            refusal = self._refusal(refused, "")
+            assert refusal is not None
+            return refusal.response()
+        ambiguous = next((o for o in outcomes if o in AMBIGUOUS), None)
+        if ambiguous == "bad_gateway":
+            return PlainTextResponse("502 Bad Gateway", status_code=502)
+        if ambiguous == "drop":
+            return DroppedResponse(200)
+        return JSONResponse(answers)
+
+    def _batch_entry(self, body: Any, error: PostmarkError | None, outcome: str | None) -> dict[str, Any]:
+        """One message of a batch: its refusal, or its acceptance (kept, recorded, webhooks to follow)."""
+        if error is None and outcome is not None:
+            error = self._refusal(outcome, _first_address(body))
+        if error is not None:
+            return {"ErrorCode": error.code, "Message": error.message}
+        assert outcome is not None
+        message = self._accept(body, outcome)
+        return {
+            "To": body.get("To"),
+            "SubmittedAt": message["ReceivedAt"],
+            "MessageID": message["MessageID"],
+            "ErrorCode": 0,
+            "Message": "OK",
+        }
 
     def _refusal(self, outcome: str, first: str) -> PostmarkError | None:
         if outcome not in REFUSED:
@@ -421,6 +503,7 @@ def create_app(state: SandboxState, *, server_token: str, webhook_url: str | Non
     emulator = PostmarkEmulator(state, server_token=server_token, webhook_url=webhook_url)
     app = emulator_app("Postmark sandbox", state, emulator, PostmarkError)
     app.add_api_route("/email", emulator.send, methods=["POST"])
+    app.add_api_route("/email/batch", emulator.send_batch, methods=["POST"])
     app.add_api_route("/messages/outbound", emulator.search, methods=["GET"])
     app.add_api_route("/messages/outbound/{message_id}/details", emulator.details, methods=["GET"])
     app.add_api_route("/bounces/{bounce_id}", emulator.bounce, methods=["GET"])

@@ -24,6 +24,15 @@ Followed, field by field (mailgun/documentation, ``source/*.rst``, and documenta
 We set ``h:Message-Id`` to our own stable Message-ID; Mailgun answers with that id, so the receipt's
 provider_id (without angle brackets) is the ``message-id`` every event and Events API filter uses.
 Mailgun has no idempotency key; an Unknown outcome is reconciled with ``find_by_reference``.
+
+**No batch sending here (``max_batch`` stays 1).** Mailgun's batch form (user manual, "Batch Sending":
+up to 1,000 ``to`` in one call with ``recipient-variables``) sends *one* message that Mailgun
+personalizes per recipient through ``%recipient.<key>%`` placeholders. Our copies differ in kind: each
+is rendered whole by us, with its own unsubscribe URL in the text and the HTML, its own
+``List-Unsubscribe`` header and its own Message-ID (which Mailgun's answer and every event then carry).
+A batch would send a template with placeholders instead of what we rendered and hashed, all 1,000 would
+share the one id Mailgun answers with, and one refused parameter (a bad address) answers 400 for the
+whole call. Each copy goes in its own call.
 """
 
 from __future__ import annotations

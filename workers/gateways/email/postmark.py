@@ -1,4 +1,4 @@
-"""Postmark: ``POST /email``, lookups by MessageID and by our ``Metadata.reference``, Basic-auth webhooks.
+"""Postmark: ``POST /email`` and ``/email/batch``, lookups by MessageID and by ``Metadata.reference``, webhooks.
 
 Followed, field by field:
 
@@ -10,6 +10,11 @@ Followed, field by field:
 - postmarkapp.com/developer/api/email-api: the send body (From, To, Cc, ReplyTo, Subject, TextBody,
   HtmlBody, Headers ``[{Name, Value}]``, Metadata, MessageStream, Attachments ``[{Name, Content,
   ContentType}]``, TrackOpens, TrackLinks) and the answer (To, SubmittedAt, MessageID, ErrorCode, Message).
+- postmarkapp.com/developer/api/email-api#send-batch-emails and user-guide/send-email-with-api/batch-emails:
+  ``POST /email/batch`` takes a JSON array of ``/email`` bodies, "up to 500 messages per API call, and up
+  to 50 MB payload size, including attachments"; it answers 200 with "a matching JSON array" of
+  ``{ErrorCode, Message, MessageID, SubmittedAt, To}``, in the messages' order, even when some were
+  refused (postmark-php wiki "Sending Batches"); API error 410 "Too many batch messages" (overview).
 - postmarkapp.com/developer/api/messages-api and support article "Custom metadata FAQ": outbound
   search ``GET /messages/outbound?count&offset&metadata_<key>=<value>`` (one metadata field at a time),
   ``GET /messages/outbound/{id}/details`` with ``Status`` and ``MessageEvents``; bounce-api
@@ -20,12 +25,25 @@ Followed, field by field:
   ``postmark/models/outbound/enums.py`` (MessageStatus, MessageEventType),
   ``postmark/models/bounces/enums.py`` (BounceType); postmarker (Postmark's recommended client)
   ``postmarker/core.py``, ``postmarker/models/emails.py``, ``postmarker/models/messages.py``.
+  Batches: postmark-python ``postmark/models/outbound/manager.py`` ``send_batch`` (a bare array of the
+  ``Email`` bodies of ``schemas.py``, over 500 refused before any call, one ``SendResponse`` per entry)
+  and ``tests/test_send_messages.py`` (``test_send_batch``: the answer the tests here reuse); postmarker
+  ``EmailBatch`` (``MAX_SIZE = 500``, a longer batch split into chunks of 500) and
+  ``EmailManager._send_batch``.
 - django-anymail (github.com/anymail/django-anymail): ``anymail/backends/postmark.py`` (300/406
   handling), ``anymail/webhooks/postmark.py`` (RecordType and bounce Type tables) and
   ``tests/test_postmark_webhooks.py`` (captured payloads).
 
 Postmark has no idempotency key. Our reference travels in ``Metadata.reference`` and our Message-ID in
 ``Headers``; an Unknown outcome is reconciled with :meth:`PostmarkGateway.find_by_reference`.
+
+A batch maps exactly as single sends do: each entry's ErrorCode through the same table (300 -> Permanent,
+406 inactive -> Permanent, 10 -> ConfigurationFault, 100/429 -> Transient), and an answer for the whole
+request (401, 422 for the body, 429, 5xx, a timeout or a dropped connection) is what ``/email`` would have
+said, for each message: a timeout or a dropped connection after the request left is Unknown for every
+message, each reconciled by its own ``Metadata.reference``. An answer that does not pair one entry with
+each message is Unknown for all. :meth:`Gateway.send_many` splits longer batches (``max_batch``,
+``max_batch_bytes``).
 """
 
 from __future__ import annotations
@@ -33,8 +51,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -42,7 +62,15 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from dispatcher.domain.messages import EmailMessage, EventKind, Receipt, StatusEvent, Suppress, WebhookRequest
+from dispatcher.domain.messages import (
+    EmailMessage,
+    EventKind,
+    Message,
+    Receipt,
+    StatusEvent,
+    Suppress,
+    WebhookRequest,
+)
 from workers.gateways.email.common import HttpEmailGateway, b64, header, lookup_object, webhook_json
 from workers.gateways.errors import (
     ConfigurationFault,
@@ -131,6 +159,7 @@ MESSAGE_EVENT_KINDS: dict[str, EventKind] = {
 # API ErrorCodes that mean "try again later": the request was refused before anything was sent.
 TRANSIENT_CODES: dict[int, str] = {100: "maintenance", 429: "rate limit exceeded"}
 BAD_TOKEN = 10
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")  # written into JSON as it is
 
 
 class PostmarkSettings(BaseSettings):
@@ -159,6 +188,10 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
     # publishes no number (postmarkapp.com/developer/api/overview, "API error codes"); conservative.
     per_second: ClassVar[int] = 50
     in_flight: ClassVar[int] = 10
+    # POST /email/batch: "up to 500 messages per API call, and up to 50 MB payload size, including
+    # attachments" (email-api#send-batch-emails); 50 MB read as 50,000,000 bytes of JSON body, the lower reading.
+    max_batch: ClassVar[int] = 500
+    max_batch_bytes: ClassVar[int | None] = 50_000_000
 
     def __init__(self, settings: BaseSettings, *, name: str | None = None, client: httpx.Client | None = None) -> None:
         super().__init__(settings, name=name, client=client)
@@ -186,6 +219,64 @@ class PostmarkGateway(HttpEmailGateway[PostmarkSettings]):
         # Addresses are personal data: INFO names the message, never the recipients.
         log.info("postmark accepted %s for reference %s", receipt.provider_id, email.reference)
         return receipt
+
+    def _send_email_batch(self, emails: Sequence[EmailMessage]) -> list[Receipt | DeliveryError]:
+        """``POST /email/batch``: one entry per email in the answer, mapped as ``/email``'s answer is.
+
+        An email without a recipient is refused before the call and left out of the request."""
+        outcomes: list[Receipt | DeliveryError | None] = [_recipients_refusal(self, email) for email in emails]
+        sending = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if sending:
+            response = self.call("POST", "/email/batch", json=[self.send_body(emails[i]) for i in sending])
+            for index, outcome in zip(sending, self._batch_outcomes(response, len(sending)), strict=True):
+                outcomes[index] = outcome
+        results = [outcome for outcome in outcomes if outcome is not None]
+        if sending:
+            # Addresses are personal data: the log names counts and references, never the recipients.
+            accepted = sum(isinstance(r, Receipt) for r in results)
+            log.info("postmark accepted %d of %d messages in one batch", accepted, len(sending))
+            for email, result in zip(emails, results, strict=True):
+                if isinstance(result, Receipt):
+                    log.debug("postmark accepted %s for reference %s", result.provider_id, email.reference)
+        return results
+
+    def _batch_outcomes(self, response: httpx.Response, count: int) -> list[Receipt | DeliveryError]:
+        """Each entry of a batch answer; raises what a single send would for an answer to the whole request."""
+        body = _json_or_none(response)
+        code = _error_code(body)
+        if not response.is_success or code not in (0, None):
+            raise self._send_error(response, body, code)
+        if not isinstance(body, list) or len(body) != count:
+            raise Unknown(
+                f"{PROVIDER}: HTTP {response.status_code}: the batch answer does not pair one entry with each "
+                f"of its {count} messages",
+                code="no_id",
+                raw=body if body is not None else response.text[:2000],
+            )
+        return [self._entry_outcome(response, entry) for entry in body]
+
+    def _entry_outcome(self, response: httpx.Response, entry: Any) -> Receipt | DeliveryError:
+        """One message's entry: its ErrorCode mapped as ``/email``'s, else its receipt."""
+        code = _error_code(entry)
+        if code not in (0, None):
+            return self._send_error(response, entry, code)
+        try:
+            return self._receipt(response, entry)
+        except Unknown as err:
+            return err
+
+    def _batch_bytes(self, message: Message) -> int:
+        """The message's share of a batch body, never less than its ``/email`` body as httpx encodes it
+        and a comma: a bound read off the body's strings while 500 such fit in ``max_batch_bytes``
+        (a fifth of the cost of encoding it), else the exact size."""
+        if not isinstance(message, EmailMessage):
+            return 0
+        body = self.send_body(message)
+        bound = json_bound(body) + 1
+        if self.max_batch_bytes is None or bound <= self.max_batch_bytes // self.max_batch:
+            return bound
+        encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return len(encoded) + 1
 
     def send_body(self, message: EmailMessage) -> dict[str, Any]:
         headers = [{"Name": "Message-ID", "Value": message.message_id}]
@@ -430,6 +521,27 @@ def _basic_credentials(value: str | None) -> bytes:
         return base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
         return b""
+
+
+def json_bound(value: object) -> int:
+    """An upper bound of ``value``'s compact JSON in UTF-8, without encoding it: a character of a string
+    takes at most 6 bytes (an escape such as ``\\u001f``), of base64 text (attachments) one."""
+    if isinstance(value, str):
+        return len(value) + 2 if len(value) >= 64 and _BASE64.fullmatch(value) else 6 * len(value) + 2
+    if isinstance(value, dict):
+        return 2 + sum(json_bound(str(key)) + json_bound(item) + 2 for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return 2 + sum(json_bound(item) + 1 for item in value)
+    return len(json.dumps(value))  # numbers, booleans, null: as written
+
+
+def _recipients_refusal(gateway: HttpEmailGateway[Any], email: EmailMessage) -> Permanent | None:
+    """The refusal of an email no provider call could deliver (no addressee), or None."""
+    try:
+        gateway.check_recipients(email)
+    except Permanent as err:
+        return err
+    return None
 
 
 def _json_or_none(response: httpx.Response) -> Any:

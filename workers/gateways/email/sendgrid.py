@@ -29,6 +29,15 @@ Followed, field by field:
 Email Activity access). Without it ``fetch_status``/``find_by_reference`` raise StatusLookupError and
 Unknown outcomes wait for webhooks or an operator. SendGrid has no idempotency key: our reference rides
 in ``custom_args`` and comes back in every event.
+
+**No batch sending here (``max_batch`` stays 1).** One ``/v3/mail/send`` call takes up to 1,000
+``personalizations`` (mail-send/errors), each with its own ``to``, ``subject``, ``headers``,
+``custom_args`` and ``substitutions``, but one shared ``content``. Our copies differ in the body: each
+carries its own unsubscribe URL in the text and the HTML (and its own ``List-Unsubscribe`` header and
+Message-ID). Batched, the body would become a template that SendGrid fills in through ``substitutions``
+(a legacy feature, capped per personalization) instead of the text we rendered and hashed; the answer
+is one 202 with one ``X-Message-Id`` for every personalization, not a receipt per copy; and one invalid
+personalization (a bad or repeated address) answers 400 for all of them. Each copy goes in its own call.
 """
 
 from __future__ import annotations
