@@ -20,7 +20,7 @@ Every public method turns an exception that is not a :class:`~workers.gateways.e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import ClassVar, Protocol
@@ -31,14 +31,17 @@ from pydantic_settings import BaseSettings
 from dispatcher.domain.messages import EmailMessage, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
+    BATCH_STOPPED,
     CHANNEL_MISMATCH,
     DeliveryError,
     GatewayError,
+    GatewayPaused,
     Permanent,
     StatusLookupError,
     Transient,
     Unknown,
     WebhookFormatError,
+    transport_failure,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ class SendGuard(Protocol):
 
     def after_send(self, gateway: Gateway, outcome: Receipt | DeliveryError, *, trial: bool) -> None:
         """Count the outcome: a transport failure, or an answer from the provider."""
+
+    def after_sends(self, gateway: Gateway, outcomes: Sequence[Receipt | DeliveryError], *, trial: bool) -> None:
+        """Count the outcomes of a batch of sends, in order, at once."""
 
 
 class Gateway:
@@ -98,6 +104,48 @@ class Gateway:
         if guard is not None:
             guard.after_send(self, receipt, trial=trial)
         return receipt
+
+    def send_many(self, messages: Sequence[Message], outcomes: list[Receipt | DeliveryError]) -> None:
+        """Hand ``messages`` to the provider one after the other (over one connection where the provider
+        keeps one), appending each one's outcome to ``outcomes`` as send() would give it (a Receipt or
+        the DeliveryError), so a caller interrupted midway knows which were sent.
+
+        The guard is asked once before the batch and told every outcome once after it. A paused gateway
+        sends none (each GatewayPaused); a breaker's trial sends only the first message. After a
+        transport failure (no answer) the rest are not sent either (Transient, code ``batch-stopped``):
+        a provider that does not answer one message will not answer the next, and each would wait out
+        its timeout. Any other exception from one send is Unknown for that message, as in the
+        per-delivery path."""
+        guard = self.guard
+        try:
+            trial = guard.before_send(self) if guard is not None else False
+        except GatewayPaused as paused:
+            outcomes.extend(paused for _ in messages)
+            return
+        sent: list[Receipt | DeliveryError] = []
+        try:
+            for message in messages:
+                if sent and (trial or transport_failure(sent[-1])):
+                    why = "the breaker's trial goes alone" if trial else "an earlier send of this batch got no answer"
+                    outcomes.append(Transient(f"{self.name}: not sent: {why}", code=BATCH_STOPPED))
+                    continue
+                outcome = self._send_one(message)
+                sent.append(outcome)
+                outcomes.append(outcome)
+        finally:
+            if guard is not None and sent:
+                guard.after_sends(self, sent, trial=trial)
+
+    def _send_one(self, message: Message) -> Receipt | DeliveryError:
+        try:
+            return self._guarded_send(message)
+        except DeliveryError as err:
+            return err
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as err:  # by contract a send maps its errors; anything else may have left: Unknown
+            log.error("gateway %s raised %s in a batch send; outcome unknown", self.name, type(err).__name__)
+            return Unknown(f"{self.name} raised {type(err).__name__}", code="unexpected-error")
 
     def _guarded_send(self, message: Message) -> Receipt:
         """The send inside the error boundary, the channel checked first."""
