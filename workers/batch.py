@@ -54,6 +54,7 @@ from workers.delivery import (
     Claim,
     WorkerContext,
     _finished,
+    _hook,
     _record_error,
     _record_receipt,
     _record_render_failure,
@@ -99,13 +100,16 @@ def deliver_copies(worker: WorkerContext, ids: Sequence[int]) -> tuple[dict[str,
         clock=worker.clock,
     )
     with lease:
+        for copy in copies:
+            _hook(worker, "after_claim", copy.claim.delivery_id)
         rendered = _render(worker, copies, summary, lease)
         _send(worker, gateway, rendered, lease, summary, started)
     return summary, others
 
 
 def _count(summary: dict[str, int], what: str, n: int = 1) -> None:
-    summary[what] = summary.get(what, 0) + n
+    if n:
+        summary[what] = summary.get(what, 0) + n
 
 
 # -- 1. the claim ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
     BATCH_STOPPED,
     CHANNEL_MISMATCH,
+    ConfigurationFault,
     DeliveryError,
     GatewayError,
     GatewayPaused,
@@ -112,10 +113,11 @@ class Gateway:
 
         The guard is asked once before the batch and told every outcome once after it. A paused gateway
         sends none (each GatewayPaused); a breaker's trial sends only the first message. After a
-        transport failure (no answer) the rest are not sent either (Transient, code ``batch-stopped``):
-        a provider that does not answer one message will not answer the next, and each would wait out
-        its timeout. Any other exception from one send is Unknown for that message, as in the
-        per-delivery path."""
+        transport failure (no answer) or a ConfigurationFault the rest are not sent (Transient, code
+        ``batch-stopped``, not counted against their routes): a provider that does not answer one
+        message will not answer the next, each waiting out its timeout, and a configuration fault pauses
+        the gateway once recorded, as the per-delivery path's next send would find. Any other exception
+        from one send is Unknown for that message, as in the per-delivery path."""
         guard = self.guard
         try:
             trial = guard.before_send(self) if guard is not None else False
@@ -125,8 +127,8 @@ class Gateway:
         sent: list[Receipt | DeliveryError] = []
         try:
             for message in messages:
-                if sent and (trial or transport_failure(sent[-1])):
-                    why = "the breaker's trial goes alone" if trial else "an earlier send of this batch got no answer"
+                if sent and (trial or _stops_a_batch(sent[-1])):
+                    why = "the breaker's trial goes alone" if trial else f"an earlier send of this batch: {sent[-1]}"
                     outcomes.append(Transient(f"{self.name}: not sent: {why}", code=BATCH_STOPPED))
                     continue
                 outcome = self._send_one(message)
@@ -248,3 +250,8 @@ class _Boundary:
         name = type(value).__name__
         log.warning("%s: unexpected %s in %s", self.gateway.name, name, self.operation)
         raise self.error(f"{self.gateway.name}: unexpected {name} in {self.operation}") from value
+
+
+def _stops_a_batch(outcome: Receipt | DeliveryError) -> bool:
+    """No answer, or our configuration refused: the rest of a batch is not sent (Gateway.send_many)."""
+    return transport_failure(outcome) or isinstance(outcome, ConfigurationFault)
