@@ -145,6 +145,9 @@ def _claim(
             else:
                 queued.append(delivery)
         ledger = SqlLedger(session)
+        # the other rows go one by one after this (workers/delivery.deliver): their message is taken, so
+        # the sweeper must not take them for lost while they wait their turn (dispatcher/domain/scheduling.py)
+        ledger.taken([d.id for d in rows if d.kind != DeliveryKind.COPY and d.state == State.QUEUED], at=now)
         claimable = _hold_back(worker, session, ledger, queued, now, summary)
         attempts = ledger.claim_many(
             [Due(d.id, d.campaign_id, d.kind, State.QUEUED, "") for d in claimable],

@@ -182,6 +182,17 @@ class SqlLedger:
     def requeued(self, delivery: Delivery, *, at: datetime) -> None:
         delivery.queued_at = at
 
+    def taken(self, ids: Sequence[int], *, at: datetime) -> None:
+        """A worker took the message of these rows: ``queued_at`` restarts, so the sweeper, which
+        republishes a row queued longer than DISPATCH_REPUBLISH_AFTER_SECONDS, leaves them to it."""
+        for start in range(0, len(ids), QUEUE_CHUNK):
+            self.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(list(ids[start : start + QUEUE_CHUNK])), Delivery.state == State.QUEUED)
+                .values(queued_at=at)
+                .execution_options(synchronize_session=False)
+            )
+
     def wait(self, delivery: Delivery, *, until: datetime) -> None:
         delivery.not_before = until
 
