@@ -38,7 +38,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.messages import EmailMessage, Receipt, StatusEvent
-from dispatcher.domain.rendering.mime import to_mime
+from dispatcher.domain.rendering.mime import to_bytes
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
@@ -148,7 +148,7 @@ class SmtpGateway(Gateway):
         recipients = _unique([*message.to, *message.cc])
         if not recipients:
             raise Permanent(f"{self.name}: {message.message_id} has no recipients", code="no_recipients")
-        payload = to_mime(message).as_bytes()
+        payload = to_bytes(message)
         sender = email.utils.parseaddr(message.sender)[1]
         with self._lock, self._discard_on_failure():
             conn, reused = self._connection()
