@@ -21,7 +21,20 @@ from email.mime.nonmultipart import MIMENonMultipart
 from dispatcher.domain.messages import EmailMessage
 
 MAX_7BIT_LINE = 998  # RFC 5322 2.1.1, without the CRLF
-WIRE = email.policy.compat32.clone(linesep="\r\n", max_line_length=MAX_7BIT_LINE)  # no folding of short headers
+
+
+class _Wire(email.policy.Compat32):
+    """compat32 as sent: CRLF line ends, and a short ASCII header value written as it is (the Header
+    class would only re-split it to find it needs no folding: a third of the time to_bytes took)."""
+
+    def _fold(self, name: str, value: object, sanitize: bool) -> str:
+        plain = isinstance(value, str) and value.isascii() and "\r" not in value and "\n" not in value
+        if plain and len(name) + 2 + len(str(value)) <= MAX_7BIT_LINE:
+            return f"{name}: {value}{self.linesep}"
+        return str(super()._fold(name, value, sanitize))  # type: ignore[misc]
+
+
+WIRE = _Wire(linesep="\r\n", max_line_length=MAX_7BIT_LINE)
 UTF8_BASE64 = email.charset.Charset("utf-8")  # body_encoding BASE64, header_encoding SHORTEST
 
 
