@@ -15,6 +15,7 @@ import email.header
 import email.message
 import email.policy
 import email.utils
+import secrets
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 
@@ -70,7 +71,9 @@ def to_bytes(message: EmailMessage) -> bytes:
     text = _text_part(message.text, "plain")
     mime: email.message.Message = text
     if message.html is not None:
-        mime = MIMEMultipart("alternative", policy=WIRE)
+        # a random boundary of our own: the generator's own draws one and then searches the parts for it
+        # with a regular expression compiled anew each time
+        mime = MIMEMultipart("alternative", boundary=f"=_{secrets.token_hex(16)}", policy=WIRE)
         for part in (text, _text_part(message.html, "html")):
             del part["MIME-Version"]  # the message's own header, not each part's
             mime.attach(part)
