@@ -1,4 +1,5 @@
 """The worker path for one delivery: claim, render, send, record. Plain functions; tasks are thin.
+Supporter copies take the batch path (workers/batch.py), built on these same steps and rules.
 
 1. Claim by compare-and-set ``queued -> sending`` with a lease, committed before anything leaves:
    no row, no send. A second copy of the message, or a second worker, finds nothing to claim.

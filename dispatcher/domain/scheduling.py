@@ -141,7 +141,7 @@ def queue_room(session: Session, cap: int) -> dict[str, int]:
     """Per queue, how many more rows may be queued: the cap less the rows ``queued`` there now."""
     queue = queue_expression()
     query = select(queue, func.count()).where(Delivery.state == State.QUEUED).group_by(queue)
-    counts: dict[str, int] = dict(session.execute(query).tuples().all())
+    counts = {queue_name: int(n) for queue_name, n in session.execute(query).all()}
     return {q: max(cap - int(counts.get(q, 0)), 0) for q in QUEUES}
 
 
