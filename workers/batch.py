@@ -35,7 +35,7 @@ from datetime import datetime
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from dispatcher.domain import rules
 from dispatcher.domain.copies import official_outcomes
@@ -125,7 +125,8 @@ def _claim(
                 select(Delivery)
                 .where(Delivery.id.in_(list(ids)))
                 .options(
-                    joinedload(Delivery.campaign).joinedload(Campaign.letter),
+                    # the campaign (its spec and template) once for the batch, not once per row of the join
+                    selectinload(Delivery.campaign).joinedload(Campaign.letter),
                     joinedload(Delivery.supporter),
                     joinedload(Delivery.addressee),  # none for a copy: loaded so rendering asks nothing more
                 )
