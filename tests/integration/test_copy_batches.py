@@ -7,7 +7,8 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,27 @@ def test_a_worker_stopped_after_the_claim_leaves_sending_rows_that_the_sweeper_t
     run_once(factory, lambda q, i: None, lambda q, i: None, now=later, config=SchedulerConfig.from_settings(SETTINGS))
     assert copy_states(factory) == {"a": "unknown", "b": "unknown"}
     assert received(sandbox) == []
+
+
+def test_the_check_before_a_chunk_refuses_expired_leases_and_sends_none_of_them(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The leases run out between the claim and the chunk's send (a long wait for the rate, a stalled worker):
+    nothing leaves, and the rows wait to be sent again, the attempts not counted."""
+    moved = timedelta(0)
+
+    def clock() -> datetime:
+        return now() + moved
+
+    def stall(_delivery_id: int) -> None:
+        nonlocal moved
+        moved = late.lease + timedelta(seconds=1)
+
+    late = replace(worker, clock=clock, hooks={"after_claim": stall})
+    ids = queue_copies(factory, tmp_path, ["a", "b"])
+    deliver_many(late, ids)
+    assert received(sandbox) == []
+    assert copy_states(factory) == {"a": "retry_wait", "b": "retry_wait"}
+    with factory() as session:
+        outcomes = session.execute(select(Attempt.outcome, Attempt.error_code)).all()
+    assert sorted(tuple(o) for o in outcomes) == [("not-sent", "lease-expired")] * 2
