@@ -128,7 +128,9 @@ class Gateway:
         try:
             for message in messages:
                 if sent and (trial or _stops_a_batch(sent[-1])):
-                    why = "the breaker's trial goes alone" if trial else f"an earlier send of this batch: {sent[-1]}"
+                    # the earlier send's kind and code only: its text may name its own recipient
+                    earlier = f"{type(sent[-1]).__name__} ({getattr(sent[-1], 'code', None)})"
+                    why = "the breaker's trial goes alone" if trial else f"an earlier send of this batch got {earlier}"
                     outcomes.append(Transient(f"{self.name}: not sent: {why}", code=BATCH_STOPPED))
                     continue
                 outcome = self._send_one(message)
