@@ -15,6 +15,7 @@ import email.header
 import email.message
 import email.policy
 import email.utils
+import functools
 import secrets
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
@@ -62,9 +63,15 @@ def to_mime(message: EmailMessage) -> email.message.EmailMessage:
     return mime
 
 
+@functools.lru_cache(maxsize=256)
+def sender_address(sender: str) -> tuple[str, str]:
+    """(display name, address) of a From value; a campaign's copies share one, so it is parsed once."""
+    return email.utils.parseaddr(sender)
+
+
 def to_bytes(message: EmailMessage) -> bytes:
     """The message as sent (CRLF line ends): ``to_mime``'s message, built the fast way when it can be."""
-    name, address = email.utils.parseaddr(message.sender)
+    name, address = sender_address(message.sender)
     addresses = [address, *message.to, *message.cc, *([message.reply_to] if message.reply_to else [])]
     if message.attachments or not all(a.isascii() for a in addresses):
         return to_mime(message).as_bytes(policy=email.policy.SMTP)

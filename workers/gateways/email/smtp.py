@@ -38,7 +38,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.messages import EmailMessage, Receipt, StatusEvent
-from dispatcher.domain.rendering.mime import to_bytes
+from dispatcher.domain.rendering.mime import sender_address, to_bytes
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
@@ -149,7 +149,7 @@ class SmtpGateway(Gateway):
         if not recipients:
             raise Permanent(f"{self.name}: {message.message_id} has no recipients", code="no_recipients")
         payload = to_bytes(message)
-        sender = email.utils.parseaddr(message.sender)[1]
+        sender = sender_address(message.sender)[1]
         with self._lock, self._discard_on_failure():
             conn, reused = self._connection()
             try:
