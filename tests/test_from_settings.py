@@ -27,6 +27,7 @@ SETTINGS = load_settings(
     batch_budget_seconds=100.0,
     publish_batch_size=7,
     claim_limit=11,
+    max_queued_per_queue=5,
     republish_after_seconds=13.0,
     reconcile_every_seconds=17.0,
     poll_after_seconds=19.0,
@@ -65,6 +66,7 @@ def test_scheduler_config_from_settings() -> None:
     assert SchedulerConfig.from_settings(SETTINGS) == SchedulerConfig(
         batch_size=7,
         claim_limit=11,
+        max_queued_per_queue=5,
         republish_after=timedelta(seconds=13),
         reconcile_every=timedelta(seconds=17),
         poll_after=timedelta(seconds=19),

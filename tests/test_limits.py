@@ -345,3 +345,24 @@ def test_documented_defaults_unless_the_operator_says_otherwise(monkeypatch: pyt
     )
     assert named.of("smtp") == GatewayRate(per_second=10, in_flight=4)
     assert named.of("relay") == GatewayRate(per_second=40, in_flight=4)  # its rate, the common calls in flight
+
+
+def test_a_batch_takes_the_rate_in_tokens_granting_what_the_second_has_left(
+    client: redis.Redis, names: tuple[str, str]
+) -> None:
+    gateway, _ = names
+    limiter = RedisLimiter(client, limits(gateway_per_second=5))
+    second = keys.gateway_rate(gateway, 0)  # one window, as the script sees it: no clock involved
+    assert [int(limiter._take(keys=[second], args=[wanted, 5, 2])) for wanted in (3, 3, 1)] == [3, 2, 0]
+    assert 0 < int(client.ttl(second)) <= 2  # the window's counter expires by itself
+
+
+def test_a_batch_holds_one_slot_in_flight_and_no_campaign_rate(client: redis.Redis, names: tuple[str, str]) -> None:
+    gateway, campaign = names
+    limiter = RedisLimiter(client, limits(gateway_in_flight=1, campaign_per_minute=1, max_wait=0.2))
+    with limiter.batch(gateway) as tokens:
+        assert tokens.take(4) >= 1  # the campaign's rate (1 a minute) is a letter's, not a copy's
+        with pytest.raises(LimitTimeout, match="in flight"), limiter.sending(gateway, campaign=campaign):
+            pass  # the batch holds the gateway's only slot
+    with limiter.sending(gateway, campaign=None):
+        pass  # given back; a copy sent alone counts against no campaign either

@@ -1,4 +1,5 @@
 """The worker path for one delivery: claim, render, send, record. Plain functions; tasks are thin.
+Supporter copies take the batch path (workers/batch.py), built on these same steps and rules.
 
 1. Claim by compare-and-set ``queued -> sending`` with a lease, committed before anything leaves:
    no row, no send. A second copy of the message, or a second worker, finds nothing to claim.
@@ -203,14 +204,18 @@ def _call_gateway(gateway: Gateway, message: Message, delivery_id: int) -> Recei
 
 
 def deliver_many(worker: WorkerContext, ids: list[int]) -> dict[str, int]:
-    """A batch from one broker message: each id goes through the full path on its own.
+    """A batch from one broker message: its supporter copies together (workers/batch.py), every other id
+    through the full path on its own.
 
     Once the worker's ``batch_budget`` is spent, no new delivery is started, so the task's time limit
-    never cuts a send in half; the ids left stay ``queued`` and the sweeper publishes them again."""
-    summary: dict[str, int] = {}
+    never cuts a send in half; the ids left stay ``queued`` and the sweeper publishes them again (copies
+    already claimed are recorded as not sent and retried after backoff)."""
+    from workers.batch import deliver_copies  # the batch path builds on this module
+
     started = time.monotonic()
+    summary, others = deliver_copies(worker, ids)
     budget = worker.batch_budget.total_seconds()
-    for delivery_id in ids:
+    for delivery_id in others:
         if time.monotonic() - started > budget:
             summary["left-for-republish"] = summary.get("left-for-republish", 0) + 1
             continue
@@ -341,10 +346,15 @@ def _render(worker: WorkerContext, claim: Claim) -> Rendered:
         return worker.documents.render(delivery, media_url=url)
 
 
-def _campaign_key(worker: WorkerContext, claim: Claim) -> str:
+def _campaign_key(worker: WorkerContext, claim: Claim) -> str | None:
+    """The campaign whose rate a letter counts against (DISPATCH_CAMPAIGN_PER_MINUTE); None for a
+    supporter copy, held by its gateway's limits alone."""
     with worker.factory() as session:
-        delivery = session.get(Delivery, claim.delivery_id)
-        return str(delivery.campaign_id if delivery else 0)
+        query = select(Delivery.campaign_id, Delivery.kind).where(Delivery.id == claim.delivery_id)
+        row = session.execute(query).first()
+        if row is None:
+            return "0"
+        return None if row.kind == DeliveryKind.COPY else str(row.campaign_id)
 
 
 def _record_with_retries(

@@ -7,6 +7,9 @@ renews the in-flight slot the send holds in Redis with it. A worker that dies re
 lease later the scheduler's sweep turns the row ``unknown`` (reconciled, never resent blindly) and the
 slot has expired, so other sends may take it.
 
+A batch of supporter copies (workers/batch.py) has one heartbeat for all its claims (:class:`BatchLease`):
+one UPDATE renews them all, and one confirms a chunk's claims right before the chunk is sent.
+
 Immediately before the gateway call the same compare-and-set runs once more (:meth:`Lease.renew`, from
 ``workers.delivery._send``): when the row is no longer ``sending`` for this attempt, or its lease has
 already run out, the send does not start. So nothing leaves after the sweeper, reconciliation or
@@ -102,3 +105,81 @@ class Lease:
             slot.renew()
         except Exception as err:
             log.warning("renewing the in-flight slot of delivery %s failed: %s", self.delivery_id, type(err).__name__)
+
+
+class BatchLease:
+    """The leases of a batch's claims (delivery id -> attempt), kept by one heartbeat: every third of the
+    lease, one UPDATE renews every claim the batch still holds (``SqlLedger.renew_many``), and the batch's
+    in-flight slot with them. ``confirm`` is the check right before a chunk's sends, by the same
+    compare-and-set for the chunk's claims alone; ``release`` drops claims whose outcome is recorded."""
+
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        attempts: dict[int, int],
+        length: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.factory = factory
+        self.attempts = dict(attempts)
+        self.length = length
+        self.clock = clock
+        self._slot: Slot | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-batch-{len(attempts)}", daemon=True)
+
+    def confirm(self, ids: list[int]) -> set[int]:
+        """A full lease from now for the claims ``ids`` that are still held; the ids confirmed."""
+        with self._lock:
+            attempts = {i: self.attempts[i] for i in ids if i in self.attempts}
+        return self._renew(attempts)
+
+    def release(self, ids: list[int]) -> None:
+        with self._lock:
+            for delivery_id in ids:
+                self.attempts.pop(delivery_id, None)
+
+    def hold(self, slot: Slot | None) -> None:
+        self._slot = slot
+
+    def _renew(self, attempts: dict[int, int]) -> set[int]:
+        if not attempts:
+            return set()
+        now = self.clock()
+        with transaction(self.factory) as session:
+            return SqlLedger(session).renew_many(attempts, at=now, until=now + self.length)
+
+    def __enter__(self) -> BatchLease:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.length.total_seconds())
+
+    def _beat(self) -> None:
+        every = self.length.total_seconds() / BEATS_PER_LEASE
+        while not self._stop.wait(every):
+            with self._lock:
+                attempts = dict(self.attempts)
+            try:
+                kept = self._renew(attempts)
+            except Exception as err:  # the next beat tries again; the check before each chunk decides
+                log.warning("renewing the leases of a batch failed: %s", type(err).__name__)
+            else:
+                if len(kept) < len(attempts) and not self._stop.is_set():
+                    log.warning(
+                        "%d claim(s) of a batch lost their lease while the worker was still on them; "
+                        "no send starts for them, and one in progress is reconciled",
+                        len(attempts) - len(kept),
+                    )
+            slot = self._slot
+            if slot is not None:
+                try:
+                    slot.renew()
+                except Exception as err:
+                    log.warning("renewing a batch's in-flight slot failed: %s", type(err).__name__)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+
+from dispatcher.domain.settings import get_settings
 from workers.celery_app import RECONCILE_QUEUE, app, queue_name
 from workers.delivery import deliver_many
 from workers.reconcile import reconcile
 from workers.runtime import worker_context
 
 log = logging.getLogger(__name__)
+# kombu's Redis transport keeps a queue's messages of priority p > 0 in "<queue>\x06\x16<p>"
+PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
 
 
 @app.task(name="dispatch.deliver")
@@ -32,6 +38,32 @@ def reconcile_task(ids: list[int]) -> dict[str, int]:
 
 def publisher(queue: str, ids: Sequence[int]) -> None:
     deliver_task.apply_async(args=[list(ids)], queue=queue_name(queue))
+
+
+def waiting_messages(queue: str) -> int | None:
+    """Messages waiting on a broker queue (not those a worker has taken), or None when the broker cannot
+    be asked: the scheduler's sweeper republishes a stale row only when its queue holds none.
+
+    Read from Redis directly: the queue's list and its priority lists (kombu's Redis transport, under
+    DISPATCH_QUEUE_PREFIX); kombu's own count (a passive queue_declare) misses the prefix here."""
+    settings = get_settings()
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    name = f"{settings.queue_prefix}{queue_name(queue)}"
+    try:
+        client = _redis(settings.broker_url)
+        with client.pipeline(transaction=False) as pipe:
+            for key in [name, *(f"{name}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]:
+                pipe.llen(key)
+            return sum(int(n) for n in pipe.execute())
+    except redis.RedisError as err:  # the broker is down: cannot tell
+        log.warning("counting the messages on queue %s failed: %s", queue, type(err).__name__)
+        return None
+
+
+@functools.cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
 
 
 def reconcile_publisher(queue: str, ids: Sequence[int]) -> None:

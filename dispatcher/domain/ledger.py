@@ -65,6 +65,22 @@ class Due:
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class Submitted:
+    """A receipt the worker records in bulk (``SqlLedger.submit_many``): the claim it answers, the
+    document sent and the provider's id."""
+
+    delivery_id: int
+    campaign_id: int
+    kind: str
+    attempt: int
+    provider_id: str
+    reason: str
+    document_sha256: str | None
+    page_count: int | None
+    evidence: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Finished:
     """How one attempt ended, with the document that was (or was not) sent."""

@@ -6,11 +6,11 @@ reason, last error and provider detail is stored through ``ledger.stored_text``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, null, select, update
+from sqlalchemy import Table, bindparam, case, delete, func, insert, null, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from dispatcher.domain.ledger import (
     Erased,
     Finished,
     Planned,
+    Submitted,
     redact,
     stored_text,
 )
@@ -181,6 +182,17 @@ class SqlLedger:
     def requeued(self, delivery: Delivery, *, at: datetime) -> None:
         delivery.queued_at = at
 
+    def taken(self, ids: Sequence[int], *, at: datetime) -> None:
+        """A worker took the message of these rows: ``queued_at`` restarts, so the sweeper, which
+        republishes a row queued longer than DISPATCH_REPUBLISH_AFTER_SECONDS, leaves them to it."""
+        for start in range(0, len(ids), QUEUE_CHUNK):
+            self.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(list(ids[start : start + QUEUE_CHUNK])), Delivery.state == State.QUEUED)
+                .values(queued_at=at)
+                .execution_options(synchronize_session=False)
+            )
+
     def wait(self, delivery: Delivery, *, until: datetime) -> None:
         delivery.not_before = until
 
@@ -236,6 +248,156 @@ class SqlLedger:
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+    def claim_many(
+        self, rows: Sequence[Due], *, actor: str, at: datetime, lease_until: datetime, gateway: str, reports: bool
+    ) -> dict[int, int]:
+        """``claim`` for many rows the caller has locked: one ``UPDATE ... WHERE id IN (...) AND
+        state='queued' RETURNING`` per chunk (the compare-and-set, row by row), then the events and
+        attempts of the rows it took, one multi-row INSERT each. Returns delivery id -> attempt number."""
+        check_transition(State.QUEUED, State.SENDING)
+        by_id = {r.id: r for r in rows}
+        claimed: dict[int, int] = {}
+        for start in range(0, len(rows), QUEUE_CHUNK):
+            chunk = [r.id for r in rows[start : start + QUEUE_CHUNK]]
+            taken = self.session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(chunk), Delivery.state == State.QUEUED)
+                .values(
+                    state=State.SENDING,
+                    updated_at=at,
+                    lease_expires_at=lease_until,
+                    attempt_count=Delivery.attempt_count + 1,
+                    gateway=gateway,
+                    expects_report=reports,
+                    provider_id=None,
+                )
+                .returning(Delivery.id, Delivery.attempt_count)
+                .execution_options(synchronize_session=False)
+            ).all()
+            claimed.update({id_: number for id_, number in taken})
+        if not claimed:
+            return claimed
+        self.session.execute(
+            insert(DeliveryEvent),
+            [
+                {
+                    "delivery_id": id_,
+                    "campaign_id": by_id[id_].campaign_id,
+                    "at": at,
+                    "actor": actor,
+                    "from_state": State.QUEUED,
+                    "to_state": State.SENDING,
+                    "reason": f"attempt {number} via {gateway}",
+                }
+                for id_, number in claimed.items()
+            ],
+        )
+        self.session.execute(
+            insert(Attempt),
+            [
+                {"delivery_id": id_, "number": number, "gateway": gateway, "started_at": at}
+                for id_, number in claimed.items()
+            ],
+        )
+        return claimed
+
+    def renew_many(self, attempts: Mapping[int, int], *, at: datetime, until: datetime) -> set[int]:
+        """``renew`` for many claims (delivery id -> attempt) in one UPDATE per chunk; the ids renewed."""
+        renewed: set[int] = set()
+        pairs = list(attempts.items())
+        for start in range(0, len(pairs), QUEUE_CHUNK):
+            chunk = pairs[start : start + QUEUE_CHUNK]
+            renewed.update(
+                self.session.scalars(
+                    update(Delivery)
+                    .where(
+                        tuple_(Delivery.id, Delivery.attempt_count).in_(chunk),
+                        Delivery.state == State.SENDING,
+                        Delivery.lease_expires_at > at,
+                    )
+                    .values(lease_expires_at=until)
+                    .returning(Delivery.id)
+                    .execution_options(synchronize_session=False)
+                )
+            )
+        return renewed
+
+    def submit_many(self, rows: Sequence[Submitted], *, actor: str, at: datetime) -> None:
+        """Receipts for claims the caller has locked and found still ``sending`` for their attempt: what
+        ``finish_attempt`` + ``identify`` + ``move(SUBMITTED)`` write one by one, in three statements
+        (attempts and deliveries by executemany, events by one multi-row INSERT)."""
+        if not rows:
+            return
+        check_transition(State.SENDING, State.SUBMITTED)
+        attempts, deliveries = Attempt.__table__, Delivery.__table__  # Core: executemany with a WHERE by bindparam
+        assert isinstance(attempts, Table) and isinstance(deliveries, Table)
+        self.session.execute(
+            update(attempts)
+            .where(attempts.c.delivery_id == bindparam("b_delivery"), attempts.c.number == bindparam("b_number"))
+            .values(
+                # as finish_attempt: an outcome a report already settled is kept
+                outcome=case(
+                    (
+                        or_(attempts.c.outcome.is_(None), *(attempts.c.outcome == p for p in sorted(PROVISIONAL))),
+                        "submitted",
+                    ),
+                    else_=attempts.c.outcome,
+                ),
+                finished_at=at,
+                document_sha256=bindparam("b_sha256"),
+                error_code=None,
+                evidence=bindparam("b_evidence"),
+                detail=None,
+                provider_id=bindparam("b_provider_id"),
+            ),
+            [
+                {
+                    "b_delivery": r.delivery_id,
+                    "b_number": r.attempt,
+                    "b_sha256": r.document_sha256,
+                    "b_evidence": r.evidence,
+                    "b_provider_id": r.provider_id,
+                }
+                for r in rows
+            ],
+        )
+        self.session.execute(
+            update(deliveries)
+            .where(deliveries.c.id == bindparam("b_delivery"))
+            .values(
+                state=State.SUBMITTED,
+                updated_at=at,
+                provider_id=func.coalesce(deliveries.c.provider_id, bindparam("b_provider_id")),
+                document_sha256=bindparam("b_sha256"),
+                page_count=bindparam("b_pages"),
+            ),
+            [
+                {
+                    "b_delivery": r.delivery_id,
+                    "b_provider_id": r.provider_id,
+                    "b_sha256": r.document_sha256,
+                    "b_pages": r.page_count,
+                }
+                for r in rows
+            ],
+        )
+        self.session.execute(
+            insert(DeliveryEvent),
+            [
+                {
+                    "delivery_id": r.delivery_id,
+                    "campaign_id": r.campaign_id,
+                    "at": at,
+                    "actor": actor,
+                    "from_state": State.SENDING,
+                    "to_state": State.SUBMITTED,
+                    "reason": stored_text(r.kind, r.reason),
+                    "provider_id": r.provider_id,
+                }
+                for r in rows
+            ],
+        )
 
     def finish_attempt(self, delivery: Delivery, number: int, *, at: datetime, finished: Finished) -> None:
         """The worker's record of its call. A receipt, or a late error, recorded after a status report

@@ -26,9 +26,10 @@ from dispatcher.domain.suppression import suppress_reported
 from dispatcher.domain.timing import backoff
 
 Applied = Literal["applied", "duplicate", "stale", "noted"]
-# Transient.code of a send our own side held back (a shared limit, a lost lease): nothing reached the
-# provider, so the attempt is "not-sent", not counted against the route, and it is no answer from the number
-NOT_SENT_CODES = frozenset({"local-limit", "lease-expired"})
+# Transient.code of a send our own side held back (a shared limit, a lost lease, a batch stopped after a send
+# got no answer or out of time): nothing reached the provider, so the attempt is "not-sent", not counted
+# against the route, and it is no answer from the number
+NOT_SENT_CODES = frozenset({"local-limit", "lease-expired", "batch-stopped", "batch-budget"})
 
 
 @dataclass(frozen=True, kw_only=True)

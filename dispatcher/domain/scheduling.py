@@ -8,6 +8,16 @@ delivery published twice is sent once: the worker's compare-and-set claim decide
 
 Deliveries whose gateway is paused (dispatcher/domain/gateway_pauses.py) are not claimed; when its
 circuit breaker is due for a trial, one of them is.
+
+Back-pressure: a tick queues no more on a queue than its workers can take. Each queue holds at most
+``max_queued_per_queue`` (DISPATCH_MAX_QUEUED_PER_QUEUE) rows in ``queued``; a tick tops each queue up to
+that, so the broker's lists stay short however many rows are due. The sweeper republishes only what is
+really lost: a row still ``queued`` longer than ``republish_after`` whose queue holds no message in the
+broker (``waiting``, the broker's count: a message still waiting is late, not lost; without a count, by
+age alone, as before). A worker stamps ``queued_at`` on the rows of a message it takes (workers/batch.py),
+so a row whose message is being worked on is not taken for lost either. A message a worker has reserved
+but not started (prefetch: one per worker process) is neither counted nor stamped: its rows may be
+republished once, and the compare-and-set claim sends them once.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, literal, or_, select, update
+from sqlalchemy import and_, case, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dispatcher.domain import gateway_pauses
@@ -35,6 +45,8 @@ from dispatcher.domain.states import TERMINAL, CampaignStatus, CopiesWhen, Deliv
 ACTOR = "scheduler"
 log = logging.getLogger(__name__)
 Publisher = Callable[[str, Sequence[int]], None]  # (queue, delivery ids)
+Waiting = Callable[[str], int | None]  # messages waiting in the broker on a queue; None when it cannot tell
+QUEUES = ("fax", "email", "copies")
 
 
 # the campaign statuses whose deadline still runs: later ones have nothing waiting to fail
@@ -45,6 +57,7 @@ DEADLINE_RUNS = (CampaignStatus.SCHEDULED, CampaignStatus.PAUSED)
 class SchedulerConfig:
     batch_size: int  # ids per broker message
     claim_limit: int  # rows claimed per tick, bounded
+    max_queued_per_queue: int  # rows `queued` on one queue at most: a tick tops each queue up to this
     republish_after: timedelta  # a queued row older than this lost its message
     reconcile_every: timedelta  # an unknown send is looked up at the provider this often
     poll_after: timedelta  # a submitted send with no status report by then is polled
@@ -52,12 +65,13 @@ class SchedulerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SchedulerConfig:
-        """DISPATCH_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _REPUBLISH_AFTER_SECONDS, _RECONCILE_EVERY_SECONDS,
-        _POLL_AFTER_SECONDS and the gateway slots (_FAX_GATEWAY, _EMAIL_GATEWAY, _COPIES_GATEWAY), unless
-        overridden."""
+        """DISPATCH_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _MAX_QUEUED_PER_QUEUE, _REPUBLISH_AFTER_SECONDS,
+        _RECONCILE_EVERY_SECONDS, _POLL_AFTER_SECONDS and the gateway slots (_FAX_GATEWAY, _EMAIL_GATEWAY,
+        _COPIES_GATEWAY), unless overridden."""
         config = cls(
             batch_size=settings.publish_batch_size,
             claim_limit=settings.claim_limit,
+            max_queued_per_queue=settings.max_queued_per_queue,
             republish_after=timedelta(seconds=settings.republish_after_seconds),
             reconcile_every=timedelta(seconds=settings.reconcile_every_seconds),
             poll_after=timedelta(seconds=settings.poll_after_seconds),
@@ -94,21 +108,41 @@ def queue_for(delivery: Delivery | Claimed) -> str:
     return "copies" if delivery.kind == DeliveryKind.COPY else delivery.channel
 
 
-def tick(session: Session, *, now: datetime, config: SchedulerConfig) -> TickResult:
+def tick(session: Session, *, now: datetime, config: SchedulerConfig, waiting: Waiting | None = None) -> TickResult:
     """One scheduler pass in the caller's transaction; publish the result only after commit."""
     result = TickResult()
     ledger = SqlLedger(session)
     result.deadline_failed = fail_past_deadline(session, ledger, now=now)
     result.cancelled = cancel_left_waiting(session, ledger, now=now)
     gates = gateway_pauses.queue_gates(session, now=now, gateways=config.gateways)
-    for delivery in claim_due(session, now=now, limit=config.claim_limit, held=gates.keys()):
-        result.queued[queue_for(delivery)].append(delivery.id)
+    room = queue_room(session, config.max_queued_per_queue)
+    left = config.claim_limit
+    for queue in QUEUES:
+        limit = min(left, room[queue])
+        if queue in gates or limit <= 0:
+            continue
+        for delivery in claim_due(session, now=now, limit=limit, only=queue):
+            result.queued[queue].append(delivery.id)
+        left -= len(result.queued[queue])
     for queue in (q for q, gate in gates.items() if gate is gateway_pauses.Gate.TRIAL):
         for delivery in claim_due(session, now=now, limit=1, only=queue):  # the breaker's one trial send
             result.queued[queue].append(delivery.id)
-    sweep(session, ledger, now=now, config=config, result=result)
+    sweep(session, ledger, now=now, config=config, result=result, waiting=waiting)
     result.completed = complete_campaigns(session)
     return result
+
+
+def queue_expression() -> Any:
+    """SQL: the queue a delivery is published on (``queue_for``)."""
+    return case((Delivery.kind == DeliveryKind.COPY, literal("copies")), else_=Delivery.channel)
+
+
+def queue_room(session: Session, cap: int) -> dict[str, int]:
+    """Per queue, how many more rows may be queued: the cap less the rows ``queued`` there now."""
+    queue = queue_expression()
+    query = select(queue, func.count()).where(Delivery.state == State.QUEUED).group_by(queue)
+    counts = {queue_name: int(n) for queue_name, n in session.execute(query).all()}
+    return {q: max(cap - int(counts.get(q, 0)), 0) for q in QUEUES}
 
 
 def claim_due(
@@ -150,7 +184,7 @@ def claim_due(
         .limit(limit)
         .with_for_update(skip_locked=True, of=Delivery)
     )
-    queue = case((Delivery.kind == DeliveryKind.COPY, literal("copies")), else_=Delivery.channel)
+    queue = queue_expression()
     if held:
         query = query.where(queue.not_in(list(held)))
     if only is not None:
@@ -213,14 +247,35 @@ def cancel_left_waiting(session: Session, ledger: Ledger, *, now: datetime) -> i
     return len(rows)
 
 
-def sweep(session: Session, ledger: Ledger, *, now: datetime, config: SchedulerConfig, result: TickResult) -> None:
-    """Re-publish queued rows whose message was lost; expire the leases of dead sends to unknown."""
-    stale = list(
-        session.scalars(
-            select(Delivery)
-            .where(Delivery.state == State.QUEUED, Delivery.queued_at < now - config.republish_after)
-            .with_for_update(skip_locked=True)
+def sweep(
+    session: Session,
+    ledger: Ledger,
+    *,
+    now: datetime,
+    config: SchedulerConfig,
+    result: TickResult,
+    waiting: Waiting | None = None,
+) -> None:
+    """Re-publish queued rows whose message was lost; expire the leases of dead sends to unknown.
+
+    A row is lost when it has been ``queued`` (or its message taken by a worker) longer than
+    ``republish_after`` and, when ``waiting`` can tell, no message waits on its queue: a queue with
+    messages waiting, or whose count cannot be read, republishes nothing this tick."""
+    lost_queues = [q for q in QUEUES if waiting is None or waiting(q) == 0]
+    stale = (
+        list(
+            session.scalars(
+                select(Delivery)
+                .where(
+                    Delivery.state == State.QUEUED,
+                    Delivery.queued_at < now - config.republish_after,
+                    queue_expression().in_(lost_queues),
+                )
+                .with_for_update(skip_locked=True)
+            )
         )
+        if lost_queues
+        else []
     )
     for delivery in stale:
         ledger.requeued(delivery, at=now)
@@ -298,10 +353,12 @@ def run_once(
     *,
     now: datetime,
     config: SchedulerConfig,
+    waiting: Waiting | None = None,
 ) -> TickResult:
-    """One tick: claim and sweep in one transaction, then publish what was committed."""
+    """One tick: claim and sweep in one transaction, then publish what was committed. ``waiting`` counts
+    the messages on a broker queue (the sweeper's test of a lost message)."""
     with transaction(factory) as session:
-        result = tick(session, now=now, config=config)
+        result = tick(session, now=now, config=config, waiting=waiting)
         to_reconcile = to_look_up(session, now=now, every=config.reconcile_every, poll_after=config.poll_after)
     publish(result, publisher, batch_size=config.batch_size)
     for queue, ids in to_reconcile.items():

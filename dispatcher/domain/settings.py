@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     tick_seconds: float = Field(default=1.0, gt=0, description="time between two scheduler ticks")
     claim_limit: int = Field(default=2000, ge=1, description="deliveries claimed per tick, at most")
     publish_batch_size: int = Field(default=200, ge=1, description="delivery ids per broker message")
+    max_queued_per_queue: int = Field(
+        default=2000, ge=1, description="queued deliveries per queue (fax, email, copies) at most: a tick tops up"
+    )
     republish_after_seconds: float = Field(default=60.0, gt=0, description="re-publish a queued row after this long")
     poll_after_seconds: float = Field(
         default=900.0, gt=0, description="poll a submitted send with no report after this"
@@ -130,7 +133,9 @@ class Settings(BaseSettings):
     gateway_in_flight: int | None = Field(
         default=None, ge=1, description="calls in progress at once through every gateway not in gateway_limits"
     )
-    campaign_per_minute: int = Field(default=600, ge=1, description="sends per minute for one campaign")
+    campaign_per_minute: int = Field(
+        default=600, ge=1, description="letters to officials sent per minute for one campaign (not copies)"
+    )
     limit_max_wait_seconds: float = Field(
         default=30.0, gt=0, description="longest wait for a limit before retrying; below the lease"
     )

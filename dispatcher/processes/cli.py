@@ -348,7 +348,7 @@ def scheduler(
     from dispatcher.domain.scheduling import SchedulerConfig
     from dispatcher.processes.scheduler import run_forever
     from dispatcher.processes.startup import check_configured_gateways
-    from workers.tasks import publisher, reconcile_publisher
+    from workers.tasks import publisher, reconcile_publisher, waiting_messages
 
     settings = get_settings()
     check_configured_gateways(settings)  # a refused key stops here, naming the variable
@@ -358,7 +358,16 @@ def scheduler(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logger.info("scheduler: ticking every %ss against %s", interval, settings.database_url.split("@")[-1])
     try:
-        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval, config=config)
+        run_forever(
+            _factory(),
+            publisher,
+            reconcile_publisher,
+            clock=_now,
+            stop=stop,
+            interval=interval,
+            config=config,
+            waiting=waiting_messages,
+        )
     except KeyboardInterrupt:
         stop.set()
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dispatcher.domain.scheduling import Publisher, SchedulerConfig, TickResult, run_once
+from dispatcher.domain.scheduling import Publisher, SchedulerConfig, TickResult, Waiting, run_once
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,13 @@ def run_forever(
     interval: float,
     config: SchedulerConfig,
     on_tick: Callable[[TickResult], None] | None = None,
+    waiting: Waiting | None = None,
 ) -> None:
-    """Tick every ``interval`` seconds until ``stop`` is set."""
+    """Tick every ``interval`` seconds until ``stop`` is set; ``waiting`` counts a broker queue's messages
+    (the sweeper republishes only rows whose queue holds none)."""
     while not stop.is_set():
         try:
-            result = run_once(factory, publisher, reconciler, now=clock(), config=config)
+            result = run_once(factory, publisher, reconciler, now=clock(), config=config, waiting=waiting)
         except Exception:  # a database restart or a broker hiccup must not stop the scheduler
             log.exception("scheduler tick failed; trying again in %.1fs", interval)
         else:

@@ -227,7 +227,10 @@ class HttpContract(GatewayContract):
         self, make_gateway: MakeGateway, closed_address: str, new_message: Any
     ) -> None:
         outcomes = make_gateway(closed_address).send_many([new_message(), new_message()])
-        assert [(type(o), getattr(o, "code", None)) for o in outcomes] == [(Transient, "connect")] * 2
+        # one message at a time: after a send that got no answer the next is not tried (its timeout would
+        # be waited out too); through a batch endpoint the one request failed for both
+        codes = [(type(o), getattr(o, "code", None)) for o in outcomes]
+        assert codes in ([(Transient, "connect")] * 2, [(Transient, "connect"), (Transient, "batch-stopped")])
 
     def test_send_many_through_a_paused_gateway_calls_nothing(
         self, make_gateway: MakeGateway, emulator_address: str, sandbox: SandboxState, new_message: Any

@@ -78,6 +78,7 @@ class Guard:
     def __init__(self, gates: Sequence[bool | DeliveryError] = ()) -> None:
         self.gates = list(gates)
         self.told: list[tuple[Any, bool]] = []
+        self.told_together: list[tuple[list[type], bool]] = []  # one per call of after_sends
         self.asked = 0
 
     def before_send(self, gateway: Gateway) -> bool:
@@ -90,6 +91,9 @@ class Guard:
     def after_send(self, gateway: Gateway, outcome: Receipt | DeliveryError, *, trial: bool) -> None:
         self.told.append((outcome, trial))
 
+    def after_sends(self, gateway: Gateway, outcomes: Sequence[Receipt | DeliveryError], *, trial: bool) -> None:
+        self.told_together.append(([type(o) for o in outcomes], trial))
+
 
 def test_without_a_batch_endpoint_each_message_goes_through_send() -> None:
     gateway = Batchy()
@@ -100,7 +104,10 @@ def test_without_a_batch_endpoint_each_message_goes_through_send() -> None:
     assert gateway.singles == ["r-0", "r-1", "r-3"] and gateway.requests == []
     assert [type(o) for o in outcomes] == [Receipt, Transient, Permanent, Receipt]
     assert isinstance(outcomes[2], Permanent) and outcomes[2].code == "channel"
-    assert guard.asked == 4 and len(guard.told) == 4  # as send does, the fax included
+    # one after the other, as the batch path sends over one SMTP connection: the guard asked once and
+    # told every outcome at once (a 429 is an answer: the next message still goes), the fax included
+    assert guard.asked == 1 and guard.told == []
+    assert guard.told_together == [([Receipt, Transient, Permanent, Receipt], False)]
 
 
 def test_messages_go_in_requests_of_max_batch_in_order() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from dispatcher.domain.messages import EmailMessage
 from workers.gateways import registry
+from workers.gateways.email import smtp
 from workers.gateways.email.smtp import SmtpGateway, SmtpSettings
 from workers.gateways.errors import (
     ConfigurationFault,
@@ -210,6 +211,23 @@ def test_reconnects_when_the_server_dropped_the_connection(sink: SmtpSink, gatew
         receipt = gateway.send(letter("dlv-2"))
         assert restarted.sessions == 1
         assert [m.message_id for m in restarted.messages()] == [receipt.provider_id]
+
+
+def test_a_connection_used_just_now_is_not_asked_noop_before_the_next_message(
+    sink: SmtpSink, gateway: SmtpGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway.send(letter("dlv-1"))
+    noops: list[int] = []
+    conn = gateway._conn
+    assert conn is not None
+    answer = conn.noop
+    monkeypatch.setattr(conn, "noop", lambda: noops.append(1) or answer())
+    gateway.send(letter("dlv-2"))
+    assert noops == []  # used a moment ago: taken as it is
+    gateway._used -= smtp.IDLE_CHECK_SECONDS + 1  # as if idle since
+    gateway.send(letter("dlv-3"))
+    assert noops == [1]  # idle: checked first
+    assert sink.sessions == 1 and len(sink.messages()) == 3
 
 
 def test_a_repeated_recipient_gets_one_rcpt(sink: SmtpSink, gateway: SmtpGateway) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.policy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dispatcher.domain.campaign_file import CampaignSpec
+from dispatcher.domain.messages import EmailMessage
 from dispatcher.domain.rendering import load_letter, render_email, render_supporter_copy, write_preview
-from dispatcher.domain.rendering.mime import to_mime
+from dispatcher.domain.rendering.mime import to_bytes, to_mime
 
 from .conftest import EXAMPLE_DIR, LETTER_DATE, pdf_pages
 
@@ -77,6 +80,36 @@ def test_eml_parses_back(cjk_spec: CampaignSpec, tmp_path: Path) -> None:
     assert "CC:\nWang Yi, Foreign Minister, Ministry of Foreign Affairs" in parts["text/plain"]
     assert "王毅" in parts["text/plain"]
     assert '<p class="cc">CC:<br>' in parts["text/html"]
+
+
+def _same_message(message: EmailMessage) -> None:
+    """What the SMTP gateway sends (to_bytes) reads back as to_mime's message: headers and bodies."""
+    slow = email.message_from_bytes(to_mime(message).as_bytes(), policy=email.policy.default)
+    fast = email.message_from_bytes(to_bytes(message), policy=email.policy.default)
+    for header in ("From", "To", "Cc", "Reply-To", "Subject", "Message-ID", "MIME-Version", *message.headers):
+        assert fast[header] == slow[header], header
+    assert _parts(fast) == _parts(slow)
+    assert b"\r\n" in to_bytes(message) and b"\r\n" not in to_bytes(message).replace(b"\r\n", b"")
+
+
+def test_the_bytes_sent_read_back_as_the_message_built(cjk_spec: CampaignSpec, tmp_path: Path) -> None:
+    letter = load_letter(cjk_spec, tmp_path, date=LETTER_DATE)
+    _same_message(render_email(cjk_spec, letter, to_email="office@example.cn", reference="d-1").message)
+    message = render_email(cjk_spec, letter, to_email="office@example.cn", reference="d-2").message
+    _same_message(
+        replace(message, sender="人权观察 <advocacy@example.org>", headers={"List-Id": "名单 <l.example.org>"})
+    )
+    _same_message(replace(message, text="x" * 1200 + "\nshort\n"))  # a line too long for 7bit
+    _same_message(replace(message, to=["用户@example.cn"]))  # not ASCII: the standard builder's way
+
+
+def test_the_bytes_sent_refuse_a_header_with_a_line_break(cjk_spec: CampaignSpec, tmp_path: Path) -> None:
+    letter = load_letter(cjk_spec, tmp_path, date=LETTER_DATE)
+    message = render_email(cjk_spec, letter, to_email="office@example.cn", reference="d-1").message
+    with pytest.raises(ValueError, match="linefeed"):
+        to_bytes(replace(message, subject="Hello\r\nBcc: someone@example.org"))
+    with pytest.raises(ValueError, match="linefeed"):
+        to_bytes(replace(message, headers={"List-Id": "a\nBcc: someone@example.org"}))
 
 
 @pytest.mark.parametrize(

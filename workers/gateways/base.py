@@ -34,14 +34,18 @@ from pydantic_settings import BaseSettings
 from dispatcher.domain.messages import EmailMessage, FaxMessage, Message, Receipt, StatusEvent, WebhookRequest
 from dispatcher.domain.states import Channel
 from workers.gateways.errors import (
+    BATCH_STOPPED,
     CHANNEL_MISMATCH,
+    ConfigurationFault,
     DeliveryError,
     GatewayError,
+    GatewayPaused,
     Permanent,
     StatusLookupError,
     Transient,
     Unknown,
     WebhookFormatError,
+    transport_failure,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,9 @@ class SendGuard(Protocol):
 
     def after_send(self, gateway: Gateway, outcome: Receipt | DeliveryError, *, trial: bool) -> None:
         """Count the outcome: a transport failure, or an answer from the provider."""
+
+    def after_sends(self, gateway: Gateway, outcomes: Sequence[Receipt | DeliveryError], *, trial: bool) -> None:
+        """Count the outcomes of a batch of sends, in order, at once."""
 
 
 class Gateway:
@@ -107,14 +114,18 @@ class Gateway:
             guard.after_send(self, receipt, trial=trial)
         return receipt
 
-    def send_many(self, messages: Sequence[Message]) -> list[Receipt | DeliveryError]:
-        """Hand many messages to the provider: one outcome per message, in their order; a message's own
-        failure is its outcome, never raised. Celery's soft time limit still propagates, as from send: the
-        caller then knows none of the outcomes, not even of requests already answered, and holds every
-        message of the call as unknown (reconciled by its reference, never resent blindly).
+    def send_many(
+        self, messages: Sequence[Message], outcomes: list[Receipt | DeliveryError] | None = None
+    ) -> list[Receipt | DeliveryError]:
+        """Hand many messages to the provider: one outcome per message, in their order, appended to
+        ``outcomes`` (a new list unless given) as each is known and returned; a message's own failure is
+        its outcome, never raised. Celery's soft time limit still propagates, as from send: the outcomes
+        appended so far are known, the message (or request) under way is unknown (reconciled by its
+        reference, never resent blindly), and the ones after it were not sent.
 
-        With ``max_batch`` 1 each message goes through :meth:`send`. Otherwise the messages go in
-        requests of at most ``max_batch`` messages (and ``max_batch_bytes``), split here, each request
+        With ``max_batch`` 1 the messages go one after the other (over one connection where the provider
+        keeps one: see :meth:`_send_each`). Otherwise the messages go in requests of at most
+        ``max_batch`` messages (and ``max_batch_bytes``), split here, each request
         keeping what :meth:`send` does for one message:
 
         - a message of the other channel is refused (``Permanent`` code ``"channel"``) and left out;
@@ -130,18 +141,13 @@ class Gateway:
           is one answer, told as its first receipt, or its first refusal when it accepted none. One
           ledger write per request, not per message, is also what batching is for.
         """
+        outcomes = [] if outcomes is None else outcomes
         if self.max_batch <= 1:
-            return [self._outcome_of_send(message) for message in messages]
-        outcomes: list[Receipt | DeliveryError] = []
+            self._send_each(messages, outcomes)
+            return outcomes
         for chunk in self._chunks(messages):
             outcomes += self._send_chunk(chunk)
         return outcomes
-
-    def _outcome_of_send(self, message: Message) -> Receipt | DeliveryError:
-        try:
-            return self.send(message)
-        except DeliveryError as err:
-            return err
 
     def _chunks(self, messages: Sequence[Message]) -> list[list[Message]]:
         """Requests of at most ``max_batch`` messages and ``max_batch_bytes`` (a larger message goes alone)."""
@@ -201,6 +207,52 @@ class Gateway:
             f"{self.name}: {channel_mismatch(self.name, self.provider, self.channel, channel_of(message))}",
             code=CHANNEL_MISMATCH,
         )
+
+    def _send_each(self, messages: Sequence[Message], outcomes: list[Receipt | DeliveryError]) -> None:
+        """send_many with ``max_batch`` 1: ``messages`` to the provider one after the other (over one
+        connection where the provider keeps one), appending each one's outcome to ``outcomes`` as send()
+        would give it (a Receipt or the DeliveryError), so a caller interrupted midway knows which were
+        sent.
+
+        The guard is asked once before the batch and told every outcome once after it. A paused gateway
+        sends none (each GatewayPaused); a breaker's trial sends only the first message. After a
+        transport failure (no answer) or a ConfigurationFault the rest are not sent (Transient, code
+        ``batch-stopped``, not counted against their routes): a provider that does not answer one
+        message will not answer the next, each waiting out its timeout, and a configuration fault pauses
+        the gateway once recorded, as the per-delivery path's next send would find. Any other exception
+        from one send is Unknown for that message, as in the per-delivery path."""
+        guard = self.guard
+        try:
+            trial = guard.before_send(self) if guard is not None else False
+        except GatewayPaused as paused:
+            outcomes.extend(paused for _ in messages)
+            return
+        sent: list[Receipt | DeliveryError] = []
+        try:
+            for message in messages:
+                if sent and (trial or _stops_a_batch(sent[-1])):
+                    # the earlier send's kind and code only: its text may name its own recipient
+                    earlier = f"{type(sent[-1]).__name__} ({getattr(sent[-1], 'code', None)})"
+                    why = "the breaker's trial goes alone" if trial else f"an earlier send of this batch got {earlier}"
+                    outcomes.append(Transient(f"{self.name}: not sent: {why}", code=BATCH_STOPPED))
+                    continue
+                outcome = self._send_one(message)
+                sent.append(outcome)
+                outcomes.append(outcome)
+        finally:
+            if guard is not None and sent:
+                guard.after_sends(self, sent, trial=trial)
+
+    def _send_one(self, message: Message) -> Receipt | DeliveryError:
+        try:
+            return self._guarded_send(message)
+        except DeliveryError as err:
+            return err
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as err:  # by contract a send maps its errors; anything else may have left: Unknown
+            log.error("gateway %s raised %s in a batch send; outcome unknown", self.name, type(err).__name__)
+            return Unknown(f"{self.name} raised {type(err).__name__}", code="unexpected-error")
 
     def _guarded_send(self, message: Message) -> Receipt:
         """The send inside the error boundary, the channel checked first."""
@@ -319,3 +371,8 @@ class _Boundary:
         name = type(value).__name__
         log.warning("%s: unexpected %s in %s", self.gateway.name, name, self.operation)
         raise self.error(f"{self.gateway.name}: unexpected {name} in {self.operation}") from value
+
+
+def _stops_a_batch(outcome: Receipt | DeliveryError) -> bool:
+    """No answer, or our configuration refused: the rest of a batch is not sent (Gateway.send_many)."""
+    return transport_failure(outcome) or isinstance(outcome, ConfigurationFault)

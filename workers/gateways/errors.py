@@ -28,6 +28,11 @@ the gateway's ``max_webhook_bytes`` is refused by the web app (413) before the g
 from __future__ import annotations
 
 CHANNEL_MISMATCH = "channel"  # Permanent.code of a message sent through a gateway of the other channel
+# Transient.code of a message a batch did not send (workers/gateways/base.py Gateway.send_many): not
+# counted against its route (dispatcher/domain/outcomes.py NOT_SENT_CODES)
+BATCH_STOPPED = "batch-stopped"
+# error codes of a request that got no answer from the provider (workers/gateways/http.py, smtp.py)
+TRANSPORT_CODES = frozenset({"connect", "timeout", "dropped", "http"})
 
 
 class GatewayError(Exception):
@@ -105,3 +110,12 @@ class WebhookFormatError(WebhookError):
     """Malformed body or wrong content type, or a gateway whose provider sends no webhooks."""
 
     status_code = 400
+
+
+def transport_failure(outcome: object) -> bool:
+    """The gateway did not answer: no connection, no reply, or an HTTP 5xx (a Transient or Unknown with
+    one of TRANSPORT_CODES or a 5xx code); anything else, a receipt included, is an answer."""
+    if not isinstance(outcome, Transient | Unknown) or outcome.code is None:
+        return False
+    code = outcome.code
+    return code in TRANSPORT_CODES or (code.isdigit() and 500 <= int(code) <= 599)

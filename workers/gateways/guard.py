@@ -12,7 +12,7 @@ guard logs and lets it go (the send itself is recorded by the worker path as alw
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,22 +30,11 @@ from workers.gateways.errors import (
     ConfigurationFault,
     DeliveryError,
     GatewayPaused,
-    Transient,
     Unknown,
+    transport_failure,
 )
 
 log = logging.getLogger(__name__)
-
-# error codes of a request that got no answer from the provider (workers/gateways/http.py, smtp.py)
-TRANSPORT_CODES = frozenset({"connect", "timeout", "dropped", "http"})
-
-
-def transport_failure(outcome: Receipt | DeliveryError) -> bool:
-    """The gateway did not answer: no connection, no reply, or an HTTP 5xx."""
-    if not isinstance(outcome, Transient | Unknown) or outcome.code is None:
-        return False
-    code = outcome.code
-    return code in TRANSPORT_CODES or (code.isdigit() and 500 <= int(code) <= 599)
 
 
 def says_nothing(outcome: Receipt | DeliveryError) -> bool:
@@ -93,6 +82,24 @@ class LedgerGuard:
         try:
             with transaction(self.factory) as session:
                 self._count(SqlLedger(session), gateway.name, outcome, trial=trial, now=now)
+        except SQLAlchemyError as err:
+            log.error("gateway %s: its breaker count could not be written (%s)", gateway.name, type(err).__name__)
+
+    def after_sends(self, gateway: Gateway, outcomes: Sequence[Receipt | DeliveryError], *, trial: bool) -> None:
+        """The outcomes of a batch of sends, in order, counted in one transaction: each transport failure
+        as after_send counts it, and a run of answers between them clears the count once."""
+        counted = [o for o in outcomes if not says_nothing(o)]
+        if not counted:
+            return
+        now = self.clock()
+        try:
+            with transaction(self.factory) as session:
+                ledger = SqlLedger(session)
+                for index, outcome in enumerate(counted):
+                    answer_follows = index + 1 < len(counted) and not transport_failure(counted[index + 1])
+                    if not transport_failure(outcome) and answer_follows:
+                        continue  # the last answer of a run clears the count (and closes a trial) once
+                    self._count(ledger, gateway.name, outcome, trial=trial and index == 0, now=now)
         except SQLAlchemyError as err:
             log.error("gateway %s: its breaker count could not be written (%s)", gateway.name, type(err).__name__)
 

@@ -11,6 +11,11 @@ How SMTP answers map to our errors (the phase matters: only the end of DATA can 
 - after DATA was sent, a connection dropped or timed out before the final reply -> ``Unknown``: the
   server may have queued the letter and SMTP offers no way to ask, so an operator must check
 - final reply 250 -> a :class:`Receipt` whose ``provider_id`` is the Message-ID (status "queued")
+
+The connection is kept between messages. One idle for more than ``IDLE_CHECK_SECONDS`` must answer NOOP
+first; one used just now is not asked (a NOOP before every message cost a round trip each). If the server
+closed it all the same, the loss shows at MAIL or RCPT, before anything was sent, and the message is
+sent once on a fresh connection.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import smtplib
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,7 +38,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.domain.messages import EmailMessage, Receipt, StatusEvent
-from dispatcher.domain.rendering.mime import to_mime
+from dispatcher.domain.rendering.mime import sender_address, to_bytes
 from dispatcher.domain.states import Channel
 from workers.gateways.base import Gateway
 from workers.gateways.errors import (
@@ -52,6 +58,9 @@ Security = Literal["starttls", "ssl", "plain"]
 DEFAULT_PORTS: dict[str, int] = {"starttls": 587, "ssl": 465, "plain": 25}
 ACCEPTED_RCPT = frozenset({250, 251})  # 251 "user not local; will forward" is an acceptance too
 AUTH_REPLY_CODES = frozenset({530, 534, 535, 538})  # auth required / too weak / invalid / needs TLS
+# A connection idle longer than this is checked with NOOP before a message; servers drop idle clients
+# after minutes (Postfix's smtpd_timeout: 300 s), so one used just now is taken as it is.
+IDLE_CHECK_SECONDS = 5.0
 
 # Everything smtplib, socket and ssl raise on a live connection. SMTPException and ssl.SSLError are
 # OSError subclasses already; both are named so the intent survives a reader who does not know that.
@@ -114,6 +123,7 @@ class SmtpGateway(Gateway):
         self._lock = threading.Lock()
         self._conn: smtplib.SMTP | None = None
         self._conn_pid = 0  # the process that opened _conn; a forked child never reuses it
+        self._used = 0.0  # monotonic time the connection last carried a message
 
     # -- the credential check at start-up ----------------------------------------------------------
 
@@ -138,12 +148,22 @@ class SmtpGateway(Gateway):
         recipients = _unique([*message.to, *message.cc])
         if not recipients:
             raise Permanent(f"{self.name}: {message.message_id} has no recipients", code="no_recipients")
-        payload = to_mime(message).as_bytes()
-        sender = email.utils.parseaddr(message.sender)[1]
+        payload = to_bytes(message)
+        sender = sender_address(message.sender)[1]
         with self._lock, self._discard_on_failure():
-            conn = self._connection()
-            envelope = self._envelope(conn, sender, recipients, to=message.to, payload=payload)
+            conn, reused = self._connection()
+            try:
+                envelope = self._envelope(conn, sender, recipients, to=message.to, payload=payload)
+            except Transient as err:
+                if not (reused and err.code == "dropped"):
+                    raise
+                # the reused connection had been closed by the server (nothing sent before DATA): once
+                # more on a fresh one
+                self._drop()
+                conn, _ = self._connection()
+                envelope = self._envelope(conn, sender, recipients, to=message.to, payload=payload)
             reply = self._data(conn, payload, message.message_id)
+            self._used = time.monotonic()
         # Addresses are personal data: INFO names the message and a count, never the recipients.
         log.info("%s: %s queued for %d recipient(s)", self.name, message.message_id, len(envelope.accepted))
         return self._receipt(message.message_id, envelope, reply)
@@ -171,15 +191,18 @@ class SmtpGateway(Gateway):
 
     # -- the connection -----------------------------------------------------------------------------
 
-    def _connection(self) -> smtplib.SMTP:
-        """The open connection if it still answers NOOP, else a fresh one."""
+    def _connection(self) -> tuple[smtplib.SMTP, bool]:
+        """The open connection (and True), else a fresh one (and False). One used within the last
+        ``IDLE_CHECK_SECONDS`` is taken as it is (no NOOP before every message: if the server closed it
+        anyway, the MAIL command finds out, before anything is sent); an idle one must answer NOOP."""
         conn = self._conn
-        if conn is not None and self._conn_pid == os.getpid() and _answers_noop(conn):
-            return conn
+        fresh_enough = time.monotonic() - self._used < IDLE_CHECK_SECONDS
+        if conn is not None and self._conn_pid == os.getpid() and (fresh_enough or _answers_noop(conn)):
+            return conn, True
         self._drop()
         conn = self._connect()
-        self._conn, self._conn_pid = conn, os.getpid()
-        return conn
+        self._conn, self._conn_pid, self._used = conn, os.getpid(), time.monotonic()
+        return conn, False
 
     def _connect(self) -> smtplib.SMTP:
         """Open, greet, secure and authenticate a new connection."""
