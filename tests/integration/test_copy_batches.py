@@ -10,16 +10,23 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic_settings import BaseSettings
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.db import transaction
+from dispatcher.domain.messages import EmailMessage, Receipt
 from dispatcher.domain.models import Attempt, Delivery, DeliveryEvent, Supporter
 from dispatcher.domain.scheduling import SchedulerConfig, run_once
+from dispatcher.domain.states import Channel
 from dispatcher.domain.suppression import SuppressionReason, suppress
 from workers.delivery import WorkerContext, deliver_many
+from workers.gateways.base import Gateway
+from workers.gateways.errors import DeliveryError
 
 from ..builders import build_campaign
 from .conftest import SETTINGS, Sandbox, now, schedule_campaign
@@ -224,3 +231,27 @@ def test_the_check_before_a_chunk_refuses_expired_leases_and_sends_none_of_them(
     with factory() as session:
         outcomes = session.execute(select(Attempt.outcome, Attempt.error_code)).all()
     assert sorted(tuple(o) for o in outcomes) == [("not-sent", "lease-expired")] * 2
+
+
+def test_a_time_limit_during_a_batch_request_leaves_every_copy_of_it_unknown(
+    factory: sessionmaker[Session], worker: WorkerContext, tmp_path: Path
+) -> None:
+    """Through a batch endpoint one request carries the whole chunk: when the task's time limit strikes
+    during it, the provider may have any of them, so none may be taken for 'not sent' and sent again."""
+
+    class Batchy(Gateway):
+        provider: ClassVar[str] = "batchy"
+        channel: ClassVar[Channel] = Channel.EMAIL
+        settings_class: ClassVar[type[BaseSettings]] = BaseSettings
+        per_second: ClassVar[int] = 1000
+        in_flight: ClassVar[int] = 10
+        max_batch: ClassVar[int] = 500
+
+        def _send_email_batch(self, emails: Sequence[EmailMessage]) -> Sequence[Receipt | DeliveryError]:
+            raise SoftTimeLimitExceeded()
+
+    ids = queue_copies(factory, tmp_path, ["a", "b", "c"])
+    cut = replace(worker, gateways={**worker.gateways, "copies": Batchy(BaseSettings())})
+    with pytest.raises(SoftTimeLimitExceeded):
+        deliver_many(cut, ids)
+    assert copy_states(factory) == {"a": "unknown", "b": "unknown", "c": "unknown"}
