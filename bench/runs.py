@@ -118,13 +118,15 @@ def wait_until(check: Callable[[], bool], *, timeout: float, every: float = 0.5)
 
 
 def bounds(
-    settings: dict[str, str], gateway: str, *, latency: float, concurrency: int, count: int
+    settings: dict[str, str], gateway: str, *, latency: float, concurrency: int, count: int, copies: bool = False
 ) -> list[tuple[str, float]]:
     """Known ceilings (name, sends per second) for one campaign through ``gateway``: the campaign limit,
     the gateway's rate and its calls in flight over the latency, the worker processes over the latency.
-    The campaign limit counts sends per minute: a campaign of ``count`` sends within one minute's allowance
-    is not held by it, so it is left out then. Read from the settings and the gateway's documented
-    defaults; a part that cannot be read is left out (the workers may change how they are limited)."""
+    The campaign limit counts letters per minute: a campaign of ``count`` sends within one minute's
+    allowance is not held by it, so it is left out then, and supporter ``copies`` are never held by it.
+    Copies go in batches (workers/batch.py): one call in flight per worker process, each carrying up to
+    the gateway's ``max_batch`` messages. Read from the settings and the gateway's documented defaults; a
+    part that cannot be read is left out (the workers may change how they are limited)."""
     found: list[tuple[str, float]] = []
     try:
         from dispatcher.domain.settings import load_settings
@@ -134,9 +136,10 @@ def bounds(
     except Exception:
         return found
     per_minute = getattr(configured, "campaign_per_minute", None)
-    if per_minute and count > per_minute:
+    if per_minute and count > per_minute and not copies:
         found.append((f"campaign limit {per_minute}/min", per_minute / 60))
     try:
+        from workers.batch import SEND_CHUNK
         from workers.gateways.registry import gateway_class
 
         cls = gateway_class(gateway)
@@ -144,12 +147,14 @@ def bounds(
         per_second = override.per_second if override else configured.gateway_per_second or cls.per_second
         in_flight = (override.in_flight if override else None) or configured.gateway_in_flight or cls.in_flight
         found.append((f"{gateway} limit {per_second}/s", float(per_second)))
-        if latency > 0:
+        per_call = min(cls.max_batch, SEND_CHUNK) if copies else 1
+        if latency > 0 and not copies:
             found.append((f"{gateway} {in_flight} in flight / {latency * 1000:.0f} ms", in_flight / latency))
     except Exception:
-        pass
+        per_call = 1
     if latency > 0:
-        found.append((f"{concurrency} worker processes / {latency * 1000:.0f} ms", concurrency / latency))
+        name = f"{concurrency} worker processes" + (f" x {per_call} a call" if per_call > 1 else "")
+        found.append((f"{name} / {latency * 1000:.0f} ms", concurrency * per_call / latency))
     return found
 
 

@@ -110,7 +110,9 @@ def copies_smtp(options: Options) -> Result:
                 figures["naive"].append(_naive(deployed, options, folder, n, size, result, run))
         except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
             verdict_into(result, run, [str(err)])
-    known = bounds({**extra, **options.settings}, "smtp", latency=0.0, concurrency=options.concurrency, count=n)
+    known = bounds(
+        {**extra, **options.settings}, "smtp", latency=0.0, concurrency=options.concurrency, count=n, copies=True
+    )
     dispatch = result.add("dispatch (scheduler + worker)", "copies/s", figures["dispatch"])
     naive_row = result.add("naive Celery baseline", "emails/s", figures["naive"], ratio="baseline")
     source = result.add(f"smtp-source, {SMTP_SESSIONS} sessions", "emails/s", figures["smtp-source"], ratio="limit")
@@ -237,7 +239,12 @@ def copies_api(options: Options) -> Result:
             verdict_into(result, run, [str(err)])
     ideal = options.concurrency / API_LATENCY
     known = bounds(
-        {**extra, **options.settings}, "postmark", latency=API_LATENCY, concurrency=options.concurrency, count=n
+        {**extra, **options.settings},
+        "postmark",
+        latency=API_LATENCY,
+        concurrency=options.concurrency,
+        count=n,
+        copies=True,
     )
     row = result.add("dispatch (scheduler + worker)", "copies/s", rates)
     ideal_row = result.add(

@@ -312,7 +312,7 @@ def test_an_override_from_the_environment_reaches_the_limiter(
     relay = build_gateway(gateway)
     holder, waiter = _limiter(settings, [relay]), _limiter(settings, [relay])
     assert isinstance(holder, RedisLimiter) and isinstance(waiter, RedisLimiter)
-    assert holder.limits.of(gateway) == GatewayRate(per_second=3, in_flight=1)  # not smtp's 100/s, 10
+    assert holder.limits.of(gateway) == GatewayRate(per_second=3, in_flight=1)  # not smtp's 1,000/s, 10
     with (
         holder.sending(gateway, campaign=campaign),
         pytest.raises(LimitTimeout, match="in flight"),
@@ -322,7 +322,7 @@ def test_an_override_from_the_environment_reaches_the_limiter(
 
 
 def test_documented_defaults_unless_the_operator_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A gateway's own limits (SMTP: 100/s, 10 in flight) unless DISPATCH_GATEWAY_PER_SECOND /
+    """A gateway's own limits (SMTP: 1,000/s, 10 in flight) unless DISPATCH_GATEWAY_PER_SECOND /
     DISPATCH_GATEWAY_IN_FLIGHT set every gateway's; DISPATCH_GATEWAY_LIMITS wins for the gateways it names."""
     from dispatcher.domain.settings import load_settings
     from workers.gateways.registry import build_gateway
@@ -335,7 +335,7 @@ def test_documented_defaults_unless_the_operator_says_otherwise(monkeypatch: pyt
     slots = {"email_gateway": "smtp", "copies_gateway": "relay"}
 
     documented = shared_limits(load_settings(**slots), relays)
-    assert documented.of("smtp") == documented.of("relay") == GatewayRate(per_second=100, in_flight=10)
+    assert documented.of("smtp") == documented.of("relay") == GatewayRate(per_second=1000, in_flight=10)
 
     every = shared_limits(load_settings(**slots, gateway_per_second=10), relays)
     assert every.of("smtp") == GatewayRate(per_second=10, in_flight=10)  # as before for the rate
