@@ -3,6 +3,7 @@
 letter.py     the campaign's letter, once: text + escaped HTML, with the visible CC block
 fax.py        the fax PDF (cover page + letter, page count and SHA-256)
 fonts.py      the fax's fonts, one per script, and the characters none of them can draw
+fpdf_fonts.py the fax fonts as fpdf2 objects, parsed once per process, their subsets kept per glyph set
 email.py      the email to one addressee (stable Message-ID, SHA-256 of its content)
 copy.py       the copy emailed to a supporter
 preview.py    the fax and email written to files for a human to check
