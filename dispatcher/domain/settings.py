@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     tick_seconds: float = Field(default=1.0, gt=0, description="time between two scheduler ticks")
     claim_limit: int = Field(default=2000, ge=1, description="deliveries claimed per tick, at most")
     publish_batch_size: int = Field(default=200, ge=1, description="delivery ids per broker message")
+    fax_publish_batch_size: int = Field(
+        default=1, ge=1, description="fax delivery ids per broker message: few, so faxes spread over every worker"
+    )
     republish_after_seconds: float = Field(default=60.0, gt=0, description="re-publish a queued row after this long")
     poll_after_seconds: float = Field(
         default=900.0, gt=0, description="poll a submitted send with no report after this"
