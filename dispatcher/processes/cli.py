@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,14 +13,16 @@ from rich.text import Text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import db
-from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.errors import DispatchError, Problem
 from dispatcher.domain.settings import get_settings, load_settings
-from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
 from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
 from dispatcher.processes.supporters_cli import supporters_app
 from dispatcher.processes.views import text
+
+if TYPE_CHECKING:  # imported where used: rendering and validation cost a second that schedule need not wait
+    from dispatcher.domain.campaign_file import CampaignSpec
+    from dispatcher.domain.validation import Report
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
@@ -50,6 +52,9 @@ def _factory() -> sessionmaker[Session]:
 
 
 def _read(file: Path) -> tuple[CampaignSpec, Report]:
+    from dispatcher.domain.campaign_file import load_spec
+    from dispatcher.domain.validation import validate
+
     spec = load_spec(file)
     return spec, validate(spec, file=file)
 

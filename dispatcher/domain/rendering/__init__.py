@@ -13,11 +13,30 @@ drawing.py    the cover page's drawing instructions, as its template writes them
 
 from __future__ import annotations
 
-from dispatcher.domain.rendering.copy import render_supporter_copy
-from dispatcher.domain.rendering.email import EmailDocument, render_email
-from dispatcher.domain.rendering.fax import FaxDocument, render_fax
-from dispatcher.domain.rendering.letter import RenderedLetter, build_letter, load_letter
-from dispatcher.domain.rendering.preview import Preview, write_preview
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispatcher.domain.rendering.copy import render_supporter_copy
+    from dispatcher.domain.rendering.email import EmailDocument, render_email
+    from dispatcher.domain.rendering.fax import FaxDocument, render_fax
+    from dispatcher.domain.rendering.letter import RenderedLetter, build_letter, load_letter
+    from dispatcher.domain.rendering.preview import Preview, write_preview
+
+# each name from the module that holds it, imported on first use: importing one of this package's modules
+# (copy.py for the ledger, email.py for a worker) does not import fpdf2 and fontTools with the fax's
+_HOME = {
+    "render_supporter_copy": "copy",
+    "EmailDocument": "email",
+    "render_email": "email",
+    "FaxDocument": "fax",
+    "render_fax": "fax",
+    "RenderedLetter": "letter",
+    "build_letter": "letter",
+    "load_letter": "letter",
+    "Preview": "preview",
+    "write_preview": "preview",
+}
 
 __all__ = [
     "EmailDocument",
@@ -31,3 +50,9 @@ __all__ = [
     "render_supporter_copy",
     "write_preview",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
