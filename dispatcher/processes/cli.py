@@ -212,9 +212,11 @@ def _now() -> datetime:
 def campaign_schedule(name: str) -> None:
     """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
     from dispatcher.domain import control
+    from dispatcher.processes.wakeup import notify
 
     with db.transaction(_factory()) as session:
         campaign = control.schedule(session, name, now=_now())
+        notify(session)  # the scheduler ticks as soon as this commits
         say(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
 
 
@@ -232,9 +234,11 @@ def campaign_pause(name: str) -> None:
 def campaign_resume(name: str) -> None:
     """Resume a paused campaign."""
     from dispatcher.domain import control
+    from dispatcher.processes.wakeup import notify
 
     with db.transaction(_factory()) as session:
         control.resume(session, name)
+        notify(session)
     say(f"{name}: scheduled again")
 
 
@@ -290,9 +294,11 @@ def delivery_retry(
 ) -> None:
     """Send a failed delivery again (same route, same idempotency key)."""
     from dispatcher.domain import control
+    from dispatcher.processes.wakeup import notify
 
     with db.transaction(_factory()) as session:
         control.retry(session, delivery_id, now=_now(), force=force)
+        notify(session)
     console.print(f"delivery #{delivery_id}: planned again")
 
 
@@ -353,6 +359,7 @@ def scheduler(
     from dispatcher.domain.scheduling import SchedulerConfig
     from dispatcher.processes.scheduler import run_forever
     from dispatcher.processes.startup import check_configured_gateways
+    from dispatcher.processes.wakeup import PostgresWakeup
     from workers.tasks import publisher, reconcile_publisher
 
     settings = get_settings()
@@ -362,10 +369,25 @@ def scheduler(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logger.info("scheduler: ticking every %ss against %s", interval, settings.database_url.split("@")[-1])
+    factory = _factory()
+    engine = factory.kw["bind"]
+    wakeup = PostgresWakeup(engine, stop=stop) if engine.dialect.name == "postgresql" else None  # commands wake it
     try:
-        run_forever(_factory(), publisher, reconcile_publisher, clock=_now, stop=stop, interval=interval, config=config)
+        run_forever(
+            factory,
+            publisher,
+            reconcile_publisher,
+            clock=_now,
+            stop=stop,
+            interval=interval,
+            config=config,
+            wakeup=wakeup,
+        )
     except KeyboardInterrupt:
         stop.set()
+    finally:
+        if wakeup is not None:
+            wakeup.close()
 
 
 @app.command("worker")
