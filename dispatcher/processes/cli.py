@@ -412,6 +412,10 @@ def worker(
     # build gateways now: a missing setting fails at start-up, naming the variable, and so does a refused key
     served = [q.strip() for q in queues.split(",")]
     check_gateways(settings, worker_context(served).gateways.values())  # copies need DISPATCH_SECRET_KEY too
+    if "fax" in served:  # parsed once in this parent: every process of the pool inherits it
+        from dispatcher.domain.rendering.fpdf_fonts import preload
+
+        preload()
     names = ",".join(queue_name(q) for q in served)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(

@@ -70,3 +70,11 @@ def test_another_number_in_a_warm_process_matches_a_cold_render(tmp_path: Path) 
     fpdf_fonts.forget()
     cold = _fax(make_spec(), tmp_path, number="+86 10 6599 8765")
     assert warm.pdf == cold.pdf
+
+
+def test_preloading_parses_the_main_font_before_the_first_fax(parses: list[str], tmp_path: Path) -> None:
+    fpdf_fonts.forget()
+    fpdf_fonts.preload()  # a worker's parent before it forks, a web process at its start
+    assert parses == ["NotoSansSC-Regular.otf"]
+    _fax(make_spec(), tmp_path)
+    assert parses == ["NotoSansSC-Regular.otf"]

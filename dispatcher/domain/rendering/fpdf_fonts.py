@@ -21,7 +21,7 @@ from fontTools.ttLib import TTFont
 from fpdf import FPDF
 from fpdf.fonts import SubsetMap, TTFFont
 
-from dispatcher.domain.rendering.fonts import FaxFont
+from dispatcher.domain.rendering.fonts import FaxFont, fax_fonts
 
 SUBSETS_KEPT = 512  # subset fonts kept per process, each a few kilobytes to a few tens of kilobytes
 
@@ -37,6 +37,12 @@ def _parsed(font: FaxFont) -> TTFFont:
     parsed = scratch.fonts[font.family.lower()]
     assert isinstance(parsed, TTFFont)
     return parsed
+
+
+def preload() -> None:
+    """Parse the main fax font now: in a worker's parent before it forks its pool (every child inherits
+    it), or at a web process's start, so that the first fax of an urgent letter does not wait for it."""
+    _parsed(fax_fonts()[0])
 
 
 def add_font(pdf: FPDF, font: FaxFont) -> None:
