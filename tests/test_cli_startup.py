@@ -38,3 +38,25 @@ def test_help_imports_nothing_heavy(tmp_path: Path) -> None:
         "try:\n    app(['campaign', '--help'])\nexcept SystemExit:\n    pass"
     )
     assert _heavy(_imported_by(code, tmp_path)) == []
+
+
+def test_schedule_imports_nothing_heavy(tmp_path: Path, example_file: Path) -> None:
+    from dispatcher.domain import db
+
+    db.upgrade(f"sqlite:///{tmp_path / 'ledger.db'}")
+    load = (
+        f"from dispatcher.processes.cli import app\napp(['campaign', 'load', {str(example_file)!r}, '--skip-invalid'])"
+    )
+    _imported_by(f"try:\n    {load.replace(chr(10), chr(10) + '    ')}\nexcept SystemExit:\n    pass", tmp_path)
+    schedule = (
+        "from dispatcher.processes.cli import app\n"
+        "try:\n    app(['campaign', 'schedule', 'north-korean-refugees-2015'])\nexcept SystemExit as end:\n"
+        "    assert not end.code, end.code"
+    )
+    assert _heavy(_imported_by(schedule, tmp_path)) == []
+
+
+def test_the_schema_head_read_from_the_migration_files_is_alembics() -> None:
+    from dispatcher.domain import db
+
+    assert db.head_from_files() == db.head_revision()
