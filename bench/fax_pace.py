@@ -9,7 +9,7 @@ end) and Redis (queue prefix ``bench-fax-<pid>-``, its keys deleted at the end).
 processes from another checkout (e.g. main, for the figures before a change); the emulator and this
 script stay this checkout's.
 
-1. **faxes**: one campaign to ``--faxes`` addressees, each with a fax number of its own, loaded, then
+1. **faxes**: one campaign to ``--faxes`` "To" addressees, each with a fax number of its own, loaded, then
    scheduled with `dispatch campaign schedule`; submissions per second from the first acceptance to the
    last, against the ideal (concurrency / latency), and the time from the schedule call to the last.
 2. **urgent**: ``--urgent`` campaigns of one fax each, loaded first, then scheduled one after another on
@@ -91,11 +91,11 @@ fax = ["+86 10 {area:04d} {line:04d}"]
 
 
 def campaign_file(folder: Path, name: str, numbers: range) -> Path:
-    """A campaign whose first addressee is the "To" and the others CC, each with one fax number."""
+    """A campaign to one "To" addressee per number, each with a fax number of their own: each fax is a cover
+    page and a one-page letter."""
     parts = [CAMPAIGN.format(name=name)]
-    for index, n in enumerate(numbers):
-        role = "to" if index == 0 else "cc"
-        parts.append(ADDRESSEE.format(role=role, n=n, area=6000 + n // 10000, line=n % 10000))
+    for n in numbers:
+        parts.append(ADDRESSEE.format(role="to", n=n, area=6000 + n // 10000, line=n % 10000))
     path = folder / f"{name}.toml"
     path.write_text("".join(parts))
     return path
@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose `dispatch` runs")
     options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the processes and drop the database first
     prefix = f"bench-fax-{os.getpid()}-"
     work = Path(tempfile.mkdtemp(prefix="fax-pace-"))
     web_port = free_port()
@@ -238,6 +239,11 @@ def measure(
     print(f"  submissions/s (first to last acceptance): {rate:.2f}  ideal {ideal:.1f}  = {rate / ideal:.0%} of ideal")
     print(f"  schedule call to last acceptance: {times[-1] - started:.1f}s")
 
+    if options.urgent:
+        urgent_letters(options, group, running, url)
+
+
+def urgent_letters(options: argparse.Namespace, group: Processes, running: Running, url: str) -> None:
     latencies, commands, marks = [], [], []
     for i in range(options.urgent):
         before = set(accepted(running))

@@ -15,7 +15,7 @@ import io
 import threading
 from collections import OrderedDict
 from functools import cache
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
@@ -56,7 +56,7 @@ def add_font(pdf: FPDF, font: FaxFont) -> None:
         if hasattr(parsed, name):  # fpdf2 leaves some slots unset
             setattr(own, name, getattr(parsed, name))
     own.i = len(pdf.fonts) + 1
-    own.ttfont = _file(font)  # fpdf2 subsets it in place when the PDF is written
+    own.ttfont = _file(font, cid_cff=own.is_cff and own.is_cid_keyed)  # fpdf2 subsets it when writing the PDF
     own._hbfont = None  # opened from the file when shaping needs it
     own.missing_glyphs = []
     own.biggest_size_pt = 0
@@ -66,8 +66,21 @@ def add_font(pdf: FPDF, font: FaxFont) -> None:
         pdf._set_min_pdf_version("1.6")  # as fpdf2's add_font does for such a font
 
 
-def _file(font: FaxFont) -> TTFont:
-    return TTFont(font.path, recalcTimestamp=False, lazy=True)
+class _CidCffFile(TTFont):  # type: ignore[misc]  # fontTools has no type hints
+    """A CID-keyed CFF font (Noto Sans SC) as fpdf2 embeds it: fpdf2 writes the subset font whole, then
+    embeds only its CFF table, compiled again; the whole write, thrown away, is skipped."""
+
+    def save(self, file: Any, reorderTables: bool | None = True) -> None:
+        return None
+
+
+def _file(font: FaxFont | bytes, *, cid_cff: bool) -> TTFont:
+    """The font file (or a subset kept) for one document. Its bounding boxes are kept as the font file has
+    them, not computed again from the outlines of the glyphs kept (a quarter of a warm render's time, every
+    charstring drawn): the whole font's box holds every subset's."""
+    source = io.BytesIO(font) if isinstance(font, bytes) else font.path
+    kind = _CidCffFile if cid_cff else TTFont
+    return kind(source, recalcTimestamp=False, recalcBBoxes=False, lazy=True)
 
 
 def use_known_subsets(pdf: FPDF, fonts: tuple[FaxFont, ...]) -> None:
@@ -81,7 +94,7 @@ def use_known_subsets(pdf: FPDF, fonts: tuple[FaxFont, ...]) -> None:
             if known is not None:
                 _subsets.move_to_end(_key(font, own))
         if known is not None:
-            own.ttfont = TTFont(io.BytesIO(known), recalcTimestamp=False, lazy=True)
+            own.ttfont = _file(known, cid_cff=own.is_cid_keyed)
 
 
 def keep_subsets(pdf: FPDF, fonts: tuple[FaxFont, ...]) -> None:
@@ -95,7 +108,7 @@ def keep_subsets(pdf: FPDF, fonts: tuple[FaxFont, ...]) -> None:
             if key in _subsets:
                 continue
         data = io.BytesIO()
-        own.ttfont.save(data)
+        TTFont.save(own.ttfont, data)  # the whole subset font, even where fpdf2 needs only its CFF table
         with _lock:
             _subsets[key] = data.getvalue()
             while len(_subsets) > SUBSETS_KEPT:
