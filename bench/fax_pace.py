@@ -126,6 +126,22 @@ class Processes:
         subprocess.run(command, env=self.env, cwd=self.code, check=True, capture_output=True)
         return time.time() - started
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each started command, its children (a worker's pool)
+        included, by command name; Linux /proc."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        stats = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                stats[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+        out: dict[str, float] = {}
+        for process in self.running:
+            name = str(process.args[3])  # type: ignore[index]
+            family = {process.pid} | {pid for pid, (parent, _) in stats.items() if parent == process.pid}
+            out[name] = out.get(name, 0.0) + sum(stats[pid][1] for pid in family if pid in stats)
+        return out
+
     def stop_all(self) -> None:
         for process in self.running:
             with contextlib.suppress(ProcessLookupError):
@@ -231,6 +247,7 @@ def measure(
     wait_for(lambda: _healthy(web_url), timeout=60, what="dispatch web")
     time.sleep(5)  # the worker's pool up and the scheduler ticking (both log nothing at WARNING)
 
+    cpu_before, own_before = group.cpu_seconds(), time.process_time()
     started = time.time()
     group.run("campaign", "schedule", "bench-faxes")
     telnyx = running.states["telnyx"]  # counted cheaply: this process also runs the emulator, which must not wait
@@ -242,6 +259,9 @@ def measure(
     print(f"faxes: {options.faxes} to {options.faxes} numbers, {shape}")
     print(f"  submissions/s (first to last acceptance): {rate:.2f}  ideal {ideal:.1f}  = {rate / ideal:.0%} of ideal")
     print(f"  schedule call to last acceptance: {times[-1] - started:.1f}s")
+    cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in group.cpu_seconds().items()}
+    cpu["emulator (this process)"] = time.process_time() - own_before
+    print("  CPU ms per fax: " + "  ".join(f"{name} {1000 * used / options.faxes:.0f}" for name, used in cpu.items()))
 
     if options.urgent:
         urgent_letters(options, group, running, url)
