@@ -32,16 +32,21 @@ def engine() -> Iterator[Engine]:
 
 
 @pytest.mark.postgres
-def test_a_committed_notify_wakes_the_scheduler_once(engine: Engine) -> None:
+def test_a_committed_notify_wakes_the_scheduler(engine: Engine) -> None:
     factory = db.session_factory(engine)
     wakeup = PostgresWakeup(engine)
     try:
         assert wakeup.wait(0.05) is False  # listening now; nothing sent yet
-        for _ in range(3):  # several commands before the scheduler woke: one tick serves them all
+        for _ in range(3):  # several commands before the scheduler woke
             with db.transaction(factory) as session:
                 notify(session)
         assert wakeup.wait(LONG) is True
-        assert wakeup.wait(0.05) is False
+        # the wake-ups already received are served by that one tick; one still on its way may wake it once
+        # more (a tick too many is harmless), never more often than there were commands
+        extra = 0
+        while wakeup.wait(0.2):
+            extra += 1
+            assert extra < 3
     finally:
         wakeup.close()
 
