@@ -43,7 +43,10 @@ SETTINGS = load_settings(
     ("cls", "names"),
     [
         (RetryPolicy, {"base_seconds", "cap_seconds", "max_attempts", "no_fax_tone_limit"}),
-        (SchedulerConfig, {"batch_size", "claim_limit", "republish_after", "reconcile_every", "poll_after"}),
+        (
+            SchedulerConfig,
+            {"batch_size", "batch_sizes", "claim_limit", "republish_after", "reconcile_every", "poll_after"},
+        ),
         (BreakerConfig, {"failures", "window", "cooldown"}),
         (WorkerContext, {"retry", "lease", "fax_gap", "reconcile_grace", "report_wait", "batch_budget"}),
     ],
@@ -65,6 +68,7 @@ def test_retry_policy_from_settings() -> None:
 def test_scheduler_config_from_settings() -> None:
     assert SchedulerConfig.from_settings(SETTINGS) == SchedulerConfig(
         batch_size=7,
+        batch_sizes={"fax": 1},
         claim_limit=11,
         max_queued_per_queue=5,
         republish_after=timedelta(seconds=13),

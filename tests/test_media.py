@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.domain.db import transaction
 from dispatcher.domain.media import MediaTokenError, make_token, media_url, read_token
 from dispatcher.domain.models import Delivery, utcnow
+from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.scheduling import claim_due
 from workers.delivery import WorkerContext, deliver
 
@@ -170,3 +171,33 @@ def test_token_for_a_non_fax_delivery_serves_nothing(
     for delivery_id in (email_id, 10_000_000):  # an email delivery, and no delivery at all
         response = httpx.get(media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=utcnow()), timeout=15)
         assert response.status_code == 404
+
+
+def test_web_serves_the_recorded_bytes_again_and_again(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    delivery_id = send_wang_fax(factory, worker, tmp_path)  # the emulator fetched it once already
+    with factory() as session:
+        recorded = session.scalars(select(Delivery.document_sha256).where(Delivery.id == delivery_id)).one()
+    url = media_url(sandbox.web_url, delivery_id, secret=sandbox.secret, now=utcnow())
+    served = [httpx.get(url, timeout=15).content for _ in range(3)]
+    assert [hashlib.sha256(pdf).hexdigest() for pdf in served] == [recorded] * 3
+
+
+def test_a_fax_document_is_rendered_once_and_kept_bounded(
+    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    wang = send_wang_fax(factory, worker, tmp_path)
+    documents = DocumentCache(max_faxes=1)
+    with factory() as session:
+        first = session.get(Delivery, wang)
+        other = session.scalars(
+            select(Delivery).where(Delivery.channel == "fax", Delivery.id != wang).order_by(Delivery.id).limit(1)
+        ).one()
+        assert first is not None
+        kept = documents.fax_document(first)
+        assert documents.fax_document(first) is kept  # served from memory, not rendered again
+        assert kept.sha256 == first.document_sha256
+        documents.fax_document(other)  # the only place goes to another delivery's fax
+        again = documents.fax_document(first)
+        assert again is not kept and again.pdf == kept.pdf

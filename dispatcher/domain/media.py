@@ -1,7 +1,8 @@
 """Unguessable, expiring URLs for fax documents that providers fetch (Telnyx takes a media_url).
 
 A token carries the delivery id and an expiry, signed with HMAC-SHA256 under DISPATCH_SECRET_KEY;
-`dispatch web` serves ``/media/<token>.pdf`` by re-rendering the delivery's PDF and checking its
+`dispatch web` serves ``/media/<token>.pdf`` by rendering the delivery's PDF (once: the web keeps the most
+recent ones, dispatcher/domain/rendering/documents.py) and checking its
 SHA-256 against the one the worker recorded.
 """
 

@@ -56,6 +56,7 @@ DEADLINE_RUNS = (CampaignStatus.SCHEDULED, CampaignStatus.PAUSED)
 @dataclass(frozen=True, kw_only=True)
 class SchedulerConfig:
     batch_size: int  # ids per broker message
+    batch_sizes: Mapping[str, int]  # ids per broker message for a queue that takes fewer (faxes), by queue
     claim_limit: int  # rows claimed per tick, bounded
     max_queued_per_queue: int  # rows `queued` on one queue at most: a tick tops each queue up to this
     republish_after: timedelta  # a queued row older than this lost its message
@@ -65,11 +66,13 @@ class SchedulerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SchedulerConfig:
-        """DISPATCH_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _MAX_QUEUED_PER_QUEUE, _REPUBLISH_AFTER_SECONDS,
+        """DISPATCH_PUBLISH_BATCH_SIZE, _FAX_PUBLISH_BATCH_SIZE, _CLAIM_LIMIT, _MAX_QUEUED_PER_QUEUE,
+        _REPUBLISH_AFTER_SECONDS,
         _RECONCILE_EVERY_SECONDS, _POLL_AFTER_SECONDS and the gateway slots (_FAX_GATEWAY, _EMAIL_GATEWAY,
         _COPIES_GATEWAY), unless overridden."""
         config = cls(
             batch_size=settings.publish_batch_size,
+            batch_sizes={"fax": settings.fax_publish_batch_size},
             claim_limit=settings.claim_limit,
             max_queued_per_queue=settings.max_queued_per_queue,
             republish_after=timedelta(seconds=settings.republish_after_seconds),
@@ -335,13 +338,20 @@ def complete_campaigns(session: Session) -> list[str]:
     return names
 
 
-def publish(result: TickResult, publisher: Publisher, *, batch_size: int) -> int:
-    """Hand ids to the broker in batches, one message per batch; returns messages sent."""
+def publish(
+    result: TickResult, publisher: Publisher, *, batch_size: int, batch_sizes: Mapping[str, int] | None = None
+) -> int:
+    """Hand ids to the broker in batches, one message per batch; returns messages sent.
+
+    A queue named in ``batch_sizes`` gets batches of that size, any other ``batch_size``. A message's ids
+    are sent one after another by the one worker process that takes it: faxes, which spend most of their
+    time waiting on the provider, go in small messages so that every worker process takes some."""
     messages = 0
     for groups in (result.queued, result.republished):
         for queue, ids in groups.items():
-            for start in range(0, len(ids), batch_size):
-                publisher(queue, ids[start : start + batch_size])
+            size = (batch_sizes or {}).get(queue, batch_size)
+            for start in range(0, len(ids), size):
+                publisher(queue, ids[start : start + size])
                 messages += 1
     return messages
 
@@ -360,7 +370,7 @@ def run_once(
     with transaction(factory) as session:
         result = tick(session, now=now, config=config, waiting=waiting)
         to_reconcile = to_look_up(session, now=now, every=config.reconcile_every, poll_after=config.poll_after)
-    publish(result, publisher, batch_size=config.batch_size)
+    publish(result, publisher, batch_size=config.batch_size, batch_sizes=config.batch_sizes)
     for queue, ids in to_reconcile.items():
         reconciler(queue, ids)
     return result

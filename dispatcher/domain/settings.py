@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     max_queued_per_queue: int = Field(
         default=2000, ge=1, description="queued deliveries per queue (fax, email, copies) at most: a tick tops up"
     )
+    fax_publish_batch_size: int = Field(
+        default=1, ge=1, description="fax delivery ids per broker message: few, so faxes spread over every worker"
+    )
     republish_after_seconds: float = Field(default=60.0, gt=0, description="re-publish a queued row after this long")
     poll_after_seconds: float = Field(
         default=900.0, gt=0, description="poll a submitted send with no report after this"

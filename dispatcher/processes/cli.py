@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,14 +13,16 @@ from rich.text import Text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import db
-from dispatcher.domain.campaign_file import CampaignSpec, load_spec
 from dispatcher.domain.errors import DispatchError, Problem
 from dispatcher.domain.settings import get_settings, load_settings
-from dispatcher.domain.validation import Report, validate
 from dispatcher.processes import views
 from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
 from dispatcher.processes.supporters_cli import supporters_app
 from dispatcher.processes.views import text
+
+if TYPE_CHECKING:  # imported where used: rendering and validation cost a second that schedule need not wait
+    from dispatcher.domain.campaign_file import CampaignSpec
+    from dispatcher.domain.validation import Report
 
 app = typer.Typer(help="Deliver urgent letters to officials by fax and email.", no_args_is_help=True)
 campaign_app = typer.Typer(help="Validate, preview, load and inspect campaigns.", no_args_is_help=True)
@@ -50,6 +52,9 @@ def _factory() -> sessionmaker[Session]:
 
 
 def _read(file: Path) -> tuple[CampaignSpec, Report]:
+    from dispatcher.domain.campaign_file import load_spec
+    from dispatcher.domain.validation import validate
+
     spec = load_spec(file)
     return spec, validate(spec, file=file)
 
@@ -207,9 +212,11 @@ def _now() -> datetime:
 def campaign_schedule(name: str) -> None:
     """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
     from dispatcher.domain import control
+    from dispatcher.processes.wakeup import notify
 
     with db.transaction(_factory()) as session:
         campaign = control.schedule(session, name, now=_now())
+        notify(session)  # the scheduler ticks as soon as this commits
         say(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
 
 
@@ -227,9 +234,11 @@ def campaign_pause(name: str) -> None:
 def campaign_resume(name: str) -> None:
     """Resume a paused campaign."""
     from dispatcher.domain import control
+    from dispatcher.processes.wakeup import notify
 
     with db.transaction(_factory()) as session:
         control.resume(session, name)
+        notify(session)
     say(f"{name}: scheduled again")
 
 
@@ -285,9 +294,11 @@ def delivery_retry(
 ) -> None:
     """Send a failed delivery again (same route, same idempotency key)."""
     from dispatcher.domain import control
+    from dispatcher.processes.wakeup import notify
 
     with db.transaction(_factory()) as session:
         control.retry(session, delivery_id, now=_now(), force=force)
+        notify(session)
     console.print(f"delivery #{delivery_id}: planned again")
 
 
@@ -348,6 +359,7 @@ def scheduler(
     from dispatcher.domain.scheduling import SchedulerConfig
     from dispatcher.processes.scheduler import run_forever
     from dispatcher.processes.startup import check_configured_gateways
+    from dispatcher.processes.wakeup import PostgresWakeup
     from workers.tasks import publisher, reconcile_publisher, waiting_messages
 
     settings = get_settings()
@@ -357,9 +369,12 @@ def scheduler(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logger.info("scheduler: ticking every %ss against %s", interval, settings.database_url.split("@")[-1])
+    factory = _factory()
+    engine = factory.kw["bind"]
+    wakeup = PostgresWakeup(engine, stop=stop) if engine.dialect.name == "postgresql" else None  # commands wake it
     try:
         run_forever(
-            _factory(),
+            factory,
             publisher,
             reconcile_publisher,
             clock=_now,
@@ -367,9 +382,13 @@ def scheduler(
             interval=interval,
             config=config,
             waiting=waiting_messages,
+            wakeup=wakeup,
         )
     except KeyboardInterrupt:
         stop.set()
+    finally:
+        if wakeup is not None:
+            wakeup.close()
 
 
 @app.command("worker")
@@ -394,6 +413,10 @@ def worker(
     # build gateways now: a missing setting fails at start-up, naming the variable, and so does a refused key
     served = [q.strip() for q in queues.split(",")]
     check_gateways(settings, worker_context(served).gateways.values())  # copies need DISPATCH_SECRET_KEY too
+    if "fax" in served:  # parsed once in this parent: every process of the pool inherits it
+        from dispatcher.domain.rendering.fpdf_fonts import preload
+
+        preload()
     names = ",".join(queue_name(q) for q in served)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
     celery_app.worker_main(

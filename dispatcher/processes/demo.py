@@ -43,6 +43,7 @@ from dispatcher.processes.api import WebContext, create_app
 from dispatcher.processes.live import state_summary
 from dispatcher.processes.logs import configure_logging
 from dispatcher.processes.scheduler import run_forever
+from dispatcher.processes.wakeup import EventWakeup
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
 from workers.sandbox import telnyx as telnyx_sandbox
@@ -83,9 +84,10 @@ def run_demo(
         sandbox = stack.enter_context(_sandbox(workdir))
         factory = db.session_factory(db.make_engine(url))
         stack.enter_context(_web(factory, sandbox))
-        stack.enter_context(_worker(factory, sandbox))
+        wakeup = stack.enter_context(_worker(factory, sandbox))
         with db.transaction(factory) as session:
             control.schedule(session, name, now=now())
+        wakeup.wake()
         console.rule("[bold]4. schedule and send")
         finished = _run_until_done(console, factory, name, timeout)
         return _report(console, factory, name, sandbox, finished)
@@ -174,8 +176,9 @@ def _web(factory, sandbox: Sandbox) -> Iterator[ThreadedServer]:  # type: ignore
 
 
 @contextmanager
-def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """An in-process Celery worker on the in-memory transport, and the scheduler in a thread."""
+def _worker(factory, sandbox: Sandbox) -> Iterator[EventWakeup]:  # type: ignore[no-untyped-def]
+    """An in-process Celery worker on the in-memory transport, and the scheduler in a thread; yields what
+    wakes the scheduler."""
     from celery.contrib.testing.worker import start_worker
 
     from workers import runtime
@@ -197,6 +200,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
         )
     )
     stop = threading.Event()
+    wakeup = EventWakeup()
     ticker = threading.Thread(
         target=run_forever,
         daemon=True,
@@ -209,6 +213,7 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
             stop=stop,
             interval=0.25,
             config=SchedulerConfig.from_settings(get_settings(), reconcile_every=timedelta(seconds=2)),
+            wakeup=wakeup,
         ),
     )
     os.environ.setdefault("CELERY_RDBSIG", "0")
@@ -217,9 +222,10 @@ def _worker(factory, sandbox: Sandbox) -> Iterator[None]:  # type: ignore[no-unt
     ):
         ticker.start()
         try:
-            yield
+            yield wakeup
         finally:
             stop.set()
+            wakeup.wake()
             ticker.join(timeout=5)
     runtime.install(None)
 

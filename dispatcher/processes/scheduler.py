@@ -1,4 +1,5 @@
-"""The `dispatch scheduler` loop: one scheduling tick (dispatcher.domain.scheduling) every interval."""
+"""The `dispatch scheduler` loop: one scheduling tick (dispatcher.domain.scheduling) every interval, and at
+once when a command wakes it (dispatcher/processes/wakeup.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.scheduling import Publisher, SchedulerConfig, TickResult, Waiting, run_once
+from dispatcher.processes.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,10 @@ def run_forever(
     config: SchedulerConfig,
     on_tick: Callable[[TickResult], None] | None = None,
     waiting: Waiting | None = None,
+    wakeup: Wakeup | None = None,
 ) -> None:
-    """Tick every ``interval`` seconds until ``stop`` is set; ``waiting`` counts a broker queue's messages
-    (the sweeper republishes only rows whose queue holds none)."""
+    """Tick every ``interval`` seconds until ``stop`` is set, and as soon as ``wakeup`` is woken; ``waiting``
+    counts a broker queue's messages (the sweeper republishes only rows whose queue holds none)."""
     while not stop.is_set():
         try:
             result = run_once(factory, publisher, reconciler, now=clock(), config=config, waiting=waiting)
@@ -36,4 +39,7 @@ def run_forever(
         else:
             if on_tick is not None:
                 on_tick(result)
-        stop.wait(interval)
+        if wakeup is None:
+            stop.wait(interval)
+        elif not stop.is_set():
+            wakeup.wait(interval)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
-from dispatcher.domain.supporter_import import ImportResult, MemberRow, Rejected
+if TYPE_CHECKING:  # imported by the commands that use it: `dispatch` starts without it
+    from dispatcher.domain.supporter_import import ImportResult, MemberRow, Rejected
 
 supporters_app = typer.Typer(help="Supporter lists, consent, and a person's data.", no_args_is_help=True)
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from dispatcher.domain import db
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.rendering.documents import DocumentCache
+from dispatcher.domain.rendering.fpdf_fonts import preload
 from dispatcher.domain.settings import Settings
 from dispatcher.processes.api import WebContext, create_app
 from workers.gateways.base import Gateway
@@ -35,6 +36,8 @@ def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = N
             "DISPATCH_SECRET_KEY is not set: fax documents (404) and the unsubscribe links of supporter copies "
             "(503) are refused until it is"
         )
+    if secret is not None:  # fax documents are served: the first one need not wait for its font
+        preload()
     return create_app(
         WebContext(
             factory=db.session_factory(engine),

@@ -10,6 +10,7 @@ provider produces the very bytes whose SHA-256 the worker recorded.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -45,12 +46,16 @@ class _CampaignLetters:
 
 
 class DocumentCache:
-    """Per-process cache of rendered letters, per (campaign, variant), bounded to the most recent campaigns."""
+    """Per-process cache of rendered letters, per (campaign, variant), bounded to the most recent campaigns,
+    and of the most recent fax documents, per delivery: `dispatch web` renders a fax once however often
+    its provider fetches it."""
 
-    def __init__(self, *, max_campaigns: int = 16) -> None:
+    def __init__(self, *, max_campaigns: int = 16, max_faxes: int = 64) -> None:
         self._campaigns: dict[tuple[int, str, date | None], _CampaignLetters] = {}
+        self._faxes: OrderedDict[tuple[int, str, date | None, str], FaxDocument] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_campaigns
+        self._max_faxes = max_faxes
 
     def letter(self, campaign: Campaign, variant: Variant = FIRST) -> tuple[CampaignSpec, RenderedLetter]:
         """The campaign's spec and one variant of its letter (by default the letter to the first "To")."""
@@ -77,8 +82,21 @@ class DocumentCache:
             return self._campaigns.setdefault(key, entry)
 
     def fax_document(self, delivery: Delivery) -> FaxDocument:
-        spec, letter = self.letter(delivery.campaign, self.variant(delivery))
-        return render_fax(spec, letter, to=addressee_spec(spec, delivery), fax_number=delivery.destination)
+        """The delivery's fax, kept (bounded, least recently used out) by what it is rendered from: the
+        delivery, its campaign's version and letter date, and the number."""
+        campaign = delivery.campaign
+        key = (delivery.id, campaign.spec_sha256, campaign.letter_date, delivery.destination)
+        with self._lock:
+            if key in self._faxes:
+                self._faxes.move_to_end(key)
+                return self._faxes[key]
+        spec, letter = self.letter(campaign, self.variant(delivery))
+        document = render_fax(spec, letter, to=addressee_spec(spec, delivery), fax_number=delivery.destination)
+        with self._lock:
+            self._faxes[key] = document
+            while len(self._faxes) > self._max_faxes:
+                self._faxes.popitem(last=False)
+        return document
 
     def variant(self, delivery: Delivery) -> Variant:
         """The letter a delivery carries: its addressee's (see templating.variant_for); a supporter copy

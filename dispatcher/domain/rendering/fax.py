@@ -24,9 +24,11 @@ from fpdf.enums import TextDirection, TextEmphasis, XPos, YPos
 from fpdf.fonts import TTFFont
 
 from dispatcher.domain.campaign_file import AddresseeSpec, CampaignSpec
+from dispatcher.domain.rendering import fpdf_fonts
 from dispatcher.domain.rendering.drawing import Gap, Row, Text, draw, parse_instructions, unshaped_if_counting_pages
 from dispatcher.domain.rendering.fonts import (
     CANNOT_DRAW,
+    FaxFont,
     UndrawableTextError,
     describe,
     fonts_for,
@@ -97,17 +99,21 @@ def render_fax(
     cover_text = "\n".join(_texts(instructions))
     require_drawable(cover_text, what="the fax cover page")
     require_drawable("\n".join(paragraphs), what="the letter")
-    pdf = _new_pdf(spec, letter, text="\n".join([cover_text, *paragraphs]))
+    fonts = fonts_for("\n".join([cover_text, *paragraphs]))
+    pdf = _new_pdf(spec, letter, fonts=fonts, shaped=needs_shaping("\n".join([cover_text, *paragraphs])))
     pdf.add_page()
     draw(pdf, instructions, font=FONT)
     _letter_pages(pdf, paragraphs)
+    fpdf_fonts.use_known_subsets(pdf, fonts)
     data = bytes(pdf.output())
+    fpdf_fonts.keep_subsets(pdf, fonts)
     _refuse_left_out(pdf)
     return FaxDocument(pdf=data, page_count=pdf.pages_count, sha256=hashlib.sha256(data).hexdigest())
 
 
-def _new_pdf(spec: CampaignSpec, letter: RenderedLetter, *, text: str) -> _FaxPDF:
-    """An A4 document with fixed metadata, the fonts ``text`` needs, shaping and the page-count alias."""
+def _new_pdf(spec: CampaignSpec, letter: RenderedLetter, *, fonts: tuple[FaxFont, ...], shaped: bool) -> _FaxPDF:
+    """An A4 document with fixed metadata, ``fonts`` (parsed once per process), shaping if ``shaped``, and
+    the page-count alias."""
     pdf = _FaxPDF(format="A4", unit="mm")
     pdf.set_creation_date(datetime.combine(letter.date, time(), tzinfo=UTC))
     pdf.set_title(letter.subject)
@@ -115,12 +121,11 @@ def _new_pdf(spec: CampaignSpec, letter: RenderedLetter, *, text: str) -> _FaxPD
     pdf.set_margins(20, 18, 20)
     pdf.set_auto_page_break(auto=True, margin=18)
     pdf.alias_nb_pages(PAGES_ALIAS)
-    fonts = fonts_for(text)
     for font in fonts:
-        pdf.add_font(font.family, fname=str(font.path))
+        fpdf_fonts.add_font(pdf, font)
     if len(fonts) > 1:
         pdf.set_fallback_fonts([font.family for font in fonts[1:]])
-    if needs_shaping(text):
+    if shaped:
         pdf.set_text_shaping(True)
     return pdf
 
