@@ -116,6 +116,9 @@ class Claim:
     delivery_id: int
     attempt: int
     gateway: Gateway
+    # the campaign whose rate a letter counts against (DISPATCH_CAMPAIGN_PER_MINUTE), read at the claim;
+    # None for a supporter copy, held by its gateway's limits alone
+    rate_key: str | None = None
 
 
 def deliver(worker: WorkerContext, delivery_id: int) -> str:
@@ -149,7 +152,7 @@ def _send(worker: WorkerContext, claim: Claim, rendered: Rendered, lease: Lease)
     """Take the shared limits, check the lease, then call the gateway; every outcome comes back as a value."""
     outcome: Receipt | DeliveryError | None = None
     try:
-        with worker.limiter.sending(claim.gateway.name, campaign=_campaign_key(worker, claim)) as slot:
+        with worker.limiter.sending(claim.gateway.name, campaign=claim.rate_key) as slot:
             lease.hold(slot)
             if not _lease_confirmed(lease, claim):  # immediately before the call: no send on a lost claim
                 return Transient(LEASE_LOST, code=LEASE_EXPIRED)
@@ -249,7 +252,8 @@ def claim_delivery(worker: WorkerContext, delivery_id: int) -> Claim | str:
         )
         if attempt is None:
             return "lost-race"
-    return Claim(delivery_id, attempt, gateway)
+        rate_key = None if delivery.kind == DeliveryKind.COPY else str(delivery.campaign_id)
+    return Claim(delivery_id, attempt, gateway, rate_key)
 
 
 def _hold_back(
@@ -344,17 +348,6 @@ def _render(worker: WorkerContext, claim: Claim) -> Rendered:
             else None
         )
         return worker.documents.render(delivery, media_url=url)
-
-
-def _campaign_key(worker: WorkerContext, claim: Claim) -> str | None:
-    """The campaign whose rate a letter counts against (DISPATCH_CAMPAIGN_PER_MINUTE); None for a
-    supporter copy, held by its gateway's limits alone."""
-    with worker.factory() as session:
-        query = select(Delivery.campaign_id, Delivery.kind).where(Delivery.id == claim.delivery_id)
-        row = session.execute(query).first()
-        if row is None:
-            return "0"
-        return None if row.kind == DeliveryKind.COPY else str(row.campaign_id)
 
 
 def _record_with_retries(

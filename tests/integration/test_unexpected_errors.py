@@ -29,7 +29,7 @@ from dispatcher.domain.scheduling import claim_due
 from dispatcher.domain.settings import load_settings
 from workers.delivery import WorkerContext, deliver
 from workers.gateways.fax.telnyx import TelnyxGateway, TelnyxSettings
-from workers.limits import RedisLimiter
+from workers.limits import NoLimits, NoSlot, RedisLimiter, Slot
 from workers.reconcile import reconcile
 from workers.runtime import shared_limits
 from workers.sandbox.server import free_port
@@ -197,3 +197,24 @@ def test_limits_that_cannot_be_taken_send_nothing_and_wait_without_counting_an_a
     assert row(factory, wang)[0] == "retry_wait"
     assert attempts(factory, wang) == [(1, "not-sent", "local-limit", "local limit unavailable (ConnectionError)")]
     assert sandbox.fax.oracle() == []
+
+
+def test_a_letter_counts_against_its_own_campaigns_rate(
+    factory: sessionmaker[Session], sandbox: Sandbox, clock: Clock, tmp_path: Path
+) -> None:
+    """The campaign a letter's send is counted against is the one its row names, read at the claim."""
+    wang = wang_queued(factory, tmp_path)
+    with factory() as session:
+        campaign_id = session.scalars(select(Delivery.campaign_id).where(Delivery.id == wang)).one()
+    asked: list[tuple[str, str | None]] = []
+
+    class Recording(NoLimits):
+        @contextmanager
+        def sending(self, gateway: str, *, campaign: str | None) -> Iterator[Slot]:
+            asked.append((gateway, campaign))
+            yield NoSlot()
+
+    with worker_with(TelnyxGateway, factory, sandbox, clock) as worker:
+        worker.limiter = Recording()
+        assert deliver(worker, wang) == "submitted"
+    assert asked == [("telnyx", str(campaign_id))]
