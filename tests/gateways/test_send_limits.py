@@ -9,7 +9,7 @@ from workers.gateways.registry import PROVIDERS, gateway_class
 
 # what each provider's class states, with the source in its comment (README "Rate limits per gateway")
 DOCUMENTED = {
-    "smtp": (100, 10),
+    "smtp": (1000, 10),  # Postfix limits no client by default (postconf -d smtpd_client_message_rate_limit: 0)
     "postmark": (50, 10),
     "sendgrid": (50, 10),
     "mailgun": (50, 10),
