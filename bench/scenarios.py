@@ -380,7 +380,10 @@ def urgent(options: Options) -> Result:
     command_row = result.add(
         "the `campaign schedule` command alone (median)", "s", [statistics.median(commands)] if commands else []
     )
-    bound = f"the schedule command ({command_row.median:.2f} s) + up to one scheduler tick ({_tick_seconds(options)} s)"
+    bound = (
+        f"the schedule command ({command_row.median:.2f} s to its exit); its commit wakes the scheduler at once "
+        f"on PostgreSQL (LISTEN/NOTIFY), else up to one tick ({_tick_seconds(options)} s)"
+    )
     result.rows.insert(0, Row("p50, schedule call to fax accepted", "s", p50s, bound=bound))
     result.rows.insert(1, Row("p95, schedule call to fax accepted", "s", p95s, bound=bound))
     result.notes.append(
