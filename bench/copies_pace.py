@@ -42,16 +42,16 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import services  # noqa: E402
 from dispatcher.domain import db  # noqa: E402
 from dispatcher.domain.models import Delivery  # noqa: E402
 from tests.builders import build_campaign  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("DISPATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("DISPATCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "b" * 48
 LIFTED = "smtp=100000/s:100"
@@ -94,18 +94,10 @@ def smtp_server() -> Iterator[tuple[str, int, str]]:
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
-    name = f"dispatch_copies_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
+    """bench.services' throw-away database (dropped at the end), migrated."""
+    with services.postgres_database() as url:
         db.upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def campaign_file(work: Path, copies: int) -> Path:

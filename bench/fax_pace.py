@@ -4,7 +4,7 @@
 
 Starts the Telnyx emulator (in this process, answering every send after ``--latency`` seconds), then
 `dispatch web`, `dispatch scheduler` and `dispatch worker --concurrency N` as real processes on a fresh
-PostgreSQL database (``dispatch_bench_fax_<pid>`` at DISPATCH_BENCH_POSTGRES_URL's server, dropped at the
+PostgreSQL database (``dispatch_bench_<hex>`` at DISPATCH_BENCH_POSTGRES_URL's server, dropped at the
 end) and Redis (queue prefix ``bench-fax-<pid>-``, its keys deleted at the end). ``--code`` runs those
 processes from another checkout (e.g. main, for the figures before a change); the emulator and this
 script stay this checkout's.
@@ -41,12 +41,14 @@ import httpx
 import redis
 from sqlalchemy import create_engine, text
 
-from dispatcher.domain import db
-from workers.sandbox.serve import DEFAULT_PORTS, Running, serve_all
-from workers.sandbox.server import free_port
-
 ROOT = Path(__file__).resolve().parents[1]
-POSTGRES = os.environ.get("DISPATCH_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+sys.path.insert(0, str(ROOT))
+
+from bench import services  # noqa: E402
+from dispatcher.domain import db  # noqa: E402
+from workers.sandbox.serve import DEFAULT_PORTS, Running, serve_all  # noqa: E402
+from workers.sandbox.server import free_port  # noqa: E402
+
 BROKER = os.environ.get("DISPATCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 CAMPAIGN = """[campaign]
@@ -164,19 +166,10 @@ def wait_for(check: Callable[[], bool], *, timeout: float, what: str, every: flo
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
-    name = f"dispatch_bench_fax_{os.getpid()}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        connection.execute(text(f"CREATE DATABASE {name}"))
-    url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    """bench.services' throw-away database (dropped at the end), migrated."""
+    with services.postgres_database() as url:
         db.upgrade(url)
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def accepted(running: Running) -> dict[str, float]:
