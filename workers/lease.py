@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import TracebackType
+from typing import Self
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,38 +36,25 @@ log = logging.getLogger(__name__)
 BEATS_PER_LEASE = 3  # renewals per lease length: two may be late or fail before the lease runs out
 
 
-class Lease:
-    """The lease of one claimed attempt, and the heartbeat that keeps it (a context manager)."""
+class _Heartbeat:
+    """A heartbeat thread (a context manager) that renews claims every third of the lease, and with them
+    the in-flight slot the send holds; subclasses say which claims (``_renew_claims``)."""
 
     def __init__(
-        self,
-        *,
-        factory: sessionmaker[Session],
-        delivery_id: int,
-        attempt: int,
-        length: timedelta,
-        clock: Callable[[], datetime],
+        self, *, factory: sessionmaker[Session], length: timedelta, clock: Callable[[], datetime], name: str
     ) -> None:
         self.factory = factory
-        self.delivery_id = delivery_id
-        self.attempt = attempt
         self.length = length
         self.clock = clock
         self._slot: Slot | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{delivery_id}", daemon=True)
-
-    def renew(self) -> bool:
-        """A full lease from now, by compare-and-set in the ledger; False when the claim is lost."""
-        now = self.clock()
-        with transaction(self.factory) as session:
-            return SqlLedger(session).renew(self.delivery_id, self.attempt, at=now, until=now + self.length)
+        self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
 
     def hold(self, slot: Slot | None) -> None:
         """The in-flight slot taken for the send, renewed with the lease; None once it is given back."""
         self._slot = slot
 
-    def __enter__(self) -> Lease:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -79,10 +67,49 @@ class Lease:
     def _beat(self) -> None:
         every = self.length.total_seconds() / BEATS_PER_LEASE
         while not self._stop.wait(every):
-            self._renew_claim()
+            self._renew_claims()
             self._renew_slot()
 
-    def _renew_claim(self) -> None:
+    def _renew_claims(self) -> None:
+        raise NotImplementedError
+
+    def _renew_slot(self) -> None:
+        """The slot is renewed while the call holds it, whatever became of the claims: the call is real."""
+        slot = self._slot
+        if slot is None:
+            return
+        try:
+            slot.renew()
+        except Exception as err:
+            log.warning("renewing the in-flight slot of %s failed: %s", self._holder(), type(err).__name__)
+
+    def _holder(self) -> str:
+        raise NotImplementedError
+
+
+class Lease(_Heartbeat):
+    """The lease of one claimed attempt, and the heartbeat that keeps it (a context manager)."""
+
+    def __init__(
+        self,
+        *,
+        factory: sessionmaker[Session],
+        delivery_id: int,
+        attempt: int,
+        length: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        super().__init__(factory=factory, length=length, clock=clock, name=f"lease-{delivery_id}")
+        self.delivery_id = delivery_id
+        self.attempt = attempt
+
+    def renew(self) -> bool:
+        """A full lease from now, by compare-and-set in the ledger; False when the claim is lost."""
+        now = self.clock()
+        with transaction(self.factory) as session:
+            return SqlLedger(session).renew(self.delivery_id, self.attempt, at=now, until=now + self.length)
+
+    def _renew_claims(self) -> None:
         try:
             kept = self.renew()
         except Exception as err:  # the next beat tries again; the check before the send decides
@@ -96,18 +123,11 @@ class Lease:
                 self.attempt,
             )
 
-    def _renew_slot(self) -> None:
-        """The slot is renewed while the call holds it, whatever became of the claim: the call is real."""
-        slot = self._slot
-        if slot is None:
-            return
-        try:
-            slot.renew()
-        except Exception as err:
-            log.warning("renewing the in-flight slot of delivery %s failed: %s", self.delivery_id, type(err).__name__)
+    def _holder(self) -> str:
+        return f"delivery {self.delivery_id}"
 
 
-class BatchLease:
+class BatchLease(_Heartbeat):
     """The leases of a batch's claims (delivery id -> attempt), kept by one heartbeat: every third of the
     lease, one UPDATE renews every claim the batch still holds (``SqlLedger.renew_many``), and the batch's
     in-flight slot with them. ``confirm`` is the check right before a chunk's sends, by the same
@@ -121,14 +141,9 @@ class BatchLease:
         length: timedelta,
         clock: Callable[[], datetime],
     ) -> None:
-        self.factory = factory
+        super().__init__(factory=factory, length=length, clock=clock, name=f"lease-batch-{len(attempts)}")
         self.attempts = dict(attempts)
-        self.length = length
-        self.clock = clock
-        self._slot: Slot | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-batch-{len(attempts)}", daemon=True)
 
     def confirm(self, ids: list[int]) -> set[int]:
         """A full lease from now for the claims ``ids`` that are still held; the ids confirmed."""
@@ -141,9 +156,6 @@ class BatchLease:
             for delivery_id in ids:
                 self.attempts.pop(delivery_id, None)
 
-    def hold(self, slot: Slot | None) -> None:
-        self._slot = slot
-
     def _renew(self, attempts: dict[int, int]) -> set[int]:
         if not attempts:
             return set()
@@ -151,35 +163,20 @@ class BatchLease:
         with transaction(self.factory) as session:
             return SqlLedger(session).renew_many(attempts, at=now, until=now + self.length)
 
-    def __enter__(self) -> BatchLease:
-        self._thread.start()
-        return self
+    def _renew_claims(self) -> None:
+        with self._lock:
+            attempts = dict(self.attempts)
+        try:
+            kept = self._renew(attempts)
+        except Exception as err:  # the next beat tries again; the check before each chunk decides
+            log.warning("renewing the leases of a batch failed: %s", type(err).__name__)
+            return
+        if len(kept) < len(attempts) and not self._stop.is_set():
+            log.warning(
+                "%d claim(s) of a batch lost their lease while the worker was still on them; "
+                "no send starts for them, and one in progress is reconciled",
+                len(attempts) - len(kept),
+            )
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.length.total_seconds())
-
-    def _beat(self) -> None:
-        every = self.length.total_seconds() / BEATS_PER_LEASE
-        while not self._stop.wait(every):
-            with self._lock:
-                attempts = dict(self.attempts)
-            try:
-                kept = self._renew(attempts)
-            except Exception as err:  # the next beat tries again; the check before each chunk decides
-                log.warning("renewing the leases of a batch failed: %s", type(err).__name__)
-            else:
-                if len(kept) < len(attempts) and not self._stop.is_set():
-                    log.warning(
-                        "%d claim(s) of a batch lost their lease while the worker was still on them; "
-                        "no send starts for them, and one in progress is reconciled",
-                        len(attempts) - len(kept),
-                    )
-            slot = self._slot
-            if slot is not None:
-                try:
-                    slot.renew()
-                except Exception as err:
-                    log.warning("renewing a batch's in-flight slot failed: %s", type(err).__name__)
+    def _holder(self) -> str:
+        return "a batch"
