@@ -202,3 +202,17 @@ def _without_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_none(v) for v in value]
     return value
+
+
+def api_headers(factory: Any, *roles: str, name: str | None = None) -> dict[str, str]:
+    """The Authorization header of a new API token for a new user holding ``roles`` (viewer if none)."""
+    from dispatcher.domain import accounts
+    from dispatcher.domain.db import transaction
+    from dispatcher.domain.models import utcnow
+
+    roles = roles or ("viewer",)
+    user = name or "tester-" + "-".join(roles)
+    with transaction(factory) as session:
+        accounts.add_user(session, user, roles=roles, password=None, now=utcnow(), replace=True)
+        token = accounts.create_token(session, user, label="tests", now=utcnow())
+    return {"Authorization": f"Bearer {token}"}

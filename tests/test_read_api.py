@@ -16,9 +16,10 @@ from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.planning import load_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.validation import validate
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 
-from .builders import build_campaign, xi_jinping
+from .builders import api_headers, build_campaign, xi_jinping
 
 CAMPAIGN = "north-korean-refugees-2015"
 BAD_ADDRESS = "ada.supporter@example"  # no dot after the @: invalid, yet plainly an address
@@ -51,7 +52,7 @@ def test_an_invalid_supporter_row_is_left_out_and_its_address_kept_nowhere(
     # the seed keeps its malformed fax number (a skipped route) and the CSV has one invalid row
     path = build_campaign(tmp_path, csv_text=SUPPORTERS, to=[xi_jinping(fax=SEED_FAXES)])
     load_skipping_invalid(factory, path)
-    response = client(factory).get(f"/api/campaigns/{CAMPAIGN}/deliveries")
+    response = client(factory).get(f"/api/campaigns/{CAMPAIGN}/deliveries", headers=api_headers(factory))
     assert response.status_code == 200
     rows = response.json()
     copies = [(r["kind"], r["state"], r["last_error"]) for r in rows if r["kind"] == "copy"]

@@ -37,8 +37,9 @@ from dispatcher.domain.unsubscribe import (
     verify,
 )
 from dispatcher.domain.validation import validate
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
 from dispatcher.processes.logs import RedactMediaTokens
+from dispatcher.processes.web_context import WebContext
 from workers.limits import NoLimits
 from workers.runtime import build_worker_context
 

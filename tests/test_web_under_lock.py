@@ -28,10 +28,11 @@ from dispatcher.domain.models import DeliveryEvent, utcnow
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.states import State
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 from workers.sandbox.server import ThreadedServer
 
-from .builders import NAME, build_campaign
+from .builders import NAME, api_headers, build_campaign
 from .signed_webhooks import AT_DISPATCH, Submitted, gateways, sample, signed, submit_one_per_gateway
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,11 +83,12 @@ def telnyx_report(target: Submitted) -> tuple[bytes, dict[str, str]]:
     return signed("telnyx", sample("telnyx", provider_id=target.provider_id, reference=target.reference))
 
 
-def read_deliveries(server: ThreadedServer, count: int) -> list[int]:
-    """``count`` concurrent reads of the API; their status codes."""
+def read_deliveries(server: ThreadedServer, count: int, headers: dict[str, str]) -> list[int]:
+    """``count`` concurrent reads of the API (identified by a token: that too reads, never writes); their
+    status codes."""
     url = f"{server.url}/api/campaigns/{NAME}/deliveries"
     with ThreadPoolExecutor(max_workers=count) as pool:
-        futures = [pool.submit(httpx.get, url, timeout=ANSWER_WITHIN) for _ in range(count)]
+        futures = [pool.submit(httpx.get, url, headers=headers, timeout=ANSWER_WITHIN) for _ in range(count)]
         return [future.result().status_code for future in futures]
 
 
@@ -101,6 +103,7 @@ def test_a_webhook_waiting_for_the_lock_stalls_neither_health_nor_reads(ledger: 
     in_flight = submit_one_per_gateway(
         factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH), state=State.SENDING
     )
+    token = api_headers(factory)
     received = threading.Event()
 
     def clock() -> datetime:  # the app reads it once it has the webhook's body, before the ledger
@@ -117,7 +120,7 @@ def test_a_webhook_waiting_for_the_lock_stalls_neither_health_nor_reads(ledger: 
                 assert received.wait(ANSWER_WITHIN)
                 health = httpx.get(f"{server.url}/health", timeout=ANSWER_WITHIN)
                 assert (health.status_code, health.json()) == (200, {"status": "ok"})
-                assert read_deliveries(server, 20) == [200] * 20
+                assert read_deliveries(server, 20, token) == [200] * 20
                 assert not webhook.done()  # still waiting for the lock, which is still held
             # the lock is released: the webhook gets it and is applied
             response = webhook.result()
@@ -132,6 +135,7 @@ def test_a_write_that_cannot_get_the_lock_is_a_503_with_retry_after(ledger: str,
     in_flight = submit_one_per_gateway(
         factory, build_campaign(tmp_path, route_policy="all-routes", extra=AT_DISPATCH), state=State.SENDING
     )
+    token = api_headers(factory)
     before = event_count(factory)
     try:
         with web(factory) as server:
@@ -142,7 +146,7 @@ def test_a_write_that_cannot_get_the_lock_is_a_503_with_retry_after(ledger: str,
                 assert response.status_code == 503, response.text
                 assert int(response.headers["retry-after"]) > 0
                 assert "INSERT" not in response.text and "SELECT" not in response.text
-                assert read_deliveries(server, 20) == [200] * 20
+                assert read_deliveries(server, 20, token) == [200] * 20
             assert event_count(factory) == before
             # the provider retries once the lock is free: applied once
             body, headers = telnyx_report(in_flight["telnyx"])

@@ -21,7 +21,8 @@ from dispatcher.domain.models import Delivery, DeliveryEvent
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.states import State
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 
 from .builders import build_campaign
 from .signed_webhooks import (

@@ -12,27 +12,28 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.domain.accounts import Identity, Permission
 from dispatcher.domain.db import reading, transaction
 from dispatcher.domain.errors import NotFound
 from dispatcher.domain.matching import UnusableEvent, find_delivery, recordable
 from dispatcher.domain.media import MediaTokenError, read_token
 from dispatcher.domain.messages import StatusEvent, WebhookRequest
-from dispatcher.domain.models import Delivery, utcnow
-from dispatcher.domain.outcomes import RetryPolicy, apply_status
+from dispatcher.domain.models import Delivery
+from dispatcher.domain.outcomes import apply_status
 from dispatcher.domain.queries import get_campaign
-from dispatcher.domain.rendering.documents import DocumentCache
+from dispatcher.domain.rendering.templates import static_directory
+from dispatcher.processes import console
+from dispatcher.processes.access import Access, install
 from dispatcher.processes.unsubscribe_web import unsubscribe_router
+from dispatcher.processes.web_context import WebContext
 from workers.gateways.base import Gateway
 from workers.gateways.errors import WebhookError
 
@@ -41,21 +42,15 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5  # what a 503 asks the caller to wait when the ledger is locked or unreachable
 
 
-@dataclass
-class WebContext:
-    factory: sessionmaker[Session]
-    gateways: dict[str, Gateway]  # by gateway name, as in /webhooks/<name>
-    secret: bytes | None
-    retry: RetryPolicy
-    documents: DocumentCache
-    clock: Callable[[], datetime] = utcnow
-
-
 def create_app(ctx: WebContext) -> FastAPI:
-    app = FastAPI(title="campaign-dispatch", docs_url=None, redoc_url=None)
+    app = FastAPI(title="campaign-dispatch", docs_url="/api/docs", redoc_url=None)
+    access = Access(ctx.factory, ctx.clock, ctx.secure_cookies)
 
     app.add_exception_handler(OperationalError, _ledger_unavailable)
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
+    install(app, access)  # /login, /logout, 401/403 answers
+    app.include_router(console.console_router(ctx, access))
+    app.mount("/static", StaticFiles(directory=static_directory()), name="static")
 
     @app.get("/health")
     async def health() -> dict[str, str]:  # on the event loop: it needs no worker thread, nor the ledger
@@ -88,7 +83,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         return Response(_fax_pdf(ctx, delivery_id), media_type="application/pdf")
 
     @app.get("/api/campaigns/{name}/deliveries")
-    def deliveries(name: str) -> list[dict[str, Any]]:
+    def deliveries(name: str, identity: Identity = access.require(Permission.READ)) -> list[dict[str, Any]]:
         with reading(ctx.factory) as session:
             try:
                 campaign = get_campaign(session, name)

@@ -16,6 +16,7 @@ from dispatcher.domain import db
 from dispatcher.domain.errors import DispatchError, Problem
 from dispatcher.domain.settings import get_settings, load_settings
 from dispatcher.processes import views
+from dispatcher.processes.accounts_cli import token_app, user_app
 from dispatcher.processes.logs import configure_logging, leave_celery_logging_alone
 from dispatcher.processes.supporters_cli import supporters_app
 from dispatcher.processes.views import text
@@ -30,6 +31,8 @@ db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(db_app, name="db")
 app.add_typer(supporters_app, name="supporters")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
 
 console = Console()
 err_console = Console(stderr=True)

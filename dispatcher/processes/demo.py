@@ -39,11 +39,12 @@ from dispatcher.domain.states import CampaignStatus
 from dispatcher.domain.unsubscribe import unsubscribe_url
 from dispatcher.domain.validation import validate
 from dispatcher.processes import views
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
 from dispatcher.processes.live import state_summary
 from dispatcher.processes.logs import configure_logging
 from dispatcher.processes.scheduler import run_forever
 from dispatcher.processes.wakeup import EventWakeup
+from dispatcher.processes.web_context import WebContext
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
 from workers.sandbox import telnyx as telnyx_sandbox

@@ -11,7 +11,8 @@ from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.rendering.fpdf_fonts import preload
 from dispatcher.domain.settings import Settings
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_for_slot, slots
 
@@ -45,5 +46,6 @@ def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = N
             secret=secret,
             retry=RetryPolicy.from_settings(settings),
             documents=DocumentCache(),
+            secure_cookies=settings.public_base_url.lower().startswith("https://"),
         )
     )

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from dispatcher.domain import db
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.rendering.documents import DocumentCache
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 from workers.gateways.base import Gateway
 from workers.gateways.registry import PROVIDERS, build_gateway, gateway_class
 from workers.sandbox.sendgrid import public_key_b64

@@ -27,7 +27,8 @@ from dispatcher.domain.scheduling import SchedulerConfig, run_once
 from dispatcher.domain.settings import Settings
 from dispatcher.domain.unsubscribe import unsubscribe_url
 from dispatcher.domain.validation import validate
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 from workers.delivery import WorkerContext, deliver_many
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway

@@ -26,7 +26,8 @@ from dispatcher.domain.planning import load_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.unsubscribe import unsubscribe_url
 from dispatcher.domain.validation import validate
-from dispatcher.processes.api import WebContext, create_app
+from dispatcher.processes.api import create_app
+from dispatcher.processes.web_context import WebContext
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
 from workers.sandbox import mailgun as mailgun_sandbox

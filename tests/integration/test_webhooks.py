@@ -34,7 +34,7 @@ from workers.delivery import WorkerContext, deliver
 from workers.gateways.fax.telnyx import TelnyxGateway, encode_reference
 from workers.gateways.registry import build_gateway
 
-from ..builders import build_campaign
+from ..builders import api_headers, build_campaign
 from .conftest import Sandbox, schedule_campaign, worker_context
 
 pytestmark = pytest.mark.timeout(60)
@@ -394,12 +394,14 @@ def test_deliveries_api_shows_what_the_webhooks_recorded(
     factory: sessionmaker[Session], sandbox: Sandbox, sent: Sent
 ) -> None:
     post(sandbox, fax_event("fax.delivered", fax_id=sent.fax_id, reference=sent.reference))
-    response = httpx.get(f"{sandbox.web_url}/api/campaigns/{CAMPAIGN}/deliveries", timeout=15)
+    headers = api_headers(factory)
+    assert httpx.get(f"{sandbox.web_url}/api/campaigns/{CAMPAIGN}/deliveries", timeout=15).status_code == 401
+    response = httpx.get(f"{sandbox.web_url}/api/campaigns/{CAMPAIGN}/deliveries", headers=headers, timeout=15)
     assert response.status_code == 200
     rows = {row["id"]: row for row in response.json()}
     assert (rows[sent.delivery_id]["state"], rows[sent.delivery_id]["attempts"]) == ("delivered", 1)
     with factory() as session:
         assert set(rows) == set(session.scalars(select(Delivery.id)))
-    missing = httpx.get(f"{sandbox.web_url}/api/campaigns/no-such-campaign/deliveries", timeout=15)
+    missing = httpx.get(f"{sandbox.web_url}/api/campaigns/no-such-campaign/deliveries", headers=headers, timeout=15)
     assert missing.status_code == 404
     assert CAMPAIGN not in missing.text  # the 404 does not list the campaigns that do exist

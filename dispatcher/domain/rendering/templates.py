@@ -60,3 +60,12 @@ def default_environment() -> jinja2.Environment:
 def render(name: str, context: Mapping[str, Any], *, templates: jinja2.Environment | None = None) -> str:
     """Render one template by name, from ``templates`` or else the default environment."""
     return (templates or default_environment()).get_template(name).render(context)
+
+
+def static_directory() -> Path:
+    """The console's static files (stylesheet, the live log's script): templates/web/static."""
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "templates").is_dir():
+        return _CHECKOUT / "templates" / "web" / "static"
+    from importlib.resources import files
+
+    return Path(str(files(PACKAGE).joinpath("web", "static")))
