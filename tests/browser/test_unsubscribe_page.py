@@ -9,6 +9,7 @@ organisation's, which must show as typed. Markup in names on the console pages i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -33,13 +34,14 @@ MARKUP = "<img src=x onerror=\"document.title='injected'\">"
 ENTITIES = 'Rights &amp; "Wrongs" &lt;img src=x onerror=alert(1)&gt;'  # as typed, not as HTML would read it
 
 
-def ada_copy(factory: sessionmaker[Session], folder: Path, **fields: object) -> int:
-    """Load an email-only campaign copied to Ada; her copy's delivery id."""
+def ada_copy(factory: sessionmaker[Session], folder: Path, *, name: str = "Ada Lovelace", **fields: Any) -> int:
+    """Load an email-only campaign copied to Ada (named ``name``); her copy's delivery id."""
     path = build_campaign(
         folder,
         to=[official("A. Minister", email=["minister@gov.example"], salutation="Dear Minister,")],
         cc=[],
-        **{"supporters": [(ADA, "Ada Lovelace")], **fields},
+        supporters=[(ADA, name)],
+        **fields,
     )
     spec = load_spec(path)
     with transaction(factory) as session:
@@ -79,7 +81,7 @@ def test_a_supporter_unsubscribes_from_the_page_of_their_copy(
 def test_markup_in_a_name_is_shown_as_text(
     page: webdriver.Chrome, web: Web, factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    copy_id = ada_copy(factory, tmp_path, sender={"organisation": ENTITIES}, supporters=[(ADA, MARKUP)])
+    copy_id = ada_copy(factory, tmp_path, name=MARKUP, sender={"organisation": ENTITIES})
     page.get(unsubscribe_url(web.base, web.secret, copy_id))
 
     assert page.title == "Unsubscribe"
