@@ -147,7 +147,7 @@ def _deliveries(
     return list(session.scalars(query))
 
 
-__all__ = ["cancel", "pause", "resolvable", "resolve", "resume", "retry", "schedule"]
+__all__ = ["cancel", "cancel_delivery", "pause", "resolvable", "resolve", "resume", "retry", "schedule"]
 
 
 def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, reason: str, by: str) -> State:
@@ -188,3 +188,25 @@ def resolve(session: Session, delivery_id: int, *, sent: bool, now: datetime, re
 def resolvable(delivery: Delivery) -> bool:
     """Whether an operator may settle ``delivery`` (``resolve``): its outcome is not known otherwise."""
     return delivery.state == State.UNKNOWN or (delivery.state == State.SUBMITTED and delivery.expects_report)
+
+
+def cancel_delivery(session: Session, delivery_id: int, *, now: datetime, reason: str, by: str) -> State:
+    """An operator stops one delivery: a waiting one (planned, queued, retry_wait) is cancelled; one held for
+    an operator (``resolvable``) is first confirmed not sent, from the provider's records, then cancelled.
+    Under first-success the addressee's next route may then go (a cancelled route blocks none)."""
+    reason, by = reason.strip(), by.strip()
+    if not reason or not by:
+        raise CampaignConflict("cancelling a delivery needs a reason and who")
+    delivery = _locked(session, delivery_id)
+    ledger, actor = SqlLedger(session), f"operator:{by}"[:100]
+    data = {"cancelled": True, "by": by, "reason": reason}
+    if resolvable(delivery):
+        why = f"confirmed not sent by an operator ({by}) from the provider's records: {reason}"
+        ledger.move(delivery, State.RETRY_WAIT, actor=actor, at=now, reason=why, data=data, not_before=now)
+    elif delivery.state not in WAITING:
+        raise CampaignConflict(
+            f"delivery #{delivery_id} is {delivery.state}; only a waiting delivery (planned, queued, retry_wait) "
+            "or one held for an operator can be cancelled"
+        )
+    ledger.move(delivery, State.CANCELLED, actor=actor, at=now, reason=f"cancelled by an operator ({by}): {reason}")
+    return State.CANCELLED
