@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
+from workers.sandbox.server import free_port
 
 from .builders import build_campaign
 from .spawn import base_env, dispatch
@@ -192,14 +197,36 @@ def test_sandbox_oracles_go_under_the_var_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "var").exists()
 
 
-def test_demo_works_under_the_var_dir(tmp_path: Path) -> None:
-    env = base_env(tmp_path, DISPATCH_VAR_DIR=str(tmp_path / "runtime"), COLUMNS="120")
-    demo = dispatch("demo", env=env, cwd=tmp_path)  # the example campaign, as `scripts/demo` runs it
-    lines = demo.finish(timeout=240)
+def test_demo_works_under_the_var_dir_and_serves_its_console(tmp_path: Path) -> None:
+    env = base_env(tmp_path, DISPATCH_VAR_DIR=str(tmp_path / "runtime"), COLUMNS="200")
+    port = free_port()
+    # the example campaign, as `scripts/demo` runs it, then the console kept up (as in a terminal)
+    demo = dispatch("demo", "--serve", "--port", str(port), env=env, cwd=tmp_path)
+    try:
+        line = demo.wait_for(lambda text: text.startswith("console: "), timeout=120)
+        found = re.fullmatch(r"console: (http://127\.0\.0\.1:(\d+))/  \(log in as demo, password (\S+)\)", line)
+        assert found is not None, line
+        url, password = found.group(1), found.group(3)
+        assert found.group(2) == str(port)
+        demo.wait_for(lambda text: "delivered more than once" in text, timeout=180)
+        demo.wait_for(lambda text: "Press Ctrl-C to stop" in text, timeout=30)
+        with httpx.Client(base_url=url, headers={"Accept": "text/html"}, timeout=15) as client:
+            form = client.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf is not None
+            client.post("/login", data={"name": "demo", "password": password, "csrf": csrf.group(1)})
+            page = client.get("/")
+            assert page.status_code == 200
+            assert "north-korean-refugees-2015" in page.text and "completed" in page.text
+        os.killpg(demo.process.pid, signal.SIGINT)
+        lines = demo.finish(timeout=60)
+    finally:
+        demo.stop()
     assert demo.process.returncode == 0, "\n".join(lines)
     assert "0 delivered more than once" in "\n".join(lines)
     assert (tmp_path / "runtime" / "demo" / "preview.pdf").is_file()
     assert (tmp_path / "runtime" / "demo" / "ledger.db").is_file()
     log = (tmp_path / "runtime" / "demo" / "demo.log").read_text()  # the log goes to a file, not the live view
     assert " INFO celery." in log
+    assert password not in log
     assert not (tmp_path / "var").exists()

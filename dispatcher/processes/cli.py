@@ -464,9 +464,20 @@ def demo(
     campaign: Annotated[
         Path | None, typer.Option(help="campaign TOML file  [default: the example campaign]", show_default=False)
     ] = None,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="keep the console up after the run, until Ctrl-C  [default: when run in a terminal]",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="the console's port (another free one when it is taken)")] = 8000,
 ) -> None:
-    """Run a campaign end to end in one process: SQLite, in-process worker, sandbox gateways; files in
-    DISPATCH_VAR_DIR/demo."""
+    """Run a campaign end to end in one process: SQLite, in-process worker, sandbox gateways, and the console
+    with a login made for the demo; files in DISPATCH_VAR_DIR/demo."""
+    import sys
+
     from dispatcher.processes.demo import EXAMPLE, run_demo
 
     settings = get_settings()
@@ -477,6 +488,8 @@ def demo(
         workdir=settings.var_dir / "demo",
         campaign_file=campaign or EXAMPLE,
         log_settings=settings,
+        serve=sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve,
+        port=port,
     )
     if not ok:
         raise typer.Exit(1)
