@@ -12,8 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from dispatcher.domain import db
+from dispatcher.domain.models import OperatorAction
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
 from workers.sandbox.server import free_port
@@ -81,12 +84,22 @@ def test_control_commands(example_file: Path) -> None:
     run("campaign", "load", str(example_file), "--skip-invalid")
     name = "north-korean-refugees-2015"
     assert run("campaign", "schedule", name)[0] == 0
-    assert "paused" in run("campaign", "pause", name)[1]
+    assert "paused" in run("campaign", "pause", name, "--reason", "the ministry asked for a day")[1]
     assert "scheduled again" in run("campaign", "resume", name)[1]
     code, output = run("campaign", "cancel", name)
     assert code == 0 and "cancelled (5 deliveries will not be sent)" in output
     code, output = run("campaign", "show", name)
     assert output.count("cancelled") >= 3
+    code, output = run("campaign", "resume", name)
+    assert (code, output.strip()) == (1, f"error: cannot resume campaign '{name}': it is cancelled")
+    with db.session_factory(db.make_engine(get_settings().database_url))() as session:
+        logged = [(a.actor.split(":")[0], a.action, a.reason) for a in session.scalars(select(OperatorAction))]
+    assert logged == [
+        ("cli", "campaign.schedule", ""),
+        ("cli", "campaign.pause", "the ministry asked for a day"),
+        ("cli", "campaign.resume", ""),
+        ("cli", "campaign.cancel", ""),
+    ]
 
 
 def test_unknown_campaign_is_a_clear_error() -> None:

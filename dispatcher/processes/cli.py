@@ -211,48 +211,51 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@campaign_app.command("schedule")
-def campaign_schedule(name: str) -> None:
-    """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
-    from dispatcher.domain import control
-    from dispatcher.processes.wakeup import notify
+def _campaign_action(verb: str, name: str, reason: str | None) -> None:
+    from dispatcher.domain.accounts import command_line
+    from dispatcher.processes import operations
 
-    with db.transaction(_factory()) as session:
-        campaign = control.schedule(session, name, now=_now())
-        notify(session)  # the scheduler ticks as soon as this commits
-        say(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
+    try:
+        done = operations.campaign_action(
+            _factory(), verb, name, by=command_line(_os_user()), reason=reason, now=_now()
+        )
+    except operations.Refused as err:
+        raise SystemExit(_refused(err)) from err
+    say(done.message)
+
+
+def _refused(err: Exception) -> int:
+    _print_error(str(err))
+    return 1
+
+
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="why; kept in the operator actions log", show_default=False)
+]
+
+
+@campaign_app.command("schedule")
+def campaign_schedule(name: str, reason: ReasonOption = None) -> None:
+    """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
+    _campaign_action("schedule", name, reason)  # the scheduler ticks as soon as this commits
 
 
 @campaign_app.command("pause")
-def campaign_pause(name: str) -> None:
+def campaign_pause(name: str, reason: ReasonOption = None) -> None:
     """Stop sending; queued deliveries go back to planned. Faxes already handed to a provider go on."""
-    from dispatcher.domain import control
-
-    with db.transaction(_factory()) as session:
-        handed_back = control.pause(session, name)
-    say(f"{name}: paused ({handed_back} queued deliveries handed back)")
+    _campaign_action("pause", name, reason)
 
 
 @campaign_app.command("resume")
-def campaign_resume(name: str) -> None:
+def campaign_resume(name: str, reason: ReasonOption = None) -> None:
     """Resume a paused campaign."""
-    from dispatcher.domain import control
-    from dispatcher.processes.wakeup import notify
-
-    with db.transaction(_factory()) as session:
-        control.resume(session, name)
-        notify(session)
-    say(f"{name}: scheduled again")
+    _campaign_action("resume", name, reason)
 
 
 @campaign_app.command("cancel")
-def campaign_cancel(name: str) -> None:
+def campaign_cancel(name: str, reason: ReasonOption = None) -> None:
     """Cancel every delivery not yet handed to a provider (a fax mid-call is never interrupted)."""
-    from dispatcher.domain import control
-
-    with db.transaction(_factory()) as session:
-        cancelled = control.cancel(session, name)
-    say(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+    _campaign_action("cancel", name, reason)
 
 
 gateway_app = typer.Typer(
@@ -294,13 +297,25 @@ app.add_typer(delivery_app, name="delivery")
 def delivery_retry(
     delivery_id: int,
     force: Annotated[bool, typer.Option("--force", help="even if another route of the addressee succeeded")] = False,
+    reason: ReasonOption = None,
 ) -> None:
     """Send a failed delivery again (same route, same idempotency key)."""
     from dispatcher.domain import control
+    from dispatcher.domain.accounts import command_line, record_action
     from dispatcher.processes.wakeup import notify
 
+    who = command_line(_os_user())
     with db.transaction(_factory()) as session:
-        control.retry(session, delivery_id, now=_now(), force=force)
+        delivery = control.retry(session, delivery_id, now=_now(), actor=who.actor, force=force)
+        record_action(
+            session,
+            who,
+            "delivery.retry",
+            now=_now(),
+            reason=reason or "",
+            campaign_id=delivery.campaign_id,
+            delivery_id=delivery_id,
+        )
         notify(session)
     console.print(f"delivery #{delivery_id}: planned again")
 
@@ -318,9 +333,13 @@ def delivery_resolve(
     with the provider by hand: --sent ends it as delivered (the addressee's later routes are settled by the
     policy), --not-sent sends it again on the same route."""
     from dispatcher.domain import control
+    from dispatcher.domain.accounts import command_line, record_action
 
+    who = command_line(by or _os_user())
     with db.transaction(_factory()) as session:
-        state = control.resolve(session, delivery_id, sent=sent, now=_now(), reason=reason, by=by or _os_user())
+        state = control.resolve(session, delivery_id, sent=sent, now=_now(), reason=reason, by=who.name)
+        action = "delivery.resolve-sent" if sent else "delivery.resolve-not-sent"
+        record_action(session, who, action, now=_now(), reason=reason.strip(), delivery_id=delivery_id)
     console.print(f"delivery #{delivery_id}: {state}")
 
 
