@@ -32,6 +32,9 @@ from dispatcher.domain.models import Delivery, utcnow
 from dispatcher.domain.outcomes import RetryPolicy, apply_status
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
+from dispatcher.domain.settings import Settings, get_settings
+from dispatcher.processes.health import health_router
+from dispatcher.processes.metrics import metrics_router
 from dispatcher.processes.unsubscribe_web import unsubscribe_router
 from workers.gateways.base import Gateway
 from workers.gateways.errors import WebhookError
@@ -49,6 +52,7 @@ class WebContext:
     retry: RetryPolicy
     documents: DocumentCache
     clock: Callable[[], datetime] = utcnow
+    settings: Settings | None = None  # the broker to check and count; the process's settings unless given
 
 
 def create_app(ctx: WebContext) -> FastAPI:
@@ -56,10 +60,9 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     app.add_exception_handler(OperationalError, _ledger_unavailable)
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:  # on the event loop: it needs no worker thread, nor the ledger
-        return {"status": "ok"}
+    settings = ctx.settings or get_settings()
+    app.include_router(health_router(ctx.factory, settings, gateways=ctx.gateways))  # public: probes
+    app.include_router(metrics_router(ctx.factory, settings, gateways=ctx.gateways))
 
     @app.post("/webhooks/{name}")
     async def webhook(name: str, request: Request) -> JSONResponse:

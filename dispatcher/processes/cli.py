@@ -397,6 +397,14 @@ def worker(
         str, typer.Option(help="comma-separated queues; a worker on `reconcile` alone never waits behind sends")
     ] = "fax,email,copies,reconcile",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Celery node name, NAME@<host> (give NAME@HOST to choose the host part too): two workers on one "
+            "host need two names to show as two in Flower  [default: Celery's, celery@<host>]",
+            show_default=False,
+        ),
+    ] = None,
     loglevel: Annotated[
         str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)
     ] = None,
@@ -419,10 +427,12 @@ def worker(
         preload()
     names = ",".join(queue_name(q) for q in served)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
+    node = ["--hostname", name if "@" in name else f"{name}@%h"] if name else []
     celery_app.worker_main(
         [
             *quiet,
             "worker",
+            *node,
             "-Q",
             names,
             "--concurrency",

@@ -45,5 +45,6 @@ def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = N
             secret=secret,
             retry=RetryPolicy.from_settings(settings),
             documents=DocumentCache(),
+            settings=settings,
         )
     )
