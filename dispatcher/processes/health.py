@@ -104,7 +104,7 @@ async def _bounded(check: Callable[[], T], timeout: float) -> T:
         raise CheckFailed("TimeoutError") from None
     except DBAPIError as err:  # the driver's class (psycopg's OperationalError), not SQLAlchemy's wrapper
         raise CheckFailed(type(err.orig).__name__) from None
-    except Exception as err:  # noqa: BLE001 - any failure of a check is a 503 naming its class
+    except Exception as err:  # any failure of a check is a 503 naming its class
         raise CheckFailed(type(err).__name__) from None
 
 
@@ -123,4 +123,3 @@ def _gateway_states(configured: list[str], paused: dict[str, gateway_pauses.Paus
     for name, pause in paused.items():
         states[name] = f"paused: {pause.cause}"
     return dict(sorted(states.items()))
-
