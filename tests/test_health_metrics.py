@@ -122,6 +122,24 @@ def test_ready_gives_up_on_a_hung_redis_after_its_timeout(factory: sessionmaker[
     assert elapsed < 3.0
 
 
+@pytest.mark.postgres
+def test_ready_gives_up_on_a_hung_ledger_after_its_timeout() -> None:
+    with socket.socket() as hung:  # a "database server" that accepts connections and never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        engine = db.make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{hung.getsockname()[1]}/test")
+        app = FastAPI()
+        app.include_router(
+            health_router(db.session_factory(engine), load_settings(broker_url="memory://"), timeout=0.5)
+        )
+        started = time.monotonic()
+        response = TestClient(app).get("/health/ready")
+        elapsed = time.monotonic() - started
+    engine.dispose()
+    assert (response.status_code, response.json()["checks"]) == (503, {"ledger": "failed: TimeoutError"})
+    assert elapsed < 3.0
+
+
 def test_ready_without_a_redis_broker_checks_only_the_ledger(factory: sessionmaker[Session]) -> None:
     response = client(factory, broker="memory://").get("/health/ready")
     assert (response.status_code, response.json()["checks"]) == (200, {"ledger": "ok"})
