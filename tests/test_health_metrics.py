@@ -3,7 +3,9 @@ the real Redis: /health/live, /health/ready, /metrics; and `dispatch worker --na
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +33,7 @@ from dispatcher.domain.settings import Settings, load_settings
 from dispatcher.domain.states import State
 from dispatcher.domain.validation import validate
 from dispatcher.processes.api import WebContext, create_app
-from dispatcher.processes.health import health_router
+from dispatcher.processes.health import Check, health_router
 from workers.celery_app import make_app
 
 from .builders import build_campaign, official
@@ -138,6 +140,27 @@ def test_ready_gives_up_on_a_hung_ledger_after_its_timeout() -> None:
     engine.dispose()
     assert (response.status_code, response.json()["checks"]) == (503, {"ledger": "failed: TimeoutError"})
     assert elapsed < 3.0
+
+
+def test_a_hung_check_holds_one_thread_not_one_per_probe() -> None:
+    release, calls = threading.Event(), []
+
+    def hangs() -> str:
+        calls.append(1)
+        release.wait(10)
+        return "answered"
+
+    check = Check(hangs, timeout=0.2)
+    assert asyncio.run(check.run()) == (None, "TimeoutError")  # given up; its thread still waits
+    started = time.monotonic()
+    assert asyncio.run(check.run()) == (None, "TimeoutError")  # at once, without a second thread
+    assert time.monotonic() - started < 0.1 and len(calls) == 1
+    release.set()
+    deadline = time.monotonic() + 5
+    while check.hung and time.monotonic() < deadline:  # the hung thread comes back
+        time.sleep(0.01)
+    assert asyncio.run(check.run()) == ("answered", None)
+    assert len(calls) == 2
 
 
 def test_ready_without_a_redis_broker_checks_only_the_ledger(factory: sessionmaker[Session]) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from fastapi import APIRouter
@@ -33,15 +34,6 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 2.0  # each check of /health/ready; a probe's own timeout is usually a few seconds
 REDIS_SCHEMES = ("redis://", "rediss://")
-T = TypeVar("T")
-
-
-class CheckFailed(Exception):
-    """A readiness check failed; ``cause`` is the class name of the error (nothing else is shown)."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
 
 
 def health_router(
@@ -67,45 +59,76 @@ def health_router(
     async def live() -> dict[str, str]:  # on the event loop: it needs no worker thread, nor the ledger
         return {"status": "ok"}
 
+    checks = {"ledger": Check(lambda: _ledger(factory, timeout), timeout)}
+    if client is not None:
+        checks["redis"] = Check(client.ping, timeout)
+
     @router.get("/health/ready")
     async def ready() -> JSONResponse:
-        checks: dict[str, str] = {}
-        failed: list[str] = []
-        paused: dict[str, gateway_pauses.Pause] | None = None
-        try:
-            paused = await _bounded(lambda: _ledger(factory, timeout), timeout)
-            checks["ledger"] = "ok"
-        except CheckFailed as err:
-            checks["ledger"] = f"failed: {err.cause}"
-            failed.append("ledger")
-        if client is not None:
-            try:
-                await _bounded(client.ping, timeout)
-                checks["redis"] = "ok"
-            except CheckFailed as err:
-                checks["redis"] = f"failed: {err.cause}"
-                failed.append("redis")
+        # the checks run together: the probe answers within one timeout
+        results = dict(zip(checks, await asyncio.gather(*(check.run() for check in checks.values())), strict=True))
+        failed = [name for name, (_, error) in results.items() if error is not None]
         for name in failed:
-            log.warning("readiness check %s %s", name, checks[name])
-        body: dict[str, Any] = {"status": "unavailable" if failed else "ok", "checks": checks}
+            log.warning("readiness check %s failed: %s", name, results[name][1])
+        paused, ledger_error = results["ledger"]
+        body: dict[str, Any] = {
+            "status": "unavailable" if failed else "ok",
+            "checks": {name: "ok" if error is None else f"failed: {error}" for name, (_, error) in results.items()},
+        }
         if failed:
             body["failed"] = failed
-        body["gateways"] = _gateway_states(configured, paused)
+        body["gateways"] = _gateway_states(configured, paused if ledger_error is None else None)
         return JSONResponse(body, status_code=503 if failed else 200)
 
     return router
 
 
-async def _bounded(check: Callable[[], T], timeout: float) -> T:
-    """``check()`` in a worker thread, given up after ``timeout`` seconds (its thread is left to finish)."""
-    try:
-        return await asyncio.wait_for(run_in_threadpool(check), timeout)
-    except TimeoutError:
-        raise CheckFailed("TimeoutError") from None
-    except DBAPIError as err:  # the driver's class (psycopg's OperationalError), not SQLAlchemy's wrapper
-        raise CheckFailed(type(err.orig).__name__) from None
-    except Exception as err:  # any failure of a check is a 503 naming its class
-        raise CheckFailed(type(err).__name__) from None
+class Check:
+    """One readiness check, run in a worker thread and given up after ``timeout`` seconds.
+
+    A given-up call's thread is left to finish (a thread cannot be stopped); until it does, the check
+    fails at once rather than start another, so a hung service holds one thread per check, not one per
+    probe (the web process's thread pool serves its webhooks). A call given up before its thread
+    started never runs."""
+
+    def __init__(self, call: Callable[[], Any], timeout: float) -> None:
+        self.call, self.timeout = call, timeout
+        self.guard = threading.Lock()
+        self.hung = 0  # given-up calls whose thread has not come back yet
+
+    async def run(self) -> tuple[Any, str | None]:
+        """(the call's result, None), or (None, the class name of its error)."""
+        with self.guard:
+            if self.hung:
+                return None, "TimeoutError"  # the last call is still hung
+        state = {"started": False, "finished": False, "given_up": False, "hung": False}
+        try:
+            return await asyncio.wait_for(run_in_threadpool(self._call, state), self.timeout), None
+        except TimeoutError:
+            return None, "TimeoutError"
+        except DBAPIError as err:  # the driver's class (psycopg's OperationalError), not SQLAlchemy's wrapper
+            return None, type(err.orig).__name__
+        except Exception as err:  # any failure of a check is a 503 naming its class
+            return None, type(err).__name__
+        finally:
+            with self.guard:
+                state["given_up"] = True
+                if state["started"] and not state["finished"]:
+                    state["hung"] = True
+                    self.hung += 1
+
+    def _call(self, state: dict[str, bool]) -> Any:
+        with self.guard:
+            if state["given_up"]:
+                return None  # given up before this thread started: nobody waits for it
+            state["started"] = True
+        try:
+            return self.call()
+        finally:
+            with self.guard:
+                state["finished"] = True
+                if state["hung"]:
+                    self.hung -= 1
 
 
 def _ledger(factory: sessionmaker[Session], timeout: float) -> dict[str, gateway_pauses.Pause]:

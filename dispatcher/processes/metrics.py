@@ -33,7 +33,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.params import Depends
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from sqlalchemy import ColumnElement, Float, case, cast, func, select
+from sqlalchemy import ColumnElement, Float, case, cast, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import gateway_pauses
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # seconds: an SMTP send takes tens of milliseconds, a provider's API a second or so, a render a few
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BROKER_TIMEOUT_SECONDS = 2.0  # a hung Redis leaves the queue depths out, it does not hang the scrape
+STATEMENT_TIMEOUT_SECONDS = 10.0  # each query of a scrape, on PostgreSQL (Prometheus's default scrape timeout)
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
@@ -95,6 +96,8 @@ class LedgerCollector:
 
     def collect(self) -> Iterator[Metric]:
         with reading(self.factory) as session:
+            if session.get_bind().dialect.name == "postgresql":  # a slow ledger fails the scrape, not piles up
+                session.execute(text(f"SET LOCAL statement_timeout = {int(STATEMENT_TIMEOUT_SECONDS * 1000)}"))
             deliveries = _deliveries(session)
             retries = _retries(session)
             paused = _paused(session, self.gateways)
