@@ -358,3 +358,13 @@ def test_two_workers_on_one_host_are_two_nodes(tmp_path: Path) -> None:
     host = socket.gethostname()
     assert f"alpha-{prefix}@{host}" in replies
     assert f"celery@{host}" in replies  # the default node name, as before
+
+
+def test_a_malformed_worker_name_is_refused_before_start(tmp_path: Path) -> None:
+    env = base_env(tmp_path, DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}")
+    worker = dispatch("worker", "--name", "two words", env=env, cwd=tmp_path)
+    lines = worker.finish(timeout=60)
+    assert worker.process.returncode == 2  # a usage error
+    text = " ".join(" ".join(lines).replace("│", " ").split())
+    assert "Invalid value for '--name': 'two words' is not a node name: give NAME or NAME@HOST" in text
+    assert "Traceback" not in text

@@ -391,6 +391,16 @@ def scheduler(
             wakeup.close()
 
 
+def _node_name(value: str | None) -> str | None:
+    """``--name``: a Celery node name, NAME or NAME@HOST, without spaces."""
+    if value is None:
+        return None
+    name, _, host = value.partition("@")
+    if not name or ("@" in value and not host) or "@" in host or any(c.isspace() or not c.isprintable() for c in value):
+        raise typer.BadParameter(f"{value!r} is not a node name: give NAME or NAME@HOST, without spaces")
+    return value
+
+
 @app.command("worker")
 def worker(
     queues: Annotated[
@@ -403,6 +413,7 @@ def worker(
             help="Celery node name, NAME@<host> (give NAME@HOST to choose the host part too): two workers on one "
             "host need two names to show as two in Flower  [default: Celery's, celery@<host>]",
             show_default=False,
+            callback=lambda value: _node_name(value),
         ),
     ] = None,
     loglevel: Annotated[
