@@ -352,12 +352,16 @@ def test_two_workers_on_one_host_are_two_nodes(tmp_path: Path) -> None:
                 replies.update(reply)
             if f"alpha-{prefix}@{socket.gethostname()}" in replies:
                 break
+        # the prefix keeps the control messages apart too: the celery@ node that answered is ours
+        other = make_app(REDIS, settings=load_settings(broker_url=REDIS, queue_prefix=f"{prefix}other-"))
+        elsewhere = [name for reply in other.control.ping(timeout=1.0) or [] for name in reply]
     finally:
         for worker in workers:
             worker.stop()
     host = socket.gethostname()
     assert f"alpha-{prefix}@{host}" in replies
     assert f"celery@{host}" in replies  # the default node name, as before
+    assert f"alpha-{prefix}@{host}" not in elsewhere
 
 
 def test_a_malformed_worker_name_is_refused_before_start(tmp_path: Path) -> None:
