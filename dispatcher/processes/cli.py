@@ -413,12 +413,31 @@ def scheduler(
             wakeup.close()
 
 
+def _node_name(value: str | None) -> str | None:
+    """``--name``: a Celery node name, NAME or NAME@HOST, without spaces."""
+    if value is None:
+        return None
+    name, _, host = value.partition("@")
+    if not name or ("@" in value and not host) or "@" in host or any(c.isspace() or not c.isprintable() for c in value):
+        raise typer.BadParameter(f"{value!r} is not a node name: give NAME or NAME@HOST, without spaces")
+    return value
+
+
 @app.command("worker")
 def worker(
     queues: Annotated[
         str, typer.Option(help="comma-separated queues; a worker on `reconcile` alone never waits behind sends")
     ] = "fax,email,copies,reconcile",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Celery node name, NAME@<host> (give NAME@HOST to choose the host part too): two workers on one "
+            "host need two names to show as two in Flower  [default: Celery's, celery@<host>]",
+            show_default=False,
+            callback=lambda value: _node_name(value),
+        ),
+    ] = None,
     loglevel: Annotated[
         str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)
     ] = None,
@@ -441,10 +460,12 @@ def worker(
         preload()
     names = ",".join(queue_name(q) for q in served)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
+    node = ["--hostname", name if "@" in name else f"{name}@%h"] if name else []
     celery_app.worker_main(
         [
             *quiet,
             "worker",
+            *node,
             "-Q",
             names,
             "--concurrency",
