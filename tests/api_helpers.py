@@ -23,11 +23,11 @@ TOML = {"Content-Type": "application/toml"}
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
-def client(factory: sessionmaker[Session]) -> TestClient:
+def client(factory: sessionmaker[Session], *, secret: bytes | None = None) -> TestClient:
     ctx = WebContext(
         factory=factory,
         gateways={},
-        secret=None,
+        secret=secret,
         retry=RetryPolicy(base_seconds=1.0, cap_seconds=2.0, max_attempts=2, no_fax_tone_limit=2),
         documents=DocumentCache(),
         clock=lambda: NOW,
