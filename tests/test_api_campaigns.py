@@ -34,6 +34,10 @@ def test_every_api_endpoint_needs_a_token_and_the_right_role(factory: sessionmak
         for method in operations
     ]
     assert len(routes) == 24
+    assert {"CampaignOut", "Page_DeliveryOut_", "TimelineOut", "ImportOut", "ProblemOut"} <= set(
+        schema["components"]["schemas"]
+    )
+    assert "swagger" in http.get("/api/docs").text.lower()
     writes = 0
     for method, path in routes:
         url = path.replace("{name}", "x").replace("{delivery_id}", "1").replace("{index}", "1")

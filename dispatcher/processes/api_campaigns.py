@@ -8,6 +8,7 @@ Writes go through dispatcher/processes/operations.py, as the console's do.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -29,6 +30,7 @@ from dispatcher.domain.errors import NotFound, Problem, TemplateProblemError
 from dispatcher.domain.input_files import CAMPAIGN_FILE_MAX_BYTES
 from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent
 from dispatcher.domain.queries import get_campaign
+from dispatcher.domain.rendering.fonts import UndrawableTextError
 from dispatcher.domain.rendering.preview import preview_email, preview_fax
 from dispatcher.domain.states import DeliveryKind
 from dispatcher.domain.templating import compile_letter
@@ -258,8 +260,9 @@ def campaign_router(ctx: WebContext, access: Access) -> APIRouter:
         spec, template, day = _letters(ctx, name)
         letters = []
         for index, to in enumerate(spec.to):
-            email = preview_email(spec, template, index, reference=f"preview-{name}-{index + 1}", date=day)
-            fax = preview_fax(spec, template, index, date=day)
+            with _unrenderable():
+                email = preview_email(spec, template, index, reference=f"preview-{name}-{index + 1}", date=day)
+                fax = preview_fax(spec, template, index, date=day)
             letters.append(
                 LetterPreviewOut(
                     index=index + 1,
@@ -294,7 +297,8 @@ def campaign_router(ctx: WebContext, access: Access) -> APIRouter:
         spec, template, day = _letters(ctx, name)
         if index > len(spec.to):
             raise Refused(f"campaign {name!r} has {len(spec.to)} 'To' addressee(s): no letter {index}", status=404)
-        fax = preview_fax(spec, template, index - 1, date=day)
+        with _unrenderable():
+            fax = preview_fax(spec, template, index - 1, date=day)
         return Response(fax.pdf, media_type="application/pdf", headers={"X-Content-SHA256": fax.sha256})
 
     for verb, summary in (
@@ -483,6 +487,16 @@ def _letters(ctx: WebContext, name: str) -> tuple[CampaignSpec, Any, date]:
         except TemplateProblemError as err:
             raise Refused(f"the letter does not compile: {err}", status=409) from None
         return spec, template, c.letter_date or ctx.clock().date()
+
+
+@contextlib.contextmanager
+def _unrenderable() -> Iterator[None]:
+    """A letter that no longer renders (a template error met only on this date, a character no font draws)
+    is a 409 naming the problem, not a server error."""
+    try:
+        yield
+    except (TemplateProblemError, UndrawableTextError) as err:
+        raise Refused(f"the letter cannot be rendered: {err}", status=409) from None
 
 
 def _is_json(request: Request) -> bool:
