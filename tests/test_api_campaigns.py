@@ -193,6 +193,8 @@ def test_bodies_are_bounded_and_typed(factory: sessionmaker[Session]) -> None:
     assert http.post("/api/campaigns/validate", content=big, headers={**roles.viewer, **TOML}).status_code == 413
     odd = http.post("/api/campaigns", content=toml_body(), headers={**roles.manager, "Content-Type": "image/png"})
     assert odd.status_code == 415
+    odd = http.post("/api/campaigns/validate", content=b"x", headers={**roles.viewer, "Content-Type": "image/png"})
+    assert odd.status_code == 415 and "application/toml" in odd.json()["error"]
 
 
 def test_a_campaign_naming_a_list_that_does_not_exist_is_refused(factory: sessionmaker[Session]) -> None:

@@ -301,3 +301,24 @@ def test_100000_deliveries_on_postgresql_answer_the_first_page_quickly(
         f"\n100,004 deliveries on PostgreSQL (inserted in {inserted:.2f} s): "
         + ", ".join(f"{label} {seconds * 1000:.0f} ms" for label, seconds in timings.items())
     )
+
+
+def test_a_retry_that_could_send_a_letter_twice_needs_force(factory: sessionmaker[Session]) -> None:
+    http = client(factory)
+    roles = Roles(factory)
+    create(http, roles.manager)
+    http.post(f"/api/campaigns/{NAME}/schedule", headers=roles.manager)
+    first, second = (item["id"] for item in http.get("/api/deliveries", headers=roles.viewer).json()["items"][:2])
+    with transaction(factory) as session:  # Xi Jinping's first fax failed; his second is unknown (it may be out)
+        ledger = SqlLedger(session)
+        for delivery_id, last in ((first, State.FAILED), (second, State.UNKNOWN)):
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            for state in (State.QUEUED, State.SENDING, last):
+                ledger.move(delivery, state, actor="test", at=NOW, reason="test")
+    url = f"/api/deliveries/{first}/retry"
+    refused = http.post(url, json={"reason": "the line works"}, headers=roles.operator)
+    assert refused.status_code == 409
+    assert 'send "force": true' in refused.json()["error"] and "--force" not in refused.json()["error"]
+    forced = http.post(url, json={"reason": "the line works", "force": True}, headers=roles.operator)
+    assert (forced.status_code, forced.json()["state"]) == (200, "planned"), forced.text

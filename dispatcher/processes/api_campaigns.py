@@ -194,7 +194,7 @@ def campaign_router(ctx: WebContext, access: Access) -> APIRouter:
         responses={422: {"model": ValidationOut, "description": "the campaign has errors: each is listed"}},
     )
     async def validate(request: Request, identity: Identity = access.require(Permission.READ)) -> Any:
-        raw = await bounded_body(request, limit=CAMPAIGN_FILE_MAX_BYTES, what="campaign")
+        raw = await _campaign_bytes(request)
         spec, problems = await run_in_threadpool(_check, raw, _is_json(request))
         errors = sum(1 for p in problems if p.severity == "error")
         out = ValidationOut(
@@ -513,17 +513,29 @@ def _check(raw: bytes, json_body: bool) -> tuple[CampaignSpec | None, list[Probl
 
 async def _read_body(request: Request) -> tuple[CampaignSpec, Any]:
     """The body as a validated campaign (spec, report), or Invalid (422) listing every problem."""
+    raw = await _campaign_bytes(request)
+    spec, report = await run_in_threadpool(_parse_and_check, raw, _is_json(request))
+    if spec is None:
+        raise Invalid(report)
+    return spec, report
+
+
+async def _campaign_bytes(request: Request) -> bytes:
+    """The body of a campaign request: 415 for another type, 413 past 1 MiB."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind and kind not in BODY_TYPES:
         raise Refused(f"a campaign is sent as {', '.join(BODY_TYPES)}; not {kind[:60]!r}", status=415)
-    raw = await bounded_body(request, limit=CAMPAIGN_FILE_MAX_BYTES, what="campaign")
-    data, problems = parse_body(raw, json_body=_is_json(request))
+    return await bounded_body(request, limit=CAMPAIGN_FILE_MAX_BYTES, what="campaign")
+
+
+def _parse_and_check(raw: bytes, json_body: bool) -> tuple[CampaignSpec | None, Any]:
+    """(spec, report) of a valid body; (None, its problems) otherwise. Parsing and validating block: a
+    worker thread does them."""
+    data, problems = parse_body(raw, json_body=json_body)
     if data is None:
-        raise Invalid(problems)
-    spec, report = await run_in_threadpool(check_body, data)
-    if spec is None:
-        raise Invalid(report.problems)
-    return spec, report
+        return None, problems
+    spec, report = check_body(data)
+    return (spec, report) if spec is not None else (None, report.problems)
 
 
 def _save(

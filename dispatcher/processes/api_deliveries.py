@@ -230,9 +230,13 @@ def delivery_router(ctx: WebContext, access: Access) -> APIRouter:
     def retry(
         body: RetryIn, delivery_id: int = DELIVERY_ID, identity: Identity = access.require(Permission.DELIVERIES)
     ) -> DoneOut:
-        done = operations.retry_delivery(
-            ctx.factory, delivery_id, by=identity, reason=body.reason, now=ctx.clock(), force=body.force
-        )
+        try:
+            done = operations.retry_delivery(
+                ctx.factory, delivery_id, by=identity, reason=body.reason, now=ctx.clock(), force=body.force
+            )
+        except Refused as err:  # the ledger's words are the CLI's: say it as this API does
+            err.message = err.message.replace("use --force", 'send "force": true')
+            raise
         return DoneOut(message=done.message, state=done.state)
 
     @router.post(
