@@ -5,6 +5,11 @@ actions log naming the identity and the reason (``accounts.record_action``), and
 on commit. A refused action raises ``Refused`` with a message that names the problem (the API answers
 it 404 or 409; the console shows it beside the button); nothing of a refused action is kept.
 
+Campaign writes from a request (the API's body, the console's form) go through ``save_campaign`` (a
+campaign parsed and checked by dispatcher/domain/campaign_body.py: create, or replace a draft), supporter
+lists through ``import_list`` (a CSV into a named list); invalid input raises ``Invalid`` (a Refused, 422)
+with every Problem.
+
 These are blocking calls (the ledger): call them from a worker thread (a ``def`` route, or
 ``run_in_threadpool``), never on the event loop.
 """
