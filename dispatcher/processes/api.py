@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -20,19 +19,21 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
-from dispatcher.domain.accounts import Identity, Permission
+from dispatcher.domain.accounts import Permission
 from dispatcher.domain.db import reading, transaction
-from dispatcher.domain.errors import NotFound
 from dispatcher.domain.matching import UnusableEvent, find_delivery, recordable
 from dispatcher.domain.media import MediaTokenError, read_token
 from dispatcher.domain.messages import StatusEvent, WebhookRequest
 from dispatcher.domain.models import Delivery
 from dispatcher.domain.outcomes import apply_status
-from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.templates import static_directory
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes import console
 from dispatcher.processes.access import Access, install
+from dispatcher.processes.api_campaigns import campaign_router
+from dispatcher.processes.api_common import install_errors
+from dispatcher.processes.api_deliveries import delivery_router
+from dispatcher.processes.api_lists import list_router
 from dispatcher.processes.health import health_router
 from dispatcher.processes.metrics import metrics_router
 from dispatcher.processes.unsubscribe_web import unsubscribe_router
@@ -53,6 +54,10 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
     install(app, access)  # /login, /logout, 401/403 answers
     app.include_router(console.console_router(ctx, access))
+    install_errors(app)  # the JSON API: refusals as {"error": ...}
+    app.include_router(campaign_router(ctx, access))
+    app.include_router(delivery_router(ctx, access))
+    app.include_router(list_router(ctx, access))
     app.mount("/static", StaticFiles(directory=static_directory()), name="static")
     settings = ctx.settings or get_settings()
     app.include_router(health_router(ctx.factory, settings, gateways=ctx.gateways))  # public: probes
@@ -83,25 +88,6 @@ def create_app(ctx: WebContext) -> FastAPI:
         except MediaTokenError as err:
             raise HTTPException(403, str(err)) from err
         return Response(_fax_pdf(ctx, delivery_id), media_type="application/pdf")
-
-    @app.get("/api/campaigns/{name}/deliveries")
-    def deliveries(name: str, identity: Identity = access.require(Permission.READ)) -> list[dict[str, Any]]:
-        with reading(ctx.factory) as session:
-            try:
-                campaign = get_campaign(session, name)
-            except NotFound as err:  # a 404 (it was a 500), naming no other campaign
-                raise HTTPException(404, f"no campaign named {name!r}") from err
-            return [
-                {
-                    "id": d.id,
-                    "kind": d.kind,
-                    "channel": d.channel,
-                    "state": d.state,
-                    "attempts": d.attempt_count,
-                    "last_error": d.last_error,
-                }
-                for d in sorted(campaign.deliveries, key=lambda d: d.id)
-            ]
 
     return app
 

@@ -5,24 +5,38 @@ actions log naming the identity and the reason (``accounts.record_action``), and
 on commit. A refused action raises ``Refused`` with a message that names the problem (the API answers
 it 404 or 409; the console shows it beside the button); nothing of a refused action is kept.
 
+Campaign writes from a request (the API's body, the console's form) go through ``save_campaign`` (a
+campaign parsed and checked by dispatcher/domain/campaign_body.py: create, or replace a draft), supporter
+lists through ``import_list`` (a CSV into a named list); invalid input raises ``Invalid`` (a Refused, 422)
+with every Problem.
+
 These are blocking calls (the ledger): call them from a worker thread (a ``def`` route, or
 ``run_in_threadpool``), never on the event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import control
 from dispatcher.domain.accounts import Identity, record_action
+from dispatcher.domain.campaign_body import BODY
+from dispatcher.domain.campaign_file import LIST_NAME, CampaignSpec
 from dispatcher.domain.db import transaction
-from dispatcher.domain.errors import CampaignConflict, NotFound, TransitionError
-from dispatcher.domain.models import Delivery
-from dispatcher.domain.states import State
+from dispatcher.domain.errors import CampaignConflict, CampaignFileError, NotFound, Problem, TransitionError
+from dispatcher.domain.models import Campaign, Delivery
+from dispatcher.domain.planning import fatal_problems, load_campaign
+from dispatcher.domain.states import CampaignStatus, State
+from dispatcher.domain.supporter_import import ImportResult, Rejected, SupporterFileError, import_rows, read_rows
+from dispatcher.domain.validation import Report
 from dispatcher.processes.wakeup import notify
 
 MAX_REASON_CHARS = 2000
@@ -35,6 +49,15 @@ class Refused(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class Invalid(Refused):
+    """Input that is not a valid campaign: every Problem, answered 422."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        errors = [p for p in problems if p.severity == "error"]
+        super().__init__(f"{len(errors)} error(s): nothing was saved", status=422)
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,8 @@ def _run(factory: sessionmaker[Session], work: Callable[[Session], Done]) -> Don
         raise Refused(str(err), status=404) from err
     except (CampaignConflict, TransitionError) as err:
         raise Refused(str(err)) from err
+    except CampaignFileError as err:
+        raise Invalid(err.problems) from err
 
 
 def campaign_action(
@@ -160,3 +185,107 @@ def _log(session: Session, by: Identity, action: str, delivery: Delivery, *, now
     record_action(
         session, by, action, now=now, reason=reason, campaign_id=delivery.campaign_id, delivery_id=delivery.id
     )
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A campaign written from a request body: created, replaced (a draft) or unchanged, and its counts."""
+
+    message: str
+    status: str  # "created" | "replaced" | "unchanged"
+    campaign_id: int
+    planned: int
+    skipped: int
+
+
+def save_campaign(
+    factory: sessionmaker[Session],
+    spec: CampaignSpec,
+    report: Report,
+    *,
+    by: Identity,
+    now: datetime,
+    create: bool,
+    skip_invalid: bool = False,
+) -> Saved:
+    """Write a validated campaign (from dispatcher/domain/campaign_body.py) and plan its deliveries.
+
+    ``create``: a new campaign (409 if the name is taken); otherwise the draft of that name is replaced
+    (404 if there is none, 409 if it was scheduled: planning refuses to rewrite it). Errors: Invalid."""
+    fatal = fatal_problems(spec, report, skip_invalid=skip_invalid)
+    if fatal:
+        raise Invalid(report.problems)
+    name = spec.campaign.name
+
+    def work(session: Session) -> Done:
+        exists = session.scalar(select(Campaign.id).where(Campaign.name == name)) is not None
+        if create and exists:
+            raise Refused(f"a campaign named {name!r} exists: replace its draft with PUT /api/campaigns/{name}")
+        if not create and not exists:
+            raise Refused(f"no campaign named {name!r}: create it with POST /api/campaigns", status=404)
+        result = load_campaign(session, spec, report, source=Path(BODY), skip_invalid=skip_invalid, now=now)
+        if result.status != "unchanged":
+            action = "campaign.create" if create else "campaign.replace"
+            record_action(session, by, action, now=now, campaign_id=result.campaign_id)
+        saved.append(
+            Saved(f"{name}: {result.status}", result.status, result.campaign_id, result.planned, result.skipped)
+        )
+        return Done(f"{name}: {result.status}", CampaignStatus.DRAFT)
+
+    saved: list[Saved] = []
+    _run(factory, work)
+    return saved[0]
+
+
+MAX_REJECTED_SHOWN = 1000  # rejected rows an import answers one by one; all are counted
+
+
+@dataclass
+class Imported:
+    """What a supporter list import did: the counts, and the rejected rows by line and reason (no address)."""
+
+    result: ImportResult
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def import_list(
+    factory: sessionmaker[Session],
+    list_name: str,
+    stream: BinaryIO,
+    *,
+    by: Identity,
+    now: datetime,
+    source: str,
+    encoding: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+) -> Imported:
+    """Import a CSV into the list ``list_name`` (created if needed), as `dispatch supporters import` does,
+    in one transaction; a file that cannot be imported at all is refused (422) and nothing is written."""
+    if not re.fullmatch(LIST_NAME, list_name):
+        raise Refused(
+            f"the list name {list_name!r} is not usable in a campaign: lower-case letters, digits and '-', "
+            "2 to 81 characters, starting with a letter or digit",
+            status=422,
+        )
+    imported: list[Imported] = []
+
+    def work(session: Session) -> Done:
+        rows = read_rows(stream, source=source, encoding=encoding, mapping=mapping)
+        shown: list[Rejected] = []
+
+        def rejected(row: Rejected) -> None:
+            if len(shown) < MAX_REJECTED_SHOWN:
+                shown.append(row)
+
+        result = import_rows(session, list_name, rows, now=now, on_rejected=rejected)
+        record_action(session, by, "list.import", now=now, reason=result.summary())
+        imported.append(Imported(result, shown))
+        return Done(result.summary())
+
+    try:
+        _run(factory, work)
+    except SupporterFileError as err:
+        raise Refused(str(err), status=422) from err
+    except LookupError as err:  # an encoding Python does not know
+        raise Refused(f"unknown encoding {encoding!r}", status=422) from err
+    return imported[0]

@@ -101,22 +101,34 @@ def _path(path: Path | None, place: tuple[int, AddresseeSpec] | None) -> Path | 
 
 def _write_fax(spec: CampaignSpec, template: jinja2.Template, index: int, path: Path, *, date: Date) -> FaxDocument:
     """The fax of the letter to ``spec.to[index]``, to their first valid number, written to ``path``."""
-    to = spec.to[index]
-    letter = build_letter(spec, template, date=date, variant=variant_for(spec, "to", index))
-    fax = render_fax(spec, letter, to=to, fax_number=_first_fax(to))
+    fax = preview_fax(spec, template, index, date=date)
     path.write_bytes(fax.pdf)
     return fax
+
+
+def preview_fax(spec: CampaignSpec, template: jinja2.Template, index: int, *, date: Date) -> FaxDocument:
+    """The fax of the letter to ``spec.to[index]``, to their first valid number (in memory: the API's preview)."""
+    to = spec.to[index]
+    letter = build_letter(spec, template, date=date, variant=variant_for(spec, "to", index))
+    return render_fax(spec, letter, to=to, fax_number=_first_fax(to))
 
 
 def _write_email(
     spec: CampaignSpec, template: jinja2.Template, index: int, path: Path, *, reference: str, date: Date
 ) -> EmailDocument:
     """The email of the letter to ``spec.to[index]`` (see the module's docstring), written to ``path``."""
-    variant, address = _email_recipient(spec, index)
-    letter = build_letter(spec, template, date=date, variant=variant)
-    email = render_email(spec, letter, to_email=address, reference=reference)
+    email = preview_email(spec, template, index, reference=reference, date=date)
     path.write_bytes(to_mime(email.message).as_bytes())
     return email
+
+
+def preview_email(
+    spec: CampaignSpec, template: jinja2.Template, index: int, *, reference: str, date: Date
+) -> EmailDocument:
+    """The email of the letter to ``spec.to[index]`` (see the module's docstring), in memory."""
+    variant, address = _email_recipient(spec, index)
+    letter = build_letter(spec, template, date=date, variant=variant)
+    return render_email(spec, letter, to_email=address, reference=reference)
 
 
 def _email_recipient(spec: CampaignSpec, index: int) -> tuple[Variant, str]:
