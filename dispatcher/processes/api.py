@@ -30,7 +30,7 @@ from dispatcher.domain.models import Delivery
 from dispatcher.domain.outcomes import apply_status
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.templates import static_directory
-from dispatcher.processes import console, console_log
+from dispatcher.processes import console, console_forms, console_log
 from dispatcher.processes.access import Access, install
 from dispatcher.processes.unsubscribe_web import unsubscribe_router
 from dispatcher.processes.web_context import WebContext
@@ -49,6 +49,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.add_exception_handler(OperationalError, _ledger_unavailable)
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
     install(app, access)  # /login, /logout, 401/403 answers
+    app.include_router(console_forms.forms_router(ctx, access))  # before /campaigns/{name}: /campaigns/new
     app.include_router(console.console_router(ctx, access))
     app.include_router(console_log.log_router(ctx, access))
     app.mount("/static", StaticFiles(directory=static_directory()), name="static")

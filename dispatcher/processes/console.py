@@ -173,7 +173,7 @@ class Previews:
         first = _first_to(campaign)
         email = render_email(spec, letter, to_email=_route(first, "email", PLACEHOLDER_EMAIL), reference="preview")
         fax = render_fax(spec, letter, to=spec.to[0], fax_number=_route(first, "fax", PLACEHOLDER_FAX))
-        kept = {"html": email.message.html or "", "text": email.message.text, "pdf": fax.pdf, "pages": {}}
+        kept: dict[str, Any] = {"html": email.message.html or "", "pdf": fax.pdf, "pages": {}}
         kept["page_count"] = fax.page_count
         with self._lock:
             self._kept[key] = kept
@@ -295,4 +295,3 @@ def _campaign_or_404(session: Session, name: str) -> Campaign:
         return get_campaign(session, name)
     except NotFound as err:
         raise HTTPException(404, f"no campaign named {name!r}") from err
-

@@ -63,7 +63,9 @@ class LogFilter:
         return query.options(joinedload(Delivery.addressee), joinedload(Delivery.campaign))
 
 
-def event_rows(session: Session, found: LogFilter, *, after: int = 0, before: int | None = None) -> list[dict[str, Any]]:
+def event_rows(
+    session: Session, found: LogFilter, *, after: int = 0, before: int | None = None
+) -> list[dict[str, Any]]:
     """The events matching ``found``, newest first: the last LOG_ROWS before ``before``, or (``after``) the
     oldest NEW_ROWS after that id."""
     query = found.query(session)
@@ -163,7 +165,11 @@ def held_rows(session: Session) -> dict[str, list[dict[str, Any]]]:
     failed = [
         _held_row(d, d.last_error or "")
         for d in session.scalars(
-            select(Delivery).where(Delivery.state == State.FAILED).options(*options).order_by(Delivery.id).limit(HELD_ROWS)
+            select(Delivery)
+            .where(Delivery.state == State.FAILED)
+            .options(*options)
+            .order_by(Delivery.id)
+            .limit(HELD_ROWS)
         ).unique()
     ]
     return {"held": held, "failed": failed}
@@ -250,7 +256,9 @@ def log_router(ctx: WebContext, access: Access) -> APIRouter:
             return page(request, "web/delivery.html.j2", {**context, "notice": notice}, status=status)
 
     @router.get("/deliveries/{delivery_id}", response_class=HTMLResponse)
-    def delivery(request: Request, delivery_id: int, identity: Identity = access.require(Permission.READ)) -> HTMLResponse:
+    def delivery(
+        request: Request, delivery_id: int, identity: Identity = access.require(Permission.READ)
+    ) -> HTMLResponse:
         return show(request, delivery_id)
 
     @router.post("/deliveries/{delivery_id}/{action}", response_class=HTMLResponse)
