@@ -45,7 +45,10 @@ MARKUP = "<img src=x onerror=\"document.title='injected'\">"
 FAILING_FAX = "+86 10 6307 0900"  # scripted "invalid_number" in the Telnyx emulator
 FAILING_FAX_E164 = "+861063070900"
 NAME = "free-the-nine"
-BODY = "{{ to.salutation or ('Dear ' ~ to.name ~ ',') }}\n\nPlease let the nine travel to safety.\n\n{{ sender.signatory }}"
+BODY = (
+    "{{ to.salutation or ('Dear ' ~ to.name ~ ',') }}\n\nPlease let the nine travel to safety.\n\n"
+    "{{ sender.signatory }}"
+)
 ADDRESSEES = f"""\
 [[to]]
 name = "A. Minister"
@@ -89,10 +92,10 @@ def state_of(factory: sessionmaker[Session], delivery_id: int) -> str:
 
 
 @contextmanager
-def scheduler_and_worker(worker: WorkerContext) -> Iterator[list[BaseException]]:
+def scheduler_and_worker(worker: WorkerContext) -> Iterator[list[Exception]]:
     """Scheduler ticks (run_once) and worker batches (deliver_many), reconciliation too, in a thread, every
     0.2 s: the path `dispatch scheduler` and `dispatch worker` run; yields the errors it met."""
-    stop, errors = threading.Event(), []
+    stop, errors = threading.Event(), list[Exception]()
     config = SchedulerConfig.from_settings(SETTINGS)
 
     def collect(into: list[list[int]]) -> Callable[[str, Sequence[int]], None]:
