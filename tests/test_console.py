@@ -7,6 +7,7 @@ from __future__ import annotations
 import html as html_module
 import io
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pypdf
@@ -15,9 +16,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher.domain import control
+from dispatcher.domain.db import transaction
+from dispatcher.domain.holds import hold
+from dispatcher.domain.ledger_sql import SqlLedger
 from dispatcher.domain.models import Campaign, Delivery, OperatorAction, Supporter
 from dispatcher.domain.rendering.documents import DocumentCache
-from dispatcher.domain.states import DeliveryKind
+from dispatcher.domain.states import DeliveryKind, State
 from dispatcher.processes.api import create_app
 from dispatcher.processes.console import Previews
 
@@ -225,3 +230,40 @@ def test_the_log_filters_and_its_live_fragment(factory: sessionmaker[Session], l
     for copy in copies:
         assert copy.destination not in everything.text  # "supporter copy #id", never the address
     assert client.get("/log/rows?after=x", headers=HTML).status_code == 422
+
+
+def test_held_lists_unknown_and_overdue_submitted_deliveries_and_failed_ones(
+    factory: sessionmaker[Session], loaded: str
+) -> None:
+    now = datetime.now(UTC)
+    with transaction(factory) as session:
+        control.schedule(session, loaded, now=now)
+        ledger = SqlLedger(session)
+        letters = list(
+            session.scalars(select(Delivery).where(Delivery.kind == DeliveryKind.LETTER).order_by(Delivery.id))
+        )
+        unknown, overdue, waiting, failed = letters[:4]
+        for delivery, last in (
+            (unknown, State.UNKNOWN),
+            (overdue, State.SUBMITTED),
+            (waiting, State.SUBMITTED),
+            (failed, State.FAILED),
+        ):
+            for state in (State.QUEUED, State.SENDING, last):
+                ledger.move(delivery, state, actor="worker:test", at=now, reason=f"test: {state}")
+        assert hold(session, ledger, overdue, actor="poller", at=now, why="no report after 2 hours")
+        ids = [d.id for d in (unknown, overdue, waiting, failed)]
+    client, csrf = client_for(factory, "operator", name="olga")
+    page = client.get("/held", headers=HTML)
+    held = re.search(r'id="held">(.*?)</table>', page.text, re.S).group(1)  # type: ignore[union-attr]
+    failed_rows = re.search(r'id="failed">(.*?)</table>', page.text, re.S).group(1)  # type: ignore[union-attr]
+    assert re.findall(r'data-delivery="(\d+)"', held) == [str(ids[0]), str(ids[1])]
+    assert "no report after 2 hours" in held
+    assert re.findall(r'data-delivery="(\d+)"', failed_rows) == [str(ids[3])]
+    assert held.count('name="reason"') == 2 * 3  # resolve sent, resolve not sent, cancel: each asks why
+    retried = client.post(
+        f"/deliveries/{ids[3]}/retry", data={"csrf": csrf, "reason": "number fixed", "back": "held"}, headers=HTML
+    )
+    assert retried.status_code == 200
+    assert f"delivery #{ids[3]}: planned" in retried.text
+    assert "<h1>Held for an operator</h1>" in retried.text

@@ -14,13 +14,13 @@ from typing import Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from dispatcher.domain.accounts import Identity, Permission
 from dispatcher.domain.control import resolvable
 from dispatcher.domain.db import reading
-from dispatcher.domain.holds import held_because
+from dispatcher.domain.holds import HOLD_REASON, held_because
 from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent
 from dispatcher.domain.rendering.templates import render
 from dispatcher.domain.states import State
@@ -142,15 +142,21 @@ def actions_for(delivery: Delivery) -> list[str]:
 
 
 def held_rows(session: Session) -> dict[str, list[dict[str, Any]]]:
-    """Deliveries held for an operator (unknown, or submitted and waiting for a report that is overdue:
-    those with a hold event), and failed ones, oldest first."""
+    """Deliveries held for an operator (unknown, or submitted with a hold logged: its report is overdue),
+    and failed ones, oldest first, at most HELD_ROWS of each. A submitted delivery waiting for its report
+    in the ordinary way is not held: only those with a hold event are read."""
     options = (joinedload(Delivery.addressee), joinedload(Delivery.campaign))
+    with_hold = (
+        select(DeliveryEvent.delivery_id)
+        .where(DeliveryEvent.delivery_id == Delivery.id, DeliveryEvent.reason.like(f"{HOLD_REASON}%"))
+        .exists()
+    )
     candidates = session.scalars(
         select(Delivery)
-        .where(Delivery.state.in_((State.UNKNOWN, State.SUBMITTED)))
+        .where(or_(Delivery.state == State.UNKNOWN, and_(Delivery.state == State.SUBMITTED, with_hold)))
         .options(*options)
         .order_by(Delivery.id)
-        .limit(HELD_ROWS * 4)
+        .limit(HELD_ROWS)
     ).unique()
     held = []
     for delivery in candidates:
@@ -158,10 +164,8 @@ def held_rows(session: Session) -> dict[str, list[dict[str, Any]]]:
             continue
         why = held_because(session, delivery)
         if why is None and delivery.state != State.UNKNOWN:
-            continue  # submitted, waiting for its report in the ordinary way
-        held.append(_held_row(delivery, why or "outcome unknown"))
-        if len(held) >= HELD_ROWS:
-            break
+            continue  # held once, then a report came and a new submission is waiting in the ordinary way
+        held.append(_held_row(delivery, why or "outcome unknown: check the provider's records"))
     failed = [
         _held_row(d, d.last_error or "")
         for d in session.scalars(
