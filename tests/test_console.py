@@ -267,3 +267,21 @@ def test_held_lists_unknown_and_overdue_submitted_deliveries_and_failed_ones(
     assert retried.status_code == 200
     assert f"delivery #{ids[3]}: planned" in retried.text
     assert "<h1>Held for an operator</h1>" in retried.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/deliveries/99999999999999999999",
+        "/deliveries/-1",
+        "/deliveries/x",
+        "/log?before=99999999999999999999",
+        "/log/rows?after=99999999999999999999",
+        "/log?before=-5",
+        "/campaigns/x/preview/fax/99999999999999999999.png",
+    ],
+)
+def test_numbers_out_of_range_are_a_4xx(factory: sessionmaker[Session], loaded: str, url: str) -> None:
+    client, _csrf = client_for(factory, "viewer", name="vera")
+    answer = client.get(url, headers=HTML)
+    assert 400 <= answer.status_code < 500, (url, answer.status_code, answer.text[:200])

@@ -16,9 +16,9 @@ import io
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -278,7 +278,9 @@ def console_router(ctx: WebContext, access: Access) -> APIRouter:
         return HTMLResponse(html, headers=PREVIEW_HEADERS)
 
     @router.get("/campaigns/{name}/preview/fax/{number}.png")
-    def fax_preview(name: str, number: int, identity: Identity = access.require(Permission.READ)) -> Response:
+    def fax_preview(
+        name: str, number: Annotated[int, Path(ge=1, le=1000)], identity: Identity = access.require(Permission.READ)
+    ) -> Response:
         with reading(ctx.factory) as session:
             campaign = _campaign_or_404(session, name)
             try:

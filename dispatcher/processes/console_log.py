@@ -10,9 +10,9 @@ only ever "supporter copy #id" (views.describe_target): the log is shared and sh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, joinedload
@@ -35,6 +35,8 @@ NEW_ROWS = 500  # at most this many new events in one refresh (the script asks a
 HELD_ROWS = 500
 DELIVERY_ACTIONS = ("retry", "resolve-sent", "resolve-not-sent", "cancel")
 CHANNELS = ("fax", "email")
+MAX_ID = 2**31 - 1  # ids are INTEGER columns: a larger number names nothing (and PostgreSQL refuses it)
+DeliveryId = Annotated[int, Path(ge=1, le=MAX_ID, description="a delivery's id")]
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ def log_router(ctx: WebContext, access: Access) -> APIRouter:
         campaign: str = "",
         state: str = "",
         channel: str = "",
-        before: int | None = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
         identity: Identity = access.require(Permission.READ),
     ) -> HTMLResponse:
         found = LogFilter(campaign.strip(), state.strip(), channel.strip())
@@ -230,7 +232,7 @@ def log_router(ctx: WebContext, access: Access) -> APIRouter:
 
     @router.get("/log/rows", response_class=HTMLResponse)
     def new_rows(
-        after: int,
+        after: Annotated[int, Query(ge=0, le=MAX_ID)],
         campaign: str = "",
         state: str = "",
         channel: str = "",
@@ -261,14 +263,14 @@ def log_router(ctx: WebContext, access: Access) -> APIRouter:
 
     @router.get("/deliveries/{delivery_id}", response_class=HTMLResponse)
     def delivery(
-        request: Request, delivery_id: int, identity: Identity = access.require(Permission.READ)
+        request: Request, delivery_id: DeliveryId, identity: Identity = access.require(Permission.READ)
     ) -> HTMLResponse:
         return show(request, delivery_id)
 
     @router.post("/deliveries/{delivery_id}/{action}", response_class=HTMLResponse)
     def act(
         request: Request,
-        delivery_id: int,
+        delivery_id: DeliveryId,
         action: str,
         reason: str = Form(""),
         back: str = Form(""),

@@ -204,7 +204,7 @@ class FormRefused(Refused):
 
 def campaign_data_from_form(fields: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """The campaign file's content built from the form's fields, and the problems found on the way (a
-    TOML textarea that does not parse, a date that is not one)."""
+    TOML textarea that does not parse, or holds other tables than [[to]] and [[cc]])."""
     problems: dict[str, list[str]] = {}
 
     def get(key: str) -> str:
@@ -215,10 +215,10 @@ def campaign_data_from_form(fields: Mapping[str, str]) -> tuple[dict[str, Any], 
         if get(f"campaign.{key}"):
             campaign[key] = get(f"campaign.{key}")
     if get("campaign.deadline"):
-        campaign["deadline"] = _when(get("campaign.deadline"), "campaign.deadline", problems)
+        campaign["deadline"] = get("campaign.deadline")  # validation reads it, and says what is wrong with it
     schedule: dict[str, Any] = {"mode": get("schedule.mode") or "now"}
     if schedule["mode"] == "at":
-        schedule["at"] = _when(get("schedule.at"), "schedule.at", problems)
+        schedule["at"] = get("schedule.at")
     campaign["schedule"] = schedule
     sender: dict[str, Any] = {k: get(f"sender.{k}") for k in SENDER_FIELDS if get(f"sender.{k}")}
     address = [line.strip() for line in (fields.get("sender.address") or "").splitlines() if line.strip()]
@@ -242,17 +242,6 @@ def campaign_data_from_form(fields: Mapping[str, str]) -> tuple[dict[str, Any], 
     if lists:
         data["supporters"] = {"lists": lists, "copies": get("supporters.copies") or "after-delivery"}
     return data, problems
-
-
-def _when(text: str, key: str, problems: dict[str, list[str]]) -> str:
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        problems.setdefault(key, []).append(f"{text!r} is not a date and time (e.g. 2026-12-24T09:00+01:00)")
-        return text
-    if at.tzinfo is None:
-        problems.setdefault(key, []).append(f"{text!r} has no time zone: add one (e.g. +01:00 or Z)")
-    return text
 
 
 def form_field(problem: Problem) -> str:
