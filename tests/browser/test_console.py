@@ -38,7 +38,7 @@ from workers.reconcile import reconcile
 
 from ..builders import SENDER, build_campaign, official
 from ..integration.conftest import SETTINGS, Sandbox
-from .conftest import Web
+from .conftest import SCREENSHOTS, Web
 
 PASSWORD = "correct horse battery staple"
 MARKUP = "<img src=x onerror=\"document.title='injected'\">"
@@ -78,6 +78,12 @@ def fill(page: webdriver.Chrome, fields: dict[str, str]) -> None:
     """Set the form's fields at once (typing a letter key by key would take seconds)."""
     for name, value in fields.items():
         page.execute_script("arguments[0].value = arguments[1]", page.find_element(By.NAME, name), value)
+
+
+def snapshot(page: webdriver.Chrome, name: str) -> None:
+    """A screenshot on the way (the ``page`` fixture saves one where the test ends)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
 def notice(page: webdriver.Chrome) -> str:
@@ -169,6 +175,7 @@ def test_a_manager_creates_and_schedules_a_campaign_and_watches_the_log_live(
     WebDriverWait(page, 10).until(lambda p: p.find_elements(By.CSS_SELECTOR, ".notice"))
     assert notice(page) == f"{NAME}: scheduled (now)"
     assert page.find_element(By.ID, "status").text == "scheduled"
+    snapshot(page, "console-campaign-page")
 
     page.get(web.url(f"/log?campaign={NAME}"))
     page.execute_script("window.notReloaded = true")
@@ -185,6 +192,7 @@ def test_a_manager_creates_and_schedules_a_campaign_and_watches_the_log_live(
                 and "email minister@gov.example sending → submitted" in p.find_element(By.ID, "log-rows").text
             )
         )
+    snapshot(page, "console-live-log")
     assert errors == []
     assert page.execute_script("return window.notReloaded") is True  # the rows came without a reload
     print(f"\nfirst live row {first_row:.2f} s after the scheduler started")
