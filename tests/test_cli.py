@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
+from dispatcher.domain import db
+from dispatcher.domain.models import OperatorAction
 from dispatcher.domain.settings import get_settings
 from dispatcher.processes.cli import app
+from workers.sandbox.server import free_port
 
 from .builders import build_campaign
 from .spawn import base_env, dispatch
@@ -76,12 +84,22 @@ def test_control_commands(example_file: Path) -> None:
     run("campaign", "load", str(example_file), "--skip-invalid")
     name = "north-korean-refugees-2015"
     assert run("campaign", "schedule", name)[0] == 0
-    assert "paused" in run("campaign", "pause", name)[1]
+    assert "paused" in run("campaign", "pause", name, "--reason", "the ministry asked for a day")[1]
     assert "scheduled again" in run("campaign", "resume", name)[1]
     code, output = run("campaign", "cancel", name)
     assert code == 0 and "cancelled (5 deliveries will not be sent)" in output
     code, output = run("campaign", "show", name)
     assert output.count("cancelled") >= 3
+    code, output = run("campaign", "resume", name)
+    assert (code, output.strip()) == (1, f"error: cannot resume campaign '{name}': it is cancelled")
+    with db.session_factory(db.make_engine(get_settings().database_url))() as session:
+        logged = [(a.actor.split(":")[0], a.action, a.reason) for a in session.scalars(select(OperatorAction))]
+    assert logged == [
+        ("cli", "campaign.schedule", ""),
+        ("cli", "campaign.pause", "the ministry asked for a day"),
+        ("cli", "campaign.resume", ""),
+        ("cli", "campaign.cancel", ""),
+    ]
 
 
 def test_unknown_campaign_is_a_clear_error() -> None:
@@ -192,14 +210,36 @@ def test_sandbox_oracles_go_under_the_var_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "var").exists()
 
 
-def test_demo_works_under_the_var_dir(tmp_path: Path) -> None:
-    env = base_env(tmp_path, DISPATCH_VAR_DIR=str(tmp_path / "runtime"), COLUMNS="120")
-    demo = dispatch("demo", env=env, cwd=tmp_path)  # the example campaign, as `scripts/demo` runs it
-    lines = demo.finish(timeout=240)
+def test_demo_works_under_the_var_dir_and_serves_its_console(tmp_path: Path) -> None:
+    env = base_env(tmp_path, DISPATCH_VAR_DIR=str(tmp_path / "runtime"), COLUMNS="200")
+    port = free_port()
+    # the example campaign, as `scripts/demo` runs it, then the console kept up (as in a terminal)
+    demo = dispatch("demo", "--serve", "--port", str(port), env=env, cwd=tmp_path)
+    try:
+        line = demo.wait_for(lambda text: text.startswith("console: "), timeout=120)
+        found = re.fullmatch(r"console: (http://127\.0\.0\.1:(\d+))/  \(log in as demo, password (\S+)\)", line)
+        assert found is not None, line
+        url, password = found.group(1), found.group(3)
+        assert found.group(2) == str(port)
+        demo.wait_for(lambda text: "delivered more than once" in text, timeout=180)
+        demo.wait_for(lambda text: "Press Ctrl-C to stop" in text, timeout=30)
+        with httpx.Client(base_url=url, headers={"Accept": "text/html"}, timeout=15) as client:
+            form = client.get("/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf is not None
+            client.post("/login", data={"name": "demo", "password": password, "csrf": csrf.group(1)})
+            page = client.get("/")
+            assert page.status_code == 200
+            assert "north-korean-refugees-2015" in page.text and "completed" in page.text
+        os.killpg(demo.process.pid, signal.SIGINT)
+        lines = demo.finish(timeout=60)
+    finally:
+        demo.stop()
     assert demo.process.returncode == 0, "\n".join(lines)
     assert "0 delivered more than once" in "\n".join(lines)
     assert (tmp_path / "runtime" / "demo" / "preview.pdf").is_file()
     assert (tmp_path / "runtime" / "demo" / "ledger.db").is_file()
     log = (tmp_path / "runtime" / "demo" / "demo.log").read_text()  # the log goes to a file, not the live view
     assert " INFO celery." in log
+    assert password not in log
     assert not (tmp_path / "var").exists()

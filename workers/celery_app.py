@@ -52,6 +52,17 @@ def queue_name(queue: str) -> str:
     return queue
 
 
+# kombu's Redis transport keeps a queue's messages of priority p > 0 in "<queue>\x06\x16<p>"
+PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
+
+
+def broker_keys(queue: str, prefix: str) -> list[str]:
+    """The Redis lists holding the messages waiting on ``queue``: its list and its priority lists, under
+    DISPATCH_QUEUE_PREFIX (``prefix``). Their LLENs add up to the queue's depth."""
+    name = f"{prefix}{queue_name(queue)}"
+    return [name, *(f"{name}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
+
+
 def make_app(broker_url: str | None = None, *, settings: Settings | None = None) -> Celery:
     """The app with the settings' broker (unless ``broker_url``), time limits, visibility timeout and
     key prefix."""

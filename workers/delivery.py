@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,11 +48,21 @@ from dispatcher.domain.rendering.documents import DocumentCache, Rendered
 from dispatcher.domain.settings import Settings
 from dispatcher.domain.states import Channel, CopiesWhen, DeliveryKind, State
 from workers.gateways.base import Gateway
-from workers.gateways.errors import ConfigurationFault, DeliveryError, GatewayPaused, Permanent, Transient, Unknown
+from workers.gateways.errors import (
+    BATCH_STOPPED,
+    ConfigurationFault,
+    DeliveryError,
+    GatewayPaused,
+    Permanent,
+    Transient,
+    Unknown,
+)
 from workers.lease import Lease
 from workers.limits import Limiter, LimitTimeout, NoLimits
 
 log = logging.getLogger(__name__)
+
+LEFT_FOR_REPUBLISH = "left-for-republish"  # past the batch budget: stays queued, published again
 
 LEASE_EXPIRED = "lease-expired"  # one of outcomes.NOT_SENT_CODES
 LEASE_LOST = (
@@ -123,22 +134,53 @@ class Claim:
 
 def deliver(worker: WorkerContext, delivery_id: int) -> str:
     """Run one delivery through claim, render, send and record; returns what happened, for logs."""
+    prepared = prepare(worker, delivery_id)
+    return prepared if isinstance(prepared, str) else finish(worker, prepared)
+
+
+@dataclass
+class Prepared:
+    """A delivery claimed and rendered, its lease beating, not yet sent: :func:`finish` sends and records it
+    (and ends the lease), or :func:`release` records it not sent."""
+
+    claim: Claim
+    lease: Lease
+    rendered: Rendered
+
+
+def prepare(worker: WorkerContext, delivery_id: int) -> Prepared | str:
+    """Claim and render one delivery; a string says why there is nothing to send (not claimed, or its
+    rendering failed and was recorded)."""
     claim = claim_delivery(worker, delivery_id)
     if isinstance(claim, str):
         return claim
     lease = Lease(
         factory=worker.factory, delivery_id=delivery_id, attempt=claim.attempt, length=worker.lease, clock=worker.clock
     )
-    with lease:  # the heartbeat renews the claim until its outcome is recorded
+    lease.__enter__()  # the heartbeat renews the claim until its outcome is recorded (finish or release)
+    try:
         _hook(worker, "after_claim", delivery_id)
+        rendered = _render(worker, claim)
+    except SoftTimeLimitExceeded:
+        lease.__exit__(None, None, None)
+        raise  # the task ran out of time: not the document's fault; the lease settles this row
+    except Exception as err:  # any rendering failure ends this delivery: nothing was sent
         try:
-            rendered = _render(worker, claim)
-        except SoftTimeLimitExceeded:
-            raise  # the task ran out of time: not the document's fault; the lease settles this row
-        except Exception as err:  # any rendering failure ends this delivery: nothing was sent
             return _record_render_failure(worker, claim, err)
+        finally:
+            lease.__exit__(None, None, None)
+    except BaseException:
+        lease.__exit__(None, None, None)
+        raise
+    return Prepared(claim, lease, rendered)
+
+
+def finish(worker: WorkerContext, prepared: Prepared) -> str:
+    """Send a prepared delivery and record its outcome; its lease ends with the record."""
+    claim, rendered = prepared.claim, prepared.rendered
+    try:
         try:
-            outcome = _send(worker, claim, rendered, lease)
+            outcome = _send(worker, claim, rendered, prepared.lease)
         except SoftTimeLimitExceeded:
             # the task's time limit cut the call short: whether the provider has it is unknown; record
             # that now (reconciled by reference), then let the task end
@@ -146,6 +188,18 @@ def deliver(worker: WorkerContext, delivery_id: int) -> str:
             _record_with_retries(worker, claim, rendered, timeout)
             raise
         return _record_with_retries(worker, claim, rendered, outcome)
+    finally:
+        prepared.lease.__exit__(None, None, None)  # entered by prepare: the heartbeat stops once recorded
+
+
+def release(worker: WorkerContext, prepared: Prepared, why: str) -> str:
+    """Record a prepared delivery as not sent (``batch-stopped``: retried after backoff, not counted
+    against its route); its lease ends with the record."""
+    try:
+        stopped = Transient(f"not sent: {why}", code=BATCH_STOPPED)
+        return _record_with_retries(worker, prepared.claim, prepared.rendered, stopped)
+    finally:
+        prepared.lease.__exit__(None, None, None)
 
 
 def _send(worker: WorkerContext, claim: Claim, rendered: Rendered, lease: Lease) -> Receipt | DeliveryError:
@@ -208,7 +262,8 @@ def _call_gateway(gateway: Gateway, message: Message, delivery_id: int) -> Recei
 
 def deliver_many(worker: WorkerContext, ids: list[int]) -> dict[str, int]:
     """A batch from one broker message: its supporter copies together (workers/batch.py), every other id
-    through the full path on its own.
+    through the full path on its own, the next one claimed and rendered while the current one is sent
+    (:func:`_pipelined`).
 
     Once the worker's ``batch_budget`` is spent, no new delivery is started, so the task's time limit
     never cuts a send in half; the ids left stay ``queued`` and the sweeper publishes them again (copies
@@ -218,13 +273,55 @@ def deliver_many(worker: WorkerContext, ids: list[int]) -> dict[str, int]:
     started = time.monotonic()
     summary, others = deliver_copies(worker, ids)
     budget = worker.batch_budget.total_seconds()
-    for delivery_id in others:
-        if time.monotonic() - started > budget:
-            summary["left-for-republish"] = summary.get("left-for-republish", 0) + 1
-            continue
-        outcome = deliver(worker, delivery_id)
+
+    def in_budget() -> bool:
+        return time.monotonic() - started <= budget
+
+    for outcome in _pipelined(worker, others, in_budget):
         summary[outcome] = summary.get(outcome, 0) + 1
     return summary
+
+
+def _pipelined(worker: WorkerContext, ids: list[int], in_budget: Callable[[], bool]) -> Iterator[str]:
+    """Each id's outcome. While one delivery is sent and recorded (the provider's latency), one thread
+    claims and renders the next, so a worker process keeps its line to the provider busy. At most one
+    delivery is prepared ahead. When anything interrupts the loop (the task's soft time limit, an error),
+    a delivery prepared and not yet sent is recorded not sent before the error goes on: no claim is left
+    with its lease beating in a process that has moved on."""
+    if len(ids) <= 1:
+        for only in ids:
+            yield deliver(worker, only) if in_budget() else LEFT_FOR_REPUBLISH
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as ahead:
+        pending: Future[Prepared | str] | None = None
+        current: Prepared | str | None = None
+        try:
+            for delivery_id in [*ids, None]:
+                if pending is not None:
+                    current, pending = pending.result(), None
+                if delivery_id is not None:
+                    if in_budget():
+                        pending = ahead.submit(prepare, worker, delivery_id)
+                    else:
+                        yield LEFT_FOR_REPUBLISH
+                if current is not None:
+                    todo, current = current, None
+                    yield todo if isinstance(todo, str) else finish(worker, todo)
+        except BaseException:
+            for left in (current, pending):
+                _release(worker, left)
+            raise
+
+
+def _release(worker: WorkerContext, left: Prepared | str | Future[Prepared | str] | None) -> None:
+    """Record a delivery prepared ahead, and left unsent by an interrupted loop, as not sent."""
+    if isinstance(left, Future):
+        try:
+            left = left.result()
+        except Exception:  # its own failure was raised or logged where it happened; the first error goes on
+            return
+    if isinstance(left, Prepared):
+        release(worker, left, "the task stopped before its turn")
 
 
 def claim_delivery(worker: WorkerContext, delivery_id: int) -> Claim | str:

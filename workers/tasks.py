@@ -10,14 +10,12 @@ from typing import Any
 import redis
 
 from dispatcher.domain.settings import get_settings
-from workers.celery_app import RECONCILE_QUEUE, app, queue_name
+from workers.celery_app import RECONCILE_QUEUE, app, broker_keys, queue_name
 from workers.delivery import deliver_many
 from workers.reconcile import reconcile
 from workers.runtime import worker_context
 
 log = logging.getLogger(__name__)
-# kombu's Redis transport keeps a queue's messages of priority p > 0 in "<queue>\x06\x16<p>"
-PRIORITY_SEP, PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
 
 
 @app.task(name="dispatch.deliver")
@@ -49,11 +47,10 @@ def waiting_messages(queue: str) -> int | None:
     settings = get_settings()
     if not settings.broker_url.startswith(("redis://", "rediss://")):
         return None
-    name = f"{settings.queue_prefix}{queue_name(queue)}"
     try:
         client = _redis(settings.broker_url)
         with client.pipeline(transaction=False) as pipe:
-            for key in [name, *(f"{name}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]:
+            for key in broker_keys(queue, settings.queue_prefix):
                 pipe.llen(key)
             return sum(int(n) for n in pipe.execute())
     except redis.RedisError as err:  # the broker is down: cannot tell

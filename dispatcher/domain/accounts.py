@@ -81,7 +81,7 @@ class Identity:
     user_id: int
     name: str
     roles: frozenset[Role]
-    via: str  # "session" | "token"
+    via: str  # "session" | "token" | "cli" (a command run on the server: whoever may run it holds every role)
     token_label: str | None = None
 
     def may(self, permission: Permission) -> bool:
@@ -92,7 +92,15 @@ class Identity:
         """How the ledger names this identity in events and the operator actions log."""
         if self.via == "token":
             return f"token:{self.name}/{self.token_label}"[:100]
+        if self.via == "cli":
+            return f"cli:{self.name}"[:100]
         return f"user:{self.name}"[:100]
+
+
+def command_line(os_user: str) -> Identity:
+    """The identity of a `dispatch` command: the OS user who ran it, with every role (the ledger's
+    credentials are theirs already)."""
+    return Identity(user_id=0, name=os_user, roles=frozenset(Role), via="cli")
 
 
 def _sha256(value: str) -> str:

@@ -30,8 +30,11 @@ from dispatcher.domain.models import Delivery
 from dispatcher.domain.outcomes import apply_status
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.templates import static_directory
+from dispatcher.domain.settings import get_settings
 from dispatcher.processes import console, console_forms, console_log
 from dispatcher.processes.access import Access, install
+from dispatcher.processes.health import health_router
+from dispatcher.processes.metrics import metrics_router
 from dispatcher.processes.unsubscribe_web import unsubscribe_router
 from dispatcher.processes.web_context import WebContext
 from workers.gateways.base import Gateway
@@ -53,10 +56,9 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(console.console_router(ctx, access))
     app.include_router(console_log.log_router(ctx, access))
     app.mount("/static", StaticFiles(directory=static_directory()), name="static")
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:  # on the event loop: it needs no worker thread, nor the ledger
-        return {"status": "ok"}
+    settings = ctx.settings or get_settings()
+    app.include_router(health_router(ctx.factory, settings, gateways=ctx.gateways))  # public: probes
+    app.include_router(metrics_router(ctx.factory, settings, [access.require(Permission.READ)], gateways=ctx.gateways))
 
     @app.post("/webhooks/{name}")
     async def webhook(name: str, request: Request) -> JSONResponse:

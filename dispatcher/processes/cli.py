@@ -211,48 +211,51 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@campaign_app.command("schedule")
-def campaign_schedule(name: str) -> None:
-    """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
-    from dispatcher.domain import control
-    from dispatcher.processes.wakeup import notify
+def _campaign_action(verb: str, name: str, reason: str | None) -> None:
+    from dispatcher.domain.accounts import command_line
+    from dispatcher.processes import operations
 
-    with db.transaction(_factory()) as session:
-        campaign = control.schedule(session, name, now=_now())
-        notify(session)  # the scheduler ticks as soon as this commits
-        say(f"{name}: scheduled ({campaign.schedule.get('mode', 'now')})")
+    try:
+        done = operations.campaign_action(
+            _factory(), verb, name, by=command_line(_os_user()), reason=reason, now=_now()
+        )
+    except operations.Refused as err:
+        raise SystemExit(_refused(err)) from err
+    say(done.message)
+
+
+def _refused(err: Exception) -> int:
+    _print_error(str(err))
+    return 1
+
+
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="why; kept in the operator actions log", show_default=False)
+]
+
+
+@campaign_app.command("schedule")
+def campaign_schedule(name: str, reason: ReasonOption = None) -> None:
+    """Schedule a loaded campaign: its deliveries go out per the file's schedule (now, at, office hours)."""
+    _campaign_action("schedule", name, reason)  # the scheduler ticks as soon as this commits
 
 
 @campaign_app.command("pause")
-def campaign_pause(name: str) -> None:
+def campaign_pause(name: str, reason: ReasonOption = None) -> None:
     """Stop sending; queued deliveries go back to planned. Faxes already handed to a provider go on."""
-    from dispatcher.domain import control
-
-    with db.transaction(_factory()) as session:
-        handed_back = control.pause(session, name)
-    say(f"{name}: paused ({handed_back} queued deliveries handed back)")
+    _campaign_action("pause", name, reason)
 
 
 @campaign_app.command("resume")
-def campaign_resume(name: str) -> None:
+def campaign_resume(name: str, reason: ReasonOption = None) -> None:
     """Resume a paused campaign."""
-    from dispatcher.domain import control
-    from dispatcher.processes.wakeup import notify
-
-    with db.transaction(_factory()) as session:
-        control.resume(session, name)
-        notify(session)
-    say(f"{name}: scheduled again")
+    _campaign_action("resume", name, reason)
 
 
 @campaign_app.command("cancel")
-def campaign_cancel(name: str) -> None:
+def campaign_cancel(name: str, reason: ReasonOption = None) -> None:
     """Cancel every delivery not yet handed to a provider (a fax mid-call is never interrupted)."""
-    from dispatcher.domain import control
-
-    with db.transaction(_factory()) as session:
-        cancelled = control.cancel(session, name)
-    say(f"{name}: cancelled ({cancelled} deliveries will not be sent)")
+    _campaign_action("cancel", name, reason)
 
 
 gateway_app = typer.Typer(
@@ -294,13 +297,25 @@ app.add_typer(delivery_app, name="delivery")
 def delivery_retry(
     delivery_id: int,
     force: Annotated[bool, typer.Option("--force", help="even if another route of the addressee succeeded")] = False,
+    reason: ReasonOption = None,
 ) -> None:
     """Send a failed delivery again (same route, same idempotency key)."""
     from dispatcher.domain import control
+    from dispatcher.domain.accounts import command_line, record_action
     from dispatcher.processes.wakeup import notify
 
+    who = command_line(_os_user())
     with db.transaction(_factory()) as session:
-        control.retry(session, delivery_id, now=_now(), force=force)
+        delivery = control.retry(session, delivery_id, now=_now(), actor=who.actor, force=force)
+        record_action(
+            session,
+            who,
+            "delivery.retry",
+            now=_now(),
+            reason=reason or "",
+            campaign_id=delivery.campaign_id,
+            delivery_id=delivery_id,
+        )
         notify(session)
     console.print(f"delivery #{delivery_id}: planned again")
 
@@ -318,9 +333,13 @@ def delivery_resolve(
     with the provider by hand: --sent ends it as delivered (the addressee's later routes are settled by the
     policy), --not-sent sends it again on the same route."""
     from dispatcher.domain import control
+    from dispatcher.domain.accounts import command_line, record_action
 
+    who = command_line(by or _os_user())
     with db.transaction(_factory()) as session:
-        state = control.resolve(session, delivery_id, sent=sent, now=_now(), reason=reason, by=by or _os_user())
+        state = control.resolve(session, delivery_id, sent=sent, now=_now(), reason=reason, by=who.name)
+        action = "delivery.resolve-sent" if sent else "delivery.resolve-not-sent"
+        record_action(session, who, action, now=_now(), reason=reason.strip(), delivery_id=delivery_id)
     console.print(f"delivery #{delivery_id}: {state}")
 
 
@@ -394,12 +413,31 @@ def scheduler(
             wakeup.close()
 
 
+def _node_name(value: str | None) -> str | None:
+    """``--name``: a Celery node name, NAME or NAME@HOST, without spaces."""
+    if value is None:
+        return None
+    name, _, host = value.partition("@")
+    if not name or ("@" in value and not host) or "@" in host or any(c.isspace() or not c.isprintable() for c in value):
+        raise typer.BadParameter(f"{value!r} is not a node name: give NAME or NAME@HOST, without spaces")
+    return value
+
+
 @app.command("worker")
 def worker(
     queues: Annotated[
         str, typer.Option(help="comma-separated queues; a worker on `reconcile` alone never waits behind sends")
     ] = "fax,email,copies,reconcile",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Celery node name, NAME@<host> (give NAME@HOST to choose the host part too): two workers on one "
+            "host need two names to show as two in Flower  [default: Celery's, celery@<host>]",
+            show_default=False,
+            callback=lambda value: _node_name(value),
+        ),
+    ] = None,
     loglevel: Annotated[
         str | None, typer.Option(help="overrides DISPATCH_LOG_LEVEL  [default: DISPATCH_LOG_LEVEL]", show_default=False)
     ] = None,
@@ -422,10 +460,12 @@ def worker(
         preload()
     names = ",".join(queue_name(q) for q in served)
     quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
+    node = ["--hostname", name if "@" in name else f"{name}@%h"] if name else []
     celery_app.worker_main(
         [
             *quiet,
             "worker",
+            *node,
             "-Q",
             names,
             "--concurrency",
@@ -464,9 +504,20 @@ def demo(
     campaign: Annotated[
         Path | None, typer.Option(help="campaign TOML file  [default: the example campaign]", show_default=False)
     ] = None,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="keep the console up after the run, until Ctrl-C  [default: when run in a terminal]",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="the console's port (another free one when it is taken)")] = 8000,
 ) -> None:
-    """Run a campaign end to end in one process: SQLite, in-process worker, sandbox gateways; files in
-    DISPATCH_VAR_DIR/demo."""
+    """Run a campaign end to end in one process: SQLite, in-process worker, sandbox gateways, and the console
+    with a login made for the demo; files in DISPATCH_VAR_DIR/demo."""
+    import sys
+
     from dispatcher.processes.demo import EXAMPLE, run_demo
 
     settings = get_settings()
@@ -477,6 +528,8 @@ def demo(
         workdir=settings.var_dir / "demo",
         campaign_file=campaign or EXAMPLE,
         log_settings=settings,
+        serve=sys.stdin.isatty() and sys.stdout.isatty() if serve is None else serve,
+        port=port,
     )
     if not ok:
         raise typer.Exit(1)

@@ -13,6 +13,7 @@ import base64
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 
-from dispatcher.domain import control, db
+from dispatcher.domain import accounts, control, db
 from dispatcher.domain.campaign_file import load_spec
 from dispatcher.domain.media import media_url
 from dispatcher.domain.outcomes import RetryPolicy
@@ -53,6 +54,7 @@ from workers.sandbox.server import ThreadedServer, free_port
 from workers.sandbox.smtp_sink import SmtpSink
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
+DEMO_USER = "demo"
 BUSY_NUMBER = "+861065591516"  # Wang Yi's fax: busy on the first call
 # quicker than a deployment's
 RETRY = RetryPolicy(base_seconds=1.0, cap_seconds=5.0, max_attempts=5, no_fax_tone_limit=2)
@@ -69,11 +71,14 @@ def run_demo(
     timeout: float = 90.0,
     campaign_file: Path = EXAMPLE,
     log_settings: Settings | None = None,
+    serve: bool = False,
+    port: int = 8000,
 ) -> bool:
     """Run the whole path; True when every delivery ended and no reference was accepted twice.
 
     With ``log_settings``, the log goes to ``workdir``/demo.log at their level and format, away from
-    the live view.
+    the live view. The console is up from the start, at ``port`` (another free port when it is taken),
+    with a login made for the demo; with ``serve`` it stays up after the run until Ctrl-C.
     """
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -82,16 +87,52 @@ def run_demo(
     url = f"sqlite:///{workdir / 'ledger.db'}"
     name = _prepare(console, campaign_file, url, workdir)
     with ExitStack() as stack:
-        sandbox = stack.enter_context(_sandbox(workdir))
+        sandbox = stack.enter_context(_sandbox(workdir, port=port))
         factory = db.session_factory(db.make_engine(url))
         stack.enter_context(_web(factory, sandbox))
+        login = _console_login(factory)
+        console.print(
+            views.text(f"console: {sandbox.web_url}/  (log in as {login[0]}, password {login[1]})"),
+            highlight=False,
+            soft_wrap=True,  # one line, whatever the terminal's width: the address and password stay whole
+        )
         wakeup = stack.enter_context(_worker(factory, sandbox))
         with db.transaction(factory) as session:
             control.schedule(session, name, now=now())
         wakeup.wake()
         console.rule("[bold]4. schedule and send")
         finished = _run_until_done(console, factory, name, timeout)
-        return _report(console, factory, name, sandbox, finished)
+        ok = _report(console, factory, name, sandbox, finished)
+        if serve:
+            _serve_until_interrupted(console, sandbox, login)
+        return ok
+
+
+def _console_login(factory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A user for the demo's console, manager and operator, with a new random password each run."""
+    password = secrets.token_urlsafe(12)
+    with db.transaction(factory) as session:
+        accounts.add_user(session, DEMO_USER, roles=["manager", "operator"], password=password, now=now(), replace=True)
+    return DEMO_USER, password
+
+
+def _serve_until_interrupted(console: Console, sandbox: Sandbox, login: tuple[str, str]) -> None:
+    console.print(
+        Panel(
+            views.text(
+                f"The console is up at {sandbox.web_url}/ : log in as {login[0]} with the password {login[1]}.\n"
+                "The sandbox, the worker and the scheduler keep running: create, schedule and watch campaigns "
+                "there.\nPress Ctrl-C to stop.",
+                lines=True,
+            ),
+            title="console",
+        )
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 def _prepare(console: Console, file: Path, url: str, workdir: Path) -> str:
@@ -116,10 +157,10 @@ def _prepare(console: Console, file: Path, url: str, workdir: Path) -> str:
 
 
 class Sandbox:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, port: int = 0) -> None:
         self.signing_key = nacl.signing.SigningKey.generate()
         self.api_key = "KEYdemo" + secrets.token_hex(8)
-        self.web_port = free_port()
+        self.web_port = port if port and _port_free(port) else free_port()
         self.web_url = f"http://127.0.0.1:{self.web_port}"
         self.fax = SandboxState(provider="telnyx", webhook_delay=0.3, oracle_path=workdir / "oracle-telnyx.jsonl")
         self.fax.script(BUSY_NUMBER, ["busy"])
@@ -143,9 +184,18 @@ class Sandbox:
         return {"fax": fax, "email": mail}
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @contextmanager
-def _sandbox(workdir: Path) -> Iterator[Sandbox]:
-    sandbox = Sandbox(workdir)
+def _sandbox(workdir: Path, *, port: int = 0) -> Iterator[Sandbox]:
+    sandbox = Sandbox(workdir, port=port)
     app = telnyx_sandbox.create_app(sandbox.fax, api_key=sandbox.api_key, signing_key=sandbox.signing_key)
     sandbox.fax_server = ThreadedServer(app).start()
     sandbox.smtp = SmtpSink(sandbox.mail)

@@ -47,5 +47,6 @@ def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = N
             retry=RetryPolicy.from_settings(settings),
             documents=DocumentCache(),
             secure_cookies=settings.public_base_url.lower().startswith("https://"),
+            settings=settings,
         )
     )

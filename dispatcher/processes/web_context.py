@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dispatcher.domain.models import utcnow
 from dispatcher.domain.outcomes import RetryPolicy
 from dispatcher.domain.rendering.documents import DocumentCache
+from dispatcher.domain.settings import Settings
 from workers.gateways.base import Gateway
 
 
@@ -23,3 +24,4 @@ class WebContext:
     documents: DocumentCache
     clock: Callable[[], datetime] = utcnow
     secure_cookies: bool = False  # the console's cookies carry Secure (DISPATCH_PUBLIC_BASE_URL is https)
+    settings: Settings | None = None  # the broker to check and count; the process's settings unless given
