@@ -28,7 +28,7 @@ from dispatcher.domain.models import Delivery
 from dispatcher.domain.outcomes import apply_status
 from dispatcher.domain.rendering.templates import static_directory
 from dispatcher.domain.settings import get_settings
-from dispatcher.processes import console
+from dispatcher.processes import console, console_forms, console_log
 from dispatcher.processes.access import Access, install
 from dispatcher.processes.api_campaigns import campaign_router
 from dispatcher.processes.api_common import install_errors
@@ -53,7 +53,9 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.add_exception_handler(OperationalError, _ledger_unavailable)
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
     install(app, access)  # /login, /logout, 401/403 answers
+    app.include_router(console_forms.forms_router(ctx, access))  # before /campaigns/{name}: /campaigns/new
     app.include_router(console.console_router(ctx, access))
+    app.include_router(console_log.log_router(ctx, access))
     install_errors(app)  # the JSON API: refusals as {"error": ...}
     app.include_router(campaign_router(ctx, access))
     app.include_router(delivery_router(ctx, access))

@@ -26,6 +26,7 @@ from selenium.webdriver.chrome.service import Service
 
 from workers.sandbox.server import free_port
 
+from ..integration.conftest import sandbox, worker  # noqa: F401  (fixtures: the console's live test sends)
 from ..spawn import ROOT, Spawned, base_env, dispatch
 
 CHROMIUM = Path("/usr/bin/chromium")
