@@ -32,7 +32,7 @@ def test_no_request_gets_a_server_error(factory: sessionmaker[Session], everyone
     http = client(factory, secret=b"a secret for document and unsubscribe links")  # as `dispatch web` runs
     import_csv(http, everyone, "friends", "email,name,consent\nada@example.org,Ada Lovelace,yes\n")
     create(http, everyone, lists=["friends"])
-    schema = schemathesis.openapi.from_asgi("/openapi.json", http.app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", http.app, headers=everyone)
     operations = [result.ok() for result in schema.get_all_operations()]
     tested = [op.label for op in operations if op.path.startswith("/api/")]
     assert len(tested) == 24

@@ -74,11 +74,11 @@ def loaded(factory: sessionmaker[Session], tmp_path: Path) -> str:
 
 def test_a_viewer_is_refused_every_action_by_the_server(factory: sessionmaker[Session], loaded: str) -> None:
     client, csrf = client_for(factory, "viewer", name="vera")
-    for url in [f"/campaigns/{loaded}/schedule", "/deliveries/1/retry", "/campaigns/new", "/lists/upload"]:
+    for url in [f"/campaigns/{loaded}/schedule", "/deliveries/1/retry", "/new-campaign", "/lists/upload"]:
         answer = client.post(url, data={"csrf": csrf, "reason": "because"}, headers=HTML)
         assert answer.status_code == 403, url
         assert "may not do this: it needs the" in answer.text
-    assert client.get("/campaigns/new", headers=HTML).status_code == 403
+    assert client.get("/new-campaign", headers=HTML).status_code == 403
     with factory() as session:
         assert session.scalars(select(OperatorAction)).all() == []
         assert session.scalars(select(Campaign.status)).one() == "draft"
@@ -120,7 +120,7 @@ def test_a_delivery_action_needs_a_reason(factory: sessionmaker[Session], loaded
 def test_the_campaign_form_shows_each_problem_beside_its_field(factory: sessionmaker[Session]) -> None:
     client, csrf = client_for(factory, "manager")
     answer = client.post(
-        "/campaigns/new",
+        "/new-campaign",
         data=form(
             csrf,
             **{
@@ -140,7 +140,7 @@ def test_the_campaign_form_shows_each_problem_beside_its_field(factory: sessionm
     assert "not valid TOML" in found["addressees"][0]
     assert 'value="Free them"' in answer.text  # what was typed is kept
 
-    answer = client.post("/campaigns/new", data=form(csrf, **{"letter.body": "{{ nobody_knows }}"}), headers=HTML)
+    answer = client.post("/new-campaign", data=form(csrf, **{"letter.body": "{{ nobody_knows }}"}), headers=HTML)
     assert answer.status_code == 422
     assert "nobody_knows" in problems(answer.text)["letter-body"][0]
     with factory() as session:
@@ -149,10 +149,10 @@ def test_the_campaign_form_shows_each_problem_beside_its_field(factory: sessionm
 
 def test_a_draft_is_created_edited_and_previewed(factory: sessionmaker[Session]) -> None:
     client, csrf = client_for(factory, "manager")
-    created = client.post("/campaigns/new", data=form(csrf), headers=HTML, follow_redirects=False)
+    created = client.post("/new-campaign", data=form(csrf), headers=HTML, follow_redirects=False)
     assert created.status_code == 303
     assert created.headers["location"] == "/campaigns/free-them"
-    taken = client.post("/campaigns/new", data=form(csrf), headers=HTML)
+    taken = client.post("/new-campaign", data=form(csrf), headers=HTML)
     assert taken.status_code == 422
     assert "a campaign named 'free-them' exists" in problems(taken.text)["campaign-name"][0]
 
@@ -285,3 +285,12 @@ def test_numbers_out_of_range_are_a_4xx(factory: sessionmaker[Session], loaded: 
     client, _csrf = client_for(factory, "viewer", name="vera")
     answer = client.get(url, headers=HTML)
     assert 400 <= answer.status_code < 500, (url, answer.status_code, answer.text[:200])
+
+
+def test_a_campaign_named_new_opens_at_its_own_page(factory: sessionmaker[Session]) -> None:
+    client, csrf = client_for(factory, "manager")
+    created = client.post("/new-campaign", data=form(csrf, **{"campaign.name": "new"}), headers=HTML)
+    assert created.status_code == 200  # followed to the campaign's page
+    page = client.get("/campaigns/new", headers=HTML)
+    assert page.status_code == 200
+    assert "Free them" in page.text and 'name="campaign.name"' not in page.text  # its page, not the empty form

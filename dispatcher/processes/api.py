@@ -15,11 +15,12 @@ from collections import Counter
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
-from dispatcher.domain.accounts import Permission
+from dispatcher.domain.accounts import Identity, Permission
 from dispatcher.domain.db import reading, transaction
 from dispatcher.domain.matching import UnusableEvent, find_delivery, recordable
 from dispatcher.domain.media import MediaTokenError, read_token
@@ -47,13 +48,14 @@ RETRY_AFTER_SECONDS = 5  # what a 503 asks the caller to wait when the ledger is
 
 
 def create_app(ctx: WebContext) -> FastAPI:
-    app = FastAPI(title="campaign-dispatch", docs_url="/api/docs", redoc_url=None)
+    # the schema and its docs page need an identity too (any role): they map what the API holds
+    app = FastAPI(title="campaign-dispatch", openapi_url=None, docs_url=None, redoc_url=None)
     access = Access(ctx.factory, ctx.clock, ctx.secure_cookies)
 
     app.add_exception_handler(OperationalError, _ledger_unavailable)
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
     install(app, access)  # /login, /logout, 401/403 answers
-    app.include_router(console_forms.forms_router(ctx, access))  # before /campaigns/{name}: /campaigns/new
+    app.include_router(console_forms.forms_router(ctx, access))
     app.include_router(console.console_router(ctx, access))
     app.include_router(console_log.log_router(ctx, access))
     install_errors(app)  # the JSON API: refusals as {"error": ...}
@@ -61,6 +63,16 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(delivery_router(ctx, access))
     app.include_router(list_router(ctx, access))
     app.mount("/static", StaticFiles(directory=static_directory()), name="static")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(identity: Identity = access.require(Permission.READ)) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/api/docs", include_in_schema=False)
+    def docs(identity: Identity = access.require(Permission.READ)) -> HTMLResponse:
+        # Swagger UI's page; its script and stylesheet come from FastAPI's default CDN
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="campaign-dispatch API")
+
     settings = ctx.settings or get_settings()
     app.include_router(health_router(ctx.factory, settings, gateways=ctx.gateways))  # public: probes
     app.include_router(metrics_router(ctx.factory, settings, [access.require(Permission.READ)], gateways=ctx.gateways))

@@ -80,7 +80,7 @@ def forms_router(ctx: WebContext, access: Access) -> APIRouter:
         }
         return page(request, "web/campaign_form.html.j2", context, status=status)
 
-    @router.get("/campaigns/new", response_class=HTMLResponse)
+    @router.get("/new-campaign", response_class=HTMLResponse)
     def new(request: Request, identity: Identity = access.require(Permission.CAMPAIGNS)) -> HTMLResponse:
         return form_page(request, {}, editing=None)
 
@@ -131,7 +131,7 @@ def forms_router(ctx: WebContext, access: Access) -> APIRouter:
         del done
         return RedirectResponse(f"/campaigns/{name}", status_code=303)
 
-    @router.post("/campaigns/new")
+    @router.post("/new-campaign")
     async def create(request: Request, identity: Identity = access.require(Permission.CAMPAIGNS)) -> Response:
         return await submit(request, identity, None)
 

@@ -305,7 +305,7 @@ def test_a_viewer_sees_no_action_buttons(
         assert page.find_elements(By.CSS_SELECTOR, "main form") == [], path
         assert page.find_elements(By.CSS_SELECTOR, "main button") == [], path
         assert page.find_elements(By.LINK_TEXT, "New campaign") == [], path
-    page.get(web.url("/campaigns/new"))
+    page.get(web.url("/new-campaign"))
     assert "it needs the campaigns permission" in page.find_element(By.TAG_NAME, "body").text
 
 
