@@ -29,10 +29,10 @@ def _result(**queued: list[int]) -> TickResult:
     return result
 
 
-def test_by_default_each_fax_goes_in_a_message_of_its_own_and_emails_in_batches() -> None:
+def test_by_default_faxes_go_four_to_a_message_and_emails_in_batches() -> None:
     config = SchedulerConfig.from_settings(load_settings())
-    messages = _published(_result(fax=list(range(1, 6)), copies=list(range(100, 600))), config)
-    assert [ids for queue, ids in messages if queue == "fax"] == [[1], [2], [3], [4], [5]]
+    messages = _published(_result(fax=list(range(1, 10)), copies=list(range(100, 600))), config)
+    assert [ids for queue, ids in messages if queue == "fax"] == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
     assert [len(ids) for queue, ids in messages if queue == "copies"] == [200, 200, 100]
 
 

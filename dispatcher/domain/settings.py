@@ -97,7 +97,10 @@ class Settings(BaseSettings):
         default=2000, ge=1, description="queued deliveries per queue (fax, email, copies) at most: a tick tops up"
     )
     fax_publish_batch_size: int = Field(
-        default=1, ge=1, description="fax delivery ids per broker message: few, so faxes spread over every worker"
+        default=4,
+        ge=1,
+        description="fax delivery ids per broker message: few, so faxes spread over every worker; more than one, "
+        "so a worker prepares the next while the current one is sent",
     )
     republish_after_seconds: float = Field(default=60.0, gt=0, description="re-publish a queued row after this long")
     poll_after_seconds: float = Field(
