@@ -10,6 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
 from bench import campaigns, fax_loop, naive
 from bench.checks import Ledger, Oracle, check, reaching_per_reference
 from bench.deployment import Deployment, base_env
@@ -341,54 +343,83 @@ def _bare_loop(deployed: Deployment, options: Options, n: int, result: Result, r
 
 
 def urgent(options: Options) -> Result:
+    """Each run schedules ``k`` single-fax campaigns through the API (``POST /api/campaigns/NAME/schedule``
+    to the running `dispatch web`, as the console does), then ``k`` more with the `dispatch campaign schedule`
+    command (a new process each: its start-up counts)."""
     k = count_for("urgent", options)
     result = Result("urgent", "single-letter campaigns scheduled now: schedule call to fax accepted", k)
-    p50s: list[float] = []
-    p95s: list[float] = []
+    series: dict[str, tuple[list[float], list[float]]] = {"api": ([], []), "cli": ([], [])}
     commands: list[float] = []
     for run in range(1, options.runs + 1):
         folder = options.workdir / f"urgent-{run}"
-        log(f"urgent run {run}/{options.runs}: {k} campaigns")
+        log(f"urgent run {run}/{options.runs}: {k} campaigns through the API, {k} with the command")
         try:
             with deployment(options, folder, extra={}, latency=FAX_LATENCY) as deployed:
                 oracle = Oracle(folder / "oracle" / "oracle-telnyx.jsonl")
-                names = [f"bench-urgent-{run}-{i}" for i in range(k)]
-                for i, name in enumerate(names):
+                names = {via: [f"bench-urgent-{run}-{via}-{i}" for i in range(k)] for via in series}
+                for i, name in enumerate(names["api"] + names["cli"]):
                     path = campaigns.fax_campaign(folder / name, name, 1, first=i)
                     deployed.run("campaign", "load", str(path))
+                deployed.run("user", "add", "bench", "--role", "manager", "--no-password")
+                _, token = deployed.run("token", "create", "bench", "--label", "bench")
                 start_processes(deployed, options, web=True)
                 ledger = Ledger(deployed.settings["DISPATCH_DATABASE_URL"])
-                latencies: list[float] = []
+                sent = 0
                 try:
-                    for i, name in enumerate(names):
-                        wall, _, command = send_campaign(
-                            deployed, options, name=name, expected=i + 1, received=oracle.count, what=name
-                        )
-                        commands.append(command)
-                        accepted = max(oracle.read(), key=lambda a: a.at)
-                        latencies.append(accepted.at.timestamp() - wall)
-                        settle(ledger, [name], timeout=30)  # idle again before the next one
-                        time.sleep(0.5)
+                    with httpx.Client(
+                        base_url=f"http://127.0.0.1:{deployed.web_port}",
+                        headers={"Authorization": f"Bearer {token.strip()}"},
+                        timeout=30,
+                    ) as api:
+                        for via in series:
+                            latencies: list[float] = []
+                            for name in names[via]:
+                                sent += 1
+                                wall = time.time()
+                                if via == "api":
+                                    answer = api.post(f"/api/campaigns/{name}/schedule", json={})
+                                    if answer.status_code != 200:
+                                        raise RuntimeError(f"schedule {name}: {answer.status_code} {answer.text[:200]}")
+                                else:
+                                    command, _ = deployed.run("campaign", "schedule", name)
+                                    commands.append(command)
+                                wait_for_count(
+                                    oracle.count, sent, group=deployed.group, stall_seconds=options.stall_seconds,
+                                    what=name,
+                                )  # fmt: skip
+                                accepted = max(oracle.read(), key=lambda a: a.at)
+                                latencies.append(accepted.at.timestamp() - wall)
+                                settle(ledger, [name], timeout=30)  # idle again before the next one
+                                time.sleep(0.5)
+                            series[via][0].append(statistics.median(latencies))
+                            series[via][1].append(_percentile(latencies, 95))
+                            log(f"  {via}: p50 {series[via][0][-1]:.2f}s p95 {series[via][1][-1]:.2f}s")
                 finally:
                     ledger.close()
-                p50s.append(statistics.median(latencies))
-                p95s.append(_percentile(latencies, 95))
-                log(f"  p50 {p50s[-1]:.2f}s p95 {p95s[-1]:.2f}s")
-                verdict_into(result, run, _oracle_verdict(deployed, names, oracle, where="the Telnyx emulator"))
+                every = names["api"] + names["cli"]
+                verdict_into(result, run, _oracle_verdict(deployed, every, oracle, where="the Telnyx emulator"))
         except RuntimeError as err:  # RunFailed, or a process or command that failed: the next run goes on
             verdict_into(result, run, [str(err)])
     command_row = result.add(
         "the `campaign schedule` command alone (median)", "s", [statistics.median(commands)] if commands else []
     )
-    bound = (
-        f"the schedule command ({command_row.median:.2f} s to its exit); its commit wakes the scheduler at once "
-        f"on PostgreSQL (LISTEN/NOTIFY), else up to one tick ({_tick_seconds(options)} s)"
-    )
-    result.rows.insert(0, Row("p50, schedule call to fax accepted", "s", p50s, bound=bound))
-    result.rows.insert(1, Row("p95, schedule call to fax accepted", "s", p95s, bound=bound))
+    tick = _tick_seconds(options)
+    wake = f"its commit wakes the scheduler at once on PostgreSQL (LISTEN/NOTIFY), else up to one tick ({tick} s)"
+    bounds = {
+        "api": f"the HTTP call to the running web process; {wake}",
+        "cli": f"the schedule command ({command_row.median:.2f} s to its exit, mostly Python's start-up); {wake}",
+    }
+    labels = {"api": "through the API", "cli": "with the command"}
+    for position, via in enumerate(series):
+        p50s, p95s = series[via]
+        result.rows.insert(2 * position, Row(f"p50, {labels[via]}: call to fax accepted", "s", p50s, bound=bounds[via]))
+        result.rows.insert(
+            2 * position + 1, Row(f"p95, {labels[via]}: call to fax accepted", "s", p95s, bound=bounds[via])
+        )
     result.notes.append(
-        "each campaign is loaded beforehand, then scheduled with `dispatch campaign schedule` on an idle system "
-        "(scheduler, worker and web running); the time ends at the emulator's own receive time of the fax"
+        "each campaign is loaded beforehand, then scheduled on an idle system (scheduler, worker and web running), "
+        "first through `POST /api/campaigns/NAME/schedule` with an API token, then with `dispatch campaign "
+        "schedule`; the time ends at the emulator's own receive time of the fax"
     )
     return result
 
