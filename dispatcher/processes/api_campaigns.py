@@ -34,7 +34,7 @@ from dispatcher.domain.rendering.fonts import UndrawableTextError
 from dispatcher.domain.rendering.preview import preview_email, preview_fax
 from dispatcher.domain.states import DeliveryKind
 from dispatcher.domain.templating import compile_letter
-from dispatcher.processes import operations
+from dispatcher.processes import campaign_input, operations
 from dispatcher.processes.access import Access
 from dispatcher.processes.api_common import (
     ERRORS,
@@ -541,7 +541,7 @@ def _parse_and_check(raw: bytes, json_body: bool) -> tuple[CampaignSpec | None, 
 def _save(
     ctx: WebContext, spec: CampaignSpec, report: Any, identity: Identity, *, create: bool, skip_invalid: bool
 ) -> SavedOut:
-    saved = operations.save_campaign(
+    saved = campaign_input.save_campaign(
         ctx.factory, spec, report, by=identity, now=ctx.clock(), create=create, skip_invalid=skip_invalid
     )
     return SavedOut(

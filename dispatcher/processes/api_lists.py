@@ -20,7 +20,7 @@ from dispatcher.domain.db import reading
 from dispatcher.domain.models import Campaign, CampaignList, SupporterList
 from dispatcher.domain.supporter_import import SupporterFileError, parse_mapping
 from dispatcher.domain.supporter_lists import list_counts
-from dispatcher.processes import operations
+from dispatcher.processes import campaign_input
 from dispatcher.processes.access import Access
 from dispatcher.processes.api_common import ERRORS, refused, spooled_body
 from dispatcher.processes.operations import Refused
@@ -119,7 +119,7 @@ def list_router(ctx: WebContext, access: Access) -> APIRouter:
         body = await spooled_body(request, limit=CSV_MAX_BYTES, what="CSV")
         try:
             done = await run_in_threadpool(
-                operations.import_list,
+                campaign_input.import_list,
                 ctx.factory,
                 name,
                 cast(BinaryIO, body),

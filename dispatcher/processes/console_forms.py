@@ -1,7 +1,7 @@
 """The console's forms (see console.py for what every console page shares): create or edit a draft campaign,
 and upload a supporter list CSV. Both are for managers (the campaigns permission).
 
-The campaign form's fields become a campaign file's content (operations.campaign_data_from_form): the
+The campaign form's fields become a campaign file's content (campaign_input.campaign_data_from_form): the
 letter is inline, the addressees a TOML textarea of [[to]] and [[cc]] tables; nothing names a file on the
 server. Problems are shown beside the field they concern, and the form keeps what was typed.
 """
@@ -20,7 +20,7 @@ from dispatcher.domain.db import reading
 from dispatcher.domain.models import Campaign, SupporterList
 from dispatcher.domain.states import CampaignStatus
 from dispatcher.domain.supporter_lists import list_counts
-from dispatcher.processes import operations
+from dispatcher.processes import campaign_input, operations
 from dispatcher.processes.access import Access
 from dispatcher.processes.api_lists import CSV_MAX_BYTES
 from dispatcher.processes.console import Notice, page
@@ -102,7 +102,7 @@ def forms_router(ctx: WebContext, access: Access) -> APIRouter:
                     {"title": "Not a draft", "message": f"{name} is {campaign.status}: only a draft is edited."},
                     status=409,
                 )
-            fields = operations.form_from_campaign(campaign)
+            fields = campaign_input.form_from_campaign(campaign)
         return form_page(request, fields, editing=name)
 
     async def submit(request: Request, identity: Identity, editing: str | None) -> Response:
@@ -115,9 +115,14 @@ def forms_router(ctx: WebContext, access: Access) -> APIRouter:
             return await run_in_threadpool(form_page, request, {}, editing=editing, problems=too_long, status=422)
         try:
             done = await run_in_threadpool(
-                operations.create_campaign_from_form, ctx.factory, fields, by=identity, now=ctx.clock(), editing=editing
+                campaign_input.create_campaign_from_form,
+                ctx.factory,
+                fields,
+                by=identity,
+                now=ctx.clock(),
+                editing=editing,
             )
-        except operations.FormRefused as err:
+        except campaign_input.FormRefused as err:
             notice = Notice(f"Not saved: {err.message}", ok=False)
             return await run_in_threadpool(
                 form_page, request, fields, editing=editing, problems=err.problems, notice=notice, status=422
@@ -167,7 +172,7 @@ def forms_router(ctx: WebContext, access: Access) -> APIRouter:
             notice = Notice(f"Nothing was imported: the file is larger than {CSV_MAX_BYTES // 2**20} MiB", ok=False)
             return upload_page(request, notice, status=413, list_name=list_name)
         try:
-            result, rejected = operations.import_list_upload(
+            result, rejected = campaign_input.import_list_upload(
                 ctx.factory, list_name, file.file, by=identity, now=ctx.clock()
             )
         except operations.Refused as err:
