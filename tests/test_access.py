@@ -252,3 +252,24 @@ def test_a_wrong_user_is_refused_with_its_reason(
 ) -> None:
     with pytest.raises(accounts.AccountError, match=re.escape(message)), transaction(factory) as session:
         accounts.add_user(session, name, roles=roles, password=password, now=NOW)
+
+
+def test_a_value_the_ledger_refuses_is_a_4xx_naming_its_kind_not_a_500(factory: sessionmaker[Session]) -> None:
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    app = create_app(context(factory, Clock()))
+
+    def too_long() -> None:  # as PostgreSQL answers a text longer than its column
+        raise DataError("INSERT INTO campaigns ...", {"title": "secret value"}, Exception("value too long"))
+
+    def taken() -> None:
+        raise IntegrityError("INSERT INTO users ...", {"name": "x"}, Exception("duplicate key"))
+
+    app.add_api_route("/api/too-long", too_long)
+    app.add_api_route("/api/taken", taken)
+    client = TestClient(app, raise_server_exceptions=False)
+    answer = client.get("/api/too-long")
+    assert answer.status_code == 422
+    assert answer.json() == {"error": "the ledger refused a value of this request (Exception); nothing was kept"}
+    assert "secret value" not in answer.text and "INSERT" not in answer.text
+    assert client.get("/api/taken").status_code == 409

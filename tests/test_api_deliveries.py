@@ -325,3 +325,13 @@ def test_a_retry_that_could_send_a_letter_twice_needs_force(factory: sessionmake
     assert 'send "force": true' in refused.json()["error"] and "--force" not in refused.json()["error"]
     forced = http.post(url, json={"reason": "the line works", "force": True}, headers=roles.operator)
     assert (forced.status_code, forced.json()["state"]) == (200, "planned"), forced.text
+
+
+def test_a_parameter_that_cannot_be_read_is_a_422_in_the_apis_own_shape(factory: sessionmaker[Session]) -> None:
+    http, roles = client(factory), Roles(factory)
+    too_many = http.get("/api/deliveries?limit=5000", headers=roles.viewer)
+    assert too_many.status_code == 422
+    assert too_many.json() == {"error": "query.limit: Input should be less than or equal to 1000"}
+    not_an_id = http.get("/api/deliveries/abc", headers=roles.viewer)
+    assert not_an_id.status_code == 422
+    assert list(not_an_id.json()) == ["error"] and "path.delivery_id" in not_an_id.json()["error"]

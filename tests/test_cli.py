@@ -231,12 +231,13 @@ def test_demo_works_under_the_var_dir_and_serves_its_console(tmp_path: Path) -> 
             page = client.get("/")
             assert page.status_code == 200
             assert "north-korean-refugees-2015" in page.text and "completed" in page.text
-        os.killpg(demo.process.pid, signal.SIGINT)
+        os.kill(demo.process.pid, signal.SIGTERM)  # as `kill` stops it (Ctrl-C does the same)
         lines = demo.finish(timeout=60)
     finally:
         demo.stop()
     assert demo.process.returncode == 0, "\n".join(lines)
     assert "0 delivered more than once" in "\n".join(lines)
+    assert lines[-1] == "stopped"
     assert (tmp_path / "runtime" / "demo" / "preview.pdf").is_file()
     assert (tmp_path / "runtime" / "demo" / "ledger.db").is_file()
     log = (tmp_path / "runtime" / "demo" / "demo.log").read_text()  # the log goes to a file, not the live view

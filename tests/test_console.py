@@ -30,6 +30,7 @@ from .builders import NAME, SENDER, build_campaign
 from .test_access import HTML, Clock, add_user, context, log_in
 from .test_planning import load
 
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 BODY = "{{ to.salutation or to.name }}\n\nPlease let them go.\n\n{{ sender.signatory }}"
 ADDRESSEES = '[[to]]\nname = "A. Minister"\ncountry = "GB"\ntimezone = "Europe/London"\nemail = ["m@gov.example"]\n'
 
@@ -96,6 +97,7 @@ def test_campaign_actions_show_their_result_or_refusal(factory: sessionmaker[Ses
     done = client.post(f"/campaigns/{loaded}/schedule", data={"csrf": csrf, "reason": "board said so"}, headers=HTML)
     assert done.status_code == 200
     assert f"{loaded}: scheduled (now)" in done.text
+    assert "<td>user:mina</td><td>campaign.schedule</td><td></td><td>board said so</td>" in done.text
     again = client.post(f"/campaigns/{loaded}/resume", data={"csrf": csrf}, headers=HTML)
     assert again.status_code == 409
     assert "Refused: " in again.text
@@ -267,6 +269,12 @@ def test_held_lists_unknown_and_overdue_submitted_deliveries_and_failed_ones(
     assert retried.status_code == 200
     assert f"delivery #{ids[3]}: planned" in retried.text
     assert "<h1>Held for an operator</h1>" in retried.text
+    # the reason is shown where the person will look for it: the delivery's timeline and its campaign's page
+    assert "retry requested by an operator: number fixed" in client.get(f"/deliveries/{ids[3]}", headers=HTML).text
+    campaign = client.get(f"/campaigns/{NAME}", headers=HTML).text
+    assert re.search(
+        r"<td>user:olga</td><td>delivery.retry</td><td><a [^>]*>#\d+</a></td><td>number fixed</td>", campaign
+    )
 
 
 @pytest.mark.parametrize(
@@ -294,3 +302,33 @@ def test_a_campaign_named_new_opens_at_its_own_page(factory: sessionmaker[Sessio
     page = client.get("/campaigns/new", headers=HTML)
     assert page.status_code == 200
     assert "Free them" in page.text and 'name="campaign.name"' not in page.text  # its page, not the empty form
+
+
+def test_the_letter_bodys_hint_names_variables_a_letter_can_use(factory: sessionmaker[Session]) -> None:
+    client, csrf = client_for(factory, "manager")
+    page = client.get("/new-campaign", headers=HTML)
+    hint = re.search(r"Body <span class=\"muted\">Jinja2: (.*?), \.\.\.</span>", page.text)
+    assert hint is not None
+    body = html_module.unescape(hint.group(1)).replace(", ", "\n")  # every variable the hint shows, one a line
+    created = client.post("/new-campaign", data=form(csrf, **{"letter.body": body}), headers=HTML)
+    assert created.status_code == 200, problems(created.text)
+    with factory() as session:
+        assert session.scalars(select(Campaign.name)).all() == ["free-them"]
+
+
+def test_an_email_accepted_by_smtp_counts_as_ended_in_the_progress(factory: sessionmaker[Session], loaded: str) -> None:
+    # SMTP reports nothing after its acceptance: "submitted" is that delivery's outcome
+    with transaction(factory) as session:
+        ledger = SqlLedger(session)
+        for delivery in session.scalars(select(Delivery).order_by(Delivery.id)):
+            ledger.move(delivery, State.QUEUED, actor="test", at=NOW)
+            ledger.move(delivery, State.SENDING, actor="test", at=NOW)
+            delivery.expects_report = delivery.channel == "fax"
+            ledger.move(
+                delivery, State.SUBMITTED if delivery.channel == "email" else State.DELIVERED, actor="test", at=NOW
+            )
+        total = len(session.scalars(select(Delivery.id)).all())
+    client, _ = client_for(factory, "viewer", name="vera")
+    shown = f"{total} / {total} ended (100%)"
+    assert shown in client.get("/", headers=HTML).text
+    assert shown in client.get(f"/campaigns/{loaded}", headers=HTML).text

@@ -68,7 +68,7 @@ def test_retry_policy_from_settings() -> None:
 def test_scheduler_config_from_settings() -> None:
     assert SchedulerConfig.from_settings(SETTINGS) == SchedulerConfig(
         batch_size=7,
-        batch_sizes={"fax": 1},
+        batch_sizes={"fax": 4},  # DISPATCH_FAX_PUBLISH_BATCH_SIZE is left at its default
         claim_limit=11,
         max_queued_per_queue=5,
         republish_after=timedelta(seconds=13),

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.campaign_file import load_spec
+from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import CampaignFileError
+from dispatcher.domain.planning import load_campaign
 from dispatcher.domain.validation import check_number, validate
 
 from .builders import build_campaign, guo_shengkun, wang_yi, xi_jinping
@@ -146,3 +149,46 @@ def test_malformed_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DISPATCH_MAX_ATTEMPTS", "eight")
     with pytest.raises(SettingsError, match="DISPATCH_MAX_ATTEMPTS"):
         load_settings()
+
+
+# every text the ledger keeps in a bounded column: (builder field, where it goes, the column's length)
+BOUNDED = [
+    ("title", "campaign", 300),
+    ("subject", "letter", 300),
+    ("name", "to", 200),
+    ("title", "to", 200),
+    ("organisation", "to", 300),
+    ("salutation", "to", 300),
+    ("timezone", "to", 64),
+    ("fax", "to", 320),
+    ("email", "to", 320),
+]
+
+
+def _with(tmp_path: Path, table: str, key: str, value: str) -> Path:
+    if table == "to":
+        return build_campaign(tmp_path, to=[xi_jinping(**{key: [value] if key in ("fax", "email") else value})])
+    if table == "letter":
+        return build_campaign(tmp_path, letter={"subject": value, "template": "letter.txt.j2"})
+    return build_campaign(tmp_path, **{key: value})
+
+
+@pytest.mark.parametrize(("key", "table", "length"), BOUNDED)
+def test_a_text_longer_than_its_column_is_refused_naming_it(tmp_path: Path, key: str, table: str, length: int) -> None:
+    with pytest.raises(CampaignFileError) as refused:
+        load_spec(_with(tmp_path, table, key, "x" * (length + 1)))
+    text = "\n".join(str(p) for p in refused.value.problems)
+    assert key in text and f"at most {length} characters" in text, text
+
+
+def test_texts_at_their_columns_length_load_on_postgresql_too(factory: sessionmaker[Session], tmp_path: Path) -> None:
+    # before: a 400-character title passed validation and PostgreSQL refused the load (StringDataRightTruncation)
+    path = build_campaign(
+        tmp_path,
+        title="T" * 300,
+        to=[xi_jinping(name="N" * 200, title="t" * 200, organisation="o" * 300, salutation="s" * 300)],
+    )
+    spec = load_spec(path)
+    with transaction(factory) as session:
+        result = load_campaign(session, spec, validate(spec, file=path), source=path, skip_invalid=True)
+    assert result.status == "created"

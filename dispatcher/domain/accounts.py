@@ -70,7 +70,7 @@ class LoginThrottled(DispatchError):
     """Too many refused logins for this name or from this client: try again after ``retry_after`` seconds."""
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many refused logins; try again in {retry_after // 60 + 1} minutes")
+        super().__init__(f"try again in {retry_after // 60 + 1} minutes")
         self.retry_after = retry_after
 
 

@@ -41,16 +41,18 @@ class Sender(_Strict):
     country: str = "US"  # region used to parse fax_caller_id when it has no "+"
 
 
+# Texts the ledger keeps in bounded columns (dispatcher/domain/models.py) are bounded here to the same
+# length, so a longer one is a problem naming its field, not a refusal from the database at load.
 class AddresseeSpec(_Strict):
-    name: str
-    title: str = ""
-    organisation: str = ""
-    salutation: str | None = None
+    name: str = Field(max_length=200)
+    title: str = Field(default="", max_length=200)
+    organisation: str = Field(default="", max_length=300)
+    salutation: str | None = Field(default=None, max_length=300)
     address: list[str] = Field(default_factory=list)
     country: str  # ISO 3166-1 alpha-2, used to parse national numbers
-    timezone: str  # IANA name, e.g. "Asia/Shanghai"
-    fax: list[str] = Field(default_factory=list)
-    email: list[str] = Field(default_factory=list)
+    timezone: str = Field(max_length=64)  # IANA name, e.g. "Asia/Shanghai"
+    fax: list[Annotated[str, Field(max_length=320)]] = Field(default_factory=list)
+    email: list[Annotated[str, Field(max_length=320)]] = Field(default_factory=list)
     phone: list[str] = Field(default_factory=list)  # contact details only, never a route
 
 
@@ -90,8 +92,8 @@ class Schedule(_Strict):
 
 
 class LetterSpec(_Strict):
-    subject: str
-    template: str | None = None  # path relative to the campaign file
+    subject: str = Field(max_length=300)
+    template: str | None = Field(default=None, max_length=300)  # path relative to the campaign file
     body: str | None = None  # or the template inline
 
     @model_validator(mode="after")
@@ -128,7 +130,7 @@ class Supporters(_Strict):
 
 class Campaign(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,80}$")
-    title: str
+    title: str = Field(max_length=300)
     urgency: Literal["normal", "urgent"] = "urgent"
     route_policy: Literal["first-success", "all-routes"] = "first-success"
     route_order: Literal["fax-first", "email-first"] = "fax-first"

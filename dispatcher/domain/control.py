@@ -82,7 +82,13 @@ def cancel(session: Session, name: str, *, actor: str = "operator") -> int:
 
 
 def retry(
-    session: Session, delivery_id: int, *, now: datetime, actor: str = "operator", force: bool = False
+    session: Session,
+    delivery_id: int,
+    *,
+    now: datetime,
+    actor: str = "operator",
+    force: bool = False,
+    reason: str = "",
 ) -> Delivery:
     """An operator sends a failed delivery again (same route, same idempotency key, attempts counted
     afresh). Refused when another route of the same addressee is under way or succeeded, unless forced:
@@ -97,9 +103,8 @@ def retry(
             f"{other.state}; retrying would send the letter a second time (use --force if that is intended)"
         )
     # attempts are counted afresh from this event (outcomes.attempts_on_route)
-    SqlLedger(session).move(
-        delivery, State.PLANNED, actor=actor, at=now, reason="retry requested by an operator", not_before=now
-    )
+    why = "retry requested by an operator" + (f": {reason.strip()}" if reason.strip() else "")
+    SqlLedger(session).move(delivery, State.PLANNED, actor=actor, at=now, reason=why, not_before=now)
     if delivery.campaign.status == CampaignStatus.COMPLETED:
         delivery.campaign.status = CampaignStatus.SCHEDULED  # the scheduler only claims for scheduled campaigns
     return delivery

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from dispatcher.domain.accounts import Identity, Permission
 from dispatcher.domain.db import reading, transaction
@@ -53,6 +53,8 @@ def create_app(ctx: WebContext) -> FastAPI:
     access = Access(ctx.factory, ctx.clock, ctx.secure_cookies)
 
     app.add_exception_handler(OperationalError, _ledger_unavailable)
+    app.add_exception_handler(DataError, _ledger_refused)
+    app.add_exception_handler(IntegrityError, _ledger_refused)
     app.include_router(unsubscribe_router(ctx.factory, ctx.secret, ctx.clock))  # public: no login
     install(app, access)  # /login, /logout, 401/403 answers
     app.include_router(console_forms.forms_router(ctx, access))
@@ -141,6 +143,19 @@ async def _ledger_unavailable(request: Request, err: Exception) -> JSONResponse:
         {"error": "the ledger is busy or unavailable; try again shortly"},
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _ledger_refused(request: Request, err: Exception) -> JSONResponse:
+    """A value the ledger refused (too long, malformed: DataError, 422) or a conflict with what it holds
+    (IntegrityError, 409), which input checks should have caught: a clear refusal, never a 500. Nothing
+    of the request was kept (its transaction rolled back); only the error's class is logged and shown."""
+    cause = err.orig if isinstance(err, DataError | IntegrityError) else err
+    log.error("the ledger refused %s %s: %s", request.method, request.url.path, type(cause).__name__)
+    status = 409 if isinstance(err, IntegrityError) else 422
+    return JSONResponse(
+        {"error": f"the ledger refused a value of this request ({type(cause).__name__}); nothing was kept"},
+        status_code=status,
     )
 
 

@@ -16,10 +16,13 @@ import tempfile
 from typing import IO, Any, Generic, TypeVar
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from dispatcher.domain.errors import Problem
+from dispatcher.domain.rendering.templates import render
+from dispatcher.processes.access import PAGE_HEADERS, wants_page
 from dispatcher.processes.operations import Invalid, Refused
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers on both databases: a larger one is answered 422, never queried
@@ -92,6 +95,18 @@ def install_errors(app: FastAPI) -> None:
         if isinstance(err, Invalid):
             body["problems"] = [ProblemOut.of(p).model_dump() for p in err.problems]
         return JSONResponse(body, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(request: Request, err: RequestValidationError) -> Response:
+        """A parameter or body FastAPI could not read (``?limit=5000``, ``/api/deliveries/abc``): 422 in the
+        API's own shape, ``{"error": ...}`` naming each parameter and what is wrong with it (a console form
+        gets the same sentence on a page)."""
+        found = [f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in err.errors()]
+        message = "; ".join(found[:20]) or "the request cannot be read"
+        if wants_page(request):
+            html = render("web/message.html.j2", {"title": "Not valid", "message": message, "identity": None})
+            return HTMLResponse(html, status_code=422, headers=PAGE_HEADERS)
+        return JSONResponse({"error": message}, status_code=422)
 
 
 def limit_query() -> Any:

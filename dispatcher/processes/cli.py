@@ -306,7 +306,7 @@ def delivery_retry(
 
     who = command_line(_os_user())
     with db.transaction(_factory()) as session:
-        delivery = control.retry(session, delivery_id, now=_now(), actor=who.actor, force=force)
+        delivery = control.retry(session, delivery_id, now=_now(), actor=who.actor, force=force, reason=reason or "")
         record_action(
             session,
             who,

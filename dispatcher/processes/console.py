@@ -28,7 +28,7 @@ from dispatcher.domain.control import resolvable
 from dispatcher.domain.db import reading
 from dispatcher.domain.errors import NotFound
 from dispatcher.domain.holds import held_because
-from dispatcher.domain.models import Addressee, Campaign, Delivery
+from dispatcher.domain.models import Addressee, Campaign, Delivery, OperatorAction
 from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.rendering.email import render_email
@@ -42,6 +42,14 @@ from dispatcher.processes.web_context import WebContext
 
 CAMPAIGN_VERBS = ("schedule", "pause", "resume", "cancel")
 ENDED = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED, State.SKIPPED})
+
+
+def ended_state(state: str, expects_report: bool) -> bool:
+    """Whether a delivery in ``state`` has ended: a final state, or ``submitted`` through a gateway that
+    reports nothing more (SMTP: its acceptance is the outcome)."""
+    return state in ENDED or (state == State.SUBMITTED and not expects_report)
+
+
 # the letter preview is framed by the console's own page, and runs nothing: no script, no form, no request
 PREVIEW_HEADERS = {
     "Cache-Control": "no-store",
@@ -75,15 +83,19 @@ class Notice:
 
 def campaign_rows(session: Session) -> list[dict[str, Any]]:
     counts: dict[int, Counter[str]] = {}
-    for campaign_id, state, n in session.execute(
-        select(Delivery.campaign_id, Delivery.state, func.count()).group_by(Delivery.campaign_id, Delivery.state)
+    finished: Counter[int] = Counter()
+    for campaign_id, state, reports, n in session.execute(
+        select(Delivery.campaign_id, Delivery.state, Delivery.expects_report, func.count()).group_by(
+            Delivery.campaign_id, Delivery.state, Delivery.expects_report
+        )
     ):
-        counts.setdefault(campaign_id, Counter())[state] = n
+        counts.setdefault(campaign_id, Counter())[state] += n
+        finished[campaign_id] += n if ended_state(state, reports) else 0
     rows = []
     for c in session.scalars(select(Campaign).order_by(Campaign.id.desc())):
         states = counts.get(c.id, Counter())
         total = sum(states.values())
-        ended = sum(n for s, n in states.items() if s in ENDED)
+        ended = finished[c.id]
         rows.append(
             {
                 "name": c.name,
@@ -127,19 +139,19 @@ def campaign_context(session: Session, name: str) -> dict[str, Any]:
                 }
             )
         people.append({"person": person, "routes": routes})
-    copies = sorted(
-        (state, n)
-        for state, n in session.execute(
-            select(Delivery.state, func.count())
-            .where(Delivery.campaign_id == campaign.id, Delivery.kind == DeliveryKind.COPY)
-            .group_by(Delivery.state)
-        )
-    )
-    states = Counter(d.state for d in letters)
-    for state, n in copies:
-        states[state] += n
+    copy_counts = session.execute(
+        select(Delivery.state, Delivery.expects_report, func.count())
+        .where(Delivery.campaign_id == campaign.id, Delivery.kind == DeliveryKind.COPY)
+        .group_by(Delivery.state, Delivery.expects_report)
+    ).all()
+    by_state: Counter[str] = Counter()
+    for state, _, n in copy_counts:
+        by_state[state] += n
+    copies = sorted(by_state.items())
+    states = Counter(d.state for d in letters) + by_state
     total = sum(states.values())
-    ended = sum(n for s, n in states.items() if s in ENDED)
+    ended = sum(1 for d in letters if ended_state(d.state, d.expects_report))
+    ended += sum(n for state, reports, n in copy_counts if ended_state(state, reports))
     return {
         "campaign": campaign,
         "schedule": campaign.schedule or {},
@@ -151,6 +163,14 @@ def campaign_context(session: Session, name: str) -> dict[str, Any]:
         "percent": round(100 * ended / total) if total else 0,
         "fax_pages": None,
         "preview_error": None,
+        "actions": list(
+            session.scalars(
+                select(OperatorAction)
+                .where(OperatorAction.campaign_id == campaign.id)
+                .order_by(OperatorAction.id.desc())
+                .limit(50)
+            )
+        ),
     }
 
 

@@ -13,6 +13,7 @@ import base64
 import os
 import secrets
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -128,6 +129,13 @@ def _serve_until_interrupted(console: Console, sandbox: Sandbox, login: tuple[st
             title="console",
         )
     )
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C, and `kill` (SIGTERM) too: a demo started in the background (where SIGINT is ignored) stops cleanly
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     try:
         while True:
             time.sleep(3600)

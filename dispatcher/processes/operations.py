@@ -123,7 +123,7 @@ def retry_delivery(
         if control.resolvable(delivery):
             state: str = control.resolve(session, delivery_id, sent=False, now=now, reason=why, by=by.name)
         else:
-            state = control.retry(session, delivery_id, now=now, actor=by.actor, force=force).state
+            state = control.retry(session, delivery_id, now=now, actor=by.actor, force=force, reason=why).state
         _log(session, by, "delivery.retry", delivery, now=now, reason=why)
         notify(session)
         return Done(f"delivery #{delivery_id}: {state}", state)

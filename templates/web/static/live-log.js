@@ -29,7 +29,7 @@
         while (body.rows.length > keep) body.deleteRow(-1);
       }
       if (got.last) body.dataset.after = got.last;
-      if (status) status.textContent = "Live: updated " + new Date().toLocaleTimeString();
+      if (status) status.textContent = "Live: updated " + new Date().toISOString().slice(11, 19) + " UTC";
       setTimeout(tick, rows.length >= 500 ? 0 : 1000);
     }).catch(function (err) {
       if (status) status.textContent = "Live updates stopped (" + err.message + "): retrying";
