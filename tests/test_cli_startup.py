@@ -60,3 +60,19 @@ def test_the_schema_head_read_from_the_migration_files_is_alembics() -> None:
     from dispatcher.domain import db
 
     assert db.head_from_files() == db.head_revision()
+
+
+def test_the_command_line_computes_no_password_hash_at_start(tmp_path: Path) -> None:
+    """An argon2 hash costs about 0.1 s: the dummy hash of a login for an unknown name is made at the first
+    such login, not when a command imports the accounts module."""
+    code = (
+        "import argon2\n"
+        "made = []\n"
+        "real = argon2.PasswordHasher.hash\n"
+        "argon2.PasswordHasher.hash = lambda self, *a, **k: made.append(1) or real(self, *a, **k)\n"
+        "import dispatcher.processes.cli, dispatcher.processes.operations\n"
+        "print(len(made))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISPATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["0"]

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import secrets
@@ -40,7 +41,13 @@ LOGIN_FAILURES_PER_CLIENT = 20
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-@")
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("an unknown name still costs one hash check")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check a password against when the name is unknown; made once, at the first login, not at
+    import: every `dispatch` command imports this module, and one argon2 hash costs about 0.1 s."""
+    return _hasher.hash("an unknown name still costs one hash check")
 
 
 class Role(StrEnum):
@@ -244,7 +251,7 @@ def _password_matches(user: User | None, password: str) -> bool:
         return False
     if user is None or not user.password_hash:
         with contextlib.suppress(VerificationError):
-            _hasher.verify(_DUMMY_HASH, password)  # the same cost as a real check
+            _hasher.verify(_dummy_hash(), password)  # the same cost as a real check
         return False
     try:
         return _hasher.verify(user.password_hash, password)
