@@ -244,3 +244,20 @@ def test_demo_works_under_the_var_dir_and_serves_its_console(tmp_path: Path) -> 
     assert " INFO celery." in log
     assert password not in log
     assert not (tmp_path / "var").exists()
+
+
+def test_user_and_token_commands(ledger: Path) -> None:
+    added = runner.invoke(
+        app, ["user", "add", "Alice", "--role", "manager,operator", "--password-stdin"], input="correct horse battery\n"
+    )
+    assert (added.exit_code, added.output.strip().splitlines()[-1]) == (0, "user alice: manager,operator")
+    wrong = runner.invoke(app, ["user", "add", "bob", "--role", "boss", "--no-password"])
+    assert wrong.exit_code == 1  # main() prints it as `error: ...`
+    assert str(wrong.exception) == "no role named 'boss'; the roles are manager, operator, viewer"
+    created = runner.invoke(app, ["token", "create", "alice", "--label", "ci"])
+    token = created.stdout.strip().splitlines()[-1]
+    assert created.exit_code == 0 and token.startswith("cdt_")
+    assert run("token", "revoke", "alice", "--label", "ci") == (0, "1 token(s) revoked\n")
+    with db.session_factory(db.make_engine(get_settings().database_url))() as session:
+        logged = [(a.actor.split(":")[0], a.action) for a in session.scalars(select(OperatorAction))]
+    assert logged == [("cli", "user.add")]

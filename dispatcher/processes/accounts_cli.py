@@ -8,41 +8,19 @@ token's value is printed once, on standard output alone, and never again: the le
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain import accounts, db
-from dispatcher.domain.settings import get_settings
 from dispatcher.processes.views import text
 
 user_app = typer.Typer(help="Console and API users, with roles: manager, operator, viewer.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens (sent as 'Authorization: Bearer <token>').", no_args_is_help=True)
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _factory() -> sessionmaker[Session]:
-    engine = db.make_engine(get_settings().database_url)
-    db.ensure_schema(engine)
-    return db.session_factory(engine)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _os_user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name in the environment or the password database
-        return "unknown"
 
 
 def _password(from_stdin: bool) -> str:
@@ -69,19 +47,25 @@ def user_add(
     replace: Annotated[bool, typer.Option("--replace", help="set an existing user's roles and password")] = False,
 ) -> None:
     """Add a user who may log in to the console (and hold API tokens)."""
+    from dispatcher.processes.cli import _factory, _now, _os_user  # the command line's own (it imports this module)
+
     accounts.check_name(name)
     accounts.parse_roles(role)  # a wrong role stops before the password is asked
     password = None if no_password else accounts.check_password(_password(password_stdin))
     with db.transaction(_factory()) as session:
         user = accounts.add_user(session, name, roles=role, password=password, now=_now(), replace=replace)
         roles = user.roles
-        accounts.record_action(session, f"cli:{_os_user()}", "user.add", now=_now(), reason=f"roles {roles}")
+        accounts.record_action(
+            session, accounts.command_line(_os_user()), "user.add", now=_now(), reason=f"roles {roles}"
+        )
     console.print(text(f"user {user.name}: {roles}"), highlight=False)
 
 
 @user_app.command("list")
 def user_list() -> None:
     """Every user, their roles, and whether they are disabled."""
+    from dispatcher.processes.cli import _factory  # the command line's own (it imports this module)
+
     table = Table(title="Users")
     for column in ("name", "roles", "console login", "created", "disabled"):
         table.add_column(column)
@@ -100,6 +84,8 @@ def user_list() -> None:
 @user_app.command("disable")
 def user_disable(name: str) -> None:
     """Disable a user: their sessions end and their tokens stop working."""
+    from dispatcher.processes.cli import _factory, _now  # the command line's own (it imports this module)
+
     with db.transaction(_factory()) as session:
         accounts.disable_user(session, name, now=_now())
     console.print(text(f"user {name.strip().lower()}: disabled"), highlight=False)
@@ -111,6 +97,8 @@ def token_create(
     label: Annotated[str, typer.Option("--label", help="what the token is for, e.g. 'ci' or 'grafana'")] = "token",
 ) -> None:
     """Create an API token for user NAME; it is printed once, alone on standard output."""
+    from dispatcher.processes.cli import _factory, _now  # the command line's own (it imports this module)
+
     with db.transaction(_factory()) as session:
         value = accounts.create_token(session, name, label=label, now=_now())
     err_console.print(text(f"API token {label!r} for {name.strip().lower()} (shown once; keep it secret):"))
@@ -122,6 +110,8 @@ def token_revoke(
     name: str, label: Annotated[str, typer.Option("--label", help="the label the token was created with")]
 ) -> None:
     """Revoke user NAME's tokens with this label."""
+    from dispatcher.processes.cli import _factory, _now  # the command line's own (it imports this module)
+
     with db.transaction(_factory()) as session:
         revoked = accounts.revoke_token(session, name, label=label, now=_now())
     if not revoked:

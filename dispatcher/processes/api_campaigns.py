@@ -18,7 +18,7 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.accounts import Identity, Permission
@@ -29,7 +29,7 @@ from dispatcher.domain.db import reading
 from dispatcher.domain.errors import NotFound, Problem, TemplateProblemError
 from dispatcher.domain.input_files import CAMPAIGN_FILE_MAX_BYTES
 from dispatcher.domain.models import Addressee, Campaign, Delivery, DeliveryEvent
-from dispatcher.domain.queries import get_campaign
+from dispatcher.domain.queries import get_campaign, state_counts
 from dispatcher.domain.rendering.fonts import UndrawableTextError
 from dispatcher.domain.rendering.preview import preview_email, preview_fax
 from dispatcher.domain.states import DeliveryKind
@@ -162,7 +162,7 @@ def campaign_router(ctx: WebContext, access: Access) -> APIRouter:
     @router.get("", response_model=list[CampaignSummary])
     def campaigns(identity: Identity = access.require(Permission.READ)) -> list[CampaignSummary]:
         with reading(ctx.factory) as session:
-            counts = _counts(session)
+            counts = state_counts(session)
             return [
                 CampaignSummary(
                     name=c.name,
@@ -210,7 +210,7 @@ def campaign_router(ctx: WebContext, access: Access) -> APIRouter:
     def campaign(name: str = NAME, identity: Identity = access.require(Permission.READ)) -> CampaignOut:
         with reading(ctx.factory) as session:
             c = _campaign(session, name)
-            counts = _counts(session, c.id).get(c.id, Counter())
+            counts = state_counts(session, c.id).get(c.id, Counter())
             supporters = c.spec.get("supporters") or {}
             return CampaignOut(
                 name=c.name,
@@ -465,16 +465,6 @@ def _campaign(session: Session, name: str) -> Campaign:
         return get_campaign(session, name)
     except NotFound:  # a 404 naming no other campaign (names may be probed)
         raise Refused(f"no campaign named {name!r}", status=404) from None
-
-
-def _counts(session: Session, campaign_id: int | None = None) -> dict[int, Counter[str]]:
-    query = select(Delivery.campaign_id, Delivery.state, func.count()).group_by(Delivery.campaign_id, Delivery.state)
-    if campaign_id is not None:
-        query = query.where(Delivery.campaign_id == campaign_id)
-    counts: dict[int, Counter[str]] = {}
-    for cid, state, n in session.execute(query):
-        counts.setdefault(cid, Counter())[state] = int(n)
-    return counts
 
 
 def _letters(ctx: WebContext, name: str) -> tuple[CampaignSpec, Any, date]:

@@ -26,6 +26,7 @@ from dispatcher.domain.accounts import Identity, record_action
 from dispatcher.domain.db import transaction
 from dispatcher.domain.errors import CampaignConflict, CampaignFileError, NotFound, Problem, TransitionError
 from dispatcher.domain.models import Delivery
+from dispatcher.domain.queries import get_campaign
 from dispatcher.domain.states import State
 from dispatcher.processes.wakeup import notify
 
@@ -102,8 +103,6 @@ def campaign_action(
             message = f"{name}: cancelled ({cancelled} deliveries will not be sent)"
         else:
             raise Refused(f"no campaign action named {verb!r}", status=404)
-        from dispatcher.domain.queries import get_campaign
-
         campaign = get_campaign(session, name)
         record_action(session, by, f"campaign.{verb}", now=now, reason=why, campaign_id=campaign.id)
         return Done(message, campaign.status)

@@ -10,14 +10,14 @@ from datetime import datetime
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain import gateway_pauses
 from dispatcher.domain.control import resolvable
 from dispatcher.domain.holds import held_because
 from dispatcher.domain.models import Campaign, Delivery, DeliveryEvent, GatewayState
-from dispatcher.domain.queries import get_campaign
+from dispatcher.domain.queries import get_campaign, state_counts
 from dispatcher.domain.states import DeliveryKind, State
 
 STATE_STYLE: dict[str, str] = {
@@ -67,11 +67,7 @@ def campaign_table(session: Session) -> Table:
     table = Table(title="Campaigns")
     for column in ("name", "title", "status", "deliveries"):
         table.add_column(column)
-    counts: dict[int, Counter[str]] = {}
-    for campaign_id, state, n in session.execute(
-        select(Delivery.campaign_id, Delivery.state, func.count()).group_by(Delivery.campaign_id, Delivery.state)
-    ):
-        counts.setdefault(campaign_id, Counter())[state] = n
+    counts = state_counts(session)
     for campaign in session.scalars(select(Campaign).order_by(Campaign.id)):
         summary = Text(", ").join(
             Text.assemble(styled(s), f" {n}") for s, n in sorted(counts.get(campaign.id, Counter()).items())
