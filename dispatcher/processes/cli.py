@@ -485,7 +485,8 @@ def web(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Serve status webhooks (/webhooks/<gateway>), fax documents for providers (/media) and the read API."""
+    """Serve the console, the JSON API (/api/), status webhooks (/webhooks/<gateway>), fax documents for providers
+    (/media), unsubscribe pages, health and metrics."""
     import uvicorn
 
     from dispatcher.processes.startup import check_gateways
