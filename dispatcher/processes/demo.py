@@ -51,7 +51,7 @@ from workers.gateways.base import Gateway
 from workers.gateways.registry import build_gateway
 from workers.sandbox import telnyx as telnyx_sandbox
 from workers.sandbox.core import REACHING, SandboxState
-from workers.sandbox.server import ThreadedServer, free_port
+from workers.sandbox.server import ThreadedServer, listening_socket
 from workers.sandbox.smtp_sink import SmtpSink
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "campaigns" / "north-korean-refugees" / "campaign.toml"
@@ -168,7 +168,8 @@ class Sandbox:
     def __init__(self, workdir: Path, *, port: int = 0) -> None:
         self.signing_key = nacl.signing.SigningKey.generate()
         self.api_key = "KEYdemo" + secrets.token_hex(8)
-        self.web_port = port if port and _port_free(port) else free_port()
+        self.web_socket = _reserve(port)  # held until the web server serves on it: no other process takes it
+        self.web_port: int = self.web_socket.getsockname()[1]
         self.web_url = f"http://127.0.0.1:{self.web_port}"
         self.fax = SandboxState(provider="telnyx", webhook_delay=0.3, oracle_path=workdir / "oracle-telnyx.jsonl")
         self.fax.script(BUSY_NUMBER, ["busy"])
@@ -192,13 +193,14 @@ class Sandbox:
         return {"fax": fax, "email": mail}
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
+def _reserve(port: int) -> socket.socket:
+    """The console's socket on `port` when it is free, else on one the kernel chooses."""
+    if port:
         try:
-            probe.bind(("127.0.0.1", port))
+            return listening_socket(port=port)
         except OSError:
-            return False
-    return True
+            pass
+    return listening_socket()
 
 
 @contextmanager
@@ -213,6 +215,7 @@ def _sandbox(workdir: Path, *, port: int = 0) -> Iterator[Sandbox]:
     finally:
         sandbox.smtp.stop()
         sandbox.fax_server.stop()
+        sandbox.web_socket.close()
 
 
 @contextmanager
@@ -227,7 +230,7 @@ def _web(factory, sandbox: Sandbox) -> Iterator[ThreadedServer]:  # type: ignore
             documents=DocumentCache(),
         )
     )
-    server = ThreadedServer(app, port=sandbox.web_port).start()
+    server = ThreadedServer(app, sock=sandbox.web_socket).start()
     try:
         yield server
     finally:

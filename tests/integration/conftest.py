@@ -35,7 +35,7 @@ from workers.gateways.registry import build_gateway
 from workers.reconcile import reconcile
 from workers.sandbox import telnyx as telnyx_sandbox
 from workers.sandbox.core import SandboxState
-from workers.sandbox.server import ThreadedServer, free_port
+from workers.sandbox.server import ThreadedServer, listening_socket
 from workers.sandbox.smtp_sink import SmtpSink
 
 RETRY = RetryPolicy(base_seconds=0.05, cap_seconds=0.2, max_attempts=4, no_fax_tone_limit=2)
@@ -109,7 +109,8 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
     api_key = "KEYtest" + secrets.token_hex(8)
     fax = SandboxState(provider="telnyx", webhook_delay=0.02, oracle_path=tmp_path / "oracle-fax.jsonl")
     mail = SandboxState(provider="smtp", oracle_path=tmp_path / "oracle-mail.jsonl")
-    web_port = free_port()
+    web_socket = listening_socket()  # held from now: the web app's URL is needed before the app is built
+    web_port = web_socket.getsockname()[1]
     secret = secrets.token_hex(32).encode()  # what DISPATCH_SECRET_KEY holds, as the web process reads it
     fax_server = ThreadedServer(telnyx_sandbox.create_app(fax, api_key=api_key, signing_key=signing_key)).start()
     sink = SmtpSink(mail)
@@ -136,7 +137,7 @@ def sandbox(factory: sessionmaker[Session], tmp_path: Path) -> Iterator[Sandbox]
                 documents=DocumentCache(),
             )
         ),
-        port=web_port,
+        sock=web_socket,
     ).start()
     try:
         yield box

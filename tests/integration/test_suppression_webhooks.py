@@ -34,7 +34,7 @@ from workers.sandbox import mailgun as mailgun_sandbox
 from workers.sandbox import postmark as postmark_sandbox
 from workers.sandbox import sendgrid as sendgrid_sandbox
 from workers.sandbox.core import SandboxState
-from workers.sandbox.server import ThreadedServer, free_port
+from workers.sandbox.server import ThreadedServer, listening_socket
 
 from ..builders import build_campaign, official
 from ..signed_webhooks import HOOK_PASSWORD, HOOK_USER, MAILGUN_KEY, SENDGRID_KEY, SETTINGS
@@ -84,7 +84,8 @@ def emulator_app(name: str, state: SandboxState, hook: str) -> FastAPI:
 @pytest.fixture(params=["postmark", "sendgrid", "mailgun"])
 def provider(request: pytest.FixtureRequest, factory: sessionmaker[Session]) -> Iterator[EmailProvider]:
     name: str = request.param
-    web_port = free_port()
+    web_socket = listening_socket()  # held from now: the web app's URL is needed before the app is built
+    web_port = web_socket.getsockname()[1]
     web_url = f"http://127.0.0.1:{web_port}"
     state = SandboxState(provider=name, webhook_delay=0.01)
     emulator = ThreadedServer(emulator_app(name, state, f"{web_url}/webhooks/{name}")).start()
@@ -96,7 +97,7 @@ def provider(request: pytest.FixtureRequest, factory: sessionmaker[Session]) -> 
         retry=RETRY,
         documents=DocumentCache(),
     )
-    web = ThreadedServer(create_app(context), port=web_port).start()
+    web = ThreadedServer(create_app(context), sock=web_socket).start()
     try:
         yield EmailProvider(name, state, build_gateway(name, **settings), web_url)
     finally:
