@@ -13,9 +13,11 @@ from dispatcher.domain import db
 from dispatcher.domain.errors import SettingsError
 from dispatcher.domain.gateway_pauses import BreakerConfig
 from dispatcher.domain.media import media_url
+from dispatcher.domain.rendering.documents import DocumentCache
 from dispatcher.domain.settings import Settings, get_settings
 from dispatcher.domain.unsubscribe import unsubscribe_url
 from workers.delivery import WorkerContext
+from workers.document_store import shared_documents
 from workers.gateways.base import Gateway
 from workers.gateways.guard import LedgerGuard, install_guard
 from workers.gateways.registry import build_for_slot, slots
@@ -87,6 +89,7 @@ def build_worker_context(
         limiter=limiter if limiter is not None else _limiter(settings, gateways.values()),
         media_url=_media_urls(settings),
         unsubscribe_url=_unsubscribe_urls(settings),
+        documents=DocumentCache(store=shared_documents(settings)),  # `dispatch web` serves faxes from it
     )
 
 

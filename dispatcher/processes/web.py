@@ -13,6 +13,7 @@ from dispatcher.domain.rendering.fpdf_fonts import preload
 from dispatcher.domain.settings import Settings
 from dispatcher.processes.api import create_app
 from dispatcher.processes.web_context import WebContext
+from workers.document_store import shared_documents
 from workers.gateways.base import Gateway
 from workers.gateways.registry import build_for_slot, slots
 
@@ -45,7 +46,7 @@ def build_web_app(settings: Settings, *, gateways: dict[str, Gateway] | None = N
             gateways=gateways if gateways is not None else configured_gateways(settings),
             secret=secret,
             retry=RetryPolicy.from_settings(settings),
-            documents=DocumentCache(),
+            documents=DocumentCache(store=shared_documents(settings)),  # the faxes the workers rendered
             secure_cookies=settings.public_base_url.lower().startswith("https://"),
             settings=settings,
         )

@@ -9,11 +9,13 @@ provider produces the very bytes whose SHA-256 the worker recorded.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Protocol
 
 import jinja2
 
@@ -26,6 +28,16 @@ from dispatcher.domain.rendering.fax import FaxDocument, render_fax
 from dispatcher.domain.rendering.letter import RenderedLetter, build_letter
 from dispatcher.domain.states import Channel, DeliveryKind
 from dispatcher.domain.templating import FIRST, Variant, compile_letter, variant_for
+
+
+class DocumentStore(Protocol):
+    """Rendered fax documents shared between processes (workers/document_store.py keeps them in Redis for
+    a while): the process that serves a fax to its provider finds the bytes the worker rendered. A store
+    that fails answers None (the document is rendered) and never raises."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,8 @@ class DocumentCache:
     and of the most recent fax documents, per delivery: `dispatch web` renders a fax once however often
     its provider fetches it."""
 
-    def __init__(self, *, max_campaigns: int = 16, max_faxes: int = 64) -> None:
+    def __init__(self, *, max_campaigns: int = 16, max_faxes: int = 64, store: DocumentStore | None = None) -> None:
+        self._store = store
         self._campaigns: dict[tuple[int, str, date | None], _CampaignLetters] = {}
         self._faxes: OrderedDict[tuple[int, str, date | None, str], FaxDocument] = OrderedDict()
         self._lock = threading.Lock()
@@ -83,20 +96,36 @@ class DocumentCache:
 
     def fax_document(self, delivery: Delivery) -> FaxDocument:
         """The delivery's fax, kept (bounded, least recently used out) by what it is rendered from: the
-        delivery, its campaign's version and letter date, and the number."""
+        delivery, its campaign's version and letter date, and the number; with a shared store, also found
+        there (rendered by another process) and put there once rendered here."""
         campaign = delivery.campaign
         key = (delivery.id, campaign.spec_sha256, campaign.letter_date, delivery.destination)
         with self._lock:
             if key in self._faxes:
                 self._faxes.move_to_end(key)
                 return self._faxes[key]
-        spec, letter = self.letter(campaign, self.variant(delivery))
-        document = render_fax(spec, letter, to=addressee_spec(spec, delivery), fax_number=delivery.destination)
+        shared = hashlib.sha256(repr(key).encode()).hexdigest()  # the number stays out of the store's keys
+        document = self._shared(shared)
+        if document is None:
+            document = self._render_fax(delivery)
+            if self._store is not None:
+                self._store.put(shared, document.page_count.to_bytes(4, "big") + document.pdf)
         with self._lock:
             self._faxes[key] = document
             while len(self._faxes) > self._max_faxes:
                 self._faxes.popitem(last=False)
         return document
+
+    def _render_fax(self, delivery: Delivery) -> FaxDocument:
+        spec, letter = self.letter(delivery.campaign, self.variant(delivery))
+        return render_fax(spec, letter, to=addressee_spec(spec, delivery), fax_number=delivery.destination)
+
+    def _shared(self, key: str) -> FaxDocument | None:
+        kept = self._store.get(key) if self._store is not None else None
+        if kept is None or len(kept) < 5 or not kept[4:].startswith(b"%PDF"):
+            return None
+        pdf = kept[4:]
+        return FaxDocument(pdf=pdf, page_count=int.from_bytes(kept[:4], "big"), sha256=hashlib.sha256(pdf).hexdigest())
 
     def variant(self, delivery: Delivery) -> Variant:
         """The letter a delivery carries: its addressee's (see templating.variant_for); a supporter copy
