@@ -88,7 +88,7 @@ def test_dispatch_command_and_migrations_from_the_install(installed: Path, tmp_p
         [installed / "dispatch", "db", "upgrade"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
     )
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-    assert "ledger at revision 0004" in upgrade.stdout
+    assert "ledger at revision 0005" in upgrade.stdout
 
 
 def test_sandbox_serve_starts_from_the_install(installed: Path, tmp_path: Path) -> None:

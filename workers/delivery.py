@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -397,33 +397,43 @@ def _hold_back(
     return None
 
 
+def line_queries(destination: str, delivery_id: int) -> tuple[Select[int], Select[datetime | None]]:
+    """The two facts of a fax line, each read through the index on the destination (a claim does not scan
+    the ledger, however many deliveries it holds): another fax to the number in progress, and when the last
+    call to it ended."""
+    busy = (
+        select(Delivery.id)
+        .where(
+            Delivery.channel == Channel.FAX,
+            Delivery.destination == destination,
+            Delivery.id != delivery_id,
+            Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN]),
+        )
+        .limit(1)
+    )
+    last = (
+        select(Attempt.finished_at)
+        .join(Delivery, Delivery.id == Attempt.delivery_id)
+        .where(
+            Delivery.destination == destination,
+            Delivery.id != delivery_id,
+            Attempt.finished_at.is_not(None),
+        )
+        .order_by(Attempt.finished_at.desc())
+        .limit(1)
+    )
+    return busy, last
+
+
 def _fax_line_wait(worker: WorkerContext, session: Session, delivery: Delivery, now: datetime) -> timedelta | None:
     """One fax call at a time to a number, across campaigns and workers, and a gap between calls:
     the facts from the ledger, the rule from rules.fax_line_wait."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         # serialises claims to one number across workers until this transaction ends
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": delivery.destination})
-    busy = session.scalar(
-        select(Delivery.id)
-        .where(
-            Delivery.channel == Channel.FAX,
-            Delivery.destination == delivery.destination,
-            Delivery.id != delivery.id,
-            Delivery.state.in_([State.SENDING, State.SUBMITTED, State.UNKNOWN]),
-        )
-        .limit(1)
-    )
-    last = session.scalar(
-        select(Attempt.finished_at)
-        .join(Delivery, Delivery.id == Attempt.delivery_id)
-        .where(
-            Delivery.destination == delivery.destination,
-            Delivery.id != delivery.id,
-            Attempt.finished_at.is_not(None),
-        )
-        .order_by(Attempt.finished_at.desc())
-        .limit(1)
-    )
+    busy_query, last_query = line_queries(delivery.destination, delivery.id)
+    busy = session.scalar(busy_query)
+    last = session.scalar(last_query)
     return rules.fax_line_wait(busy=busy is not None, last_call_ended=last, gap=worker.fax_gap, now=now)
 
 

@@ -213,6 +213,7 @@ class Delivery(Base):
         UniqueConstraint("campaign_id", "supporter_id"),
         Index("ix_deliveries_due", "state", "not_before"),
         Index("ix_deliveries_campaign_state", "campaign_id", "state"),
+        Index("ix_deliveries_destination", "destination"),  # the fax line check of every claim
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
