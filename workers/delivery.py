@@ -21,10 +21,12 @@ A worker killed between 1 and 5 stops renewing: about one lease later its ``send
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -177,19 +179,32 @@ def prepare(worker: WorkerContext, delivery_id: int) -> Prepared | str:
 
 def finish(worker: WorkerContext, prepared: Prepared) -> str:
     """Send a prepared delivery and record its outcome; its lease ends with the record."""
-    claim, rendered = prepared.claim, prepared.rendered
+    return record_sent(worker, prepared, send_prepared(worker, prepared))
+
+
+def send_prepared(worker: WorkerContext, prepared: Prepared) -> Receipt | DeliveryError:
+    """The provider's call for a prepared delivery: its outcome, to be given to :func:`record_sent`. When the task's
+    time limit cuts the call, that is recorded (the lease ends) and the limit goes on."""
     try:
-        try:
-            outcome = _send(worker, claim, rendered, prepared.lease)
-        except SoftTimeLimitExceeded:
-            # the task's time limit cut the call short: whether the provider has it is unknown; record
-            # that now (reconciled by reference), then let the task end
-            timeout = Unknown("the task's time limit ended the send", code="timeout")
-            _record_with_retries(worker, claim, rendered, timeout)
-            raise
-        return _record_with_retries(worker, claim, rendered, outcome)
+        return _send(worker, prepared.claim, prepared.rendered, prepared.lease)
+    except SoftTimeLimitExceeded:
+        # the task's time limit cut the call short: whether the provider has it is unknown; record
+        # that now (reconciled by reference), then let the task end
+        timeout = Unknown("the task's time limit ended the send", code="timeout")
+        record_sent(worker, prepared, timeout)
+        raise
+    except BaseException:
+        prepared.lease.__exit__(None, None, None)
+        raise
+
+
+def record_sent(worker: WorkerContext, prepared: Prepared, outcome: Receipt | DeliveryError) -> str:
+    """Record a sent delivery's outcome; its lease (entered by :func:`prepare`) ends with the record."""
+    try:
+        _hook(worker, "before_record", prepared.claim.delivery_id)
+        return _record_with_retries(worker, prepared.claim, prepared.rendered, outcome)
     finally:
-        prepared.lease.__exit__(None, None, None)  # entered by prepare: the heartbeat stops once recorded
+        prepared.lease.__exit__(None, None, None)  # the heartbeat stops once recorded
 
 
 def release(worker: WorkerContext, prepared: Prepared, why: str) -> str:
@@ -283,11 +298,12 @@ def deliver_many(worker: WorkerContext, ids: list[int]) -> dict[str, int]:
 
 
 def _pipelined(worker: WorkerContext, ids: list[int], in_budget: Callable[[], bool]) -> Iterator[str]:
-    """Each id's outcome. While one delivery is sent and recorded (the provider's latency), one thread
-    claims and renders the next, so a worker process keeps its line to the provider busy. At most one
-    delivery is prepared ahead. When anything interrupts the loop (the task's soft time limit, an error),
-    a delivery prepared and not yet sent is recorded not sent before the error goes on: no claim is left
-    with its lease beating in a process that has moved on."""
+    """Each id's outcome. While one delivery is with the provider (its latency), one thread records the outcome
+    of the one before and claims and renders the next, so a worker process keeps its line to the provider
+    busy. At most one delivery is prepared ahead and one sent and not yet recorded. When anything interrupts
+    the loop (the task's soft time limit, an error), the outcomes already had are recorded, and a delivery
+    prepared and not yet sent is recorded not sent, before the error goes on: no claim is left with its
+    lease beating in a process that has moved on."""
     if len(ids) <= 1:
         for only in ids:
             yield deliver(worker, only) if in_budget() else LEFT_FOR_REPUBLISH
@@ -295,6 +311,7 @@ def _pipelined(worker: WorkerContext, ids: list[int], in_budget: Callable[[], bo
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as ahead:
         pending: Future[Prepared | str] | None = None
         current: Prepared | str | None = None
+        recording: deque[Future[str]] = deque()  # in order; the thread runs them between the preparations
         try:
             for delivery_id in [*ids, None]:
                 if pending is not None:
@@ -306,8 +323,18 @@ def _pipelined(worker: WorkerContext, ids: list[int], in_budget: Callable[[], bo
                         yield LEFT_FOR_REPUBLISH
                 if current is not None:
                     todo, current = current, None
-                    yield todo if isinstance(todo, str) else finish(worker, todo)
+                    if isinstance(todo, str):
+                        yield todo
+                    else:
+                        recording.append(ahead.submit(record_sent, worker, todo, send_prepared(worker, todo)))
+                while recording and recording[0].done():
+                    yield recording.popleft().result()
+            while recording:
+                yield recording.popleft().result()
         except BaseException:
+            for outcome in recording:  # sent: their outcomes are recorded before anything else
+                with contextlib.suppress(Exception):  # its own failure was logged where it happened
+                    outcome.result()
             for left in (current, pending):
                 _release(worker, left)
             raise

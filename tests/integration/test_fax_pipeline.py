@@ -4,6 +4,7 @@ SQLite and PostgreSQL; the sandbox's oracle judges "never twice"."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,39 @@ def test_a_time_limit_during_a_send_records_the_fax_prepared_ahead_as_not_sent(
     assert states == {first: "unknown", second: "retry_wait"}
     assert attempts == {first: ("unknown", "timeout"), second: ("not-sent", "batch-stopped")}
     assert sandbox.fax.oracle() == []
+
+
+def test_a_faxs_outcome_is_recorded_while_the_next_fax_is_with_the_provider(
+    factory: sessionmaker[Session],
+    worker: WorkerContext,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recording the first fax's acceptance does not keep the line to the provider idle: the second fax's call
+    starts before the first's record is written (the record waits here until it has), and both end recorded."""
+    ids = queued_faxes(factory, tmp_path)
+    gateway = worker.gateways["fax"]
+    send = gateway.send
+    second_started = threading.Event()
+    seen: list[dict[str, str]] = []
+
+    def watching(message: Any) -> Any:
+        seen.append(by_destination(factory, ids))
+        if len(seen) == 2:
+            second_started.set()
+        return send(message)
+
+    def before_record(delivery_id: int) -> None:
+        if delivery_id == ids[0] or delivery_id == ids[1]:
+            second_started.wait(timeout=5)
+
+    monkeypatch.setattr(gateway, "send", watching)
+    worker.hooks["before_record"] = before_record
+    summary = deliver_many(worker, ids)
+    assert len(seen) == 2
+    assert list(seen[1].values()).count("sending") == 2  # the first fax was not yet recorded: both in flight
+    assert sum(n for outcome, n in summary.items() if outcome == "submitted" or outcome.startswith("receipt")) == 2
+    assert set(by_destination(factory, ids).values()) <= {"submitted", "delivered"}
+    assert sorted(e.destination for e in sandbox.fax.oracle()) == [XI_1, WANG]
+    assert sandbox.duplicates() == {}
