@@ -71,9 +71,7 @@ class Campaign(Base):
     schedule: Mapped[dict[str, Any]] = mapped_column(JSON)
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sender: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # the validated campaign file, for re-rendering: every addressee, so it grows with the campaign; read only
-    # where a letter is built or checked (a fax claim, a webhook, a list of campaigns need none of it)
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON, deferred=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated campaign file, for re-rendering
     spec_sha256: Mapped[str] = mapped_column(String(64))
     source_path: Mapped[str] = mapped_column(Text, default="")
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when an operator scheduled it

@@ -4,7 +4,6 @@ SQLite and PostgreSQL; the sandbox's oracle judges "never twice"."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -12,13 +11,13 @@ from typing import Any
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dispatcher.domain.db import transaction
 from dispatcher.domain.models import Attempt, Delivery, utcnow
 from dispatcher.domain.scheduling import claim_due
-from workers.delivery import WorkerContext, deliver, deliver_many
+from workers.delivery import WorkerContext, deliver_many
 
 from ..builders import build_campaign
 from .conftest import Sandbox, schedule_campaign
@@ -131,27 +130,3 @@ def test_a_faxs_outcome_is_recorded_while_the_next_fax_is_with_the_provider(
     assert set(by_destination(factory, ids).values()) <= {"submitted", "delivered"}
     assert sorted(e.destination for e in sandbox.fax.oracle()) == [XI_1, WANG]
     assert sandbox.duplicates() == {}
-
-
-def test_a_fax_claim_and_its_render_do_not_read_the_campaigns_spec(
-    factory: sessionmaker[Session], worker: WorkerContext, sandbox: Sandbox, tmp_path: Path
-) -> None:
-    """A campaign's spec holds every addressee (hundreds of kilobytes of JSON for a campaign of thousands of
-    numbers): decoded for each fax's claim and render, it made a fax campaign slower the larger it was (py-spy
-    on 2,000 faxes: a fifth of the preparing thread in json.loads). Once the worker has the campaign's letter,
-    claiming, rendering and sending another of its faxes reads no `campaigns.spec`."""
-    ids = queued_faxes(factory, tmp_path)
-    assert deliver(worker, ids[0]) == "submitted"  # the worker now has the campaign's letter
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    engine = factory.kw["bind"]
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        assert deliver(worker, ids[1]) == "submitted"
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    assert any("campaigns" in s for s in statements)  # the campaign was read (its status, deadline...)
-    assert [s for s in statements if re.search(r"campaigns\.spec\b(?!_sha256)", s)] == []
