@@ -45,7 +45,7 @@ class RedisDocuments:
 def shared_documents(settings: Settings) -> RedisDocuments | None:
     """The store on the Redis broker, under the queue prefix; none for another broker (the demo's in-memory
     one: its worker and web are one process, which keeps the document in memory)."""
-    if not settings.broker_url.startswith(("redis://", "rediss://")):
+    if not settings.redis_broker:
         return None
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
     return RedisDocuments(client, namespace=f"{settings.queue_prefix}fax-document:")

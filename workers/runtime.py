@@ -95,7 +95,7 @@ def build_worker_context(
 
 def _limiter(settings: Settings, gateways: Iterable[Gateway] = ()) -> Limiter:
     """Limits shared through the Redis broker; none for another broker (the demo's in-memory one)."""
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if settings.redis_broker:
         client = redis.Redis.from_url(settings.broker_url)
         return RedisLimiter(client, shared_limits(settings, gateways), namespace=settings.queue_prefix)
     return NoLimits()

@@ -45,7 +45,7 @@ def waiting_messages(queue: str) -> int | None:
     Read from Redis directly: the queue's list and its priority lists (kombu's Redis transport, under
     DISPATCH_QUEUE_PREFIX); kombu's own count (a passive queue_declare) misses the prefix here."""
     settings = get_settings()
-    if not settings.broker_url.startswith(("redis://", "rediss://")):
+    if not settings.redis_broker:
         return None
     try:
         client = _redis(settings.broker_url)

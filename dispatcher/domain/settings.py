@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def redis_broker(self) -> bool:
+        """The broker is Redis: shared limits, queue counts and fax documents live there; another broker (the
+        demo's in-memory one) has none of them."""
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
     def gateway_limit_overrides(self) -> dict[str, GatewayLimit]:
         """DISPATCH_GATEWAY_LIMITS by gateway name (checked when the settings were read)."""
         return parse_gateway_limits(self.gateway_limits)

@@ -33,7 +33,6 @@ from dispatcher.domain.settings import Settings
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 2.0  # each check of /health/ready; a probe's own timeout is usually a few seconds
-REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def health_router(
@@ -47,7 +46,7 @@ def health_router(
     (reported as sending unless the ledger says they are paused)."""
     router = APIRouter()
     configured = sorted(set(gateways))
-    broker = settings.broker_url if settings.broker_url.startswith(REDIS_SCHEMES) else None
+    broker = settings.broker_url if settings.redis_broker else None
     client = (
         redis.Redis.from_url(broker, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False)
         if broker

@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BROKER_TIMEOUT_SECONDS = 2.0  # a hung Redis leaves the queue depths out, it does not hang the scrape
 STATEMENT_TIMEOUT_SECONDS = 10.0  # each query of a scrape, on PostgreSQL (Prometheus's default scrape timeout)
-REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def metrics_router(
@@ -82,7 +81,7 @@ class LedgerCollector:
         self.factory = factory
         self.prefix = settings.queue_prefix
         self.gateways = sorted(set(gateways if gateways is not None else (slot.name for slot in slots(settings))))
-        broker = settings.broker_url if settings.broker_url.startswith(REDIS_SCHEMES) else None
+        broker = settings.broker_url if settings.redis_broker else None
         self.redis = (
             redis.Redis.from_url(
                 broker, socket_timeout=BROKER_TIMEOUT_SECONDS, socket_connect_timeout=BROKER_TIMEOUT_SECONDS
